@@ -1,0 +1,165 @@
+//! The three losses of a render, each a small unit that returns its value
+//! and its gradient with respect to what it reads.
+//!
+//! Values are returned as `f64` whatever the tensors' dtype.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Gram matrix of a feature map: `[1, N, H, W]` → `[N, N]`, `G = F·Fᵀ` with
+/// `F` the map reshaped to `[N, M]`, `M = H·W`. Not normalised.
+pub fn gram(features: &Tensor) -> Result<Tensor> {
+    let (_, n, h, w) = features.dims4()?;
+    let f = features.reshape((n, h * w))?;
+    Ok(f.matmul(&f.t()?)?)
+}
+
+/// Content loss at one layer: `L_c = Σ (F − P)² / (4·s)`, `s` = number of
+/// elements of `P` (the assignment's variant of Gatys' ½·Σ).
+#[derive(Debug, Clone)]
+pub struct ContentLoss {
+    /// `P`: the content image's features, `[1, C, H, W]`.
+    target: Tensor,
+}
+
+impl ContentLoss {
+    pub fn new(target: Tensor) -> Self {
+        Self { target }
+    }
+
+    /// `(L_c, ∂L_c/∂F)`; the gradient is `(F − P) / (2·s)`.
+    pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
+        let s = self.target.elem_count() as f64;
+        let diff = (features - &self.target)?;
+        let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * s);
+        Ok((value, diff.affine(1.0 / (2.0 * s), 0.0)?))
+    }
+}
+
+/// Style loss at one layer: `E = Σ (G − A)² / (4·N²·M²)` with `G` the Gram
+/// matrix of the generated image's features and `A` the style's.
+#[derive(Debug, Clone)]
+pub struct StyleLoss {
+    /// `A`: the target Gram matrix, `[N, N]`.
+    target: Tensor,
+}
+
+impl StyleLoss {
+    /// From the style image's features at this layer.
+    pub fn from_features(style_features: &Tensor) -> Result<Self> {
+        Ok(Self { target: gram(style_features)? })
+    }
+
+    /// A blend of several styles: `A = Σ_k b_k·A_k` with `Σ b_k = 1`.
+    /// (`Σ_k b_k·Σ(G − A_k)²` equals `Σ(G − A)²` plus a constant, so this
+    /// has the same gradient as the sum of the per-style losses.)
+    pub fn blended(style_features: &[Tensor], blend: &[f64]) -> Result<Self> {
+        let mut target: Option<Tensor> = None;
+        for (f, &b) in style_features.iter().zip(blend) {
+            let a = gram(f)?.affine(b, 0.0)?;
+            target = Some(match target {
+                Some(t) => (t + a)?,
+                None => a,
+            });
+        }
+        let target = target.ok_or_else(|| crate::error::invalid("style", "no style image"))?;
+        Ok(Self { target })
+    }
+
+    /// `(E, ∂E/∂F)`; the gradient is `(G − A)·F / (N²·M²)`, reshaped to the
+    /// feature map's shape.
+    pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
+        let (_, n, h, w) = features.dims4()?;
+        let m = (h * w) as f64;
+        let n2m2 = (n as f64).powi(2) * m * m;
+        let f = features.reshape((n, h * w))?;
+        let diff = (f.matmul(&f.t()?)? - &self.target)?;
+        let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * n2m2);
+        let grad = diff.matmul(&f)?.affine(1.0 / n2m2, 0.0)?.reshape(features.shape())?;
+        Ok((value, grad))
+    }
+}
+
+/// Total variation of an image `[1, C, H, W]`: the mean squared difference
+/// between horizontal neighbours plus that between vertical neighbours
+/// (pixel units, so a weight around 1e-3…1e-1 is noticeable).
+pub fn total_variation(image: &Tensor) -> Result<(f64, Tensor)> {
+    let (_, _, h, w) = image.dims4()?;
+    let mut value = 0.0;
+    let mut grad = image.zeros_like()?;
+    for (dim, len) in [(3usize, w), (2usize, h)] {
+        if len < 2 {
+            continue;
+        }
+        // d[i] = x[i+1] − x[i]; L = Σ d² / count; ∂L/∂x[i+1] += 2d/count, ∂L/∂x[i] −= 2d/count.
+        let d = (image.narrow(dim, 1, len - 1)? - image.narrow(dim, 0, len - 1)?)?;
+        let count = d.elem_count() as f64;
+        value += scalar(&d.sqr()?.sum_all()?)? / count;
+        let g = d.affine(2.0 / count, 0.0)?;
+        grad = ((grad + g.pad_with_zeros(dim, 1, 0)?)? - g.pad_with_zeros(dim, 0, 1)?)?;
+    }
+    Ok((value, grad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn map(v: &[f64], c: usize, h: usize, w: usize) -> Tensor {
+        Tensor::from_vec(v.to_vec(), (1, c, h, w), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn gram_by_hand() {
+        // F = [[1, 2], [3, 4]] (2 channels, 1×2 pixels): G = [[5, 11], [11, 25]].
+        let g = gram(&map(&[1., 2., 3., 4.], 2, 1, 2)).unwrap().to_vec2::<f64>().unwrap();
+        assert_eq!(g, vec![vec![5., 11.], vec![11., 25.]]);
+    }
+
+    #[test]
+    fn content_loss_by_hand() {
+        // diff = [1, -2, 0, 3]: Σ = 14, s = 4 → 14/16.
+        let p = map(&[0., 0., 0., 0.], 1, 2, 2);
+        let f = map(&[1., -2., 0., 3.], 1, 2, 2);
+        let (v, g) = ContentLoss::new(p).value_and_grad(&f).unwrap();
+        assert_eq!(v, 14.0 / 16.0);
+        assert_eq!(g.flatten_all().unwrap().to_vec1::<f64>().unwrap(), vec![1. / 8., -2. / 8., 0., 3. / 8.]);
+    }
+
+    #[test]
+    fn style_loss_by_hand() {
+        // Style F_s = [[1, 0], [0, 1]] → A = I. Generated F = [[1, 2], [3, 4]] → G = [[5,11],[11,25]].
+        // G − A = [[4, 11], [11, 24]]: Σ² = 16 + 121 + 121 + 576 = 834; N = 2, M = 2 → 834 / (4·4·4) = 13.03125.
+        let style = StyleLoss::from_features(&map(&[1., 0., 0., 1.], 2, 1, 2)).unwrap();
+        let (v, g) = style.value_and_grad(&map(&[1., 2., 3., 4.], 2, 1, 2)).unwrap();
+        assert_eq!(v, 834.0 / 64.0);
+        // (G − A)·F / (N²M²) = [[4·1+11·3, 4·2+11·4], [11·1+24·3, 11·2+24·4]] / 16
+        let expect = [37. / 16., 52. / 16., 83. / 16., 118. / 16.];
+        assert_eq!(g.flatten_all().unwrap().to_vec1::<f64>().unwrap(), expect);
+    }
+
+    #[test]
+    fn blended_style_target_is_the_weighted_gram() {
+        let a = map(&[1., 0., 0., 1.], 2, 1, 2);
+        let b = map(&[2., 0., 0., 0.], 2, 1, 2);
+        let blended = StyleLoss::blended(&[a, b], &[0.75, 0.25]).unwrap();
+        // A = 0.75·I + 0.25·[[4,0],[0,0]] = [[1.75, 0], [0, 0.75]]; generated F = 0 → E = (1.75² + 0.75²)/64
+        let (v, _) = blended.value_and_grad(&map(&[0.; 4], 2, 1, 2)).unwrap();
+        assert!((v - (1.75f64.powi(2) + 0.75f64.powi(2)) / 64.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn total_variation_by_hand() {
+        // x = [[0, 1], [3, 5]]: horizontal d = [1, 2] → mean 2.5; vertical d = [3, 4] → mean 12.5.
+        let (v, g) = total_variation(&map(&[0., 1., 3., 5.], 1, 2, 2)).unwrap();
+        assert_eq!(v, 15.0);
+        // ∂/∂x00 = −1 − 3 = −4, ∂/∂x01 = 1 − 4 = −3, ∂/∂x10 = −2 + 3 = 1, ∂/∂x11 = 2 + 4 = 6.
+        assert_eq!(g.flatten_all().unwrap().to_vec1::<f64>().unwrap(), vec![-4., -3., 1., 6.]);
+    }
+}

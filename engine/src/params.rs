@@ -1,0 +1,207 @@
+//! Render parameters with the defaults of DESIGN.md, and their validation.
+//!
+//! Every number a user can type ends up here; [`RenderParams::validate`] is
+//! the one place that says which values make sense.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, Result};
+use crate::vgg::conv_index;
+
+/// Pooling between VGG blocks. Gatys et al. recommend average pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    #[default]
+    Avg,
+    Max,
+}
+
+/// How the optimised image starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// `noise_ratio·U(−20, 20) + (1 − noise_ratio)·content` (the assignment's).
+    #[default]
+    Blend,
+    /// The content image itself.
+    Content,
+    /// `U(−20, 20)` noise around the mean colour.
+    Noise,
+    /// Pixels the caller supplies (an image file, resized to the render size).
+    Image,
+}
+
+/// A VGG layer and the weight its loss term gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerWeight {
+    pub layer: String,
+    pub weight: f64,
+}
+
+impl LayerWeight {
+    pub fn new(layer: &str, weight: f64) -> Self {
+        Self { layer: layer.to_string(), weight }
+    }
+}
+
+/// Everything that decides the result of a render, apart from the pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RenderParams {
+    /// Content loss weight α.
+    pub alpha: f64,
+    /// Style loss weight β.
+    pub beta: f64,
+    /// Total-variation loss weight (0 = off).
+    pub tv_weight: f64,
+    /// Adam learning rate, in pixel units (0..255 scale).
+    pub lr: f64,
+    /// Optimizer iterations.
+    pub iterations: usize,
+    pub init: Init,
+    /// Share of noise in the `blend` init, in [0, 1].
+    pub noise_ratio: f64,
+    /// Seed of the init noise.
+    pub seed: u64,
+    pub pooling: Pooling,
+    pub content_layers: Vec<LayerWeight>,
+    pub style_layers: Vec<LayerWeight>,
+    /// Blend weights of the style images (one per style; empty = equal).
+    pub style_blend: Vec<f64>,
+}
+
+impl Default for RenderParams {
+    fn default() -> Self {
+        Self {
+            alpha: 0.01,
+            beta: 1.0,
+            tv_weight: 0.0,
+            lr: 2.0,
+            iterations: 300,
+            init: Init::Blend,
+            noise_ratio: 0.6,
+            seed: 0,
+            pooling: Pooling::Avg,
+            content_layers: vec![LayerWeight::new("conv4_2", 1.0)],
+            style_layers: vec![
+                LayerWeight::new("conv1_1", 0.5),
+                LayerWeight::new("conv2_1", 1.0),
+                LayerWeight::new("conv3_1", 1.5),
+                LayerWeight::new("conv4_1", 3.0),
+                LayerWeight::new("conv5_1", 4.0),
+            ],
+            style_blend: Vec::new(),
+        }
+    }
+}
+
+/// The most iterations one render may ask for; more is a typo, not a plan.
+pub const MAX_ITERATIONS: usize = 1_000_000;
+
+fn finite_non_negative(name: &'static str, v: f64) -> Result<()> {
+    if !v.is_finite() {
+        return Err(invalid(name, format!("{v} is not a finite number")));
+    }
+    if v < 0.0 {
+        return Err(invalid(name, format!("{v} is negative; it must be ≥ 0")));
+    }
+    Ok(())
+}
+
+fn check_layers(name: &'static str, layers: &[LayerWeight]) -> Result<()> {
+    for lw in layers {
+        conv_index(&lw.layer)?;
+        finite_non_negative(name, lw.weight)
+            .map_err(|_| invalid(name, format!("weight {} of layer {} must be finite and ≥ 0", lw.weight, lw.layer)))?;
+    }
+    Ok(())
+}
+
+impl RenderParams {
+    /// Checks every parameter; the error names the first one that is wrong.
+    pub fn validate(&self, n_styles: usize) -> Result<()> {
+        finite_non_negative("alpha", self.alpha)?;
+        finite_non_negative("beta", self.beta)?;
+        finite_non_negative("tv_weight", self.tv_weight)?;
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid("lr", format!("{} must be a finite number > 0", self.lr)));
+        }
+        if self.iterations > MAX_ITERATIONS {
+            return Err(invalid("iterations", format!("{} is more than the limit of {MAX_ITERATIONS}", self.iterations)));
+        }
+        if !(self.noise_ratio.is_finite() && (0.0..=1.0).contains(&self.noise_ratio)) {
+            return Err(invalid("noise_ratio", format!("{} must lie in [0, 1]", self.noise_ratio)));
+        }
+        if self.alpha == 0.0 && self.beta == 0.0 && self.tv_weight == 0.0 {
+            return Err(invalid("alpha", "alpha, beta and tv_weight are all 0: there is nothing to optimise"));
+        }
+        if self.alpha > 0.0 && self.content_layers.is_empty() {
+            return Err(invalid("content_layers", "alpha > 0 needs at least one content layer"));
+        }
+        if self.beta > 0.0 && self.style_layers.is_empty() {
+            return Err(invalid("style_layers", "beta > 0 needs at least one style layer"));
+        }
+        check_layers("content_layers", &self.content_layers)?;
+        check_layers("style_layers", &self.style_layers)?;
+        if !self.style_blend.is_empty() {
+            if self.style_blend.len() != n_styles {
+                return Err(invalid(
+                    "style_blend",
+                    format!("{} blend weights given for {n_styles} style images", self.style_blend.len()),
+                ));
+            }
+            for &w in &self.style_blend {
+                finite_non_negative("style_blend", w)?;
+            }
+            if self.style_blend.iter().sum::<f64>() <= 0.0 {
+                return Err(invalid("style_blend", "the blend weights sum to 0"));
+            }
+        }
+        if self.beta > 0.0 && n_styles == 0 {
+            return Err(invalid("style", "beta > 0 needs at least one style image"));
+        }
+        Ok(())
+    }
+
+    /// Blend weights normalised to sum to 1, one per style image.
+    pub fn normalised_blend(&self, n_styles: usize) -> Vec<f64> {
+        if self.style_blend.is_empty() {
+            return vec![1.0 / n_styles.max(1) as f64; n_styles];
+        }
+        let sum: f64 = self.style_blend.iter().sum();
+        self.style_blend.iter().map(|w| w / sum).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_assignments_and_valid() {
+        let p = RenderParams::default();
+        assert_eq!((p.alpha, p.beta, p.lr, p.iterations, p.noise_ratio), (0.01, 1.0, 2.0, 300, 0.6));
+        let w: Vec<f64> = p.style_layers.iter().map(|l| l.weight).collect();
+        assert_eq!(w, [0.5, 1.0, 1.5, 3.0, 4.0]);
+        p.validate(1).unwrap();
+    }
+
+    #[test]
+    fn nonsense_is_refused_by_name() {
+        let cases: Vec<(RenderParams, &str)> = vec![
+            (RenderParams { alpha: f64::NAN, ..Default::default() }, "alpha"),
+            (RenderParams { beta: -1.0, ..Default::default() }, "beta"),
+            (RenderParams { lr: 0.0, ..Default::default() }, "lr"),
+            (RenderParams { noise_ratio: 1.5, ..Default::default() }, "noise_ratio"),
+            (RenderParams { tv_weight: f64::INFINITY, ..Default::default() }, "tv_weight"),
+            (RenderParams { style_layers: vec![LayerWeight::new("conv1_1", f64::NAN)], ..Default::default() }, "style_layers"),
+            (RenderParams { content_layers: vec![LayerWeight::new("conv9_9", 1.0)], ..Default::default() }, "conv9_9"),
+            (RenderParams { style_blend: vec![1.0, 2.0], ..Default::default() }, "style_blend"),
+        ];
+        for (p, needle) in cases {
+            let err = p.validate(1).unwrap_err().to_string();
+            assert!(err.contains(needle), "error `{err}` should name `{needle}`");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! A render as a pure step function: targets are computed once in
+//! [`Renderer::new`]; [`Renderer::step`] takes the state one Adam update
+//! further and returns the losses of the image it started from.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, Result};
+use crate::loss::{total_variation, ContentLoss, StyleLoss};
+use crate::optim::{Adam, AdamState};
+use crate::params::{Init, RenderParams};
+use crate::vgg::{conv_index, Vgg19};
+
+/// The losses of one image. `content`, `style` and `tv` are unweighted;
+/// `total = α·content + β·style + tv_weight·tv`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Losses {
+    pub content: f64,
+    pub style: f64,
+    pub tv: f64,
+    pub total: f64,
+}
+
+/// Everything a render needs to continue: the image, the optimizer's state
+/// and how far it got.
+#[derive(Debug, Clone)]
+pub struct RenderState {
+    /// `[1, 3, H, W]` in the optimisation space.
+    pub image: Tensor,
+    pub adam: AdamState,
+    /// Updates done so far.
+    pub iteration: usize,
+}
+
+/// One loss term reading one conv layer.
+struct Term<L> {
+    conv: usize,
+    weight: f64,
+    loss: L,
+}
+
+/// A render's fixed parts: the network, the parameters, and the content and
+/// style targets.
+pub struct Renderer {
+    vgg: Arc<Vgg19>,
+    params: RenderParams,
+    /// Convs to run: one past the deepest layer any loss reads.
+    depth: usize,
+    content: Vec<Term<ContentLoss>>,
+    style: Vec<Term<StyleLoss>>,
+    adam: Adam,
+}
+
+impl Renderer {
+    /// Validates `params` and computes the targets: the content features
+    /// `P` and the (blended) style Gram matrices `A`, once.
+    /// `content`: `[1, 3, H, W]`; `styles`: `[1, 3, H', W']` each (any size).
+    pub fn new(vgg: Arc<Vgg19>, params: RenderParams, content: &Tensor, styles: &[Tensor]) -> Result<Self> {
+        params.validate(styles.len())?;
+        let content_layers = if params.alpha > 0.0 { params.content_layers.clone() } else { Vec::new() };
+        let style_layers = if params.beta > 0.0 { params.style_layers.clone() } else { Vec::new() };
+        let mut depth = 0;
+        for lw in content_layers.iter().chain(&style_layers) {
+            depth = depth.max(conv_index(&lw.layer)? + 1);
+        }
+        if depth > vgg.depth() {
+            return Err(invalid("layers", format!("the layers asked for need {depth} convs; the weights have {}", vgg.depth())));
+        }
+
+        let content_acts = vgg.forward(content, depth)?;
+        let content_terms = content_layers
+            .iter()
+            .map(|lw| {
+                let conv = conv_index(&lw.layer)?;
+                Ok(Term { conv, weight: lw.weight, loss: ContentLoss::new(content_acts.features[conv].clone()) })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let style_acts = styles.iter().map(|s| vgg.forward(s, depth)).collect::<Result<Vec<_>>>()?;
+        let blend = params.normalised_blend(styles.len());
+        let style_terms = style_layers
+            .iter()
+            .map(|lw| {
+                let conv = conv_index(&lw.layer)?;
+                let features: Vec<Tensor> = style_acts.iter().map(|a| a.features[conv].clone()).collect();
+                Ok(Term { conv, weight: lw.weight, loss: StyleLoss::blended(&features, &blend)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let adam = Adam::new(params.lr);
+        Ok(Self { vgg, params, depth, content: content_terms, style: style_terms, adam })
+    }
+
+    pub fn params(&self) -> &RenderParams {
+        &self.params
+    }
+
+    /// The starting image for `params.init`; `init_image` is required for
+    /// [`Init::Image`] and must have the content's shape.
+    pub fn initial_image(&self, content: &Tensor, init_image: Option<&Tensor>) -> Result<Tensor> {
+        let noise = || -> Result<Tensor> {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed);
+            let n = content.elem_count();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-20.0f32..20.0)).collect();
+            Ok(Tensor::from_vec(v, content.shape(), content.device())?.to_dtype(content.dtype())?)
+        };
+        match self.params.init {
+            Init::Content => Ok(content.clone()),
+            Init::Noise => noise(),
+            Init::Blend => {
+                let r = self.params.noise_ratio;
+                Ok((noise()?.affine(r, 0.0)? + content.affine(1.0 - r, 0.0)?)?)
+            }
+            Init::Image => {
+                let img = init_image.ok_or_else(|| invalid("init", "init `image` needs an image"))?;
+                if img.shape() != content.shape() {
+                    return Err(invalid("init", format!("init image {:?} does not match the content {:?}", img.dims(), content.dims())));
+                }
+                Ok(img.clone())
+            }
+        }
+    }
+
+    /// The state a render starts from.
+    pub fn initial_state(&self, content: &Tensor, init_image: Option<&Tensor>) -> Result<RenderState> {
+        let image = self.initial_image(content, init_image)?;
+        let adam = AdamState::new(&image)?;
+        Ok(RenderState { image, adam, iteration: 0 })
+    }
+
+    /// The losses of `image` and, if `with_grad`, the gradient of the total
+    /// loss with respect to it.
+    fn losses(&self, image: &Tensor, with_grad: bool) -> Result<(Losses, Option<Tensor>)> {
+        let p = &self.params;
+        let acts = self.vgg.forward(image, self.depth)?;
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.depth];
+        let mut add = |conv: usize, g: Tensor| -> Result<()> {
+            grads[conv] = Some(match grads[conv].take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+            Ok(())
+        };
+        let mut content = 0.0;
+        for t in &self.content {
+            let (v, g) = t.loss.value_and_grad(&acts.features[t.conv])?;
+            content += t.weight * v;
+            if with_grad {
+                add(t.conv, g.affine(p.alpha * t.weight, 0.0)?)?;
+            }
+        }
+        let mut style = 0.0;
+        for t in &self.style {
+            let (v, g) = t.loss.value_and_grad(&acts.features[t.conv])?;
+            style += t.weight * v;
+            if with_grad {
+                add(t.conv, g.affine(p.beta * t.weight, 0.0)?)?;
+            }
+        }
+        let (tv, tv_grad) = if p.tv_weight > 0.0 { total_variation(image)? } else { (0.0, image.zeros_like()?) };
+        let total = p.alpha * content + p.beta * style + p.tv_weight * tv;
+        let losses = Losses { content, style, tv, total };
+        if !with_grad {
+            return Ok((losses, None));
+        }
+        let mut grad = tv_grad.affine(p.tv_weight, 0.0)?;
+        if grads.iter().any(Option::is_some) {
+            grad = (grad + self.vgg.backward(&acts, &grads)?)?;
+        }
+        Ok((losses, Some(grad)))
+    }
+
+    /// Losses of `image` and the gradient of the total loss with respect to it.
+    pub fn loss_and_grad(&self, image: &Tensor) -> Result<(Losses, Tensor)> {
+        let (losses, grad) = self.losses(image, true)?;
+        let grad = grad.ok_or_else(|| invalid("gradient", "not computed"))?;
+        Ok((losses, grad))
+    }
+
+    /// Losses of `image` (forward pass only).
+    pub fn evaluate(&self, image: &Tensor) -> Result<Losses> {
+        Ok(self.losses(image, false)?.0)
+    }
+
+    /// One Adam update; returns the losses of the image before it.
+    pub fn step(&self, state: &mut RenderState) -> Result<Losses> {
+        let (losses, grad) = self.loss_and_grad(&state.image)?;
+        state.image = self.adam.step(&state.image, &grad, &mut state.adam)?;
+        state.iteration += 1;
+        Ok(losses)
+    }
+
+    /// Conv FLOPs of one step (forward plus input gradient) at `h`×`w`.
+    pub fn step_flops(&self, h: usize, w: usize) -> f64 {
+        2.0 * self.vgg.forward_flops(h, w, self.depth)
+    }
+}

@@ -1,0 +1,197 @@
+//! VGG-19's convolutional part (16 convs, 5 blocks), run only as deep as the
+//! deepest layer a render asks for, with its backward pass to the image.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::layers::{self, ConvRelu};
+use crate::params::Pooling;
+use crate::weights::{InputConvention, VggWeights};
+
+/// The 16 convolution layers in network order.
+pub const CONV_LAYERS: [&str; 16] = [
+    "conv1_1", "conv1_2", //
+    "conv2_1", "conv2_2", //
+    "conv3_1", "conv3_2", "conv3_3", "conv3_4", //
+    "conv4_1", "conv4_2", "conv4_3", "conv4_4", //
+    "conv5_1", "conv5_2", "conv5_3", "conv5_4",
+];
+
+/// Index in [`CONV_LAYERS`] of a layer name such as `conv4_2`.
+pub fn conv_index(name: &str) -> Result<usize> {
+    CONV_LAYERS.iter().position(|l| *l == name).ok_or_else(|| EngineError::UnknownLayer(name.to_string()))
+}
+
+/// Whether a pooling layer follows conv `i` (the last conv of blocks 1–4).
+fn pool_after(i: usize) -> bool {
+    matches!(i, 1 | 3 | 7 | 11)
+}
+
+/// What one forward pass keeps for the backward pass and the losses.
+pub struct Activations {
+    /// Post-ReLU output of each conv that ran, in network order.
+    pub features: Vec<Tensor>,
+    /// Input of each pooling layer that ran (for its backward).
+    pool_inputs: Vec<Tensor>,
+    /// Output of each pooling layer that ran (max pooling's backward).
+    pool_outputs: Vec<Tensor>,
+}
+
+/// The network: its layers, its pooling and the input convention of its
+/// weights.
+pub struct Vgg19 {
+    convs: Vec<ConvRelu>,
+    pooling: Pooling,
+    input: InputAdapter,
+}
+
+impl Vgg19 {
+    /// Builds the network from weights, converting them to `dtype` on the
+    /// weights' device. Accepts any channel widths that chain (tests use a
+    /// narrow VGG); [`VggWeights::check_vgg19_shapes`] checks the real ones.
+    pub fn new(weights: &VggWeights, pooling: Pooling, dtype: DType) -> Result<Self> {
+        let mut convs = Vec::with_capacity(16);
+        let mut channels = 3;
+        for (i, (w, b)) in weights.layers.iter().enumerate() {
+            let conv = ConvRelu::new(w.to_dtype(dtype)?, b.to_dtype(dtype)?)?;
+            if conv.in_channels() != channels {
+                return Err(EngineError::Weights(format!(
+                    "{} takes {} channels but the layer before gives {channels}",
+                    CONV_LAYERS[i],
+                    conv.in_channels()
+                )));
+            }
+            channels = conv.out_channels();
+            convs.push(conv);
+        }
+        let device = weights.layers.first().map(|(w, _)| w.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let input = InputAdapter::new(weights.convention, dtype, &device)?;
+        Ok(Self { convs, pooling, input })
+    }
+
+    /// How many convs the weights provide.
+    pub fn depth(&self) -> usize {
+        self.convs.len()
+    }
+
+    /// Runs the first `depth` convs (and the pools between them) on `image`,
+    /// `[1, 3, H, W]` in the optimisation space (BGR, 0..255, mean removed).
+    pub fn forward(&self, image: &Tensor, depth: usize) -> Result<Activations> {
+        if depth > self.convs.len() {
+            return Err(EngineError::Weights(format!("the weights have {} conv layers; {depth} are needed", self.convs.len())));
+        }
+        let mut acts = Activations { features: Vec::with_capacity(depth), pool_inputs: Vec::new(), pool_outputs: Vec::new() };
+        let mut x = self.input.forward(image)?;
+        for (i, conv) in self.convs[..depth].iter().enumerate() {
+            if i > 0 && pool_after(i - 1) {
+                let pooled = match self.pooling {
+                    Pooling::Avg => layers::avg_pool(&x)?,
+                    Pooling::Max => layers::max_pool(&x)?,
+                };
+                acts.pool_inputs.push(x);
+                acts.pool_outputs.push(pooled.clone());
+                x = pooled;
+            }
+            x = conv.forward(&x)?;
+            acts.features.push(x.clone());
+        }
+        Ok(acts)
+    }
+
+    /// The gradient with respect to the image, given the gradient of the
+    /// loss at each conv's output (`None` where no loss reads that layer).
+    pub fn backward(&self, acts: &Activations, grad_features: &[Option<Tensor>]) -> Result<Tensor> {
+        let depth = acts.features.len();
+        let mut grad: Option<Tensor> = None;
+        let mut pool = acts.pool_inputs.len();
+        for i in (0..depth).rev() {
+            if let Some(g) = grad_features.get(i).and_then(Option::as_ref) {
+                grad = Some(match grad {
+                    Some(acc) => (acc + g)?,
+                    None => g.clone(),
+                });
+            }
+            let Some(g) = grad.take() else { continue };
+            let mut g = self.convs[i].backward(&acts.features[i], &g)?;
+            if i > 0 && pool_after(i - 1) {
+                pool -= 1;
+                let input = &acts.pool_inputs[pool];
+                g = match self.pooling {
+                    Pooling::Avg => {
+                        let (_, _, h, w) = input.dims4()?;
+                        layers::avg_pool_backward(&g, h, w)?
+                    }
+                    Pooling::Max => layers::max_pool_backward(input, &acts.pool_outputs[pool], &g)?,
+                };
+            }
+            grad = Some(g);
+        }
+        match grad {
+            Some(g) => self.input.backward(&g),
+            None => Err(EngineError::Weights("backward called with no loss gradient".into())),
+        }
+    }
+
+    /// FLOPs of the convolutions of one forward pass at `h`×`w` through the
+    /// first `depth` convs (direct-convolution count: 2·9·C_in·C_out·H·W).
+    pub fn forward_flops(&self, h: usize, w: usize, depth: usize) -> f64 {
+        let (mut h, mut w) = (h, w);
+        let mut total = 0.0;
+        for (i, conv) in self.convs[..depth].iter().enumerate() {
+            if i > 0 && pool_after(i - 1) {
+                h = layers::pooled(h);
+                w = layers::pooled(w);
+            }
+            total += conv.flops(h, w);
+        }
+        total
+    }
+}
+
+/// Maps the optimisation space (Caffe's: BGR, 0..255, mean removed) to the
+/// space the weights expect. Identity for the original VGG weights.
+struct InputAdapter {
+    /// `None` for Caffe-convention weights; otherwise per-channel scale and
+    /// shift `[1, 3, 1, 1]` applied after swapping B and R.
+    affine: Option<(Tensor, Tensor)>,
+}
+
+const CAFFE_MEAN_BGR: [f64; 3] = crate::pixels::MEAN_BGR;
+
+impl InputAdapter {
+    fn new(convention: InputConvention, dtype: DType, device: &candle_core::Device) -> Result<Self> {
+        let affine = match convention {
+            InputConvention::CaffeBgr => None,
+            InputConvention::TorchvisionRgb => {
+                // rgb01 = (x_bgr[2-c] + mean_bgr[2-c]) / 255; net = (rgb01 − m_c) / s_c
+                const M: [f64; 3] = [0.485, 0.456, 0.406];
+                const S: [f64; 3] = [0.229, 0.224, 0.225];
+                let scale: Vec<f64> = (0..3).map(|c| 1.0 / (255.0 * S[c])).collect();
+                let shift: Vec<f64> = (0..3).map(|c| (CAFFE_MEAN_BGR[2 - c] / 255.0 - M[c]) / S[c]).collect();
+                let scale = Tensor::from_vec(scale, (1, 3, 1, 1), device)?.to_dtype(dtype)?;
+                let shift = Tensor::from_vec(shift, (1, 3, 1, 1), device)?.to_dtype(dtype)?;
+                Some((scale, shift))
+            }
+        };
+        Ok(Self { affine })
+    }
+
+    fn swap_b_r(x: &Tensor) -> Result<Tensor> {
+        let idx = Tensor::new(&[2u32, 1, 0], x.device())?;
+        Ok(x.index_select(&idx, 1)?)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.affine {
+            None => Ok(x.clone()),
+            Some((scale, shift)) => Ok(Self::swap_b_r(x)?.broadcast_mul(scale)?.broadcast_add(shift)?),
+        }
+    }
+
+    fn backward(&self, g: &Tensor) -> Result<Tensor> {
+        match &self.affine {
+            None => Ok(g.clone()),
+            Some((scale, _)) => Self::swap_b_r(&g.broadcast_mul(scale)?),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests live in `tests/`; they run the real `farmctl` binary.
