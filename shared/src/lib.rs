@@ -1,0 +1,7 @@
+//! What Stylefarm's binaries share: reading and writing images with limits
+//! that protect the machine, finding and importing VGG-19 weights, and the
+//! small parsers of the command lines.
+
+pub mod image_io;
+pub mod size;
+pub mod weights;

@@ -1,1 +1,1 @@
-//! End-to-end tests live in `tests/`; they run the real `farmctl` binary.
+//! End-to-end tests live in `tests/tests/`; fixtures in `tests/fixtures/`.

@@ -1,0 +1,124 @@
+//! `farmctl bench`: seconds per iteration, the forward/backward split,
+//! effective GFLOP/s and peak memory, per render size, with the real
+//! weights and the default losses.
+//!
+//! GFLOP/s counts the direct-convolution FLOPs (2·9·C_in·C_out·H·W per conv,
+//! twice per iteration: forward and input gradient), so figures from
+//! engines with different conv algorithms compare on the same work.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use stylefarm_engine::{pixels, DType, Device, RenderParams, Renderer, Vgg19};
+use stylefarm_shared::{size, weights};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Render sizes WIDTHxHEIGHT, comma-separated, measured in this order.
+    #[arg(long, value_delimiter = ',', default_value = "333x250,800x600")]
+    pub sizes: Vec<String>,
+    /// Timed iterations per size (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Worker threads (sets RAYON_NUM_THREADS before the first tensor op).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// VGG-19 weights file.
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+    /// Print one JSON object per size instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Peak resident memory of this process since the last reset, in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the kernel's peak-RSS counter (Linux ≥ 4.0), so each size reports
+/// its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn noise_image(w: u32, h: u32, seed: u64) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..w * h * 3).map(|_| rng.random::<u8>()).collect()
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    // Must happen before candle starts its thread pools.
+    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
+    let params = RenderParams::default();
+    let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
+    if !args.json {
+        println!("farmctl bench: fp32, {} threads, VGG-19 to conv5_1, Adam step = forward + image gradient", args.threads);
+        println!(
+            "{:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
+            "size", "s/iter", "forward s", "backward s", "GFLOP/iter", "GFLOP/s", "peak MiB"
+        );
+    }
+    for s in &args.sizes {
+        let (w, h) = size::parse_size(s)?;
+        reset_peak_rss();
+        let tensor = |seed| pixels::to_tensor(&noise_image(w, h, seed), w as usize, h as usize, DType::F32, &Device::Cpu);
+        let (content, style) = (tensor(1)?, tensor(2)?);
+        let renderer = Renderer::new(vgg.clone(), params.clone(), &content, &[style])?;
+        let mut state = renderer.initial_state(&content, None)?;
+        for _ in 0..args.warmup {
+            renderer.step(&mut state)?;
+        }
+        let (mut steps, mut forwards) = (Vec::new(), Vec::new());
+        for _ in 0..args.iters {
+            let t = Instant::now();
+            renderer.step(&mut state)?;
+            steps.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            renderer.evaluate(&state.image)?;
+            forwards.push(t.elapsed().as_secs_f64());
+        }
+        let step = median(steps);
+        let forward = median(forwards);
+        let gflop = renderer.step_flops(h as usize, w as usize) / 1e9;
+        let peak = peak_rss_mib().context("cannot read peak memory from /proc/self/status")?;
+        if args.json {
+            let row = serde_json::json!({
+                "size": s, "threads": args.threads, "seconds_per_iter": step, "forward_seconds": forward,
+                "backward_seconds": step - forward, "gflop_per_iter": gflop, "gflops": gflop / step, "peak_rss_mib": peak,
+            });
+            println!("{row}");
+        } else {
+            println!(
+                "{:>9} {:>10.3} {:>10.3} {:>10.3} {:>10.1} {:>9.1} {:>10.0}",
+                s,
+                step,
+                forward,
+                step - forward,
+                gflop,
+                gflop / step,
+                peak
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! `farmctl render`: one styled image on this machine, no servers.
+//!
+//! Reads and checks every input before any work, then runs the engine's
+//! step function, writing snapshots, a JSON-lines loss log and the final
+//! PNG. A progress bar on stderr shows iteration, losses and ETA.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use stylefarm_engine::{pixels, DType, Device, Init, LayerWeight, Pooling, RenderParams, Renderer, Tensor, Vgg19};
+use stylefarm_shared::image_io::{self, ImageLimits};
+use stylefarm_shared::{size, weights};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PoolingArg {
+    Avg,
+    Max,
+}
+
+#[derive(Args)]
+pub struct RenderArgs {
+    /// The photo whose content is kept.
+    #[arg(long)]
+    pub content: PathBuf,
+    /// The painting whose style is taken (repeat to blend several).
+    #[arg(long, required = true)]
+    pub style: Vec<PathBuf>,
+    /// Blend weights of the styles, comma-separated (default: equal).
+    #[arg(long, value_delimiter = ',')]
+    pub style_blend: Vec<f64>,
+    /// Output PNG.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Render size WIDTHxHEIGHT (default: the content's aspect, longer side --max-side).
+    #[arg(long, conflicts_with = "max_side")]
+    pub size: Option<String>,
+    /// Longer side of the render when --size is not given.
+    #[arg(long, default_value_t = 512)]
+    pub max_side: u32,
+    /// Optimizer iterations.
+    #[arg(long, default_value_t = 300)]
+    pub iters: usize,
+    /// Content weight α.
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    pub alpha: f64,
+    /// Style weight β.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub beta: f64,
+    /// Total-variation weight (mean squared neighbour difference, pixel units).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub tv_weight: f64,
+    /// Adam learning rate (pixel units).
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// blend | content | noise | PATH of an image to start from.
+    #[arg(long, default_value = "blend")]
+    pub init: String,
+    /// Share of noise in the blend init.
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
+    pub noise_ratio: f64,
+    /// Seed of the init noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "avg")]
+    pub pooling: PoolingArg,
+    /// Content layers, `name[:weight]`, comma-separated.
+    #[arg(long, default_value = "conv4_2")]
+    pub content_layers: String,
+    /// Style layers, `name[:weight]`, comma-separated.
+    #[arg(long, default_value = "conv1_1:0.5,conv2_1:1.0,conv3_1:1.5,conv4_1:3.0,conv5_1:4.0")]
+    pub style_layers: String,
+    /// Write OUTPUT_0010.png … every N iterations (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_every: usize,
+    /// Write one JSON object per iteration (iteration, content, style, tv, total, seconds).
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// VGG-19 weights file (default: $STYLEFARM_WEIGHTS or the cache).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Largest input image accepted, in megapixels.
+    #[arg(long, default_value_t = 64)]
+    pub max_input_megapixels: u64,
+}
+
+/// `conv1_1:0.5,conv2_1` → layers with weights (default weight 1).
+fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (name, weight) = match part.split_once(':') {
+                Some((n, w)) => (n.trim(), w.trim().parse::<f64>().with_context(|| format!("{flag}: `{w}` in `{part}` is not a number"))?),
+                None => (part.trim(), 1.0),
+            };
+            Ok(LayerWeight::new(name, weight))
+        })
+        .collect()
+}
+
+/// `out.png` → `out_0010.png`.
+pub fn snapshot_path(output: &Path, iteration: usize) -> PathBuf {
+    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    output.with_file_name(format!("{stem}_{iteration:04}.png"))
+}
+
+/// Fails now, not after the render, if `path` cannot be written.
+fn check_writable(path: &Path, what: &str) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write {what} {}: folder {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        bail!("cannot write {what} {}: it is a folder", path.display());
+    }
+    let probe = dir.join(format!(".farmctl-probe-{}", std::process::id()));
+    File::create(&probe).with_context(|| format!("cannot write {what} {}: folder {} is not writable", path.display(), dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn to_tensor(img: &image::RgbImage) -> Result<Tensor> {
+    let (w, h) = img.dimensions();
+    Ok(pixels::to_tensor(img.as_raw(), w as usize, h as usize, DType::F32, &Device::Cpu)?)
+}
+
+fn write_png(path: &Path, image: &Tensor) -> Result<()> {
+    let (rgb, w, h) = pixels::to_rgb(image)?;
+    image_io::save_png(path, &rgb, w as u32, h as u32)?;
+    Ok(())
+}
+
+pub fn run(args: RenderArgs) -> Result<()> {
+    // 1. Parameters.
+    let init = match args.init.as_str() {
+        "blend" => Init::Blend,
+        "content" => Init::Content,
+        "noise" => Init::Noise,
+        _ => Init::Image,
+    };
+    let params = RenderParams {
+        alpha: args.alpha,
+        beta: args.beta,
+        tv_weight: args.tv_weight,
+        lr: args.lr,
+        iterations: args.iters,
+        init: init.clone(),
+        noise_ratio: args.noise_ratio,
+        seed: args.seed,
+        pooling: match args.pooling {
+            PoolingArg::Avg => Pooling::Avg,
+            PoolingArg::Max => Pooling::Max,
+        },
+        content_layers: parse_layers("--content-layers", &args.content_layers)?,
+        style_layers: parse_layers("--style-layers", &args.style_layers)?,
+        style_blend: args.style_blend.clone(),
+    };
+    params.validate(args.style.len())?;
+    if args.output.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
+        bail!("output {} must end in .png", args.output.display());
+    }
+    check_writable(&args.output, "output")?;
+    if let Some(log) = &args.log {
+        check_writable(log, "loss log")?;
+    }
+
+    // 2. Inputs.
+    let limits = ImageLimits { max_pixels: args.max_input_megapixels << 20, ..ImageLimits::default() };
+    let content_img = image_io::load_rgb(&args.content, limits)?;
+    let (w, h) = match &args.size {
+        Some(s) => size::parse_size(s)?,
+        None => size::fit_max_side(content_img.dimensions(), args.max_side)?,
+    };
+    let content = to_tensor(&image_io::resize(&content_img, w, h))?;
+    // Each style is resized to the render size, as the assignment did.
+    let styles = args
+        .style
+        .iter()
+        .map(|p| to_tensor(&image_io::resize(&image_io::load_rgb(p, limits)?, w, h)))
+        .collect::<Result<Vec<_>>>()?;
+    let init_image = match init {
+        Init::Image => Some(to_tensor(&image_io::resize(&image_io::load_rgb(Path::new(&args.init), limits)?, w, h))?),
+        _ => None,
+    };
+    let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
+
+    // 3. The render.
+    let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
+    let renderer = Renderer::new(vgg, params, &content, &styles)?;
+    let mut state = renderer.initial_state(&content, init_image.as_ref())?;
+    let mut log = match &args.log {
+        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create loss log {}", p.display()))?)),
+        None => None,
+    };
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.iters as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut write_log = |iteration: usize, l: &stylefarm_engine::Losses| -> Result<()> {
+        if let Some(f) = log.as_mut() {
+            let line = serde_json::json!({
+                "iteration": iteration, "content": l.content, "style": l.style, "tv": l.tv,
+                "total": l.total, "seconds": started.elapsed().as_secs_f64(),
+            });
+            writeln!(f, "{line}").and_then(|_| f.flush()).context("cannot write the loss log")?;
+        }
+        Ok(())
+    };
+    while state.iteration < args.iters {
+        let iteration = state.iteration;
+        let losses = renderer.step(&mut state)?;
+        write_log(iteration, &losses)?;
+        if !losses.total.is_finite() {
+            bail!("the loss became {} at iteration {iteration}; try a smaller --lr", losses.total);
+        }
+        bar.set_message(format!("total {:.4e}  content {:.3e}  style {:.3e}", losses.total, losses.content, losses.style));
+        bar.inc(1);
+        if args.snapshot_every > 0 && state.iteration % args.snapshot_every == 0 {
+            write_png(&snapshot_path(&args.output, state.iteration), &state.image)?;
+        }
+    }
+    // The last line is the final image, so the log always ends where the render does.
+    let last = renderer.evaluate(&state.image)?;
+    write_log(state.iteration, &last)?;
+    bar.finish_and_clear();
+    write_png(&args.output, &state.image)?;
+    println!(
+        "wrote {} ({w}x{h}, {} iterations, total loss {:.4e}, {:.1}s)",
+        args.output.display(),
+        state.iteration,
+        last.total,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

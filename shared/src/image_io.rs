@@ -1,0 +1,180 @@
+//! Image files in and out. Every error names the file and what is wrong
+//! with it; a header that claims an enormous image is refused before any
+//! pixel memory is allocated.
+
+use std::path::{Path, PathBuf};
+
+use image::{ImageReader, Limits, RgbImage};
+
+/// How large an input image may be.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageLimits {
+    /// Width × height.
+    pub max_pixels: u64,
+    /// Either side.
+    pub max_side: u32,
+}
+
+impl Default for ImageLimits {
+    /// 64 megapixels and 16384 px a side: any photo or scan a user renders,
+    /// and at most ~200 MB of RGB while decoding.
+    fn default() -> Self {
+        Self { max_pixels: 64 << 20, max_side: 16384 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read image {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not an image in a known format (PNG, JPEG, WebP, BMP, TIFF)")]
+    UnknownFormat { path: PathBuf },
+    #[error("image {path} is {width}x{height} pixels, over the limit of {limit}: {why}")]
+    TooLarge { path: PathBuf, width: u32, height: u32, limit: String, why: &'static str },
+    #[error("image {path} is corrupt or truncated: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("image {path} has no pixels ({width}x{height})")]
+    Empty { path: PathBuf, width: u32, height: u32 },
+    #[error("cannot write image {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, ImageError> {
+    let unreadable = |source| ImageError::Unreadable { path: path.to_path_buf(), source };
+    let r = ImageReader::open(path).map_err(unreadable)?.with_guessed_format().map_err(unreadable)?;
+    if r.format().is_none() {
+        return Err(ImageError::UnknownFormat { path: path.to_path_buf() });
+    }
+    Ok(r)
+}
+
+/// Reads only the header: `(width, height)`.
+pub fn dimensions(path: &Path) -> Result<(u32, u32), ImageError> {
+    reader(path)?.into_dimensions().map_err(|e| ImageError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Decodes an image to 8-bit RGB after checking its header against `limits`.
+pub fn load_rgb(path: &Path, limits: ImageLimits) -> Result<RgbImage, ImageError> {
+    let (width, height) = dimensions(path)?;
+    let too_large = |limit: String, why| ImageError::TooLarge { path: path.to_path_buf(), width, height, limit, why };
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty { path: path.to_path_buf(), width, height });
+    }
+    if width.max(height) > limits.max_side {
+        return Err(too_large(format!("{} px a side", limits.max_side), "a side is too long"));
+    }
+    if width as u64 * height as u64 > limits.max_pixels {
+        return Err(too_large(format!("{} megapixels", limits.max_pixels >> 20), "too many pixels"));
+    }
+    let mut r = reader(path)?;
+    // The decoder enforces the same bounds itself, so a header that lies
+    // about its size cannot make it allocate more.
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_pixels * 4 * 2);
+    r.limits(decoder_limits);
+    let img = r.decode().map_err(|e| ImageError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+    Ok(img.to_rgb8())
+}
+
+/// Resizes to exactly `w`×`h` (Lanczos-3).
+pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    if img.dimensions() == (w, h) {
+        return img.clone();
+    }
+    image::imageops::resize(img, w, h, image::imageops::FilterType::Lanczos3)
+}
+
+/// Writes RGB pixels as a PNG, atomically: a temporary file in the same
+/// folder, then a rename, so a reader never sees half an image.
+pub fn save_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<(), ImageError> {
+    let fail = |reason: String| ImageError::Write { path: path.to_path_buf(), reason };
+    let img = RgbImage::from_raw(w, h, rgb.to_vec()).ok_or_else(|| fail(format!("{} bytes do not make {w}x{h} RGB", rgb.len())))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| fail("the path names no file".into()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| fail(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(e.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn png_bytes(w: u32, h: u32) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30])).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// A valid PNG whose IHDR claims `w`×`h` (CRC fixed up) but holds 4×4 data.
+    fn lying_png(w: u32, h: u32) -> Vec<u8> {
+        let mut b = png_bytes(4, 4);
+        b[16..20].copy_from_slice(&w.to_be_bytes());
+        b[20..24].copy_from_slice(&h.to_be_bytes());
+        let crc = crc32fast::hash(&b[12..29]);
+        b[29..33].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn reads_a_good_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "ok.png", &png_bytes(5, 3));
+        let img = load_rgb(&p, ImageLimits::default()).unwrap();
+        assert_eq!(img.dimensions(), (5, 3));
+        assert_eq!(img.get_pixel(4, 2).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn enormous_header_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "huge.png", &lying_png(50000, 50000));
+        let err = load_rgb(&p, ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("50000x50000") && err.contains("huge.png"), "{err}");
+        // Under the side limit but over the pixel limit.
+        let p = write(dir.path(), "wide.png", &lying_png(16000, 8000));
+        let err = load_rgb(&p, ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("too many pixels"), "{err}");
+    }
+
+    #[test]
+    fn truncated_garbage_missing_and_empty_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = png_bytes(64, 64);
+        let p = write(dir.path(), "cut.png", &good[..good.len() / 2]);
+        let err = load_rgb(&p, ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("corrupt or truncated") && err.contains("cut.png"), "{err}");
+
+        let p = write(dir.path(), "notes.txt", b"hello, I am not a picture");
+        let err = load_rgb(&p, ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("not an image"), "{err}");
+
+        let err = load_rgb(&dir.path().join("absent.jpg"), ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("cannot read image") && err.contains("absent.jpg"), "{err}");
+
+        let p = write(dir.path(), "zero.png", &lying_png(0, 7));
+        let err = load_rgb(&p, ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("zero.png"), "{err}");
+    }
+
+    #[test]
+    fn save_into_a_missing_folder_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = save_png(&dir.path().join("no/such/dir/out.png"), &[0; 12], 2, 2).unwrap_err().to_string();
+        assert!(err.contains("cannot write image"), "{err}");
+        let ok = dir.path().join("out.png");
+        save_png(&ok, &[7; 12], 2, 2).unwrap();
+        assert_eq!(load_rgb(&ok, ImageLimits::default()).unwrap().get_pixel(1, 1).0, [7, 7, 7]);
+    }
+}
