@@ -2,6 +2,7 @@
 //! with it; a header that claims an enormous image is refused before any
 //! pixel memory is allocated.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use image::{ImageReader, Limits, RgbImage};
@@ -41,10 +42,13 @@ pub enum ImageError {
 
 fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, ImageError> {
     let unreadable = |source| ImageError::Unreadable { path: path.to_path_buf(), source };
-    let r = ImageReader::open(path).map_err(unreadable)?.with_guessed_format().map_err(unreadable)?;
-    if r.format().is_none() {
-        return Err(ImageError::UnknownFormat { path: path.to_path_buf() });
-    }
+    // The format comes from the file's first bytes, never its name: a text
+    // file called photo.jpg is "not an image", not "a corrupt JPEG".
+    let mut head = Vec::with_capacity(64);
+    std::fs::File::open(path).and_then(|f| f.take(64).read_to_end(&mut head)).map_err(unreadable)?;
+    let format = image::guess_format(&head).map_err(|_| ImageError::UnknownFormat { path: path.to_path_buf() })?;
+    let mut r = ImageReader::open(path).map_err(unreadable)?;
+    r.set_format(format);
     Ok(r)
 }
 
@@ -67,6 +71,9 @@ pub fn load_rgb(path: &Path, limits: ImageLimits) -> Result<RgbImage, ImageError
         return Err(too_large(format!("{} megapixels", limits.max_pixels >> 20), "too many pixels"));
     }
     let mut r = reader(path)?;
+    if r.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_complete(path)?;
+    }
     // The decoder enforces the same bounds itself, so a header that lies
     // about its size cannot make it allocate more.
     let mut decoder_limits = Limits::default();
@@ -76,6 +83,20 @@ pub fn load_rgb(path: &Path, limits: ImageLimits) -> Result<RgbImage, ImageError
     r.limits(decoder_limits);
     let img = r.decode().map_err(|e| ImageError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
     Ok(img.to_rgb8())
+}
+
+/// The JPEG decoder fills a truncated scan with grey instead of failing, so
+/// a cut-off file must be caught here: a complete JPEG has an end-of-image
+/// marker (`FF D9`) after its last start-of-scan (`FF DA`). Inside
+/// entropy-coded data `FF` is always stuffed (`FF 00`), so the marker
+/// cannot appear by accident.
+fn check_jpeg_complete(path: &Path) -> Result<(), ImageError> {
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Unreadable { path: path.to_path_buf(), source })?;
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
+        _ => Err(ImageError::Corrupt { path: path.to_path_buf(), reason: "the JPEG data ends before its end-of-image marker (truncated file?)".into() }),
+    }
 }
 
 /// Resizes to exactly `w`×`h` (Lanczos-3).
@@ -166,6 +187,20 @@ mod tests {
         let p = write(dir.path(), "zero.png", &lying_png(0, 7));
         let err = load_rgb(&p, ImageLimits::default()).unwrap_err().to_string();
         assert!(err.contains("zero.png"), "{err}");
+    }
+
+    #[test]
+    fn truncated_jpeg_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        let img = RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 128]));
+        img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = jpeg.into_inner();
+        let ok = write(dir.path(), "whole.jpg", &jpeg);
+        assert_eq!(load_rgb(&ok, ImageLimits::default()).unwrap().dimensions(), (64, 64));
+        let cut = write(dir.path(), "cut.jpg", &jpeg[..jpeg.len() * 2 / 3]);
+        let err = load_rgb(&cut, ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("truncated") && err.contains("cut.jpg"), "{err}");
     }
 
     #[test]

