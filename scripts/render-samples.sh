@@ -12,7 +12,7 @@ OUT=${OUT:-out}
 
 command -v cargo >/dev/null || { echo "render-samples.sh: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 cargo build --locked --release -p farmctl
-FARMCTL=./target/release/farmctl
+FARMCTL="${CARGO_TARGET_DIR:-target}/release/farmctl"
 "$FARMCTL" weights fetch >/dev/null
 mkdir -p "$OUT"
 

