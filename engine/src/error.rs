@@ -15,6 +15,9 @@ pub enum EngineError {
     /// An image the engine cannot work with (too small, wrong shape).
     #[error("image: {0}")]
     Image(String),
+    /// A checkpoint that is damaged or not a checkpoint.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A failure inside candle (shape mismatch, allocation); a bug if it
     /// escapes validation.
     #[error("tensor operation failed: {0}")]

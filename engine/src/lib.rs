@@ -13,11 +13,15 @@
 //! - [`loss`]: content, style (Gram) and total-variation losses, each giving
 //!   its value and its gradient;
 //! - [`optim`]: Adam with TensorFlow 1's update rule (the assignment's);
+//! - [`lbfgs`]: L-BFGS with a backtracking line search;
 //! - [`render`]: targets computed once per render, and the pure step function;
 //! - [`pixels`]: RGB bytes to the network's input space and back.
 
+pub mod checkpoint;
 pub mod error;
+pub mod graph;
 pub mod layers;
+pub mod lbfgs;
 pub mod loss;
 pub mod optim;
 pub mod params;
@@ -27,8 +31,8 @@ pub mod vgg;
 pub mod weights;
 
 pub use error::{EngineError, Result};
-pub use params::{Init, LayerWeight, Pooling, RenderParams};
-pub use render::{Losses, RenderState, Renderer};
+pub use params::{Init, LayerWeight, Optimizer, Pooling, RenderParams};
+pub use render::{Losses, OptimizerState, RenderState, Renderer};
 pub use vgg::Vgg19;
 pub use weights::{InputConvention, VggWeights};
 

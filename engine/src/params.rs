@@ -17,6 +17,18 @@ pub enum Pooling {
     Max,
 }
 
+/// The optimizer that updates the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam with TensorFlow 1's rule; `lr` is its learning rate.
+    #[default]
+    Adam,
+    /// L-BFGS with a backtracking line search; `lr` bounds the first step
+    /// (in pixels), later steps are scaled by the curvature.
+    Lbfgs,
+}
+
 /// How the optimised image starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -55,8 +67,12 @@ pub struct RenderParams {
     pub beta: f64,
     /// Total-variation loss weight (0 = off).
     pub tv_weight: f64,
-    /// Adam learning rate, in pixel units (0..255 scale).
+    pub optimizer: Optimizer,
+    /// Adam learning rate, in pixel units (0..255 scale); for L-BFGS the
+    /// largest per-pixel move of the first step.
     pub lr: f64,
+    /// L-BFGS history size (pairs of image-sized tensors kept).
+    pub lbfgs_history: usize,
     /// Optimizer iterations.
     pub iterations: usize,
     pub init: Init,
@@ -77,7 +93,9 @@ impl Default for RenderParams {
             alpha: 0.01,
             beta: 1.0,
             tv_weight: 0.0,
+            optimizer: Optimizer::Adam,
             lr: 2.0,
+            lbfgs_history: 10,
             iterations: 300,
             init: Init::Blend,
             noise_ratio: 0.6,
@@ -126,6 +144,9 @@ impl RenderParams {
         finite_non_negative("tv_weight", self.tv_weight)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(invalid("lr", format!("{} must be a finite number > 0", self.lr)));
+        }
+        if !(1..=1000).contains(&self.lbfgs_history) {
+            return Err(invalid("lbfgs_history", format!("{} must be between 1 and 1000", self.lbfgs_history)));
         }
         if self.iterations > MAX_ITERATIONS {
             return Err(invalid("iterations", format!("{} is more than the limit of {MAX_ITERATIONS}", self.iterations)));
@@ -193,6 +214,7 @@ mod tests {
             (RenderParams { alpha: f64::NAN, ..Default::default() }, "alpha"),
             (RenderParams { beta: -1.0, ..Default::default() }, "beta"),
             (RenderParams { lr: 0.0, ..Default::default() }, "lr"),
+            (RenderParams { lbfgs_history: 0, ..Default::default() }, "lbfgs_history"),
             (RenderParams { noise_ratio: 1.5, ..Default::default() }, "noise_ratio"),
             (RenderParams { tv_weight: f64::INFINITY, ..Default::default() }, "tv_weight"),
             (RenderParams { style_layers: vec![LayerWeight::new("conv1_1", f64::NAN)], ..Default::default() }, "style_layers"),

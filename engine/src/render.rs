@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, Result};
 use crate::loss::{total_variation, ContentLoss, StyleLoss};
+use crate::lbfgs::{Lbfgs, LbfgsState};
 use crate::optim::{Adam, AdamState};
-use crate::params::{Init, RenderParams};
+use crate::params::{Init, Optimizer, RenderParams};
 use crate::vgg::{conv_index, Vgg19};
 
 /// The losses of one image. `content`, `style` and `tv` are unweighted;
@@ -25,14 +26,22 @@ pub struct Losses {
     pub total: f64,
 }
 
+/// The optimizer's memory between iterations.
+#[derive(Debug, Clone)]
+pub enum OptimizerState {
+    Adam(AdamState),
+    Lbfgs(LbfgsState),
+}
+
 /// Everything a render needs to continue: the image, the optimizer's state
-/// and how far it got.
+/// and how far it got. (The init noise is the only randomness; it is drawn
+/// before iteration 0, so no RNG state is carried.)
 #[derive(Debug, Clone)]
 pub struct RenderState {
     /// `[1, 3, H, W]` in the optimisation space.
     pub image: Tensor,
-    pub adam: AdamState,
-    /// Updates done so far.
+    pub optimizer: OptimizerState,
+    /// Iterations done so far.
     pub iteration: usize,
 }
 
@@ -53,6 +62,7 @@ pub struct Renderer {
     content: Vec<Term<ContentLoss>>,
     style: Vec<Term<StyleLoss>>,
     adam: Adam,
+    lbfgs: Lbfgs,
 }
 
 impl Renderer {
@@ -92,7 +102,8 @@ impl Renderer {
             .collect::<Result<Vec<_>>>()?;
 
         let adam = Adam::new(params.lr);
-        Ok(Self { vgg, params, depth, content: content_terms, style: style_terms, adam })
+        let lbfgs = Lbfgs::new(params.lbfgs_history, params.lr);
+        Ok(Self { vgg, params, depth, content: content_terms, style: style_terms, adam, lbfgs })
     }
 
     pub fn params(&self) -> &RenderParams {
@@ -128,8 +139,11 @@ impl Renderer {
     /// The state a render starts from.
     pub fn initial_state(&self, content: &Tensor, init_image: Option<&Tensor>) -> Result<RenderState> {
         let image = self.initial_image(content, init_image)?;
-        let adam = AdamState::new(&image)?;
-        Ok(RenderState { image, adam, iteration: 0 })
+        let optimizer = match self.params.optimizer {
+            Optimizer::Adam => OptimizerState::Adam(AdamState::new(&image)?),
+            Optimizer::Lbfgs => OptimizerState::Lbfgs(LbfgsState::new()),
+        };
+        Ok(RenderState { image, optimizer, iteration: 0 })
     }
 
     /// The losses of `image` and, if `with_grad`, the gradient of the total
@@ -186,10 +200,20 @@ impl Renderer {
         Ok(self.losses(image, false)?.0)
     }
 
-    /// One Adam update; returns the losses of the image before it.
+    /// One optimizer iteration; returns the losses of the image before it.
     pub fn step(&self, state: &mut RenderState) -> Result<Losses> {
-        let (losses, grad) = self.loss_and_grad(&state.image)?;
-        state.image = self.adam.step(&state.image, &grad, &mut state.adam)?;
+        let losses = match &mut state.optimizer {
+            OptimizerState::Adam(adam) => {
+                let (losses, grad) = self.loss_and_grad(&state.image)?;
+                state.image = self.adam.step(&state.image, &grad, adam)?;
+                losses
+            }
+            OptimizerState::Lbfgs(lbfgs) => {
+                let (image, losses) = self.lbfgs.step(&state.image, lbfgs, |x| self.loss_and_grad(x))?;
+                state.image = image;
+                losses
+            }
+        };
         state.iteration += 1;
         Ok(losses)
     }

@@ -8,14 +8,19 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use stylefarm_engine::{pixels, DType, Device, Init, LayerWeight, Pooling, RenderParams, Renderer, Tensor, Vgg19};
+use stylefarm_engine::checkpoint::{Checkpoint, Identity, LossRecord};
+use stylefarm_engine::{graph, pixels, DType, Device, Init, LayerWeight, Optimizer, Pooling, RenderParams, Renderer, Tensor, Vgg19};
+use stylefarm_shared::checkpoints::CheckpointStore;
 use stylefarm_shared::image_io::{self, ImageLimits};
-use stylefarm_shared::{size, weights};
+use stylefarm_shared::storage::Store;
+use stylefarm_shared::tfevents::EventWriter;
+use stylefarm_shared::{plot, size, weights};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum PoolingArg {
@@ -90,10 +95,39 @@ pub struct RenderArgs {
     /// Largest input image accepted, in megapixels.
     #[arg(long, default_value_t = 64)]
     pub max_input_megapixels: u64,
+    /// adam | lbfgs.
+    #[arg(long, value_enum, default_value = "adam")]
+    pub optimizer: OptimizerArg,
+    /// L-BFGS history size.
+    #[arg(long, default_value_t = 10)]
+    pub lbfgs_history: usize,
+    /// Write a checkpoint every N iterations (0 = only on Ctrl-C/SIGTERM
+    /// when --checkpoint-dir is given).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Where checkpoints go: a folder or a URL (file://, s3://, gs://, az://).
+    /// Default: OUTPUT.ckpt/ beside the output.
+    #[arg(long)]
+    pub checkpoint_dir: Option<String>,
+    /// How many of the newest checkpoints to keep.
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Continue from the newest valid checkpoint (same inputs and parameters).
+    #[arg(long)]
+    pub resume: bool,
+    /// Skip the loss plot, TensorBoard events and graph beside the output.
+    #[arg(long)]
+    pub no_extras: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    Adam,
+    Lbfgs,
 }
 
 /// `conv1_1:0.5,conv2_1` → layers with weights (default weight 1).
-fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
+pub fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|part| {
@@ -106,10 +140,15 @@ fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
         .collect()
 }
 
+/// `out.png` → `out{suffix}`, beside it.
+pub fn beside(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    output.with_file_name(format!("{stem}{suffix}"))
+}
+
 /// `out.png` → `out_0010.png`.
 pub fn snapshot_path(output: &Path, iteration: usize) -> PathBuf {
-    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    output.with_file_name(format!("{stem}_{iteration:04}.png"))
+    beside(output, &format!("_{iteration:04}.png"))
 }
 
 /// Fails now, not after the render, if `path` cannot be written.
@@ -138,21 +177,22 @@ fn write_png(path: &Path, image: &Tensor) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: RenderArgs) -> Result<()> {
-    // 1. Parameters.
-    let init = match args.init.as_str() {
-        "blend" => Init::Blend,
-        "content" => Init::Content,
-        "noise" => Init::Noise,
-        _ => Init::Image,
-    };
-    let params = RenderParams {
+/// Set by Ctrl-C or SIGTERM; the loop checkpoints and stops.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn params_from(args: &RenderArgs, init: Init) -> Result<RenderParams> {
+    Ok(RenderParams {
         alpha: args.alpha,
         beta: args.beta,
         tv_weight: args.tv_weight,
+        optimizer: match args.optimizer {
+            OptimizerArg::Adam => Optimizer::Adam,
+            OptimizerArg::Lbfgs => Optimizer::Lbfgs,
+        },
         lr: args.lr,
+        lbfgs_history: args.lbfgs_history,
         iterations: args.iters,
-        init: init.clone(),
+        init,
         noise_ratio: args.noise_ratio,
         seed: args.seed,
         pooling: match args.pooling {
@@ -162,7 +202,54 @@ pub fn run(args: RenderArgs) -> Result<()> {
         content_layers: parse_layers("--content-layers", &args.content_layers)?,
         style_layers: parse_layers("--style-layers", &args.style_layers)?,
         style_blend: args.style_blend.clone(),
+    })
+}
+
+/// The files written beside the output: loss log, plot, TensorBoard events.
+struct Records {
+    log: Option<BufWriter<File>>,
+    events: Option<EventWriter>,
+    plot: Option<PathBuf>,
+    weights: (f64, f64, f64),
+}
+
+impl Records {
+    fn push(&mut self, r: &LossRecord) -> Result<()> {
+        if let Some(f) = self.log.as_mut() {
+            let line = serde_json::json!({
+                "iteration": r.iteration, "content": r.losses.content, "style": r.losses.style,
+                "tv": r.losses.tv, "total": r.losses.total, "seconds": r.seconds,
+            });
+            writeln!(f, "{line}").and_then(|_| f.flush()).context("cannot write the loss log")?;
+        }
+        if let Some(ev) = self.events.as_mut() {
+            let l = &r.losses;
+            ev.scalars(r.iteration as i64, &[("loss/total", l.total), ("loss/content", l.content), ("loss/style", l.style), ("loss/tv", l.tv)])
+                .context("cannot write the TensorBoard events")?;
+        }
+        Ok(())
+    }
+
+    fn draw(&mut self, history: &[LossRecord], title: &str) -> Result<()> {
+        if let Some(ev) = self.events.as_mut() {
+            ev.flush().context("cannot write the TensorBoard events")?;
+        }
+        if let Some(p) = &self.plot {
+            plot::loss_curves(p, history, self.weights, title)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: RenderArgs) -> Result<()> {
+    // 1. Parameters and output locations, all checked before any work.
+    let init = match args.init.as_str() {
+        "blend" => Init::Blend,
+        "content" => Init::Content,
+        "noise" => Init::Noise,
+        _ => Init::Image,
     };
+    let params = params_from(&args, init.clone())?;
     params.validate(args.style.len())?;
     if args.output.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
         bail!("output {} must end in .png", args.output.display());
@@ -171,6 +258,17 @@ pub fn run(args: RenderArgs) -> Result<()> {
     if let Some(log) = &args.log {
         check_writable(log, "loss log")?;
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let checkpoints = if args.checkpoint_every > 0 || args.checkpoint_dir.is_some() || args.resume {
+        let location = args.checkpoint_dir.clone().unwrap_or_else(|| beside(&args.output, ".ckpt").to_string_lossy().into_owned());
+        let store = CheckpointStore::new(Store::open(&location)?, args.keep_checkpoints);
+        runtime
+            .block_on(store.check_writable())
+            .with_context(|| format!("checkpoint location {location} does not take writes"))?;
+        Some(store)
+    } else {
+        None
+    };
 
     // 2. Inputs.
     let limits = ImageLimits { max_pixels: args.max_input_megapixels << 20, ..ImageLimits::default() };
@@ -191,36 +289,98 @@ pub fn run(args: RenderArgs) -> Result<()> {
         _ => None,
     };
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
+    let identity = Identity::new(&params, &content, &styles, init_image.as_ref())?;
 
-    // 3. The render.
+    // 3. Where the render starts: a checkpoint or the init.
     let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
-    let renderer = Renderer::new(vgg, params, &content, &styles)?;
-    let mut state = renderer.initial_state(&content, init_image.as_ref())?;
-    let mut log = match &args.log {
-        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create loss log {}", p.display()))?)),
-        None => None,
+    let renderer = Renderer::new(vgg, params.clone(), &content, &styles)?;
+    let mut resumed = None;
+    if let (true, Some(store)) = (args.resume, &checkpoints) {
+        let (found, warnings) = runtime.block_on(store.newest_valid(&Device::Cpu))?;
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+        match found {
+            Some(ck) => {
+                if let Some(diff) = ck.identity.difference(&identity) {
+                    bail!("cannot resume from the checkpoint in {}: {diff}", store.location());
+                }
+                eprintln!("resuming from iteration {} ({})", ck.state.iteration, store.location());
+                resumed = Some(ck);
+            }
+            None => eprintln!("no checkpoint in {}; starting from the beginning", store.location()),
+        }
+    }
+    let (mut state, mut history) = match resumed {
+        Some(ck) => (ck.state, ck.history),
+        None => (renderer.initial_state(&content, init_image.as_ref())?, Vec::new()),
     };
+
+    // 4. Records beside the output, rewritten from the history on resume.
+    let mut records = Records {
+        log: match &args.log {
+            Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create loss log {}", p.display()))?)),
+            None => None,
+        },
+        events: None,
+        plot: (!args.no_extras).then(|| beside(&args.output, "_losses.svg")),
+        weights: (params.alpha, params.beta, params.tv_weight),
+    };
+    if !args.no_extras {
+        let dir = beside(&args.output, ".tb");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents.")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        records.events = Some(EventWriter::create(&dir).with_context(|| format!("cannot write TensorBoard events in {}", dir.display()))?);
+        let dot = beside(&args.output, ".dot");
+        std::fs::write(&dot, graph::dot(&params, w as usize, h as usize)?).with_context(|| format!("cannot write {}", dot.display()))?;
+    }
+    for r in &history {
+        records.push(r)?;
+    }
+
+    // 5. The loop.
+    let title = format!(
+        "{} × {}",
+        args.content.file_stem().unwrap_or_default().to_string_lossy(),
+        args.style[0].file_stem().unwrap_or_default().to_string_lossy()
+    );
+    runtime.spawn(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        STOP.store(true, Ordering::SeqCst);
+    });
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.iters as u64) };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    bar.set_position(state.iteration as u64);
+    bar.reset_eta();
+    let offset = history.last().map(|r| r.seconds).unwrap_or(0.0);
     let started = Instant::now();
-    let mut write_log = |iteration: usize, l: &stylefarm_engine::Losses| -> Result<()> {
-        if let Some(f) = log.as_mut() {
-            let line = serde_json::json!({
-                "iteration": iteration, "content": l.content, "style": l.style, "tv": l.tv,
-                "total": l.total, "seconds": started.elapsed().as_secs_f64(),
-            });
-            writeln!(f, "{line}").and_then(|_| f.flush()).context("cannot write the loss log")?;
+    let seconds = || offset + started.elapsed().as_secs_f64();
+    let save = |state: &stylefarm_engine::RenderState, history: &Vec<LossRecord>| -> Result<()> {
+        if let Some(store) = &checkpoints {
+            let ck = Checkpoint { state: state.clone(), history: history.clone(), identity: identity.clone() };
+            runtime
+                .block_on(store.save(&ck))
+                .with_context(|| format!("checkpoint at iteration {} failed; the previous checkpoint stays valid", state.iteration))?;
         }
         Ok(())
     };
     while state.iteration < args.iters {
         let iteration = state.iteration;
         let losses = renderer.step(&mut state)?;
-        write_log(iteration, &losses)?;
+        let record = LossRecord { iteration, losses, seconds: seconds() };
+        records.push(&record)?;
+        history.push(record);
         if !losses.total.is_finite() {
             bail!("the loss became {} at iteration {iteration}; try a smaller --lr", losses.total);
         }
@@ -228,11 +388,26 @@ pub fn run(args: RenderArgs) -> Result<()> {
         bar.inc(1);
         if args.snapshot_every > 0 && state.iteration % args.snapshot_every == 0 {
             write_png(&snapshot_path(&args.output, state.iteration), &state.image)?;
+            records.draw(&history, &title)?;
+        }
+        if args.checkpoint_every > 0 && state.iteration % args.checkpoint_every == 0 {
+            save(&state, &history)?;
+        }
+        if STOP.load(Ordering::SeqCst) {
+            save(&state, &history)?;
+            bar.abandon();
+            match &checkpoints {
+                Some(store) => bail!("interrupted at iteration {}; checkpoint saved in {}; run again with --resume to continue", state.iteration, store.location()),
+                None => bail!("interrupted at iteration {} (no --checkpoint-dir, so the work is lost)", state.iteration),
+            }
         }
     }
-    // The last line is the final image, so the log always ends where the render does.
+    // The last record is the final image, so the log ends where the render does.
     let last = renderer.evaluate(&state.image)?;
-    write_log(state.iteration, &last)?;
+    let record = LossRecord { iteration: state.iteration, losses: last, seconds: seconds() };
+    records.push(&record)?;
+    history.push(record);
+    records.draw(&history, &title)?;
     bar.finish_and_clear();
     write_png(&args.output, &state.image)?;
     println!(
@@ -240,7 +415,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         args.output.display(),
         state.iteration,
         last.total,
-        started.elapsed().as_secs_f64()
+        seconds()
     );
     Ok(())
 }

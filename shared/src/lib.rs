@@ -2,6 +2,10 @@
 //! that protect the machine, finding and importing VGG-19 weights, and the
 //! small parsers of the command lines.
 
+pub mod checkpoints;
 pub mod image_io;
+pub mod plot;
+pub mod storage;
+pub mod tfevents;
 pub mod size;
 pub mod weights;

@@ -1,0 +1,108 @@
+//! Shared storage through `object_store`: a local folder by default,
+//! S3 (`s3://bucket/prefix`), GCS (`gs://…`) or Azure (`az://…`) by URL,
+//! configured from the usual environment variables (`AWS_ACCESS_KEY_ID`,
+//! `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
+//!
+//! Every write is a single `put`, which object stores make atomic (the
+//! local store writes a temporary file and renames it).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage location `{url}` is not usable: {reason}")]
+    BadLocation { url: String, reason: String },
+    #[error("cannot write {name} to {location}: {reason}")]
+    Write { location: String, name: String, reason: String },
+    #[error("cannot read {name} from {location}: {reason}")]
+    Read { location: String, name: String, reason: String },
+    #[error("cannot list {location}: {reason}")]
+    List { location: String, reason: String },
+}
+
+/// A folder in some object store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// What the user gave, for messages.
+    location: String,
+}
+
+impl Store {
+    /// Opens `location`: a URL (`file:///abs/dir`, `s3://…`, `gs://…`,
+    /// `az://…`) or a plain path. A local folder is created if needed.
+    pub fn open(location: &str) -> Result<Self, StorageError> {
+        let bad = |reason: String| StorageError::BadLocation { url: location.to_string(), reason };
+        let local = |dir: std::path::PathBuf| -> Result<Self, StorageError> {
+            std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create folder {}: {e}", dir.display())))?;
+            let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+            Ok(Self { inner: Arc::new(fs), prefix: ObjectPath::default(), location: location.to_string() })
+        };
+        if !location.contains("://") {
+            return local(std::path::PathBuf::from(location));
+        }
+        let url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
+        if url.scheme() == "file" {
+            let dir = url.to_file_path().map_err(|_| bad("not an absolute local path".into()))?;
+            return local(dir);
+        }
+        let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars()).map_err(|e| bad(e.to_string()))?;
+        Ok(Self { inner: Arc::from(store), prefix, location: location.to_string() })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn path(&self, name: &str) -> ObjectPath {
+        self.prefix.clone().join(name)
+    }
+
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.put(&self.path(name), PutPayload::from(bytes)).await.map_err(|e| StorageError::Write {
+            location: self.location.clone(),
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
+        let read = |reason: String| StorageError::Read { location: self.location.clone(), name: name.to_string(), reason };
+        let got = self.inner.get(&self.path(name)).await.map_err(|e| read(e.to_string()))?;
+        got.bytes().await.map_err(|e| read(e.to_string()))
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        self.inner.delete(&self.path(name)).await.map_err(|e| StorageError::Write {
+            location: self.location.clone(),
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Names of the objects directly in this folder.
+    pub async fn list(&self) -> Result<Vec<String>, StorageError> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let listing = self
+            .inner
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(|e| StorageError::List { location: self.location.clone(), reason: e.to_string() })?;
+        Ok(listing.objects.into_iter().filter_map(|o| o.location.filename().map(str::to_string)).collect())
+    }
+
+    /// Proves the location takes writes: puts and deletes a probe object.
+    pub async fn check_writable(&self) -> Result<(), StorageError> {
+        let name = format!(".probe-{}", std::process::id());
+        self.put(&name, b"probe".to_vec()).await?;
+        self.delete(&name).await
+    }
+}
