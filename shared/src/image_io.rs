@@ -92,11 +92,46 @@ pub fn load_rgb(path: &Path, limits: ImageLimits) -> Result<RgbImage, ImageError
 /// cannot appear by accident.
 fn check_jpeg_complete(path: &Path) -> Result<(), ImageError> {
     let bytes = std::fs::read(path).map_err(|source| ImageError::Unreadable { path: path.to_path_buf(), source })?;
-    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
-        _ => Err(ImageError::Corrupt { path: path.to_path_buf(), reason: "the JPEG data ends before its end-of-image marker (truncated file?)".into() }),
+    if jpeg_complete(&bytes) {
+        Ok(())
+    } else {
+        Err(ImageError::Corrupt { path: path.to_path_buf(), reason: "the JPEG data ends before its end-of-image marker (truncated file?)".into() })
     }
+}
+
+/// Decodes an image held in memory (an upload) after checking its header
+/// against `limits`; `name` is used in messages.
+pub fn decode_rgb(bytes: &[u8], name: &str, limits: ImageLimits) -> Result<RgbImage, ImageError> {
+    let path = PathBuf::from(name);
+    let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat { path: path.clone() })?;
+    let corrupt = |e: image::ImageError| ImageError::Corrupt { path: path.clone(), reason: e.to_string() };
+    let mut r = ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (width, height) = r.into_dimensions().map_err(corrupt)?;
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty { path, width, height });
+    }
+    let too_large = |limit: String, why| ImageError::TooLarge { path: path.clone(), width, height, limit, why };
+    if width.max(height) > limits.max_side {
+        return Err(too_large(format!("{} px a side", limits.max_side), "a side is too long"));
+    }
+    if width as u64 * height as u64 > limits.max_pixels {
+        return Err(too_large(format!("{} megapixels", limits.max_pixels >> 20), "too many pixels"));
+    }
+    if format == image::ImageFormat::Jpeg && !jpeg_complete(bytes) {
+        return Err(ImageError::Corrupt { path, reason: "the JPEG data ends before its end-of-image marker (truncated file?)".into() });
+    }
+    r = ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_pixels * 4 * 2);
+    r.limits(decoder_limits);
+    Ok(r.decode().map_err(corrupt)?.to_rgb8())
+}
+
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    matches!((last(0xDA), last(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)
 }
 
 /// Resizes to exactly `w`×`h` (Lanczos-3).
@@ -105,6 +140,14 @@ pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         return img.clone();
     }
     image::imageops::resize(img, w, h, image::imageops::FilterType::Lanczos3)
+}
+
+/// PNG bytes of RGB pixels.
+pub fn encode_png(rgb: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
+    let img = RgbImage::from_raw(w, h, rgb.to_vec()).ok_or_else(|| format!("{} bytes do not make {w}x{h} RGB", rgb.len()))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    Ok(out.into_inner())
 }
 
 /// Writes RGB pixels as a PNG, atomically: a temporary file in the same
@@ -187,6 +230,17 @@ mod tests {
         let p = write(dir.path(), "zero.png", &lying_png(0, 7));
         let err = load_rgb(&p, ImageLimits::default()).unwrap_err().to_string();
         assert!(err.contains("zero.png"), "{err}");
+    }
+
+    #[test]
+    fn uploads_are_checked_like_files() {
+        assert_eq!(decode_rgb(&png_bytes(3, 2), "up.png", ImageLimits::default()).unwrap().dimensions(), (3, 2));
+        let err = decode_rgb(&lying_png(50000, 50000), "big.png", ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("big.png") && err.contains("50000x50000"), "{err}");
+        let err = decode_rgb(b"GIF? no", "x.gif", ImageLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("not an image"), "{err}");
+        let good = png_bytes(64, 64);
+        assert!(decode_rgb(&good[..good.len() / 2], "cut.png", ImageLimits::default()).is_err());
     }
 
     #[test]

@@ -1,0 +1,366 @@
+//! The gRPC services. Handlers validate the request, then make one call on
+//! the database (behind a mutex: SQLite serialises writers anyway) and map
+//! each failure to a deliberate status: bad input → INVALID_ARGUMENT, an
+//! unknown id → NOT_FOUND, a stale lease → FAILED_PRECONDITION, storage or
+//! database trouble → INTERNAL/UNAVAILABLE.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use stylefarm_engine::RenderParams;
+use stylefarm_proto as pb;
+use stylefarm_proto::farm_server::{Farm, FarmServer};
+use stylefarm_proto::workers_server::{Workers, WorkersServer};
+use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
+use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
+use stylefarm_shared::storage::Store;
+use tokio::sync::broadcast;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::db::{Db, LeaseError, NewJob};
+
+/// Everything the coordinator is told at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Storage URL or folder; default `<data-dir>/storage`.
+    pub storage: String,
+    pub lease_seconds: u32,
+    pub heartbeat_seconds: u32,
+    pub max_failures: u32,
+    pub limits: ImageLimits,
+    pub default_checkpoint_every: u32,
+    /// Largest gRPC message accepted (uploads carry images).
+    pub max_message_bytes: usize,
+    /// Most jobs one collection may create.
+    pub max_jobs: usize,
+}
+
+struct State {
+    db: Mutex<Db>,
+    store: Store,
+    config: Config,
+    /// Collection ids whose jobs changed; `Watch` streams listen.
+    changes: broadcast::Sender<String>,
+}
+
+impl State {
+    fn db(&self) -> Result<std::sync::MutexGuard<'_, Db>, Status> {
+        self.db.lock().map_err(|_| Status::internal("database lock poisoned"))
+    }
+
+    fn changed(&self, collection: &str) {
+        let _ = self.changes.send(collection.to_string());
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> Status {
+    Status::internal(format!("database: {e}"))
+}
+
+fn lease_err(e: LeaseError) -> Status {
+    match e {
+        LeaseError::NoJob(j) => Status::not_found(format!("no job {j}")),
+        e @ LeaseError::Stale { .. } => Status::failed_precondition(e.to_string()),
+        LeaseError::Db(e) => db_err(e),
+    }
+}
+
+#[derive(Clone)]
+pub struct FarmService(Arc<State>);
+#[derive(Clone)]
+pub struct WorkersService(Arc<State>);
+
+/// An input validated and ready to store.
+struct Input {
+    name: String,
+    key: String,
+    bytes: Vec<u8>,
+    size: (u32, u32),
+}
+
+impl FarmService {
+    async fn input(&self, image: &pb::InputImage, role: &str) -> Result<Input, Status> {
+        let name = if image.name.is_empty() { role.to_string() } else { image.name.clone() };
+        let bytes = match &image.source {
+            Some(pb::input_image::Source::Data(d)) => d.clone(),
+            Some(pb::input_image::Source::Url(url)) => {
+                let (dir, file) = url.rsplit_once('/').ok_or_else(|| Status::invalid_argument(format!("{role} {name}: `{url}` is not a URL")))?;
+                let store = Store::open(dir).map_err(|e| Status::invalid_argument(format!("{role} {name}: {e}")))?;
+                store.get(file).await.map_err(|e| Status::invalid_argument(format!("{role} {name}: {e}")))?.to_vec()
+            }
+            None => return Err(Status::invalid_argument(format!("{role} {name} has neither data nor url"))),
+        };
+        let img = decode_rgb(&bytes, &name, self.0.config.limits).map_err(|e| Status::invalid_argument(format!("{role} {e}")))?;
+        let key = format!("inputs/{:x}", Sha256::digest(&bytes));
+        Ok(Input { name, key, bytes, size: img.dimensions() })
+    }
+
+    fn snapshot(&self, id: &str) -> Result<pb::Collection, Status> {
+        self.0.db()?.collection(id).map_err(db_err)?.ok_or_else(|| Status::not_found(format!("no collection {id}")))
+    }
+}
+
+fn ended(c: &pb::Collection) -> bool {
+    c.jobs.iter().all(|j| {
+        matches!(pb::JobState::try_from(j.state), Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled))
+    })
+}
+
+#[tonic::async_trait]
+impl Farm for FarmService {
+    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let r = request.into_inner();
+        if r.contents.is_empty() || r.styles.is_empty() {
+            return Err(Status::invalid_argument("a collection needs at least one content and one style image"));
+        }
+        let variants_json = if r.variants_json.is_empty() { vec!["{}".to_string()] } else { r.variants_json.clone() };
+        let jobs_total = r.contents.len() * r.styles.len() * variants_json.len();
+        if jobs_total > self.0.config.max_jobs {
+            return Err(Status::invalid_argument(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
+        }
+        // Parameters first: cheap, and the most common mistake.
+        let mut variants = Vec::new();
+        for (i, v) in variants_json.iter().enumerate() {
+            let params: RenderParams =
+                serde_json::from_str(v).map_err(|e| Status::invalid_argument(format!("variant {i}: not valid render parameters: {e}")))?;
+            params.validate(1).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
+            variants.push(params);
+        }
+        if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
+            return Err(Status::invalid_argument(format!(
+                "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
+                r.width, r.height
+            )));
+        }
+        if r.max_side > MAX_RENDER_SIDE {
+            return Err(Status::invalid_argument(format!("max_side {} is over {MAX_RENDER_SIDE}", r.max_side)));
+        }
+        let mut contents = Vec::new();
+        for c in &r.contents {
+            contents.push(self.input(c, "content").await?);
+        }
+        let mut styles = Vec::new();
+        for s in &r.styles {
+            styles.push(self.input(s, "style").await?);
+        }
+        // Everything is valid: store the inputs (content-addressed, so a
+        // retry rewrites the same objects), then create the jobs at once.
+        let mut stored = BTreeMap::new();
+        for input in contents.iter().chain(&styles) {
+            if stored.insert(input.key.clone(), ()).is_none() {
+                self.0.store.put(&input.key, input.bytes.clone()).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            }
+        }
+        let collection_id = uuid::Uuid::new_v4().to_string();
+        let checkpoint_every = if r.checkpoint_every == 0 { self.0.config.default_checkpoint_every } else { r.checkpoint_every };
+        let mut jobs = Vec::new();
+        for (ci, c) in contents.iter().enumerate() {
+            let (width, height) = if r.max_side > 0 {
+                fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))?
+            } else {
+                (r.width, r.height)
+            };
+            for (si, s) in styles.iter().enumerate() {
+                for (vi, params) in variants.iter().enumerate() {
+                    jobs.push(NewJob {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        content_index: ci as u32,
+                        style_index: si as u32,
+                        variant_index: vi as u32,
+                        content_name: c.name.clone(),
+                        style_name: s.name.clone(),
+                        content_key: c.key.clone(),
+                        style_key: s.key.clone(),
+                        params_json: serde_json::to_string(params).map_err(|e| Status::internal(e.to_string()))?,
+                        width,
+                        height,
+                        iterations: params.iterations as u32,
+                        checkpoint_every,
+                        snapshot_every: r.snapshot_every,
+                    });
+                }
+            }
+        }
+        let name = if r.name.is_empty() { "collection".to_string() } else { r.name.clone() };
+        let shape = (contents.len() as u32, styles.len() as u32, variants.len() as u32);
+        self.0.db()?.create_collection(&collection_id, &name, r.priority, shape, &jobs).map_err(db_err)?;
+        self.0.changed(&collection_id);
+        Ok(Response::new(pb::SubmitResponse { collection_id, jobs: jobs.len() as u32 }))
+    }
+
+    async fn get_collection(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
+        Ok(Response::new(self.snapshot(&request.into_inner().collection_id)?))
+    }
+
+    async fn list_collections(&self, _: Request<pb::ListCollectionsRequest>) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        let ids = self.0.db()?.collection_ids().map_err(db_err)?;
+        let collections = ids.iter().map(|id| self.snapshot(id)).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListCollectionsResponse { collections }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Collection, Status>> + Send>>;
+
+    async fn watch(&self, request: Request<pb::CollectionRef>) -> Result<Response<Self::WatchStream>, Status> {
+        let id = request.into_inner().collection_id;
+        let first = self.snapshot(&id)?;
+        let mut changes = self.0.changes.subscribe();
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut current = first;
+            loop {
+                let done = ended(&current);
+                if tx.send(Ok(current)).await.is_err() || done {
+                    return;
+                }
+                // The next change of this collection, or a periodic refresh.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    loop {
+                        match changes.recv().await {
+                            Ok(c) if c == id => return,
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                })
+                .await;
+                current = match this.snapshot(&id) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn cancel(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
+        let id = request.into_inner().collection_id;
+        self.snapshot(&id)?;
+        self.0.db()?.cancel(&id).map_err(db_err)?;
+        self.0.changed(&id);
+        Ok(Response::new(self.snapshot(&id)?))
+    }
+
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let r = request.into_inner();
+        let prefix = format!("collections/{}/", r.collection_id);
+        let safe = r.key.starts_with(&prefix) && !r.key.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !r.key.contains('\0');
+        if !safe {
+            return Err(Status::invalid_argument(format!("key `{}` is not inside collection {}", r.key, r.collection_id)));
+        }
+        self.snapshot(&r.collection_id)?;
+        let data = self.0.store.get(&r.key).await.map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(pb::FetchResponse { data: data.to_vec() }))
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersService {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        if !(r.device == "cpu" || r.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
+            return Err(Status::invalid_argument(format!("device `{}` is not cpu or cuda:N", r.device)));
+        }
+        let id = format!("{}-{}", if r.name.is_empty() { "worker" } else { &r.name }, &uuid::Uuid::new_v4().to_string()[..8]);
+        self.0.db()?.register_worker(&id, &r).map_err(db_err)?;
+        let c = &self.0.config;
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: id,
+            storage_url: self.0.store.location().to_string(),
+            heartbeat_seconds: c.heartbeat_seconds,
+            lease_seconds: c.lease_seconds,
+        }))
+    }
+
+    async fn lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        let r = request.into_inner();
+        let leased = self.0.db()?.lease(&r.worker_id, self.0.config.lease_seconds as f64).map_err(db_err)?;
+        Ok(Response::new(match leased {
+            Some((job, token, attempt, collection)) => {
+                self.0.changed(&collection);
+                pb::LeaseResponse { job: Some(job), fencing_token: token, attempt }
+            }
+            None => pb::LeaseResponse::default(),
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let (cancelled, collection) = self.0.db()?.heartbeat(&r, self.0.config.lease_seconds as f64).map_err(lease_err)?;
+        self.0.changed(&collection);
+        Ok(Response::new(pb::HeartbeatResponse { cancelled }))
+    }
+
+    async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {
+        let collection = self.0.db()?.complete(&request.into_inner()).map_err(lease_err)?;
+        self.0.changed(&collection);
+        Ok(Response::new(pb::CompleteResponse {}))
+    }
+
+    async fn fail(&self, request: Request<pb::FailRequest>) -> Result<Response<pb::FailResponse>, Status> {
+        let collection = self.0.db()?.fail(&request.into_inner(), self.0.config.max_failures).map_err(lease_err)?;
+        self.0.changed(&collection);
+        Ok(Response::new(pb::FailResponse {}))
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let collection = self.0.db()?.release(&request.into_inner()).map_err(lease_err)?;
+        self.0.changed(&collection);
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+}
+
+/// Opens the database and storage, binds, prints `listening on ADDR`, and
+/// serves until the process ends.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let db_path = config.data_dir.join("farm.db");
+    let db = Db::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?;
+    let store = Store::open(&config.storage)?;
+    store.check_writable().await.with_context(|| format!("storage {} does not take writes", config.storage))?;
+    let (changes, _) = broadcast::channel(1024);
+    let state = Arc::new(State { db: Mutex::new(db), store, config: config.clone(), changes });
+
+    // Lapsed leases go back to the queue within half a second.
+    let expiry = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let touched = match expiry.db.lock() {
+                Ok(mut db) => db.expire_leases(expiry.config.max_failures).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            for c in touched {
+                expiry.changed(&c);
+            }
+        }
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FarmServer<FarmService>>().await;
+    health.set_serving::<WorkersServer<WorkersService>>().await;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    println!("farm-coordinator listening on {}", listener.local_addr()?);
+    let max = config.max_message_bytes;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
