@@ -1,11 +1,11 @@
 //! `farmctl`, the Stylefarm command line.
 //!
 //! Subcommands that exist today: `render` (one image on this machine, no
-//! servers), `weights` (fetch or import VGG-19), `bench` and `graph`. The farm
-//! commands (`up`, `submit`, `status`, `watch`, `fetch`, `cancel`) arrive
-//! with the coordinator.
+//! servers), `weights` (fetch or import VGG-19), `bench`, `graph`, and the
+//! farm: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`.
 
 mod bench;
+mod farm;
 mod render;
 mod weights;
 
@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "farmctl", version, about = "Stylefarm: neural style transfer, from one image to a render farm")]
 struct Cli {
+    /// The coordinator the farm commands talk to.
+    #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +30,26 @@ enum Command {
     Weights(weights::WeightsCommand),
     /// Measure seconds per iteration, GFLOP/s and peak memory.
     Bench(bench::BenchArgs),
+    /// Start a local farm: a coordinator and N workers, until Ctrl-C.
+    Up(farm::UpArgs),
+    /// Submit a collection: every content × every style × every variant.
+    Submit(farm::SubmitArgs),
+    /// Show a collection's jobs.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a collection until it ends; exits 0 only if every job succeeded.
+    Watch { id: String },
+    /// Download a collection's images and a contact sheet.
+    Fetch {
+        id: String,
+        #[arg(long, short)]
+        output: std::path::PathBuf,
+    },
+    /// Cancel a collection's remaining jobs.
+    Cancel { id: String },
     /// Write the model's graph (layers run, losses fed) as Graphviz DOT.
     Graph(GraphArgs),
 }
@@ -70,9 +93,25 @@ fn graph(args: GraphArgs) -> anyhow::Result<()> {
     }
 }
 
+fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let url = cli.coordinator.clone();
     match cli.command {
+        Command::Up(args) => farm::up(args),
+        Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),
+        Command::Status { id, json } => farm_runtime()?.block_on(farm::status(&url, &id, json)),
+        Command::Watch { id } => {
+            if !farm_runtime()?.block_on(farm::watch(&url, &id))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
+        Command::Cancel { id } => farm_runtime()?.block_on(farm::cancel(&url, &id)),
         Command::Render(args) => render::run(args),
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),

@@ -61,8 +61,15 @@ impl Store {
         &self.location
     }
 
+    /// The folder `prefix` inside this one (`a/b` style, no `..`).
+    pub fn sub(&self, prefix: &str) -> Store {
+        Store { inner: self.inner.clone(), prefix: self.path(prefix), location: format!("{}/{prefix}", self.location.trim_end_matches('/')) }
+    }
+
+    /// `name` may contain `/` (a key below this folder); empty, `.` and
+    /// `..` parts are dropped, so a key can never leave the folder.
     fn path(&self, name: &str) -> ObjectPath {
-        self.prefix.clone().join(name)
+        name.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..").fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
@@ -104,5 +111,24 @@ impl Store {
         let name = format!(".probe-{}", std::process::id());
         self.put(&name, b"probe".to_vec()).await?;
         self.delete(&name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_with_slashes_nest_and_cannot_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("root").to_string_lossy()).unwrap();
+        store.put("a/b/c.txt", b"hi".to_vec()).await.unwrap();
+        assert!(dir.path().join("root/a/b/c.txt").exists());
+        assert_eq!(&store.sub("a").get("b/c.txt").await.unwrap()[..], b"hi");
+        assert_eq!(store.sub("a/b").list().await.unwrap(), vec!["c.txt".to_string()]);
+        store.put("../../escape.txt", b"x".to_vec()).await.unwrap();
+        assert!(!dir.path().join("escape.txt").exists() && dir.path().join("root/escape.txt").exists());
+        let err = Store::open("s3://").unwrap_err().to_string();
+        assert!(err.contains("s3://"), "{err}");
     }
 }

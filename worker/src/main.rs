@@ -1,0 +1,42 @@
+//! `farm-worker --coordinator URL --device cpu|cuda:N [--storage URL]`
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "farm-worker", version, about = "Stylefarm worker: renders jobs leased from a coordinator on one device")]
+struct Args {
+    /// The coordinator, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    coordinator: String,
+    /// The one device this worker uses: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Shared storage (default: what the coordinator announces).
+    #[arg(long)]
+    storage: Option<String>,
+    /// A name for logs and status.
+    #[arg(long, default_value = "worker")]
+    name: String,
+    /// CPU threads for the engine (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// VGG-19 weights file (default: $STYLEFARM_WEIGHTS or the cache).
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if let Some(n) = a.threads {
+        // Before any tensor operation starts candle's thread pools.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(stylefarm_worker::run(stylefarm_worker::Config {
+        coordinator: a.coordinator,
+        device: a.device,
+        storage: a.storage,
+        name: a.name,
+        weights: a.weights,
+    }))
+}
