@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# The main job: renders sample photos in the styles of sample paintings on
-# this machine, with the assignment's recipe (Adam, lr 2, 300 iterations,
-# 333 px on the longer side). Writes out/<content>_<style>.png with
-# snapshots every 100 iterations and a loss log beside each.
-#   ITERS=100 MAX_SIDE=256 scripts/render-samples.sh   # quicker
+# The main job: a local farm (one coordinator, two CPU workers) renders the
+# sample collection -- every sample photo in the styles of three sample
+# paintings -- with progress bars, then fetches the images and a contact
+# sheet into out/.
+#   WORKERS=2 MAX_SIDE=256 OPTIMIZER=lbfgs ITERS=60 scripts/render-samples.sh
+# (L-BFGS by default: it reaches the assignment's Adam-300 loss in a
+# quarter of the time; OPTIMIZER=adam ITERS=300 is the assignment's recipe.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ITERS=${ITERS:-300}
-MAX_SIDE=${MAX_SIDE:-333}
+WORKERS=${WORKERS:-2}
+MAX_SIDE=${MAX_SIDE:-256}
+OPTIMIZER=${OPTIMIZER:-lbfgs}
+ITERS=${ITERS:-60}
+DATA=${DATA:-data}
 OUT=${OUT:-out}
 
 command -v cargo >/dev/null || { echo "render-samples.sh: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
-cargo build --locked --release -p farmctl
-FARMCTL="${CARGO_TARGET_DIR:-target}/release/farmctl"
-"$FARMCTL" weights fetch >/dev/null
-mkdir -p "$OUT"
+cargo build --locked --release --bins
+BIN="${CARGO_TARGET_DIR:-target}/release"
+"$BIN/farmctl" weights fetch >/dev/null
 
-for pair in chelsea:starry_night coffee:great_wave astronaut:composition_vii; do
-  content=${pair%%:*}; style=${pair##*:}
-  "$FARMCTL" render \
-    --content "samples/content/$content.jpg" --style "samples/styles/$style.jpg" \
-    --max-side "$MAX_SIDE" --iters "$ITERS" --snapshot-every 100 \
-    --log "$OUT/${content}_${style}.jsonl" -o "$OUT/${content}_${style}.png"
-done
-echo "done: $(ls "$OUT"/*.png | grep -v '_[0-9]\{4\}\.png' | tr '\n' ' ')"
+mkdir -p "$DATA"
+rm -f "$DATA/up.url"
+"$BIN/farmctl" up --data-dir "$DATA" --workers "$WORKERS" --listen 127.0.0.1:0 > "$DATA/up.url" &
+UP=$!
+trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -s "$DATA/up.url" ] && break; sleep 0.1; done
+URL=$(head -1 "$DATA/up.url")
+[ -n "$URL" ] || { echo "render-samples.sh: the farm did not start" >&2; exit 1; }
+
+ID=$("$BIN/farmctl" --coordinator "$URL" submit --name samples \
+  --content 'samples/content/*.jpg' \
+  --style samples/styles/starry_night.jpg --style samples/styles/great_wave.jpg --style samples/styles/composition_vii.jpg \
+  --max-side "$MAX_SIDE" --optimizer "$OPTIMIZER" --iters "$ITERS" --checkpoint-every 10 | tail -1)
+echo "collection $ID"
+"$BIN/farmctl" --coordinator "$URL" watch "$ID"
+SHEET=$("$BIN/farmctl" --coordinator "$URL" fetch "$ID" -o "$OUT" | tail -1)
+echo "contact sheet: $SHEET"

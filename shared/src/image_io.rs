@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 
 use image::{ImageReader, Limits, RgbImage};
 
-/// An 8-bit RGB image, as decoded.
-pub type RgbImageRef = RgbImage;
-
 /// How large an input image may be.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageLimits {

@@ -153,9 +153,9 @@ enum Outcome {
 /// Errors that mean the job itself is bad, never retried.
 struct BadInput(String);
 
-fn to_tensor(img: &image_io::RgbImageRef) -> Result<Tensor> {
+fn to_tensor(img: &image::RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = img.dimensions();
-    Ok(pixels::to_tensor(img.as_raw(), w as usize, h as usize, DType::F32, &Device::Cpu)?)
+    Ok(pixels::to_tensor(img.as_raw(), w as usize, h as usize, DType::F32, device)?)
 }
 
 fn run_job(ctx: &Ctx, job: pb::JobSpec, token: u64) -> Result<()> {
@@ -217,7 +217,7 @@ fn render(ctx: &Ctx, rt: &Handle, client: &mut WorkersClient<Channel>, job: &pb:
     let load = |key: &str, role: &str| -> Result<Tensor, RenderError> {
         let bytes = rt.block_on(ctx.store.get(key))?;
         let img = decode_rgb(&bytes, &format!("{role} {key}"), limits).map_err(bad)?;
-        Ok(to_tensor(&image_io::resize(&img, w, h))?)
+        Ok(to_tensor(&image_io::resize(&img, w, h), &ctx.device)?)
     };
     let content = load(&job.content_key, "content")?;
     let styles = job.style_keys.iter().map(|k| load(k, "style")).collect::<Result<Vec<_>, _>>()?;
@@ -334,10 +334,20 @@ fn render(ctx: &Ctx, rt: &Handle, client: &mut WorkersClient<Channel>, job: &pb:
             output_key: format!("{}/output.png", job.prefix),
             progress: Some(progress(state.iteration, &last)),
         };
-        match rt.block_on(client.complete(r)) {
-            Ok(_) => Ok(Outcome::Completed),
-            Err(s) if s.code() == Code::FailedPrecondition => Ok(Outcome::Abandoned(format!("completion refused: {}", s.message()))),
-            Err(s) => Err(anyhow::anyhow!("completion failed: {}", s.message()).into()),
+        // The coordinator may be restarting: retry while it is unreachable,
+        // within the lease's lifetime plus a margin.
+        let mut delay = Duration::from_millis(200);
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rt.block_on(client.complete(r.clone())) {
+                Ok(_) => return Ok(Outcome::Completed),
+                Err(s) if s.code() == Code::FailedPrecondition => return Ok(Outcome::Abandoned(format!("completion refused: {}", s.message()))),
+                Err(s) if s.code() == Code::Unavailable && Instant::now() < give_up => {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(s) => return Err(anyhow::anyhow!("completion failed: {}", s.message()).into()),
+            }
         }
     })();
     beat.done.store(true, Ordering::SeqCst);

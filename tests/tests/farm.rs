@@ -1,0 +1,308 @@
+//! The farm end to end: a real coordinator and real workers as child
+//! processes on loopback, driven by the real farmctl, then broken:
+//! SIGKILLed workers, a SIGKILLed coordinator, a stale worker.
+//!
+//! The binaries come from the same target folder as this test
+//! (`cargo build --bins` first; `scripts/test.sh` does).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stylefarm_proto as pb;
+
+fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/farm-XXXX → target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` before the tests", path.display());
+    path
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name).to_string_lossy().into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Child processes that are killed when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Farm {
+    dir: tempfile::TempDir,
+    port: u16,
+    url: String,
+    coordinator: Option<Child>,
+    workers: Procs,
+}
+
+const LEASE: &str = "3";
+
+impl Farm {
+    fn start() -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: Procs(Vec::new()) };
+        farm.start_coordinator();
+        farm
+    }
+
+    fn start_coordinator(&mut self) {
+        let mut c = Command::new(bin("farm-coordinator"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--lease-seconds", LEASE, "--heartbeat-seconds", "1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "coordinator said: {line}");
+        self.coordinator = Some(c);
+    }
+
+    fn kill_coordinator(&mut self) {
+        let mut c = self.coordinator.take().unwrap();
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+    }
+
+    fn add_worker(&mut self, name: &str) -> usize {
+        let w = Command::new(bin("farm-worker"))
+            .args(["--coordinator", &self.url, "--device", "cpu", "--threads", "1", "--name", name])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.workers.0.push(w);
+        self.workers.0.len() - 1
+    }
+
+    fn kill_worker(&mut self, i: usize) {
+        self.workers.0[i].kill().unwrap();
+        self.workers.0[i].wait().unwrap();
+    }
+
+    fn farmctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("farmctl")).arg("--coordinator").arg(&self.url).args(args).output().unwrap()
+    }
+
+    fn submit(&self, args: &[&str]) -> String {
+        let o = self.farmctl(&[&["submit"], args].concat());
+        assert!(o.status.success(), "submit failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().lines().last().unwrap().trim().to_string()
+    }
+
+    fn status(&self, id: &str) -> Option<Value> {
+        let o = self.farmctl(&["status", id, "--json"]);
+        o.status.success().then(|| serde_json::from_slice(&o.stdout).unwrap())
+    }
+
+    /// Polls until `pred` holds for the collection's status.
+    fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status(id) {
+                if pred(&s) {
+                    return s;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(240), "timed out waiting for {what}: {:?}", self.status(id));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn jobs(s: &Value) -> &Vec<Value> {
+    s["jobs"].as_array().unwrap()
+}
+
+fn all_succeeded(s: &Value) -> bool {
+    jobs(s).iter().all(|j| j["state"] == "succeeded")
+}
+
+const RENDER: [&str; 6] = ["--size", "32x24", "--iters", "30", "--checkpoint-every", "5"];
+
+/// The same image rendered by `farmctl render` on this machine, no farm.
+fn local_render(dir: &Path, content: &str, style: &str) -> Vec<u8> {
+    let out = dir.join(format!("local_{}_{}.png", Path::new(content).file_stem().unwrap().to_string_lossy(), Path::new(style).file_stem().unwrap().to_string_lossy()));
+    let o = Command::new(bin("farmctl"))
+        .args(["render", "-q", "--no-extras", "--size", "32x24", "--iters", "30", "--content", content, "--style", style, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(out).unwrap()
+}
+
+/// Fetches the collection and checks each image against a local render.
+fn fetch_and_compare(farm: &Farm, id: &str, pairs: &[(&str, &str)]) {
+    let out = farm.dir.path().join("fetched");
+    let o = farm.farmctl(&["fetch", id, "-o", &out.to_string_lossy()]);
+    assert!(o.status.success(), "fetch: {}", String::from_utf8_lossy(&o.stderr));
+    let sheet = String::from_utf8(o.stdout).unwrap().lines().last().unwrap().to_string();
+    assert!(Path::new(&sheet).exists(), "contact sheet {sheet}");
+    for (c, s) in pairs {
+        let name = format!("{}_{}_v0.png", Path::new(c).file_stem().unwrap().to_string_lossy(), Path::new(s).file_stem().unwrap().to_string_lossy());
+        let farmed = std::fs::read(out.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(farmed == local_render(farm.dir.path(), c, s), "{name} differs from the same render done locally");
+    }
+}
+
+#[test]
+fn a_2x2_collection_completes_on_two_workers() {
+    let mut farm = Farm::start();
+    farm.add_worker("a");
+    farm.add_worker("b");
+    let (c1, c2, s1, s2) = (fixture("content.png"), fixture("init.png"), fixture("style.png"), fixture("init.png"));
+    let id = farm.submit(&[&["--content", &c1, "--content", &c2, "--style", &s1, "--style", &s2], &RENDER[..]].concat());
+    let o = farm.farmctl(&["watch", &id]);
+    assert!(o.status.success(), "watch exits 0 when all succeed: {}", String::from_utf8_lossy(&o.stderr));
+    let s = farm.status(&id).unwrap();
+    assert_eq!(jobs(&s).len(), 4);
+    assert!(all_succeeded(&s));
+    let workers: std::collections::BTreeSet<&str> = jobs(&s).iter().map(|j| j["worker"].as_str().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "both workers took jobs: {workers:?}");
+    fetch_and_compare(&farm, &id, &[(&c1, &s1), (&c2, &s2)]);
+}
+
+#[test]
+fn a_killed_workers_job_is_finished_by_another_from_its_checkpoint() {
+    let mut farm = Farm::start();
+    let a = farm.add_worker("a");
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let id = farm.submit(&[&["--content", &c, "--style", &s], &RENDER[..]].concat());
+    // Past the checkpoint at 10, which the worker reports before going on.
+    farm.wait_for(&id, "iteration 12", |st| jobs(st)[0]["iteration"].as_u64() >= Some(12));
+    farm.kill_worker(a);
+    let killed_at = Instant::now();
+    farm.add_worker("b");
+    let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
+    let job = &jobs(&st)[0];
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(job["started_from"].as_u64().unwrap() >= 10, "the second attempt resumed from a checkpoint: {job}");
+    assert!(job["worker"].as_str().unwrap().starts_with("b-"));
+    eprintln!("failover took {:.1}s (lease {LEASE}s)", killed_at.elapsed().as_secs_f64());
+    fetch_and_compare(&farm, &id, &[(&c, &s)]);
+}
+
+#[test]
+fn a_killed_and_restarted_coordinator_loses_no_job() {
+    let mut farm = Farm::start();
+    farm.add_worker("a");
+    farm.add_worker("b");
+    let (c1, c2, s) = (fixture("content.png"), fixture("init.png"), fixture("style.png"));
+    let id = farm.submit(&[&["--content", &c1, "--content", &c2, "--style", &s], &RENDER[..]].concat());
+    farm.wait_for(&id, "a job under way", |st| jobs(st).iter().any(|j| j["iteration"].as_u64() >= Some(6)));
+    farm.kill_coordinator();
+    std::thread::sleep(Duration::from_millis(1500));
+    farm.start_coordinator();
+    let st = farm.wait_for(&id, "every job to succeed", all_succeeded);
+    assert_eq!(jobs(&st).len(), 2);
+    fetch_and_compare(&farm, &id, &[(&c1, &s), (&c2, &s)]);
+}
+
+/// A worker whose lease lapsed and was taken over cannot complete, heartbeat
+/// or record a checkpoint: its fencing token is stale.
+#[test]
+fn a_stale_lease_is_refused() {
+    let farm = Farm::start();
+    let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8", "--iters", "1"]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut w = pb::workers_client::WorkersClient::connect(farm.url.clone()).await.unwrap();
+        let reg = |name: &str| pb::RegisterRequest { name: name.into(), device: "cpu".into(), ..Default::default() };
+        let a = w.register(reg("a")).await.unwrap().into_inner().worker_id;
+        let b = w.register(reg("b")).await.unwrap().into_inner().worker_id;
+        let first = w.lease(pb::LeaseRequest { worker_id: a.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
+        let job = first.job.expect("a job to lease");
+        // a goes silent; its lease lapses and b takes the job.
+        let start = Instant::now();
+        let second = loop {
+            let r = w.lease(pb::LeaseRequest { worker_id: b.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
+            if r.job.is_some() {
+                break r;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the lapsed lease was never requeued");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(second.fencing_token > first.fencing_token);
+        assert_eq!(second.attempt, 2);
+        let complete = |worker: &str, token| pb::CompleteRequest {
+            worker_id: worker.into(),
+            job_id: job.job_id.clone(),
+            fencing_token: token,
+            output_key: format!("{}/output.png", job.prefix),
+            progress: None,
+        };
+        let err = w.complete(complete(&a, first.fencing_token)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        let hb = pb::HeartbeatRequest {
+            worker_id: a.clone(),
+            job_id: job.job_id.clone(),
+            fencing_token: first.fencing_token,
+            checkpoint_key: "evil".into(),
+            checkpoint_iteration: 99,
+            ..Default::default()
+        };
+        assert_eq!(w.heartbeat(hb).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+        w.complete(complete(&b, second.fencing_token)).await.unwrap();
+    });
+    let st = farm.status(&id).unwrap();
+    assert_eq!(jobs(&st)[0]["state"], "succeeded");
+    assert_eq!(jobs(&st)[0]["attempts"], 2);
+}
+
+#[test]
+fn bad_submissions_are_refused_by_name_and_lose_nothing() {
+    let farm = Farm::start();
+    let good = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8", "--iters", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.png");
+    let bytes = std::fs::read(fixture("content.png")).unwrap();
+    std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--content".into(), broken.to_string_lossy().into_owned()], "broken"),
+        (vec!["--alpha".into(), "-1".into()], "alpha"),
+        (vec!["--variant".into(), "beta=NaN".into()], "beta"),
+        (vec!["--variant".into(), "colour=red".into()], "colour"),
+        (vec!["--content".into(), "/nonexistent/*.jpg".into()], "matches no file"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["submit".to_string(), "--style".into(), fixture("style.png"), "--size".into(), "8x8".into()];
+        if !extra.contains(&"--content".to_string()) {
+            args.extend(["--content".into(), fixture("content.png")]);
+        }
+        args.extend(extra.clone());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = farm.farmctl(&refs);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+    // The accepted collection is still there, whole.
+    let st = farm.status(&good).unwrap();
+    assert_eq!(jobs(&st).len(), 1);
+    let o = farm.farmctl(&["status", "no-such-collection"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no collection"));
+}
