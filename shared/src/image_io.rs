@@ -2,7 +2,6 @@
 //! with it; a header that claims an enormous image is refused before any
 //! pixel memory is allocated.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use image::{ImageReader, Limits, RgbImage};
@@ -40,67 +39,28 @@ pub enum ImageError {
     Write { path: PathBuf, reason: String },
 }
 
-fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, ImageError> {
-    let unreadable = |source| ImageError::Unreadable { path: path.to_path_buf(), source };
-    // The format comes from the file's first bytes, never its name: a text
-    // file called photo.jpg is "not an image", not "a corrupt JPEG".
-    let mut head = Vec::with_capacity(64);
-    std::fs::File::open(path).and_then(|f| f.take(64).read_to_end(&mut head)).map_err(unreadable)?;
-    let format = image::guess_format(&head).map_err(|_| ImageError::UnknownFormat { path: path.to_path_buf() })?;
-    let mut r = ImageReader::open(path).map_err(unreadable)?;
-    r.set_format(format);
-    Ok(r)
-}
+/// No compressed image a render can use is this large; refusing it first
+/// keeps a stray multi-gigabyte file from being read into memory.
+const MAX_FILE_BYTES: u64 = 512 << 20;
 
-/// Reads only the header: `(width, height)`.
-pub fn dimensions(path: &Path) -> Result<(u32, u32), ImageError> {
-    reader(path)?.into_dimensions().map_err(|e| ImageError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })
-}
-
-/// Decodes an image to 8-bit RGB after checking its header against `limits`.
+/// Reads and decodes an image file to 8-bit RGB, checking its header
+/// against `limits` before decoding (see [`decode_rgb`]).
 pub fn load_rgb(path: &Path, limits: ImageLimits) -> Result<RgbImage, ImageError> {
-    let (width, height) = dimensions(path)?;
-    let too_large = |limit: String, why| ImageError::TooLarge { path: path.to_path_buf(), width, height, limit, why };
-    if width == 0 || height == 0 {
-        return Err(ImageError::Empty { path: path.to_path_buf(), width, height });
+    let unreadable = |source| ImageError::Unreadable { path: path.to_path_buf(), source };
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(ImageError::Corrupt { path: path.to_path_buf(), reason: format!("the file is {} MB; image files over 512 MB are refused", size >> 20) });
     }
-    if width.max(height) > limits.max_side {
-        return Err(too_large(format!("{} px a side", limits.max_side), "a side is too long"));
-    }
-    if width as u64 * height as u64 > limits.max_pixels {
-        return Err(too_large(format!("{} megapixels", limits.max_pixels >> 20), "too many pixels"));
-    }
-    let mut r = reader(path)?;
-    if r.format() == Some(image::ImageFormat::Jpeg) {
-        check_jpeg_complete(path)?;
-    }
-    // The decoder enforces the same bounds itself, so a header that lies
-    // about its size cannot make it allocate more.
-    let mut decoder_limits = Limits::default();
-    decoder_limits.max_image_width = Some(limits.max_side);
-    decoder_limits.max_image_height = Some(limits.max_side);
-    decoder_limits.max_alloc = Some(limits.max_pixels * 4 * 2);
-    r.limits(decoder_limits);
-    let img = r.decode().map_err(|e| ImageError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
-    Ok(img.to_rgb8())
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    decode_rgb(&bytes, &path.to_string_lossy(), limits)
 }
 
-/// The JPEG decoder fills a truncated scan with grey instead of failing, so
-/// a cut-off file must be caught here: a complete JPEG has an end-of-image
-/// marker (`FF D9`) after its last start-of-scan (`FF DA`). Inside
-/// entropy-coded data `FF` is always stuffed (`FF 00`), so the marker
-/// cannot appear by accident.
-fn check_jpeg_complete(path: &Path) -> Result<(), ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Unreadable { path: path.to_path_buf(), source })?;
-    if jpeg_complete(&bytes) {
-        Ok(())
-    } else {
-        Err(ImageError::Corrupt { path: path.to_path_buf(), reason: "the JPEG data ends before its end-of-image marker (truncated file?)".into() })
-    }
-}
-
-/// Decodes an image held in memory (an upload) after checking its header
-/// against `limits`; `name` is used in messages.
+/// Decodes an image held in memory after checking its header against
+/// `limits`, so an enormous header is refused before any pixel memory is
+/// allocated (and the decoder enforces the same bounds, so a header that
+/// lies cannot make it allocate more). The format comes from the bytes,
+/// never the name: a text file called photo.jpg is "not an image".
+/// `name` is used in messages.
 pub fn decode_rgb(bytes: &[u8], name: &str, limits: ImageLimits) -> Result<RgbImage, ImageError> {
     let path = PathBuf::from(name);
     let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat { path: path.clone() })?;
@@ -129,6 +89,11 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: ImageLimits) -> Result<RgbIm
     Ok(r.decode().map_err(corrupt)?.to_rgb8())
 }
 
+/// The JPEG decoder fills a truncated scan with grey instead of failing, so
+/// a cut-off file must be caught here: a complete JPEG has an end-of-image
+/// marker (`FF D9`) after its last start-of-scan (`FF DA`). Inside
+/// entropy-coded data `FF` is always stuffed (`FF 00`), so the marker
+/// cannot appear by accident.
 fn jpeg_complete(bytes: &[u8]) -> bool {
     let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
     matches!((last(0xDA), last(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)

@@ -306,3 +306,51 @@ fn bad_submissions_are_refused_by_name_and_lose_nothing() {
     let o = farm.farmctl(&["status", "no-such-collection"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no collection"));
 }
+
+#[test]
+fn a_sigtermed_worker_checkpoints_releases_and_another_resumes_at_once() {
+    let mut farm = Farm::start();
+    let a = farm.add_worker("a");
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    // No periodic checkpoint: the only one is the one SIGTERM makes.
+    let id = farm.submit(&["--content", &c, "--style", &s, "--size", "32x24", "--iters", "30", "--checkpoint-every", "1000"]);
+    farm.wait_for(&id, "iteration 8", |st| jobs(st)[0]["iteration"].as_u64() >= Some(8));
+    let pid = farm.workers.0[a].id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = farm.workers.0[a].try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the worker did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a pre-empted worker exits cleanly: {status}");
+    // Released, not lapsed: queued again at once, with no lapse recorded.
+    let st = farm.status(&id).unwrap();
+    assert_eq!(jobs(&st)[0]["state"], "queued", "{st}");
+    assert_eq!(jobs(&st)[0]["error"], "", "a lapsed lease would say so: {st}");
+    farm.add_worker("b");
+    let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
+    let job = &jobs(&st)[0];
+    assert!(job["started_from"].as_u64().unwrap() >= 8, "resumed from the SIGTERM checkpoint: {job}");
+    fetch_and_compare(&farm, &id, &[(&c, &s)]);
+}
+
+#[test]
+fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
+    let mut farm = Farm::start();
+    farm.add_worker("a");
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let long = farm.submit(&["--content", &c, "--content", &fixture("init.png"), "--style", &s, "--size", "32x24", "--iters", "100000"]);
+    farm.wait_for(&long, "a running job", |st| jobs(st).iter().any(|j| j["iteration"].as_u64() >= Some(2)));
+    let o = farm.farmctl(&["cancel", &long]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = farm.status(&long).unwrap();
+    assert!(jobs(&st).iter().all(|j| j["state"] == "cancelled"), "{st}");
+    // The worker lets go of the cancelled job and takes the next collection.
+    let next = farm.submit(&["--content", &c, "--style", &s, "--size", "16x12", "--iters", "3"]);
+    farm.wait_for(&next, "the next collection", all_succeeded);
+    let o = farm.farmctl(&["watch", &long]);
+    assert!(!o.status.success(), "watch exits non-zero for a collection that did not succeed");
+}
