@@ -388,6 +388,17 @@ impl Db {
         Ok(touched)
     }
 
+    /// `(state name, jobs)` for every state, and the jobs ready to lease now.
+    pub fn counts(&self) -> rusqlite::Result<(Vec<(&'static str, i64)>, i64)> {
+        let mut by_state = Vec::new();
+        for (state, name) in [(QUEUED, "queued"), (RUNNING, "running"), (SUCCEEDED, "succeeded"), (FAILED, "failed"), (CANCELLED, "cancelled")] {
+            let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state], |r| r.get(0))?;
+            by_state.push((name, n));
+        }
+        let ready: i64 = self.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1 AND not_before <= ?2", params![QUEUED, now()], |r| r.get(0))?;
+        Ok((by_state, ready))
+    }
+
     /// Cancels every job of a collection that has not ended.
     pub fn cancel(&mut self, collection: &str) -> rusqlite::Result<()> {
         self.conn.execute(

@@ -33,11 +33,18 @@ struct Args {
     /// Checkpoint interval for collections that do not set one.
     #[arg(long, default_value_t = 20)]
     checkpoint_every: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// human | json (one object per line, on stderr).
+    #[arg(long, default_value = "human")]
+    log_format: stylefarm_shared::telemetry::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    stylefarm_shared::telemetry::init_logging(a.log_format);
     if a.heartbeat_seconds == 0 || a.lease_seconds <= a.heartbeat_seconds {
         anyhow::bail!("--lease-seconds ({}) must be longer than --heartbeat-seconds ({}) > 0", a.lease_seconds, a.heartbeat_seconds);
     }
@@ -53,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         default_checkpoint_every: a.checkpoint_every,
         max_message_bytes: 256 << 20,
         max_jobs: 10_000,
+        metrics_listen: a.metrics_listen,
     })
     .await
 }

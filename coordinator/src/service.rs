@@ -41,6 +41,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Most jobs one collection may create.
     pub max_jobs: usize,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 struct State {
@@ -289,6 +291,8 @@ impl Workers for WorkersService {
         let leased = self.0.db()?.lease(&r.worker_id, self.0.config.lease_seconds as f64).map_err(db_err)?;
         Ok(Response::new(match leased {
             Some((job, token, attempt, collection)) => {
+                metrics::counter!("stylefarm_leases_total").increment(1);
+                tracing::info!(job = %job.job_id, worker = %r.worker_id, token, attempt, "leased");
                 self.0.changed(&collection);
                 pb::LeaseResponse { job: Some(job), fencing_token: token, attempt }
             }
@@ -304,19 +308,32 @@ impl Workers for WorkersService {
     }
 
     async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {
-        let collection = self.0.db()?.complete(&request.into_inner()).map_err(lease_err)?;
+        let r = request.into_inner();
+        let collection = self.0.db()?.complete(&r).map_err(|e| {
+            tracing::warn!(job = %r.job_id, worker = %r.worker_id, token = r.fencing_token, "completion refused: {e}");
+            lease_err(e)
+        })?;
+        metrics::counter!("stylefarm_jobs_completed_total").increment(1);
+        tracing::info!(job = %r.job_id, worker = %r.worker_id, "completed");
         self.0.changed(&collection);
         Ok(Response::new(pb::CompleteResponse {}))
     }
 
     async fn fail(&self, request: Request<pb::FailRequest>) -> Result<Response<pb::FailResponse>, Status> {
-        let collection = self.0.db()?.fail(&request.into_inner(), self.0.config.max_failures).map_err(lease_err)?;
+        let r = request.into_inner();
+        let collection = self.0.db()?.fail(&r, self.0.config.max_failures).map_err(lease_err)?;
+        let kind = pb::FailureKind::try_from(r.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN");
+        metrics::counter!("stylefarm_job_failures_total", "kind" => kind).increment(1);
+        tracing::warn!(job = %r.job_id, worker = %r.worker_id, kind, "attempt failed: {}", r.message);
         self.0.changed(&collection);
         Ok(Response::new(pb::FailResponse {}))
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let collection = self.0.db()?.release(&request.into_inner()).map_err(lease_err)?;
+        let r = request.into_inner();
+        let collection = self.0.db()?.release(&r).map_err(lease_err)?;
+        metrics::counter!("stylefarm_releases_total").increment(1);
+        tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
         self.0.changed(&collection);
         Ok(Response::new(pb::ReleaseResponse {}))
     }
@@ -326,6 +343,9 @@ impl Workers for WorkersService {
 /// serves until the process ends.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    if let Some(addr) = config.metrics_listen {
+        stylefarm_shared::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("farm.db");
     let db = Db::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?;
@@ -340,10 +360,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            let touched = match expiry.db.lock() {
-                Ok(mut db) => db.expire_leases(expiry.config.max_failures).unwrap_or_default(),
-                Err(_) => Vec::new(),
+            let (touched, counts) = match expiry.db.lock() {
+                Ok(mut db) => (db.expire_leases(expiry.config.max_failures).unwrap_or_default(), db.counts().ok()),
+                Err(_) => (Vec::new(), None),
             };
+            if !touched.is_empty() {
+                metrics::counter!("stylefarm_lease_expiries_total").increment(touched.len() as u64);
+                tracing::warn!(jobs = touched.len(), "leases lapsed; jobs requeued");
+            }
+            if let Some((by_state, ready)) = counts {
+                for (state, n) in by_state {
+                    metrics::gauge!("stylefarm_jobs", "state" => state).set(n as f64);
+                }
+                metrics::gauge!("stylefarm_queue_length").set(ready as f64);
+            }
             for c in touched {
                 expiry.changed(&c);
             }
@@ -355,6 +385,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     health.set_serving::<WorkersServer<WorkersService>>().await;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     println!("farm-coordinator listening on {}", listener.local_addr()?);
+    tracing::info!(addr = %listener.local_addr()?, storage = %config.storage, "coordinator started");
     let max = config.max_message_bytes;
     tonic::transport::Server::builder()
         .add_service(health_service)

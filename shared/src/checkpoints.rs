@@ -50,13 +50,15 @@ impl CheckpointStore {
     }
 
     /// Writes `ck` atomically, then deletes all but the newest `keep`.
-    pub async fn save(&self, ck: &Checkpoint) -> Result<(), CheckpointError> {
+    /// Returns the checkpoint's size in bytes.
+    pub async fn save(&self, ck: &Checkpoint) -> Result<usize, CheckpointError> {
         let bytes = ck.encode()?;
+        let size = bytes.len();
         self.store.put(&name(ck.state.iteration), bytes).await?;
         for old in self.iterations().await?.into_iter().skip(self.keep) {
             self.store.delete(&name(old)).await?;
         }
-        Ok(())
+        Ok(size)
     }
 
     /// The newest checkpoint that reads and verifies, and a warning for

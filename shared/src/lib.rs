@@ -6,6 +6,7 @@ pub mod checkpoints;
 pub mod image_io;
 pub mod plot;
 pub mod storage;
+pub mod telemetry;
 pub mod tfevents;
 pub mod size;
 pub mod weights;

@@ -48,15 +48,22 @@ struct Farm {
     url: String,
     coordinator: Option<Child>,
     workers: Procs,
+    /// Extra coordinator flags, kept for restarts.
+    extra: Vec<String>,
 }
 
 const LEASE: &str = "3";
 
 impl Farm {
     fn start() -> Farm {
+        Self::start_with(&[])
+    }
+
+    /// A coordinator with `extra` flags.
+    fn start_with(extra: &[&str]) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: Procs(Vec::new()) };
+        let mut farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: Procs(Vec::new()), extra: extra.iter().map(|s| s.to_string()).collect() };
         farm.start_coordinator();
         farm
     }
@@ -65,6 +72,7 @@ impl Farm {
         let mut c = Command::new(bin("farm-coordinator"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--lease-seconds", LEASE, "--heartbeat-seconds", "1", "--data-dir"])
             .arg(self.dir.path().join("data"))
+            .args(&self.extra)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -353,4 +361,53 @@ fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
     farm.wait_for(&next, "the next collection", all_succeeded);
     let o = farm.farmctl(&["watch", &long]);
     assert!(!o.status.success(), "watch exits non-zero for a collection that did not succeed");
+}
+
+/// Fetches `http://addr/metrics` with a plain HTTP/1.1 request.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            return body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no metrics endpoint at {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metrics_and_json_logs_describe_the_work() {
+    let coord_metrics = format!("127.0.0.1:{}", free_port());
+    let mut farm = Farm::start_with(&["--metrics-listen", &coord_metrics, "--log-format", "json"]);
+    let worker_metrics = format!("127.0.0.1:{}", free_port());
+    let log = farm.dir.path().join("worker.log");
+    let w = Command::new(bin("farm-worker"))
+        .args(["--coordinator", &farm.url, "--threads", "1", "--name", "obs", "--log-format", "json", "--metrics-listen", &worker_metrics])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    farm.workers.0.push(w);
+    let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "16x12", "--iters", "6", "--checkpoint-every", "2"]);
+    let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
+    let job_id = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(800)); // one gauge refresh
+
+    let m = scrape(&coord_metrics);
+    assert!(m.contains("stylefarm_jobs{state=\"succeeded\"} 1"), "{m}");
+    assert!(m.contains("stylefarm_queue_length 0") && m.contains("stylefarm_leases_total 1") && m.contains("stylefarm_jobs_completed_total 1"), "{m}");
+    let m = scrape(&worker_metrics);
+    assert!(m.contains("stylefarm_iterations_total{device=\"cpu\"} 6"), "{m}");
+    assert!(m.contains("stylefarm_checkpoint_bytes_count 2") && m.contains("stylefarm_render_seconds_count{device=\"cpu\"} 1"), "{m}");
+    assert!(m.contains("stylefarm_iterations_per_second{device=\"cpu\"}"), "{m}");
+
+    // Every worker log line is JSON; the attempt's lines carry its span.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let completed = lines.iter().find(|l| l["fields"]["message"] == "completed").unwrap_or_else(|| panic!("no completion line in {text}"));
+    assert_eq!(completed["span"]["name"], "attempt", "{completed}");
+    assert_eq!(completed["span"]["job"], job_id.as_str(), "{completed}");
 }

@@ -31,6 +31,8 @@ pub struct Config {
     pub storage: Option<String>,
     pub name: String,
     pub weights: Option<std::path::PathBuf>,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Set by SIGTERM or Ctrl-C.
@@ -56,7 +58,7 @@ async fn connect(url: &str) -> Result<Channel> {
         match endpoint.connect().await {
             Ok(c) => return Ok(c),
             Err(e) => {
-                eprintln!("farm-worker: coordinator {url} not reachable ({e}); retrying in {delay:?}");
+                tracing::warn!("coordinator {url} not reachable ({e}); retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -72,9 +74,14 @@ struct Ctx {
     heartbeat: Duration,
     weights: VggWeights,
     device: Device,
+    /// `cpu` or `cuda:N`, the metrics' label.
+    device_label: String,
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    if let Some(addr) = config.metrics_listen {
+        stylefarm_shared::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
+    }
     let device = device(&config.device)?;
     let weights = weights::load(&weights::weights_path(config.weights.as_deref()), &device)?;
     tokio::spawn(async {
@@ -102,7 +109,7 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let storage = config.storage.clone().unwrap_or(registration.storage_url.clone());
     let store = Store::open(&storage)?;
-    eprintln!("farm-worker {} registered (device {}, storage {storage})", registration.worker_id, config.device);
+    tracing::info!(worker = %registration.worker_id, device = %config.device, %storage, "registered");
     let ctx = Arc::new(Ctx {
         client,
         worker_id: registration.worker_id,
@@ -110,6 +117,7 @@ pub async fn run(config: Config) -> Result<()> {
         heartbeat: Duration::from_secs(registration.heartbeat_seconds.max(1) as u64),
         weights,
         device,
+        device_label: config.device.clone(),
     });
     let mut delay = Duration::from_millis(200);
     while !STOP.load(Ordering::SeqCst) {
@@ -122,22 +130,23 @@ pub async fn run(config: Config) -> Result<()> {
                     Some(job) => {
                         let ctx = ctx.clone();
                         let token = r.fencing_token;
-                        let outcome = tokio::task::spawn_blocking(move || run_job(&ctx, job, token)).await;
+                        let span = tracing::info_span!("attempt", job = %job.job_id, token, attempt = r.attempt);
+                        let outcome = tokio::task::spawn_blocking(move || span.in_scope(|| run_job(&ctx, job, token))).await;
                         if let Err(e) = outcome.map_err(anyhow::Error::from).and_then(|r| r) {
-                            eprintln!("farm-worker: {e:#}");
+                            tracing::error!("{e:#}");
                         }
                     }
                     None => tokio::time::sleep(Duration::from_millis(300)).await,
                 }
             }
             Err(s) => {
-                eprintln!("farm-worker: lease failed ({}); retrying in {delay:?}", s.message());
+                tracing::warn!("lease failed ({}); retrying in {delay:?}", s.message());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-    eprintln!("farm-worker {}: stopped", ctx.worker_id);
+    tracing::info!(worker = %ctx.worker_id, "stopped");
     Ok(())
 }
 
@@ -162,10 +171,11 @@ fn run_job(ctx: &Ctx, job: pb::JobSpec, token: u64) -> Result<()> {
     let rt = Handle::current();
     let mut client = ctx.client.clone();
     let fail = |kind: pb::FailureKind, message: String| {
-        eprintln!("farm-worker: job {} failed: {message}", job.job_id);
+        tracing::warn!("failed: {message}");
         let r = pb::FailRequest { worker_id: ctx.worker_id.clone(), job_id: job.job_id.clone(), fencing_token: token, kind: kind as i32, message };
         let _ = rt.block_on(ctx.client.clone().fail(r));
     };
+    let started = Instant::now();
     let outcome = match render(ctx, &rt, &mut client, &job, token) {
         Ok(o) => o,
         Err(RenderError::Bad(BadInput(m))) => {
@@ -178,9 +188,12 @@ fn run_job(ctx: &Ctx, job: pb::JobSpec, token: u64) -> Result<()> {
         }
     };
     match outcome {
-        Outcome::Completed => eprintln!("farm-worker: job {} done", job.job_id),
-        Outcome::Abandoned(why) => eprintln!("farm-worker: job {} abandoned: {why}", job.job_id),
-        Outcome::Released => eprintln!("farm-worker: job {} checkpointed and released", job.job_id),
+        Outcome::Completed => {
+            metrics::histogram!("stylefarm_render_seconds", "device" => ctx.device_label.clone()).record(started.elapsed().as_secs_f64());
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "completed")
+        }
+        Outcome::Abandoned(why) => tracing::warn!("abandoned: {why}"),
+        Outcome::Released => tracing::info!("checkpointed and released"),
     }
     Ok(())
 }
@@ -231,14 +244,14 @@ fn render(ctx: &Ctx, rt: &Handle, client: &mut WorkersClient<Channel>, job: &pb:
         match rt.block_on(ctx.store.get(&job.resume_key)).map_err(anyhow::Error::from).and_then(|b| Ok(Checkpoint::decode(&b, &ctx.device)?)) {
             Ok(ck) => match ck.identity.difference(&identity) {
                 None => start = Some(ck),
-                Some(d) => eprintln!("farm-worker: not resuming from {}: {d}", job.resume_key),
+                Some(d) => tracing::warn!("not resuming from {}: {d}", job.resume_key),
             },
-            Err(e) => eprintln!("farm-worker: not resuming from {}: {e:#}", job.resume_key),
+            Err(e) => tracing::warn!("not resuming from {}: {e:#}", job.resume_key),
         }
     }
     let (mut state, mut history) = match start {
         Some(ck) => {
-            eprintln!("farm-worker: job {} resumes at iteration {}", job.job_id, ck.state.iteration);
+            tracing::info!(iteration = ck.state.iteration, "resuming from checkpoint");
             (ck.state, ck.history)
         }
         None => (renderer.initial_state(&content, None)?, Vec::new()),
@@ -272,7 +285,10 @@ fn render(ctx: &Ctx, rt: &Handle, client: &mut WorkersClient<Channel>, job: &pb:
         };
         let save = |state: &stylefarm_engine::RenderState, history: &Vec<LossRecord>| -> Result<String, RenderError> {
             let ck = Checkpoint { state: state.clone(), history: history.clone(), identity: identity.clone() };
-            rt.block_on(checkpoints.save(&ck))?;
+            let t = Instant::now();
+            let bytes = rt.block_on(checkpoints.save(&ck))?;
+            metrics::histogram!("stylefarm_checkpoint_seconds").record(t.elapsed().as_secs_f64());
+            metrics::histogram!("stylefarm_checkpoint_bytes").record(bytes as f64);
             Ok(format!("{}/attempt-{token}/ckpt-{:08}.safetensors", job.prefix, state.iteration))
         };
         while state.iteration < iterations {
@@ -289,7 +305,10 @@ fn render(ctx: &Ctx, rt: &Handle, client: &mut WorkersClient<Channel>, job: &pb:
                 return Ok(Outcome::Released);
             }
             let iteration = state.iteration;
+            let t = Instant::now();
             let losses = renderer.step(&mut state)?;
+            metrics::counter!("stylefarm_iterations_total", "device" => ctx.device_label.clone()).increment(1);
+            metrics::gauge!("stylefarm_iterations_per_second", "device" => ctx.device_label.clone()).set(1.0 / t.elapsed().as_secs_f64().max(1e-9));
             history.push(LossRecord { iteration, losses, seconds: offset + started.elapsed().as_secs_f64() });
             if let Ok(mut p) = beat.progress.lock() {
                 *p = progress(state.iteration, &losses);

@@ -23,10 +23,17 @@ struct Args {
     /// VGG-19 weights file (default: $STYLEFARM_WEIGHTS or the cache).
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// human | json (one object per line, on stderr).
+    #[arg(long, default_value = "human")]
+    log_format: stylefarm_shared::telemetry::LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    stylefarm_shared::telemetry::init_logging(a.log_format);
     if let Some(n) = a.threads {
         // Before any tensor operation starts candle's thread pools.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -38,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         storage: a.storage,
         name: a.name,
         weights: a.weights,
+        metrics_listen: a.metrics_listen,
     }))
 }
