@@ -8,4 +8,4 @@
 pub mod db;
 pub mod service;
 
-pub use service::{serve, Config};
+pub use service::{serve, Config, TlsFiles};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use stylefarm_coordinator::{serve, Config};
+use stylefarm_coordinator::{serve, Config, TlsFiles};
 use stylefarm_shared::image_io::ImageLimits;
 
 #[derive(Parser)]
@@ -36,6 +36,24 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// A token that may use the Farm service (submit, watch, cancel…). Repeat, or comma-separate in the variable.
+    #[arg(long = "user-token", env = "STYLEFARM_USER_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    user_tokens: Vec<String>,
+    /// A token that may use the Workers service (lease, heartbeat…).
+    #[arg(long = "worker-token", env = "STYLEFARM_WORKER_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    worker_tokens: Vec<String>,
+    /// Serve TLS with this certificate (PEM) …
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// … and this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require worker client certificates signed by this CA (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Largest request accepted, in MiB (uploads carry images).
+    #[arg(long, default_value_t = 256)]
+    max_request_mb: usize,
     /// human | json (one object per line, on stderr).
     #[arg(long, default_value = "human")]
     log_format: stylefarm_shared::telemetry::LogFormat,
@@ -58,9 +76,14 @@ async fn main() -> anyhow::Result<()> {
         max_failures: a.max_failures.max(1),
         limits: ImageLimits { max_pixels: a.max_input_megapixels << 20, ..ImageLimits::default() },
         default_checkpoint_every: a.checkpoint_every,
-        max_message_bytes: 256 << 20,
+        max_message_bytes: a.max_request_mb.max(1) << 20,
         max_jobs: 10_000,
         metrics_listen: a.metrics_listen,
+        tokens: stylefarm_proto::security::Tokens {
+            users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+            workers: a.worker_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+        },
+        tls: a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca }),
     })
     .await
 }

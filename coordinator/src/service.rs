@@ -23,7 +23,23 @@ use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use stylefarm_proto::security::{Scope, Tokens};
+
 use crate::db::{Db, LeaseError, NewJob};
+
+/// Image names become file names in `farmctl fetch`: letters, digits,
+/// `.`, `_` and `-` only, at most 100, not starting with a dot.
+fn check_name(name: &str, role: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("{role} name {name:?} must be 1-100 of A-Z a-z 0-9 . _ - and not start with a dot")))
+    }
+}
 
 /// Everything the coordinator is told at start.
 #[derive(Debug, Clone)]
@@ -43,6 +59,18 @@ pub struct Config {
     pub max_jobs: usize,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer tokens by scope; none = no authentication.
+    pub tokens: Tokens,
+    /// TLS: certificate and key, and the CA that signs worker client
+    /// certificates (mutual TLS for the Workers service).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 struct State {
@@ -91,6 +119,7 @@ struct Input {
 impl FarmService {
     async fn input(&self, image: &pb::InputImage, role: &str) -> Result<Input, Status> {
         let name = if image.name.is_empty() { role.to_string() } else { image.name.clone() };
+        check_name(&name, role)?;
         let bytes = match &image.source {
             Some(pb::input_image::Source::Data(d)) => d.clone(),
             Some(pb::input_image::Source::Url(url)) => {
@@ -387,10 +416,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     println!("farm-coordinator listening on {}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, storage = %config.storage, "coordinator started");
     let max = config.max_message_bytes;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    let mutual = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if let Some(tls) = &config.tls {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let mut t = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            // Users may connect without a client certificate; the Workers
+            // service demands one (checked below).
+            t = t.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+        }
+        builder = builder.tls_config(t).context("TLS configuration")?;
+    }
+    if config.tokens.disabled() {
+        tracing::warn!("no tokens configured: anyone who can reach the port may submit and lease");
+    }
+    let (user_tokens, worker_tokens) = (config.tokens.clone(), config.tokens.clone());
+    let farm = FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+    let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20);
+    builder
         .add_service(health_service)
-        .add_service(FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max))
-        .add_service(WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20))
+        .add_service(tonic::service::interceptor::InterceptedService::new(farm, move |r: Request<()>| {
+            user_tokens.check(Scope::User, &r)?;
+            Ok(r)
+        }))
+        .add_service(tonic::service::interceptor::InterceptedService::new(workers, move |r: Request<()>| {
+            if mutual && r.peer_certs().is_none_or(|c| c.is_empty()) {
+                return Err(Status::unauthenticated("workers must present a client certificate signed by the farm's CA"));
+            }
+            worker_tokens.check(Scope::Worker, &r)?;
+            Ok(r)
+        }))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await?;
     Ok(())

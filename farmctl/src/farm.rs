@@ -12,17 +12,26 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use stylefarm_engine::RenderParams;
 use stylefarm_proto as pb;
 use stylefarm_proto::farm_client::FarmClient;
+use stylefarm_proto::security::{Bearer, ClientSecurity};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::render::{parse_layers, OptimizerArg, PoolingArg};
 
-async fn client(url: &str) -> Result<FarmClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("`{url}` is not a coordinator URL"))?
-        .connect()
+/// Where the coordinator is and how to present ourselves to it.
+pub struct Conn {
+    pub url: String,
+    pub security: ClientSecurity,
+}
+
+async fn client(conn: &Conn) -> Result<FarmClient<InterceptedService<Channel, Bearer>>> {
+    let channel = conn
+        .security
+        .connect(&conn.url)
         .await
-        .with_context(|| format!("cannot reach the coordinator at {url} (is `farmctl up` or farm-coordinator running?)"))?;
-    Ok(FarmClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+        .map_err(|e| anyhow::anyhow!("{e} (is `farmctl up` or farm-coordinator running?)"))?;
+    let bearer = conn.security.bearer().map_err(anyhow::Error::msg)?;
+    Ok(FarmClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -133,7 +142,7 @@ fn variant(base: &RenderParams, spec: &str) -> Result<RenderParams> {
     serde_json::from_value(v).with_context(|| format!("--variant `{spec}`"))
 }
 
-pub async fn submit(url: &str, a: SubmitArgs) -> Result<()> {
+pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
     let init = match a.init.as_str() {
         "blend" => stylefarm_engine::Init::Blend,
         "content" => stylefarm_engine::Init::Content,
@@ -226,7 +235,7 @@ fn collection_json(c: &pb::Collection) -> serde_json::Value {
     })
 }
 
-pub async fn status(url: &str, id: &str, json: bool) -> Result<()> {
+pub async fn status(url: &Conn, id: &str, json: bool) -> Result<()> {
     let c = client(url).await?.get_collection(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
     if json {
         println!("{}", serde_json::to_string_pretty(&collection_json(&c))?);
@@ -246,7 +255,7 @@ pub async fn status(url: &str, id: &str, json: bool) -> Result<()> {
 }
 
 /// Streams progress until every job has ended; Ok(true) if all succeeded.
-pub async fn watch(url: &str, id: &str) -> Result<bool> {
+pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
     let mut stream = client(url).await?.watch(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
     let multi = MultiProgress::new();
     let overall = multi.add(ProgressBar::new(0));
@@ -300,7 +309,7 @@ pub async fn watch(url: &str, id: &str) -> Result<bool> {
     Ok(ok == c.jobs.len())
 }
 
-pub async fn cancel(url: &str, id: &str) -> Result<()> {
+pub async fn cancel(url: &Conn, id: &str) -> Result<()> {
     let c = client(url).await?.cancel(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
     let cancelled = c.jobs.iter().filter(|j| j.state == pb::JobState::Cancelled as i32).count();
     println!("cancelled {cancelled} of {} jobs (running ones stop at their next heartbeat)", c.jobs.len());
@@ -312,7 +321,7 @@ pub async fn cancel(url: &str, id: &str) -> Result<()> {
 /// Downloads every finished image to `dir` and builds a contact sheet: one
 /// row per content, one column per style (each style's variants side by
 /// side), empty where a job did not succeed.
-pub async fn fetch(url: &str, id: &str, dir: &Path) -> Result<()> {
+pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
     let mut farm = client(url).await?;
     let c = farm.get_collection(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -334,7 +343,9 @@ pub async fn fetch(url: &str, id: &str, dir: &Path) -> Result<()> {
             .map_err(status_err)?
             .into_inner()
             .data;
-        let name = format!("{}_{}_v{}.png", j.content_name, j.style_name, j.variant_index);
+        // Names were checked at submit; keep only safe characters anyway.
+        let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect::<String>();
+        let name = format!("{}_{}_v{}.png", safe(&j.content_name).trim_start_matches('.'), safe(&j.style_name), j.variant_index);
         let path = dir.join(&name);
         std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?;
         let img = image::load_from_memory(&data).with_context(|| format!("{name} from the farm is not an image"))?.to_rgb8();

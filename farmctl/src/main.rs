@@ -17,6 +17,18 @@ struct Cli {
     /// The coordinator the farm commands talk to.
     #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     coordinator: String,
+    /// Bearer token with the user scope.
+    #[arg(long, global = true, env = "STYLEFARM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate of the coordinator (use an https:// URL).
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate for mutual TLS …
+    #[arg(long, global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// … and its key.
+    #[arg(long, global = true)]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,7 +111,10 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let url = cli.coordinator.clone();
+    let url = farm::Conn {
+        url: cli.coordinator.clone(),
+        security: stylefarm_proto::security::ClientSecurity { token: cli.token.clone(), tls_ca: cli.tls_ca.clone(), tls_cert: cli.tls_cert.clone(), tls_key: cli.tls_key.clone() },
+    };
     match cli.command {
         Command::Up(args) => farm::up(args),
         Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),

@@ -22,7 +22,9 @@ use stylefarm_shared::image_io::{self, decode_rgb, ImageLimits};
 use stylefarm_shared::storage::Store;
 use stylefarm_shared::{plot, weights};
 use tokio::runtime::Handle;
-use tonic::transport::{Channel, Endpoint};
+use stylefarm_proto::security::{Bearer, ClientSecurity};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::Code;
 
 pub struct Config {
@@ -33,7 +35,11 @@ pub struct Config {
     pub weights: Option<std::path::PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Token and TLS settings for reaching the coordinator.
+    pub security: ClientSecurity,
 }
+
+type Client = WorkersClient<InterceptedService<Channel, Bearer>>;
 
 /// Set by SIGTERM or Ctrl-C.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -51,8 +57,8 @@ fn device(spec: &str) -> Result<Device> {
 
 /// Connects, retrying with capped exponential backoff (0.2 s … 5 s) until
 /// the coordinator answers.
-async fn connect(url: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("`{url}` is not a coordinator URL"))?;
+async fn connect(url: &str, security: &ClientSecurity) -> Result<Channel> {
+    let endpoint = security.endpoint(url).map_err(anyhow::Error::msg)?;
     let mut delay = Duration::from_millis(200);
     loop {
         match endpoint.connect().await {
@@ -68,7 +74,7 @@ async fn connect(url: &str) -> Result<Channel> {
 
 /// What the worker knows for its whole life.
 struct Ctx {
-    client: WorkersClient<Channel>,
+    client: Client,
     worker_id: String,
     store: Store,
     heartbeat: Duration,
@@ -92,7 +98,8 @@ pub async fn run(config: Config) -> Result<()> {
         }
         STOP.store(true, Ordering::SeqCst);
     });
-    let mut client = WorkersClient::new(connect(&config.coordinator).await?);
+    let bearer = config.security.bearer().map_err(anyhow::Error::msg)?;
+    let mut client = WorkersClient::with_interceptor(connect(&config.coordinator, &config.security).await?, bearer);
     let registration = loop {
         let request = pb::RegisterRequest {
             name: config.name.clone(),
@@ -221,7 +228,7 @@ struct Beat {
     done: AtomicBool,
 }
 
-fn render(ctx: &Ctx, rt: &Handle, client: &mut WorkersClient<Channel>, job: &pb::JobSpec, token: u64) -> Result<Outcome, RenderError> {
+fn render(ctx: &Ctx, rt: &Handle, client: &mut Client, job: &pb::JobSpec, token: u64) -> Result<Outcome, RenderError> {
     let job_store = ctx.store.sub(&job.prefix);
     let (w, h) = (job.width, job.height);
     let params: RenderParams = serde_json::from_str(&job.params_json).map_err(|e| bad(format!("render parameters: {e}")))?;

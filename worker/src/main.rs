@@ -26,6 +26,18 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Bearer token with the worker scope.
+    #[arg(long, env = "STYLEFARM_WORKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate of the coordinator (use an https:// URL).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate for mutual TLS …
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// … and its key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// human | json (one object per line, on stderr).
     #[arg(long, default_value = "human")]
     log_format: stylefarm_shared::telemetry::LogFormat,
@@ -46,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         name: a.name,
         weights: a.weights,
         metrics_listen: a.metrics_listen,
+        security: stylefarm_proto::security::ClientSecurity { token: a.token, tls_ca: a.tls_ca, tls_cert: a.tls_cert, tls_key: a.tls_key },
     }))
 }
