@@ -9,18 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use stylefarm_proto as pb;
+use stylefarm_tests::{bin, fixture};
 use stylefarm_proto::security::ClientSecurity;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --bins` before the tests", path.display());
-    path
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name).to_string_lossy().into_owned()
-}
 
 struct Coordinator {
     child: Child,
