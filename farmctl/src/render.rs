@@ -118,6 +118,14 @@ pub struct RenderArgs {
     /// Skip the loss plot, TensorBoard events and graph beside the output.
     #[arg(long)]
     pub no_extras: bool,
+    /// Coarse-to-fine: render first at these fractions of the size (e.g.
+    /// `0.25,0.5`, ascending, each below 1), each result upsampled to start
+    /// the next; the full-size render then starts from the last.
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Vec<f64>,
+    /// Iterations at each coarse scale (default: --iters).
+    #[arg(long)]
+    pub coarse_iters: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -249,8 +257,11 @@ pub fn run(args: RenderArgs) -> Result<()> {
         "noise" => Init::Noise,
         _ => Init::Image,
     };
-    let params = params_from(&args, init.clone())?;
+    let mut params = params_from(&args, init.clone())?;
     params.validate(args.style.len())?;
+    if args.scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s < 1.0)) || args.scales.windows(2).any(|p| p[0] >= p[1]) {
+        bail!("--scales {:?}: each must lie in (0, 1), in ascending order (the full size comes last by itself)", args.scales);
+    }
     if args.output.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
         bail!("output {} must end in .png", args.output.display());
     }
@@ -284,15 +295,42 @@ pub fn run(args: RenderArgs) -> Result<()> {
         .iter()
         .map(|p| to_tensor(&image_io::resize(&image_io::load_rgb(p, limits)?, w, h)))
         .collect::<Result<Vec<_>>>()?;
-    let init_image = match init {
+    let mut init_image = match init {
         Init::Image => Some(to_tensor(&image_io::resize(&image_io::load_rgb(Path::new(&args.init), limits)?, w, h))?),
         _ => None,
     };
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
+    let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
+
+    // Coarse-to-fine: each scale starts from the previous one's result; the
+    // full-size render starts from the last (so it is an `image` init, and
+    // a resume recomputes the same start).
+    if !args.scales.is_empty() {
+        let style_imgs = args.style.iter().map(|p| image_io::load_rgb(p, limits)).collect::<Result<Vec<_>, _>>()?;
+        let mut previous = init_image.clone();
+        for &scale in &args.scales {
+            let (sw, sh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+            let content_s = to_tensor(&image_io::resize(&content_img, sw, sh))?;
+            let styles_s = style_imgs.iter().map(|img| to_tensor(&image_io::resize(img, sw, sh))).collect::<Result<Vec<_>>>()?;
+            let start = previous.as_ref().map(|t| pixels::resize(t, sw as usize, sh as usize)).transpose()?;
+            let iterations = args.coarse_iters.unwrap_or(args.iters);
+            let params_s = RenderParams { iterations, init: if start.is_some() { Init::Image } else { params.init.clone() }, ..params.clone() };
+            let renderer = Renderer::new(vgg.clone(), params_s, &content_s, &styles_s)?;
+            let mut state = renderer.initial_state(&content_s, start.as_ref())?;
+            if !args.quiet {
+                eprintln!("scale {scale}: {sw}x{sh}, {iterations} iterations");
+            }
+            while state.iteration < iterations {
+                renderer.step(&mut state)?;
+            }
+            previous = Some(state.image);
+        }
+        init_image = previous.map(|t| pixels::resize(&t, w as usize, h as usize)).transpose()?;
+        params.init = Init::Image;
+    }
     let identity = Identity::new(&params, &content, &styles, init_image.as_ref())?;
 
     // 3. Where the render starts: a checkpoint or the init.
-    let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
     let renderer = Renderer::new(vgg, params.clone(), &content, &styles)?;
     let mut resumed = None;
     if let (true, Some(store)) = (args.resume, &checkpoints) {

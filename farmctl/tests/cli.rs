@@ -88,6 +88,8 @@ fn nonsense_parameters_are_refused_by_name() {
     render_fails(&["--content-layers", "conv4_2:abc"], "abc");
     render_fails(&["--style-blend", "1,1"], "style_blend");
     render_fails(&["--iters", "-3"], "-3");
+    render_fails(&["--scales", "1.5"], "--scales");
+    render_fails(&["--scales", "0.5,0.25"], "ascending");
 }
 
 #[test]
@@ -186,4 +188,32 @@ fn zero_iterations_scores_and_writes_the_initial_image() {
     let written = image::open(&out).unwrap().to_rgb8();
     let init = image::open(repo("tests/fixtures/init.png")).unwrap().to_rgb8();
     assert_eq!(written, init);
+}
+
+#[test]
+fn coarse_to_fine_renders_at_the_full_size_and_starts_from_the_coarse_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, scales: &[&str]| {
+        let log = dir.path().join(format!("{name}.jsonl"));
+        let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))
+            .args(["render", "-q", "--no-extras", "--iters", "2", "--coarse-iters", "15", "--size", "40x30"])
+            .args(scales)
+            .args(["--content", &repo("tests/fixtures/content.png"), "--style", &repo("tests/fixtures/style.png")])
+            .arg("-o")
+            .arg(dir.path().join(format!("{name}.png")))
+            .arg("--log")
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(image::open(dir.path().join(format!("{name}.png"))).unwrap().width(), 40);
+        lines(&log)
+    };
+    let plain = run("plain", &[]);
+    let coarse = run("coarse", &["--scales", "0.5"]);
+    // 15 iterations at 20x15 give the full-size render a better start.
+    let (p0, c0) = (plain[0]["total"].as_f64().unwrap(), coarse[0]["total"].as_f64().unwrap());
+    // Measured: 0.85 (Adam lr 2 moves slowly in 15 steps); ignoring the coarse
+    // result would start from the same seeded noise, ratio 1.
+    assert!(c0 < 0.95 * p0, "coarse start {c0:e} vs plain start {p0:e}");
 }
