@@ -139,13 +139,13 @@ fn all_succeeded(s: &Value) -> bool {
     jobs(s).iter().all(|j| j["state"] == "succeeded")
 }
 
-const RENDER: [&str; 6] = ["--size", "32x24", "--iters", "30", "--checkpoint-every", "5"];
+const RENDER: [&str; 6] = ["--size", "32x24", "--iters", "60", "--checkpoint-every", "5"];
 
 /// The same image rendered by `farmctl render` on this machine, no farm.
 fn local_render(dir: &Path, content: &str, style: &str) -> Vec<u8> {
     let out = dir.join(format!("local_{}_{}.png", Path::new(content).file_stem().unwrap().to_string_lossy(), Path::new(style).file_stem().unwrap().to_string_lossy()));
     let o = Command::new(bin("farmctl"))
-        .args(["render", "-q", "--no-extras", "--size", "32x24", "--iters", "30", "--content", content, "--style", style, "-o"])
+        .args(["render", "-q", "--no-extras", "--size", "32x24", "--iters", "60", "--content", content, "--style", style, "-o"])
         .arg(&out)
         .output()
         .unwrap();
@@ -310,7 +310,7 @@ fn a_sigtermed_worker_checkpoints_releases_and_another_resumes_at_once() {
     let a = farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
     // No periodic checkpoint: the only one is the one SIGTERM makes.
-    let id = farm.submit(&["--content", &c, "--style", &s, "--size", "32x24", "--iters", "30", "--checkpoint-every", "1000"]);
+    let id = farm.submit(&["--content", &c, "--style", &s, "--size", "32x24", "--iters", "60", "--checkpoint-every", "1000"]);
     farm.wait_for(&id, "iteration 8", |st| jobs(st)[0]["iteration"].as_u64() >= Some(8));
     let pid = farm.workers.0[a].id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
