@@ -175,16 +175,21 @@ impl Renderer {
                 add(t.conv, g.affine(p.beta * t.weight, 0.0)?)?;
             }
         }
-        let (tv, tv_grad) = if p.tv_weight > 0.0 { total_variation(image)? } else { (0.0, image.zeros_like()?) };
+        let tv_term = if p.tv_weight > 0.0 { Some(total_variation(image)?) } else { None };
+        let tv = tv_term.as_ref().map_or(0.0, |(v, _)| *v);
         let total = p.alpha * content + p.beta * style + p.tv_weight * tv;
         let losses = Losses { content, style, tv, total };
         if !with_grad {
             return Ok((losses, None));
         }
-        let mut grad = tv_grad.affine(p.tv_weight, 0.0)?;
-        if grads.iter().any(Option::is_some) {
-            grad = (grad + self.vgg.backward(&acts, &grads)?)?;
-        }
+        // Sum only the gradients that exist: no zero tensors on the hot path.
+        let network = if grads.iter().any(Option::is_some) { Some(self.vgg.backward(&acts, &grads)?) } else { None };
+        let tv_grad = tv_term.map(|(_, g)| g.affine(p.tv_weight, 0.0)).transpose()?;
+        let grad = match (network, tv_grad) {
+            (Some(n), Some(t)) => (n + t)?,
+            (Some(g), None) | (None, Some(g)) => g,
+            (None, None) => image.zeros_like()?,
+        };
         Ok((losses, Some(grad)))
     }
 

@@ -16,7 +16,7 @@ use stylefarm_proto::security::{Bearer, ClientSecurity};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::render::{parse_layers, OptimizerArg, PoolingArg};
+use crate::render::{parse_init, parse_layers, OptimizerArg, PoolingArg};
 
 /// Where the coordinator is and how to present ourselves to it.
 pub struct Conn {
@@ -143,29 +143,21 @@ fn variant(base: &RenderParams, spec: &str) -> Result<RenderParams> {
 }
 
 pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
-    let init = match a.init.as_str() {
-        "blend" => stylefarm_engine::Init::Blend,
-        "content" => stylefarm_engine::Init::Content,
-        "noise" => stylefarm_engine::Init::Noise,
-        other => bail!("--init `{other}`: a collection takes blend, content or noise"),
+    let init = match parse_init(&a.init) {
+        stylefarm_engine::Init::Image => bail!("--init `{}`: a collection takes blend, content or noise", a.init),
+        init => init,
     };
     let base = RenderParams {
         alpha: a.alpha,
         beta: a.beta,
         tv_weight: a.tv_weight,
-        optimizer: match a.optimizer {
-            OptimizerArg::Adam => stylefarm_engine::Optimizer::Adam,
-            OptimizerArg::Lbfgs => stylefarm_engine::Optimizer::Lbfgs,
-        },
+        optimizer: a.optimizer.into(),
         lr: a.lr,
         iterations: a.iters,
         init,
         noise_ratio: a.noise_ratio,
         seed: a.seed,
-        pooling: match a.pooling {
-            PoolingArg::Avg => stylefarm_engine::Pooling::Avg,
-            PoolingArg::Max => stylefarm_engine::Pooling::Max,
-        },
+        pooling: a.pooling.into(),
         content_layers: parse_layers("--content-layers", &a.content_layers)?,
         style_layers: parse_layers("--style-layers", &a.style_layers)?,
         ..RenderParams::default()
@@ -422,14 +414,7 @@ pub fn up(a: UpArgs) -> Result<()> {
     eprintln!("farm up: coordinator {url}, {} workers ({threads} threads each), data in {}", a.workers, a.data_dir.display());
     println!("{url}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
-    })?;
+    rt.block_on(stylefarm_shared::telemetry::stop_signal());
     eprintln!("farm down: stopping workers");
     for w in &workers {
         let _ = Command::new("kill").args(["-TERM", &w.id().to_string()]).status();

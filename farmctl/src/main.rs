@@ -86,10 +86,7 @@ fn graph(args: GraphArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let (w, h) = stylefarm_shared::size::parse_size(&args.size)?;
     let params = stylefarm_engine::RenderParams {
-        pooling: match args.pooling {
-            render::PoolingArg::Avg => stylefarm_engine::Pooling::Avg,
-            render::PoolingArg::Max => stylefarm_engine::Pooling::Max,
-        },
+        pooling: args.pooling.into(),
         content_layers: render::parse_layers("--content-layers", &args.content_layers)?,
         style_layers: render::parse_layers("--style-layers", &args.style_layers)?,
         ..Default::default()

@@ -134,6 +134,35 @@ pub enum OptimizerArg {
     Lbfgs,
 }
 
+impl From<OptimizerArg> for Optimizer {
+    fn from(o: OptimizerArg) -> Self {
+        match o {
+            OptimizerArg::Adam => Optimizer::Adam,
+            OptimizerArg::Lbfgs => Optimizer::Lbfgs,
+        }
+    }
+}
+
+impl From<PoolingArg> for Pooling {
+    fn from(p: PoolingArg) -> Self {
+        match p {
+            PoolingArg::Avg => Pooling::Avg,
+            PoolingArg::Max => Pooling::Max,
+        }
+    }
+}
+
+/// `--init`: the keywords blend, content and noise; anything else is the
+/// path of an image to start from.
+pub fn parse_init(s: &str) -> Init {
+    match s {
+        "blend" => Init::Blend,
+        "content" => Init::Content,
+        "noise" => Init::Noise,
+        _ => Init::Image,
+    }
+}
+
 /// `conv1_1:0.5,conv2_1` → layers with weights (default weight 1).
 pub fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
     s.split(',')
@@ -193,20 +222,14 @@ fn params_from(args: &RenderArgs, init: Init) -> Result<RenderParams> {
         alpha: args.alpha,
         beta: args.beta,
         tv_weight: args.tv_weight,
-        optimizer: match args.optimizer {
-            OptimizerArg::Adam => Optimizer::Adam,
-            OptimizerArg::Lbfgs => Optimizer::Lbfgs,
-        },
+        optimizer: args.optimizer.into(),
         lr: args.lr,
         lbfgs_history: args.lbfgs_history,
         iterations: args.iters,
         init,
         noise_ratio: args.noise_ratio,
         seed: args.seed,
-        pooling: match args.pooling {
-            PoolingArg::Avg => Pooling::Avg,
-            PoolingArg::Max => Pooling::Max,
-        },
+        pooling: args.pooling.into(),
         content_layers: parse_layers("--content-layers", &args.content_layers)?,
         style_layers: parse_layers("--style-layers", &args.style_layers)?,
         style_blend: args.style_blend.clone(),
@@ -251,12 +274,7 @@ impl Records {
 
 pub fn run(args: RenderArgs) -> Result<()> {
     // 1. Parameters and output locations, all checked before any work.
-    let init = match args.init.as_str() {
-        "blend" => Init::Blend,
-        "content" => Init::Content,
-        "noise" => Init::Noise,
-        _ => Init::Image,
-    };
+    let init = parse_init(&args.init);
     let mut params = params_from(&args, init.clone())?;
     params.validate(args.style.len())?;
     if args.scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s < 1.0)) || args.scales.windows(2).any(|p| p[0] >= p[1]) {
@@ -386,11 +404,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         args.style[0].file_stem().unwrap_or_default().to_string_lossy()
     );
     runtime.spawn(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
+        stylefarm_shared::telemetry::stop_signal().await;
         STOP.store(true, Ordering::SeqCst);
     });
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.iters as u64) };

@@ -1,5 +1,6 @@
-//! Logs and metrics for the daemons: tracing-subscriber on stderr (human or
-//! one JSON object per line) and a Prometheus `/metrics` endpoint.
+//! Logs, metrics and stop signals for the daemons: tracing-subscriber on
+//! stderr (human or one JSON object per line), a Prometheus `/metrics`
+//! endpoint, and the Ctrl-C/SIGTERM future.
 
 use std::net::SocketAddr;
 
@@ -30,6 +31,24 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
     };
+}
+
+/// Resolves at the first Ctrl-C or SIGTERM (a pre-emption, a `kill`, a
+/// pod shutting down): the daemons and long renders checkpoint on it.
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => {}
+    }
 }
 
 /// Serves Prometheus metrics at `http://addr/metrics` (needs a Tokio runtime).

@@ -91,11 +91,7 @@ pub async fn run(config: Config) -> Result<()> {
     let device = device(&config.device)?;
     let weights = weights::load(&weights::weights_path(config.weights.as_deref()), &device)?;
     tokio::spawn(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
+        stylefarm_shared::telemetry::stop_signal().await;
         STOP.store(true, Ordering::SeqCst);
     });
     let bearer = config.security.bearer().map_err(anyhow::Error::msg)?;
