@@ -15,6 +15,8 @@
 //! - [`optim`]: Adam with TensorFlow 1's update rule (the assignment's);
 //! - [`lbfgs`]: L-BFGS with a backtracking line search;
 //! - [`render`]: targets computed once per render, and the pure step function;
+//! - [`winograd`]: the CPU's 3×3 convolution, Winograd F(4×4, 3×3)
+//!   channels-last with bias, ReLU and the backward's ReLU mask fused in;
 //! - [`pixels`]: RGB bytes to the network's input space and back.
 
 pub mod checkpoint;
@@ -29,6 +31,7 @@ pub mod pixels;
 pub mod render;
 pub mod vgg;
 pub mod weights;
+pub mod winograd;
 
 pub use error::{EngineError, Result};
 pub use params::{Init, LayerWeight, Optimizer, Pooling, RenderParams};

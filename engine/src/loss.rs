@@ -11,19 +11,25 @@ fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
-/// Gram matrix of a feature map: `[1, N, H, W]` → `[N, N]`, `G = F·Fᵀ` with
-/// `F` the map reshaped to `[N, M]`, `M = H·W`. Not normalised.
+/// A channels-last feature map `[1, H, W, N]` as the matrix `Fᵀ`: `[M, N]`,
+/// `M = H·W` positions by `N` channels.
+fn positions_by_channels(features: &Tensor) -> Result<Tensor> {
+    let (_, h, w, n) = features.dims4()?;
+    Ok(features.reshape((h * w, n))?)
+}
+
+/// Gram matrix of a feature map: `[1, H, W, N]` → `[N, N]`, `G = F·Fᵀ` with
+/// `F` the map as `[N, M]`, `M = H·W`. Not normalised.
 pub fn gram(features: &Tensor) -> Result<Tensor> {
-    let (_, n, h, w) = features.dims4()?;
-    let f = features.reshape((n, h * w))?;
-    Ok(f.matmul(&f.t()?)?)
+    let ft = positions_by_channels(features)?;
+    Ok(ft.t()?.matmul(&ft)?)
 }
 
 /// Content loss at one layer: `L_c = Σ (F − P)² / (4·s)`, `s` = number of
 /// elements of `P` (the assignment's variant of Gatys' ½·Σ).
 #[derive(Debug, Clone)]
 pub struct ContentLoss {
-    /// `P`: the content image's features, `[1, C, H, W]`.
+    /// `P`: the content image's features, `[1, H, W, C]`.
     target: Tensor,
 }
 
@@ -71,16 +77,16 @@ impl StyleLoss {
         Ok(Self { target })
     }
 
-    /// `(E, ∂E/∂F)`; the gradient is `(G − A)·F / (N²·M²)`, reshaped to the
-    /// feature map's shape.
+    /// `(E, ∂E/∂F)`; the gradient is `(G − A)·F / (N²·M²)`, computed as
+    /// `Fᵀ·(G − A)` (G − A is symmetric) in the feature map's layout.
     pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
-        let (_, n, h, w) = features.dims4()?;
+        let (_, h, w, n) = features.dims4()?;
         let m = (h * w) as f64;
         let n2m2 = (n as f64).powi(2) * m * m;
-        let f = features.reshape((n, h * w))?;
-        let diff = (f.matmul(&f.t()?)? - &self.target)?;
+        let ft = positions_by_channels(features)?;
+        let diff = (ft.t()?.matmul(&ft)? - &self.target)?;
         let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * n2m2);
-        let grad = diff.matmul(&f)?.affine(1.0 / n2m2, 0.0)?.reshape(features.shape())?;
+        let grad = ft.matmul(&diff)?.affine(1.0 / n2m2, 0.0)?.reshape(features.shape())?;
         Ok((value, grad))
     }
 }
@@ -111,8 +117,15 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// A feature map written channel by channel (`v[c][h][w]`), stored
+    /// channels-last as the network keeps it.
     fn map(v: &[f64], c: usize, h: usize, w: usize) -> Tensor {
-        Tensor::from_vec(v.to_vec(), (1, c, h, w), &Device::Cpu).unwrap()
+        Tensor::from_vec(v.to_vec(), (1, c, h, w), &Device::Cpu).unwrap().permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()
+    }
+
+    /// Back to channel-major order for comparing with hand-worked values.
+    fn channel_major(t: &Tensor) -> Vec<f64> {
+        t.permute((0, 3, 1, 2)).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
     }
 
     #[test]
@@ -141,7 +154,7 @@ mod tests {
         assert_eq!(v, 834.0 / 64.0);
         // (G − A)·F / (N²M²) = [[4·1+11·3, 4·2+11·4], [11·1+24·3, 11·2+24·4]] / 16
         let expect = [37. / 16., 52. / 16., 83. / 16., 118. / 16.];
-        assert_eq!(g.flatten_all().unwrap().to_vec1::<f64>().unwrap(), expect);
+        assert_eq!(channel_major(&g), expect);
     }
 
     #[test]
@@ -157,7 +170,8 @@ mod tests {
     #[test]
     fn total_variation_by_hand() {
         // x = [[0, 1], [3, 5]]: horizontal d = [1, 2] → mean 2.5; vertical d = [3, 4] → mean 12.5.
-        let (v, g) = total_variation(&map(&[0., 1., 3., 5.], 1, 2, 2)).unwrap();
+        let image = Tensor::from_vec(vec![0., 1., 3., 5.], (1, 1, 2, 2), &Device::Cpu).unwrap();
+        let (v, g) = total_variation(&image).unwrap();
         assert_eq!(v, 15.0);
         // ∂/∂x00 = −1 − 3 = −4, ∂/∂x01 = 1 − 4 = −3, ∂/∂x10 = −2 + 3 = 1, ∂/∂x11 = 2 + 4 = 6.
         assert_eq!(g.flatten_all().unwrap().to_vec1::<f64>().unwrap(), vec![-4., -3., 1., 6.]);

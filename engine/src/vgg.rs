@@ -29,7 +29,8 @@ fn pool_after(i: usize) -> bool {
 
 /// What one forward pass keeps for the backward pass and the losses.
 pub struct Activations {
-    /// Post-ReLU output of each conv that ran, in network order.
+    /// Post-ReLU output of each conv that ran, in network order,
+    /// channels-last: `[1, H, W, C]`.
     pub features: Vec<Tensor>,
     /// Input of each pooling layer that ran (for its backward).
     pool_inputs: Vec<Tensor>,
@@ -81,7 +82,8 @@ impl Vgg19 {
             return Err(EngineError::Weights(format!("the weights have {} conv layers; {depth} are needed", self.convs.len())));
         }
         let mut acts = Activations { features: Vec::with_capacity(depth), pool_inputs: Vec::new(), pool_outputs: Vec::new() };
-        let mut x = self.input.forward(image)?;
+        // The network runs channels-last ([1, H, W, C]); the image is [1, 3, H, W].
+        let mut x = self.input.forward(image)?.permute((0, 2, 3, 1))?.contiguous()?;
         for (i, conv) in self.convs[..depth].iter().enumerate() {
             if i > 0 && pool_after(i - 1) {
                 let pooled = match self.pooling {
@@ -118,7 +120,7 @@ impl Vgg19 {
                 let input = &acts.pool_inputs[pool];
                 g = match self.pooling {
                     Pooling::Avg => {
-                        let (_, _, h, w) = input.dims4()?;
+                        let (_, h, w, _) = input.dims4()?;
                         layers::avg_pool_backward(&g, h, w)?
                     }
                     Pooling::Max => layers::max_pool_backward(input, &acts.pool_outputs[pool], &g)?,
@@ -127,7 +129,7 @@ impl Vgg19 {
             grad = Some(g);
         }
         match grad {
-            Some(g) => self.input.backward(&g),
+            Some(g) => self.input.backward(&g.permute((0, 3, 1, 2))?.contiguous()?),
             None => Err(EngineError::Weights("backward called with no loss gradient".into())),
         }
     }
