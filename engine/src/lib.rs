@@ -35,7 +35,7 @@ pub mod winograd;
 
 pub use error::{EngineError, Result};
 pub use params::{Init, LayerWeight, Optimizer, Pooling, RenderParams};
-pub use render::{Losses, OptimizerState, RenderState, Renderer};
+pub use render::{Losses, OptimizerState, PhaseTimes, RenderState, Renderer};
 pub use vgg::Vgg19;
 pub use weights::{InputConvention, VggWeights};
 

@@ -3,6 +3,7 @@
 //! further and returns the losses of the image it started from.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
@@ -24,6 +25,19 @@ pub struct Losses {
     pub style: f64,
     pub tv: f64,
     pub total: f64,
+}
+
+/// Seconds spent in each phase of one gradient evaluation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    /// VGG forward to the deepest layer a loss reads.
+    pub forward: f64,
+    /// Loss values and their gradients at the features.
+    pub loss: f64,
+    /// Backward through the network to the image (plus the TV gradient).
+    pub backward: f64,
+    /// The optimizer's update (Adam only; L-BFGS's is not split out).
+    pub update: f64,
 }
 
 /// The optimizer's memory between iterations.
@@ -147,10 +161,13 @@ impl Renderer {
     }
 
     /// The losses of `image` and, if `with_grad`, the gradient of the total
-    /// loss with respect to it.
-    fn losses(&self, image: &Tensor, with_grad: bool) -> Result<(Losses, Option<Tensor>)> {
+    /// loss with respect to it; the time of each phase goes to `times`.
+    fn losses(&self, image: &Tensor, with_grad: bool, times: &mut PhaseTimes) -> Result<(Losses, Option<Tensor>)> {
         let p = &self.params;
+        let clock = Instant::now();
         let acts = self.vgg.forward(image, self.depth)?;
+        times.forward = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let mut grads: Vec<Option<Tensor>> = vec![None; self.depth];
         let mut add = |conv: usize, g: Tensor| -> Result<()> {
             grads[conv] = Some(match grads[conv].take() {
@@ -179,9 +196,11 @@ impl Renderer {
         let tv = tv_term.as_ref().map_or(0.0, |(v, _)| *v);
         let total = p.alpha * content + p.beta * style + p.tv_weight * tv;
         let losses = Losses { content, style, tv, total };
+        times.loss = clock.elapsed().as_secs_f64();
         if !with_grad {
             return Ok((losses, None));
         }
+        let clock = Instant::now();
         // Sum only the gradients that exist: no zero tensors on the hot path.
         let network = if grads.iter().any(Option::is_some) { Some(self.vgg.backward(&acts, &grads)?) } else { None };
         let tv_grad = tv_term.map(|(_, g)| g.affine(p.tv_weight, 0.0)).transpose()?;
@@ -190,37 +209,59 @@ impl Renderer {
             (Some(g), None) | (None, Some(g)) => g,
             (None, None) => image.zeros_like()?,
         };
+        times.backward = clock.elapsed().as_secs_f64();
         Ok((losses, Some(grad)))
     }
 
     /// Losses of `image` and the gradient of the total loss with respect to it.
     pub fn loss_and_grad(&self, image: &Tensor) -> Result<(Losses, Tensor)> {
-        let (losses, grad) = self.losses(image, true)?;
+        Ok(self.loss_and_grad_timed(image)?.0)
+    }
+
+    /// [`Self::loss_and_grad`], also saying how long each phase took (for
+    /// `farmctl bench`).
+    pub fn loss_and_grad_timed(&self, image: &Tensor) -> Result<((Losses, Tensor), PhaseTimes)> {
+        let mut times = PhaseTimes::default();
+        let (losses, grad) = self.losses(image, true, &mut times)?;
         let grad = grad.ok_or_else(|| invalid("gradient", "not computed"))?;
-        Ok((losses, grad))
+        Ok(((losses, grad), times))
     }
 
     /// Losses of `image` (forward pass only).
     pub fn evaluate(&self, image: &Tensor) -> Result<Losses> {
-        Ok(self.losses(image, false)?.0)
+        Ok(self.losses(image, false, &mut PhaseTimes::default())?.0)
     }
 
     /// One optimizer iteration; returns the losses of the image before it.
     pub fn step(&self, state: &mut RenderState) -> Result<Losses> {
+        Ok(self.step_timed(state)?.0)
+    }
+
+    /// [`Self::step`], also giving the phase times of its (last) gradient
+    /// evaluation; the optimizer's own time is `update`.
+    pub fn step_timed(&self, state: &mut RenderState) -> Result<(Losses, PhaseTimes)> {
+        let mut times = PhaseTimes::default();
         let losses = match &mut state.optimizer {
             OptimizerState::Adam(adam) => {
-                let (losses, grad) = self.loss_and_grad(&state.image)?;
+                let ((losses, grad), t) = self.loss_and_grad_timed(&state.image)?;
+                times = t;
+                let clock = Instant::now();
                 state.image = self.adam.step(&state.image, &grad, adam)?;
+                times.update = clock.elapsed().as_secs_f64();
                 losses
             }
             OptimizerState::Lbfgs(lbfgs) => {
-                let (image, losses) = self.lbfgs.step(&state.image, lbfgs, |x| self.loss_and_grad(x))?;
+                let (image, losses) = self.lbfgs.step(&state.image, lbfgs, |x| {
+                    let (out, t) = self.loss_and_grad_timed(x)?;
+                    times = t;
+                    Ok(out)
+                })?;
                 state.image = image;
                 losses
             }
         };
         state.iteration += 1;
-        Ok(losses)
+        Ok((losses, times))
     }
 
     /// Conv FLOPs of one step (forward plus input gradient) at `h`×`w`.

@@ -100,6 +100,11 @@ pub struct Fused<'a, T> {
 /// `y = relu?(conv3x3(x ⊙ [mask > 0]) + bias)` for `x`: `[h, w, C_in]`
 /// channels-last; returns `[h, w, C_out]`.
 pub fn conv3x3<T: WithDType>(x: &[T], h: usize, w: usize, kernel: &Kernel<T>, fused: &Fused<T>) -> Vec<T> {
+    conv3x3_with(Simd::detect(), x, h, w, kernel, fused)
+}
+
+/// [`conv3x3`] with the transforms compiled for `simd`.
+fn conv3x3_with<T: WithDType>(simd: Simd, x: &[T], h: usize, w: usize, kernel: &Kernel<T>, fused: &Fused<T>) -> Vec<T> {
     let (c_in, c_out) = (kernel.c_in, kernel.c_out);
     assert_eq!(x.len(), h * w * c_in, "input is [h, w, C_in]");
     if let Some(m) = fused.input_mask {
@@ -124,9 +129,9 @@ pub fn conv3x3<T: WithDType>(x: &[T], h: usize, w: usize, kernel: &Kernel<T>, fu
         let tiles = rows * tile_cols;
         let v = &mut v[..tiles * POINTS * c_in];
         let m = &mut m[..tiles * POINTS * c_out];
-        input_transform(x, h, w, c_in, fused.input_mask, first_row, tile_cols, v);
+        input_transform(simd, x, h, w, c_in, fused.input_mask, first_row, tile_cols, v);
         multiply(v, kernel, tiles, m);
-        output_transform(m, w, c_out, tile_cols, fused, y_chunk, (h - first_row * TILE).min(rows * TILE));
+        output_transform(simd, m, w, c_out, tile_cols, fused, y_chunk, (h - first_row * TILE).min(rows * TILE));
     }
     y
 }
@@ -136,6 +141,7 @@ pub fn conv3x3<T: WithDType>(x: &[T], h: usize, w: usize, kernel: &Kernel<T>, fu
 /// the image.
 #[allow(clippy::too_many_arguments)]
 fn input_transform<T: WithDType>(
+    simd: Simd,
     x: &[T],
     h: usize,
     w: usize,
@@ -149,26 +155,141 @@ fn input_transform<T: WithDType>(
     v.par_chunks_mut(POINTS * c).enumerate().with_min_len(8).for_each_init(
         || vec![zero; 2 * POINTS * c],
         |scratch, (t, vt)| {
-            let (patch, rows) = scratch.split_at_mut(POINTS * c);
-            let (ti, tj) = (first_row + t / tile_cols, t % tile_cols);
-            gather_patch(x, h, w, c, mask, ti, tj, patch);
-            // rows[i][b] = Σ_j d[i][j]·B[j][b]: Bᵀ along each patch row.
-            for (d, r) in patch.chunks_exact(PATCH * c).zip(rows.chunks_exact_mut(PATCH * c)) {
-                let d = split6(d, 0, c, c);
-                bt6(d, r, c);
-            }
-            // V[b·6 + a] = Σ_i Bᵀ[a][i]·rows[i][b]: Bᵀ down each column.
-            for (b, vb) in vt.chunks_exact_mut(PATCH * c).enumerate() {
-                let d = split6(rows, b * c, PATCH * c, c);
-                bt6(d, vb, c);
-            }
+            let tile = InputTile { x, h, w, c, mask, ti: first_row + t / tile_cols, tj: t % tile_cols };
+            simd.input_tile(&tile, scratch, vt);
         },
     );
+}
+
+/// One tile's input transform, with what it reads.
+struct InputTile<'a, T> {
+    x: &'a [T],
+    h: usize,
+    w: usize,
+    c: usize,
+    mask: Option<&'a [T]>,
+    ti: usize,
+    tj: usize,
+}
+
+impl<T: WithDType> InputTile<'_, T> {
+    /// Writes `V[ξ][c]` of this tile to `vt`; `scratch`: 72 channel vectors.
+    #[inline(always)]
+    fn transform(&self, scratch: &mut [T], vt: &mut [T]) {
+        let c = self.c;
+        let (patch, rows) = scratch.split_at_mut(POINTS * c);
+        gather_patch(self.x, self.h, self.w, c, self.mask, self.ti, self.tj, patch);
+        // rows[i][b] = Σ_j d[i][j]·B[j][b]: Bᵀ along each patch row.
+        for (d, r) in patch.chunks_exact(PATCH * c).zip(rows.chunks_exact_mut(PATCH * c)) {
+            bt6(split6(d, 0, c, c), r, c);
+        }
+        // V[b·6 + a] = Σ_i Bᵀ[a][i]·rows[i][b]: Bᵀ down each column.
+        for (b, vb) in vt.chunks_exact_mut(PATCH * c).enumerate() {
+            bt6(split6(rows, b * c, PATCH * c, c), vb, c);
+        }
+    }
+}
+
+/// The widest vector instructions of this CPU. The crate is compiled for
+/// baseline x86-64 (SSE2) so its binaries run anywhere; the transforms are
+/// compiled again with AVX2 and AVX-512 enabled and picked at run time.
+#[derive(Debug, Clone, Copy)]
+enum Simd {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Simd {
+    /// Every level this CPU can run, narrowest first (for tests).
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut levels = vec![Simd::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                levels.push(Simd::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                levels.push(Simd::Avx512);
+            }
+        }
+        levels
+    }
+
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    }
+
+    /// [`InputTile::transform`], compiled for these instructions.
+    #[inline(always)]
+    fn input_tile<T: WithDType>(self, tile: &InputTile<T>, scratch: &mut [T], vt: &mut [T]) {
+        match self {
+            Simd::Baseline => tile.transform(scratch, vt),
+            // SAFETY: `detect` found these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { input_tile_avx2(tile, scratch, vt) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { input_tile_avx512(tile, scratch, vt) },
+        }
+    }
+
+    /// [`OutputTileRow::transform`], compiled for these instructions.
+    #[inline(always)]
+    fn output_tile_row<T: WithDType>(self, row: &OutputTileRow<T>, y_rows: &mut [T], scratch: &mut [T]) {
+        match self {
+            Simd::Baseline => row.transform(y_rows, scratch),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { output_tile_row_avx2(row, y_rows, scratch) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { output_tile_row_avx512(row, y_rows, scratch) },
+        }
+    }
+}
+
+// The same transforms compiled with wider vectors (their bodies are
+// `#[inline(always)]`, so they are generated again inside each of these).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_tile_avx2<T: WithDType>(tile: &InputTile<T>, scratch: &mut [T], vt: &mut [T]) {
+    tile.transform(scratch, vt)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn input_tile_avx512<T: WithDType>(tile: &InputTile<T>, scratch: &mut [T], vt: &mut [T]) {
+    tile.transform(scratch, vt)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_tile_row_avx2<T: WithDType>(row: &OutputTileRow<T>, y_rows: &mut [T], scratch: &mut [T]) {
+    row.transform(y_rows, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn output_tile_row_avx512<T: WithDType>(row: &OutputTileRow<T>, y_rows: &mut [T], scratch: &mut [T]) {
+    row.transform(y_rows, scratch)
 }
 
 /// Copies the 6×6 patch of tile `(ti, tj)` into `patch[i][j][c]`, zeros
 /// where it leaves the image, multiplied by `mask > 0` if there is a mask.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn gather_patch<T: WithDType>(
     x: &[T],
     h: usize,
@@ -309,7 +430,9 @@ fn multiply<T: WithDType>(v: &[T], kernel: &Kernel<T>, tiles: usize, m: &mut [T]
 
 /// `Y = Aᵀ M A` for each tile of the chunk, plus bias and ReLU, written to
 /// `y` (the chunk's output rows, `valid_rows` of them, channels-last).
+#[allow(clippy::too_many_arguments)]
 fn output_transform<T: WithDType>(
+    simd: Simd,
     m: &[T],
     w: usize,
     c: usize,
@@ -321,49 +444,72 @@ fn output_transform<T: WithDType>(
     let zero = T::from_f64(0.0);
     let tile_row_len = tile_cols * POINTS * c;
     y.par_chunks_mut(TILE * w * c).zip(m.par_chunks(tile_row_len)).enumerate().for_each_init(
-        || vec![zero; (PATCH * TILE + TILE * TILE) * c],
-        |scratch, (r, (y_rows, m_row))| {
+        || vec![zero; PATCH * TILE * c],
+        |cols_t, (r, (y_rows, m_row))| {
             let rows = (valid_rows - r * TILE).min(TILE);
-            let (cols_t, out) = scratch.split_at_mut(PATCH * TILE * c);
-            for (tj, mt) in m_row.chunks_exact(POINTS * c).enumerate() {
-                // cols_t[b][a'] = Σ_a Aᵀ[a'][a]·M[b·6 + a]: Aᵀ down each column.
-                for (b, s) in cols_t.chunks_exact_mut(TILE * c).enumerate() {
-                    at6(split6(mt, b * PATCH * c, c, c), s, c);
-                }
-                // out[a'][b'] = Σ_b Aᵀ[b'][b]·cols_t[b][a']: Aᵀ along each row.
-                for (a, o) in out.chunks_exact_mut(TILE * c).enumerate() {
-                    at6(split6(cols_t, a * c, TILE * c, c), o, c);
-                }
-                let cols = (w - tj * TILE).min(TILE);
-                for a in 0..rows {
-                    let dst = &mut y_rows[(a * w + tj * TILE) * c..][..cols * c];
-                    let src = &out[a * TILE * c..][..cols * c];
-                    finish(src, dst, fused, c);
-                }
-            }
+            simd.output_tile_row(&OutputTileRow { m_row, w, c, fused, rows }, y_rows, cols_t);
         },
     );
 }
 
-/// `dst = relu?(src + bias)` for consecutive pixels of `c` channels.
-#[inline(always)]
-fn finish<T: WithDType>(src: &[T], dst: &mut [T], fused: &Fused<T>, c: usize) {
-    let zero = T::from_f64(0.0);
-    for (s, d) in src.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
-        match fused.bias {
-            Some(bias) => {
-                for ((d, &s), &b) in d.iter_mut().zip(s).zip(bias) {
-                    *d = s + b;
-                }
+/// The output transform of one row of tiles, with what it reads.
+struct OutputTileRow<'a, T> {
+    /// `M[t][ξ][c]` of the row's tiles.
+    m_row: &'a [T],
+    w: usize,
+    c: usize,
+    fused: &'a Fused<'a, T>,
+    /// Output rows inside the image (≤ 4).
+    rows: usize,
+}
+
+impl<T: WithDType> OutputTileRow<'_, T> {
+    /// Writes the row's output pixels to `y_rows`; `cols_t`: 24 channel vectors.
+    #[inline(always)]
+    fn transform(&self, y_rows: &mut [T], cols_t: &mut [T]) {
+        let (w, c) = (self.w, self.c);
+        for (tj, mt) in self.m_row.chunks_exact(POINTS * c).enumerate() {
+            // cols_t[b][a'] = Σ_a Aᵀ[a'][a]·M[b·6 + a]: Aᵀ down each column.
+            for (b, s) in cols_t.chunks_exact_mut(TILE * c).enumerate() {
+                at6(split6(mt, b * PATCH * c, c, c), s, c);
             }
-            None => d.copy_from_slice(s),
+            // Y[a'][b'] = Σ_b Aᵀ[b'][b]·cols_t[b][a']: Aᵀ along each row, then
+            // bias and ReLU, straight into the output.
+            let cols = (w - tj * TILE).min(TILE);
+            for a in 0..self.rows {
+                let dst = &mut y_rows[(a * w + tj * TILE) * c..][..cols * c];
+                at6_finish(split6(cols_t, a * c, TILE * c, c), dst, cols, self.fused, c);
+            }
         }
-        if fused.relu {
-            for d in d.iter_mut() {
-                if *d < zero {
-                    *d = zero;
-                }
-            }
+    }
+}
+
+/// [`at6`] for the last pass: only the first `cols` outputs (the rest fall
+/// outside the image), with bias and ReLU.
+#[inline(always)]
+fn at6_finish<T: WithDType>(s: [&[T]; 6], dst: &mut [T], cols: usize, fused: &Fused<T>, c: usize) {
+    let (two, four, eight, zero) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0), T::from_f64(0.0));
+    let [s0, s1, s2, s3, s4, s5] = s;
+    let (s0, s1, s2, s3, s4, s5) = (&s0[..c], &s1[..c], &s2[..c], &s3[..c], &s4[..c], &s5[..c]);
+    let bias = fused.bias.map(|b| &b[..c]);
+    let finish = |v: T, i: usize| {
+        let v = match bias {
+            Some(b) => v + b[i],
+            None => v,
+        };
+        if fused.relu && v < zero {
+            zero
+        } else {
+            v
+        }
+    };
+    for (k, d) in dst.chunks_exact_mut(c).take(cols).enumerate() {
+        let d = &mut d[..c];
+        match k {
+            0 => (0..c).for_each(|i| d[i] = finish(s0[i] + (s1[i] + s2[i]) + (s3[i] + s4[i]), i)),
+            1 => (0..c).for_each(|i| d[i] = finish((s1[i] - s2[i]) + two * (s3[i] - s4[i]), i)),
+            2 => (0..c).for_each(|i| d[i] = finish((s1[i] + s2[i]) + four * (s3[i] + s4[i]), i)),
+            _ => (0..c).for_each(|i| d[i] = finish((s1[i] - s2[i]) + eight * (s3[i] - s4[i]) + s5[i], i)),
         }
     }
 }
@@ -435,6 +581,29 @@ mod tests {
         let got = conv3x3(&x, h, w, &Kernel::<f64>::new(&k, c_out, c_in), &fused);
         let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(err < 1e-12, "max error {err}");
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        // The transforms do the same IEEE operations in the same order at any
+        // vector width (Rust never contracts a·b + c into an FMA), so they add
+        // no CPU-to-CPU difference. (gemm picks its own kernels per CPU; those
+        // may sum in another order, so bit-exact resume is promised on the
+        // same kind of CPU only.)
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+        let (h, w, c_in, c_out) = (11, 14, 37, 19);
+        let x: Vec<f32> = (0..h * w * c_in).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let mask: Vec<f32> = (0..h * w * c_in).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let bias: Vec<f32> = (0..c_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let k = random(c_out * c_in * 9, &mut rng);
+        let kernel = Kernel::<f32>::new(&k, c_out, c_in);
+        let fused = Fused { input_mask: Some(&mask), bias: Some(&bias), relu: true };
+        let levels = Simd::available();
+        let baseline = conv3x3_with(Simd::Baseline, &x, h, w, &kernel, &fused);
+        for simd in levels {
+            let y = conv3x3_with(simd, &x, h, w, &kernel, &fused);
+            assert!(y.iter().zip(&baseline).all(|(a, b)| a.to_bits() == b.to_bits()), "{simd:?} differs from baseline");
+        }
     }
 
     #[test]

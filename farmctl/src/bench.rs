@@ -74,8 +74,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !args.json {
         println!("farmctl bench: fp32, {} threads, VGG-19 to conv5_1, Adam step = forward + image gradient", args.threads);
         println!(
-            "{:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
-            "size", "s/iter", "forward s", "backward s", "GFLOP/iter", "GFLOP/s", "peak MiB"
+            "{:>9} {:>8} {:>9} {:>8} {:>10} {:>10} {:>9} {:>10}",
+            "size", "s/iter", "forward s", "loss s", "backward s", "GFLOP/iter", "GFLOP/s", "peak MiB"
         );
     }
     for s in &args.sizes {
@@ -88,32 +88,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for _ in 0..args.warmup {
             renderer.step(&mut state)?;
         }
-        let (mut steps, mut forwards) = (Vec::new(), Vec::new());
+        let (mut steps, mut forward, mut loss, mut backward) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.iters {
             let t = Instant::now();
-            renderer.step(&mut state)?;
+            let (_, phases) = renderer.step_timed(&mut state)?;
             steps.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            renderer.evaluate(&state.image)?;
-            forwards.push(t.elapsed().as_secs_f64());
+            forward.push(phases.forward);
+            loss.push(phases.loss);
+            backward.push(phases.backward);
         }
-        let step = median(steps);
-        let forward = median(forwards);
+        let (step, forward, loss, backward) = (median(steps), median(forward), median(loss), median(backward));
         let gflop = renderer.step_flops(h as usize, w as usize) / 1e9;
         let peak = peak_rss_mib().context("cannot read peak memory from /proc/self/status")?;
         if args.json {
             let row = serde_json::json!({
-                "size": s, "threads": args.threads, "seconds_per_iter": step, "forward_seconds": forward,
-                "backward_seconds": step - forward, "gflop_per_iter": gflop, "gflops": gflop / step, "peak_rss_mib": peak,
+                "engine": "stylefarm-fp32", "size": s, "threads": args.threads, "seconds_per_iter": step,
+                "forward_seconds": forward, "loss_seconds": loss, "backward_seconds": backward,
+                "gflop_per_iter": gflop, "gflops": gflop / step, "peak_rss_mib": peak,
             });
             println!("{row}");
         } else {
             println!(
-                "{:>9} {:>10.3} {:>10.3} {:>10.3} {:>10.1} {:>9.1} {:>10.0}",
+                "{:>9} {:>8.3} {:>9.3} {:>8.3} {:>10.3} {:>10.1} {:>9.1} {:>10.0}",
                 s,
                 step,
                 forward,
-                step - forward,
+                loss,
+                backward,
                 gflop,
                 gflop / step,
                 peak

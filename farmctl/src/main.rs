@@ -107,6 +107,7 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> anyhow::Result<()> {
+    stylefarm_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
     let url = farm::Conn {
         url: cli.coordinator.clone(),

@@ -4,6 +4,7 @@
 
 pub mod checkpoints;
 pub mod image_io;
+pub mod memory;
 pub mod plot;
 pub mod storage;
 pub mod telemetry;

@@ -44,6 +44,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    stylefarm_shared::memory::keep_freed_memory();
     let a = Args::parse();
     stylefarm_shared::telemetry::init_logging(a.log_format);
     if let Some(n) = a.threads {
