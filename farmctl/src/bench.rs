@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use stylefarm_engine::{pixels, DType, Device, RenderParams, Renderer, Vgg19};
+use stylefarm_engine::{pixels, DType, RenderParams, Renderer, Vgg19};
 use stylefarm_shared::{size, weights};
 
 #[derive(Args)]
@@ -35,6 +35,38 @@ pub struct BenchArgs {
     /// Print one JSON object per size instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// cpu or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Float format of the network and the image: fp32, or bf16 / f16 on a
+    /// GPU.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::Fp32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -68,11 +100,25 @@ fn noise_image(w: u32, h: u32, seed: u64) -> Vec<u8> {
 pub fn run(args: BenchArgs) -> Result<()> {
     // Must happen before candle starts its thread pools.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
-    let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
+    let device = stylefarm_shared::device::open(&args.device)?;
+    if device.is_cpu() && args.precision != Precision::Fp32 {
+        bail!(
+            "--precision {} is for GPUs: on the CPU no maintained Rust GEMM has bf16 or f16 kernels (gemm 0.19 computes \
+             f16 through f32; candle 0.11 widens bf16 to f32 for every matmul), so it would only be slower than fp32",
+            args.precision.name()
+        );
+    }
+    let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &device)?;
     let params = RenderParams::default();
-    let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
+    let vgg = Arc::new(Vgg19::new(&weights, params.pooling, args.precision.dtype())?);
+    let engine = format!("stylefarm-{}", args.precision.name());
     if !args.json {
-        println!("farmctl bench: fp32, {} threads, VGG-19 to conv5_1, Adam step = forward + image gradient", args.threads);
+        println!(
+            "farmctl bench: {} on {}, {} threads, VGG-19 to conv5_1, Adam step = forward + image gradient",
+            args.precision.name(),
+            args.device,
+            args.threads
+        );
         println!(
             "{:>9} {:>8} {:>9} {:>8} {:>10} {:>10} {:>9} {:>10}",
             "size", "s/iter", "forward s", "loss s", "backward s", "GFLOP/iter", "GFLOP/s", "peak MiB"
@@ -81,17 +127,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for s in &args.sizes {
         let (w, h) = size::parse_size(s)?;
         reset_peak_rss();
-        let tensor = |seed| pixels::to_tensor(&noise_image(w, h, seed), w as usize, h as usize, DType::F32, &Device::Cpu);
+        let tensor = |seed| pixels::to_tensor(&noise_image(w, h, seed), w as usize, h as usize, args.precision.dtype(), &device);
         let (content, style) = (tensor(1)?, tensor(2)?);
         let renderer = Renderer::new(vgg.clone(), params.clone(), &content, &[style])?;
         let mut state = renderer.initial_state(&content, None)?;
         for _ in 0..args.warmup {
             renderer.step(&mut state)?;
         }
+        device.synchronize()?;
         let (mut steps, mut forward, mut loss, mut backward) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.iters {
             let t = Instant::now();
             let (_, phases) = renderer.step_timed(&mut state)?;
+            // GPU work is asynchronous: the step is done when the device is.
+            device.synchronize()?;
             steps.push(t.elapsed().as_secs_f64());
             forward.push(phases.forward);
             loss.push(phases.loss);
@@ -102,7 +151,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let peak = peak_rss_mib().context("cannot read peak memory from /proc/self/status")?;
         if args.json {
             let row = serde_json::json!({
-                "engine": "stylefarm-fp32", "size": s, "threads": args.threads, "seconds_per_iter": step,
+                "engine": engine, "device": args.device, "size": s, "threads": args.threads, "seconds_per_iter": step,
                 "forward_seconds": forward, "loss_seconds": loss, "backward_seconds": backward,
                 "gflop_per_iter": gflop, "gflops": gflop / step, "peak_rss_mib": peak,
             });

@@ -3,6 +3,7 @@
 //! small parsers of the command lines.
 
 pub mod checkpoints;
+pub mod device;
 pub mod image_io;
 pub mod memory;
 pub mod plot;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use stylefarm_engine::checkpoint::{Checkpoint, Identity, LossRecord};
 use stylefarm_engine::{pixels, DType, Device, RenderParams, Renderer, Tensor, Vgg19, VggWeights};
 use stylefarm_proto as pb;
@@ -45,14 +45,7 @@ type Client = WorkersClient<InterceptedService<Channel, Bearer>>;
 static STOP: AtomicBool = AtomicBool::new(false);
 
 fn device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        s if s.starts_with("cuda:") => {
-            let n: usize = s[5..].parse().with_context(|| format!("device `{s}`: N in cuda:N must be a number"))?;
-            Device::new_cuda(n).with_context(|| format!("device {s} is not available (this build needs the `cuda` feature and a GPU)"))
-        }
-        other => bail!("device `{other}` is not cpu or cuda:N"),
-    }
+    Ok(stylefarm_shared::device::open(spec)?)
 }
 
 /// Connects, retrying with capped exponential backoff (0.2 s … 5 s) until
