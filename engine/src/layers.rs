@@ -158,7 +158,7 @@ impl ConvRelu {
 
     /// candle's convolution on `[N, H, W, C]` (for devices without our kernels).
     fn conv_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        let x = x.permute((0, 3, 1, 2))?;
+        let x = x.permute((0, 3, 1, 2))?.contiguous()?;
         Ok(x.conv2d(weight, 1, 1, 1, 1)?.permute((0, 2, 3, 1))?.contiguous()?)
     }
 
