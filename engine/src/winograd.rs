@@ -56,8 +56,10 @@ impl<T: WithDType> Kernel<T> {
     pub fn new(weight: &[f64], c_out: usize, c_in: usize) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "kernel is [C_out, C_in, 3, 3]");
         let mut u = vec![T::from_f64(0.0); POINTS * c_in * c_out];
-        for co in 0..c_out {
-            for ci in 0..c_in {
+        // C_out innermost: the writes to each point's [C_in][C_out] matrix
+        // run along a row.
+        for ci in 0..c_in {
+            for co in 0..c_out {
                 let g = &weight[(co * c_in + ci) * 9..][..9];
                 // gg = G·g (6×3), then U = gg·Gᵀ (6×6).
                 let mut gg = [[0.0; 3]; PATCH];
@@ -503,6 +505,23 @@ fn at6_finish<T: WithDType>(s: [&[T]; 6], dst: &mut [T], cols: usize, fused: &Fu
             v
         }
     };
+    if cols == TILE {
+        // A whole tile: all four outputs in one pass over the inputs (the
+        // partial-tile loop below reads each input once per output).
+        let (d0, rest) = dst.split_at_mut(c);
+        let (d1, rest) = rest.split_at_mut(c);
+        let (d2, d3) = rest.split_at_mut(c);
+        let d3 = &mut d3[..c];
+        for i in 0..c {
+            let (p, q) = (s1[i] + s2[i], s1[i] - s2[i]);
+            let (r, t) = (s3[i] + s4[i], s3[i] - s4[i]);
+            d0[i] = finish(s0[i] + p + r, i);
+            d1[i] = finish(q + two * t, i);
+            d2[i] = finish(p + four * r, i);
+            d3[i] = finish(q + eight * t + s5[i], i);
+        }
+        return;
+    }
     for (k, d) in dst.chunks_exact_mut(c).take(cols).enumerate() {
         let d = &mut d[..c];
         match k {
