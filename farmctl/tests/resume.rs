@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A file in `tests/fixtures/`, found from farmctl's folder at run time (cargo
+/// sets CARGO_MANIFEST_DIR for test processes; the compile-time value goes
+/// stale when a shared target folder is reused from another checkout).
 fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name).to_string_lossy().into_owned()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&dir).join("../tests/fixtures").join(name).to_string_lossy().into_owned()
 }
 
 const ITERS: &str = "60";

@@ -12,7 +12,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// This package's folder (`tests/`), read when the test runs: cargo sets
+/// `CARGO_MANIFEST_DIR` for test processes too. The compile-time value can
+/// be stale: cargo does not rebuild a crate because its checkout moved, so a
+/// target folder shared between checkouts (CI's cache) keeps the old path.
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// A file in `tests/fixtures/`.
 pub fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name).to_string_lossy().into_owned()
+    package_dir().join("fixtures").join(name).to_string_lossy().into_owned()
 }

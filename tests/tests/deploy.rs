@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn deploy() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    stylefarm_tests::package_dir().join("../deploy")
 }
 
 fn validate(k8s: &Path) -> (bool, String) {

@@ -5,7 +5,7 @@
 //! Needs the canonical weights (`farmctl weights fetch`; the README's test
 //! command does it first).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use stylefarm_engine::{pixels, DType, Device, Init, Losses, RenderParams, Renderer, Tensor, Vgg19, VggWeights};
@@ -13,7 +13,7 @@ use stylefarm_shared::image_io::{load_rgb, ImageLimits};
 use stylefarm_shared::weights;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    stylefarm_tests::package_dir().join("fixtures").join(name)
 }
 
 fn real_weights() -> &'static VggWeights {
