@@ -17,7 +17,7 @@ use crate::winograd::{self, Fused, Kernel};
 
 /// Runs `f` on the elements of a CPU tensor in row-major order (copying only
 /// if it is not contiguous).
-fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+pub(crate) fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
@@ -28,7 +28,7 @@ fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Res
 }
 
 /// Whether the hand-written CPU kernels handle this tensor.
-fn on_cpu(t: &Tensor) -> bool {
+pub(crate) fn on_cpu(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 

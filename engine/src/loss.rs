@@ -3,9 +3,11 @@
 //!
 //! Values are returned as `f64` whatever the tensors' dtype.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor, WithDType};
+use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::layers::{on_cpu, with_cpu_slice};
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
@@ -21,8 +23,70 @@ fn positions_by_channels(features: &Tensor) -> Result<Tensor> {
 /// Gram matrix of a feature map: `[1, H, W, N]` → `[N, N]`, `G = F·Fᵀ` with
 /// `F` the map as `[N, M]`, `M = H·W`. Not normalised.
 pub fn gram(features: &Tensor) -> Result<Tensor> {
-    let ft = positions_by_channels(features)?;
-    Ok(ft.t()?.matmul(&ft)?)
+    gram_of(&positions_by_channels(features)?)
+}
+
+/// Positions summed per block by one GEMM in [`gram_cpu`].
+const GRAM_BLOCK: usize = 2048;
+
+/// `FᵀF` for `Fᵀ`: `[M, N]`.
+fn gram_of(ft: &Tensor) -> Result<Tensor> {
+    match ft.dtype() {
+        DType::F32 if on_cpu(ft) => gram_cpu::<f32>(ft),
+        DType::F64 if on_cpu(ft) => gram_cpu::<f64>(ft),
+        _ => Ok(ft.t()?.matmul(ft)?),
+    }
+}
+
+/// `FᵀF` on the CPU, split over blocks of positions. A plain matmul
+/// parallelises over the N×N output only, which for conv1_1 (64×64, M in
+/// the hundreds of thousands) leaves one core doing all the work. The
+/// blocks are fixed by M alone and their partial sums added in order, so
+/// the result does not depend on the thread count.
+fn gram_cpu<T: WithDType>(ft: &Tensor) -> Result<Tensor> {
+    let (m, n) = ft.dims2()?;
+    let zero = T::from_f64(0.0);
+    let partials: Vec<Vec<T>> = with_cpu_slice::<T, _>(ft, |f| {
+        f.par_chunks(GRAM_BLOCK * n)
+            .map(|block| {
+                let rows = block.len() / n;
+                let mut g = vec![zero; n * n];
+                // SAFETY: g is n×n row-major; the lhs reads `block` as the
+                // n×rows matrix Fᵀ (element (i, k) at k·n + i) and the rhs as
+                // rows×n, both inside `block`.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        n,
+                        rows,
+                        g.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        block.as_ptr(),
+                        n as isize,
+                        1,
+                        block.as_ptr(),
+                        1,
+                        n as isize,
+                        zero,
+                        T::from_f64(1.0),
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                g
+            })
+            .collect()
+    })?;
+    let mut total = vec![zero; n * n];
+    for g in &partials {
+        total.iter_mut().zip(g).for_each(|(t, &v)| *t += v);
+    }
+    debug_assert!(m == 0 || !partials.is_empty());
+    Ok(Tensor::from_vec(total, (n, n), &Device::Cpu)?)
 }
 
 /// Content loss at one layer: `L_c = Σ (F − P)² / (4·s)`, `s` = number of
@@ -40,10 +104,16 @@ impl ContentLoss {
 
     /// `(L_c, ∂L_c/∂F)`; the gradient is `(F − P) / (2·s)`.
     pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
+        self.value_and_scaled_grad(features, 1.0)
+    }
+
+    /// `(L_c, k·∂L_c/∂F)`: the caller's weight `k` folded into the one pass
+    /// that scales the gradient.
+    pub fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
         let s = self.target.elem_count() as f64;
         let diff = (features - &self.target)?;
         let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * s);
-        Ok((value, diff.affine(1.0 / (2.0 * s), 0.0)?))
+        Ok((value, diff.affine(k / (2.0 * s), 0.0)?))
     }
 }
 
@@ -80,13 +150,19 @@ impl StyleLoss {
     /// `(E, ∂E/∂F)`; the gradient is `(G − A)·F / (N²·M²)`, computed as
     /// `Fᵀ·(G − A)` (G − A is symmetric) in the feature map's layout.
     pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
+        self.value_and_scaled_grad(features, 1.0)
+    }
+
+    /// `(E, k·∂E/∂F)`. The scale goes on the small `N×N` matrix `G − A`
+    /// before the product, so the `M×N` gradient is written once.
+    pub fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
         let (_, h, w, n) = features.dims4()?;
         let m = (h * w) as f64;
         let n2m2 = (n as f64).powi(2) * m * m;
         let ft = positions_by_channels(features)?;
-        let diff = (ft.t()?.matmul(&ft)? - &self.target)?;
+        let diff = (gram_of(&ft)? - &self.target)?;
         let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * n2m2);
-        let grad = ft.matmul(&diff)?.affine(1.0 / n2m2, 0.0)?.reshape(features.shape())?;
+        let grad = ft.matmul(&diff.affine(k / n2m2, 0.0)?)?.reshape(features.shape())?;
         Ok((value, grad))
     }
 }
@@ -126,6 +202,17 @@ mod tests {
     /// Back to channel-major order for comparing with hand-worked values.
     fn channel_major(t: &Tensor) -> Vec<f64> {
         t.permute((0, 3, 1, 2)).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    }
+
+    #[test]
+    fn blocked_gram_matches_a_plain_matmul() {
+        // More positions than one block, and a partial last block.
+        let m = 2 * GRAM_BLOCK + 37;
+        let ft = Tensor::randn(0f64, 1., (m, 5), &Device::Cpu).unwrap();
+        let plain = ft.t().unwrap().matmul(&ft).unwrap();
+        let blocked = gram_of(&ft).unwrap();
+        let err = (plain - blocked).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        assert!(err < 1e-9, "max difference {err}");
     }
 
     #[test]

@@ -178,18 +178,18 @@ impl Renderer {
         };
         let mut content = 0.0;
         for t in &self.content {
-            let (v, g) = t.loss.value_and_grad(&acts.features[t.conv])?;
+            let (v, g) = t.loss.value_and_scaled_grad(&acts.features[t.conv], p.alpha * t.weight)?;
             content += t.weight * v;
             if with_grad {
-                add(t.conv, g.affine(p.alpha * t.weight, 0.0)?)?;
+                add(t.conv, g)?;
             }
         }
         let mut style = 0.0;
         for t in &self.style {
-            let (v, g) = t.loss.value_and_grad(&acts.features[t.conv])?;
+            let (v, g) = t.loss.value_and_scaled_grad(&acts.features[t.conv], p.beta * t.weight)?;
             style += t.weight * v;
             if with_grad {
-                add(t.conv, g.affine(p.beta * t.weight, 0.0)?)?;
+                add(t.conv, g)?;
             }
         }
         let tv_term = if p.tv_weight > 0.0 { Some(total_variation(image)?) } else { None };
