@@ -50,6 +50,9 @@ pub struct ConvRelu {
     bias: Tensor,
     f32: CpuKernels<f32>,
     f64: CpuKernels<f64>,
+    /// The input gradient's kernel for candle's convolution (other
+    /// devices): in/out swapped, flipped in space. Built on first use.
+    weight_back: OnceLock<Tensor>,
 }
 
 /// Selects the kernels of a float type.
@@ -80,7 +83,7 @@ impl ConvRelu {
                 bias.dims()
             )));
         }
-        Ok(Self { weight, bias, f32: CpuKernels::default(), f64: CpuKernels::default() })
+        Ok(Self { weight, bias, f32: CpuKernels::default(), f64: CpuKernels::default(), weight_back: OnceLock::new() })
     }
 
     pub fn in_channels(&self) -> usize {
@@ -181,8 +184,14 @@ impl ConvRelu {
             _ => {
                 let active = output.gt(0.0)?.to_dtype(grad_output.dtype())?;
                 let grad_pre = (grad_output * active)?;
-                let weight_back = self.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?.contiguous()?;
-                Self::conv_nhwc(&grad_pre, &weight_back)
+                let weight_back = match self.weight_back.get() {
+                    Some(w) => w,
+                    None => {
+                        let w = self.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?.contiguous()?;
+                        self.weight_back.get_or_init(|| w)
+                    }
+                };
+                Self::conv_nhwc(&grad_pre, weight_back)
             }
         }
     }

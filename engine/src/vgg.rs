@@ -34,7 +34,8 @@ pub struct Activations {
     pub features: Vec<Tensor>,
     /// Input of each pooling layer that ran (for its backward).
     pool_inputs: Vec<Tensor>,
-    /// Output of each pooling layer that ran (max pooling's backward).
+    /// Output of each pooling layer that ran, kept for max pooling's
+    /// backward only (average pooling's needs just the input's size).
     pool_outputs: Vec<Tensor>,
 }
 
@@ -91,7 +92,9 @@ impl Vgg19 {
                     Pooling::Max => layers::max_pool(&x)?,
                 };
                 acts.pool_inputs.push(x);
-                acts.pool_outputs.push(pooled.clone());
+                if self.pooling == Pooling::Max {
+                    acts.pool_outputs.push(pooled.clone());
+                }
                 x = pooled;
             }
             x = conv.forward(&x)?;

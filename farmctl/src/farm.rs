@@ -16,7 +16,7 @@ use stylefarm_proto::security::{Bearer, ClientSecurity};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::render::{parse_init, parse_layers, OptimizerArg, PoolingArg};
+use crate::render::{parse_init, ParamFlags};
 
 /// Where the coordinator is and how to present ourselves to it.
 pub struct Conn {
@@ -63,31 +63,8 @@ pub struct SubmitArgs {
     size: Option<String>,
     #[arg(long, default_value_t = 512)]
     max_side: u32,
-    #[arg(long, default_value_t = 300)]
-    iters: usize,
-    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
-    alpha: f64,
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    beta: f64,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    tv_weight: f64,
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    lr: f64,
-    #[arg(long, value_enum, default_value = "adam")]
-    optimizer: OptimizerArg,
-    /// blend | content | noise.
-    #[arg(long, default_value = "blend")]
-    init: String,
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
-    noise_ratio: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, value_enum, default_value = "avg")]
-    pooling: PoolingArg,
-    #[arg(long, default_value = "conv4_2")]
-    content_layers: String,
-    #[arg(long, default_value = "conv1_1:0.5,conv2_1:1.0,conv3_1:1.5,conv4_1:3.0,conv5_1:4.0")]
-    style_layers: String,
+    #[command(flatten)]
+    params: ParamFlags,
     /// Checkpoint every N iterations (0 = the coordinator's default).
     #[arg(long, default_value_t = 0)]
     checkpoint_every: u32,
@@ -143,25 +120,11 @@ fn variant(base: &RenderParams, spec: &str) -> Result<RenderParams> {
 }
 
 pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
-    let init = match parse_init(&a.init) {
-        stylefarm_engine::Init::Image => bail!("--init `{}`: a collection takes blend, content or noise", a.init),
+    let init = match parse_init(&a.params.init) {
+        stylefarm_engine::Init::Image => bail!("--init `{}`: a collection takes blend, content or noise", a.params.init),
         init => init,
     };
-    let base = RenderParams {
-        alpha: a.alpha,
-        beta: a.beta,
-        tv_weight: a.tv_weight,
-        optimizer: a.optimizer.into(),
-        lr: a.lr,
-        iterations: a.iters,
-        init,
-        noise_ratio: a.noise_ratio,
-        seed: a.seed,
-        pooling: a.pooling.into(),
-        content_layers: parse_layers("--content-layers", &a.content_layers)?,
-        style_layers: parse_layers("--style-layers", &a.style_layers)?,
-        ..RenderParams::default()
-    };
+    let base = a.params.to_params(init, Vec::new())?;
     let variants = if a.variant.is_empty() { vec![base.clone()] } else { a.variant.iter().map(|v| variant(&base, v)).collect::<Result<_>>()? };
     for (i, v) in variants.iter().enumerate() {
         v.validate(1).with_context(|| format!("variant {i}"))?;

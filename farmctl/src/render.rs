@@ -22,7 +22,7 @@ use stylefarm_shared::storage::Store;
 use stylefarm_shared::tfevents::EventWriter;
 use stylefarm_shared::{plot, size, weights};
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PoolingArg {
     Avg,
     Max,
@@ -42,44 +42,14 @@ pub struct RenderArgs {
     /// Output PNG.
     #[arg(long, short)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub params: ParamFlags,
     /// Render size WIDTHxHEIGHT (default: the content's aspect, longer side --max-side).
     #[arg(long, conflicts_with = "max_side")]
     pub size: Option<String>,
     /// Longer side of the render when --size is not given.
     #[arg(long, default_value_t = 512)]
     pub max_side: u32,
-    /// Optimizer iterations.
-    #[arg(long, default_value_t = 300)]
-    pub iters: usize,
-    /// Content weight α.
-    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
-    pub alpha: f64,
-    /// Style weight β.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub beta: f64,
-    /// Total-variation weight (mean squared neighbour difference, pixel units).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub tv_weight: f64,
-    /// Adam learning rate (pixel units).
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    pub lr: f64,
-    /// blend | content | noise | PATH of an image to start from.
-    #[arg(long, default_value = "blend")]
-    pub init: String,
-    /// Share of noise in the blend init.
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
-    pub noise_ratio: f64,
-    /// Seed of the init noise.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, value_enum, default_value = "avg")]
-    pub pooling: PoolingArg,
-    /// Content layers, `name[:weight]`, comma-separated.
-    #[arg(long, default_value = "conv4_2")]
-    pub content_layers: String,
-    /// Style layers, `name[:weight]`, comma-separated.
-    #[arg(long, default_value = "conv1_1:0.5,conv2_1:1.0,conv3_1:1.5,conv4_1:3.0,conv5_1:4.0")]
-    pub style_layers: String,
     /// Write OUTPUT_0010.png … every N iterations (0 = never).
     #[arg(long, default_value_t = 0)]
     pub snapshot_every: usize,
@@ -95,12 +65,6 @@ pub struct RenderArgs {
     /// Largest input image accepted, in megapixels.
     #[arg(long, default_value_t = 64)]
     pub max_input_megapixels: u64,
-    /// adam | lbfgs.
-    #[arg(long, value_enum, default_value = "adam")]
-    pub optimizer: OptimizerArg,
-    /// L-BFGS history size.
-    #[arg(long, default_value_t = 10)]
-    pub lbfgs_history: usize,
     /// Write a checkpoint every N iterations (0 = only on Ctrl-C/SIGTERM
     /// when --checkpoint-dir is given).
     #[arg(long, default_value_t = 0)]
@@ -128,7 +92,75 @@ pub struct RenderArgs {
     pub coarse_iters: Option<usize>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// The flags that become a render's [`RenderParams`], one definition for
+/// `render` and `submit`.
+#[derive(Args, Debug, Clone)]
+pub struct ParamFlags {
+    /// Optimizer iterations.
+    #[arg(long, default_value_t = 300)]
+    pub iters: usize,
+    /// Content weight α.
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    pub alpha: f64,
+    /// Style weight β.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub beta: f64,
+    /// Total-variation weight (mean squared neighbour difference, pixel units).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub tv_weight: f64,
+    /// Adam learning rate (pixel units); L-BFGS's first-step bound.
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// adam | lbfgs.
+    #[arg(long, value_enum, default_value = "adam")]
+    pub optimizer: OptimizerArg,
+    /// L-BFGS history size.
+    #[arg(long, default_value_t = 10)]
+    pub lbfgs_history: usize,
+    /// blend | content | noise, or (render only) the PATH of an image to
+    /// start from.
+    #[arg(long, default_value = "blend")]
+    pub init: String,
+    /// Share of noise in the blend init.
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
+    pub noise_ratio: f64,
+    /// Seed of the init noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "avg")]
+    pub pooling: PoolingArg,
+    /// Content layers, `name[:weight]`, comma-separated.
+    #[arg(long, default_value = "conv4_2")]
+    pub content_layers: String,
+    /// Style layers, `name[:weight]`, comma-separated.
+    #[arg(long, default_value = "conv1_1:0.5,conv2_1:1.0,conv3_1:1.5,conv4_1:3.0,conv5_1:4.0")]
+    pub style_layers: String,
+}
+
+impl ParamFlags {
+    /// The parameters these flags give, with `init` already parsed from
+    /// `--init` and the style blend weights (empty = equal).
+    pub fn to_params(&self, init: Init, style_blend: Vec<f64>) -> Result<RenderParams> {
+        Ok(RenderParams {
+            alpha: self.alpha,
+            beta: self.beta,
+            tv_weight: self.tv_weight,
+            optimizer: self.optimizer.into(),
+            lr: self.lr,
+            lbfgs_history: self.lbfgs_history,
+            iterations: self.iters,
+            init,
+            noise_ratio: self.noise_ratio,
+            seed: self.seed,
+            pooling: self.pooling.into(),
+            content_layers: parse_layers("--content-layers", &self.content_layers)?,
+            style_layers: parse_layers("--style-layers", &self.style_layers)?,
+            style_blend,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OptimizerArg {
     Adam,
     Lbfgs,
@@ -217,25 +249,6 @@ fn write_png(path: &Path, image: &Tensor) -> Result<()> {
 /// Set by Ctrl-C or SIGTERM; the loop checkpoints and stops.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-fn params_from(args: &RenderArgs, init: Init) -> Result<RenderParams> {
-    Ok(RenderParams {
-        alpha: args.alpha,
-        beta: args.beta,
-        tv_weight: args.tv_weight,
-        optimizer: args.optimizer.into(),
-        lr: args.lr,
-        lbfgs_history: args.lbfgs_history,
-        iterations: args.iters,
-        init,
-        noise_ratio: args.noise_ratio,
-        seed: args.seed,
-        pooling: args.pooling.into(),
-        content_layers: parse_layers("--content-layers", &args.content_layers)?,
-        style_layers: parse_layers("--style-layers", &args.style_layers)?,
-        style_blend: args.style_blend.clone(),
-    })
-}
-
 /// The files written beside the output: loss log, plot, TensorBoard events.
 struct Records {
     log: Option<BufWriter<File>>,
@@ -274,8 +287,8 @@ impl Records {
 
 pub fn run(args: RenderArgs) -> Result<()> {
     // 1. Parameters and output locations, all checked before any work.
-    let init = parse_init(&args.init);
-    let mut params = params_from(&args, init.clone())?;
+    let init = parse_init(&args.params.init);
+    let mut params = args.params.to_params(init.clone(), args.style_blend.clone())?;
     params.validate(args.style.len())?;
     if args.scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s < 1.0)) || args.scales.windows(2).any(|p| p[0] >= p[1]) {
         bail!("--scales {:?}: each must lie in (0, 1), in ascending order (the full size comes last by itself)", args.scales);
@@ -314,7 +327,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         .map(|p| to_tensor(&image_io::resize(&image_io::load_rgb(p, limits)?, w, h)))
         .collect::<Result<Vec<_>>>()?;
     let mut init_image = match init {
-        Init::Image => Some(to_tensor(&image_io::resize(&image_io::load_rgb(Path::new(&args.init), limits)?, w, h))?),
+        Init::Image => Some(to_tensor(&image_io::resize(&image_io::load_rgb(Path::new(&args.params.init), limits)?, w, h))?),
         _ => None,
     };
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
@@ -331,7 +344,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
             let content_s = to_tensor(&image_io::resize(&content_img, sw, sh))?;
             let styles_s = style_imgs.iter().map(|img| to_tensor(&image_io::resize(img, sw, sh))).collect::<Result<Vec<_>>>()?;
             let start = previous.as_ref().map(|t| pixels::resize(t, sw as usize, sh as usize)).transpose()?;
-            let iterations = args.coarse_iters.unwrap_or(args.iters);
+            let iterations = args.coarse_iters.unwrap_or(args.params.iters);
             let params_s = RenderParams { iterations, init: if start.is_some() { Init::Image } else { params.init.clone() }, ..params.clone() };
             let renderer = Renderer::new(vgg.clone(), params_s, &content_s, &styles_s)?;
             let mut state = renderer.initial_state(&content_s, start.as_ref())?;
@@ -407,7 +420,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         stylefarm_shared::telemetry::stop_signal().await;
         STOP.store(true, Ordering::SeqCst);
     });
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.iters as u64) };
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.params.iters as u64) };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -427,7 +440,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         }
         Ok(())
     };
-    while state.iteration < args.iters {
+    while state.iteration < args.params.iters {
         let iteration = state.iteration;
         let losses = renderer.step(&mut state)?;
         let record = LossRecord { iteration, losses, seconds: seconds() };

@@ -8,8 +8,29 @@ fn farmctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_farmctl")).args(args).output().expect("farmctl runs")
 }
 
+/// A path in the repository, found from farmctl's folder at run time (cargo
+/// sets CARGO_MANIFEST_DIR for test processes; the compile-time value goes
+/// stale when a shared target folder is reused from another checkout).
 fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).to_string_lossy().into_owned()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&dir).join("..").join(rel).to_string_lossy().into_owned()
+}
+
+/// Runs `farmctl render ARGS` on the fixture content and style, writing
+/// `out` and the loss log `log`; fails the test with its stderr if the
+/// render fails.
+fn render_ok(args: &[&str], out: &Path, log: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))
+        .arg("render")
+        .args(args)
+        .args(["--content", &repo("tests/fixtures/content.png"), "--style", &repo("tests/fixtures/style.png")])
+        .arg("-o")
+        .arg(out)
+        .arg("--log")
+        .arg(log)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Runs `farmctl render` with good defaults plus `extra`, expects failure
@@ -138,16 +159,7 @@ fn a_small_render_writes_image_snapshots_and_log() {
     let dir = tempfile::tempdir().unwrap();
     let out: PathBuf = dir.path().join("styled.png");
     let log = dir.path().join("losses.jsonl");
-    let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))
-        .args(["render", "-q", "--iters", "4", "--snapshot-every", "2", "--size", "24x18", "--seed", "3"])
-        .args(["--content", &repo("tests/fixtures/content.png"), "--style", &repo("tests/fixtures/style.png")])
-        .arg("-o")
-        .arg(&out)
-        .arg("--log")
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    render_ok(&["-q", "--iters", "4", "--snapshot-every", "2", "--size", "24x18", "--seed", "3"], &out, &log);
     let img = image::open(&out).unwrap();
     assert_eq!((img.width(), img.height()), (24, 18));
     for snap in ["styled_0002.png", "styled_0004.png"] {
@@ -171,16 +183,7 @@ fn zero_iterations_scores_and_writes_the_initial_image() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("init.png");
     let log = dir.path().join("l.jsonl");
-    let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))
-        .args(["render", "-q", "--iters", "0", "--size", "61x47", "--init", &repo("tests/fixtures/init.png")])
-        .args(["--content", &repo("tests/fixtures/content.png"), "--style", &repo("tests/fixtures/style.png")])
-        .arg("-o")
-        .arg(&out)
-        .arg("--log")
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    render_ok(&["-q", "--iters", "0", "--size", "61x47", "--init", &repo("tests/fixtures/init.png")], &out, &log);
     let entries = lines(&log);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["iteration"], 0);
@@ -195,17 +198,8 @@ fn coarse_to_fine_renders_at_the_full_size_and_starts_from_the_coarse_result() {
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, scales: &[&str]| {
         let log = dir.path().join(format!("{name}.jsonl"));
-        let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))
-            .args(["render", "-q", "--no-extras", "--iters", "2", "--coarse-iters", "15", "--size", "40x30"])
-            .args(scales)
-            .args(["--content", &repo("tests/fixtures/content.png"), "--style", &repo("tests/fixtures/style.png")])
-            .arg("-o")
-            .arg(dir.path().join(format!("{name}.png")))
-            .arg("--log")
-            .arg(&log)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let args = [&["-q", "--no-extras", "--iters", "2", "--coarse-iters", "15", "--size", "40x30"], scales].concat();
+        render_ok(&args, &dir.path().join(format!("{name}.png")), &log);
         assert_eq!(image::open(dir.path().join(format!("{name}.png"))).unwrap().width(), 40);
         lines(&log)
     };

@@ -44,10 +44,6 @@ type Client = WorkersClient<InterceptedService<Channel, Bearer>>;
 /// Set by SIGTERM or Ctrl-C.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-fn device(spec: &str) -> Result<Device> {
-    Ok(stylefarm_shared::device::open(spec)?)
-}
-
 /// Connects, retrying with capped exponential backoff (0.2 s … 5 s) until
 /// the coordinator answers.
 async fn connect(url: &str, security: &ClientSecurity) -> Result<Channel> {
@@ -81,7 +77,7 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(addr) = config.metrics_listen {
         stylefarm_shared::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
     }
-    let device = device(&config.device)?;
+    let device = stylefarm_shared::device::open(&config.device)?;
     let weights = weights::load(&weights::weights_path(config.weights.as_deref()), &device)?;
     tokio::spawn(async {
         stylefarm_shared::telemetry::stop_signal().await;
