@@ -55,6 +55,10 @@ pub enum LeaseError {
     Db(#[from] rusqlite::Error),
 }
 
+/// Joins a blended job's style keys in the `style_key` column (keys are
+/// `inputs/<sha256>`, so they never contain it).
+const STYLE_KEY_SEPARATOR: &str = "\n";
+
 /// A job as the database holds it, for creating rows.
 pub struct NewJob {
     pub id: String,
@@ -64,7 +68,8 @@ pub struct NewJob {
     pub content_name: String,
     pub style_name: String,
     pub content_key: String,
-    pub style_key: String,
+    /// The styles the job reads: one, or every style of a blended collection.
+    pub style_keys: Vec<String>,
     pub params_json: String,
     pub width: u32,
     pub height: u32,
@@ -162,7 +167,7 @@ impl Db {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![
                     j.id, id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
-                    j.style_key, j.params_json, j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED, j.iterations
+                    j.style_keys.join(STYLE_KEY_SEPARATOR), j.params_json, j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED, j.iterations
                 ],
             )?;
         }
@@ -233,7 +238,7 @@ impl Db {
                             job_id: r.get(0)?,
                             collection_id: r.get(1)?,
                             content_key: r.get(2)?,
-                            style_keys: vec![r.get(3)?],
+                            style_keys: r.get::<_, String>(3)?.split(STYLE_KEY_SEPARATOR).map(str::to_string).collect(),
                             params_json: r.get(4)?,
                             width: r.get(5)?,
                             height: r.get(6)?,
@@ -427,7 +432,7 @@ mod tests {
             content_name: "c".into(),
             style_name: "s".into(),
             content_key: "inputs/c".into(),
-            style_key: "inputs/s".into(),
+            style_keys: vec!["inputs/s".into()],
             params_json: "{}".into(),
             width: 8,
             height: 8,

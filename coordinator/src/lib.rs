@@ -2,10 +2,145 @@
 //! workers under fencing tokens, requeues what lapses, and keeps it all in
 //! an embedded SQLite database so a restart loses nothing.
 //!
+//! - [`run`]: opens the database and storage and serves until shutdown
+//!   (this file; the binary's `main` only parses flags and binds);
+//! - [`auth`]: which bearer token may call which service;
 //! - [`db`]: the schema and every state change, one transaction each;
 //! - [`service`]: the gRPC handlers, which validate and hand over to `db`.
 
+pub mod auth;
 pub mod db;
 pub mod service;
 
-pub use service::{serve, Config, TlsFiles};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stylefarm_proto::farm_server::FarmServer;
+use stylefarm_proto::workers_server::WorkersServer;
+use stylefarm_shared::storage::{StorageError, Store};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Status};
+
+pub use auth::{Scope, Tokens};
+pub use service::{Config, FarmService, TlsFiles, WorkersService};
+
+use crate::db::Db;
+use crate::service::State;
+
+/// Why the coordinator could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open database {path}: {source}")]
+    Database { path: PathBuf, source: rusqlite::Error },
+    #[error("storage {location} does not take writes: {source}")]
+    Storage { location: String, source: StorageError },
+    #[error("cannot read {path}: {source}")]
+    TlsFile { path: PathBuf, source: std::io::Error },
+    #[error("TLS configuration: {0}")]
+    Tls(tonic::transport::Error),
+    #[error(transparent)]
+    Metrics(#[from] stylefarm_shared::telemetry::MetricsError),
+    #[error("the listening socket: {0}")]
+    Listener(std::io::Error),
+    #[error("serving gRPC failed: {0}")]
+    Serve(tonic::transport::Error),
+}
+
+/// Opens the database and storage and serves the `Farm`, `Workers` and
+/// health services on `listener` until `shutdown` resolves; then stops
+/// accepting, lets calls in flight finish, and returns. Tests start it on
+/// port 0 in-process; `farm-coordinator` and `farmctl up` call it too.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    if let Some(addr) = config.metrics_listen {
+        stylefarm_shared::telemetry::serve_metrics(addr)?;
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
+    let db_path = config.data_dir.join("farm.db");
+    let db = Db::open(&db_path).map_err(|source| Error::Database { path: db_path.clone(), source })?;
+    let storage_error = |source| Error::Storage { location: config.storage.clone(), source };
+    let store = Store::open(&config.storage).map_err(storage_error)?;
+    store.check_writable().await.map_err(storage_error)?;
+    let (changes, _) = broadcast::channel(1024);
+    let state = Arc::new(State { db: Mutex::new(db), store, config: config.clone(), changes });
+
+    let background = CancellationToken::new();
+    tokio::spawn(expire_leases(state.clone(), background.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FarmServer<FarmService>>().await;
+    health.set_serving::<WorkersServer<WorkersService>>().await;
+    let addr = listener.local_addr().map_err(Error::Listener)?;
+    tracing::info!(%addr, storage = %config.storage, "coordinator started");
+    let max = config.max_message_bytes;
+    let mut builder = tonic::transport::Server::builder();
+    let mutual = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if let Some(tls) = &config.tls {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|source| Error::TlsFile { path: p.clone(), source });
+        let mut t = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            // Users may connect without a client certificate; the Workers
+            // service demands one (checked below).
+            t = t.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+        }
+        builder = builder.tls_config(t).map_err(Error::Tls)?;
+    }
+    if config.tokens.disabled() {
+        tracing::warn!("no tokens configured: anyone who can reach the port may submit and lease");
+    }
+    let (user_tokens, worker_tokens) = (config.tokens.clone(), config.tokens.clone());
+    let farm = FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+    let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20);
+    let served = builder
+        .add_service(health_service)
+        .add_service(tonic::service::interceptor::InterceptedService::new(farm, move |r: Request<()>| {
+            user_tokens.check(Scope::User, &r)?;
+            Ok(r)
+        }))
+        .add_service(tonic::service::interceptor::InterceptedService::new(workers, move |r: Request<()>| {
+            if mutual && r.peer_certs().is_none_or(|c| c.is_empty()) {
+                return Err(Status::unauthenticated("workers must present a client certificate signed by the farm's CA"));
+            }
+            worker_tokens.check(Scope::Worker, &r)?;
+            Ok(r)
+        }))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await;
+    background.cancel();
+    tracing::info!(%addr, "coordinator stopped");
+    served.map_err(Error::Serve)
+}
+
+/// Puts lapsed leases back in the queue within half a second, and keeps the
+/// job-count gauges current, until `stop` is cancelled.
+async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (touched, counts) = match state.db.lock() {
+            Ok(mut db) => (db.expire_leases(state.config.max_failures).unwrap_or_default(), db.counts().ok()),
+            Err(_) => (Vec::new(), None),
+        };
+        if !touched.is_empty() {
+            metrics::counter!("stylefarm_lease_expiries_total").increment(touched.len() as u64);
+            tracing::warn!(jobs = touched.len(), "leases lapsed; jobs requeued");
+        }
+        if let Some((by_state, ready)) = counts {
+            for (state, n) in by_state {
+                metrics::gauge!("stylefarm_jobs", "state" => state).set(n as f64);
+            }
+            metrics::gauge!("stylefarm_queue_length").set(ready as f64);
+        }
+        for c in touched {
+            state.changed(&c);
+        }
+    }
+}

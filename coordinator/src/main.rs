@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Parser;
-use stylefarm_coordinator::{serve, Config, TlsFiles};
+use stylefarm_coordinator::{Config, TlsFiles, Tokens};
 use stylefarm_shared::image_io::ImageLimits;
 
 #[derive(Parser)]
@@ -67,8 +68,10 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--lease-seconds ({}) must be longer than --heartbeat-seconds ({}) > 0", a.lease_seconds, a.heartbeat_seconds);
     }
     let storage = a.storage.unwrap_or_else(|| a.data_dir.join("storage").to_string_lossy().into_owned());
-    serve(Config {
-        listen: a.listen,
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    // Scripts and tests read this line to learn the port (with --listen …:0).
+    println!("farm-coordinator listening on {}", listener.local_addr()?);
+    let config = Config {
         data_dir: a.data_dir,
         storage,
         lease_seconds: a.lease_seconds,
@@ -79,11 +82,12 @@ async fn main() -> anyhow::Result<()> {
         max_message_bytes: a.max_request_mb.max(1) << 20,
         max_jobs: 10_000,
         metrics_listen: a.metrics_listen,
-        tokens: stylefarm_proto::security::Tokens {
+        tokens: Tokens {
             users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
             workers: a.worker_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
         },
         tls: a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca }),
-    })
-    .await
+    };
+    stylefarm_coordinator::run(config, listener, stylefarm_shared::telemetry::stop_signal()).await?;
+    Ok(())
 }

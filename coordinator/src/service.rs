@@ -14,8 +14,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use stylefarm_engine::RenderParams;
 use stylefarm_proto as pb;
-use stylefarm_proto::farm_server::{Farm, FarmServer};
-use stylefarm_proto::workers_server::{Workers, WorkersServer};
+use stylefarm_proto::farm_server::Farm;
+use stylefarm_proto::workers_server::Workers;
 use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
 use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
 use stylefarm_shared::storage::Store;
@@ -23,8 +23,7 @@ use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use stylefarm_proto::security::{Scope, Tokens};
-
+use crate::auth::Tokens;
 use crate::db::{Db, LeaseError, NewJob};
 
 /// Image names become file names in `farmctl fetch`: letters, digits,
@@ -44,7 +43,7 @@ fn check_name(name: &str, role: &str) -> Result<(), Status> {
 /// Everything the coordinator is told at start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// Holds `farm.db`.
     pub data_dir: PathBuf,
     /// Storage URL or folder; default `<data-dir>/storage`.
     pub storage: String,
@@ -73,12 +72,13 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-struct State {
-    db: Mutex<Db>,
-    store: Store,
-    config: Config,
+/// What every handler shares.
+pub(crate) struct State {
+    pub(crate) db: Mutex<Db>,
+    pub(crate) store: Store,
+    pub(crate) config: Config,
     /// Collection ids whose jobs changed; `Watch` streams listen.
-    changes: broadcast::Sender<String>,
+    pub(crate) changes: broadcast::Sender<String>,
 }
 
 impl State {
@@ -86,7 +86,7 @@ impl State {
         self.db.lock().map_err(|_| Status::internal("database lock poisoned"))
     }
 
-    fn changed(&self, collection: &str) {
+    pub(crate) fn changed(&self, collection: &str) {
         let _ = self.changes.send(collection.to_string());
     }
 }
@@ -103,10 +103,12 @@ fn lease_err(e: LeaseError) -> Status {
     }
 }
 
+/// The `Farm` service (users).
 #[derive(Clone)]
-pub struct FarmService(Arc<State>);
+pub struct FarmService(pub(crate) Arc<State>);
+/// The `Workers` service (workers).
 #[derive(Clone)]
-pub struct WorkersService(Arc<State>);
+pub struct WorkersService(pub(crate) Arc<State>);
 
 /// An input validated and ready to store.
 struct Input {
@@ -153,7 +155,9 @@ impl Farm for FarmService {
             return Err(Status::invalid_argument("a collection needs at least one content and one style image"));
         }
         let variants_json = if r.variants_json.is_empty() { vec!["{}".to_string()] } else { r.variants_json.clone() };
-        let jobs_total = r.contents.len() * r.styles.len() * variants_json.len();
+        // Blended: each job reads every style; otherwise one style a job.
+        let (style_columns, styles_per_job) = if r.blend_styles { (1, r.styles.len()) } else { (r.styles.len(), 1) };
+        let jobs_total = r.contents.len() * style_columns * variants_json.len();
         if jobs_total > self.0.config.max_jobs {
             return Err(Status::invalid_argument(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
         }
@@ -162,7 +166,7 @@ impl Farm for FarmService {
         for (i, v) in variants_json.iter().enumerate() {
             let params: RenderParams =
                 serde_json::from_str(v).map_err(|e| Status::invalid_argument(format!("variant {i}: not valid render parameters: {e}")))?;
-            params.validate(1).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
+            params.validate(styles_per_job).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
             variants.push(params);
         }
         if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
@@ -190,6 +194,12 @@ impl Farm for FarmService {
                 self.0.store.put(&input.key, input.bytes.clone()).await.map_err(|e| Status::unavailable(e.to_string()))?;
             }
         }
+        // A column of the collection: one style, or (blended) all of them.
+        let columns: Vec<(String, Vec<String>)> = if r.blend_styles {
+            vec![(styles.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join("+"), styles.iter().map(|s| s.key.clone()).collect())]
+        } else {
+            styles.iter().map(|s| (s.name.clone(), vec![s.key.clone()])).collect()
+        };
         let collection_id = uuid::Uuid::new_v4().to_string();
         let checkpoint_every = if r.checkpoint_every == 0 { self.0.config.default_checkpoint_every } else { r.checkpoint_every };
         let mut jobs = Vec::new();
@@ -199,7 +209,7 @@ impl Farm for FarmService {
             } else {
                 (r.width, r.height)
             };
-            for (si, s) in styles.iter().enumerate() {
+            for (si, (style_name, style_keys)) in columns.iter().enumerate() {
                 for (vi, params) in variants.iter().enumerate() {
                     jobs.push(NewJob {
                         id: uuid::Uuid::new_v4().to_string(),
@@ -207,9 +217,9 @@ impl Farm for FarmService {
                         style_index: si as u32,
                         variant_index: vi as u32,
                         content_name: c.name.clone(),
-                        style_name: s.name.clone(),
+                        style_name: style_name.clone(),
                         content_key: c.key.clone(),
-                        style_key: s.key.clone(),
+                        style_keys: style_keys.clone(),
                         params_json: serde_json::to_string(params).map_err(|e| Status::internal(e.to_string()))?,
                         width,
                         height,
@@ -221,7 +231,7 @@ impl Farm for FarmService {
             }
         }
         let name = if r.name.is_empty() { "collection".to_string() } else { r.name.clone() };
-        let shape = (contents.len() as u32, styles.len() as u32, variants.len() as u32);
+        let shape = (contents.len() as u32, columns.len() as u32, variants.len() as u32);
         self.0.db()?.create_collection(&collection_id, &name, r.priority, shape, &jobs).map_err(db_err)?;
         self.0.changed(&collection_id);
         Ok(Response::new(pb::SubmitResponse { collection_id, jobs: jobs.len() as u32 }))
@@ -368,86 +378,3 @@ impl Workers for WorkersService {
     }
 }
 
-/// Opens the database and storage, binds, prints `listening on ADDR`, and
-/// serves until the process ends.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if let Some(addr) = config.metrics_listen {
-        stylefarm_shared::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
-    }
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let db_path = config.data_dir.join("farm.db");
-    let db = Db::open(&db_path).with_context(|| format!("cannot open database {}", db_path.display()))?;
-    let store = Store::open(&config.storage)?;
-    store.check_writable().await.with_context(|| format!("storage {} does not take writes", config.storage))?;
-    let (changes, _) = broadcast::channel(1024);
-    let state = Arc::new(State { db: Mutex::new(db), store, config: config.clone(), changes });
-
-    // Lapsed leases go back to the queue within half a second.
-    let expiry = state.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let (touched, counts) = match expiry.db.lock() {
-                Ok(mut db) => (db.expire_leases(expiry.config.max_failures).unwrap_or_default(), db.counts().ok()),
-                Err(_) => (Vec::new(), None),
-            };
-            if !touched.is_empty() {
-                metrics::counter!("stylefarm_lease_expiries_total").increment(touched.len() as u64);
-                tracing::warn!(jobs = touched.len(), "leases lapsed; jobs requeued");
-            }
-            if let Some((by_state, ready)) = counts {
-                for (state, n) in by_state {
-                    metrics::gauge!("stylefarm_jobs", "state" => state).set(n as f64);
-                }
-                metrics::gauge!("stylefarm_queue_length").set(ready as f64);
-            }
-            for c in touched {
-                expiry.changed(&c);
-            }
-        }
-    });
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<FarmServer<FarmService>>().await;
-    health.set_serving::<WorkersServer<WorkersService>>().await;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    println!("farm-coordinator listening on {}", listener.local_addr()?);
-    tracing::info!(addr = %listener.local_addr()?, storage = %config.storage, "coordinator started");
-    let max = config.max_message_bytes;
-    let mut builder = tonic::transport::Server::builder();
-    let mutual = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    if let Some(tls) = &config.tls {
-        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-        let mut t = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-        if let Some(ca) = &tls.client_ca {
-            // Users may connect without a client certificate; the Workers
-            // service demands one (checked below).
-            t = t.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?)).client_auth_optional(true);
-        }
-        builder = builder.tls_config(t).context("TLS configuration")?;
-    }
-    if config.tokens.disabled() {
-        tracing::warn!("no tokens configured: anyone who can reach the port may submit and lease");
-    }
-    let (user_tokens, worker_tokens) = (config.tokens.clone(), config.tokens.clone());
-    let farm = FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
-    let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20);
-    builder
-        .add_service(health_service)
-        .add_service(tonic::service::interceptor::InterceptedService::new(farm, move |r: Request<()>| {
-            user_tokens.check(Scope::User, &r)?;
-            Ok(r)
-        }))
-        .add_service(tonic::service::interceptor::InterceptedService::new(workers, move |r: Request<()>| {
-            if mutual && r.peer_certs().is_none_or(|c| c.is_empty()) {
-                return Err(Status::unauthenticated("workers must present a client certificate signed by the farm's CA"));
-            }
-            worker_tokens.check(Scope::Worker, &r)?;
-            Ok(r)
-        }))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-        .await?;
-    Ok(())
-}

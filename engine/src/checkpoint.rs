@@ -20,20 +20,11 @@ use sha2::{Digest, Sha256};
 use crate::error::{EngineError, Result};
 use crate::lbfgs::LbfgsState;
 use crate::optim::AdamState;
+use crate::loss::LossRecord;
 use crate::params::RenderParams;
-use crate::render::{Losses, OptimizerState, RenderState};
+use crate::render::{OptimizerState, RenderState};
 
 const FORMAT: &str = "stylefarm-checkpoint-v1";
-
-/// One line of the loss log.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LossRecord {
-    pub iteration: usize,
-    #[serde(flatten)]
-    pub losses: Losses,
-    /// Render time up to this evaluation, across resumes.
-    pub seconds: f64,
-}
 
 /// What a render is, apart from how far it got: a resume must match it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +233,7 @@ impl Checkpoint {
 mod tests {
     use super::*;
     use crate::lbfgs::LbfgsState;
+    use crate::loss::Losses;
 
     fn sample(optimizer: OptimizerState) -> Checkpoint {
         let dev = Device::Cpu;

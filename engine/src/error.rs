@@ -18,6 +18,19 @@ pub enum EngineError {
     /// A checkpoint that is damaged or not a checkpoint.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A broken invariant inside the engine (a kernel handed the wrong
+    /// device, a backward pass with nothing to propagate): a bug, never the
+    /// user's input.
+    #[error("internal error in the engine: {0}")]
+    Internal(String),
+    /// A checkpoint that belongs to another render (other parameters,
+    /// inputs or size): the reason names what differs.
+    #[error("cannot resume from this checkpoint: {0}")]
+    Mismatch(String),
+    /// The loss stopped being a number: the step size is too large for
+    /// these inputs. The job's own fault, not worth retrying as it is.
+    #[error("the loss became {value} at iteration {iteration}; try a smaller lr")]
+    NonFinite { iteration: usize, value: f64 },
     /// A failure inside candle (shape mismatch, allocation); a bug if it
     /// escapes validation.
     #[error("tensor operation failed: {0}")]

@@ -5,10 +5,8 @@
 use std::fmt::Write;
 
 use crate::error::Result;
-use crate::layers::pooled;
+use crate::arch::{conv_index, pooled, VGG19};
 use crate::params::{Pooling, RenderParams};
-use crate::vgg::{conv_index, CONV_LAYERS};
-use crate::weights::VGG19_CHANNELS;
 
 /// DOT for a render of `width`×`height` with `params`.
 pub fn dot(params: &RenderParams, width: usize, height: usize) -> Result<String> {
@@ -27,17 +25,17 @@ pub fn dot(params: &RenderParams, width: usize, height: usize) -> Result<String>
     w(&mut s, format!("input [label=\"image\\n{height}×{width}×3 (BGR − mean)\", shape=ellipse];"));
     let (mut h, mut wd) = (height, width);
     let mut prev = "input".to_string();
-    for i in 0..depth {
-        if i > 0 && matches!(i - 1, 1 | 3 | 7 | 11) {
+    for (i, layer) in VGG19.iter().enumerate().take(depth) {
+        if let Some(before) = i.checked_sub(1).map(|j| &VGG19[j]).filter(|l| l.pool_after) {
             h = pooled(h);
             wd = pooled(wd);
-            let name = format!("pool{}", CONV_LAYERS[i - 1].chars().nth(4).unwrap_or('?'));
-            w(&mut s, format!("{name} [label=\"{pool}\\n{h}×{wd}×{}\", style=filled, fillcolor=\"#eeeeee\"];", VGG19_CHANNELS[i - 1].1));
+            let name = format!("pool{}", before.block);
+            w(&mut s, format!("{name} [label=\"{pool}\\n{h}×{wd}×{}\", style=filled, fillcolor=\"#eeeeee\"];", before.out_channels));
             w(&mut s, format!("{prev} -> {name};"));
             prev = name;
         }
-        let name = CONV_LAYERS[i];
-        w(&mut s, format!("{name} [label=\"{name}: conv 3×3 + ReLU\\n{h}×{wd}×{}\"];", VGG19_CHANNELS[i].1));
+        let name = layer.name;
+        w(&mut s, format!("{name} [label=\"{name}: conv 3×3 + ReLU\\n{h}×{wd}×{}\"];", layer.out_channels));
         w(&mut s, format!("{prev} -> {name};"));
         prev = name.to_string();
     }
@@ -45,14 +43,14 @@ pub fn dot(params: &RenderParams, width: usize, height: usize) -> Result<String>
     if params.alpha > 0.0 && !content.is_empty() {
         w(&mut s, "content_loss [label=\"content loss\\nΣ(F−P)²/(4s)\", shape=ellipse, style=filled, fillcolor=\"#a8d0ff\"];".into());
         for (i, weight) in &content {
-            w(&mut s, format!("{} -> content_loss [label=\"×{weight}\", color=blue];", CONV_LAYERS[*i]));
+            w(&mut s, format!("{} -> content_loss [label=\"×{weight}\", color=blue];", VGG19[*i].name));
         }
         w(&mut s, format!("content_loss -> total [label=\"α = {}\"];", params.alpha));
     }
     if params.beta > 0.0 && !style.is_empty() {
         w(&mut s, "style_loss [label=\"style loss\\nΣ w·Σ(G−A)²/(4N²M²)\", shape=ellipse, style=filled, fillcolor=\"#ffb0b0\"];".into());
         for (i, weight) in &style {
-            w(&mut s, format!("{} -> style_loss [label=\"w = {weight}\", color=red];", CONV_LAYERS[*i]));
+            w(&mut s, format!("{} -> style_loss [label=\"w = {weight}\", color=red];", VGG19[*i].name));
         }
         w(&mut s, format!("style_loss -> total [label=\"β = {}\"];", params.beta));
     }

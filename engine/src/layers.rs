@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::arch::pooled;
 use crate::error::{EngineError, Result};
 use crate::winograd::{self, Fused, Kernel};
 
@@ -21,7 +22,7 @@ pub(crate) fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        return Err(EngineError::Weights("internal: a CPU kernel was handed a tensor on another device".into()));
+        return Err(EngineError::Internal("a CPU kernel was handed a tensor on another device".into()));
     };
     let all = cpu.as_slice::<T>()?;
     Ok(f(&all[layout.start_offset()..][..layout.shape().elem_count()]))
@@ -43,7 +44,7 @@ struct CpuKernels<T> {
 
 /// A 3×3 convolution (padding 1, stride 1) followed by ReLU.
 #[derive(Debug)]
-pub struct ConvRelu {
+pub(crate) struct ConvRelu {
     /// `[C_out, C_in, 3, 3]`
     weight: Tensor,
     /// `[C_out]`
@@ -74,7 +75,7 @@ impl KernelsOf for f64 {
 
 impl ConvRelu {
     /// `weight`: `[C_out, C_in, 3, 3]`, `bias`: `[C_out]`.
-    pub fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+    pub(crate) fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
         let (c_out, _, kh, kw) = weight.dims4()?;
         if (kh, kw) != (3, 3) || bias.dims() != [c_out] {
             return Err(EngineError::Weights(format!(
@@ -86,11 +87,11 @@ impl ConvRelu {
         Ok(Self { weight, bias, f32: CpuKernels::default(), f64: CpuKernels::default(), weight_back: OnceLock::new() })
     }
 
-    pub fn in_channels(&self) -> usize {
+    pub(crate) fn in_channels(&self) -> usize {
         self.weight.dims()[1]
     }
 
-    pub fn out_channels(&self) -> usize {
+    pub(crate) fn out_channels(&self) -> usize {
         self.weight.dims()[0]
     }
 
@@ -166,7 +167,7 @@ impl ConvRelu {
     }
 
     /// `relu(conv(x) + b)`: `[1, H, W, C_in]` → `[1, H, W, C_out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match x.dtype() {
             DType::F32 if on_cpu(x) => self.forward_cpu::<f32>(x),
             DType::F64 if on_cpu(x) => self.forward_cpu::<f64>(x),
@@ -177,7 +178,7 @@ impl ConvRelu {
     /// Given this layer's output and the gradient at it, the gradient at its
     /// input: the ReLU mask, then a forward convolution with the flipped,
     /// transposed kernel (the transpose of a padding-1 3×3 convolution).
-    pub fn backward(&self, output: &Tensor, grad_output: &Tensor) -> Result<Tensor> {
+    pub(crate) fn backward(&self, output: &Tensor, grad_output: &Tensor) -> Result<Tensor> {
         match output.dtype() {
             DType::F32 if on_cpu(output) => self.backward_cpu::<f32>(output, grad_output),
             DType::F64 if on_cpu(output) => self.backward_cpu::<f64>(output, grad_output),
@@ -197,15 +198,11 @@ impl ConvRelu {
     }
 
     /// Multiply-adds of one forward pass at `h`×`w`, times two (FLOPs).
-    pub fn flops(&self, h: usize, w: usize) -> f64 {
+    pub(crate) fn flops(&self, h: usize, w: usize) -> f64 {
         2.0 * 9.0 * (self.in_channels() * self.out_channels() * h * w) as f64
     }
 }
 
-/// Output side of 2×2 stride-2 pooling with SAME padding.
-pub fn pooled(n: usize) -> usize {
-    n.div_ceil(2)
-}
 
 /// Number of valid elements of output row (or column) `i` of an input side `n`.
 fn window_side(i: usize, n: usize) -> usize {
@@ -232,7 +229,7 @@ fn inverse_window_sizes(h: usize, w: usize, dtype: DType, device: &Device) -> Re
 /// 2×2 stride-2 average pooling as TensorFlow's `padding='SAME'` does it:
 /// the output side is ⌈n/2⌉ and a partial last window averages only its
 /// valid elements. `[1, H, W, C]` → `[1, ⌈H/2⌉, ⌈W/2⌉, C]`.
-pub fn avg_pool(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn avg_pool(x: &Tensor) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     match x.dtype() {
         DType::F32 if on_cpu(x) => avg_pool_cpu::<f32>(x, (n, h, w, c)),
@@ -276,10 +273,10 @@ fn avg_pool_cpu<T: WithDType>(x: &Tensor, (n, h, w, c): (usize, usize, usize, us
 
 /// Backward of [`avg_pool`] for an input of `h`×`w`: each input element gets
 /// its window's gradient divided by the window's valid size.
-pub fn avg_pool_backward(grad_output: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+pub(crate) fn avg_pool_backward(grad_output: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (n, ho, wo, c) = grad_output.dims4()?;
     if (ho, wo) != (pooled(h), pooled(w)) {
-        return Err(EngineError::Weights(format!("internal: a {ho}x{wo} pooling gradient for a {h}x{w} input")));
+        return Err(EngineError::Internal(format!("a {ho}x{wo} pooling gradient for a {h}x{w} input")));
     }
     match grad_output.dtype() {
         DType::F32 if on_cpu(grad_output) => avg_pool_backward_cpu::<f32>(grad_output, (n, h, w, c)),
@@ -323,7 +320,7 @@ fn spread(t: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 
 /// 2×2 stride-2 max pooling with SAME padding (partial windows take the max
 /// of their valid elements). `[1, H, W, C]` → `[1, ⌈H/2⌉, ⌈W/2⌉, C]`.
-pub fn max_pool(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn max_pool(x: &Tensor) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     let (ho, wo) = (pooled(h), pooled(w));
     // Replicating the edge never changes a window's max.
@@ -333,7 +330,7 @@ pub fn max_pool(x: &Tensor) -> Result<Tensor> {
 
 /// Backward of [`max_pool`]: the gradient goes to the element(s) equal to
 /// their window's max (ties, rare on real images, all receive it).
-pub fn max_pool_backward(input: &Tensor, output: &Tensor, grad_output: &Tensor) -> Result<Tensor> {
+pub(crate) fn max_pool_backward(input: &Tensor, output: &Tensor, grad_output: &Tensor) -> Result<Tensor> {
     let (_, h, w, _) = input.dims4()?;
     let is_max = input.eq(&spread(output, h, w)?)?.to_dtype(grad_output.dtype())?;
     Ok((spread(grad_output, h, w)? * is_max)?)

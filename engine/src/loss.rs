@@ -1,13 +1,126 @@
-//! The three losses of a render, each a small unit that returns its value
-//! and its gradient with respect to what it reads.
+//! The losses of a render, each a small unit that returns its value and its
+//! gradient with respect to what it reads, and the list of weighted terms a
+//! render sums (crowsonkb's `SumLoss`, as data): adding a loss means writing
+//! one [`Term`] and pushing it onto that list.
 //!
 //! Values are returned as `f64` whatever the tensors' dtype.
 
 use candle_core::{DType, Device, Tensor, WithDType};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::layers::{on_cpu, with_cpu_slice};
+
+/// The losses of one image. `content`, `style` and `tv` are unweighted by
+/// α, β and the TV weight (but include each layer's own weight);
+/// `total = α·content + β·style + tv_weight·tv`, the number the optimizer
+/// minimises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Losses {
+    pub content: f64,
+    pub style: f64,
+    pub tv: f64,
+    pub total: f64,
+}
+
+impl Losses {
+    /// Adds a term's (layer-weighted) value to the part it belongs to.
+    fn add(&mut self, part: Part, value: f64) {
+        match part {
+            Part::Content => self.content += value,
+            Part::Style => self.style += value,
+            Part::Tv => self.tv += value,
+        }
+    }
+}
+
+/// One line of the loss log, and of a checkpoint's history: the losses of
+/// the image *before* iteration `iteration`'s update (the last line of a
+/// finished render is the final image).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossRecord {
+    pub iteration: usize,
+    #[serde(flatten)]
+    pub losses: Losses,
+    /// Render time up to this evaluation, across resumes.
+    pub seconds: f64,
+}
+
+/// Which column of [`Losses`] a term adds to, and so which global weight
+/// (α, β, TV weight) multiplies it in the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Content,
+    Style,
+    Tv,
+}
+
+/// What a term reads: a conv layer's output (channels-last `[1, H, W, C]`)
+/// or the image itself (`[1, 3, H, W]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Index of the conv in [`crate::arch::VGG19`].
+    Layer(usize),
+    Image,
+}
+
+/// A loss: its value at `x` and its gradient with respect to `x`, scaled by
+/// `k` (the caller's weight, folded into the one pass that scales the
+/// gradient anyway).
+pub trait Term: Send + Sync {
+    fn value_and_scaled_grad(&self, x: &Tensor, k: f64) -> Result<(f64, Tensor)>;
+}
+
+/// A term in a render's total: `part`'s global weight × `weight` × the
+/// term's value.
+pub struct Weighted {
+    pub part: Part,
+    pub reads: Reads,
+    /// The layer's own weight (`conv4_1:3.0` → 3.0; 1 for TV).
+    pub weight: f64,
+    pub term: Box<dyn Term>,
+}
+
+/// The global weight of each part: `(α, β, tv_weight)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartWeights {
+    pub content: f64,
+    pub style: f64,
+    pub tv: f64,
+}
+
+impl PartWeights {
+    fn of(&self, part: Part) -> f64 {
+        match part {
+            Part::Content => self.content,
+            Part::Style => self.style,
+            Part::Tv => self.tv,
+        }
+    }
+}
+
+/// The losses of a list of terms and, if `with_grad`, each term's scaled
+/// gradient with where it goes: `(reads, k·∂term/∂x)`, in list order (so
+/// gradients that meet at one layer are always added in the same order).
+pub fn evaluate_terms<'a>(
+    terms: &[Weighted],
+    weights: PartWeights,
+    read: impl Fn(Reads) -> &'a Tensor,
+    with_grad: bool,
+) -> Result<(Losses, Vec<(Reads, Tensor)>)> {
+    let mut losses = Losses::default();
+    let mut grads = Vec::with_capacity(if with_grad { terms.len() } else { 0 });
+    for t in terms {
+        let (value, grad) = t.term.value_and_scaled_grad(read(t.reads), weights.of(t.part) * t.weight)?;
+        losses.add(t.part, t.weight * value);
+        if with_grad {
+            grads.push((t.reads, grad));
+        }
+    }
+    losses.total = weights.content * losses.content + weights.style * losses.style + weights.tv * losses.tv;
+    Ok((losses, grads))
+}
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
@@ -105,10 +218,11 @@ impl ContentLoss {
     pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
         self.value_and_scaled_grad(features, 1.0)
     }
+}
 
-    /// `(L_c, k·∂L_c/∂F)`: the caller's weight `k` folded into the one pass
-    /// that scales the gradient.
-    pub fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
+impl Term for ContentLoss {
+    /// `(L_c, k·∂L_c/∂F)`.
+    fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
         let s = self.target.elem_count() as f64;
         let diff = (features - &self.target)?;
         let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * s);
@@ -151,10 +265,12 @@ impl StyleLoss {
     pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
         self.value_and_scaled_grad(features, 1.0)
     }
+}
 
+impl Term for StyleLoss {
     /// `(E, k·∂E/∂F)`. The scale goes on the small `N×N` matrix `G − A`
     /// before the product, so the `M×N` gradient is written once.
-    pub fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
+    fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
         let (_, h, w, n) = features.dims4()?;
         let m = (h * w) as f64;
         let n2m2 = (n as f64).powi(2) * m * m;
@@ -163,6 +279,16 @@ impl StyleLoss {
         let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * n2m2);
         let grad = ft.matmul(&diff.affine(k / n2m2, 0.0)?)?.reshape(features.shape())?;
         Ok((value, grad))
+    }
+}
+
+/// Total variation as a [`Term`] reading the image.
+pub struct TotalVariation;
+
+impl Term for TotalVariation {
+    fn value_and_scaled_grad(&self, image: &Tensor, k: f64) -> Result<(f64, Tensor)> {
+        let (value, grad) = total_variation(image)?;
+        Ok((value, grad.affine(k, 0.0)?))
     }
 }
 

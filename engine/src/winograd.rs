@@ -44,7 +44,7 @@ const G: [[f64; 3]; PATCH] = [
 /// A kernel in the Winograd domain: `U[ξ][c_in][c_out]`, with the point
 /// `ξ = b·6 + a` for row `a` and column `b` of the 6×6 transform.
 #[derive(Debug, Clone)]
-pub struct Kernel<T> {
+pub(crate) struct Kernel<T> {
     u: Vec<T>,
     c_in: usize,
     c_out: usize,
@@ -53,7 +53,7 @@ pub struct Kernel<T> {
 impl<T: WithDType> Kernel<T> {
     /// From a 3×3 kernel in `[C_out, C_in, 3, 3]` order (as a correlation,
     /// the way CNN weights are stored). Computed in f64.
-    pub fn new(weight: &[f64], c_out: usize, c_in: usize) -> Self {
+    pub(crate) fn new(weight: &[f64], c_out: usize, c_in: usize) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "kernel is [C_out, C_in, 3, 3]");
         let mut u = vec![T::from_f64(0.0); POINTS * c_in * c_out];
         // C_out innermost: the writes to each point's [C_in][C_out] matrix
@@ -78,30 +78,22 @@ impl<T: WithDType> Kernel<T> {
         }
         Self { u, c_in, c_out }
     }
-
-    pub fn in_channels(&self) -> usize {
-        self.c_in
-    }
-
-    pub fn out_channels(&self) -> usize {
-        self.c_out
-    }
 }
 
 /// What happens around the convolution, fused into its transforms.
-pub struct Fused<'a, T> {
+pub(crate) struct Fused<'a, T> {
     /// Multiply the input by `mask > 0` element-wise first (the ReLU mask of
     /// a backward pass); same shape as the input.
-    pub input_mask: Option<&'a [T]>,
+    pub(crate) input_mask: Option<&'a [T]>,
     /// Added to each output channel.
-    pub bias: Option<&'a [T]>,
+    pub(crate) bias: Option<&'a [T]>,
     /// `max(0, ·)` on the output.
-    pub relu: bool,
+    pub(crate) relu: bool,
 }
 
 /// `y = relu?(conv3x3(x ⊙ [mask > 0]) + bias)` for `x`: `[h, w, C_in]`
 /// channels-last; returns `[h, w, C_out]`.
-pub fn conv3x3<T: WithDType>(x: &[T], h: usize, w: usize, kernel: &Kernel<T>, fused: &Fused<T>) -> Vec<T> {
+pub(crate) fn conv3x3<T: WithDType>(x: &[T], h: usize, w: usize, kernel: &Kernel<T>, fused: &Fused<T>) -> Vec<T> {
     conv3x3_with(Simd::detect(), x, h, w, kernel, fused)
 }
 

@@ -3,28 +3,11 @@
 
 use std::sync::Arc;
 
-use stylefarm_engine::vgg::CONV_LAYERS;
-use stylefarm_engine::{DType, Device, InputConvention, LayerWeight, Pooling, RenderParams, Renderer, Tensor, Vgg19, VggWeights};
+mod common;
 
-/// A VGG with VGG-19's topology but 3–8 channels, He-initialised.
-fn narrow_vgg(convention: InputConvention) -> VggWeights {
-    let dev = Device::Cpu;
-    let widths = [4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8];
-    let mut c_in = 3;
-    let mut layers = Vec::new();
-    for &c_out in &widths {
-        let std = (2.0 / (9.0 * c_in as f64)).sqrt();
-        let w = Tensor::randn(0f64, std, (c_out, c_in, 3, 3), &dev).unwrap();
-        let b = Tensor::randn(0f64, 0.1, c_out, &dev).unwrap();
-        layers.push((w, b));
-        c_in = c_out;
-    }
-    VggWeights { layers, convention, source: "random".into() }
-}
-
-fn image(h: usize, w: usize) -> Tensor {
-    Tensor::randn(0f64, 50.0, (1, 3, h, w), &Device::Cpu).unwrap()
-}
+use common::{image, narrow_vgg};
+use stylefarm_engine::arch::VGG19;
+use stylefarm_engine::{DType, Device, InputConvention, LayerWeight, Pooling, RenderParams, Renderer, Tensor, Vgg19};
 
 /// Compares the analytic gradient with central differences at every pixel.
 fn check(params: RenderParams, convention: InputConvention, h: usize, w: usize) {
@@ -95,7 +78,7 @@ fn only_the_needed_depth_is_required() {
     };
     let c = image(8, 8);
     assert!(Renderer::new(vgg.clone(), params.clone(), &c, &[c.clone()]).is_ok());
-    let deeper = RenderParams { style_layers: vec![LayerWeight::new(CONV_LAYERS[3], 1.0)], ..params };
+    let deeper = RenderParams { style_layers: vec![LayerWeight::new(VGG19[3].name, 1.0)], ..params };
     let err = Renderer::new(vgg, deeper, &c, &[c.clone()]).err().expect("conv2_2 is beyond the weights").to_string();
     assert!(err.contains("4 convs"), "{err}");
 }

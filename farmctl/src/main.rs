@@ -6,6 +6,7 @@
 
 mod bench;
 mod farm;
+mod flags;
 mod render;
 mod weights;
 
@@ -20,15 +21,8 @@ struct Cli {
     /// Bearer token with the user scope.
     #[arg(long, global = true, env = "STYLEFARM_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// CA certificate of the coordinator (use an https:// URL).
-    #[arg(long, global = true)]
-    tls_ca: Option<std::path::PathBuf>,
-    /// Client certificate for mutual TLS …
-    #[arg(long, global = true)]
-    tls_cert: Option<std::path::PathBuf>,
-    /// … and its key.
-    #[arg(long, global = true)]
-    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: stylefarm_shared::client::TlsFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,7 +66,7 @@ struct GraphArgs {
     #[arg(long, default_value = "333x250")]
     size: String,
     #[arg(long, value_enum, default_value = "avg")]
-    pooling: render::PoolingArg,
+    pooling: flags::PoolingArg,
     #[arg(long, default_value = "conv4_2")]
     content_layers: String,
     #[arg(long, default_value = "conv1_1:0.5,conv2_1:1.0,conv3_1:1.5,conv4_1:3.0,conv5_1:4.0")]
@@ -87,8 +81,8 @@ fn graph(args: GraphArgs) -> anyhow::Result<()> {
     let (w, h) = stylefarm_shared::size::parse_size(&args.size)?;
     let params = stylefarm_engine::RenderParams {
         pooling: args.pooling.into(),
-        content_layers: render::parse_layers("--content-layers", &args.content_layers)?,
-        style_layers: render::parse_layers("--style-layers", &args.style_layers)?,
+        content_layers: flags::parse_layers("--content-layers", &args.content_layers)?,
+        style_layers: flags::parse_layers("--style-layers", &args.style_layers)?,
         ..Default::default()
     };
     params.validate(1)?;
@@ -109,10 +103,7 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     stylefarm_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
-    let url = farm::Conn {
-        url: cli.coordinator.clone(),
-        security: stylefarm_proto::security::ClientSecurity { token: cli.token.clone(), tls_ca: cli.tls_ca.clone(), tls_cert: cli.tls_cert.clone(), tls_key: cli.tls_key.clone() },
-    };
+    let url = farm::Conn { url: cli.coordinator.clone(), security: cli.tls.with_token(cli.token.clone()) };
     match cli.command {
         Command::Up(args) => farm::up(args),
         Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),

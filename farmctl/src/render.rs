@@ -1,32 +1,30 @@
 //! `farmctl render`: one styled image on this machine, no servers.
 //!
-//! Reads and checks every input before any work, then runs the engine's
-//! step function, writing snapshots, a JSON-lines loss log and the final
-//! PNG. A progress bar on stderr shows iteration, losses and ETA.
+//! Reads and checks every input before any work, then drives the engine's
+//! [`Session`] — the same driver a farm worker uses — with hooks that write
+//! snapshots, the JSON-lines loss log, TensorBoard events, the loss plot and
+//! checkpoints beside the output, and a progress bar on stderr.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use stylefarm_engine::checkpoint::{Checkpoint, Identity, LossRecord};
-use stylefarm_engine::{graph, pixels, DType, Device, Init, LayerWeight, Optimizer, Pooling, RenderParams, Renderer, Tensor, Vgg19};
+use stylefarm_engine::session::Resample;
+use stylefarm_engine::{graph, pixels, Cadence, Checkpoint, Control, DType, Device, Hooks, Init, LossRecord, Outcome, Session, Stage, Tensor, Vgg19};
 use stylefarm_shared::checkpoints::CheckpointStore;
 use stylefarm_shared::image_io::{self, ImageLimits};
+use stylefarm_shared::pictures::Sources;
+use stylefarm_shared::records;
 use stylefarm_shared::storage::Store;
 use stylefarm_shared::tfevents::EventWriter;
 use stylefarm_shared::{plot, size, weights};
+use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PoolingArg {
-    Avg,
-    Max,
-}
+use crate::flags::{parse_init, ParamFlags};
 
 #[derive(Args)]
 pub struct RenderArgs {
@@ -36,9 +34,6 @@ pub struct RenderArgs {
     /// The painting whose style is taken (repeat to blend several).
     #[arg(long, required = true)]
     pub style: Vec<PathBuf>,
-    /// Blend weights of the styles, comma-separated (default: equal).
-    #[arg(long, value_delimiter = ',')]
-    pub style_blend: Vec<f64>,
     /// Output PNG.
     #[arg(long, short)]
     pub output: PathBuf,
@@ -82,131 +77,6 @@ pub struct RenderArgs {
     /// Skip the loss plot, TensorBoard events and graph beside the output.
     #[arg(long)]
     pub no_extras: bool,
-    /// Coarse-to-fine: render first at these fractions of the size (e.g.
-    /// `0.25,0.5`, ascending, each below 1), each result upsampled to start
-    /// the next; the full-size render then starts from the last.
-    #[arg(long, value_delimiter = ',')]
-    pub scales: Vec<f64>,
-    /// Iterations at each coarse scale (default: --iters).
-    #[arg(long)]
-    pub coarse_iters: Option<usize>,
-}
-
-/// The flags that become a render's [`RenderParams`], one definition for
-/// `render` and `submit`.
-#[derive(Args, Debug, Clone)]
-pub struct ParamFlags {
-    /// Optimizer iterations.
-    #[arg(long, default_value_t = 300)]
-    pub iters: usize,
-    /// Content weight α.
-    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
-    pub alpha: f64,
-    /// Style weight β.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub beta: f64,
-    /// Total-variation weight (mean squared neighbour difference, pixel units).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub tv_weight: f64,
-    /// Adam learning rate (pixel units); L-BFGS's first-step bound.
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    pub lr: f64,
-    /// adam | lbfgs.
-    #[arg(long, value_enum, default_value = "adam")]
-    pub optimizer: OptimizerArg,
-    /// L-BFGS history size.
-    #[arg(long, default_value_t = 10)]
-    pub lbfgs_history: usize,
-    /// blend | content | noise, or (render only) the PATH of an image to
-    /// start from.
-    #[arg(long, default_value = "blend")]
-    pub init: String,
-    /// Share of noise in the blend init.
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
-    pub noise_ratio: f64,
-    /// Seed of the init noise.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, value_enum, default_value = "avg")]
-    pub pooling: PoolingArg,
-    /// Content layers, `name[:weight]`, comma-separated.
-    #[arg(long, default_value = "conv4_2")]
-    pub content_layers: String,
-    /// Style layers, `name[:weight]`, comma-separated.
-    #[arg(long, default_value = "conv1_1:0.5,conv2_1:1.0,conv3_1:1.5,conv4_1:3.0,conv5_1:4.0")]
-    pub style_layers: String,
-}
-
-impl ParamFlags {
-    /// The parameters these flags give, with `init` already parsed from
-    /// `--init` and the style blend weights (empty = equal).
-    pub fn to_params(&self, init: Init, style_blend: Vec<f64>) -> Result<RenderParams> {
-        Ok(RenderParams {
-            alpha: self.alpha,
-            beta: self.beta,
-            tv_weight: self.tv_weight,
-            optimizer: self.optimizer.into(),
-            lr: self.lr,
-            lbfgs_history: self.lbfgs_history,
-            iterations: self.iters,
-            init,
-            noise_ratio: self.noise_ratio,
-            seed: self.seed,
-            pooling: self.pooling.into(),
-            content_layers: parse_layers("--content-layers", &self.content_layers)?,
-            style_layers: parse_layers("--style-layers", &self.style_layers)?,
-            style_blend,
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum OptimizerArg {
-    Adam,
-    Lbfgs,
-}
-
-impl From<OptimizerArg> for Optimizer {
-    fn from(o: OptimizerArg) -> Self {
-        match o {
-            OptimizerArg::Adam => Optimizer::Adam,
-            OptimizerArg::Lbfgs => Optimizer::Lbfgs,
-        }
-    }
-}
-
-impl From<PoolingArg> for Pooling {
-    fn from(p: PoolingArg) -> Self {
-        match p {
-            PoolingArg::Avg => Pooling::Avg,
-            PoolingArg::Max => Pooling::Max,
-        }
-    }
-}
-
-/// `--init`: the keywords blend, content and noise; anything else is the
-/// path of an image to start from.
-pub fn parse_init(s: &str) -> Init {
-    match s {
-        "blend" => Init::Blend,
-        "content" => Init::Content,
-        "noise" => Init::Noise,
-        _ => Init::Image,
-    }
-}
-
-/// `conv1_1:0.5,conv2_1` → layers with weights (default weight 1).
-pub fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|part| {
-            let (name, weight) = match part.split_once(':') {
-                Some((n, w)) => (n.trim(), w.trim().parse::<f64>().with_context(|| format!("{flag}: `{w}` in `{part}` is not a number"))?),
-                None => (part.trim(), 1.0),
-            };
-            Ok(LayerWeight::new(name, weight))
-        })
-        .collect()
 }
 
 /// `out.png` → `out{suffix}`, beside it.
@@ -235,64 +105,105 @@ fn check_writable(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn to_tensor(img: &image::RgbImage) -> Result<Tensor> {
-    let (w, h) = img.dimensions();
-    Ok(pixels::to_tensor(img.as_raw(), w as usize, h as usize, DType::F32, &Device::Cpu)?)
-}
-
 fn write_png(path: &Path, image: &Tensor) -> Result<()> {
     let (rgb, w, h) = pixels::to_rgb(image)?;
     image_io::save_png(path, &rgb, w as u32, h as u32)?;
     Ok(())
 }
 
-/// Set by Ctrl-C or SIGTERM; the loop checkpoints and stops.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// The files written beside the output: loss log, plot, TensorBoard events.
-struct Records {
+/// The local render's side of a session: files beside the output, a
+/// progress bar, checkpoints in the checkpoint store, Ctrl-C.
+struct LocalHooks<'a> {
+    output: &'a Path,
     log: Option<BufWriter<File>>,
     events: Option<EventWriter>,
     plot: Option<PathBuf>,
-    weights: (f64, f64, f64),
+    title: String,
+    bar: ProgressBar,
+    quiet: bool,
+    checkpoints: Option<&'a CheckpointStore>,
+    runtime: &'a tokio::runtime::Runtime,
+    stop: CancellationToken,
 }
 
-impl Records {
-    fn push(&mut self, r: &LossRecord) -> Result<()> {
+impl LocalHooks<'_> {
+    fn record(&mut self, r: &LossRecord) -> Result<()> {
         if let Some(f) = self.log.as_mut() {
-            let line = serde_json::json!({
-                "iteration": r.iteration, "content": r.losses.content, "style": r.losses.style,
-                "tv": r.losses.tv, "total": r.losses.total, "seconds": r.seconds,
-            });
-            writeln!(f, "{line}").and_then(|_| f.flush()).context("cannot write the loss log")?;
+            f.write_all(records::log_line(r).as_bytes()).and_then(|_| f.flush()).context("cannot write the loss log")?;
         }
         if let Some(ev) = self.events.as_mut() {
-            let l = &r.losses;
-            ev.scalars(r.iteration as i64, &[("loss/total", l.total), ("loss/content", l.content), ("loss/style", l.style), ("loss/tv", l.tv)])
-                .context("cannot write the TensorBoard events")?;
+            records::write_scalars(ev, r).context("cannot write the TensorBoard events")?;
         }
         Ok(())
     }
 
-    fn draw(&mut self, history: &[LossRecord], title: &str) -> Result<()> {
+    /// Flushes the events and redraws the plot from the whole history.
+    fn draw(&mut self, session: &Session) -> Result<()> {
         if let Some(ev) = self.events.as_mut() {
             ev.flush().context("cannot write the TensorBoard events")?;
         }
-        if let Some(p) = &self.plot {
-            plot::loss_curves(p, history, self.weights, title)?;
+        if let Some(path) = &self.plot {
+            let p = session.params();
+            let svg = plot::loss_curves(session.history(), (p.alpha, p.beta, p.tv_weight), &self.title)?;
+            std::fs::write(path, svg).with_context(|| format!("cannot write the loss plot {}", path.display()))?;
         }
         Ok(())
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
+        if let Some(store) = self.checkpoints {
+            let iteration = checkpoint.state.iteration;
+            self.runtime
+                .block_on(store.save(checkpoint))
+                .with_context(|| format!("checkpoint at iteration {iteration} failed; the previous checkpoint stays valid"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Hooks for LocalHooks<'_> {
+    type Error = anyhow::Error;
+
+    fn control(&mut self) -> Control {
+        if self.stop.is_cancelled() {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn stage(&mut self, stage: &Stage) -> Result<()> {
+        if !self.quiet {
+            self.bar.suspend(|| eprintln!("scale {}: {}x{}, {} iterations", stage.scale, stage.width, stage.height, stage.iterations));
+        }
+        Ok(())
+    }
+
+    fn iteration(&mut self, _: &Session, r: &LossRecord) -> Result<()> {
+        self.record(r)?;
+        let l = &r.losses;
+        self.bar.set_message(format!("total {:.4e}  content {:.3e}  style {:.3e}", l.total, l.content, l.style));
+        self.bar.inc(1);
+        Ok(())
+    }
+
+    fn snapshot(&mut self, session: &Session) -> Result<()> {
+        if let Some(image) = session.image() {
+            write_png(&snapshot_path(self.output, session.iteration()), image)?;
+        }
+        self.draw(session)
+    }
+
+    fn checkpoint(&mut self, _: &Session, checkpoint: Checkpoint) -> Result<()> {
+        self.save(&checkpoint)
     }
 }
 
 pub fn run(args: RenderArgs) -> Result<()> {
     // 1. Parameters and output locations, all checked before any work.
     let init = parse_init(&args.params.init);
-    let mut params = args.params.to_params(init.clone(), args.style_blend.clone())?;
+    let params = args.params.to_params(init.clone())?;
     params.validate(args.style.len())?;
-    if args.scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s < 1.0)) || args.scales.windows(2).any(|p| p[0] >= p[1]) {
-        bail!("--scales {:?}: each must lie in (0, 1), in ascending order (the full size comes last by itself)", args.scales);
-    }
     if args.output.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
         bail!("output {} must end in .png", args.output.display());
     }
@@ -312,88 +223,68 @@ pub fn run(args: RenderArgs) -> Result<()> {
         None
     };
 
-    // 2. Inputs.
+    // 2. Inputs, decoded once; the session sees them at each size it needs.
     let limits = ImageLimits { max_pixels: args.max_input_megapixels << 20, ..ImageLimits::default() };
-    let content_img = image_io::load_rgb(&args.content, limits)?;
+    let sources = Sources {
+        content: image_io::load_rgb(&args.content, limits)?,
+        styles: args.style.iter().map(|p| image_io::load_rgb(p, limits)).collect::<Result<_, _>>()?,
+        init: match init {
+            Init::Image => Some(image_io::load_rgb(Path::new(&args.params.init), limits)?),
+            _ => None,
+        },
+    };
     let (w, h) = match &args.size {
         Some(s) => size::parse_size(s)?,
-        None => size::fit_max_side(content_img.dimensions(), args.max_side)?,
+        None => size::fit_max_side(sources.content.dimensions(), args.max_side)?,
     };
-    let content = to_tensor(&image_io::resize(&content_img, w, h))?;
-    // Each style is resized to the render size, as the assignment did.
-    let styles = args
-        .style
-        .iter()
-        .map(|p| to_tensor(&image_io::resize(&image_io::load_rgb(p, limits)?, w, h)))
-        .collect::<Result<Vec<_>>>()?;
-    let mut init_image = match init {
-        Init::Image => Some(to_tensor(&image_io::resize(&image_io::load_rgb(Path::new(&args.params.init), limits)?, w, h))?),
-        _ => None,
-    };
-    let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
+    let (w, h) = (w as usize, h as usize);
+    let device = Device::Cpu;
+    let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &device)?;
     let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
-
-    // Coarse-to-fine: each scale starts from the previous one's result; the
-    // full-size render starts from the last (so it is an `image` init, and
-    // a resume recomputes the same start).
-    if !args.scales.is_empty() {
-        let style_imgs = args.style.iter().map(|p| image_io::load_rgb(p, limits)).collect::<Result<Vec<_>, _>>()?;
-        let mut previous = init_image.clone();
-        for &scale in &args.scales {
-            let (sw, sh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
-            let content_s = to_tensor(&image_io::resize(&content_img, sw, sh))?;
-            let styles_s = style_imgs.iter().map(|img| to_tensor(&image_io::resize(img, sw, sh))).collect::<Result<Vec<_>>>()?;
-            let start = previous.as_ref().map(|t| pixels::resize(t, sw as usize, sh as usize)).transpose()?;
-            let iterations = args.coarse_iters.unwrap_or(args.params.iters);
-            let params_s = RenderParams { iterations, init: if start.is_some() { Init::Image } else { params.init.clone() }, ..params.clone() };
-            let renderer = Renderer::new(vgg.clone(), params_s, &content_s, &styles_s)?;
-            let mut state = renderer.initial_state(&content_s, start.as_ref())?;
-            if !args.quiet {
-                eprintln!("scale {scale}: {sw}x{sh}, {iterations} iterations");
-            }
-            while state.iteration < iterations {
-                renderer.step(&mut state)?;
-            }
-            previous = Some(state.image);
-        }
-        init_image = previous.map(|t| pixels::resize(&t, w as usize, h as usize)).transpose()?;
-        params.init = Init::Image;
-    }
-    let identity = Identity::new(&params, &content, &styles, init_image.as_ref())?;
+    let mut session = Session::new(vgg, params.clone(), sources.at(w, h, &device)?, sources.init_at(w, h, &device)?)?;
 
     // 3. Where the render starts: a checkpoint or the init.
-    let renderer = Renderer::new(vgg, params.clone(), &content, &styles)?;
-    let mut resumed = None;
     if let (true, Some(store)) = (args.resume, &checkpoints) {
-        let (found, warnings) = runtime.block_on(store.newest_valid(&Device::Cpu))?;
+        let (found, warnings) = runtime.block_on(store.newest_valid(&device))?;
         for warning in warnings {
             eprintln!("warning: {warning}");
         }
         match found {
             Some(ck) => {
-                if let Some(diff) = ck.identity.difference(&identity) {
-                    bail!("cannot resume from the checkpoint in {}: {diff}", store.location());
-                }
-                eprintln!("resuming from iteration {} ({})", ck.state.iteration, store.location());
-                resumed = Some(ck);
+                let iteration = ck.state.iteration;
+                session.resume(ck).with_context(|| format!("the checkpoint in {}", store.location()))?;
+                eprintln!("resuming from iteration {iteration} ({})", store.location());
             }
             None => eprintln!("no checkpoint in {}; starting from the beginning", store.location()),
         }
     }
-    let (mut state, mut history) = match resumed {
-        Some(ck) => (ck.state, ck.history),
-        None => (renderer.initial_state(&content, init_image.as_ref())?, Vec::new()),
-    };
 
     // 4. Records beside the output, rewritten from the history on resume.
-    let mut records = Records {
+    let title = format!(
+        "{} × {}",
+        args.content.file_stem().unwrap_or_default().to_string_lossy(),
+        args.style[0].file_stem().unwrap_or_default().to_string_lossy()
+    );
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(params.iterations as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut hooks = LocalHooks {
+        output: &args.output,
         log: match &args.log {
             Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create loss log {}", p.display()))?)),
             None => None,
         },
         events: None,
         plot: (!args.no_extras).then(|| beside(&args.output, "_losses.svg")),
-        weights: (params.alpha, params.beta, params.tv_weight),
+        title,
+        bar,
+        quiet: args.quiet,
+        checkpoints: checkpoints.as_ref(),
+        runtime: &runtime,
+        stop: runtime.block_on(async { stylefarm_shared::telemetry::shutdown_on_signal() }),
     };
     if !args.no_extras {
         let dir = beside(&args.output, ".tb");
@@ -402,85 +293,40 @@ pub fn run(args: RenderArgs) -> Result<()> {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        records.events = Some(EventWriter::create(&dir).with_context(|| format!("cannot write TensorBoard events in {}", dir.display()))?);
+        hooks.events = Some(EventWriter::create(&dir).with_context(|| format!("cannot write TensorBoard events in {}", dir.display()))?);
         let dot = beside(&args.output, ".dot");
-        std::fs::write(&dot, graph::dot(&params, w as usize, h as usize)?).with_context(|| format!("cannot write {}", dot.display()))?;
+        std::fs::write(&dot, graph::dot(&params, w, h)?).with_context(|| format!("cannot write {}", dot.display()))?;
     }
-    for r in &history {
-        records.push(r)?;
+    for r in session.history() {
+        hooks.record(r)?;
     }
 
-    // 5. The loop.
-    let title = format!(
-        "{} × {}",
-        args.content.file_stem().unwrap_or_default().to_string_lossy(),
-        args.style[0].file_stem().unwrap_or_default().to_string_lossy()
-    );
-    runtime.spawn(async {
-        stylefarm_shared::telemetry::stop_signal().await;
-        STOP.store(true, Ordering::SeqCst);
-    });
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.params.iters as u64) };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_position(state.iteration as u64);
-    bar.reset_eta();
-    let offset = history.last().map(|r| r.seconds).unwrap_or(0.0);
-    let started = Instant::now();
-    let seconds = || offset + started.elapsed().as_secs_f64();
-    let save = |state: &stylefarm_engine::RenderState, history: &Vec<LossRecord>| -> Result<()> {
-        if let Some(store) = &checkpoints {
-            let ck = Checkpoint { state: state.clone(), history: history.clone(), identity: identity.clone() };
-            runtime
-                .block_on(store.save(&ck))
-                .with_context(|| format!("checkpoint at iteration {} failed; the previous checkpoint stays valid", state.iteration))?;
+    // 5. The render.
+    hooks.bar.set_position(session.iteration() as u64);
+    hooks.bar.reset_eta();
+    let cadence = Cadence { snapshot_every: args.snapshot_every, checkpoint_every: args.checkpoint_every };
+    let resample: Resample<'_> = &|sw, sh| sources.at(sw, sh, &device);
+    match session.run(&mut hooks, cadence, resample)? {
+        Outcome::Finished(last) => {
+            hooks.record(&last)?;
+            hooks.draw(&session)?;
+            hooks.bar.finish_and_clear();
+            let image = session.image().context("the finished render has no image")?;
+            write_png(&args.output, image)?;
+            println!("wrote {} ({w}x{h}, {} iterations, total loss {:.4e}, {:.1}s)", args.output.display(), last.iteration, last.losses.total, last.seconds);
+            Ok(())
         }
-        Ok(())
-    };
-    while state.iteration < args.params.iters {
-        let iteration = state.iteration;
-        let losses = renderer.step(&mut state)?;
-        let record = LossRecord { iteration, losses, seconds: seconds() };
-        records.push(&record)?;
-        history.push(record);
-        if !losses.total.is_finite() {
-            bail!("the loss became {} at iteration {iteration}; try a smaller --lr", losses.total);
-        }
-        bar.set_message(format!("total {:.4e}  content {:.3e}  style {:.3e}", losses.total, losses.content, losses.style));
-        bar.inc(1);
-        if args.snapshot_every > 0 && state.iteration % args.snapshot_every == 0 {
-            write_png(&snapshot_path(&args.output, state.iteration), &state.image)?;
-            records.draw(&history, &title)?;
-        }
-        if args.checkpoint_every > 0 && state.iteration % args.checkpoint_every == 0 {
-            save(&state, &history)?;
-        }
-        if STOP.load(Ordering::SeqCst) {
-            save(&state, &history)?;
-            bar.abandon();
-            match &checkpoints {
-                Some(store) => bail!("interrupted at iteration {}; checkpoint saved in {}; run again with --resume to continue", state.iteration, store.location()),
-                None => bail!("interrupted at iteration {} (no --checkpoint-dir, so the work is lost)", state.iteration),
+        Outcome::Stopped => {
+            hooks.bar.abandon();
+            let iteration = session.iteration();
+            match (&checkpoints, session.checkpoint()) {
+                (Some(store), Some(ck)) => {
+                    hooks.save(&ck)?;
+                    bail!("interrupted at iteration {iteration}; checkpoint saved in {}; run again with --resume to continue", store.location())
+                }
+                (Some(_), None) => bail!("interrupted during a coarse stage (nothing to checkpoint yet; a resume starts over)"),
+                (None, _) => bail!("interrupted at iteration {iteration} (no --checkpoint-dir, so the work is lost)"),
             }
         }
     }
-    // The last record is the final image, so the log ends where the render does.
-    let last = renderer.evaluate(&state.image)?;
-    let record = LossRecord { iteration: state.iteration, losses: last, seconds: seconds() };
-    records.push(&record)?;
-    history.push(record);
-    records.draw(&history, &title)?;
-    bar.finish_and_clear();
-    write_png(&args.output, &state.image)?;
-    println!(
-        "wrote {} ({w}x{h}, {} iterations, total loss {:.4e}, {:.1}s)",
-        args.output.display(),
-        state.iteration,
-        last.total,
-        seconds()
-    );
-    Ok(())
 }

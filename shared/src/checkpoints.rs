@@ -3,7 +3,7 @@
 //! write never leaves the render without a valid checkpoint.
 
 use candle_core::Device;
-use stylefarm_engine::checkpoint::Checkpoint;
+use stylefarm_engine::Checkpoint;
 
 use crate::storage::{StorageError, Store};
 
@@ -20,7 +20,8 @@ pub struct CheckpointStore {
     keep: usize,
 }
 
-fn name(iteration: usize) -> String {
+/// The object name of the checkpoint at `iteration`.
+pub fn name(iteration: usize) -> String {
     format!("ckpt-{iteration:08}.safetensors")
 }
 

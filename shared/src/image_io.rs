@@ -107,11 +107,12 @@ pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     image::imageops::resize(img, w, h, image::imageops::FilterType::Lanczos3)
 }
 
-/// PNG bytes of RGB pixels.
-pub fn encode_png(rgb: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
-    let img = RgbImage::from_raw(w, h, rgb.to_vec()).ok_or_else(|| format!("{} bytes do not make {w}x{h} RGB", rgb.len()))?;
+/// PNG bytes of RGB pixels; `name` is what errors call the image.
+pub fn encode_png(rgb: &[u8], w: u32, h: u32, name: &str) -> Result<Vec<u8>, ImageError> {
+    let fail = |reason: String| ImageError::Write { path: PathBuf::from(name), reason };
+    let img = RgbImage::from_raw(w, h, rgb.to_vec()).ok_or_else(|| fail(format!("{} bytes do not make {w}x{h} RGB", rgb.len())))?;
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    img.write_to(&mut out, image::ImageFormat::Png).map_err(|e| fail(e.to_string()))?;
     Ok(out.into_inner())
 }
 

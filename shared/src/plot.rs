@@ -1,22 +1,24 @@
 //! Loss curves a person can look at: content, style, TV and total loss
-//! (each as weighted into the total) against iteration, log scale, as SVG.
-
-use std::path::Path;
+//! (each as weighted into the total) against iteration, log scale, as SVG
+//! text (a caller writes it to a file or puts it in storage).
 
 use plotters::prelude::*;
-use stylefarm_engine::checkpoint::LossRecord;
+use stylefarm_engine::LossRecord;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot draw the loss plot {path}: {reason}")]
-pub struct PlotError {
-    path: String,
-    reason: String,
+#[error("cannot draw the loss plot: {0}")]
+pub struct PlotError(String);
+
+/// `history` as an SVG document. `weights` are (α, β, tv_weight), so the
+/// curves show each term as it enters the total.
+pub fn loss_curves(history: &[LossRecord], weights: (f64, f64, f64), title: &str) -> Result<String, PlotError> {
+    let mut svg = String::new();
+    draw(&mut svg, history, weights, title)?;
+    Ok(svg)
 }
 
-/// Draws `history` to `path` (SVG). `weights` are (α, β, tv_weight), so the
-/// curves show each term as it enters the total.
-pub fn loss_curves(path: &Path, history: &[LossRecord], weights: (f64, f64, f64), title: &str) -> Result<(), PlotError> {
-    let fail = |reason: String| PlotError { path: path.display().to_string(), reason };
+fn draw(svg: &mut String, history: &[LossRecord], weights: (f64, f64, f64), title: &str) -> Result<(), PlotError> {
+    let fail = PlotError;
     let (a, b, t) = weights;
     let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = vec![
         ("total", BLACK, history.iter().map(|r| (r.iteration as f64, r.losses.total)).collect()),
@@ -35,7 +37,7 @@ pub fn loss_curves(path: &Path, history: &[LossRecord], weights: (f64, f64, f64)
     let (lo, hi) = if lo.is_finite() { (lo / 2.0, hi * 2.0) } else { (1e-3, 1.0) };
     let last = history.last().map(|r| r.iteration).unwrap_or(0).max(1) as f64;
 
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -65,4 +67,21 @@ pub fn loss_curves(path: &Path, history: &[LossRecord], weights: (f64, f64, f64)
         .draw()
         .map_err(|e| fail(e.to_string()))?;
     root.present().map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stylefarm_engine::Losses;
+
+    #[test]
+    fn draws_every_positive_series_and_survives_an_empty_history() {
+        let history: Vec<LossRecord> = (0..5)
+            .map(|i| LossRecord { iteration: i, losses: Losses { content: 10.0, style: 100.0 / (i + 1) as f64, tv: 0.0, total: 1.0 + i as f64 }, seconds: 0.0 })
+            .collect();
+        let svg = loss_curves(&history, (0.01, 1.0, 0.0), "cat × starry").unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("total") && svg.contains("β·style"), "{}", &svg[..200.min(svg.len())]);
+        assert!(!svg.contains("tv_weight·tv"), "an all-zero series has no place on a log axis");
+        assert!(loss_curves(&[], (0.01, 1.0, 0.0), "empty").unwrap().starts_with("<svg"));
+    }
 }

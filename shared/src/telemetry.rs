@@ -1,6 +1,6 @@
 //! Logs, metrics and stop signals for the daemons: tracing-subscriber on
 //! stderr (human or one JSON object per line), a Prometheus `/metrics`
-//! endpoint, and the Ctrl-C/SIGTERM future.
+//! endpoint, and Ctrl-C/SIGTERM as a future or a cancellation token.
 
 use std::net::SocketAddr;
 
@@ -51,12 +51,35 @@ pub async fn stop_signal() {
     }
 }
 
-/// Serves Prometheus metrics at `http://addr/metrics` (needs a Tokio runtime).
-pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+/// A token cancelled at the first Ctrl-C or SIGTERM, for code that asks
+/// "should I stop?" between iterations rather than awaiting. Needs a Tokio
+/// runtime (the watching task runs on it).
+pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        stop_signal().await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {reason}")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    reason: String,
+}
+
+/// Serves Prometheus metrics at `http://addr/metrics` (needs a Tokio
+/// runtime). The recorder is process-wide: one per process.
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), MetricsError> {
+    let fail = |reason: String| MetricsError { addr, reason };
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(&[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0])
-        .map_err(|e| e.to_string())?
+        .map_err(|e| fail(e.to_string()))?
         .install()
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+        .map_err(|e| fail(e.to_string()))
 }

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// TFRecord's CRC masking.
 pub fn masked_crc(data: &[u8]) -> u32 {
@@ -42,10 +42,12 @@ fn event(wall_time: f64, step: i64, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> 
     e
 }
 
-/// Appends scalar events to one `events.out.tfevents.*` file.
-pub struct EventWriter {
-    out: BufWriter<File>,
-    path: PathBuf,
+/// Appends scalar events to one `events.out.tfevents.*` stream: a file
+/// beside a local render's output, or bytes a worker puts in storage.
+pub struct EventWriter<W: Write = BufWriter<File>> {
+    out: W,
+    /// `events.out.tfevents.<seconds>.stylefarm`, the name TensorBoard looks for.
+    file_name: String,
 }
 
 fn now() -> f64 {
@@ -56,16 +58,43 @@ impl EventWriter {
     /// Creates `dir/events.out.tfevents.<seconds>.stylefarm` (and `dir`).
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let wall = now();
-        let path = dir.join(format!("events.out.tfevents.{}.stylefarm", wall as u64));
-        let mut w = Self { out: BufWriter::new(File::create(&path)?), path };
-        let first = event(wall, 0, |e| field_bytes(3, b"brain.Event:2", e));
+        let file_name = file_name(now());
+        Self::start(BufWriter::new(File::create(dir.join(&file_name))?), file_name)
+    }
+}
+
+impl EventWriter<Vec<u8>> {
+    /// Events kept in memory; [`Self::bytes`] is the file's content so far.
+    pub fn in_memory() -> Self {
+        let file_name = file_name(now());
+        match Self::start(Vec::new(), file_name.clone()) {
+            Ok(w) => w,
+            // Writing to a Vec cannot fail; keep the (empty) stream anyway.
+            Err(_) => Self { out: Vec::new(), file_name },
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.out
+    }
+}
+
+fn file_name(wall: f64) -> String {
+    format!("events.out.tfevents.{}.stylefarm", wall as u64)
+}
+
+impl<W: Write> EventWriter<W> {
+    /// Writes the `file_version` event every event file starts with.
+    fn start(out: W, file_name: String) -> std::io::Result<Self> {
+        let mut w = Self { out, file_name };
+        let first = event(now(), 0, |e| field_bytes(3, b"brain.Event:2", e));
         w.record(&first)?;
         Ok(w)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The name TensorBoard expects the stream to be stored under.
+    pub fn file_name(&self) -> &str {
+        &self.file_name
     }
 
     fn record(&mut self, data: &[u8]) -> std::io::Result<()> {

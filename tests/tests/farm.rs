@@ -464,3 +464,66 @@ fn a_farm_on_s3_storage_checkpoints_resumes_and_outputs_there() {
     assert!(listing.contains("ckpt-") && listing.contains("output.png") && listing.contains("losses.jsonl"), "{listing}");
     fetch_and_compare(&farm, &id, &[(&c, &s)]);
 }
+
+/// Every render flag a farm job takes (coarse-to-fine, blended styles,
+/// layers, TV, L-BFGS, snapshots), rendered by the farm and by
+/// `farmctl render` alike: the images and the loss values agree to the bit,
+/// and the job's storage holds what a local render leaves beside its image.
+#[test]
+fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefacts() {
+    let mut farm = Farm::start();
+    farm.add_worker("a");
+    let (c, s1, s2) = (fixture("content.png"), fixture("style.png"), fixture("init.png"));
+    let flags = [
+        "--size", "32x24", "--iters", "24", "--optimizer", "lbfgs", "--scales", "0.5", "--coarse-iters", "8",
+        "--style-blend", "0.7,0.3", "--tv-weight", "0.01", "--style-layers", "conv1_1:1,conv2_1:2,conv3_1:1",
+        "--content-layers", "conv3_2", "--seed", "3",
+    ];
+    let id = farm.submit(&[&["--content", &c, "--style", &s1, "--style", &s2, "--snapshot-every", "10", "--checkpoint-every", "5"], &flags[..]].concat());
+    let o = farm.farmctl(&["watch", &id]);
+    assert!(o.status.success(), "watch: {}", String::from_utf8_lossy(&o.stderr));
+    let st = farm.status(&id).unwrap();
+    assert_eq!(jobs(&st).len(), 1, "blended styles make one job per content: {st}");
+    let job = &jobs(&st)[0];
+    assert_eq!(job["style"], "style+init", "the styles in the order given, as the blend weights are: {job}");
+
+    // The same render on this machine.
+    let local = farm.dir.path().join("local.png");
+    let log = farm.dir.path().join("local.jsonl");
+    let o = Command::new(bin("farmctl"))
+        .args(["render", "-q", "--content", &c, "--style", &s1, "--style", &s2, "--snapshot-every", "10"])
+        .args(flags)
+        .arg("--log")
+        .arg(&log)
+        .arg("-o")
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let job_dir = farm.dir.path().join("data/storage/collections").join(&id).join("jobs").join(job["job_id"].as_str().unwrap());
+    let farmed = std::fs::read(job_dir.join("output.png")).unwrap();
+    assert!(farmed == std::fs::read(&local).unwrap(), "the farm's image differs from the local render's");
+    let losses = |text: &str| -> Vec<(u64, f64, f64, f64, f64)> {
+        text.lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (v["iteration"].as_u64().unwrap(), v["content"].as_f64().unwrap(), v["style"].as_f64().unwrap(), v["tv"].as_f64().unwrap(), v["total"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let farm_log = std::fs::read_to_string(job_dir.join("losses.jsonl")).unwrap();
+    assert_eq!(losses(&farm_log).len(), 25, "24 iterations and the final image");
+    assert_eq!(losses(&farm_log), losses(&std::fs::read_to_string(&log).unwrap()), "loss logs differ");
+
+    // What a local render leaves beside its image, the job leaves in storage.
+    for name in ["losses.svg", "graph.dot", "snapshot_0010.png", "snapshot_0020.png"] {
+        assert!(job_dir.join(name).is_file(), "{name} missing in {}", job_dir.display());
+    }
+    let dot = std::fs::read_to_string(job_dir.join("graph.dot")).unwrap();
+    assert_eq!(dot, std::fs::read_to_string(farm.dir.path().join("local.dot")).unwrap(), "the graphs differ");
+    let events: Vec<_> = std::fs::read_dir(job_dir.join("tb")).unwrap().flatten().collect();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].file_name().to_string_lossy().starts_with("events.out.tfevents."));
+    assert!(events[0].metadata().unwrap().len() > 25 * 40, "25 records of four scalars");
+}

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use stylefarm_proto as pb;
 use stylefarm_tests::{bin, fixture};
-use stylefarm_proto::security::ClientSecurity;
+use stylefarm_shared::client::ClientSecurity;
 
 struct Coordinator {
     child: Child,

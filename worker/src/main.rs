@@ -29,15 +29,8 @@ struct Args {
     /// Bearer token with the worker scope.
     #[arg(long, env = "STYLEFARM_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// CA certificate of the coordinator (use an https:// URL).
-    #[arg(long)]
-    tls_ca: Option<std::path::PathBuf>,
-    /// Client certificate for mutual TLS …
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// … and its key.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: stylefarm_shared::client::TlsFlags,
     /// human | json (one object per line, on stderr).
     #[arg(long, default_value = "human")]
     log_format: stylefarm_shared::telemetry::LogFormat,
@@ -47,18 +40,20 @@ fn main() -> anyhow::Result<()> {
     stylefarm_shared::memory::keep_freed_memory();
     let a = Args::parse();
     stylefarm_shared::telemetry::init_logging(a.log_format);
-    if let Some(n) = a.threads {
-        // Before any tensor operation starts candle's thread pools.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(stylefarm_worker::run(stylefarm_worker::Config {
+    let config = stylefarm_worker::Config {
         coordinator: a.coordinator,
         device: a.device,
         storage: a.storage,
         name: a.name,
+        threads: a.threads,
         weights: a.weights,
         metrics_listen: a.metrics_listen,
-        security: stylefarm_proto::security::ClientSecurity { token: a.token, tls_ca: a.tls_ca, tls_cert: a.tls_cert, tls_key: a.tls_key },
-    }))
+        security: a.tls.with_token(a.token),
+    };
+    runtime.block_on(async {
+        let shutdown = stylefarm_shared::telemetry::shutdown_on_signal();
+        stylefarm_worker::run(config, shutdown).await
+    })?;
+    Ok(())
 }

@@ -1,0 +1,199 @@
+//! The render session: hooks called at their cadence, stop and resume
+//! ending bit-identical to an uninterrupted render (with coarse-to-fine
+//! too), and a checkpoint of another render refused by name.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{image_f32, narrow_vgg};
+use stylefarm_engine::session::Resample;
+use stylefarm_engine::{
+    Cadence, Checkpoint, Control, DType, EngineError, Hooks, InputConvention, LossRecord, Optimizer, Outcome, Pictures, RenderParams, Session,
+    Stage, Tensor, Vgg19,
+};
+
+const H: usize = 19;
+const W: usize = 23;
+
+/// The caller's side of a session: counts what it was told and stops when
+/// asked to.
+#[derive(Default)]
+struct Recorder {
+    stages: Vec<Stage>,
+    iterations: Vec<usize>,
+    snapshots: Vec<usize>,
+    checkpoints: Vec<Checkpoint>,
+    stop_after: Option<usize>,
+    asked: usize,
+}
+
+impl Hooks for Recorder {
+    type Error = EngineError;
+
+    fn control(&mut self) -> Control {
+        self.asked += 1;
+        match self.stop_after {
+            Some(n) if self.iterations.len() >= n => Control::Stop,
+            _ => Control::Continue,
+        }
+    }
+
+    fn stage(&mut self, stage: &Stage) -> Result<(), EngineError> {
+        self.stages.push(*stage);
+        Ok(())
+    }
+
+    fn iteration(&mut self, session: &Session, record: &LossRecord) -> Result<(), EngineError> {
+        assert_eq!(session.history().last(), Some(record), "the record is in the history before the hook sees it");
+        self.iterations.push(record.iteration);
+        Ok(())
+    }
+
+    fn snapshot(&mut self, session: &Session) -> Result<(), EngineError> {
+        self.snapshots.push(session.iteration());
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, _: &Session, checkpoint: Checkpoint) -> Result<(), EngineError> {
+        self.checkpoints.push(checkpoint);
+        Ok(())
+    }
+}
+
+/// Fixed pictures at any size: a content and a style drawn once at full
+/// size, resampled bilinearly for coarse stages.
+struct Scene {
+    vgg: Arc<Vgg19>,
+    content: Tensor,
+    style: Tensor,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let vgg = Arc::new(Vgg19::new(&narrow_vgg(InputConvention::CaffeBgr), Default::default(), DType::F32).unwrap());
+        Scene { vgg, content: image_f32(H, W), style: image_f32(H + 3, W - 2) }
+    }
+
+    fn pictures(&self, w: usize, h: usize) -> stylefarm_engine::Result<Pictures> {
+        Ok(Pictures {
+            content: stylefarm_engine::pixels::resize(&self.content, w, h)?,
+            styles: vec![stylefarm_engine::pixels::resize(&self.style, w, h)?],
+        })
+    }
+
+    fn session(&self, params: &RenderParams) -> Session {
+        Session::new(self.vgg.clone(), params.clone(), self.pictures(W, H).unwrap(), None).unwrap()
+    }
+
+    fn run(&self, session: &mut Session, hooks: &mut Recorder, cadence: Cadence) -> Outcome {
+        let resample: Resample<'_> = &|w, h| self.pictures(w, h);
+        session.run(hooks, cadence, resample).unwrap()
+    }
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+fn params(optimizer: Optimizer, scales: Vec<f64>) -> RenderParams {
+    RenderParams { optimizer, iterations: 12, scales, coarse_iters: Some(5), lr: 1.0, ..RenderParams::default() }
+}
+
+#[test]
+fn hooks_are_called_at_their_cadence_and_the_log_ends_with_the_final_image() {
+    let scene = Scene::new();
+    let mut session = scene.session(&params(Optimizer::Adam, vec![0.3, 0.6]));
+    let mut hooks = Recorder::default();
+    let outcome = scene.run(&mut session, &mut hooks, Cadence { snapshot_every: 4, checkpoint_every: 5 });
+    let Outcome::Finished(last) = outcome else { panic!("the render did not finish: {outcome:?}") };
+    assert_eq!(hooks.stages.len(), 2);
+    assert_eq!((hooks.stages[0].width, hooks.stages[0].height, hooks.stages[0].iterations), (7, 6, 5), "{:?}", hooks.stages[0]);
+    assert_eq!((hooks.stages[1].width, hooks.stages[1].height), (14, 11));
+    assert_eq!(hooks.iterations, (0..12).collect::<Vec<_>>(), "one record per full-size iteration");
+    assert_eq!(hooks.snapshots, [4, 8, 12]);
+    assert_eq!(hooks.checkpoints.iter().map(|c| c.state.iteration).collect::<Vec<_>>(), [5, 10]);
+    assert_eq!(last.iteration, 12);
+    assert_eq!(session.history().len(), 13, "12 iterations and the final image");
+    assert_eq!(session.history().last(), Some(&last));
+    assert!(hooks.asked >= 2 * 5 + 12, "asked before every iteration, coarse ones too ({})", hooks.asked);
+}
+
+/// Stops after `stop_after` iterations, resumes a fresh session from the
+/// stop's checkpoint, and compares with a render never stopped.
+fn stop_and_resume_is_bit_identical(optimizer: Optimizer, scales: Vec<f64>) {
+    let scene = Scene::new();
+    let p = params(optimizer, scales);
+
+    let mut whole = scene.session(&p);
+    scene.run(&mut whole, &mut Recorder::default(), Cadence::default());
+
+    let mut first = scene.session(&p);
+    let mut hooks = Recorder { stop_after: Some(7), ..Recorder::default() };
+    assert_eq!(scene.run(&mut first, &mut hooks, Cadence::default()), Outcome::Stopped);
+    assert_eq!(first.iteration(), 7);
+    // Through the file format, as a real resume would.
+    let bytes = first.checkpoint().expect("a full-size state exists").encode().unwrap();
+    let checkpoint = Checkpoint::decode(&bytes, &stylefarm_engine::Device::Cpu).unwrap();
+
+    let mut second = scene.session(&p);
+    second.resume(checkpoint).unwrap();
+    let mut hooks = Recorder::default();
+    scene.run(&mut second, &mut hooks, Cadence::default());
+    assert!(hooks.stages.is_empty(), "a resumed render does not redo its coarse stages");
+    assert_eq!(hooks.iterations, (7..12).collect::<Vec<_>>());
+
+    assert_eq!(bits(whole.image().unwrap()), bits(second.image().unwrap()), "final images differ");
+    let losses = |s: &Session| s.history().iter().map(|r| (r.iteration, r.losses)).collect::<Vec<_>>();
+    assert_eq!(losses(&whole), losses(&second));
+}
+
+#[test]
+fn stop_and_resume_adam() {
+    stop_and_resume_is_bit_identical(Optimizer::Adam, Vec::new());
+}
+
+#[test]
+fn stop_and_resume_lbfgs_coarse_to_fine() {
+    stop_and_resume_is_bit_identical(Optimizer::Lbfgs, vec![0.5]);
+}
+
+#[test]
+fn a_stop_during_a_coarse_stage_leaves_nothing_to_checkpoint() {
+    let scene = Scene::new();
+    let mut session = scene.session(&params(Optimizer::Adam, vec![0.5]));
+    let mut hooks = Recorder { stop_after: Some(0), ..Recorder::default() };
+    assert_eq!(scene.run(&mut session, &mut hooks, Cadence::default()), Outcome::Stopped);
+    assert!(session.checkpoint().is_none());
+    assert_eq!(session.iteration(), 0);
+}
+
+#[test]
+fn a_checkpoint_of_another_render_is_refused_by_name() {
+    let scene = Scene::new();
+    let p = params(Optimizer::Adam, vec![0.5]);
+    let mut first = scene.session(&p);
+    let mut hooks = Recorder { stop_after: Some(3), ..Recorder::default() };
+    scene.run(&mut first, &mut hooks, Cadence::default());
+    let checkpoint = first.checkpoint().unwrap();
+
+    // Other coarse scales are another render: its image came from elsewhere.
+    let mut other = scene.session(&RenderParams { scales: vec![0.25], ..p.clone() });
+    let err = other.resume(checkpoint.clone()).unwrap_err().to_string();
+    assert!(err.contains("scales"), "{err}");
+    // More iterations extend the same render.
+    let mut longer = scene.session(&RenderParams { iterations: 20, ..p });
+    longer.resume(checkpoint).unwrap();
+    assert_eq!(longer.iteration(), 3);
+}
+
+#[test]
+fn a_diverging_render_stops_with_the_iteration_and_the_lever() {
+    let scene = Scene::new();
+    let p = RenderParams { lr: 1e30, iterations: 30, ..RenderParams::default() };
+    let mut session = scene.session(&p);
+    let resample: Resample<'_> = &|w, h| scene.pictures(w, h);
+    let err = session.run(&mut Recorder::default(), Cadence::default(), resample).unwrap_err();
+    assert!(matches!(err, EngineError::NonFinite { .. }), "{err}");
+    assert!(err.to_string().contains("smaller lr"), "{err}");
+}

@@ -1,0 +1,49 @@
+//! `farmctl fetch ID -o DIR`: the finished images and a contact sheet.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use stylefarm_proto as pb;
+
+use super::{client, status_err, Conn};
+
+/// Downloads every finished image to `dir` and builds a contact sheet: one
+/// row per content, one column per style (each style's variants side by
+/// side), empty where a job did not succeed.
+pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
+    let mut farm = client(url).await?;
+    let c = farm.get_collection(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    const CELL: u32 = 192;
+    let thumb = |img: &image::RgbImage| image::imageops::thumbnail(img, CELL, CELL);
+    let cols = (c.styles * c.variants.max(1)) as u32;
+    let rows = c.contents;
+    let mut sheet = image::RgbImage::from_pixel(cols.max(1) * CELL, rows.max(1) * CELL, image::Rgb([255, 255, 255]));
+    let place = |sheet: &mut image::RgbImage, img: &image::RgbImage, col: u32, row: u32| {
+        let t = thumb(img);
+        let (x, y) = (col * CELL + (CELL - t.width()) / 2, row * CELL + (CELL - t.height()) / 2);
+        image::imageops::overlay(sheet, &t, x as i64, y as i64);
+    };
+    let mut written = 0;
+    for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
+        let data = farm
+            .fetch(pb::FetchRequest { collection_id: id.into(), key: j.output_key.clone() })
+            .await
+            .map_err(status_err)?
+            .into_inner()
+            .data;
+        // Names were checked at submit; keep only safe characters anyway.
+        let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect::<String>();
+        let name = format!("{}_{}_v{}.png", safe(&j.content_name).trim_start_matches('.'), safe(&j.style_name), j.variant_index);
+        let path = dir.join(&name);
+        std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?;
+        let img = image::load_from_memory(&data).with_context(|| format!("{name} from the farm is not an image"))?.to_rgb8();
+        place(&mut sheet, &img, j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
+        written += 1;
+    }
+    let sheet_path = dir.join("contact_sheet.png");
+    sheet.save(&sheet_path).with_context(|| format!("cannot write {}", sheet_path.display()))?;
+    eprintln!("fetched {written} of {} images into {}", c.jobs.len(), dir.display());
+    println!("{}", sheet_path.display());
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `farmctl submit`: uploads the images and asks for every content × style
+//! × variant; prints the collection id.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use stylefarm_engine::RenderParams;
+use stylefarm_proto as pb;
+
+use super::{client, Conn};
+use stylefarm_engine::Init;
+use crate::flags::{parse_init, ParamFlags};
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// Content images: files or globs (repeat or quote a glob).
+    #[arg(long, required = true)]
+    content: Vec<String>,
+    /// Style images: files or globs.
+    #[arg(long, required = true)]
+    style: Vec<String>,
+    /// Parameter variants, each `key=value,...` over the flags below
+    /// (keys: alpha, beta, tv_weight, lr, iters, optimizer, pooling,
+    /// noise_ratio, seed, init, lbfgs_history, coarse_iters). Repeat for
+    /// more variants.
+    #[arg(long)]
+    variant: Vec<String>,
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Render size WIDTHxHEIGHT (default: --max-side of each content).
+    #[arg(long, conflicts_with = "max_side")]
+    size: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    max_side: u32,
+    #[command(flatten)]
+    params: ParamFlags,
+    /// Checkpoint every N iterations (0 = the coordinator's default).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u32,
+    #[arg(long, default_value_t = 0)]
+    snapshot_every: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Expands files and globs in the order given (each glob's matches sorted),
+/// each file once; a pattern that matches nothing is an error naming it.
+/// The order is the collection's row or column order, and the order
+/// `--style-blend`'s weights apply in, as with `farmctl render`.
+fn expand(patterns: &[String], role: &str) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in patterns {
+        let mut matches: Vec<PathBuf> = glob::glob(p).with_context(|| format!("--{role} `{p}` is not a valid glob"))?.filter_map(|m| m.ok()).filter(|m| m.is_file()).collect();
+        if matches.is_empty() {
+            bail!("--{role} `{p}` matches no file");
+        }
+        matches.sort();
+        for m in matches {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn upload(path: &Path) -> Result<pb::InputImage> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > 200 << 20 {
+        bail!("{} is {} MB; uploads are limited to 200 MB", path.display(), meta.len() >> 20);
+    }
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(pb::InputImage { name, source: Some(pb::input_image::Source::Data(data)) })
+}
+
+/// Applies `key=value,…` to the base parameters.
+fn variant(base: &RenderParams, spec: &str) -> Result<RenderParams> {
+    let mut v = serde_json::to_value(base)?;
+    let obj = v.as_object_mut().context("parameters are an object")?;
+    for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, val) = pair.split_once('=').with_context(|| format!("--variant `{spec}`: `{pair}` is not key=value"))?;
+        let key = match k.trim() {
+            "iters" => "iterations",
+            k => k,
+        };
+        if !obj.contains_key(key) || matches!(key, "content_layers" | "style_layers" | "style_blend" | "scales") {
+            bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set");
+        }
+        let parsed = serde_json::from_str(val.trim()).unwrap_or_else(|_| serde_json::Value::String(val.trim().to_string()));
+        obj.insert(key.to_string(), parsed);
+    }
+    serde_json::from_value(v).with_context(|| format!("--variant `{spec}`"))
+}
+
+pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
+    let init = match parse_init(&a.params.init) {
+        Init::Image => bail!("--init `{}`: a collection takes blend, content or noise", a.params.init),
+        init => init,
+    };
+    let base = a.params.to_params(init)?;
+    let variants = if a.variant.is_empty() { vec![base.clone()] } else { a.variant.iter().map(|v| variant(&base, v)).collect::<Result<_>>()? };
+    let contents = expand(&a.content, "content")?;
+    let styles = expand(&a.style, "style")?;
+    // --style-blend blends every style into each job (one style column).
+    let blend_styles = !base.style_blend.is_empty();
+    let styles_per_job = if blend_styles { styles.len() } else { 1 };
+    for (i, v) in variants.iter().enumerate() {
+        v.validate(styles_per_job).with_context(|| format!("variant {i}"))?;
+    }
+    let (width, height, max_side) = match &a.size {
+        Some(s) => {
+            let (w, h) = stylefarm_shared::size::parse_size(s)?;
+            (w, h, 0)
+        }
+        None => (0, 0, a.max_side),
+    };
+    let contents = contents.iter().map(|p| upload(p)).collect::<Result<Vec<_>>>()?;
+    let styles = styles.iter().map(|p| upload(p)).collect::<Result<Vec<_>>>()?;
+    let request = pb::SubmitRequest {
+        name: a.name,
+        contents,
+        styles,
+        variants_json: variants.iter().map(serde_json::to_string).collect::<Result<_, _>>()?,
+        width,
+        height,
+        max_side,
+        priority: a.priority,
+        checkpoint_every: a.checkpoint_every,
+        snapshot_every: a.snapshot_every,
+        blend_styles,
+    };
+    let r = client(url).await?.submit(request).await.map_err(|s| anyhow::anyhow!("submit refused: {}", s.message()))?.into_inner();
+    if a.json {
+        println!("{}", serde_json::json!({"collection_id": r.collection_id, "jobs": r.jobs}));
+    } else {
+        eprintln!("submitted {} jobs", r.jobs);
+    }
+    println!("{}", r.collection_id);
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `farmctl up`: a whole local farm in this process — a coordinator and N
+//! workers, each a library call with one shutdown token — until Ctrl-C or
+//! SIGTERM. Then the workers checkpoint and give their jobs back, and the
+//! coordinator stops after them, so nothing in flight is lost.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use stylefarm_coordinator::{Config, Tokens};
+use stylefarm_shared::client::ClientSecurity;
+use stylefarm_shared::image_io::ImageLimits;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Holds the SQLite database and the storage folder.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Number of local workers (each pins the CPU, or one cuda:N each with --gpus).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Engine threads per worker (default: cores / workers).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Give worker i the device cuda:i instead of cpu.
+    #[arg(long)]
+    gpus: bool,
+    /// Address of the coordinator's gRPC port (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: std::net::SocketAddr,
+    /// VGG-19 weights file for the workers (default: $STYLEFARM_WEIGHTS or the cache).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+}
+
+/// The coordinator's settings for a local farm: the defaults of
+/// `farm-coordinator`, no tokens (it listens on loopback by default).
+fn coordinator_config(data_dir: PathBuf) -> Config {
+    Config {
+        storage: data_dir.join("storage").to_string_lossy().into_owned(),
+        data_dir,
+        lease_seconds: 15,
+        heartbeat_seconds: 3,
+        max_failures: 3,
+        limits: ImageLimits::default(),
+        default_checkpoint_every: 20,
+        max_message_bytes: 256 << 20,
+        max_jobs: 10_000,
+        metrics_listen: None,
+        tokens: Tokens::default(),
+        tls: None,
+    }
+}
+
+/// Starts the coordinator and the workers, prints the coordinator's URL on
+/// stdout and waits for Ctrl-C or SIGTERM.
+pub fn up(a: UpArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let coordinator_stop = CancellationToken::new();
+        let stopped = coordinator_stop.clone();
+        let mut coordinator =
+            tokio::spawn(stylefarm_coordinator::run(coordinator_config(a.data_dir.clone()), listener, async move { stopped.cancelled().await }));
+
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = a.threads.unwrap_or((cores / a.workers.max(1)).max(1));
+        let workers_stop = CancellationToken::new();
+        let mut workers = Vec::new();
+        for i in 0..a.workers {
+            let config = stylefarm_worker::Config {
+                coordinator: url.clone(),
+                device: if a.gpus { format!("cuda:{i}") } else { "cpu".to_string() },
+                storage: None,
+                name: format!("local{i}"),
+                threads: Some(threads),
+                weights: a.weights.clone(),
+                metrics_listen: None,
+                security: ClientSecurity::default(),
+            };
+            workers.push(tokio::spawn(stylefarm_worker::run(config, workers_stop.clone())));
+        }
+        eprintln!("farm up: coordinator {url}, {} workers ({threads} threads each), data in {}", a.workers, a.data_dir.display());
+        println!("{url}");
+
+        // Until a signal — or until the coordinator fails on its own.
+        tokio::select! {
+            _ = stylefarm_shared::telemetry::stop_signal() => {}
+            ended = &mut coordinator => {
+                workers_stop.cancel();
+                return match ended {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the coordinator stopped")),
+                    Err(e) => Err(anyhow::Error::new(e).context("the coordinator's task failed")),
+                };
+            }
+        }
+        eprintln!("farm down: stopping workers");
+        workers_stop.cancel();
+        for w in workers {
+            match w.await {
+                Ok(Err(e)) => eprintln!("worker: {e}"),
+                Err(e) => eprintln!("worker task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        coordinator_stop.cancel();
+        coordinator.await.context("the coordinator's task failed")?.context("the coordinator stopped")?;
+        Ok(())
+    })
+}

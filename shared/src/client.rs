@@ -1,0 +1,126 @@
+//! How a client reaches the coordinator: the endpoint (TLS, optionally
+//! mutual), a bearer token in the `authorization` header, and the clap
+//! flags for both, defined once for `farmctl` and `farm-worker`. The
+//! server's side of the same rules lives in the coordinator.
+
+use std::path::PathBuf;
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+
+/// The TLS flags of every client, flattened into `farmctl`'s and
+/// `farm-worker`'s command lines. (The token flag stays with each binary:
+/// a user token and a worker token are different secrets with different
+/// environment variables.)
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsFlags {
+    /// CA certificate of the coordinator (use an https:// URL).
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS …
+    #[arg(long, global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// … and its key.
+    #[arg(long, global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// These flags with `token`, as what a client needs to connect.
+    pub fn with_token(&self, token: Option<String>) -> ClientSecurity {
+        ClientSecurity { token, tls_ca: self.tls_ca.clone(), tls_cert: self.tls_cert.clone(), tls_key: self.tls_key.clone() }
+    }
+}
+
+/// What a client needs to connect.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSecurity {
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
+    /// CA that signed the coordinator's certificate (enables TLS; use an
+    /// `https://` URL).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Why a client could not be set up or could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("`{url}` is not a coordinator URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot read {what} {path}: {source}")]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Tls(String),
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the token has characters a header cannot carry")]
+    BadToken,
+}
+
+fn read(path: &PathBuf, what: &'static str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::Read { what, path: path.clone(), source })
+}
+
+impl ClientSecurity {
+    /// The endpoint for `url`, with TLS configured when asked for.
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint, ClientError> {
+        let mut endpoint =
+            Endpoint::from_shared(url.to_string()).map_err(|e| ClientError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
+        let wants_tls = url.starts_with("https://");
+        match (&self.tls_ca, wants_tls) {
+            (Some(ca), true) => {
+                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?));
+                if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                    tls = tls.identity(Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
+                }
+                endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Tls(format!("TLS setup failed: {e}")))?;
+            }
+            (None, true) => return Err(ClientError::Tls(format!("{url} is https: give the CA certificate (--tls-ca)"))),
+            (Some(_), false) => return Err(ClientError::Tls(format!("--tls-ca given but {url} is not https://"))),
+            (None, false) => {}
+        }
+        Ok(endpoint)
+    }
+
+    /// Connects (once; callers retry as they see fit, e.g. with
+    /// [`crate::backoff`]).
+    pub async fn connect(&self, url: &str) -> Result<Channel, ClientError> {
+        let endpoint = self.endpoint(url)?;
+        endpoint.connect().await.map_err(|e| {
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            ClientError::Unreachable { url: url.to_string(), reason }
+        })
+    }
+
+    /// The interceptor that adds the bearer token.
+    pub fn bearer(&self) -> Result<Bearer, ClientError> {
+        let value = match &self.token {
+            Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ClientError::BadToken)?),
+            None => None,
+        };
+        Ok(Bearer(value))
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}

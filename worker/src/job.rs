@@ -1,0 +1,439 @@
+//! One attempt at one job: load the inputs from storage, resume from the
+//! recorded checkpoint (or the one before it, if that is damaged), run the
+//! engine's session with hooks that do the farm's I/O — heartbeats,
+//! checkpoints and snapshots in storage, the same loss log, plot,
+//! TensorBoard events and graph a local render leaves — then complete, fail
+//! with a cause, or release.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stylefarm_engine::session::Resample;
+use stylefarm_engine::{
+    graph, pixels, Cadence, Checkpoint, Control, DType, EngineError, Hooks, LossRecord, Outcome, RenderParams, Session, Vgg19,
+};
+use stylefarm_proto as pb;
+use stylefarm_shared::backoff::Backoff;
+use stylefarm_shared::checkpoints::{self, CheckpointStore};
+use stylefarm_shared::image_io::{self, decode_rgb, ImageLimits};
+use stylefarm_shared::pictures::Sources;
+use stylefarm_shared::records::{self, job_files};
+use stylefarm_shared::storage::{StorageError, Store};
+use stylefarm_shared::tfevents::EventWriter;
+use stylefarm_shared::plot;
+use tokio::runtime::Handle;
+use tonic::Code;
+
+use crate::Ctx;
+
+/// Why an attempt failed, as the coordinator is told: the cause decides
+/// whether the job is retried.
+#[derive(Debug)]
+enum JobError {
+    /// The job itself is bad (its inputs, its parameters, a loss that left
+    /// the numbers): never retried.
+    BadInput(String),
+    /// The device ran out of memory: worth a try on a larger one.
+    OutOfMemory(String),
+    /// Anything else (storage, the engine, the network): retried.
+    Internal(String),
+}
+
+impl From<EngineError> for JobError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        match e {
+            EngineError::InvalidParam { .. } | EngineError::UnknownLayer(_) | EngineError::Image(_) | EngineError::NonFinite { .. } => {
+                JobError::BadInput(message)
+            }
+            EngineError::Candle(_) if message.to_lowercase().contains("out of memory") => JobError::OutOfMemory(message),
+            _ => JobError::Internal(message),
+        }
+    }
+}
+
+impl From<StorageError> for JobError {
+    fn from(e: StorageError) -> Self {
+        JobError::Internal(e.to_string())
+    }
+}
+
+impl From<image_io::ImageError> for JobError {
+    fn from(e: image_io::ImageError) -> Self {
+        JobError::Internal(e.to_string())
+    }
+}
+
+impl From<plot::PlotError> for JobError {
+    fn from(e: plot::PlotError) -> Self {
+        JobError::Internal(e.to_string())
+    }
+}
+
+/// Shared between the render thread and the heartbeat task.
+#[derive(Default)]
+struct Beat {
+    progress: Mutex<pb::Progress>,
+    cancelled: AtomicBool,
+    stale: AtomicBool,
+    done: AtomicBool,
+}
+
+/// Runs one attempt to its end; every failure is reported to the
+/// coordinator (nothing is returned: the lease loop just goes on).
+pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
+    let started = Instant::now();
+    let beat = Arc::new(Beat::default());
+    spawn_heartbeat(ctx, rt, &job, token, beat.clone());
+    let outcome = attempt(ctx, rt, &job, token, &beat);
+    beat.done.store(true, Ordering::SeqCst);
+    let (kind, message) = match outcome {
+        Ok(Ended::Completed) => {
+            metrics::histogram!("stylefarm_render_seconds", "device" => ctx.device_label.clone()).record(started.elapsed().as_secs_f64());
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "completed");
+            return;
+        }
+        Ok(Ended::Abandoned(why)) => {
+            tracing::warn!("abandoned: {why}");
+            return;
+        }
+        Ok(Ended::Released) => {
+            tracing::info!("checkpointed and released");
+            return;
+        }
+        Err(JobError::BadInput(m)) => (pb::FailureKind::BadInput, m),
+        Err(JobError::OutOfMemory(m)) => (pb::FailureKind::OutOfMemory, m),
+        Err(JobError::Internal(m)) => (pb::FailureKind::Internal, m),
+    };
+    tracing::warn!(kind = kind.as_str_name(), "failed: {message}");
+    let r = pb::FailRequest { worker_id: ctx.worker_id.clone(), job_id: job.job_id.clone(), fencing_token: token, kind: kind as i32, message };
+    if let Err(s) = rt.block_on(ctx.client.clone().fail(r)) {
+        tracing::warn!("the coordinator did not take the failure: {}", s.message());
+    }
+}
+
+/// How an attempt ended, when it did not fail.
+enum Ended {
+    Completed,
+    /// Cancelled, or the lease was taken over: nothing more to do.
+    Abandoned(String),
+    /// Shutdown: checkpointed and given back.
+    Released,
+}
+
+/// Heartbeats on a timer until the attempt ends, whatever the render
+/// thread is doing.
+fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: Arc<Beat>) {
+    let (mut client, worker_id, job_id, period) = (ctx.client.clone(), ctx.worker_id.clone(), job.job_id.clone(), ctx.heartbeat);
+    rt.spawn(async move {
+        while !beat.done.load(Ordering::SeqCst) {
+            let progress = beat.progress.lock().map(|p| p.clone()).unwrap_or_default();
+            let r = pb::HeartbeatRequest { worker_id: worker_id.clone(), job_id: job_id.clone(), fencing_token: token, progress: Some(progress), ..Default::default() };
+            match client.heartbeat(r).await {
+                Ok(resp) if resp.get_ref().cancelled => beat.cancelled.store(true, Ordering::SeqCst),
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => beat.stale.store(true, Ordering::SeqCst),
+                _ => {}
+            }
+            tokio::time::sleep(period).await;
+        }
+    });
+}
+
+fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -> Result<Ended, JobError> {
+    let params: RenderParams = serde_json::from_str(&job.params_json).map_err(|e| JobError::BadInput(format!("render parameters: {e}")))?;
+    let (w, h) = (job.width as usize, job.height as usize);
+    let limits = ImageLimits::default();
+    let load = |key: &str, role: &str| -> Result<image::RgbImage, JobError> {
+        let bytes = rt.block_on(ctx.store.get(key))?;
+        decode_rgb(&bytes, &format!("{role} {key}"), limits).map_err(|e| JobError::BadInput(e.to_string()))
+    };
+    let sources = Sources {
+        content: load(&job.content_key, "content")?,
+        styles: job.style_keys.iter().map(|k| load(k, "style")).collect::<Result<_, _>>()?,
+        init: None,
+    };
+    let vgg = Arc::new(Vgg19::new(&ctx.weights, params.pooling, DType::F32)?);
+    let mut session = Session::new(vgg, params.clone(), sources.at(w, h, &ctx.device)?, None)?;
+    if !job.resume_key.is_empty() {
+        resume(ctx, rt, &job.resume_key, &mut session);
+    }
+
+    let job_store = ctx.store.sub(&job.prefix);
+    let attempt_folder = format!("attempt-{token}");
+    let mut hooks = FarmHooks {
+        ctx,
+        rt,
+        job,
+        token,
+        beat,
+        job_store: job_store.clone(),
+        checkpoints: CheckpointStore::new(job_store.sub(&attempt_folder), 2),
+        checkpoint_prefix: format!("{}/{attempt_folder}", job.prefix),
+        events: EventWriter::in_memory(),
+        log: String::new(),
+        clock: Instant::now(),
+        first: session.iteration(),
+        stopped: None,
+    };
+    for r in session.history() {
+        hooks.record(r);
+    }
+    rt.block_on(job_store.put(job_files::GRAPH, graph::dot(&params, w, h)?.into_bytes()))?;
+
+    let cadence = Cadence { snapshot_every: job.snapshot_every as usize, checkpoint_every: job.checkpoint_every as usize };
+    let resample: Resample<'_> = &|sw, sh| sources.at(sw, sh, &ctx.device);
+    match session.run(&mut hooks, cadence, resample)? {
+        Outcome::Finished(last) => {
+            hooks.write_outputs(&session)?;
+            hooks.complete(&last)
+        }
+        Outcome::Stopped => match hooks.stopped.take() {
+            Some(Stop::Shutdown) => hooks.release(&session),
+            Some(Stop::Cancelled) => Ok(Ended::Abandoned("cancelled".into())),
+            Some(Stop::Stale(why)) | Some(Stop::Refused(why)) => Ok(Ended::Abandoned(why)),
+            None => Ok(Ended::Abandoned("stopped".into())),
+        },
+    }
+}
+
+/// Resumes from `key`, or — when that checkpoint does not read or verify —
+/// from the newest sound one beside it; a checkpoint of another render is
+/// never used. The render starts over if none fits.
+fn resume(ctx: &Ctx, rt: &Handle, key: &str, session: &mut Session) {
+    let recorded = rt.block_on(ctx.store.get(key)).map_err(|e| e.to_string()).and_then(|b| Checkpoint::decode(&b, &ctx.device).map_err(|e| e.to_string()));
+    let checkpoint = match recorded {
+        Ok(ck) => Some(ck),
+        Err(e) => {
+            tracing::warn!("checkpoint {key} is not usable ({e}); looking for an older one beside it");
+            let folder = key.rsplit_once('/').map_or("", |(f, _)| f);
+            match rt.block_on(CheckpointStore::new(ctx.store.sub(folder), 2).newest_valid(&ctx.device)) {
+                Ok((found, warnings)) => {
+                    warnings.iter().for_each(|w| tracing::warn!("{w}"));
+                    found
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    None
+                }
+            }
+        }
+    };
+    match checkpoint.map(|ck| (ck.state.iteration, session.resume(ck))) {
+        Some((iteration, Ok(()))) => tracing::info!(iteration, "resuming from checkpoint"),
+        Some((_, Err(e))) => tracing::warn!("not resuming: {e}"),
+        None => tracing::warn!("no usable checkpoint; starting over"),
+    }
+}
+
+/// Why the session was told to stop.
+enum Stop {
+    Shutdown,
+    Cancelled,
+    Stale(String),
+    /// The coordinator refused a checkpoint under this lease.
+    Refused(String),
+}
+
+/// The farm's side of a session.
+struct FarmHooks<'a> {
+    ctx: &'a Ctx,
+    rt: &'a Handle,
+    job: &'a pb::JobSpec,
+    token: u64,
+    beat: &'a Beat,
+    job_store: Store,
+    checkpoints: CheckpointStore,
+    /// Storage key of the attempt's folder, where its checkpoints go.
+    checkpoint_prefix: String,
+    events: EventWriter<Vec<u8>>,
+    log: String,
+    clock: Instant,
+    /// The iteration this attempt started from (for the ETA).
+    first: usize,
+    stopped: Option<Stop>,
+}
+
+impl FarmHooks<'_> {
+    fn record(&mut self, r: &LossRecord) {
+        self.log.push_str(&records::log_line(r));
+        // Writing to memory cannot fail.
+        let _ = records::write_scalars(&mut self.events, r);
+    }
+
+    fn progress(&self, iteration: usize, losses: &stylefarm_engine::Losses) -> pb::Progress {
+        let iterations = self.job_iterations();
+        let per = self.clock.elapsed().as_secs_f64() / iteration.saturating_sub(self.first).max(1) as f64;
+        pb::Progress {
+            iteration: iteration as u32,
+            iterations: iterations as u32,
+            content: losses.content,
+            style: losses.style,
+            tv: losses.tv,
+            total: losses.total,
+            eta_seconds: per * iterations.saturating_sub(iteration) as f64,
+        }
+    }
+
+    fn job_iterations(&self) -> usize {
+        serde_json::from_str::<RenderParams>(&self.job.params_json).map_or(0, |p| p.iterations)
+    }
+
+    /// Puts `bytes` at `name` in the job's folder, retrying storage blips.
+    fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), JobError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let store = &self.job_store;
+        self.rt.block_on(Backoff::default().retry(
+            Some(deadline),
+            || store.put(name, bytes.clone()),
+            |_| true,
+            |e, delay| tracing::warn!("{e}; retrying in {delay:?}"),
+        ))?;
+        Ok(())
+    }
+
+    /// The loss log, its plot and the TensorBoard events as they stand.
+    fn put_records(&self, session: &Session) -> Result<(), JobError> {
+        let p = session.params();
+        let svg = plot::loss_curves(session.history(), (p.alpha, p.beta, p.tv_weight), &self.job.job_id)?;
+        self.put(job_files::LOSS_LOG, self.log.clone().into_bytes())?;
+        self.put(job_files::LOSS_PLOT, svg.into_bytes())?;
+        self.put(&format!("{}/{}", job_files::TENSORBOARD, self.events.file_name()), self.events.bytes().to_vec())
+    }
+
+    fn png(&self, session: &Session, name: &str) -> Result<(), JobError> {
+        let image = session.image().ok_or_else(|| JobError::Internal("no image to write".into()))?;
+        let (rgb, w, h) = pixels::to_rgb(image)?;
+        self.put(name, image_io::encode_png(&rgb, w as u32, h as u32, name)?)
+    }
+
+    fn write_outputs(&mut self, session: &Session) -> Result<(), JobError> {
+        if let Some(last) = session.history().last() {
+            self.record(&last.clone());
+        }
+        self.png(session, job_files::OUTPUT)?;
+        self.put_records(session)
+    }
+
+    /// Reports the job done; the coordinator may be restarting, so
+    /// unavailability is retried for a minute.
+    fn complete(&self, last: &LossRecord) -> Result<Ended, JobError> {
+        let r = pb::CompleteRequest {
+            worker_id: self.ctx.worker_id.clone(),
+            job_id: self.job.job_id.clone(),
+            fencing_token: self.token,
+            output_key: format!("{}/{}", self.job.prefix, job_files::OUTPUT),
+            progress: Some(self.progress(last.iteration, &last.losses)),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let client = &self.ctx.client;
+        let done = self.rt.block_on(Backoff::default().retry(
+            Some(deadline),
+            || {
+                let (mut c, r) = (client.clone(), r.clone());
+                async move { c.complete(r).await }
+            },
+            |s| s.code() == Code::Unavailable,
+            |s, delay| tracing::warn!("completion not delivered ({}); retrying in {delay:?}", s.message()),
+        ));
+        match done {
+            Ok(_) => Ok(Ended::Completed),
+            Err(s) if s.code() == Code::FailedPrecondition => Ok(Ended::Abandoned(format!("completion refused: {}", s.message()))),
+            Err(s) => Err(JobError::Internal(format!("completion failed: {}", s.message()))),
+        }
+    }
+
+    /// Shutdown: checkpoint where the render is (if it got past its coarse
+    /// stages) and give the job back so another worker resumes at once.
+    fn release(&mut self, session: &Session) -> Result<Ended, JobError> {
+        let (key, iteration) = match session.checkpoint().filter(|ck| ck.state.iteration > 0) {
+            Some(ck) => (self.save(&ck)?, ck.state.iteration),
+            None => (String::new(), 0),
+        };
+        let r = pb::ReleaseRequest {
+            worker_id: self.ctx.worker_id.clone(),
+            job_id: self.job.job_id.clone(),
+            fencing_token: self.token,
+            checkpoint_iteration: iteration as u32,
+            checkpoint_key: key,
+        };
+        self.rt.block_on(self.ctx.client.clone().release(r)).map_err(|s| JobError::Internal(format!("release refused: {}", s.message())))?;
+        Ok(Ended::Released)
+    }
+
+    /// Writes a checkpoint into the attempt's folder; returns its key.
+    fn save(&self, ck: &Checkpoint) -> Result<String, JobError> {
+        let t = Instant::now();
+        let bytes = self.rt.block_on(self.checkpoints.save(ck)).map_err(|e| JobError::Internal(e.to_string()))?;
+        metrics::histogram!("stylefarm_checkpoint_seconds").record(t.elapsed().as_secs_f64());
+        metrics::histogram!("stylefarm_checkpoint_bytes").record(bytes as f64);
+        Ok(format!("{}/{}", self.checkpoint_prefix, checkpoints::name(ck.state.iteration)))
+    }
+}
+
+impl Hooks for FarmHooks<'_> {
+    type Error = JobError;
+
+    fn control(&mut self) -> Control {
+        if self.stopped.is_none() {
+            self.stopped = if self.beat.cancelled.load(Ordering::SeqCst) {
+                Some(Stop::Cancelled)
+            } else if self.beat.stale.load(Ordering::SeqCst) {
+                Some(Stop::Stale("the lease was taken over".into()))
+            } else if self.ctx.shutdown.is_cancelled() {
+                Some(Stop::Shutdown)
+            } else {
+                None
+            };
+        }
+        if self.stopped.is_some() {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn stage(&mut self, stage: &stylefarm_engine::Stage) -> Result<(), JobError> {
+        tracing::info!(scale = stage.scale, width = stage.width, height = stage.height, iterations = stage.iterations, "coarse stage");
+        Ok(())
+    }
+
+    fn iteration(&mut self, session: &Session, record: &LossRecord) -> Result<(), JobError> {
+        let label = self.ctx.device_label.clone();
+        metrics::counter!("stylefarm_iterations_total", "device" => label.clone()).increment(1);
+        let per_second = (session.iteration() - self.first) as f64 / self.clock.elapsed().as_secs_f64().max(1e-9);
+        metrics::gauge!("stylefarm_iterations_per_second", "device" => label).set(per_second);
+        self.record(record);
+        if let Ok(mut p) = self.beat.progress.lock() {
+            *p = self.progress(session.iteration(), &record.losses);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, session: &Session) -> Result<(), JobError> {
+        self.png(session, &job_files::snapshot(session.iteration()))?;
+        self.put_records(session)
+    }
+
+    fn checkpoint(&mut self, session: &Session, ck: Checkpoint) -> Result<(), JobError> {
+        if ck.state.iteration >= session.params().iterations {
+            return Ok(()); // about to complete: the output is the record
+        }
+        let key = self.save(&ck)?;
+        let last = session.history().last().map(|r| r.losses).unwrap_or_default();
+        let r = pb::HeartbeatRequest {
+            worker_id: self.ctx.worker_id.clone(),
+            job_id: self.job.job_id.clone(),
+            fencing_token: self.token,
+            progress: Some(self.progress(session.iteration(), &last)),
+            checkpoint_key: key,
+            checkpoint_iteration: ck.state.iteration as u32,
+        };
+        match self.rt.block_on(self.ctx.client.clone().heartbeat(r)) {
+            Ok(r) if r.get_ref().cancelled => self.stopped = Some(Stop::Cancelled),
+            Err(s) if s.code() == Code::FailedPrecondition => self.stopped = Some(Stop::Refused(s.message().to_string())),
+            _ => {}
+        }
+        Ok(())
+    }
+}
