@@ -177,8 +177,9 @@ async fn lease_loop(ctx: Arc<Ctx>) {
                 let span = tracing::info_span!("attempt", job = %job.job_id, token = r.fencing_token, attempt = r.attempt);
                 let (ctx, token, rt) = (ctx.clone(), r.fencing_token, tokio::runtime::Handle::current());
                 // The engine's loops run in the worker's pool; its threads
-                // are not the runtime's, so the attempt gets the handle.
-                let attempt = tokio::task::spawn_blocking(move || span.in_scope(|| ctx.pool.install(|| job::run(&ctx, &rt, job, token))));
+                // are not the runtime's, so the attempt gets the handle (and
+                // enters its span there, where its log lines are written).
+                let attempt = tokio::task::spawn_blocking(move || ctx.pool.install(|| span.in_scope(|| job::run(&ctx, &rt, job, token))));
                 if let Err(e) = attempt.await {
                     tracing::error!("the attempt's thread ended abnormally: {e}");
                 }
