@@ -56,6 +56,8 @@ fn coordinator_config(data_dir: PathBuf) -> Config {
 /// Starts the coordinator and the workers, prints the coordinator's URL on
 /// stdout and waits for Ctrl-C or SIGTERM.
 pub fn up(a: UpArgs) -> Result<()> {
+    // The daemons' log lines, as their binaries would print them.
+    stylefarm_shared::telemetry::init_logging(stylefarm_shared::telemetry::LogFormat::Human);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
