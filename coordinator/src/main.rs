@@ -20,19 +20,19 @@ struct Args {
     #[arg(long)]
     storage: Option<String>,
     /// A lease lapses this long after the last heartbeat.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = Config::LEASE_SECONDS)]
     lease_seconds: u32,
     /// How often workers heartbeat.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = Config::HEARTBEAT_SECONDS)]
     heartbeat_seconds: u32,
     /// Failed or lapsed attempts before a job is given up.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = Config::MAX_FAILURES)]
     max_failures: u32,
     /// Largest input image accepted at submit, in megapixels.
     #[arg(long, default_value_t = 64)]
     max_input_megapixels: u64,
     /// Checkpoint interval for collections that do not set one.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = Config::CHECKPOINT_EVERY)]
     checkpoint_every: u32,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
     /// Largest request accepted, in MiB (uploads carry images).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Config::MAX_REQUEST_MB)]
     max_request_mb: usize,
     /// human | json (one object per line, on stderr).
     #[arg(long, default_value = "human")]
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         limits: ImageLimits { max_pixels: a.max_input_megapixels << 20, ..ImageLimits::default() },
         default_checkpoint_every: a.checkpoint_every,
         max_message_bytes: a.max_request_mb.max(1) << 20,
-        max_jobs: 10_000,
+        max_jobs: Config::MAX_JOBS,
         metrics_listen: a.metrics_listen,
         tokens: Tokens {
             users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),

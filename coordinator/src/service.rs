@@ -65,6 +65,38 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
 }
 
+impl Config {
+    /// The lease a worker holds without a heartbeat.
+    pub const LEASE_SECONDS: u32 = 15;
+    pub const HEARTBEAT_SECONDS: u32 = 3;
+    pub const MAX_FAILURES: u32 = 3;
+    pub const CHECKPOINT_EVERY: u32 = 20;
+    pub const MAX_REQUEST_MB: usize = 256;
+    pub const MAX_JOBS: usize = 10_000;
+
+    /// The defaults `farm-coordinator` starts with (no tokens, no TLS, no
+    /// metrics; storage in `data_dir/storage`): one place for them, used by
+    /// its flags, `farmctl up` and tests.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            storage: data_dir.join("storage").to_string_lossy().into_owned(),
+            data_dir,
+            lease_seconds: Self::LEASE_SECONDS,
+            heartbeat_seconds: Self::HEARTBEAT_SECONDS,
+            max_failures: Self::MAX_FAILURES,
+            limits: ImageLimits::default(),
+            default_checkpoint_every: Self::CHECKPOINT_EVERY,
+            max_message_bytes: Self::MAX_REQUEST_MB << 20,
+            max_jobs: Self::MAX_JOBS,
+            metrics_listen: None,
+            tokens: Tokens::default(),
+            tls: None,
+        }
+    }
+}
+
+/// The coordinator's certificate and key, and the CA of worker client
+/// certificates (mutual TLS).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,

@@ -190,13 +190,10 @@ impl Session {
     pub fn run<H: Hooks>(&mut self, hooks: &mut H, cadence: Cadence, resample: Resample<'_>) -> std::result::Result<Outcome, H::Error> {
         let clock = Instant::now();
         if self.state.is_none() {
-            let start = match self.coarse_stages(hooks, resample)? {
-                Some(start) => start,
-                None => return Ok(Outcome::Stopped),
-            };
-            self.state = Some(match start {
-                Some(image) => self.renderer.state_from(image)?,
-                None => self.renderer.initial_state(&self.content, self.init.as_ref())?,
+            self.state = Some(match self.coarse_stages(hooks, resample)? {
+                Start::Init => self.renderer.initial_state(&self.content, self.init.as_ref())?,
+                Start::From(image) => self.renderer.state_from(image)?,
+                Start::Stopped => return Ok(Outcome::Stopped),
             });
         }
         // Seconds count on from the last record, so a resumed render's log
@@ -243,11 +240,13 @@ impl Session {
         Ok(Outcome::Finished(record))
     }
 
-    /// Runs the coarse stages, each from the previous one's result; returns
-    /// the last result resampled to the full size (`Some(None)` without
-    /// coarse stages, `None` if a hook stopped the run).
-    fn coarse_stages<H: Hooks>(&self, hooks: &mut H, resample: Resample<'_>) -> std::result::Result<Option<Option<Tensor>>, H::Error> {
+    /// Runs the coarse stages, each from the previous one's result, and
+    /// says where the full-size render starts.
+    fn coarse_stages<H: Hooks>(&self, hooks: &mut H, resample: Resample<'_>) -> std::result::Result<Start, H::Error> {
         let params = self.params();
+        if params.scales.is_empty() {
+            return Ok(Start::Init);
+        }
         let (width, height) = self.size();
         let mut previous = self.init.clone();
         for (index, &scale) in params.scales.iter().enumerate() {
@@ -266,7 +265,7 @@ impl Session {
             let mut state = renderer.initial_state(&pictures.content, start.as_ref())?;
             while state.iteration < iterations {
                 if hooks.control() == Control::Stop {
-                    return Ok(None);
+                    return Ok(Start::Stopped);
                 }
                 let losses = renderer.step(&mut state)?;
                 if !losses.total.is_finite() {
@@ -275,9 +274,19 @@ impl Session {
             }
             previous = Some(state.image);
         }
-        if params.scales.is_empty() {
-            return Ok(Some(None));
+        match previous {
+            Some(last) => Ok(Start::From(pixels::resize(&last, width, height)?)),
+            None => Err(EngineError::Internal("coarse stages ran but left no image".into()).into()),
         }
-        Ok(Some(previous.map(|t| pixels::resize(&t, width, height)).transpose()?))
     }
+}
+
+/// Where the full-size render starts.
+enum Start {
+    /// From `params.init` (no coarse stages).
+    Init,
+    /// From the last coarse stage's result, resampled to the full size.
+    From(Tensor),
+    /// A hook stopped a coarse stage.
+    Stopped,
 }

@@ -174,12 +174,13 @@ fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -
         log: String::new(),
         clock: Instant::now(),
         first: session.iteration(),
+        iterations: params.iterations,
         stopped: None,
     };
     for r in session.history() {
         hooks.record(r);
     }
-    rt.block_on(job_store.put(job_files::GRAPH, graph::dot(&params, w, h)?.into_bytes()))?;
+    hooks.put(job_files::GRAPH, graph::dot(&params, w, h)?.into_bytes())?;
 
     let cadence = Cadence { snapshot_every: job.snapshot_every as usize, checkpoint_every: job.checkpoint_every as usize };
     let resample: Resample<'_> = &|sw, sh| sources.at(sw, sh, &ctx.device);
@@ -191,8 +192,8 @@ fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -
         Outcome::Stopped => match hooks.stopped.take() {
             Some(Stop::Shutdown) => hooks.release(&session),
             Some(Stop::Cancelled) => Ok(Ended::Abandoned("cancelled".into())),
-            Some(Stop::Stale(why)) | Some(Stop::Refused(why)) => Ok(Ended::Abandoned(why)),
-            None => Ok(Ended::Abandoned("stopped".into())),
+            Some(Stop::Lost(why)) => Ok(Ended::Abandoned(why)),
+            None => Err(JobError::Internal("the render stopped with no reason given".into())),
         },
     }
 }
@@ -230,9 +231,8 @@ fn resume(ctx: &Ctx, rt: &Handle, key: &str, session: &mut Session) {
 enum Stop {
     Shutdown,
     Cancelled,
-    Stale(String),
-    /// The coordinator refused a checkpoint under this lease.
-    Refused(String),
+    /// The lease is no longer ours (taken over, or a checkpoint refused).
+    Lost(String),
 }
 
 /// The farm's side of a session.
@@ -251,6 +251,8 @@ struct FarmHooks<'a> {
     clock: Instant,
     /// The iteration this attempt started from (for the ETA).
     first: usize,
+    /// The render's iterations (for progress).
+    iterations: usize,
     stopped: Option<Stop>,
 }
 
@@ -262,7 +264,7 @@ impl FarmHooks<'_> {
     }
 
     fn progress(&self, iteration: usize, losses: &stylefarm_engine::Losses) -> pb::Progress {
-        let iterations = self.job_iterations();
+        let iterations = self.iterations;
         let per = self.clock.elapsed().as_secs_f64() / iteration.saturating_sub(self.first).max(1) as f64;
         pb::Progress {
             iteration: iteration as u32,
@@ -273,10 +275,6 @@ impl FarmHooks<'_> {
             total: losses.total,
             eta_seconds: per * iterations.saturating_sub(iteration) as f64,
         }
-    }
-
-    fn job_iterations(&self) -> usize {
-        serde_json::from_str::<RenderParams>(&self.job.params_json).map_or(0, |p| p.iterations)
     }
 
     /// Puts `bytes` at `name` in the job's folder, retrying storage blips.
@@ -379,7 +377,7 @@ impl Hooks for FarmHooks<'_> {
             self.stopped = if self.beat.cancelled.load(Ordering::SeqCst) {
                 Some(Stop::Cancelled)
             } else if self.beat.stale.load(Ordering::SeqCst) {
-                Some(Stop::Stale("the lease was taken over".into()))
+                Some(Stop::Lost("the lease was taken over".into()))
             } else if self.ctx.shutdown.is_cancelled() {
                 Some(Stop::Shutdown)
             } else {
@@ -431,7 +429,7 @@ impl Hooks for FarmHooks<'_> {
         };
         match self.rt.block_on(self.ctx.client.clone().heartbeat(r)) {
             Ok(r) if r.get_ref().cancelled => self.stopped = Some(Stop::Cancelled),
-            Err(s) if s.code() == Code::FailedPrecondition => self.stopped = Some(Stop::Refused(s.message().to_string())),
+            Err(s) if s.code() == Code::FailedPrecondition => self.stopped = Some(Stop::Lost(s.message().to_string())),
             _ => {}
         }
         Ok(())

@@ -7,9 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use stylefarm_coordinator::{Config, Tokens};
+use stylefarm_coordinator::Config;
 use stylefarm_shared::client::ClientSecurity;
-use stylefarm_shared::image_io::ImageLimits;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
@@ -34,25 +33,6 @@ pub struct UpArgs {
     weights: Option<PathBuf>,
 }
 
-/// The coordinator's settings for a local farm: the defaults of
-/// `farm-coordinator`, no tokens (it listens on loopback by default).
-fn coordinator_config(data_dir: PathBuf) -> Config {
-    Config {
-        storage: data_dir.join("storage").to_string_lossy().into_owned(),
-        data_dir,
-        lease_seconds: 15,
-        heartbeat_seconds: 3,
-        max_failures: 3,
-        limits: ImageLimits::default(),
-        default_checkpoint_every: 20,
-        max_message_bytes: 256 << 20,
-        max_jobs: 10_000,
-        metrics_listen: None,
-        tokens: Tokens::default(),
-        tls: None,
-    }
-}
-
 /// Starts the coordinator and the workers, prints the coordinator's URL on
 /// stdout and waits for Ctrl-C or SIGTERM.
 pub fn up(a: UpArgs) -> Result<()> {
@@ -65,7 +45,7 @@ pub fn up(a: UpArgs) -> Result<()> {
         let coordinator_stop = CancellationToken::new();
         let stopped = coordinator_stop.clone();
         let mut coordinator =
-            tokio::spawn(stylefarm_coordinator::run(coordinator_config(a.data_dir.clone()), listener, async move { stopped.cancelled().await }));
+            tokio::spawn(stylefarm_coordinator::run(Config::new(a.data_dir.clone()), listener, async move { stopped.cancelled().await }));
 
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let threads = a.threads.unwrap_or((cores / a.workers.max(1)).max(1));
