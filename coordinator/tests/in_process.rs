@@ -10,15 +10,22 @@ fn config(dir: &std::path::Path) -> Config {
     Config { lease_seconds: 3, heartbeat_seconds: 1, ..Config::new(dir.join("data")) }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_on_port_zero_and_stops_when_told() {
-    let dir = tempfile::tempdir().unwrap();
+/// A coordinator on port 0 in this runtime: its URL, the sender that stops
+/// it, and the task `run` returns from.
+async fn start(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), stylefarm_coordinator::Error>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(stylefarm_coordinator::run(config(dir.path()), listener, async move {
+    let server = tokio::spawn(stylefarm_coordinator::run(config(dir), listener, async move {
         let _ = stopped.await;
     }));
+    (url, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_port_zero_and_stops_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, server) = start(dir.path()).await;
 
     let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
     let listed = farm.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner();
@@ -50,12 +57,7 @@ fn upload(name: &str, fixture: &str) -> pb::InputImage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blended_submission_is_one_job_reading_every_style_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(stylefarm_coordinator::run(config(dir.path()), listener, async move {
-        let _ = stopped.await;
-    }));
+    let (url, stop, server) = start(dir.path()).await;
     let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
     let request = |variant: &str| pb::SubmitRequest {
         contents: vec![upload("cat", "content.png")],
