@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use stylefarm_engine::RenderParams;
+use stylefarm_engine::{Init, RenderParams};
 use stylefarm_proto as pb;
 
 use super::{client, Conn};
-use stylefarm_engine::Init;
 use crate::flags::{parse_init, ParamFlags};
 
 #[derive(Args)]
