@@ -1,8 +1,12 @@
-//! Who may call what: bearer tokens with scopes. A user token may use the
-//! `Farm` service only, a worker token the `Workers` service only; with no
-//! token configured at all, authentication is off (a local farm). The
-//! client side (how a token is sent) lives in `stylefarm_shared::client`.
+//! Who may call what, and who is calling: bearer tokens with scopes. A
+//! user token may use the `Farm` service and sees the collections it
+//! submitted; an admin token may use the `Farm` service and sees every
+//! collection; a worker token may use the `Workers` service only. With no
+//! token configured at all, authentication is off (a local farm) and every
+//! caller sees everything. The client side (how a token is sent) lives in
+//! `stylefarm_shared::client`.
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
@@ -10,7 +14,37 @@ use tonic::{Request, Status};
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     pub users: Vec<String>,
+    pub admins: Vec<String>,
     pub workers: Vec<String>,
+}
+
+/// Who made a `Farm` call, put in the request's extensions by the
+/// interceptor: collections are owned by `owner`, a digest of the token
+/// (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub owner: String,
+    /// Sees and acts on every collection.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Whether this caller may see a collection owned by `owner`.
+    pub fn may_see(&self, owner: &str) -> bool {
+        self.admin || self.owner == owner
+    }
+
+    /// The caller of a request that passed [`Tokens::user`]; a request
+    /// that never went through it (a test calling a handler directly) is
+    /// nobody in particular and sees nothing but its own.
+    pub fn of<T>(request: &Request<T>) -> Caller {
+        request.extensions().get::<Caller>().cloned().unwrap_or(Caller { owner: String::new(), admin: false })
+    }
+}
+
+fn owner_of(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    format!("user-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Which service a call is for.
@@ -23,7 +57,18 @@ pub enum Scope {
 impl Tokens {
     /// No token configured at all: authentication is off.
     pub fn disabled(&self) -> bool {
-        self.users.is_empty() && self.workers.is_empty()
+        self.users.is_empty() && self.admins.is_empty() && self.workers.is_empty()
+    }
+
+    /// Checks a `Farm` call's token and names its caller.
+    pub fn user(&self, request: &Request<()>) -> Result<Caller, Status> {
+        if self.disabled() {
+            return Ok(Caller { owner: String::new(), admin: true });
+        }
+        self.check(Scope::User, request)?;
+        let token = bearer(request).unwrap_or_default();
+        let admin = self.admins.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        Ok(Caller { owner: owner_of(token), admin })
     }
 
     /// Checks a request's bearer token against the scope of its service.
@@ -31,24 +76,24 @@ impl Tokens {
         if self.disabled() {
             return Ok(());
         }
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("a bearer token is required (farmctl --token / farm-worker --token)"))?;
+        let token = bearer(request).ok_or_else(|| Status::unauthenticated("a bearer token is required (farmctl --token / farm-worker --token)"))?;
+        let known = |tokens: &[String]| tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
         let (own, other, name) = match scope {
-            Scope::User => (&self.users, &self.workers, "user"),
-            Scope::Worker => (&self.workers, &self.users, "worker"),
+            Scope::User => (known(&self.users) || known(&self.admins), known(&self.workers), "user"),
+            Scope::Worker => (known(&self.workers), known(&self.users) || known(&self.admins), "worker"),
         };
-        if own.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+        if own {
             Ok(())
-        } else if other.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+        } else if other {
             Err(Status::permission_denied(format!("this token may not call the {name} service")))
         } else {
             Err(Status::unauthenticated("unknown token"))
         }
     }
+}
+
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    request.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Compares in time that does not depend on where the bytes differ
@@ -72,7 +117,9 @@ mod tests {
 
     #[test]
     fn scopes_are_enforced() {
-        let t = Tokens { users: vec!["u".into()], workers: vec!["w".into()] };
+        let t = Tokens { users: vec!["u".into()], admins: vec!["a".into()], workers: vec!["w".into()] };
+        assert!(t.check(Scope::User, &req(Some("a"))).is_ok());
+        assert_eq!(t.check(Scope::Worker, &req(Some("a"))).unwrap_err().code(), tonic::Code::PermissionDenied);
         assert!(t.check(Scope::User, &req(Some("u"))).is_ok());
         assert!(t.check(Scope::Worker, &req(Some("w"))).is_ok());
         assert_eq!(t.check(Scope::User, &req(Some("w"))).unwrap_err().code(), tonic::Code::PermissionDenied);
@@ -80,5 +127,16 @@ mod tests {
         assert_eq!(t.check(Scope::User, &req(None)).unwrap_err().code(), tonic::Code::Unauthenticated);
         assert_eq!(t.check(Scope::User, &req(Some("guess"))).unwrap_err().code(), tonic::Code::Unauthenticated);
         assert!(Tokens::default().check(Scope::User, &req(None)).is_ok(), "no tokens configured: open");
+    }
+
+    #[test]
+    fn callers_own_by_token_and_admins_see_all() {
+        let t = Tokens { users: vec!["u1".into(), "u2".into()], admins: vec!["a".into()], workers: vec![] };
+        let (u1, u2, a) = (t.user(&req(Some("u1"))).unwrap(), t.user(&req(Some("u2"))).unwrap(), t.user(&req(Some("a"))).unwrap());
+        assert_ne!(u1.owner, u2.owner);
+        assert!(!u1.owner.contains("u1"), "the token itself is not the owner's name");
+        assert!(u1.may_see(&u1.owner) && !u1.may_see(&u2.owner) && !u1.admin);
+        assert!(a.admin && a.may_see(&u1.owner) && a.may_see(&u2.owner));
+        assert!(Tokens::default().user(&req(None)).unwrap().may_see("anyone"), "a local farm without tokens is open");
     }
 }

@@ -1,12 +1,17 @@
 //! The coordinator's state in SQLite: collections, jobs, attempts, workers.
 //! Every change is one transaction, so a coordinator killed at any moment
-//! restarts with every accepted collection and job intact.
+//! restarts with every accepted collection and job intact. What a worker's
+//! call does to a job is decided by [`crate::machine::next`]; this module
+//! checks who is calling, applies the step and records the attempt.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use stylefarm_proto as pb;
 
+use crate::machine::{self, Budget, Cause, Event, Refusal, State};
+
 /// Schema migrations, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE collections (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, priority INTEGER NOT NULL, created REAL NOT NULL,
     contents INTEGER NOT NULL, styles INTEGER NOT NULL, variants INTEGER NOT NULL,
@@ -38,19 +43,54 @@ CREATE TABLE workers (
 );
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO counters VALUES ('fencing_token', 0), ('seq', 0);
-"#];
+"#,
+    // Contract v2: owners, idempotent submits, failure accounting by cause,
+    // quarantine, memory-aware placement.
+    r#"
+ALTER TABLE collections ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE collections ADD COLUMN idempotency_key TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX collections_by_idempotency ON collections(owner, idempotency_key) WHERE idempotency_key != '';
+CREATE INDEX collections_by_owner ON collections(owner, seq);
+ALTER TABLE jobs ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN min_memory INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX attempts_by_token ON attempts(job_id, fencing_token);
+ALTER TABLE attempts ADD COLUMN resumed_from INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// Why a worker's call about a job was refused.
+/// The rules the database applies, from the coordinator's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub lease_seconds: f64,
+    /// Own failures before a job is given up.
+    pub max_failures: u32,
+    /// Requeues through no fault of the job before it is given up.
+    pub max_requeues: u32,
+    /// Failed attempts in a row before a worker gets no more jobs.
+    pub quarantine_after: u32,
+}
+
+/// Why a worker's call was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub enum CallError {
     #[error("no job {0}")]
     NoJob(String),
-    #[error("stale lease: job {job} is held under fencing token {current}, not {given}")]
-    Stale { job: String, current: u64, given: u64 },
+    #[error("worker {0} is not registered; register first")]
+    NotRegistered(String),
+    #[error("worker {worker} is quarantined after {strikes} failed attempts in a row; fix its device or storage and restart it")]
+    Quarantined { worker: String, strikes: u32 },
+    #[error("job {job}'s lease is held by another worker")]
+    WrongWorker { job: String },
+    #[error("stale lease: job {job} has no current lease under this fencing token{why}")]
+    Stale { job: String, why: String },
+    #[error("job {job}: {refusal}")]
+    Refused { job: String, refusal: Refusal },
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
 }
@@ -76,18 +116,58 @@ pub struct NewJob {
     pub iterations: u32,
     pub checkpoint_every: u32,
     pub snapshot_every: u32,
+    /// Estimated peak memory: only workers with at least this much (or
+    /// that did not say) lease it.
+    pub min_memory: u64,
+}
+
+/// A new collection, with who submitted it.
+pub struct NewCollection<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    /// Empty: no deduplication.
+    pub idempotency_key: &'a str,
+    pub name: &'a str,
+    pub priority: i32,
+    /// Contents × styles × variants.
+    pub shape: (u32, u32, u32),
+    pub jobs: &'a [NewJob],
+}
+
+/// A granted lease.
+pub struct Leased {
+    pub spec: pb::JobSpec,
+    pub token: u64,
+    pub attempt: u32,
+}
+
+/// A worker's call about a job, as the database needs it.
+pub struct Call<'a> {
+    pub worker: &'a str,
+    pub job: &'a str,
+    pub token: u64,
+}
+
+/// What a worker's call found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub collection: String,
+    /// The job was cancelled (heartbeats tell the worker to stop).
+    pub cancelled: bool,
+    /// The call repeated one that had already been applied: nothing changed.
+    pub repeated: bool,
 }
 
 pub struct Db {
     conn: Connection,
 }
 
-/// Job states as stored (the proto enum's numbers).
+fn state_of(v: i32) -> rusqlite::Result<State> {
+    State::from_wire(v).ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(0, v as i64))
+}
+
 const QUEUED: i32 = pb::JobState::Queued as i32;
 const RUNNING: i32 = pb::JobState::Running as i32;
-const SUCCEEDED: i32 = pb::JobState::Succeeded as i32;
-const FAILED: i32 = pb::JobState::Failed as i32;
-const CANCELLED: i32 = pb::JobState::Cancelled as i32;
 
 fn job_from_row(r: &Row) -> rusqlite::Result<pb::Job> {
     Ok(pb::Job {
@@ -113,7 +193,22 @@ fn job_from_row(r: &Row) -> rusqlite::Result<pb::Job> {
         error: r.get("error")?,
         output_key: r.get("output_key")?,
         started_from: r.get("started_from")?,
+        failures: r.get("failures")?,
+        requeues: r.get("requeues")?,
     })
+}
+
+/// The outcome an attempt's end is recorded with, per event: a repeated
+/// call is recognised by it.
+fn outcome_prefix(event: Event) -> &'static str {
+    match event {
+        Event::Complete => "succeeded",
+        Event::Fail(_) => "failed",
+        Event::Release => "released",
+        Event::Lapse => "lease lapsed",
+        Event::Heartbeat | Event::Cancel => "cancelled",
+        Event::Lease | Event::Retry => "",
+    }
 }
 
 impl Db {
@@ -139,99 +234,188 @@ impl Db {
         Ok(())
     }
 
-    fn next(tx: &rusqlite::Transaction, counter: &str) -> rusqlite::Result<u64> {
+    fn next(tx: &Transaction, counter: &str) -> rusqlite::Result<u64> {
         tx.execute("UPDATE counters SET value = value + 1 WHERE name = ?1", [counter])?;
         tx.query_row("SELECT value FROM counters WHERE name = ?1", [counter], |r| r.get(0))
     }
 
-    /// Creates a collection and all its jobs in one transaction.
-    pub fn create_collection(
-        &mut self,
-        id: &str,
-        name: &str,
-        priority: i32,
-        shape: (u32, u32, u32),
-        jobs: &[NewJob],
-    ) -> rusqlite::Result<()> {
+    /// The coordinator just started: running leases get a full lease
+    /// length from now, so time it was down costs no job anything.
+    pub fn grant_grace(&mut self, rules: &Rules) -> rusqlite::Result<usize> {
+        self.conn.execute("UPDATE jobs SET lease_deadline = MAX(lease_deadline, ?1) WHERE state = ?2", params![now() + rules.lease_seconds, RUNNING])
+    }
+
+    /// The collection an earlier submit with this idempotency key created,
+    /// and its job count.
+    pub fn submitted(&self, owner: &str, idempotency_key: &str) -> rusqlite::Result<Option<(String, u32)>> {
+        if idempotency_key.is_empty() {
+            return Ok(None);
+        }
+        self.conn
+            .query_row(
+                "SELECT c.id, (SELECT COUNT(*) FROM jobs j WHERE j.collection_id = c.id) FROM collections c WHERE owner = ?1 AND idempotency_key = ?2",
+                params![owner, idempotency_key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// Creates a collection and all its jobs in one transaction; returns
+    /// its id and job count, or those of the collection an earlier submit
+    /// with the same idempotency key created.
+    pub fn create_collection(&mut self, c: &NewCollection) -> rusqlite::Result<(String, u32)> {
+        if let Some(existing) = self.submitted(c.owner, c.idempotency_key)? {
+            return Ok(existing);
+        }
         let tx = self.conn.transaction()?;
         let seq = Self::next(&tx, "seq")?;
         tx.execute(
-            "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![id, name, priority, now(), shape.0, shape.1, shape.2, seq],
+            "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key],
         )?;
-        for j in jobs {
+        for j in c.jobs {
             let seq = Self::next(&tx, "seq")?;
             tx.execute(
                 "INSERT INTO jobs (id, collection_id, seq, content_index, style_index, variant_index, content_name, style_name,
-                   content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                   content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations, min_memory)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 params![
-                    j.id, id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
-                    j.style_keys.join(STYLE_KEY_SEPARATOR), j.params_json, j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED, j.iterations
+                    j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
+                    j.style_keys.join(STYLE_KEY_SEPARATOR), j.params_json, j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
+                    j.iterations, j.min_memory as i64
                 ],
             )?;
         }
-        tx.commit()
+        tx.commit()?;
+        Ok((c.id.to_string(), c.jobs.len() as u32))
     }
 
-    pub fn collection(&self, id: &str) -> rusqlite::Result<Option<pb::Collection>> {
+    /// A collection with every job, and its owner.
+    pub fn collection(&self, id: &str) -> rusqlite::Result<Option<(String, pb::Collection)>> {
         let c = self
             .conn
             .query_row("SELECT * FROM collections WHERE id = ?1", [id], |r| {
-                Ok(pb::Collection {
-                    collection_id: r.get("id")?,
-                    name: r.get("name")?,
-                    priority: r.get("priority")?,
-                    jobs: Vec::new(),
-                    contents: r.get("contents")?,
-                    styles: r.get("styles")?,
-                    variants: r.get("variants")?,
-                    created_unix: r.get("created")?,
-                })
+                Ok((
+                    r.get::<_, String>("owner")?,
+                    pb::Collection {
+                        collection_id: r.get("id")?,
+                        name: r.get("name")?,
+                        priority: r.get("priority")?,
+                        jobs: Vec::new(),
+                        contents: r.get("contents")?,
+                        styles: r.get("styles")?,
+                        variants: r.get("variants")?,
+                        created_unix: r.get("created")?,
+                    },
+                ))
             })
             .optional()?;
-        let Some(mut c) = c else { return Ok(None) };
-        let mut stmt = self.conn.prepare("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq")?;
+        let Some((owner, mut c)) = c else { return Ok(None) };
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq")?;
         c.jobs = stmt.query_map([id], job_from_row)?.collect::<rusqlite::Result<_>>()?;
-        Ok(Some(c))
+        Ok(Some((owner, c)))
     }
 
-    pub fn collection_ids(&self) -> rusqlite::Result<Vec<String>> {
-        let mut stmt = self.conn.prepare("SELECT id FROM collections ORDER BY seq")?;
-        let ids = stmt.query_map([], |r| r.get(0))?.collect();
+    /// Ids of the collections `owner` submitted (every one: `None`), oldest first.
+    pub fn collection_ids(&self, owner: Option<&str>) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM collections WHERE ?1 IS NULL OR owner = ?1 ORDER BY seq")?;
+        let ids = stmt.query_map([owner], |r| r.get(0))?.collect();
         ids
     }
 
-    /// Output keys of a collection, to check what Fetch may read.
-    pub fn collection_of_key(&self, collection: &str, key: &str) -> rusqlite::Result<bool> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM jobs WHERE collection_id = ?1 AND output_key = ?2 AND output_key != ''",
-            params![collection, key],
-            |r| r.get(0),
-        )?;
-        Ok(n > 0)
+    /// One job, its attempts and its collection's owner.
+    pub fn job(&self, id: &str) -> rusqlite::Result<Option<(String, pb::JobDetail)>> {
+        let job = self
+            .conn
+            .query_row("SELECT j.*, c.owner AS owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1", [id], |r| {
+                Ok((r.get::<_, String>("owner")?, job_from_row(r)?))
+            })
+            .optional()?;
+        let Some((owner, job)) = job else { return Ok(None) };
+        let mut stmt = self.conn.prepare("SELECT attempt, worker, started, ended, outcome, resumed_from FROM attempts WHERE job_id = ?1 ORDER BY attempt")?;
+        let attempts = stmt
+            .query_map([id], |r| {
+                Ok(pb::Attempt {
+                    attempt: r.get(0)?,
+                    worker: r.get(1)?,
+                    started_unix: r.get(2)?,
+                    ended_unix: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                    outcome: r.get::<_, Option<String>>(4)?.unwrap_or_else(|| "running".into()),
+                    resumed_from: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts })))
     }
 
     pub fn register_worker(&mut self, id: &str, r: &pb::RegisterRequest) -> rusqlite::Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            "INSERT INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             params![id, r.name, r.device, r.device_name, r.memory_bytes as i64, now()],
         )?;
         Ok(())
     }
 
-    /// Leases the oldest queued job of the highest-priority collection.
-    pub fn lease(&mut self, worker: &str, lease_seconds: f64) -> rusqlite::Result<Option<(pb::JobSpec, u64, u32, String)>> {
+    /// Every worker that registered, newest first, with the job it holds.
+    pub fn workers(&self) -> rusqlite::Result<Vec<pb::WorkerInfo>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT w.id, w.name, w.device, w.device_name, w.memory_bytes, w.last_seen, w.strikes, w.quarantined,
+                    (SELECT j.id FROM jobs j WHERE j.worker = w.id AND j.state = ?1 LIMIT 1)
+             FROM workers w ORDER BY w.registered DESC",
+        )?;
+        let workers = stmt
+            .query_map([RUNNING], |r| {
+                Ok(pb::WorkerInfo {
+                    worker_id: r.get(0)?,
+                    name: r.get(1)?,
+                    device: r.get(2)?,
+                    device_name: r.get(3)?,
+                    memory_bytes: r.get::<_, i64>(4)? as u64,
+                    last_seen_unix: r.get(5)?,
+                    strikes: r.get(6)?,
+                    quarantined: r.get(7)?,
+                    current_job: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                })
+            })?
+            .collect();
+        workers
+    }
+
+    /// The most memory a worker seen within `since` seconds offers (None:
+    /// no worker said).
+    pub fn largest_device(&self, since: f64) -> rusqlite::Result<Option<u64>> {
+        let m: Option<i64> = self.conn.query_row(
+            "SELECT MAX(memory_bytes) FROM workers WHERE quarantined = 0 AND last_seen >= ?1 AND memory_bytes > 0",
+            [now() - since],
+            |r| r.get(0),
+        )?;
+        Ok(m.map(|m| m as u64))
+    }
+
+    /// Leases the oldest queued job of the highest-priority collection
+    /// that fits the worker's memory, under a fresh fencing token: a
+    /// counter in the high half (so tokens only grow) and 32 random bits
+    /// in the low half (so none can be guessed).
+    pub fn lease(&mut self, worker: &str, rules: &Rules) -> Result<Option<Leased>, CallError> {
         let tx = self.conn.transaction()?;
         let t = now();
+        let w: Option<(i64, bool, u32)> = tx
+            .query_row("SELECT memory_bytes, quarantined, strikes FROM workers WHERE id = ?1", [worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let (memory, quarantined, strikes) = w.ok_or_else(|| CallError::NotRegistered(worker.to_string()))?;
+        if quarantined {
+            return Err(CallError::Quarantined { worker: worker.to_string(), strikes });
+        }
+        tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, worker])?;
         let row = tx
             .query_row(
                 "SELECT j.id, j.collection_id, j.content_key, j.style_key, j.params_json, j.width, j.height,
-                        j.checkpoint_every, j.snapshot_every, j.resume_key, j.resume_iteration, j.attempts
+                        j.checkpoint_every, j.snapshot_every, j.resume_key, j.resume_iteration, j.attempts, j.state, j.failures, j.requeues
                  FROM jobs j JOIN collections c ON c.id = j.collection_id
-                 WHERE j.state = ?1 AND j.not_before <= ?2
+                 WHERE j.state = ?1 AND j.not_before <= ?2 AND (?3 = 0 OR j.min_memory <= ?3)
                  ORDER BY c.priority DESC, c.seq ASC, j.seq ASC LIMIT 1",
-                params![QUEUED, t],
+                params![QUEUED, t, memory],
                 |r| {
                     Ok((
                         pb::JobSpec {
@@ -249,168 +433,288 @@ impl Db {
                         },
                         r.get::<_, u32>(10)?,
                         r.get::<_, u32>(11)?,
+                        state_of(r.get(12)?)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((mut spec, resume_iteration, attempts)) = row else { return Ok(None) };
-        let token = Self::next(&tx, "fencing_token")?;
+        let Some((mut spec, resume_iteration, attempts, state)) = row else {
+            tx.commit()?;
+            return Ok(None);
+        };
+        let budget = Budget { failures: 0, max_failures: rules.max_failures, requeues: 0, max_requeues: rules.max_requeues };
+        let step = machine::next(state, Event::Lease, budget).map_err(|refusal| CallError::Refused { job: spec.job_id.clone(), refusal })?;
+        let token = (Self::next(&tx, "fencing_token")? << 32) | rand::random::<u32>() as u64;
         let attempt = attempts + 1;
-        spec.prefix = format!("collections/{}/jobs/{}", spec.collection_id, spec.job_id);
+        spec.prefix = crate::paths::attempt(&spec.collection_id, &spec.job_id, attempt);
         tx.execute(
             "UPDATE jobs SET state = ?1, attempts = ?2, worker = ?3, fencing_token = ?4, lease_deadline = ?5, started_from = ?6, error = ''
              WHERE id = ?7",
-            params![RUNNING, attempt, worker, token as i64, t + lease_seconds, resume_iteration, spec.job_id],
+            params![step.to.to_wire() as i32, attempt, worker, token as i64, t + rules.lease_seconds, resume_iteration, spec.job_id],
         )?;
         tx.execute(
-            "INSERT INTO attempts (job_id, attempt, worker, fencing_token, started) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![spec.job_id, attempt, worker, token as i64, t],
+            "INSERT INTO attempts (job_id, attempt, worker, fencing_token, started, resumed_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![spec.job_id, attempt, worker, token as i64, t, resume_iteration],
         )?;
-        tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, worker])?;
-        let collection = spec.collection_id.clone();
         tx.commit()?;
-        Ok(Some((spec, token, attempt, collection)))
+        Ok(Some(Leased { spec, token, attempt }))
     }
 
-    /// The job's state and current token, checked against `token`.
-    fn check(tx: &rusqlite::Transaction, job: &str, token: u64) -> Result<(i32, String), LeaseError> {
-        let row: Option<(i32, i64, String)> = tx
-            .query_row("SELECT state, fencing_token, collection_id FROM jobs WHERE id = ?1", [job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    /// The attempt folder of the lease `call` quotes, if it is that
+    /// worker's: where its files are.
+    pub fn attempt_folder(&self, call: &Call) -> Result<String, CallError> {
+        let row: Option<(String, u32, String)> = self
+            .conn
+            .query_row(
+                "SELECT j.collection_id, a.attempt, a.worker FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id = ?1 AND a.fencing_token = ?2",
+                params![call.job, call.token as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
-        let (state, current, collection) = row.ok_or_else(|| LeaseError::NoJob(job.to_string()))?;
-        if current as u64 != token || (state != RUNNING && state != CANCELLED) {
-            return Err(LeaseError::Stale { job: job.to_string(), current: current as u64, given: token });
+        match row {
+            None => Err(self.unknown(call)?),
+            Some((_, _, w)) if w != call.worker => Err(CallError::WrongWorker { job: call.job.to_string() }),
+            Some((collection, attempt, _)) => Ok(crate::paths::attempt(&collection, call.job, attempt)),
         }
-        Ok((state, collection))
     }
 
-    fn end_attempt(tx: &rusqlite::Transaction, job: &str, token: u64, outcome: &str) -> rusqlite::Result<()> {
-        tx.execute(
-            "UPDATE attempts SET ended = ?1, outcome = ?2 WHERE job_id = ?3 AND fencing_token = ?4",
-            params![now(), outcome, job, token as i64],
-        )?;
+    /// Why a call's (job, token) has no attempt: no such job, or a token
+    /// that was never this job's.
+    fn unknown(&self, call: &Call) -> rusqlite::Result<CallError> {
+        let exists: Option<i64> = self.conn.query_row("SELECT 1 FROM jobs WHERE id = ?1", [call.job], |r| r.get(0)).optional()?;
+        Ok(match exists {
+            None => CallError::NoJob(call.job.to_string()),
+            Some(_) => CallError::Stale { job: call.job.to_string(), why: String::new() },
+        })
+    }
+
+    /// Applies a worker's event to the job its lease names, after checking
+    /// that the lease is this worker's and current. A call that repeats one
+    /// already applied under the same token (a retry after a lost reply)
+    /// is answered as before and changes nothing. `apply` does the event's
+    /// own writes (progress, checkpoint, output) when the step is taken.
+    fn worker_event(
+        &mut self,
+        call: &Call,
+        event: Event,
+        rules: &Rules,
+        outcome: &str,
+        apply: impl FnOnce(&Transaction, State) -> rusqlite::Result<()>,
+    ) -> Result<Answer, CallError> {
+        let tx = self.conn.transaction()?;
+        let job: Option<(i32, i64, String, u32, u32)> = tx
+            .query_row("SELECT state, fencing_token, collection_id, failures, requeues FROM jobs WHERE id = ?1", [call.job], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        let (state, current, collection, failures, requeues) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
+        let state = state_of(state)?;
+        let attempt: Option<(String, Option<String>)> = tx
+            .query_row("SELECT worker, outcome FROM attempts WHERE job_id = ?1 AND fencing_token = ?2", params![call.job, call.token as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((holder, ended)) = attempt else {
+            return Err(CallError::Stale { job: call.job.to_string(), why: String::new() });
+        };
+        if holder != call.worker {
+            return Err(CallError::WrongWorker { job: call.job.to_string() });
+        }
+        let cancelled = state == State::Cancelled;
+        if let Some(ended) = ended {
+            // This attempt is over. The same call again is answered as the
+            // first time; anything else is too late.
+            let same = !outcome_prefix(event).is_empty() && ended.starts_with(outcome_prefix(event));
+            if same || (cancelled && event == Event::Heartbeat) {
+                return Ok(Answer { collection, cancelled, repeated: true });
+            }
+            return Err(CallError::Stale { job: call.job.to_string(), why: format!(" (that attempt ended: {ended})") });
+        }
+        if current as u64 != call.token {
+            return Err(CallError::Stale { job: call.job.to_string(), why: String::new() });
+        }
+        let budget = Budget { failures, max_failures: rules.max_failures, requeues, max_requeues: rules.max_requeues };
+        let step = machine::next(state, event, budget).map_err(|refusal| CallError::Refused { job: call.job.to_string(), refusal })?;
+        let t = now();
+        if step.to != state || step.spend_failure || step.spend_requeue {
+            let not_before = if step.backoff { t + backoff(failures + 1) } else { 0.0 };
+            tx.execute(
+                "UPDATE jobs SET state = ?1, failures = failures + ?2, requeues = requeues + ?3, not_before = ?4 WHERE id = ?5",
+                params![step.to.to_wire() as i32, step.spend_failure as i32, step.spend_requeue as i32, not_before, call.job],
+            )?;
+        }
+        apply(&tx, step.to)?;
+        let ends_attempt = event != Event::Heartbeat || cancelled;
+        if ends_attempt {
+            let outcome = if cancelled { "cancelled" } else { outcome };
+            tx.execute(
+                "UPDATE attempts SET ended = ?1, outcome = ?2 WHERE job_id = ?3 AND fencing_token = ?4",
+                params![t, outcome, call.job, call.token as i64],
+            )?;
+        }
+        tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, call.worker])?;
+        Self::strike(&tx, call.worker, event, rules)?;
+        tx.commit()?;
+        Ok(Answer { collection, cancelled, repeated: false })
+    }
+
+    /// A worker's record: attempts in a row lost to the worker itself (its
+    /// storage, its device, its lease lapsing) count against it; a success
+    /// clears them. A job's own errors do not: its budget pays for those.
+    fn strike(tx: &Transaction, worker: &str, event: Event, rules: &Rules) -> rusqlite::Result<()> {
+        match event {
+            Event::Complete => {
+                tx.execute("UPDATE workers SET strikes = 0 WHERE id = ?1", [worker])?;
+            }
+            Event::Fail(Cause::NotTheJob) | Event::Lapse => {
+                tx.execute(
+                    "UPDATE workers SET strikes = strikes + 1, quarantined = (strikes + 1 >= ?2) WHERE id = ?1",
+                    params![worker, rules.quarantine_after],
+                )?;
+            }
+            _ => {}
+        }
         Ok(())
     }
 
-    /// Extends the lease, records progress and a checkpoint. Returns whether
-    /// the job was cancelled, and its collection.
-    pub fn heartbeat(&mut self, r: &pb::HeartbeatRequest, lease_seconds: f64) -> Result<(bool, String), LeaseError> {
-        let tx = self.conn.transaction()?;
-        let (state, collection) = Self::check(&tx, &r.job_id, r.fencing_token)?;
-        if state == CANCELLED {
-            Self::end_attempt(&tx, &r.job_id, r.fencing_token, "cancelled")?;
-            tx.commit()?;
-            return Ok((true, collection));
-        }
+    /// Extends the lease, records progress and (given its full key) a
+    /// checkpoint.
+    pub fn heartbeat(&mut self, call: &Call, r: &pb::HeartbeatRequest, checkpoint_key: Option<&str>, rules: &Rules) -> Result<Answer, CallError> {
         let p = r.progress.clone().unwrap_or_default();
-        tx.execute(
-            "UPDATE jobs SET lease_deadline = ?1, iteration = ?2, content = ?3, style = ?4, tv = ?5, total = ?6, eta = ?7 WHERE id = ?8",
-            params![now() + lease_seconds, p.iteration, p.content, p.style, p.tv, p.total, p.eta_seconds, r.job_id],
-        )?;
-        if !r.checkpoint_key.is_empty() {
+        let deadline = now() + rules.lease_seconds;
+        self.worker_event(call, Event::Heartbeat, rules, "cancelled", |tx, to| {
+            if to != State::Running {
+                return Ok(());
+            }
             tx.execute(
-                "UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3",
-                params![r.checkpoint_key, r.checkpoint_iteration, r.job_id],
+                "UPDATE jobs SET lease_deadline = ?1, iteration = ?2, content = ?3, style = ?4, tv = ?5, total = ?6, eta = ?7 WHERE id = ?8",
+                params![deadline, p.iteration, p.content, p.style, p.tv, p.total, p.eta_seconds, call.job],
             )?;
-        }
-        tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![now(), r.worker_id])?;
-        tx.commit()?;
-        Ok((false, collection))
+            if r.resumed_from > 0 {
+                tx.execute("UPDATE jobs SET started_from = ?1 WHERE id = ?2", params![r.resumed_from, call.job])?;
+                tx.execute(
+                    "UPDATE attempts SET resumed_from = ?1 WHERE job_id = ?2 AND fencing_token = ?3",
+                    params![r.resumed_from, call.job, call.token as i64],
+                )?;
+            }
+            if let Some(key) = checkpoint_key {
+                tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", params![key, r.checkpoint_iteration, call.job])?;
+            }
+            Ok(())
+        })
     }
 
-    pub fn complete(&mut self, r: &pb::CompleteRequest) -> Result<String, LeaseError> {
-        let tx = self.conn.transaction()?;
-        let (state, collection) = Self::check(&tx, &r.job_id, r.fencing_token)?;
-        if state == CANCELLED {
-            return Err(LeaseError::Stale { job: r.job_id.clone(), current: 0, given: r.fencing_token });
-        }
-        let p = r.progress.clone().unwrap_or_default();
-        tx.execute(
-            "UPDATE jobs SET state = ?1, output_key = ?2, iteration = ?3, content = ?4, style = ?5, tv = ?6, total = ?7, eta = 0 WHERE id = ?8",
-            params![SUCCEEDED, r.output_key, p.iteration, p.content, p.style, p.tv, p.total, r.job_id],
-        )?;
-        Self::end_attempt(&tx, &r.job_id, r.fencing_token, "succeeded")?;
-        tx.commit()?;
-        Ok(collection)
-    }
-
-    /// Records a failure: bad input ends the job; other kinds retry with
-    /// backoff until `max_failures`.
-    pub fn fail(&mut self, r: &pb::FailRequest, max_failures: u32) -> Result<String, LeaseError> {
-        let tx = self.conn.transaction()?;
-        let (_, collection) = Self::check(&tx, &r.job_id, r.fencing_token)?;
-        let failures: u32 = tx.query_row("SELECT failures FROM jobs WHERE id = ?1", [&r.job_id], |row| row.get(0))?;
-        let failures = failures + 1;
-        let bad_input = r.kind == pb::FailureKind::BadInput as i32;
-        let (state, not_before) = if bad_input || failures >= max_failures { (FAILED, 0.0) } else { (QUEUED, now() + backoff(failures)) };
-        tx.execute(
-            "UPDATE jobs SET state = ?1, failures = ?2, not_before = ?3, error = ?4, worker = '' WHERE id = ?5",
-            params![state, failures, not_before, r.message, r.job_id],
-        )?;
-        Self::end_attempt(&tx, &r.job_id, r.fencing_token, &format!("failed: {}", r.message))?;
-        tx.commit()?;
-        Ok(collection)
-    }
-
-    /// Gives the job back now (pre-emption), resumable from `checkpoint_key`.
-    pub fn release(&mut self, r: &pb::ReleaseRequest) -> Result<String, LeaseError> {
-        let tx = self.conn.transaction()?;
-        let (_, collection) = Self::check(&tx, &r.job_id, r.fencing_token)?;
-        if !r.checkpoint_key.is_empty() {
+    /// Marks the job done, its output at `output_key` (checked to exist by
+    /// the caller).
+    pub fn complete(&mut self, call: &Call, output_key: &str, p: &pb::Progress, rules: &Rules) -> Result<Answer, CallError> {
+        self.worker_event(call, Event::Complete, rules, "succeeded", |tx, _| {
             tx.execute(
-                "UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3",
-                params![r.checkpoint_key, r.checkpoint_iteration, r.job_id],
+                "UPDATE jobs SET output_key = ?1, iteration = ?2, content = ?3, style = ?4, tv = ?5, total = ?6, eta = 0, error = '' WHERE id = ?7",
+                params![output_key, p.iteration, p.content, p.style, p.tv, p.total, call.job],
             )?;
-        }
-        tx.execute("UPDATE jobs SET state = ?1, worker = '', not_before = 0 WHERE id = ?2 AND state = ?3", params![QUEUED, r.job_id, RUNNING])?;
-        Self::end_attempt(&tx, &r.job_id, r.fencing_token, "released")?;
-        tx.commit()?;
-        Ok(collection)
+            Ok(())
+        })
     }
 
-    /// Requeues every job whose lease lapsed (its attempt counts as a
-    /// failure); returns the collections touched.
-    pub fn expire_leases(&mut self, max_failures: u32) -> rusqlite::Result<Vec<String>> {
-        let tx = self.conn.transaction()?;
-        let t = now();
-        let lapsed: Vec<(String, String, i64, u32)> = {
-            let mut stmt = tx.prepare("SELECT id, collection_id, fencing_token, failures FROM jobs WHERE state = ?1 AND lease_deadline < ?2")?;
-            let rows = stmt.query_map(params![RUNNING, t], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    /// Records a failed attempt, charged by cause. An out-of-memory failure
+    /// also raises the memory the job asks of its next worker above this
+    /// one's.
+    pub fn fail(&mut self, call: &Call, kind: pb::FailureKind, message: &str, rules: &Rules) -> Result<Answer, CallError> {
+        let cause = match kind {
+            pb::FailureKind::BadInput => Cause::BadInput,
+            pb::FailureKind::Worker => Cause::NotTheJob,
+            pb::FailureKind::OutOfMemory | pb::FailureKind::Internal | pb::FailureKind::Unspecified => Cause::Job,
+        };
+        let outcome = format!("failed ({}): {message}", kind.as_str_name());
+        self.worker_event(call, Event::Fail(cause), rules, &outcome, |tx, to| {
+            if to == State::Cancelled {
+                return Ok(());
+            }
+            let error = if to == State::Failed {
+                match cause {
+                    Cause::BadInput => message.to_string(),
+                    Cause::Job => format!("{message} (failed {} times; given up)", rules.max_failures),
+                    Cause::NotTheJob => format!("{message} (lost {} times; given up)", rules.max_requeues + 1),
+                }
+            } else {
+                message.to_string()
+            };
+            tx.execute("UPDATE jobs SET error = ?1 WHERE id = ?2", params![error, call.job])?;
+            if kind == pb::FailureKind::OutOfMemory {
+                tx.execute(
+                    "UPDATE jobs SET min_memory = MAX(min_memory, (SELECT memory_bytes + 1 FROM workers WHERE id = ?1 AND memory_bytes > 0)) WHERE id = ?2",
+                    params![call.worker, call.job],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives the job back now (pre-emption), resumable from the checkpoint
+    /// at `checkpoint_key`.
+    pub fn release(&mut self, call: &Call, checkpoint: Option<(&str, u32)>, rules: &Rules) -> Result<Answer, CallError> {
+        self.worker_event(call, Event::Release, rules, "released", |tx, to| {
+            if let (Some((key, iteration)), State::Queued) = (checkpoint, to) {
+                tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", params![key, iteration, call.job])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Requeues every job whose lease lapsed, without spending its failure
+    /// budget (up to `max_requeues`); returns the collections touched.
+    pub fn expire_leases(&mut self, rules: &Rules) -> rusqlite::Result<Vec<String>> {
+        let lapsed: Vec<(String, String, i64)> = {
+            let mut stmt = self.conn.prepare("SELECT id, worker, fencing_token FROM jobs WHERE state = ?1 AND lease_deadline < ?2")?;
+            let rows = stmt.query_map(params![RUNNING, now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let mut touched = Vec::new();
-        for (job, collection, token, failures) in lapsed {
-            let failures = failures + 1;
-            let state = if failures >= max_failures { FAILED } else { QUEUED };
-            tx.execute(
-                "UPDATE jobs SET state = ?1, failures = ?2, worker = '', error = ?3 WHERE id = ?4",
-                params![state, failures, format!("lease lapsed ({failures} of {max_failures} failures allowed)"), job],
-            )?;
-            Self::end_attempt(&tx, &job, token as u64, "lease lapsed")?;
-            touched.push(collection);
+        for (job, worker, token) in lapsed {
+            let call = Call { worker: &worker, job: &job, token: token as u64 };
+            let message = "its worker stopped heartbeating (lease lapsed)";
+            match self.worker_event(&call, Event::Lapse, rules, "lease lapsed", |tx, _| {
+                tx.execute("UPDATE jobs SET error = ?1 WHERE id = ?2", params![message, job])?;
+                Ok(())
+            }) {
+                Ok(a) => touched.push(a.collection),
+                Err(CallError::Db(e)) => return Err(e),
+                Err(e) => tracing::warn!(job, "lapse not applied: {e}"),
+            }
         }
-        tx.commit()?;
         Ok(touched)
     }
 
     /// `(state name, jobs)` for every state, and the jobs ready to lease now.
     pub fn counts(&self) -> rusqlite::Result<(Vec<(&'static str, i64)>, i64)> {
         let mut by_state = Vec::new();
-        for (state, name) in [(QUEUED, "queued"), (RUNNING, "running"), (SUCCEEDED, "succeeded"), (FAILED, "failed"), (CANCELLED, "cancelled")] {
-            let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state], |r| r.get(0))?;
+        for (state, name) in [(State::Queued, "queued"), (State::Running, "running"), (State::Succeeded, "succeeded"), (State::Failed, "failed"), (State::Cancelled, "cancelled")] {
+            let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state.to_wire() as i32], |r| r.get(0))?;
             by_state.push((name, n));
         }
         let ready: i64 = self.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1 AND not_before <= ?2", params![QUEUED, now()], |r| r.get(0))?;
         Ok((by_state, ready))
     }
 
-    /// Cancels every job of a collection that has not ended.
-    pub fn cancel(&mut self, collection: &str) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "UPDATE jobs SET state = ?1, error = 'cancelled' WHERE collection_id = ?2 AND state IN (?3, ?4)",
-            params![CANCELLED, collection, QUEUED, RUNNING],
-        )?;
-        Ok(())
+    /// Cancels every job of a collection that the state machine lets go
+    /// (queued and running ones; ended ones keep their state).
+    pub fn cancel(&mut self, collection: &str) -> rusqlite::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let ids: Vec<(String, i32)> = {
+            let mut stmt = tx.prepare("SELECT id, state FROM jobs WHERE collection_id = ?1")?;
+            let rows = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
+        let mut n = 0;
+        for (id, state) in ids {
+            if let Ok(step) = machine::next(state_of(state)?, Event::Cancel, budget) {
+                tx.execute("UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2", params![step.to.to_wire() as i32, id])?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
     }
 }
 
@@ -422,6 +726,8 @@ pub fn backoff(failures: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
 
     fn job(id: &str) -> NewJob {
         NewJob {
@@ -439,7 +745,27 @@ mod tests {
             iterations: 10,
             checkpoint_every: 5,
             snapshot_every: 0,
+            min_memory: 0,
         }
+    }
+
+    fn create(db: &mut Db, id: &str, priority: i32, jobs: &[NewJob]) {
+        let c = NewCollection { id, owner: "", idempotency_key: "", name: id, priority, shape: (jobs.len() as u32, 1, 1), jobs };
+        db.create_collection(&c).unwrap();
+    }
+
+    fn worker(db: &mut Db, id: &str, memory: u64) {
+        db.register_worker(id, &pb::RegisterRequest { name: id.into(), device: "cpu".into(), memory_bytes: memory, ..Default::default() }).unwrap();
+    }
+
+    fn state(db: &Db, collection: &str, job: &str) -> pb::Job {
+        db.collection(collection).unwrap().unwrap().1.jobs.into_iter().find(|j| j.job_id == job).unwrap()
+    }
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("farm.db")).unwrap();
+        (dir, db)
     }
 
     #[test]
@@ -448,50 +774,124 @@ mod tests {
         let path = dir.path().join("farm.db");
         {
             let mut db = Db::open(&path).unwrap();
-            db.create_collection("c1", "test", 0, (1, 1, 1), &[job("j1")]).unwrap();
+            create(&mut db, "c1", 0, &[job("j1")]);
         }
         let mut db = Db::open(&path).unwrap();
-        assert_eq!(db.collection("c1").unwrap().unwrap().jobs.len(), 1, "nothing lost across a reopen");
-        let (spec, t1, attempt, _) = db.lease("w1", 0.0).unwrap().unwrap();
-        assert_eq!((spec.job_id.as_str(), attempt), ("j1", 1));
-        // The lease lapses at once (0 s); the job goes back and a second worker takes it.
-        db.expire_leases(3).unwrap();
-        let (_, t2, attempt, _) = db.lease("w2", 60.0).unwrap().unwrap();
-        assert!(t2 > t1 && attempt == 2);
-        let stale = pb::CompleteRequest { worker_id: "w1".into(), job_id: "j1".into(), fencing_token: t1, output_key: "x".into(), progress: None };
-        assert!(matches!(db.complete(&stale), Err(LeaseError::Stale { .. })));
-        let hb = pb::HeartbeatRequest { worker_id: "w1".into(), job_id: "j1".into(), fencing_token: t1, ..Default::default() };
-        assert!(matches!(db.heartbeat(&hb, 60.0), Err(LeaseError::Stale { .. })));
-        let good = pb::CompleteRequest { fencing_token: t2, worker_id: "w2".into(), ..stale };
-        db.complete(&good).unwrap();
-        assert_eq!(db.collection("c1").unwrap().unwrap().jobs[0].state, SUCCEEDED);
+        assert_eq!(db.collection("c1").unwrap().unwrap().1.jobs.len(), 1, "nothing lost across a reopen");
+        worker(&mut db, "w1", 0);
+        worker(&mut db, "w2", 0);
+        let lapsing = Rules { lease_seconds: -1.0, ..RULES };
+        let first = db.lease("w1", &lapsing).unwrap().unwrap();
+        assert_eq!((first.spec.job_id.as_str(), first.attempt), ("j1", 1));
+        db.expire_leases(&RULES).unwrap();
+        let j = state(&db, "c1", "j1");
+        assert_eq!((j.state, j.failures, j.requeues), (QUEUED, 0, 1), "a lapse is requeued without spending the failure budget");
+        let second = db.lease("w2", &RULES).unwrap().unwrap();
+        assert!(second.token > first.token && second.attempt == 2);
+        let stale = Call { worker: "w1", job: "j1", token: first.token };
+        assert!(matches!(db.complete(&stale, "k", &Default::default(), &RULES), Err(CallError::Stale { .. })));
+        let hb = pb::HeartbeatRequest::default();
+        assert!(matches!(db.heartbeat(&stale, &hb, None, &RULES), Err(CallError::Stale { .. })));
+        let thief = Call { worker: "w1", job: "j1", token: second.token };
+        assert!(matches!(db.complete(&thief, "k", &Default::default(), &RULES), Err(CallError::WrongWorker { .. })), "another worker's lease");
+        let good = Call { worker: "w2", job: "j1", token: second.token };
+        assert!(!db.complete(&good, "k", &Default::default(), &RULES).unwrap().repeated);
+        assert!(db.complete(&good, "k", &Default::default(), &RULES).unwrap().repeated, "a retried completion is answered OK");
+        assert_eq!(state(&db, "c1", "j1").state, pb::JobState::Succeeded as i32);
+        assert!(matches!(db.fail(&good, pb::FailureKind::Internal, "x", &RULES), Err(CallError::Stale { .. })), "a success is final");
     }
 
     #[test]
-    fn bad_input_is_not_retried_and_other_failures_are_capped() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("farm.db")).unwrap();
-        db.create_collection("c", "t", 0, (2, 1, 1), &[job("a"), job("b")]).unwrap();
-        let (spec, t, _, _) = db.lease("w", 60.0).unwrap().unwrap();
-        let fail = |kind: pb::FailureKind, token| pb::FailRequest { worker_id: "w".into(), job_id: spec.job_id.clone(), fencing_token: token, kind: kind as i32, message: "x".into() };
-        db.fail(&fail(pb::FailureKind::BadInput, t), 3).unwrap();
-        let jobs = db.collection("c").unwrap().unwrap().jobs;
-        assert_eq!(jobs.iter().find(|j| j.job_id == spec.job_id).unwrap().state, FAILED);
-        let (spec, t, _, _) = db.lease("w", 60.0).unwrap().unwrap();
-        let fail = |token| pb::FailRequest { worker_id: "w".into(), job_id: spec.job_id.clone(), fencing_token: token, kind: pb::FailureKind::Internal as i32, message: "boom".into() };
-        db.fail(&fail(t), 2).unwrap();
-        let j = db.collection("c").unwrap().unwrap().jobs.into_iter().find(|j| j.job_id == spec.job_id).unwrap();
-        assert_eq!(j.state, QUEUED, "retried after an internal failure");
-        assert!(db.lease("w", 60.0).unwrap().is_none(), "not before its backoff");
+    fn only_registered_unquarantined_workers_lease_and_tokens_are_not_a_sequence() {
+        let (_d, mut db) = open();
+        create(&mut db, "c", 0, &[job("a"), job("b"), job("c"), job("d")]);
+        assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
+        worker(&mut db, "w", 0);
+        let t1 = db.lease("w", &RULES).unwrap().unwrap().token;
+        let t2 = db.lease("w", &RULES).unwrap().unwrap().token;
+        assert!(t2 > t1 && t2 - t1 != 1 && (t2 & 0xffff_ffff) != ((t1 + 1) & 0xffff_ffff), "{t1} then {t2}");
+        for (job, token) in [("a", t1), ("b", t2)] {
+            db.fail(&Call { worker: "w", job, token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+        }
+        let t3 = db.lease("w", &RULES).unwrap().unwrap();
+        db.fail(&Call { worker: "w", job: &t3.spec.job_id, token: t3.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+        assert!(matches!(db.lease("w", &RULES), Err(CallError::Quarantined { strikes: 3, .. })));
+        let listed = db.workers().unwrap();
+        assert!(listed[0].quarantined && listed[0].strikes == 3);
+        for id in ["a", "b"] {
+            let j = state(&db, "c", id);
+            assert_eq!((j.state, j.failures), (QUEUED, 0), "the worker's fault costs the job nothing");
+            assert!(j.requeues >= 1);
+        }
+    }
+
+    #[test]
+    fn bad_input_is_not_retried_other_failures_are_capped_and_cancel_is_final() {
+        let (_d, mut db) = open();
+        create(&mut db, "c", 0, &[job("a"), job("b")]);
+        worker(&mut db, "w", 0);
+        let l = db.lease("w", &RULES).unwrap().unwrap();
+        db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::BadInput, "not an image", &RULES).unwrap();
+        assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Failed as i32);
+        let l = db.lease("w", &RULES).unwrap().unwrap();
+        let two = Rules { max_failures: 2, ..RULES };
+        db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Internal, "boom", &two).unwrap();
+        assert_eq!(state(&db, "c", &l.spec.job_id).state, QUEUED, "retried after an internal failure");
+        assert!(db.lease("w", &RULES).unwrap().is_none(), "not before its backoff");
+        // Cancel while running: the worker's later Fail leaves it cancelled.
+        db.conn.execute("UPDATE jobs SET not_before = 0", []).unwrap();
+        let l = db.lease("w", &RULES).unwrap().unwrap();
+        db.cancel("c").unwrap();
+        let call = Call { worker: "w", job: &l.spec.job_id, token: l.token };
+        db.fail(&call, pb::FailureKind::Internal, "interrupted", &RULES).unwrap();
+        assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Cancelled as i32, "a fail after cancel does not requeue");
+        assert!(db.lease("w", &RULES).unwrap().is_none());
+    }
+
+    #[test]
+    fn out_of_memory_moves_the_job_to_a_larger_device() {
+        let (_d, mut db) = open();
+        create(&mut db, "c", 0, &[job("a")]);
+        worker(&mut db, "small", 1 << 30);
+        worker(&mut db, "large", 8 << 30);
+        let l = db.lease("small", &RULES).unwrap().unwrap();
+        db.fail(&Call { worker: "small", job: "a", token: l.token }, pb::FailureKind::OutOfMemory, "CUDA_ERROR_OUT_OF_MEMORY", &RULES).unwrap();
+        db.conn.execute("UPDATE jobs SET not_before = 0", []).unwrap();
+        assert!(db.lease("small", &RULES).unwrap().is_none(), "not again on a device that ran out");
+        assert_eq!(db.lease("large", &RULES).unwrap().unwrap().spec.job_id, "a");
+    }
+
+    #[test]
+    fn a_retried_submit_returns_the_first_collection() {
+        let (_d, mut db) = open();
+        let jobs = [job("a")];
+        let c = |id| NewCollection { id, owner: "u1", idempotency_key: "k1", name: "n", priority: 0, shape: (1, 1, 1), jobs: &jobs };
+        assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
+        assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
+        assert_eq!(db.collection_ids(None).unwrap().len(), 1);
+        let other = NewCollection { id: "third", owner: "u2", idempotency_key: "k1", name: "n", priority: 0, shape: (1, 1, 1), jobs: &[job("b")] };
+        assert_eq!(db.create_collection(&other).unwrap().0, "third", "keys are per user");
+        assert_eq!(db.collection_ids(Some("u1")).unwrap(), ["first"]);
     }
 
     #[test]
     fn priority_first_then_fifo() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("farm.db")).unwrap();
-        db.create_collection("low", "l", 0, (1, 1, 1), &[job("l1")]).unwrap();
-        db.create_collection("high", "h", 5, (2, 1, 1), &[job("h1"), job("h2")]).unwrap();
-        let order: Vec<String> = (0..3).map(|_| db.lease("w", 60.0).unwrap().unwrap().0.job_id).collect();
+        let (_d, mut db) = open();
+        create(&mut db, "low", 0, &[job("l1")]);
+        create(&mut db, "high", 5, &[job("h1"), job("h2")]);
+        worker(&mut db, "w", 0);
+        let order: Vec<String> = (0..3).map(|_| db.lease("w", &RULES).unwrap().unwrap().spec.job_id).collect();
         assert_eq!(order, ["h1", "h2", "l1"]);
+    }
+
+    #[test]
+    fn a_restart_grants_running_leases_a_full_lease_length() {
+        let (_d, mut db) = open();
+        create(&mut db, "c", 0, &[job("a")]);
+        worker(&mut db, "w", 0);
+        db.lease("w", &Rules { lease_seconds: -5.0, ..RULES }).unwrap().unwrap();
+        db.grant_grace(&RULES).unwrap();
+        assert!(db.expire_leases(&RULES).unwrap().is_empty(), "the downtime is not the worker's");
+        assert_eq!(state(&db, "c", "a").state, RUNNING);
     }
 }

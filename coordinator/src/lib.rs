@@ -4,12 +4,16 @@
 //!
 //! - [`run`]: opens the database and storage and serves until shutdown
 //!   (this file; the binary's `main` only parses flags and binds);
-//! - [`auth`]: which bearer token may call which service;
+//! - [`auth`]: which bearer token may call which service, and who owns what;
+//! - [`machine`]: the job state machine, one pure function;
+//! - [`paths`]: the storage layout, the one place a key is formed;
 //! - [`db`]: the schema and every state change, one transaction each;
 //! - [`service`]: the gRPC handlers, which validate and hand over to `db`.
 
 pub mod auth;
 pub mod db;
+pub mod machine;
+pub mod paths;
 pub mod service;
 
 use std::future::Future;
@@ -40,6 +44,8 @@ pub enum Error {
     Database { path: PathBuf, source: rusqlite::Error },
     #[error("storage {location} does not take writes: {source}")]
     Storage { location: String, source: StorageError },
+    #[error("--input-prefix {location}: {source}")]
+    InputPrefix { location: String, source: StorageError },
     #[error("cannot read {path}: {source}")]
     TlsFile { path: PathBuf, source: std::io::Error },
     #[error("TLS configuration: {0}")]
@@ -62,12 +68,32 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
     let db_path = config.data_dir.join("farm.db");
-    let db = Db::open(&db_path).map_err(|source| Error::Database { path: db_path.clone(), source })?;
+    let database_error = |source| Error::Database { path: db_path.clone(), source };
+    let mut db = Db::open(&db_path).map_err(database_error)?;
+    // The time this coordinator was down is nobody's fault: running leases
+    // get a full lease length from now to reach it again.
+    let graced = db.grant_grace(&config.rules()).map_err(database_error)?;
+    if graced > 0 {
+        tracing::info!(jobs = graced, "running leases get {} s to reconnect", config.lease_seconds);
+    }
     let storage_error = |source| Error::Storage { location: config.storage.clone(), source };
     let store = Store::open(&config.storage).map_err(storage_error)?;
     store.check_writable().await.map_err(storage_error)?;
+    let farm_id = match store.get(paths::FARM_MARKER).await {
+        Ok(id) => String::from_utf8_lossy(&id).trim().to_string(),
+        Err(_) => {
+            let id = uuid::Uuid::new_v4().to_string();
+            store.put(paths::FARM_MARKER, id.clone().into_bytes()).await.map_err(storage_error)?;
+            id
+        }
+    };
+    let mut input_stores = Vec::new();
+    for prefix in &config.input_prefixes {
+        let store = Store::open(prefix).map_err(|source| Error::InputPrefix { location: prefix.clone(), source })?;
+        input_stores.push((prefix.trim_end_matches('/').to_string() + "/", store));
+    }
     let (changes, _) = broadcast::channel(1024);
-    let state = Arc::new(State { db: Mutex::new(db), store, config: config.clone(), changes });
+    let state = Arc::new(State { db: Mutex::new(db), store, farm_id, input_stores, config: config.clone(), changes });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
@@ -98,8 +124,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20);
     let served = builder
         .add_service(health_service)
-        .add_service(tonic::service::interceptor::InterceptedService::new(farm, move |r: Request<()>| {
-            user_tokens.check(Scope::User, &r)?;
+        .add_service(tonic::service::interceptor::InterceptedService::new(farm, move |mut r: Request<()>| {
+            let caller = user_tokens.user(&r)?;
+            r.extensions_mut().insert(caller);
             Ok(r)
         }))
         .add_service(tonic::service::interceptor::InterceptedService::new(workers, move |r: Request<()>| {
@@ -125,8 +152,15 @@ async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let rules = state.config.rules();
         let (touched, counts) = match state.db.lock() {
-            Ok(mut db) => (db.expire_leases(state.config.max_failures).unwrap_or_default(), db.counts().ok()),
+            Ok(mut db) => (
+                db.expire_leases(&rules).unwrap_or_else(|e| {
+                    tracing::error!("expiring leases: {e}");
+                    Vec::new()
+                }),
+                db.counts().ok(),
+            ),
             Err(_) => (Vec::new(), None),
         };
         if !touched.is_empty() {

@@ -25,9 +25,20 @@ struct Args {
     /// How often workers heartbeat.
     #[arg(long, default_value_t = Config::HEARTBEAT_SECONDS)]
     heartbeat_seconds: u32,
-    /// Failed or lapsed attempts before a job is given up.
+    /// Attempts failed through the job's own fault before it is given up.
     #[arg(long, default_value_t = Config::MAX_FAILURES)]
     max_failures: u32,
+    /// Attempts lost through no fault of the job (its worker died, its
+    /// lease lapsed, the worker's storage failed) before it is given up.
+    #[arg(long, default_value_t = Config::MAX_REQUEUES)]
+    max_requeues: u32,
+    /// Attempts lost in a row to one worker before it gets no more jobs.
+    #[arg(long, default_value_t = Config::QUARANTINE_AFTER)]
+    quarantine_after: u32,
+    /// A storage URL or folder submits may name inputs under instead of
+    /// uploading them (e.g. s3://bucket/photos/). Repeatable; none by default.
+    #[arg(long = "input-prefix")]
+    input_prefixes: Vec<String>,
     /// Largest input image accepted at submit, in megapixels.
     #[arg(long, default_value_t = 64)]
     max_input_megapixels: u64,
@@ -40,6 +51,9 @@ struct Args {
     /// A token that may use the Farm service (submit, watch, cancel…). Repeat, or comma-separate in the variable.
     #[arg(long = "user-token", env = "STYLEFARM_USER_TOKENS", value_delimiter = ',', hide_env_values = true)]
     user_tokens: Vec<String>,
+    /// A token that may use the Farm service and sees every user's collections.
+    #[arg(long = "admin-token", env = "STYLEFARM_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    admin_tokens: Vec<String>,
     /// A token that may use the Workers service (lease, heartbeat…).
     #[arg(long = "worker-token", env = "STYLEFARM_WORKER_TOKENS", value_delimiter = ',', hide_env_values = true)]
     worker_tokens: Vec<String>,
@@ -77,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
         lease_seconds: a.lease_seconds,
         heartbeat_seconds: a.heartbeat_seconds,
         max_failures: a.max_failures.max(1),
+        max_requeues: a.max_requeues,
+        quarantine_after: a.quarantine_after.max(1),
+        input_prefixes: a.input_prefixes,
         limits: ImageLimits { max_pixels: a.max_input_megapixels << 20, ..ImageLimits::default() },
         default_checkpoint_every: a.checkpoint_every,
         max_message_bytes: a.max_request_mb.max(1) << 20,
@@ -84,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_listen: a.metrics_listen,
         tokens: Tokens {
             users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+            admins: a.admin_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
             workers: a.worker_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
         },
         tls: a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca }),

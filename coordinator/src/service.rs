@@ -1,10 +1,12 @@
-//! The gRPC services. Handlers validate the request, then make one call on
-//! the database (behind a mutex: SQLite serialises writers anyway) and map
-//! each failure to a deliberate status: bad input → INVALID_ARGUMENT, an
-//! unknown id → NOT_FOUND, a stale lease → FAILED_PRECONDITION, storage or
-//! database trouble → INTERNAL/UNAVAILABLE.
+//! The gRPC services. Handlers check who is calling and validate the
+//! request, then make one call on the database (behind a mutex: SQLite
+//! serialises writers anyway) and map each failure to a deliberate status:
+//! bad input → INVALID_ARGUMENT, an unknown id or another user's collection
+//! → NOT_FOUND, another worker's lease → PERMISSION_DENIED, a stale lease or
+//! a state that does not allow the call → FAILED_PRECONDITION, storage or
+//! database trouble → UNAVAILABLE/INTERNAL with the details in the log, not
+//! in the reply (they hold the server's paths).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use stylefarm_engine::RenderParams;
+use stylefarm_engine::{Init, RenderParams};
 use stylefarm_proto as pb;
 use stylefarm_proto::farm_server::Farm;
 use stylefarm_proto::workers_server::Workers;
@@ -23,8 +25,9 @@ use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Tokens;
-use crate::db::{Db, LeaseError, NewJob};
+use crate::auth::{Caller, Tokens};
+use crate::db::{Call, CallError, Db, NewCollection, NewJob, Rules};
+use crate::paths;
 
 /// Image names become file names in `farmctl fetch`: letters, digits,
 /// `.`, `_` and `-` only, at most 100, not starting with a dot.
@@ -49,13 +52,22 @@ pub struct Config {
     pub storage: String,
     pub lease_seconds: u32,
     pub heartbeat_seconds: u32,
+    /// Failures through a job's own fault before it is given up.
     pub max_failures: u32,
+    /// Requeues through no fault of the job (lost workers, lapsed leases,
+    /// failing storage) before it is given up.
+    pub max_requeues: u32,
+    /// Attempts lost in a row to one worker before it gets no more jobs.
+    pub quarantine_after: u32,
     pub limits: ImageLimits,
     pub default_checkpoint_every: u32,
     /// Largest gRPC message accepted (uploads carry images).
     pub max_message_bytes: usize,
     /// Most jobs one collection may create.
     pub max_jobs: usize,
+    /// Storage URLs a submit may name inputs under, besides uploading
+    /// them (`s3://bucket/photos/`); none by default.
+    pub input_prefixes: Vec<String>,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer tokens by scope; none = no authentication.
@@ -70,6 +82,8 @@ impl Config {
     pub const LEASE_SECONDS: u32 = 15;
     pub const HEARTBEAT_SECONDS: u32 = 3;
     pub const MAX_FAILURES: u32 = 3;
+    pub const MAX_REQUEUES: u32 = 10;
+    pub const QUARANTINE_AFTER: u32 = 3;
     pub const CHECKPOINT_EVERY: u32 = 20;
     pub const MAX_REQUEST_MB: usize = 256;
     pub const MAX_JOBS: usize = 10_000;
@@ -84,13 +98,25 @@ impl Config {
             lease_seconds: Self::LEASE_SECONDS,
             heartbeat_seconds: Self::HEARTBEAT_SECONDS,
             max_failures: Self::MAX_FAILURES,
+            max_requeues: Self::MAX_REQUEUES,
+            quarantine_after: Self::QUARANTINE_AFTER,
             limits: ImageLimits::default(),
             default_checkpoint_every: Self::CHECKPOINT_EVERY,
             max_message_bytes: Self::MAX_REQUEST_MB << 20,
             max_jobs: Self::MAX_JOBS,
+            input_prefixes: Vec::new(),
             metrics_listen: None,
             tokens: Tokens::default(),
             tls: None,
+        }
+    }
+
+    pub(crate) fn rules(&self) -> Rules {
+        Rules {
+            lease_seconds: self.lease_seconds as f64,
+            max_failures: self.max_failures.max(1),
+            max_requeues: self.max_requeues,
+            quarantine_after: self.quarantine_after.max(1),
         }
     }
 }
@@ -108,6 +134,10 @@ pub struct TlsFiles {
 pub(crate) struct State {
     pub(crate) db: Mutex<Db>,
     pub(crate) store: Store,
+    /// The farm's identity, also in storage at [`paths::FARM_MARKER`].
+    pub(crate) farm_id: String,
+    /// The operator's `--input-prefix` locations, opened at start.
+    pub(crate) input_stores: Vec<(String, Store)>,
     pub(crate) config: Config,
     /// Collection ids whose jobs changed; `Watch` streams listen.
     pub(crate) changes: broadcast::Sender<String>,
@@ -124,15 +154,23 @@ impl State {
 }
 
 fn db_err(e: rusqlite::Error) -> Status {
-    Status::internal(format!("database: {e}"))
+    tracing::error!("database: {e}");
+    Status::internal("the coordinator's database failed (see its log)")
 }
 
-fn lease_err(e: LeaseError) -> Status {
+fn call_err(e: CallError) -> Status {
     match e {
-        LeaseError::NoJob(j) => Status::not_found(format!("no job {j}")),
-        e @ LeaseError::Stale { .. } => Status::failed_precondition(e.to_string()),
-        LeaseError::Db(e) => db_err(e),
+        CallError::NoJob(_) | CallError::NotRegistered(_) => Status::not_found(e.to_string()),
+        CallError::WrongWorker { .. } => Status::permission_denied(e.to_string()),
+        CallError::Quarantined { .. } | CallError::Stale { .. } | CallError::Refused { .. } => Status::failed_precondition(e.to_string()),
+        CallError::Db(e) => db_err(e),
     }
+}
+
+/// Storage trouble as a caller sees it: what failed, not where.
+fn storage_err(what: &str, e: impl std::fmt::Display) -> Status {
+    tracing::error!("storage: {what}: {e}");
+    Status::unavailable(format!("the farm's storage could not {what}; try again later"))
 }
 
 /// The `Farm` service (users).
@@ -146,43 +184,113 @@ pub struct WorkersService(pub(crate) Arc<State>);
 struct Input {
     name: String,
     key: String,
-    bytes: Vec<u8>,
+    /// `None`: already in the farm's storage under `key`.
+    bytes: Option<Vec<u8>>,
     size: (u32, u32),
+}
+
+/// The bytes a decodable image of the configured limits can take at most,
+/// checked before anything is read from storage: 8 bytes a pixel is more
+/// than any format here needs for a real photo.
+fn max_input_bytes(limits: &ImageLimits) -> u64 {
+    limits.max_pixels.saturating_mul(8).max(1 << 20)
 }
 
 impl FarmService {
     async fn input(&self, image: &pb::InputImage, role: &str) -> Result<Input, Status> {
         let name = if image.name.is_empty() { role.to_string() } else { image.name.clone() };
         check_name(&name, role)?;
-        let bytes = match &image.source {
-            Some(pb::input_image::Source::Data(d)) => d.clone(),
+        let (bytes, stored_key) = match &image.source {
+            Some(pb::input_image::Source::Data(d)) => (d.clone(), None),
             Some(pb::input_image::Source::Url(url)) => {
-                let (dir, file) = url.rsplit_once('/').ok_or_else(|| Status::invalid_argument(format!("{role} {name}: `{url}` is not a URL")))?;
-                let store = Store::open(dir).map_err(|e| Status::invalid_argument(format!("{role} {name}: {e}")))?;
-                store.get(file).await.map_err(|e| Status::invalid_argument(format!("{role} {name}: {e}")))?.to_vec()
+                let (bytes, key) = self.read_input_url(url, role, &name).await?;
+                (bytes, key)
             }
             None => return Err(Status::invalid_argument(format!("{role} {name} has neither data nor url"))),
         };
         let img = decode_rgb(&bytes, &name, self.0.config.limits).map_err(|e| Status::invalid_argument(format!("{role} {e}")))?;
-        let key = format!("inputs/{:x}", Sha256::digest(&bytes));
-        Ok(Input { name, key, bytes, size: img.dimensions() })
+        let key = paths::input(&format!("{:x}", Sha256::digest(&bytes)));
+        let already = stored_key.as_deref() == Some(key.as_str());
+        Ok(Input { name, key, bytes: (!already).then_some(bytes), size: img.dimensions() })
     }
 
-    fn snapshot(&self, id: &str) -> Result<pb::Collection, Status> {
-        self.0.db()?.collection(id).map_err(db_err)?.ok_or_else(|| Status::not_found(format!("no collection {id}")))
+    /// Reads an input named by URL: a content-addressed key of the farm's
+    /// own storage, or a URL under an operator's `--input-prefix`. Every
+    /// other URL gets the same refusal, whatever exists there; the size is
+    /// checked before a byte is read. Returns the bytes and, for a farm
+    /// key, the key.
+    async fn read_input_url(&self, url: &str, role: &str, name: &str) -> Result<(Vec<u8>, Option<String>), Status> {
+        let refuse = || {
+            Status::invalid_argument(format!(
+                "{role} {name}: inputs are uploaded bytes, an uploaded input's key (inputs/<sha256>) or a URL under one of the coordinator's --input-prefix locations"
+            ))
+        };
+        let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let clean = !url.contains(['\0', '\\', '%']) && !path.contains("//") && !path.split('/').any(|p| p == ".." || p == ".");
+        if !clean {
+            return Err(refuse());
+        }
+        let (store, key, farm_key) = if paths::is_input(url) {
+            (&self.0.store, url.to_string(), true)
+        } else {
+            let found = self.0.input_stores.iter().find_map(|(prefix, store)| {
+                url.strip_prefix(prefix.as_str()).filter(|rest| !rest.is_empty() && !rest.starts_with('/')).map(|rest| (store, rest.to_string()))
+            });
+            let (store, rest) = found.ok_or_else(refuse)?;
+            (store, rest, false)
+        };
+        let limit = max_input_bytes(&self.0.config.limits);
+        match store.size(&key).await {
+            Ok(Some(n)) if n > limit => {
+                return Err(Status::invalid_argument(format!("{role} {name}: {n} bytes is over the input limit of {limit} bytes")));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Status::invalid_argument(format!("{role} {name}: `{url}` does not exist"))),
+            Err(e) => return Err(storage_err(&format!("read {role} {name}"), e)),
+        }
+        let bytes = store.get(&key).await.map_err(|e| storage_err(&format!("read {role} {name}"), e))?;
+        Ok((bytes.to_vec(), farm_key.then_some(key)))
+    }
+
+    /// The collection `id`, if the caller may see it: another user's is
+    /// NOT_FOUND, exactly as one that does not exist.
+    fn visible(&self, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
+        match self.0.db()?.collection(id).map_err(db_err)? {
+            Some((owner, c)) if caller.may_see(&owner) => Ok(c),
+            _ => Err(Status::not_found(format!("no collection {id}"))),
+        }
+    }
+
+    /// Parses and checks one variant's parameters: the schema (unknown
+    /// keys by name), the values, and what no worker can run.
+    fn variant(&self, i: usize, json: &str, styles_per_job: usize) -> Result<RenderParams, Status> {
+        let params: RenderParams =
+            serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("variant {i}: not valid render parameters: {e}")))?;
+        params.validate(styles_per_job).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
+        if params.init == Init::Image {
+            return Err(Status::invalid_argument(format!(
+                "variant {i}: init \"image\" needs an image, and a farm job has none; use blend, content or noise"
+            )));
+        }
+        Ok(params)
     }
 }
 
 fn ended(c: &pb::Collection) -> bool {
-    c.jobs.iter().all(|j| {
-        matches!(pb::JobState::try_from(j.state), Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled))
-    })
+    c.jobs.iter().all(|j| crate::machine::State::from_wire(j.state).is_some_and(|s| s.has_ended()))
 }
 
 #[tonic::async_trait]
 impl Farm for FarmService {
     async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
+        if r.idempotency_key.len() > 200 {
+            return Err(Status::invalid_argument("idempotency_key is longer than 200 bytes"));
+        }
+        if let Some((collection_id, jobs)) = self.0.db()?.submitted(&caller.owner, &r.idempotency_key).map_err(db_err)? {
+            return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
+        }
         if r.contents.is_empty() || r.styles.is_empty() {
             return Err(Status::invalid_argument("a collection needs at least one content and one style image"));
         }
@@ -191,16 +299,10 @@ impl Farm for FarmService {
         let (style_columns, styles_per_job) = if r.blend_styles { (1, r.styles.len()) } else { (r.styles.len(), 1) };
         let jobs_total = r.contents.len() * style_columns * variants_json.len();
         if jobs_total > self.0.config.max_jobs {
-            return Err(Status::invalid_argument(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
+            return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
         }
         // Parameters first: cheap, and the most common mistake.
-        let mut variants = Vec::new();
-        for (i, v) in variants_json.iter().enumerate() {
-            let params: RenderParams =
-                serde_json::from_str(v).map_err(|e| Status::invalid_argument(format!("variant {i}: not valid render parameters: {e}")))?;
-            params.validate(styles_per_job).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
-            variants.push(params);
-        }
+        let variants = variants_json.iter().enumerate().map(|(i, v)| self.variant(i, v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
         if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
             return Err(Status::invalid_argument(format!(
                 "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
@@ -218,12 +320,39 @@ impl Farm for FarmService {
         for s in &r.styles {
             styles.push(self.input(s, "style").await?);
         }
+        // What no registered device could hold is refused now, not failed
+        // on every worker later.
+        let largest = self.0.db()?.largest_device(24.0 * 3600.0).map_err(db_err)?;
+        let mut sizes = Vec::new();
+        for c in &contents {
+            sizes.push(if r.max_side > 0 { fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))? } else { (r.width, r.height) });
+        }
+        let need = |params: &RenderParams, (w, h): (u32, u32)| params.estimated_peak_bytes(w, h);
+        if let Some(largest) = largest {
+            for (vi, params) in variants.iter().enumerate() {
+                for (c, &size) in contents.iter().zip(&sizes) {
+                    let bytes = need(params, size);
+                    if bytes > largest {
+                        return Err(Status::failed_precondition(format!(
+                            "{} at {}x{} (variant {vi}) needs about {:.1} GiB and the largest registered device has {:.1} GiB; render it smaller",
+                            c.name,
+                            size.0,
+                            size.1,
+                            bytes as f64 / (1u64 << 30) as f64,
+                            largest as f64 / (1u64 << 30) as f64
+                        )));
+                    }
+                }
+            }
+        }
         // Everything is valid: store the inputs (content-addressed, so a
         // retry rewrites the same objects), then create the jobs at once.
-        let mut stored = BTreeMap::new();
+        let mut stored = std::collections::BTreeSet::new();
         for input in contents.iter().chain(&styles) {
-            if stored.insert(input.key.clone(), ()).is_none() {
-                self.0.store.put(&input.key, input.bytes.clone()).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            if let Some(bytes) = &input.bytes {
+                if stored.insert(input.key.clone()) {
+                    self.0.store.put(&input.key, bytes.clone()).await.map_err(|e| storage_err("store the inputs", e))?;
+                }
             }
         }
         // A column of the collection: one style, or (blended) all of them.
@@ -235,12 +364,7 @@ impl Farm for FarmService {
         let collection_id = uuid::Uuid::new_v4().to_string();
         let checkpoint_every = if r.checkpoint_every == 0 { self.0.config.default_checkpoint_every } else { r.checkpoint_every };
         let mut jobs = Vec::new();
-        for (ci, c) in contents.iter().enumerate() {
-            let (width, height) = if r.max_side > 0 {
-                fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))?
-            } else {
-                (r.width, r.height)
-            };
+        for (ci, (c, &(width, height))) in contents.iter().zip(&sizes).enumerate() {
             for (si, (style_name, style_keys)) in columns.iter().enumerate() {
                 for (vi, params) in variants.iter().enumerate() {
                     jobs.push(NewJob {
@@ -258,32 +382,45 @@ impl Farm for FarmService {
                         iterations: params.iterations as u32,
                         checkpoint_every,
                         snapshot_every: r.snapshot_every,
+                        min_memory: need(params, (width, height)),
                     });
                 }
             }
         }
         let name = if r.name.is_empty() { "collection".to_string() } else { r.name.clone() };
-        let shape = (contents.len() as u32, columns.len() as u32, variants.len() as u32);
-        self.0.db()?.create_collection(&collection_id, &name, r.priority, shape, &jobs).map_err(db_err)?;
+        let new = NewCollection {
+            id: &collection_id,
+            owner: &caller.owner,
+            idempotency_key: &r.idempotency_key,
+            name: &name,
+            priority: r.priority,
+            shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
+            jobs: &jobs,
+        };
+        let (collection_id, jobs) = self.0.db()?.create_collection(&new).map_err(db_err)?;
         self.0.changed(&collection_id);
-        Ok(Response::new(pb::SubmitResponse { collection_id, jobs: jobs.len() as u32 }))
+        Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
     }
 
     async fn get_collection(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
-        Ok(Response::new(self.snapshot(&request.into_inner().collection_id)?))
+        let caller = Caller::of(&request);
+        Ok(Response::new(self.visible(&caller, &request.into_inner().collection_id)?))
     }
 
-    async fn list_collections(&self, _: Request<pb::ListCollectionsRequest>) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        let ids = self.0.db()?.collection_ids().map_err(db_err)?;
-        let collections = ids.iter().map(|id| self.snapshot(id)).collect::<Result<_, _>>()?;
+    async fn list_collections(&self, request: Request<pb::ListCollectionsRequest>) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        let caller = Caller::of(&request);
+        let owner = (!caller.admin).then_some(caller.owner.as_str());
+        let ids = self.0.db()?.collection_ids(owner).map_err(db_err)?;
+        let collections = ids.iter().map(|id| self.visible(&caller, id)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListCollectionsResponse { collections }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Collection, Status>> + Send>>;
 
     async fn watch(&self, request: Request<pb::CollectionRef>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&request);
         let id = request.into_inner().collection_id;
-        let first = self.snapshot(&id)?;
+        let first = self.visible(&caller, &id)?;
         let mut changes = self.0.changes.subscribe();
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -306,7 +443,7 @@ impl Farm for FarmService {
                     }
                 })
                 .await;
-                current = match this.snapshot(&id) {
+                current = match this.visible(&caller, &id) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -319,23 +456,75 @@ impl Farm for FarmService {
     }
 
     async fn cancel(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
+        let caller = Caller::of(&request);
         let id = request.into_inner().collection_id;
-        self.snapshot(&id)?;
+        self.visible(&caller, &id)?;
         self.0.db()?.cancel(&id).map_err(db_err)?;
         self.0.changed(&id);
-        Ok(Response::new(self.snapshot(&id)?))
+        Ok(Response::new(self.visible(&caller, &id)?))
     }
 
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
-        let prefix = format!("collections/{}/", r.collection_id);
-        let safe = r.key.starts_with(&prefix) && !r.key.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !r.key.contains('\0');
-        if !safe {
+        if !paths::readable(&r.collection_id, &r.key) {
             return Err(Status::invalid_argument(format!("key `{}` is not inside collection {}", r.key, r.collection_id)));
         }
-        self.snapshot(&r.collection_id)?;
-        let data = self.0.store.get(&r.key).await.map_err(|e| Status::not_found(e.to_string()))?;
+        self.visible(&caller, &r.collection_id)?;
+        match self.0.store.size(&r.key).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Status::not_found(format!("collection {} has no object {}", r.collection_id, r.key))),
+            Err(e) => return Err(storage_err(&format!("read {}", r.key), e)),
+        }
+        let data = self.0.store.get(&r.key).await.map_err(|e| storage_err(&format!("read {}", r.key), e))?;
         Ok(Response::new(pb::FetchResponse { data: data.to_vec() }))
+    }
+
+    async fn get_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::JobDetail>, Status> {
+        let caller = Caller::of(&request);
+        let id = request.into_inner().job_id;
+        match self.0.db()?.job(&id).map_err(db_err)? {
+            Some((owner, detail)) if caller.may_see(&owner) => Ok(Response::new(detail)),
+            _ => Err(Status::not_found(format!("no job {id}"))),
+        }
+    }
+
+    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        Ok(Response::new(pb::ListWorkersResponse { workers: self.0.db()?.workers().map_err(db_err)? }))
+    }
+}
+
+/// Progress is stored as numbers people read: a loss that is not a finite
+/// number is refused (the worker fails the job as BAD_INPUT instead).
+fn check_progress(p: &Option<pb::Progress>) -> Result<(), Status> {
+    let Some(p) = p else { return Ok(()) };
+    for (name, v) in [("content", p.content), ("style", p.style), ("tv", p.tv), ("total", p.total), ("eta_seconds", p.eta_seconds)] {
+        if !v.is_finite() {
+            return Err(Status::invalid_argument(format!("progress.{name} is {v}, not a finite number")));
+        }
+    }
+    Ok(())
+}
+
+fn check_file_name(field: &str, name: &str) -> Result<(), Status> {
+    if paths::file_name(name) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("{field} {name:?} is not a file name in the attempt's folder (A-Z a-z 0-9 . _ -, no /)")))
+    }
+}
+
+impl WorkersService {
+    fn rules(&self) -> Rules {
+        self.0.config.rules()
+    }
+
+    /// The full key of a file an attempt names, after checking the name
+    /// and that the lease is the caller's.
+    fn key_in_attempt(&self, call: &Call, field: &str, name: &str) -> Result<String, Status> {
+        check_file_name(field, name)?;
+        let folder = self.0.db()?.attempt_folder(call).map_err(call_err)?;
+        Ok(paths::in_attempt(&folder, name))
     }
 }
 
@@ -346,7 +535,8 @@ impl Workers for WorkersService {
         if !(r.device == "cpu" || r.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
             return Err(Status::invalid_argument(format!("device `{}` is not cpu or cuda:N", r.device)));
         }
-        let id = format!("{}-{}", if r.name.is_empty() { "worker" } else { &r.name }, &uuid::Uuid::new_v4().to_string()[..8]);
+        let base: String = r.name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(60).collect();
+        let id = format!("{}-{}", if base.is_empty() { "worker" } else { &base }, &uuid::Uuid::new_v4().simple().to_string()[..12]);
         self.0.db()?.register_worker(&id, &r).map_err(db_err)?;
         let c = &self.0.config;
         Ok(Response::new(pb::RegisterResponse {
@@ -354,18 +544,19 @@ impl Workers for WorkersService {
             storage_url: self.0.store.location().to_string(),
             heartbeat_seconds: c.heartbeat_seconds,
             lease_seconds: c.lease_seconds,
+            farm_id: self.0.farm_id.clone(),
         }))
     }
 
     async fn lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let r = request.into_inner();
-        let leased = self.0.db()?.lease(&r.worker_id, self.0.config.lease_seconds as f64).map_err(db_err)?;
+        let leased = self.0.db()?.lease(&r.worker_id, &self.rules()).map_err(call_err)?;
         Ok(Response::new(match leased {
-            Some((job, token, attempt, collection)) => {
+            Some(l) => {
                 metrics::counter!("stylefarm_leases_total").increment(1);
-                tracing::info!(job = %job.job_id, worker = %r.worker_id, token, attempt, "leased");
-                self.0.changed(&collection);
-                pb::LeaseResponse { job: Some(job), fencing_token: token, attempt }
+                tracing::info!(job = %l.spec.job_id, worker = %r.worker_id, attempt = l.attempt, "leased");
+                self.0.changed(&l.spec.collection_id);
+                pb::LeaseResponse { job: Some(l.spec), fencing_token: l.token, attempt: l.attempt }
             }
             None => pb::LeaseResponse::default(),
         }))
@@ -373,40 +564,60 @@ impl Workers for WorkersService {
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.into_inner();
-        let (cancelled, collection) = self.0.db()?.heartbeat(&r, self.0.config.lease_seconds as f64).map_err(lease_err)?;
-        self.0.changed(&collection);
-        Ok(Response::new(pb::HeartbeatResponse { cancelled }))
+        check_progress(&r.progress)?;
+        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
+        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&call, "checkpoint_name", &r.checkpoint_name)?) };
+        let answer = self.0.db()?.heartbeat(&call, &r, checkpoint.as_deref(), &self.rules()).map_err(call_err)?;
+        self.0.changed(&answer.collection);
+        Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled }))
     }
 
     async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {
         let r = request.into_inner();
-        let collection = self.0.db()?.complete(&r).map_err(|e| {
-            tracing::warn!(job = %r.job_id, worker = %r.worker_id, token = r.fencing_token, "completion refused: {e}");
-            lease_err(e)
+        check_progress(&r.progress)?;
+        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
+        let key = self.key_in_attempt(&call, "output_name", &r.output_name)?;
+        match self.0.store.size(&key).await {
+            Ok(Some(n)) if n > 0 => {}
+            Ok(_) => return Err(Status::failed_precondition(format!("the output {} is not in storage; write it before completing", r.output_name))),
+            Err(e) => return Err(storage_err("check the output", e)),
+        }
+        let answer = self.0.db()?.complete(&call, &key, &r.progress.unwrap_or_default(), &self.rules()).map_err(|e| {
+            tracing::warn!(job = %r.job_id, worker = %r.worker_id, "completion refused: {e}");
+            call_err(e)
         })?;
-        metrics::counter!("stylefarm_jobs_completed_total").increment(1);
-        tracing::info!(job = %r.job_id, worker = %r.worker_id, "completed");
-        self.0.changed(&collection);
+        if !answer.repeated {
+            metrics::counter!("stylefarm_jobs_completed_total").increment(1);
+            tracing::info!(job = %r.job_id, worker = %r.worker_id, "completed");
+            self.0.changed(&answer.collection);
+        }
         Ok(Response::new(pb::CompleteResponse {}))
     }
 
     async fn fail(&self, request: Request<pb::FailRequest>) -> Result<Response<pb::FailResponse>, Status> {
         let r = request.into_inner();
-        let collection = self.0.db()?.fail(&r, self.0.config.max_failures).map_err(lease_err)?;
-        let kind = pb::FailureKind::try_from(r.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN");
-        metrics::counter!("stylefarm_job_failures_total", "kind" => kind).increment(1);
-        tracing::warn!(job = %r.job_id, worker = %r.worker_id, kind, "attempt failed: {}", r.message);
-        self.0.changed(&collection);
+        let kind = pb::FailureKind::try_from(r.kind).map_err(|_| Status::invalid_argument(format!("failure kind {} is not in farm.proto", r.kind)))?;
+        let message: String = r.message.chars().take(2000).collect();
+        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
+        let answer = self.0.db()?.fail(&call, kind, &message, &self.rules()).map_err(call_err)?;
+        if !answer.repeated {
+            metrics::counter!("stylefarm_job_failures_total", "kind" => kind.as_str_name()).increment(1);
+            tracing::warn!(job = %r.job_id, worker = %r.worker_id, kind = kind.as_str_name(), "attempt failed: {message}");
+            self.0.changed(&answer.collection);
+        }
         Ok(Response::new(pb::FailResponse {}))
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = request.into_inner();
-        let collection = self.0.db()?.release(&r).map_err(lease_err)?;
-        metrics::counter!("stylefarm_releases_total").increment(1);
-        tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
-        self.0.changed(&collection);
+        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
+        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&call, "checkpoint_name", &r.checkpoint_name)?) };
+        let answer = self.0.db()?.release(&call, checkpoint.as_deref().map(|k| (k, r.checkpoint_iteration)), &self.rules()).map_err(call_err)?;
+        if !answer.repeated {
+            metrics::counter!("stylefarm_releases_total").increment(1);
+            tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
+            self.0.changed(&answer.collection);
+        }
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 }
-

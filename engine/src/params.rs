@@ -58,8 +58,12 @@ impl LayerWeight {
 }
 
 /// Everything that decides the result of a render, apart from the pixels.
+///
+/// Serialised (the farm's `variants_json`, a checkpoint's identity) with
+/// `farmctl render`'s flag names (`-` as `_`, `iters` for `iterations`); a
+/// missing key takes its default and an unknown key is refused by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RenderParams {
     /// Content loss weight α.
     pub alpha: f64,
@@ -73,7 +77,9 @@ pub struct RenderParams {
     pub lr: f64,
     /// L-BFGS history size (pairs of image-sized tensors kept).
     pub lbfgs_history: usize,
-    /// Optimizer iterations.
+    /// Optimizer iterations (`--iters`; checkpoints written before the
+    /// name changed say `iterations`).
+    #[serde(rename = "iters", alias = "iterations")]
     pub iterations: usize,
     pub init: Init,
     /// Share of noise in the `blend` init, in [0, 1].
@@ -158,7 +164,7 @@ impl RenderParams {
             return Err(invalid("lbfgs_history", format!("{} must be between 1 and 1000", self.lbfgs_history)));
         }
         if self.iterations > MAX_ITERATIONS {
-            return Err(invalid("iterations", format!("{} is more than the limit of {MAX_ITERATIONS}", self.iterations)));
+            return Err(invalid("iters", format!("{} is more than the limit of {MAX_ITERATIONS}", self.iterations)));
         }
         if self.scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s < 1.0)) || self.scales.windows(2).any(|p| p[0] >= p[1]) {
             return Err(invalid(
@@ -203,6 +209,34 @@ impl RenderParams {
         Ok(())
     }
 
+    /// A first-order estimate of a render's peak memory at `width`×`height`
+    /// on the CPU engine, in bytes: a fixed part (weights, runtime) plus,
+    /// per pixel, the feature maps of every layer up to the deepest one a
+    /// loss reads (kept for the backward pass, ≈2.4× with their gradients
+    /// and temporaries: fitted to the measured peaks of 719 MiB at 333×250
+    /// and 1767 MiB at 800×600), plus L-BFGS's history. The farm refuses
+    /// and places jobs with it.
+    pub fn estimated_peak_bytes(&self, width: u32, height: u32) -> u64 {
+        const FIXED: f64 = 512.0 * 1024.0 * 1024.0;
+        const PER_FEATURE: f64 = 4.0 * 2.4;
+        let deepest = self
+            .content_layers
+            .iter()
+            .chain(&self.style_layers)
+            .filter_map(|l| conv_index(&l.layer).ok())
+            .max()
+            .unwrap_or(0);
+        // Feature values per input pixel: each layer's channels over the
+        // 4^(block-1) by which pooling has shrunk its map.
+        let per_pixel: f64 = crate::arch::VGG19[..=deepest].iter().map(|l| l.out_channels as f64 / 4f64.powi(l.block as i32 - 1)).sum();
+        let pixels = width as f64 * height as f64;
+        let history = match self.optimizer {
+            Optimizer::Lbfgs => 2.0 * self.lbfgs_history as f64 * 3.0 * 4.0,
+            Optimizer::Adam => 3.0 * 3.0 * 4.0,
+        };
+        (FIXED + pixels * (per_pixel * PER_FEATURE + history)) as u64
+    }
+
     /// Iterations of each coarse stage.
     pub fn coarse_iterations(&self) -> usize {
         self.coarse_iters.unwrap_or(self.iterations)
@@ -229,6 +263,27 @@ mod tests {
         let w: Vec<f64> = p.style_layers.iter().map(|l| l.weight).collect();
         assert_eq!(w, [0.5, 1.0, 1.5, 3.0, 4.0]);
         p.validate(1).unwrap();
+    }
+
+    #[test]
+    fn the_wire_form_uses_the_flag_names_and_refuses_unknown_keys() {
+        let p: RenderParams = serde_json::from_str(r#"{"iters": 7, "tv_weight": 1.5}"#).unwrap();
+        assert_eq!((p.iterations, p.tv_weight), (7, 1.5));
+        assert!(serde_json::to_string(&p).unwrap().contains("\"iters\":7"));
+        let old: RenderParams = serde_json::from_str(r#"{"iterations": 9}"#).unwrap();
+        assert_eq!(old.iterations, 9, "checkpoints written before the rename still read");
+        let err = serde_json::from_str::<RenderParams>(r#"{"alhpa": 1}"#).unwrap_err().to_string();
+        assert!(err.contains("alhpa"), "{err}");
+    }
+
+    #[test]
+    fn the_memory_estimate_is_near_the_measured_peaks_and_grows_with_pixels() {
+        let p = RenderParams::default();
+        let mib = |w, h| p.estimated_peak_bytes(w, h) as f64 / (1u64 << 20) as f64;
+        // Measured (BENCHMARKS.md): 719 MiB at 333×250, 1767 MiB at 800×600.
+        assert!((mib(333, 250) - 719.0).abs() < 0.15 * 719.0, "{}", mib(333, 250));
+        assert!((mib(800, 600) - 1767.0).abs() < 0.15 * 1767.0, "{}", mib(800, 600));
+        assert!(mib(8192, 8192) > 100_000.0, "an 8K square needs far more than any device has");
     }
 
     #[test]

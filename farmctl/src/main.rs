@@ -40,9 +40,9 @@ enum Command {
     Up(farm::UpArgs),
     /// Submit a collection: every content × every style × every variant.
     Submit(farm::SubmitArgs),
-    /// Show a collection's jobs.
+    /// Show a collection's jobs, or (no ID) the farm's workers and collections.
     Status {
-        id: String,
+        id: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => farm::up(args),
         Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),
-        Command::Status { id, json } => farm_runtime()?.block_on(farm::status(&url, &id, json)),
+        Command::Status { id, json } => farm_runtime()?.block_on(farm::status(&url, id.as_deref(), json)),
         Command::Watch { id } => {
             if !farm_runtime()?.block_on(farm::watch(&url, &id))? {
                 std::process::exit(1);

@@ -5,4 +5,4 @@
 //! server (the coordinator's `auth`).
 
 #![allow(clippy::all)]
-tonic::include_proto!("stylefarm.v1");
+tonic::include_proto!("stylefarm.v2");

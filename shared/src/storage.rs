@@ -87,6 +87,16 @@ impl Store {
         got.bytes().await.map_err(|e| read(e.to_string()))
     }
 
+    /// The size of `name` in bytes, without reading it; `None` when there
+    /// is no such object.
+    pub async fn size(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        match self.inner.head(&self.path(name)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::Read { location: self.location.clone(), name: name.to_string(), reason: e.to_string() }),
+        }
+    }
+
     pub async fn delete(&self, name: &str) -> Result<(), StorageError> {
         self.inner.delete(&self.path(name)).await.map_err(|e| StorageError::Write {
             location: self.location.clone(),
@@ -126,6 +136,8 @@ mod tests {
         assert!(dir.path().join("root/a/b/c.txt").exists());
         assert_eq!(&store.sub("a").get("b/c.txt").await.unwrap()[..], b"hi");
         assert_eq!(store.sub("a/b").list().await.unwrap(), vec!["c.txt".to_string()]);
+        assert_eq!(store.size("a/b/c.txt").await.unwrap(), Some(2));
+        assert_eq!(store.size("a/b/none.txt").await.unwrap(), None);
         store.put("../../escape.txt", b"x".to_vec()).await.unwrap();
         assert!(!dir.path().join("escape.txt").exists() && dir.path().join("root/escape.txt").exists());
         let err = Store::open("s3://").unwrap_err().to_string();

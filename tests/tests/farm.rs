@@ -250,7 +250,7 @@ fn a_stale_lease_is_refused() {
             worker_id: worker.into(),
             job_id: job.job_id.clone(),
             fencing_token: token,
-            output_key: format!("{}/output.png", job.prefix),
+            output_name: "output.png".into(),
             progress: None,
         };
         let err = w.complete(complete(&a, first.fencing_token)).await.unwrap_err();
@@ -259,12 +259,19 @@ fn a_stale_lease_is_refused() {
             worker_id: a.clone(),
             job_id: job.job_id.clone(),
             fencing_token: first.fencing_token,
-            checkpoint_key: "evil".into(),
+            checkpoint_name: "evil".into(),
             checkpoint_iteration: 99,
             ..Default::default()
         };
         assert_eq!(w.heartbeat(hb).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+        // The output must exist before the job can succeed.
+        let err = w.complete(complete(&b, second.fencing_token)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        let output = farm.dir.path().join("data/storage").join(&second.job.as_ref().unwrap().prefix).join("output.png");
+        std::fs::create_dir_all(output.parent().unwrap()).unwrap();
+        std::fs::copy(fixture("content.png"), &output).unwrap();
         w.complete(complete(&b, second.fencing_token)).await.unwrap();
+        w.complete(complete(&b, second.fencing_token)).await.expect("a retried completion is answered OK");
     });
     let st = farm.status(&id).unwrap();
     assert_eq!(jobs(&st)[0]["state"], "succeeded");
@@ -501,7 +508,10 @@ fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefact
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let job_dir = farm.dir.path().join("data/storage/collections").join(&id).join("jobs").join(job["job_id"].as_str().unwrap());
+    // The attempt's folder, where its worker wrote everything.
+    let output = farm.dir.path().join("data/storage").join(job["output_key"].as_str().unwrap());
+    let job_dir = output.parent().unwrap().to_path_buf();
+    assert!(job_dir.ends_with("attempt-1"), "{}", job_dir.display());
     let farmed = std::fs::read(job_dir.join("output.png")).unwrap();
     assert!(farmed == std::fs::read(&local).unwrap(), "the farm's image differs from the local render's");
     let losses = |text: &str| -> Vec<(u64, f64, f64, f64, f64)> {

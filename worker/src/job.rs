@@ -1,9 +1,16 @@
-//! One attempt at one job: load the inputs from storage, resume from the
-//! recorded checkpoint (or the one before it, if that is damaged), run the
-//! engine's session with hooks that do the farm's I/O — heartbeats,
-//! checkpoints and snapshots in storage, the same loss log, plot,
-//! TensorBoard events and graph a local render leaves — then complete, fail
-//! with a cause, or release.
+//! One attempt at one job: heartbeat from the moment of the lease, load the
+//! inputs from storage, resume from the recorded checkpoint (or the one
+//! before it, if that is damaged), run the engine's session with hooks that
+//! do the farm's I/O — checkpoints and snapshots in the attempt's folder,
+//! the same loss log, plot, TensorBoard events and graph a local render
+//! leaves — then complete, fail with a cause, or release.
+//!
+//! Whose fault a failure is decides what it costs: the job's own (bad
+//! input, a loss that left the numbers, an engine error) spends its budget;
+//! storage that keeps failing after retries is the worker's (`WORKER`), so
+//! the job goes back to the queue for free and this worker collects a
+//! strike. A checkpoint that cannot be written is logged and skipped: the
+//! render goes on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +35,7 @@ use tonic::Code;
 use crate::Ctx;
 
 /// Why an attempt failed, as the coordinator is told: the cause decides
-/// whether the job is retried.
+/// whether the job is retried and who pays for it.
 #[derive(Debug)]
 enum JobError {
     /// The job itself is bad (its inputs, its parameters, a loss that left
@@ -36,18 +43,31 @@ enum JobError {
     BadInput(String),
     /// The device ran out of memory: worth a try on a larger one.
     OutOfMemory(String),
-    /// Anything else (storage, the engine, the network): retried.
+    /// The render went wrong some other way: retried, spending the job's
+    /// budget.
     Internal(String),
+    /// This worker's storage or device failed, not the job: requeued for
+    /// free, a strike against the worker.
+    Worker(String),
+}
+
+/// Whether an engine message reports an exhausted device: candle's CPU
+/// and CUDA paths, and the CUDA driver's own name for it.
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_lowercase();
+    ["out of memory", "out_of_memory", "outofmemory", "memory allocation failed", "cannot allocate memory"].iter().any(|s| m.contains(s))
 }
 
 impl From<EngineError> for JobError {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
+        if is_out_of_memory(&message) {
+            return JobError::OutOfMemory(message);
+        }
         match e {
             EngineError::InvalidParam { .. } | EngineError::UnknownLayer(_) | EngineError::Image(_) | EngineError::NonFinite { .. } => {
                 JobError::BadInput(message)
             }
-            EngineError::Candle(_) if message.to_lowercase().contains("out of memory") => JobError::OutOfMemory(message),
             _ => JobError::Internal(message),
         }
     }
@@ -55,7 +75,7 @@ impl From<EngineError> for JobError {
 
 impl From<StorageError> for JobError {
     fn from(e: StorageError) -> Self {
-        JobError::Internal(e.to_string())
+        JobError::Worker(e.to_string())
     }
 }
 
@@ -78,6 +98,8 @@ struct Beat {
     cancelled: AtomicBool,
     stale: AtomicBool,
     done: AtomicBool,
+    /// The iteration the attempt resumed from, once known.
+    resumed_from: std::sync::atomic::AtomicU32,
 }
 
 /// Runs one attempt to its end; every failure is reported to the
@@ -105,13 +127,37 @@ pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
         Err(JobError::BadInput(m)) => (pb::FailureKind::BadInput, m),
         Err(JobError::OutOfMemory(m)) => (pb::FailureKind::OutOfMemory, m),
         Err(JobError::Internal(m)) => (pb::FailureKind::Internal, m),
+        Err(JobError::Worker(m)) => (pb::FailureKind::Worker, m),
     };
     tracing::warn!(kind = kind.as_str_name(), "failed: {message}");
     let r = pb::FailRequest { worker_id: ctx.worker_id.clone(), job_id: job.job_id.clone(), fencing_token: token, kind: kind as i32, message };
-    if let Err(s) = rt.block_on(ctx.client.clone().fail(r)) {
+    // Fail is idempotent under the token: retried while the coordinator is
+    // unreachable, so the job is not left to its lease lapsing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let sent = rt.block_on(Backoff::default().retry(
+        Some(deadline),
+        || {
+            let (mut c, r) = (ctx.client.clone(), r.clone());
+            async move { c.fail(r).await }
+        },
+        |s| s.code() == Code::Unavailable,
+        |_, _| {},
+    ));
+    if let Err(s) = sent {
         tracing::warn!("the coordinator did not take the failure: {}", s.message());
     }
 }
+
+/// Runs a storage call, retrying failures with capped backoff for 30 s:
+/// storage that stays down after that is the worker's problem, not the
+/// job's.
+async fn retry_storage<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(op: impl FnMut() -> F) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + STORAGE_PATIENCE;
+    Backoff::default().retry(Some(deadline), op, |_| true, |e, delay| tracing::warn!("storage: {e}; retrying in {delay:?}")).await
+}
+
+/// How long a storage call is retried before the worker gives up on it.
+const STORAGE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How an attempt ended, when it did not fail.
 enum Ended {
@@ -129,10 +175,17 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
     rt.spawn(async move {
         while !beat.done.load(Ordering::SeqCst) {
             let progress = beat.progress.lock().map(|p| p.clone()).unwrap_or_default();
-            let r = pb::HeartbeatRequest { worker_id: worker_id.clone(), job_id: job_id.clone(), fencing_token: token, progress: Some(progress), ..Default::default() };
+            let r = pb::HeartbeatRequest {
+                worker_id: worker_id.clone(),
+                job_id: job_id.clone(),
+                fencing_token: token,
+                progress: Some(progress),
+                resumed_from: beat.resumed_from.load(Ordering::SeqCst),
+                ..Default::default()
+            };
             match client.heartbeat(r).await {
                 Ok(resp) if resp.get_ref().cancelled => beat.cancelled.store(true, Ordering::SeqCst),
-                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => beat.stale.store(true, Ordering::SeqCst),
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied) => beat.stale.store(true, Ordering::SeqCst),
                 _ => {}
             }
             tokio::time::sleep(period).await;
@@ -145,7 +198,7 @@ fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -
     let (w, h) = (job.width as usize, job.height as usize);
     let limits = ImageLimits::default();
     let load = |key: &str, role: &str| -> Result<image::RgbImage, JobError> {
-        let bytes = rt.block_on(ctx.store.get(key))?;
+        let bytes = rt.block_on(retry_storage(|| ctx.store.get(key)))?;
         decode_rgb(&bytes, &format!("{role} {key}"), limits).map_err(|e| JobError::BadInput(e.to_string()))
     };
     let sources = Sources {
@@ -158,18 +211,18 @@ fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -
     if !job.resume_key.is_empty() {
         resume(ctx, rt, &job.resume_key, &mut session);
     }
+    beat.resumed_from.store(session.iteration() as u32, Ordering::SeqCst);
 
-    let job_store = ctx.store.sub(&job.prefix);
-    let attempt_folder = format!("attempt-{token}");
+    // Everything this attempt writes goes into its own folder.
+    let attempt_store = ctx.store.sub(&job.prefix);
     let mut hooks = FarmHooks {
         ctx,
         rt,
         job,
         token,
         beat,
-        job_store: job_store.clone(),
-        checkpoints: CheckpointStore::new(job_store.sub(&attempt_folder), 2),
-        checkpoint_prefix: format!("{}/{attempt_folder}", job.prefix),
+        job_store: attempt_store.clone(),
+        checkpoints: CheckpointStore::new(attempt_store, 2),
         events: EventWriter::in_memory(),
         log: String::new(),
         clock: Instant::now(),
@@ -242,10 +295,9 @@ struct FarmHooks<'a> {
     job: &'a pb::JobSpec,
     token: u64,
     beat: &'a Beat,
+    /// The attempt's folder: outputs, records, snapshots, checkpoints.
     job_store: Store,
     checkpoints: CheckpointStore,
-    /// Storage key of the attempt's folder, where its checkpoints go.
-    checkpoint_prefix: String,
     events: EventWriter<Vec<u8>>,
     log: String,
     clock: Instant,
@@ -277,16 +329,11 @@ impl FarmHooks<'_> {
         }
     }
 
-    /// Puts `bytes` at `name` in the job's folder, retrying storage blips.
+    /// Puts `bytes` at `name` in the attempt's folder, retrying storage
+    /// blips.
     fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), JobError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let store = &self.job_store;
-        self.rt.block_on(Backoff::default().retry(
-            Some(deadline),
-            || store.put(name, bytes.clone()),
-            |_| true,
-            |e, delay| tracing::warn!("{e}; retrying in {delay:?}"),
-        ))?;
+        self.rt.block_on(retry_storage(|| store.put(name, bytes.clone())))?;
         Ok(())
     }
 
@@ -320,7 +367,7 @@ impl FarmHooks<'_> {
             worker_id: self.ctx.worker_id.clone(),
             job_id: self.job.job_id.clone(),
             fencing_token: self.token,
-            output_key: format!("{}/{}", self.job.prefix, job_files::OUTPUT),
+            output_name: job_files::OUTPUT.to_string(),
             progress: Some(self.progress(last.iteration, &last.losses)),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -344,8 +391,14 @@ impl FarmHooks<'_> {
     /// Shutdown: checkpoint where the render is (if it got past its coarse
     /// stages) and give the job back so another worker resumes at once.
     fn release(&mut self, session: &Session) -> Result<Ended, JobError> {
-        let (key, iteration) = match session.checkpoint().filter(|ck| ck.state.iteration > 0) {
-            Some(ck) => (self.save(&ck)?, ck.state.iteration),
+        // Without a checkpoint the job is still given back: the next worker
+        // starts from the last one the coordinator recorded.
+        let (name, iteration) = match session.checkpoint().filter(|ck| ck.state.iteration > 0).map(|ck| (self.save(&ck), ck.state.iteration)) {
+            Some((Ok(name), iteration)) => (name, iteration),
+            Some((Err(e), _)) => {
+                tracing::warn!("no checkpoint at shutdown: {e:?}");
+                (String::new(), 0)
+            }
             None => (String::new(), 0),
         };
         let r = pb::ReleaseRequest {
@@ -353,19 +406,32 @@ impl FarmHooks<'_> {
             job_id: self.job.job_id.clone(),
             fencing_token: self.token,
             checkpoint_iteration: iteration as u32,
-            checkpoint_key: key,
+            checkpoint_name: name,
         };
-        self.rt.block_on(self.ctx.client.clone().release(r)).map_err(|s| JobError::Internal(format!("release refused: {}", s.message())))?;
+        let client = &self.ctx.client;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.rt
+            .block_on(Backoff::default().retry(
+                Some(deadline),
+                || {
+                    let (mut c, r) = (client.clone(), r.clone());
+                    async move { c.release(r).await }
+                },
+                |s| s.code() == Code::Unavailable,
+                |_, _| {},
+            ))
+            .map_err(|s| JobError::Internal(format!("release refused: {}", s.message())))?;
         Ok(Ended::Released)
     }
 
-    /// Writes a checkpoint into the attempt's folder; returns its key.
+    /// Writes a checkpoint into the attempt's folder, retrying storage
+    /// blips; returns its file name there.
     fn save(&self, ck: &Checkpoint) -> Result<String, JobError> {
         let t = Instant::now();
-        let bytes = self.rt.block_on(self.checkpoints.save(ck)).map_err(|e| JobError::Internal(e.to_string()))?;
+        let bytes = self.rt.block_on(retry_storage(|| self.checkpoints.save(ck))).map_err(|e| JobError::Worker(e.to_string()))?;
         metrics::histogram!("stylefarm_checkpoint_seconds").record(t.elapsed().as_secs_f64());
         metrics::histogram!("stylefarm_checkpoint_bytes").record(bytes as f64);
-        Ok(format!("{}/{}", self.checkpoint_prefix, checkpoints::name(ck.state.iteration)))
+        Ok(checkpoints::name(ck.state.iteration))
     }
 }
 
@@ -402,8 +468,10 @@ impl Hooks for FarmHooks<'_> {
         let per_second = (session.iteration() - self.first) as f64 / self.clock.elapsed().as_secs_f64().max(1e-9);
         metrics::gauge!("stylefarm_iterations_per_second", "device" => label).set(per_second);
         self.record(record);
-        if let Ok(mut p) = self.beat.progress.lock() {
-            *p = self.progress(session.iteration(), &record.losses);
+        let progress = self.progress(session.iteration(), &record.losses);
+        let finite = [progress.content, progress.style, progress.tv, progress.total, progress.eta_seconds].iter().all(|v| v.is_finite());
+        if let (true, Ok(mut p)) = (finite, self.beat.progress.lock()) {
+            *p = progress;
         }
         Ok(())
     }
@@ -417,21 +485,47 @@ impl Hooks for FarmHooks<'_> {
         if ck.state.iteration >= session.params().iterations {
             return Ok(()); // about to complete: the output is the record
         }
-        let key = self.save(&ck)?;
+        // A checkpoint that cannot be written costs the time since the last
+        // one if the worker dies, nothing if it does not: the render goes on.
+        let name = match self.save(&ck) {
+            Ok(name) => name,
+            Err(e) => {
+                tracing::warn!(iteration = ck.state.iteration, "checkpoint not written, rendering on: {e:?}");
+                return Ok(());
+            }
+        };
         let last = session.history().last().map(|r| r.losses).unwrap_or_default();
         let r = pb::HeartbeatRequest {
             worker_id: self.ctx.worker_id.clone(),
             job_id: self.job.job_id.clone(),
             fencing_token: self.token,
             progress: Some(self.progress(session.iteration(), &last)),
-            checkpoint_key: key,
+            checkpoint_name: name,
             checkpoint_iteration: ck.state.iteration as u32,
+            resumed_from: self.beat.resumed_from.load(Ordering::SeqCst),
         };
         match self.rt.block_on(self.ctx.client.clone().heartbeat(r)) {
             Ok(r) if r.get_ref().cancelled => self.stopped = Some(Stop::Cancelled),
-            Err(s) if s.code() == Code::FailedPrecondition => self.stopped = Some(Stop::Lost(s.message().to_string())),
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied) => {
+                self.stopped = Some(Stop::Lost(s.message().to_string()))
+            }
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_is_recognised_on_every_device() {
+        for m in ["CUDA_ERROR_OUT_OF_MEMORY", "cuda error: out of memory", "memory allocation failed", "Cannot allocate memory (os error 12)"] {
+            assert!(matches!(JobError::from(EngineError::Internal(m.into())), JobError::OutOfMemory(_)), "{m}");
+        }
+        assert!(matches!(JobError::from(EngineError::Internal("shape mismatch".into())), JobError::Internal(_)));
+        let bad = EngineError::NonFinite { iteration: 3, value: f64::NAN };
+        assert!(matches!(JobError::from(bad), JobError::BadInput(_)), "a loss that left the numbers is the job's");
     }
 }

@@ -66,6 +66,8 @@ pub enum Error {
     Metrics(#[from] stylefarm_shared::telemetry::MetricsError),
     #[error("device {device}: {reason}")]
     Device { device: String, reason: String },
+    #[error("storage {location} is not this farm's storage ({reason}); give farm-worker the coordinator's --storage")]
+    WrongStorage { location: String, reason: String },
     #[error("the coordinator refused registration: {0}")]
     Registration(String),
     #[error("cannot start the engine's threads: {0}")]
@@ -112,7 +114,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         name: config.name.clone(),
         device: config.device.clone(),
         device_name: format!("{device:?}"),
-        memory_bytes: 0,
+        memory_bytes: device_memory(&config.device),
         capabilities: vec!["adam".into(), "lbfgs".into()],
     };
     let registration = tokio::select! {
@@ -126,6 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     let storage = config.storage.clone().unwrap_or(registration.storage_url.clone());
     let store = Store::open(&storage)?;
+    check_storage(&store, &registration.farm_id).await?;
     tracing::info!(worker = %registration.worker_id, device = %config.device, %storage, "registered");
     let ctx = Arc::new(Ctx {
         client,
@@ -141,6 +144,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     lease_loop(ctx.clone()).await;
     tracing::info!(worker = %ctx.worker_id, "stopped");
     Ok(())
+}
+
+/// Refuses to take jobs from storage that is not the farm's (a wrong
+/// `--storage`: every job's inputs would be missing) or that takes no
+/// writes (every checkpoint and output would fail).
+async fn check_storage(store: &Store, farm_id: &str) -> Result<(), Error> {
+    let wrong = |reason: String| Error::WrongStorage { location: store.location().to_string(), reason };
+    let marker = store.get(FARM_MARKER).await.map_err(|_| wrong(format!("it has no {FARM_MARKER}")))?;
+    if String::from_utf8_lossy(&marker).trim() != farm_id {
+        return Err(wrong(format!("its {FARM_MARKER} names another farm")));
+    }
+    store.check_writable().await.map_err(|e| wrong(format!("it takes no writes: {e}")))
+}
+
+/// The object at the storage root that names the farm (the coordinator
+/// writes it; see `RegisterResponse.farm_id`).
+const FARM_MARKER: &str = ".stylefarm-storage";
+
+/// Memory one render may use on `device`, for the coordinator's placement:
+/// the machine's RAM for the CPU (from /proc/meminfo), unknown (0) for a
+/// GPU until the engine can ask the driver.
+fn device_memory(device: &str) -> u64 {
+    if device != "cpu" {
+        return 0;
+    }
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())).flatten())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// The worker's own rayon pool: the engine's parallel loops run in it, so

@@ -2,17 +2,23 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use stylefarm_proto as pb;
 
-use super::{client, status_err, Conn};
+use super::{call, Conn};
 
 /// Downloads every finished image to `dir` and builds a contact sheet: one
 /// row per content, one column per style (each style's variants side by
-/// side), empty where a job did not succeed.
+/// side), empty where a job did not succeed. An image that cannot be
+/// fetched is reported and skipped; the others are still written, and the
+/// command fails at the end naming what is missing.
 pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
-    let mut farm = client(url).await?;
-    let c = farm.get_collection(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
+    let c = call(url, |mut c| {
+        let r = pb::CollectionRef { collection_id: id.into() };
+        async move { c.get_collection(r).await }
+    })
+    .await?
+    .into_inner();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     const CELL: u32 = 192;
     let thumb = |img: &image::RgbImage| image::imageops::thumbnail(img, CELL, CELL);
@@ -25,19 +31,31 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
         image::imageops::overlay(sheet, &t, x as i64, y as i64);
     };
     let mut written = 0;
+    let mut missing = Vec::new();
     for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
-        let data = farm
-            .fetch(pb::FetchRequest { collection_id: id.into(), key: j.output_key.clone() })
-            .await
-            .map_err(status_err)?
-            .into_inner()
-            .data;
         // Names were checked at submit; keep only safe characters anyway.
         let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect::<String>();
         let name = format!("{}_{}_v{}.png", safe(&j.content_name).trim_start_matches('.'), safe(&j.style_name), j.variant_index);
+        let fetched = call(url, |mut c| {
+            let r = pb::FetchRequest { collection_id: id.into(), key: j.output_key.clone() };
+            async move { c.fetch(r).await }
+        })
+        .await
+        .and_then(|r| {
+            let data = r.into_inner().data;
+            let img = image::load_from_memory(&data).with_context(|| "the farm's copy is not an image")?.to_rgb8();
+            Ok((data, img))
+        });
+        let (data, img) = match fetched {
+            Ok(got) => got,
+            Err(e) => {
+                eprintln!("{name}: not fetched: {e:#}");
+                missing.push(name);
+                continue;
+            }
+        };
         let path = dir.join(&name);
         std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?;
-        let img = image::load_from_memory(&data).with_context(|| format!("{name} from the farm is not an image"))?.to_rgb8();
         place(&mut sheet, &img, j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
         written += 1;
     }
@@ -45,5 +63,8 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
     sheet.save(&sheet_path).with_context(|| format!("cannot write {}", sheet_path.display()))?;
     eprintln!("fetched {written} of {} images into {}", c.jobs.len(), dir.display());
     println!("{}", sheet_path.display());
+    if !missing.is_empty() {
+        bail!("{} finished images could not be fetched: {}", missing.len(), missing.join(", "));
+    }
     Ok(())
 }

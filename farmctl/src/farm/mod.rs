@@ -16,12 +16,23 @@ pub use submit::{submit, SubmitArgs};
 pub use up::{up, UpArgs};
 pub use watch::watch;
 
+use std::future::Future;
+use std::time::Duration;
+
 use anyhow::Result;
 use stylefarm_proto as pb;
 use stylefarm_proto::farm_client::FarmClient;
+use stylefarm_shared::backoff::Backoff;
 use stylefarm_shared::client::{Bearer, ClientSecurity};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A `Farm` client with the bearer token attached.
+pub type Client = FarmClient<InterceptedService<Channel, Bearer>>;
+
+/// How long a command waits for a coordinator that went away (a restart,
+/// a redeploy) before it gives up.
+pub const RIDE_OUT: Duration = Duration::from_secs(90);
 
 /// Where the coordinator is and how to present ourselves to it.
 pub struct Conn {
@@ -30,7 +41,7 @@ pub struct Conn {
 }
 
 /// A `Farm` client for `conn`, with the bearer token attached.
-pub async fn client(conn: &Conn) -> Result<FarmClient<InterceptedService<Channel, Bearer>>> {
+pub async fn client(conn: &Conn) -> Result<Client> {
     let channel = conn
         .security
         .connect(&conn.url)
@@ -38,6 +49,41 @@ pub async fn client(conn: &Conn) -> Result<FarmClient<InterceptedService<Channel
         .map_err(|e| anyhow::anyhow!("{e} (is `farmctl up` or farm-coordinator running?)"))?;
     let bearer = conn.security.bearer()?;
     Ok(FarmClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+}
+
+/// Whether a failed call is worth retrying once the coordinator is back.
+/// (Not UNKNOWN: that is also what a TLS/plaintext mismatch looks like,
+/// which no wait will fix.)
+pub fn transient(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+}
+
+/// Runs `op` on a fresh client, riding out a coordinator that is down or
+/// restarting: connection failures and UNAVAILABLE are retried with capped
+/// backoff for up to [`RIDE_OUT`]; any other refusal returns at once.
+pub async fn call<T, F, Fut>(conn: &Conn, mut op: F) -> Result<T>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + RIDE_OUT;
+    let mut backoff = Backoff::default();
+    loop {
+        let error = match client(conn).await {
+            Ok(c) => match op(c).await {
+                Ok(v) => return Ok(v),
+                Err(s) if transient(&s) => anyhow::anyhow!("{} ({:?})", s.message(), s.code()),
+                Err(s) => return Err(status_err(s)),
+            },
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay();
+        if tokio::time::Instant::now() + delay > deadline {
+            return Err(error.context(format!("the coordinator at {} did not come back within {} s", conn.url, RIDE_OUT.as_secs())));
+        }
+        eprintln!("coordinator unreachable ({error:#}); retrying in {delay:.1?}");
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// A refused call as an error a user can read.

@@ -1,9 +1,11 @@
-//! `farmctl status ID [--json]`: a collection's jobs as a table or JSON.
+//! `farmctl status [ID] [--json]`: a collection's jobs, or (no ID) the
+//! farm: its workers (quarantined ones marked) and the caller's
+//! collections. Rides out a coordinator restart.
 
 use anyhow::Result;
 use stylefarm_proto as pb;
 
-use super::{client, state_name, status_err, Conn};
+use super::{call, state_name, Conn};
 
 fn job_json(j: &pb::Job) -> serde_json::Value {
     let p = j.progress.clone().unwrap_or_default();
@@ -11,7 +13,7 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
         "job_id": j.job_id, "content": j.content_name, "style": j.style_name, "variant": j.variant_index,
         "state": state_name(j.state), "attempts": j.attempts, "iteration": p.iteration, "iterations": p.iterations,
         "total_loss": p.total, "eta_seconds": p.eta_seconds, "worker": j.worker, "error": j.error,
-        "output_key": j.output_key, "started_from": j.started_from,
+        "output_key": j.output_key, "started_from": j.started_from, "failures": j.failures, "requeues": j.requeues,
     })
 }
 
@@ -22,8 +24,21 @@ fn collection_json(c: &pb::Collection) -> serde_json::Value {
     })
 }
 
-pub async fn status(url: &Conn, id: &str, json: bool) -> Result<()> {
-    let c = client(url).await?.get_collection(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
+fn worker_json(w: &pb::WorkerInfo) -> serde_json::Value {
+    serde_json::json!({
+        "worker_id": w.worker_id, "device": w.device, "memory_bytes": w.memory_bytes, "current_job": w.current_job,
+        "last_seen_unix": w.last_seen_unix, "strikes": w.strikes, "quarantined": w.quarantined,
+    })
+}
+
+pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
+    let Some(id) = id else { return farm(url, json).await };
+    let c = call(url, |mut c| {
+        let r = pb::CollectionRef { collection_id: id.into() };
+        async move { c.get_collection(r).await }
+    })
+    .await?
+    .into_inner();
     if json {
         println!("{}", serde_json::to_string_pretty(&collection_json(&c))?);
         return Ok(());
@@ -37,6 +52,31 @@ pub async fn status(url: &Conn, id: &str, json: bool) -> Result<()> {
             "{:<20} {:<20} {:>3} {:<10} {:>5}/{:<5} {:>12.4e} {:>3}  {who}",
             j.content_name, j.style_name, j.variant_index, state_name(j.state), p.iteration, p.iterations, p.total, j.attempts
         );
+    }
+    Ok(())
+}
+
+/// The farm at a glance: workers, then collections.
+async fn farm(url: &Conn, json: bool) -> Result<()> {
+    let workers = call(url, |mut c| async move { c.list_workers(pb::ListWorkersRequest {}).await }).await?.into_inner().workers;
+    let collections = call(url, |mut c| async move { c.list_collections(pb::ListCollectionsRequest {}).await }).await?.into_inner().collections;
+    if json {
+        let v = serde_json::json!({
+            "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
+            "collections": collections.iter().map(collection_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{} workers", workers.len());
+    for w in &workers {
+        let state = if w.quarantined { format!("QUARANTINED after {} failed attempts in a row", w.strikes) } else if w.current_job.is_empty() { "idle".into() } else { format!("on {}", w.current_job) };
+        println!("  {:<32} {:<8} {:>6.1} GiB  {state}", w.worker_id, w.device, w.memory_bytes as f64 / (1u64 << 30) as f64);
+    }
+    println!("{} collections", collections.len());
+    for c in &collections {
+        let done = c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32).count();
+        println!("  {} {:<24} {done}/{} succeeded", c.collection_id, c.name, c.jobs.len());
     }
     Ok(())
 }

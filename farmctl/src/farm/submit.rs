@@ -8,7 +8,7 @@ use clap::Args;
 use stylefarm_engine::{Init, RenderParams};
 use stylefarm_proto as pb;
 
-use super::{client, Conn};
+use super::{call, Conn};
 use crate::flags::{parse_init, ParamFlags};
 
 #[derive(Args)]
@@ -132,8 +132,17 @@ pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         snapshot_every: a.snapshot_every,
         blend_styles,
+        // One key for every retry of this submit: a reply lost to a
+        // coordinator restart does not make a second collection.
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
     };
-    let r = client(url).await?.submit(request).await.map_err(|s| anyhow::anyhow!("submit refused: {}", s.message()))?.into_inner();
+    let r = call(url, |mut c| {
+        let request = request.clone();
+        async move { c.submit(request).await }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("submit refused: {e:#}"))?
+    .into_inner();
     if a.json {
         println!("{}", serde_json::json!({"collection_id": r.collection_id, "jobs": r.jobs}));
     } else {

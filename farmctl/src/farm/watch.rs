@@ -1,16 +1,33 @@
-//! `farmctl watch ID`: progress bars until every job has ended.
+//! `farmctl watch ID`: progress bars until every job has ended. A
+//! coordinator that goes away (a restart) is waited for and the watch
+//! resumes from its fresh snapshot.
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use stylefarm_proto as pb;
+use tonic::Streaming;
 
-use super::{client, state_name, status_err, Conn};
+use super::{call, state_name, transient, Conn};
+
+/// Opens the Watch stream, waiting out a coordinator that is down.
+async fn open(url: &Conn, id: &str) -> Result<Streaming<pb::Collection>> {
+    Ok(call(url, |mut c| {
+        let r = pb::CollectionRef { collection_id: id.into() };
+        async move { c.watch(r).await }
+    })
+    .await?
+    .into_inner())
+}
+
+fn all_ended(c: &pb::Collection) -> bool {
+    c.jobs.iter().all(|j| j.state >= pb::JobState::Succeeded as i32)
+}
 
 /// Streams progress until every job has ended; Ok(true) if all succeeded.
 pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
-    let mut stream = client(url).await?.watch(pb::CollectionRef { collection_id: id.into() }).await.map_err(status_err)?.into_inner();
+    let mut stream = open(url, id).await?;
     let multi = MultiProgress::new();
     let overall = multi.add(ProgressBar::new(0));
     overall.set_style(ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} jobs  ETA {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
@@ -22,8 +39,22 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
     loop {
         let c = match stream.message().await {
             Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(s) => bail!("watch ended: {}", s.message()),
+            Ok(None) if last.as_ref().is_some_and(all_ended) => break,
+            // The stream broke off before the end: the coordinator went
+            // away. Reconnect and go on from its snapshot.
+            Ok(None) => {
+                stream = open(url, id).await?;
+                continue;
+            }
+            // A stream that worked and broke: the coordinator went away
+            // mid-stream (UNKNOWN and CANCELLED are how a dropped
+            // connection surfaces here).
+            Err(s) if transient(&s) || matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled) => {
+                multi.suspend(|| eprintln!("watch interrupted ({}); reconnecting", s.message()));
+                stream = open(url, id).await?;
+                continue;
+            }
+            Err(s) => anyhow::bail!("watch ended: {} ({:?})", s.message(), s.code()),
         };
         overall.set_length(c.jobs.len() as u64);
         let done = c.jobs.iter().filter(|j| j.state >= pb::JobState::Succeeded as i32).count();
