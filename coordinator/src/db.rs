@@ -590,12 +590,9 @@ impl Db {
                 "UPDATE jobs SET lease_deadline = ?1, iteration = ?2, content = ?3, style = ?4, tv = ?5, total = ?6, eta = ?7 WHERE id = ?8",
                 params![deadline, p.iteration, p.content, p.style, p.tv, p.total, p.eta_seconds, call.job],
             )?;
-            if r.resumed_from > 0 {
-                tx.execute("UPDATE jobs SET started_from = ?1 WHERE id = ?2", params![r.resumed_from, call.job])?;
-                tx.execute(
-                    "UPDATE attempts SET resumed_from = ?1 WHERE job_id = ?2 AND fencing_token = ?3",
-                    params![r.resumed_from, call.job, call.token as i64],
-                )?;
+            if let Some(from) = r.resumed_from {
+                tx.execute("UPDATE jobs SET started_from = ?1 WHERE id = ?2", params![from, call.job])?;
+                tx.execute("UPDATE attempts SET resumed_from = ?1 WHERE job_id = ?2 AND fencing_token = ?3", params![from, call.job, call.token as i64])?;
             }
             if let Some(key) = checkpoint_key {
                 tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", params![key, r.checkpoint_iteration, call.job])?;

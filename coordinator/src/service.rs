@@ -264,8 +264,7 @@ impl FarmService {
     /// Parses and checks one variant's parameters: the schema (unknown
     /// keys by name), the values, and what no worker can run.
     fn variant(&self, i: usize, json: &str, styles_per_job: usize) -> Result<RenderParams, Status> {
-        let params: RenderParams =
-            serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("variant {i}: not valid render parameters: {e}")))?;
+        let params = RenderParams::from_json(json).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
         params.validate(styles_per_job).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
         if params.init == Init::Image {
             return Err(Status::invalid_argument(format!(

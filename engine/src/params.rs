@@ -209,6 +209,18 @@ impl RenderParams {
         Ok(())
     }
 
+    /// Reads parameters in their wire form (a JSON object; missing keys
+    /// take their defaults). The error names the key that is wrong, an
+    /// unknown one included, and what was expected.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "parameters".to_string() } else { key };
+            crate::error::EngineError::ParamSchema { key, reason: e.into_inner().to_string() }
+        })
+    }
+
     /// A first-order estimate of a render's peak memory at `width`×`height`
     /// on the CPU engine, in bytes: a fixed part (weights, runtime) plus,
     /// per pixel, the feature maps of every layer up to the deepest one a
@@ -272,8 +284,11 @@ mod tests {
         assert!(serde_json::to_string(&p).unwrap().contains("\"iters\":7"));
         let old: RenderParams = serde_json::from_str(r#"{"iterations": 9}"#).unwrap();
         assert_eq!(old.iterations, 9, "checkpoints written before the rename still read");
-        let err = serde_json::from_str::<RenderParams>(r#"{"alhpa": 1}"#).unwrap_err().to_string();
+        let err = RenderParams::from_json(r#"{"alhpa": 1}"#).unwrap_err().to_string();
         assert!(err.contains("alhpa"), "{err}");
+        let err = RenderParams::from_json(r#"{"iters": -3}"#).unwrap_err().to_string();
+        assert!(err.contains("iters"), "a wrong value names its key: {err}");
+        assert_eq!(RenderParams::from_json(r#"{"seed": 4}"#).unwrap().seed, 4);
     }
 
     #[test]

@@ -1,7 +1,15 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: where the binaries
-//! and the fixtures are. Fixtures live in `tests/fixtures/`.
+//! and the fixtures are (fixtures live in `tests/fixtures/`), and [`Farm`]:
+//! a real coordinator and real workers as child processes on loopback,
+//! driven by the real farmctl.
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// A binary of this workspace, from the target folder the tests run from
 /// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
@@ -24,3 +32,170 @@ pub fn package_dir() -> PathBuf {
 pub fn fixture(name: &str) -> String {
     package_dir().join("fixtures").join(name).to_string_lossy().into_owned()
 }
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Child processes that are killed when the test ends, however it ends.
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A farm of child processes in a temporary folder: the coordinator
+/// (`data/` holds its database and its storage, `data/storage`) and any
+/// workers added; all killed when it drops.
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+    pub coordinator: Option<Child>,
+    pub workers: Procs,
+    /// Extra coordinator flags, kept for restarts.
+    pub extra: Vec<String>,
+}
+
+/// The coordinator's --lease-seconds (heartbeats every second).
+pub const LEASE: &str = "3";
+
+impl Farm {
+    pub fn start() -> Farm {
+        Self::start_with(&[])
+    }
+
+    /// A coordinator with `extra` flags.
+    pub fn start_with(extra: &[&str]) -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: Procs(Vec::new()), extra: extra.iter().map(|s| s.to_string()).collect() };
+        farm.start_coordinator();
+        farm
+    }
+
+    pub fn start_coordinator(&mut self) {
+        let mut c = Command::new(bin("farm-coordinator"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--lease-seconds", LEASE, "--heartbeat-seconds", "1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "coordinator said: {line}");
+        self.coordinator = Some(c);
+    }
+
+    pub fn kill_coordinator(&mut self) {
+        let mut c = self.coordinator.take().unwrap();
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+    }
+
+    /// Starts a worker; returns its index for [`Farm::kill_worker`].
+    pub fn add_worker(&mut self, name: &str) -> usize {
+        self.add_worker_with(name, &[])
+    }
+
+    /// Starts a worker with `extra` flags.
+    pub fn add_worker_with(&mut self, name: &str, extra: &[&str]) -> usize {
+        let w = Command::new(bin("farm-worker"))
+            .args(["--coordinator", &self.url, "--device", "cpu", "--threads", "1", "--name", name])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.workers.0.push(w);
+        self.workers.0.len() - 1
+    }
+
+    pub fn kill_worker(&mut self, i: usize) {
+        self.workers.0[i].kill().unwrap();
+        self.workers.0[i].wait().unwrap();
+    }
+
+    pub fn farmctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("farmctl")).arg("--coordinator").arg(&self.url).args(args).output().unwrap()
+    }
+
+    pub fn submit(&self, args: &[&str]) -> String {
+        let o = self.farmctl(&[&["submit"], args].concat());
+        assert!(o.status.success(), "submit failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().lines().last().unwrap().trim().to_string()
+    }
+
+    pub fn status(&self, id: &str) -> Option<Value> {
+        let o = self.farmctl(&["status", id, "--json"]);
+        o.status.success().then(|| serde_json::from_slice(&o.stdout).unwrap())
+    }
+
+    /// Polls until `pred` holds for the collection's status.
+    pub fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status(id) {
+                if pred(&s) {
+                    return s;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(240), "timed out waiting for {what}: {:?}", self.status(id));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The jobs of a `farmctl status --json`.
+pub fn jobs(s: &Value) -> &Vec<Value> {
+    s["jobs"].as_array().unwrap()
+}
+
+pub fn all_succeeded(s: &Value) -> bool {
+    jobs(s).iter().all(|j| j["state"] == "succeeded")
+}
+
+/// A small render with checkpoints, for farm tests.
+pub const RENDER: [&str; 6] = ["--size", "32x24", "--iters", "60", "--checkpoint-every", "5"];
+
+/// The same image rendered by `farmctl render` on this machine, no farm.
+pub fn local_render(dir: &Path, content: &str, style: &str) -> Vec<u8> {
+    let out = dir.join(format!("local_{}_{}.png", Path::new(content).file_stem().unwrap().to_string_lossy(), Path::new(style).file_stem().unwrap().to_string_lossy()));
+    let o = Command::new(bin("farmctl"))
+        .args(["render", "-q", "--no-extras", "--size", "32x24", "--iters", "60", "--content", content, "--style", style, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(out).unwrap()
+}
+
+/// Fetches the collection and checks each image against a local render.
+pub fn fetch_and_compare(farm: &Farm, id: &str, pairs: &[(&str, &str)]) {
+    let out = farm.dir.path().join("fetched");
+    let o = farm.farmctl(&["fetch", id, "-o", &out.to_string_lossy()]);
+    assert!(o.status.success(), "fetch: {}", String::from_utf8_lossy(&o.stderr));
+    let sheet = String::from_utf8(o.stdout).unwrap().lines().last().unwrap().to_string();
+    assert!(Path::new(&sheet).exists(), "contact sheet {sheet}");
+    for (c, s) in pairs {
+        let name = format!("{}_{}_v0.png", Path::new(c).file_stem().unwrap().to_string_lossy(), Path::new(s).file_stem().unwrap().to_string_lossy());
+        let farmed = std::fs::read(out.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(farmed == local_render(farm.dir.path(), c, s), "{name} differs from the same render done locally");
+    }
+}
+

@@ -65,7 +65,7 @@ impl From<EngineError> for JobError {
             return JobError::OutOfMemory(message);
         }
         match e {
-            EngineError::InvalidParam { .. } | EngineError::UnknownLayer(_) | EngineError::Image(_) | EngineError::NonFinite { .. } => {
+            EngineError::InvalidParam { .. } | EngineError::ParamSchema { .. } | EngineError::UnknownLayer(_) | EngineError::Image(_) | EngineError::NonFinite { .. } => {
                 JobError::BadInput(message)
             }
             _ => JobError::Internal(message),
@@ -98,15 +98,26 @@ struct Beat {
     cancelled: AtomicBool,
     stale: AtomicBool,
     done: AtomicBool,
-    /// The iteration the attempt resumed from, once known.
+    /// The iteration the attempt resumed from, once known (`u32::MAX`
+    /// before).
     resumed_from: std::sync::atomic::AtomicU32,
+}
+
+impl Beat {
+    fn new() -> Self {
+        Self { resumed_from: u32::MAX.into(), ..Default::default() }
+    }
+
+    fn resumed_from(&self) -> Option<u32> {
+        Some(self.resumed_from.load(Ordering::SeqCst)).filter(|&i| i != u32::MAX)
+    }
 }
 
 /// Runs one attempt to its end; every failure is reported to the
 /// coordinator (nothing is returned: the lease loop just goes on).
 pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
     let started = Instant::now();
-    let beat = Arc::new(Beat::default());
+    let beat = Arc::new(Beat::new());
     spawn_heartbeat(ctx, rt, &job, token, beat.clone());
     let outcome = attempt(ctx, rt, &job, token, &beat);
     beat.done.store(true, Ordering::SeqCst);
@@ -180,7 +191,7 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
                 job_id: job_id.clone(),
                 fencing_token: token,
                 progress: Some(progress),
-                resumed_from: beat.resumed_from.load(Ordering::SeqCst),
+                resumed_from: beat.resumed_from(),
                 ..Default::default()
             };
             match client.heartbeat(r).await {
@@ -194,7 +205,7 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
 }
 
 fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -> Result<Ended, JobError> {
-    let params: RenderParams = serde_json::from_str(&job.params_json).map_err(|e| JobError::BadInput(format!("render parameters: {e}")))?;
+    let params = RenderParams::from_json(&job.params_json)?;
     let (w, h) = (job.width as usize, job.height as usize);
     let limits = ImageLimits::default();
     let load = |key: &str, role: &str| -> Result<image::RgbImage, JobError> {
@@ -502,7 +513,7 @@ impl Hooks for FarmHooks<'_> {
             progress: Some(self.progress(session.iteration(), &last)),
             checkpoint_name: name,
             checkpoint_iteration: ck.state.iteration as u32,
-            resumed_from: self.beat.resumed_from.load(Ordering::SeqCst),
+            resumed_from: self.beat.resumed_from(),
         };
         match self.rt.block_on(self.ctx.client.clone().heartbeat(r)) {
             Ok(r) if r.get_ref().cancelled => self.stopped = Some(Stop::Cancelled),

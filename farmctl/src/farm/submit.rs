@@ -83,17 +83,14 @@ fn variant(base: &RenderParams, spec: &str) -> Result<RenderParams> {
     let obj = v.as_object_mut().context("parameters are an object")?;
     for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, val) = pair.split_once('=').with_context(|| format!("--variant `{spec}`: `{pair}` is not key=value"))?;
-        let key = match k.trim() {
-            "iters" => "iterations",
-            k => k,
-        };
+        let key = k.trim();
         if !obj.contains_key(key) || matches!(key, "content_layers" | "style_layers" | "style_blend" | "scales") {
             bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set");
         }
         let parsed = serde_json::from_str(val.trim()).unwrap_or_else(|_| serde_json::Value::String(val.trim().to_string()));
         obj.insert(key.to_string(), parsed);
     }
-    serde_json::from_value(v).with_context(|| format!("--variant `{spec}`"))
+    RenderParams::from_json(&v.to_string()).with_context(|| format!("--variant `{spec}`"))
 }
 
 pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {

@@ -43,6 +43,7 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
             // The stream broke off before the end: the coordinator went
             // away. Reconnect and go on from its snapshot.
             Ok(None) => {
+                multi.suspend(|| eprintln!("watch interrupted (the stream ended early); reconnecting"));
                 stream = open(url, id).await?;
                 continue;
             }
