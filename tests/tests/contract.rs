@@ -510,3 +510,68 @@ fn chaos_every_job_succeeds_exactly_once_and_matches_a_local_render() {
     }
     fetch_and_compare(&farm, &id, &[(&c1, &s1), (&c2, &s2)]);
 }
+
+#[test]
+fn fetch_goes_on_past_an_image_it_cannot_read() {
+    let farm = Farm::start();
+    let id = rt().block_on(async {
+        let mut f = farm_client(&farm.url, None).await;
+        let id = f.submit(small(vec![upload("a", "content.png"), upload("b", "init.png")])).await.unwrap().into_inner().collection_id;
+        // A worker that "renders" by copying a picture into its folder.
+        let mut w = workers_client(&farm.url, None).await;
+        let worker = register(&mut w, "copier", 0).await;
+        for _ in 0..2 {
+            let l = lease(&mut w, &worker).await;
+            let spec = l.job.unwrap();
+            let folder = farm.dir.path().join("data/storage").join(&spec.prefix);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join("output.png"), bytes("style.png")).unwrap();
+            let r = pb::CompleteRequest { worker_id: worker.clone(), job_id: spec.job_id, fencing_token: l.fencing_token, output_name: "output.png".into(), progress: None };
+            w.complete(r).await.unwrap();
+        }
+        id
+    });
+    // One finished image goes missing from storage.
+    let st = farm.status(&id).unwrap();
+    let lost = jobs(&st).iter().find(|j| j["content"] == "b").unwrap()["output_key"].as_str().unwrap().to_string();
+    std::fs::remove_file(farm.dir.path().join("data/storage").join(&lost)).unwrap();
+
+    let out = farm.dir.path().join("fetched");
+    let o = farm.farmctl(&["fetch", &id, "-o", &out.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("b_style_v0.png"), "the missing image is named: {stderr}");
+    assert!(out.join("a_style_v0.png").is_file() && out.join("contact_sheet.png").is_file(), "the rest was fetched: {stderr}");
+    let data_dir = farm.dir.path().join("data").to_string_lossy().into_owned();
+    assert!(!stderr.contains(&data_dir), "no coordinator path in the error: {stderr}");
+}
+
+#[test]
+fn a_loss_that_leaves_the_numbers_fails_the_job_once_by_name() {
+    let mut farm = Farm::start();
+    farm.add_worker("a");
+    let id = rt().block_on(async {
+        let mut f = farm_client(&farm.url, None).await;
+        let r = pb::SubmitRequest { variants_json: vec![r#"{"iters": 5, "lr": 1e300, "init": "noise"}"#.into()], ..small(vec![upload("c", "content.png")]) };
+        f.submit(r).await.unwrap().into_inner().collection_id
+    });
+    let st = farm.wait_for(&id, "the job to end", |s| jobs(s)[0]["state"] != "queued" && jobs(s)[0]["state"] != "running");
+    let job = &jobs(&st)[0];
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("lr"), "the error says what to change: {job}");
+    assert_eq!((job["attempts"].as_u64(), job["failures"].as_u64()), (Some(1), Some(1)), "bad input is not retried: {job}");
+}
+
+/// A worker whose setup (inputs, targets, the first iteration) outlasts
+/// several leases keeps its job: it heartbeats from the moment of the lease.
+#[test]
+fn a_slow_start_does_not_lose_the_lease() {
+    let mut farm = Farm::start();
+    farm.add_worker("slow");
+    let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "1200x900", "--iters", "3"]);
+    farm.wait_for(&id, "the lease", |s| jobs(s)[0]["state"] == "running");
+    std::thread::sleep(Duration::from_secs(9)); // three leases
+    let st = farm.status(&id).unwrap();
+    let job = &jobs(&st)[0];
+    assert_eq!((job["attempts"].as_u64(), job["requeues"].as_u64()), (Some(1), Some(0)), "{job}");
+    assert!(job["state"] == "running" || job["state"] == "succeeded", "{job}");
+}

@@ -23,7 +23,7 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 use stylefarm_proto::farm_client::FarmClient;
 use stylefarm_shared::backoff::Backoff;
-use stylefarm_shared::client::{Bearer, ClientSecurity};
+use stylefarm_shared::client::{Bearer, ClientError, ClientSecurity};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -42,13 +42,26 @@ pub struct Conn {
 
 /// A `Farm` client for `conn`, with the bearer token attached.
 pub async fn client(conn: &Conn) -> Result<Client> {
-    let channel = conn
-        .security
-        .connect(&conn.url)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e} (is `farmctl up` or farm-coordinator running?)"))?;
+    connect(conn).await.map_err(|e| anyhow::anyhow!("{e} (is `farmctl up` or farm-coordinator running?)"))
+}
+
+async fn connect(conn: &Conn) -> Result<Client, ClientError> {
+    let channel = conn.security.connect(&conn.url).await?;
     let bearer = conn.security.bearer()?;
     Ok(FarmClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+}
+
+/// Whether a failed connection may work later: nobody listening, a reset,
+/// a timeout, a name not resolving yet — not a TLS or configuration
+/// problem, which no wait will fix.
+fn may_come_back(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unreachable { reason, .. } => {
+            let r = reason.to_lowercase();
+            !["certificate", "tls", "handshake", "invalid"].iter().any(|w| r.contains(w))
+        }
+        _ => false,
+    }
 }
 
 /// Whether a failed call is worth retrying once the coordinator is back.
@@ -69,13 +82,14 @@ where
     let deadline = tokio::time::Instant::now() + RIDE_OUT;
     let mut backoff = Backoff::default();
     loop {
-        let error = match client(conn).await {
+        let error = match connect(conn).await {
             Ok(c) => match op(c).await {
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => anyhow::anyhow!("{} ({:?})", s.message(), s.code()),
                 Err(s) => return Err(status_err(s)),
             },
-            Err(e) => e,
+            Err(e) if may_come_back(&e) => anyhow::anyhow!(e),
+            Err(e) => return Err(anyhow::anyhow!(e)),
         };
         let delay = backoff.next_delay();
         if tokio::time::Instant::now() + delay > deadline {
