@@ -4,7 +4,7 @@
 //! call does to a job is decided by [`crate::machine::next`]; this module
 //! checks who is calling, applies the step and records the attempt.
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use stylefarm_proto as pb;
 
 use crate::machine::{self, Budget, Cause, Event, Refusal, State};
@@ -58,6 +58,18 @@ ALTER TABLE attempts ADD COLUMN resumed_from INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE workers ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE workers ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Scale: the queue order lives on the job row, so Lease walks one
+    // partial index instead of sorting a join; counts per collection and
+    // the lease sweep read indexes too.
+    r#"
+ALTER TABLE jobs ADD COLUMN prio INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cseq INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET prio = -(SELECT priority FROM collections c WHERE c.id = jobs.collection_id),
+                cseq = (SELECT seq FROM collections c WHERE c.id = jobs.collection_id);
+CREATE INDEX jobs_queue ON jobs(prio, cseq, seq) WHERE state = 1;
+CREATE INDEX jobs_running ON jobs(lease_deadline) WHERE state = 2;
+CREATE INDEX jobs_by_collection_state ON jobs(collection_id, state);
+"#,
 ];
 
 pub fn now() -> f64 {
@@ -95,11 +107,22 @@ pub enum CallError {
     Db(#[from] rusqlite::Error),
 }
 
+/// The next job to lease: the queue's order (priority, then collection,
+/// then job, all on the row) walked along the partial index `jobs_queue`,
+/// skipping jobs in their retry backoff or needing more memory than the
+/// worker has. Its cost does not grow with the queue.
+const LEASE_QUERY: &str = "SELECT id, collection_id, content_key, style_key, params_json, width, height,
+        checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
+ FROM jobs INDEXED BY jobs_queue
+ WHERE state = 1 AND not_before <= ?1 AND (?2 = 0 OR min_memory <= ?2)
+ ORDER BY prio, cseq, seq LIMIT 1";
+
 /// Joins a blended job's style keys in the `style_key` column (keys are
 /// `inputs/<sha256>`, so they never contain it).
 const STYLE_KEY_SEPARATOR: &str = "\n";
 
 /// A job as the database holds it, for creating rows.
+#[derive(Clone)]
 pub struct NewJob {
     pub id: String,
     pub content_index: u32,
@@ -122,16 +145,16 @@ pub struct NewJob {
 }
 
 /// A new collection, with who submitted it.
-pub struct NewCollection<'a> {
-    pub id: &'a str,
-    pub owner: &'a str,
+pub struct NewCollection {
+    pub id: String,
+    pub owner: String,
     /// Empty: no deduplication.
-    pub idempotency_key: &'a str,
-    pub name: &'a str,
+    pub idempotency_key: String,
+    pub name: String,
     pub priority: i32,
     /// Contents × styles × variants.
     pub shape: (u32, u32, u32),
-    pub jobs: &'a [NewJob],
+    pub jobs: Vec<NewJob>,
 }
 
 /// A granted lease.
@@ -160,6 +183,9 @@ pub struct Answer {
 
 pub struct Db {
     conn: Connection,
+    /// Jobs changed since the last [`Db::take_touched`]: what the state's
+    /// owner announces to watchers after a commit.
+    touched: Vec<String>,
 }
 
 fn state_of(v: i32) -> rusqlite::Result<State> {
@@ -211,6 +237,22 @@ fn outcome_prefix(event: Event) -> &'static str {
     }
 }
 
+/// How many of `jobs` are in each state.
+fn count(jobs: &[pb::Job]) -> pb::JobCounts {
+    let mut counts = pb::JobCounts::default();
+    for j in jobs {
+        match State::from_wire(j.state) {
+            Some(State::Queued) => counts.queued += 1,
+            Some(State::Running) => counts.running += 1,
+            Some(State::Succeeded) => counts.succeeded += 1,
+            Some(State::Failed) => counts.failed += 1,
+            Some(State::Cancelled) => counts.cancelled += 1,
+            None => {}
+        }
+    }
+    counts
+}
+
 impl Db {
     /// Opens (creating if needed) the database and runs pending migrations.
     pub fn open(path: &std::path::Path) -> rusqlite::Result<Self> {
@@ -218,9 +260,56 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut db = Self { conn };
+        let mut db = Self { conn, touched: Vec::new() };
         db.migrate()?;
         Ok(db)
+    }
+
+    /// A read-only connection to a database [`Db::open`] created: readers
+    /// see every committed change and never block the writer (WAL).
+    pub fn open_reader(path: &std::path::Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        Ok(Self { conn, touched: Vec::new() })
+    }
+
+    /// Opens one transaction that the next calls share until
+    /// [`Db::commit`] (group commit: one fsync for all of them). Each call
+    /// still runs in its own savepoint, so one that fails undoes only
+    /// itself.
+    pub fn begin(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")
+    }
+
+    /// Commits what [`Db::begin`] opened (synchronous=FULL: on disk when
+    /// this returns).
+    pub fn commit(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")
+    }
+
+    /// Undoes what [`Db::begin`] opened, after a failed commit.
+    pub fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.touched.clear();
+    }
+
+    /// The jobs changed since the last call, each once.
+    pub fn take_touched(&mut self) -> Vec<String> {
+        let mut ids = std::mem::take(&mut self.touched);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The rows of these jobs, for watchers.
+    pub fn jobs_by_id(&self, ids: &[String]) -> rusqlite::Result<Vec<pb::Job>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE id = ?1")?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(j) = stmt.query_row([id], job_from_row).optional()? {
+                jobs.push(j);
+            }
+        }
+        Ok(jobs)
     }
 
     fn migrate(&mut self) -> rusqlite::Result<()> {
@@ -234,7 +323,7 @@ impl Db {
         Ok(())
     }
 
-    fn next(tx: &Transaction, counter: &str) -> rusqlite::Result<u64> {
+    fn next(tx: &Connection, counter: &str) -> rusqlite::Result<u64> {
         tx.execute("UPDATE counters SET value = value + 1 WHERE name = ?1", [counter])?;
         tx.query_row("SELECT value FROM counters WHERE name = ?1", [counter], |r| r.get(0))
     }
@@ -264,31 +353,33 @@ impl Db {
     /// its id and job count, or those of the collection an earlier submit
     /// with the same idempotency key created.
     pub fn create_collection(&mut self, c: &NewCollection) -> rusqlite::Result<(String, u32)> {
-        if let Some(existing) = self.submitted(c.owner, c.idempotency_key)? {
+        if let Some(existing) = self.submitted(&c.owner, &c.idempotency_key)? {
             return Ok(existing);
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let seq = Self::next(&tx, "seq")?;
+        let collection_seq = seq as i64;
         tx.execute(
             "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key],
         )?;
-        for j in c.jobs {
+        for j in &c.jobs {
             let seq = Self::next(&tx, "seq")?;
             tx.execute(
                 "INSERT INTO jobs (id, collection_id, seq, content_index, style_index, variant_index, content_name, style_name,
-                   content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations, min_memory)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                   content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations, min_memory,
+                   prio, cseq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
                 params![
                     j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
                     j.style_keys.join(STYLE_KEY_SEPARATOR), j.params_json, j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
-                    j.iterations, j.min_memory as i64
+                    j.iterations, j.min_memory as i64, -(c.priority as i64), collection_seq
                 ],
             )?;
         }
         tx.commit()?;
-        Ok((c.id.to_string(), c.jobs.len() as u32))
+        Ok((c.id.clone(), c.jobs.len() as u32))
     }
 
     /// A collection with every job, and its owner.
@@ -307,6 +398,7 @@ impl Db {
                         styles: r.get("styles")?,
                         variants: r.get("variants")?,
                         created_unix: r.get("created")?,
+                        counts: None,
                     },
                 ))
             })
@@ -314,6 +406,7 @@ impl Db {
         let Some((owner, mut c)) = c else { return Ok(None) };
         let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq")?;
         c.jobs = stmt.query_map([id], job_from_row)?.collect::<rusqlite::Result<_>>()?;
+        c.counts = Some(count(&c.jobs));
         Ok(Some((owner, c)))
     }
 
@@ -398,7 +491,7 @@ impl Db {
     /// counter in the high half (so tokens only grow) and 32 random bits
     /// in the low half (so none can be guessed).
     pub fn lease(&mut self, worker: &str, rules: &Rules) -> Result<Option<Leased>, CallError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let t = now();
         let w: Option<(i64, bool, u32)> = tx
             .query_row("SELECT memory_bytes, quarantined, strikes FROM workers WHERE id = ?1", [worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -410,12 +503,8 @@ impl Db {
         tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, worker])?;
         let row = tx
             .query_row(
-                "SELECT j.id, j.collection_id, j.content_key, j.style_key, j.params_json, j.width, j.height,
-                        j.checkpoint_every, j.snapshot_every, j.resume_key, j.resume_iteration, j.attempts, j.state, j.failures, j.requeues
-                 FROM jobs j JOIN collections c ON c.id = j.collection_id
-                 WHERE j.state = ?1 AND j.not_before <= ?2 AND (?3 = 0 OR j.min_memory <= ?3)
-                 ORDER BY c.priority DESC, c.seq ASC, j.seq ASC LIMIT 1",
-                params![QUEUED, t, memory],
+                LEASE_QUERY,
+                params![t, memory],
                 |r| {
                     Ok((
                         pb::JobSpec {
@@ -457,6 +546,7 @@ impl Db {
             params![spec.job_id, attempt, worker, token as i64, t, resume_iteration],
         )?;
         tx.commit()?;
+        self.touched.push(spec.job_id.clone());
         Ok(Some(Leased { spec, token, attempt }))
     }
 
@@ -499,9 +589,9 @@ impl Db {
         event: Event,
         rules: &Rules,
         outcome: &str,
-        apply: impl FnOnce(&Transaction, State) -> rusqlite::Result<()>,
+        apply: impl FnOnce(&Connection, State) -> rusqlite::Result<()>,
     ) -> Result<Answer, CallError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let job: Option<(i32, i64, String, u32, u32)> = tx
             .query_row("SELECT state, fencing_token, collection_id, failures, requeues FROM jobs WHERE id = ?1", [call.job], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -555,13 +645,14 @@ impl Db {
         tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, call.worker])?;
         Self::strike(&tx, call.worker, event, rules)?;
         tx.commit()?;
+        self.touched.push(call.job.to_string());
         Ok(Answer { collection, cancelled, repeated: false })
     }
 
     /// A worker's record: attempts in a row lost to the worker itself (its
     /// storage, its device, its lease lapsing) count against it; a success
     /// clears them. A job's own errors do not: its budget pays for those.
-    fn strike(tx: &Transaction, worker: &str, event: Event, rules: &Rules) -> rusqlite::Result<()> {
+    fn strike(tx: &Connection, worker: &str, event: Event, rules: &Rules) -> rusqlite::Result<()> {
         match event {
             Event::Complete => {
                 tx.execute("UPDATE workers SET strikes = 0 WHERE id = ?1", [worker])?;
@@ -662,8 +753,8 @@ impl Db {
     /// budget (up to `max_requeues`); returns the collections touched.
     pub fn expire_leases(&mut self, rules: &Rules) -> rusqlite::Result<Vec<String>> {
         let lapsed: Vec<(String, String, i64)> = {
-            let mut stmt = self.conn.prepare("SELECT id, worker, fencing_token FROM jobs WHERE state = ?1 AND lease_deadline < ?2")?;
-            let rows = stmt.query_map(params![RUNNING, now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let mut stmt = self.conn.prepare_cached("SELECT id, worker, fencing_token FROM jobs WHERE state = 2 AND lease_deadline < ?1")?;
+            let rows = stmt.query_map(params![now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let mut touched = Vec::new();
@@ -682,21 +773,103 @@ impl Db {
         Ok(touched)
     }
 
-    /// `(state name, jobs)` for every state, and the jobs ready to lease now.
-    pub fn counts(&self) -> rusqlite::Result<(Vec<(&'static str, i64)>, i64)> {
-        let mut by_state = Vec::new();
-        for (state, name) in [(State::Queued, "queued"), (State::Running, "running"), (State::Succeeded, "succeeded"), (State::Failed, "failed"), (State::Cancelled, "cancelled")] {
-            let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state.to_wire() as i32], |r| r.get(0))?;
-            by_state.push((name, n));
+    /// `(state name, jobs)` for every state.
+    pub fn counts(&self) -> rusqlite::Result<Vec<(&'static str, i64)>> {
+        let mut n = [0i64; 6];
+        let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, i64>(1)?)))? {
+            let (state, count) = row?;
+            if let Some(slot) = n.get_mut(state) {
+                *slot = count;
+            }
         }
-        let ready: i64 = self.conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1 AND not_before <= ?2", params![QUEUED, now()], |r| r.get(0))?;
-        Ok((by_state, ready))
+        Ok(State::ALL.iter().map(|s| (s.name(), n[s.to_wire() as usize])).collect())
+    }
+
+    /// How many of a collection's jobs are in each state.
+    pub fn job_counts(&self, collection: &str) -> rusqlite::Result<pb::JobCounts> {
+        let mut counts = pb::JobCounts::default();
+        let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE collection_id = ?1 GROUP BY state")?;
+        for row in stmt.query_map([collection], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, u32>(1)?)))? {
+            let (state, n) = row?;
+            match State::from_wire(state) {
+                Some(State::Queued) => counts.queued = n,
+                Some(State::Running) => counts.running = n,
+                Some(State::Succeeded) => counts.succeeded = n,
+                Some(State::Failed) => counts.failed = n,
+                Some(State::Cancelled) => counts.cancelled = n,
+                None => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// One page of the collections `owner` may see (every one: `None`),
+    /// oldest first, without their jobs but with their counts: those after
+    /// sequence number `after`. Returns the page and the last one's
+    /// sequence number when more may follow.
+    pub fn collections_page(&self, owner: Option<&str>, after: i64, limit: u32) -> rusqlite::Result<(Vec<pb::Collection>, Option<i64>)> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, name, priority, created, contents, styles, variants, seq FROM collections
+             WHERE (?1 IS NULL OR owner = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows: Vec<(pb::Collection, i64)> = stmt
+            .query_map(params![owner, after, limit], |r| {
+                Ok((
+                    pb::Collection {
+                        collection_id: r.get(0)?,
+                        name: r.get(1)?,
+                        priority: r.get(2)?,
+                        created_unix: r.get(3)?,
+                        contents: r.get(4)?,
+                        styles: r.get(5)?,
+                        variants: r.get(6)?,
+                        ..Default::default()
+                    },
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
+        let mut page = Vec::with_capacity(rows.len());
+        for (mut c, _) in rows {
+            c.counts = Some(self.job_counts(&c.collection_id)?);
+            page.push(c);
+        }
+        Ok((page, next))
+    }
+
+    /// One page of a collection's jobs in submission order: those after
+    /// sequence number `after`; and the last one's when more may follow.
+    pub fn jobs_page(&self, collection: &str, after: i64, limit: u32) -> rusqlite::Result<(Vec<pb::Job>, Option<i64>)> {
+        let mut stmt = self.conn.prepare_cached("SELECT *, seq AS page_seq FROM jobs WHERE collection_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
+        let rows: Vec<(pb::Job, i64)> =
+            stmt.query_map(params![collection, after, limit], |r| Ok((job_from_row(r)?, r.get("page_seq")?)))?.collect::<rusqlite::Result<_>>()?;
+        let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
+        Ok((rows.into_iter().map(|(j, _)| j).collect(), next))
+    }
+
+    /// The owner of a collection, if it exists.
+    pub fn owner(&self, collection: &str) -> rusqlite::Result<Option<String>> {
+        self.conn.query_row("SELECT owner FROM collections WHERE id = ?1", [collection], |r| r.get(0)).optional()
+    }
+
+    /// The folder of a job's latest attempt, if it has had one.
+    pub fn latest_attempt(&self, job: &str) -> rusqlite::Result<Option<(String, String, u32)>> {
+        self.conn
+            .query_row(
+                "SELECT j.collection_id, c.owner, j.attempts FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1",
+                [job],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?)),
+            )
+            .optional()
+            .map(|row| row.map(|(collection, owner, n)| (crate::paths::attempt(&collection, job, n.max(1)), owner, n)))
     }
 
     /// Cancels every job of a collection that the state machine lets go
     /// (queued and running ones; ended ones keep their state).
     pub fn cancel(&mut self, collection: &str) -> rusqlite::Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let ids: Vec<(String, i32)> = {
             let mut stmt = tx.prepare("SELECT id, state FROM jobs WHERE collection_id = ?1")?;
             let rows = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -707,6 +880,7 @@ impl Db {
         for (id, state) in ids {
             if let Ok(step) = machine::next(state_of(state)?, Event::Cancel, budget) {
                 tx.execute("UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2", params![step.to.to_wire() as i32, id])?;
+                self.touched.push(id);
                 n += 1;
             }
         }
@@ -747,7 +921,15 @@ mod tests {
     }
 
     fn create(db: &mut Db, id: &str, priority: i32, jobs: &[NewJob]) {
-        let c = NewCollection { id, owner: "", idempotency_key: "", name: id, priority, shape: (jobs.len() as u32, 1, 1), jobs };
+        let c = NewCollection {
+            id: id.into(),
+            owner: String::new(),
+            idempotency_key: String::new(),
+            name: id.into(),
+            priority,
+            shape: (jobs.len() as u32, 1, 1),
+            jobs: jobs.to_vec(),
+        };
         db.create_collection(&c).unwrap();
     }
 
@@ -861,12 +1043,19 @@ mod tests {
     #[test]
     fn a_retried_submit_returns_the_first_collection() {
         let (_d, mut db) = open();
-        let jobs = [job("a")];
-        let c = |id| NewCollection { id, owner: "u1", idempotency_key: "k1", name: "n", priority: 0, shape: (1, 1, 1), jobs: &jobs };
+        let c = |id: &str| NewCollection {
+            id: id.into(),
+            owner: "u1".into(),
+            idempotency_key: "k1".into(),
+            name: "n".into(),
+            priority: 0,
+            shape: (1, 1, 1),
+            jobs: vec![job("a")],
+        };
         assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
         assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
         assert_eq!(db.collection_ids(None).unwrap().len(), 1);
-        let other = NewCollection { id: "third", owner: "u2", idempotency_key: "k1", name: "n", priority: 0, shape: (1, 1, 1), jobs: &[job("b")] };
+        let other = NewCollection { id: "third".into(), owner: "u2".into(), jobs: vec![job("b")], ..c("x") };
         assert_eq!(db.create_collection(&other).unwrap().0, "third", "keys are per user");
         assert_eq!(db.collection_ids(Some("u1")).unwrap(), ["first"]);
     }

@@ -7,25 +7,27 @@
 //! - [`auth`]: which bearer token may call which service, and who owns what;
 //! - [`machine`]: the job state machine, one pure function;
 //! - [`paths`]: the storage layout, the one place a key is formed;
-//! - [`db`]: the schema and every state change, one transaction each;
-//! - [`service`]: the gRPC handlers, which validate and hand over to `db`.
+//! - [`db`]: the schema and every state change, one savepoint each;
+//! - [`state`]: the one thread that owns the writing connection (group
+//!   commit) and announces every change, and the read-only connections;
+//! - [`service`]: the gRPC handlers, which validate and hand over to `state`.
 
 pub mod auth;
 pub mod db;
 pub mod machine;
 pub mod paths;
 pub mod service;
+pub mod state;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_proto::farm_server::FarmServer;
 use stylefarm_proto::workers_server::WorkersServer;
 use stylefarm_shared::storage::{StorageError, Store};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
@@ -33,7 +35,8 @@ pub use auth::{Scope, Tokens};
 pub use service::{Config, FarmService, TlsFiles, WorkersService};
 
 use crate::db::Db;
-use crate::service::State;
+use crate::service::{State, Watchers};
+use crate::state::StateHandle;
 
 /// Why the coordinator could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,8 @@ pub enum Error {
     Tls(tonic::transport::Error),
     #[error(transparent)]
     Metrics(#[from] stylefarm_shared::telemetry::MetricsError),
+    #[error("cannot start the state's thread: {0}")]
+    Thread(std::io::Error),
     #[error("the listening socket: {0}")]
     Listener(std::io::Error),
     #[error("serving gRPC failed: {0}")]
@@ -92,8 +97,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         let store = Store::open(prefix).map_err(|source| Error::InputPrefix { location: prefix.clone(), source })?;
         input_stores.push((prefix.trim_end_matches('/').to_string() + "/", store));
     }
-    let (changes, _) = broadcast::channel(1024);
-    let state = Arc::new(State { db: Mutex::new(db), store, farm_id, input_stores, config: config.clone(), changes });
+    let owner = StateHandle::start(db, db_path.clone(), 8192).map_err(Error::Thread)?;
+    let watchers = Watchers::new(config.max_watchers_per_client, config.max_watchers);
+    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
@@ -136,45 +142,55 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             worker_tokens.check(Scope::Worker, &r)?;
             Ok(r)
         }))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     background.cancel();
     tracing::info!(%addr, "coordinator stopped");
     served.map_err(Error::Serve)
 }
 
-/// Puts lapsed leases back in the queue within half a second, and keeps the
-/// job-count gauges current, until `stop` is cancelled.
+/// Accepted connections with Nagle's algorithm off: serving from a
+/// listener stream bypasses tonic's own `tcp_nodelay`, and with Nagle on
+/// every response that does not fill a packet waits ~40 ms for the
+/// client's delayed ACK.
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
+/// Puts lapsed leases back in the queue within half a second (on the
+/// state's thread, like every write), and keeps the job-count gauges
+/// current, until `stop` is cancelled.
 async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let rules = state.config.rules();
-        let (touched, counts) = match state.db.lock() {
-            Ok(mut db) => (
-                db.expire_leases(&rules).unwrap_or_else(|e| {
-                    tracing::error!("expiring leases: {e}");
-                    Vec::new()
-                }),
-                db.counts().ok(),
-            ),
-            Err(_) => (Vec::new(), None),
-        };
-        if !touched.is_empty() {
-            metrics::counter!("stylefarm_lease_expiries_total").increment(touched.len() as u64);
-            tracing::warn!(jobs = touched.len(), "leases lapsed; jobs requeued");
-        }
-        if let Some((by_state, ready)) = counts {
-            for (state, n) in by_state {
-                metrics::gauge!("stylefarm_jobs", "state" => state).set(n as f64);
+        match state.state.write(move |db| db.expire_leases(&rules)).await {
+            Ok(Ok(touched)) if !touched.is_empty() => {
+                metrics::counter!("stylefarm_lease_expiries_total").increment(touched.len() as u64);
+                tracing::warn!(jobs = touched.len(), "leases lapsed; jobs requeued");
             }
-            metrics::gauge!("stylefarm_queue_length").set(ready as f64);
+            Ok(Err(e)) => tracing::error!("expiring leases: {e}"),
+            _ => {}
         }
-        for c in touched {
-            state.changed(&c);
+        ticks += 1;
+        if ticks % 4 == 0 {
+            if let Ok(Ok(counts)) = state.state.read(|db| db.counts()).await {
+                for (name, n) in counts {
+                    metrics::gauge!("stylefarm_jobs", "state" => name).set(n as f64);
+                    if name == "queued" {
+                        metrics::gauge!("stylefarm_queue_length").set(n as f64);
+                    }
+                }
+            }
         }
     }
 }

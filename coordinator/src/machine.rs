@@ -28,6 +28,17 @@ pub enum State {
 impl State {
     pub const ALL: [State; 5] = [State::Queued, State::Running, State::Succeeded, State::Failed, State::Cancelled];
 
+    /// Its lowercase name, as logs and metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
     /// Nothing moves a job out of these.
     pub fn is_final(self) -> bool {
         matches!(self, State::Succeeded | State::Cancelled)

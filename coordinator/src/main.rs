@@ -66,6 +66,15 @@ struct Args {
     /// Require worker client certificates signed by this CA (mutual TLS).
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Most open Watch streams from one client (a user token, or an address without tokens).
+    #[arg(long, default_value_t = Config::MAX_WATCHERS_PER_CLIENT)]
+    max_watchers_per_client: usize,
+    /// Most open Watch streams in all.
+    #[arg(long, default_value_t = Config::MAX_WATCHERS)]
+    max_watchers: usize,
+    /// Most jobs one collection may have.
+    #[arg(long, default_value_t = Config::MAX_JOBS)]
+    max_jobs: usize,
     /// Largest request accepted, in MiB (uploads carry images).
     #[arg(long, default_value_t = Config::MAX_REQUEST_MB)]
     max_request_mb: usize,
@@ -97,7 +106,9 @@ async fn main() -> anyhow::Result<()> {
         limits: ImageLimits { max_pixels: a.max_input_megapixels << 20, ..ImageLimits::default() },
         default_checkpoint_every: a.checkpoint_every,
         max_message_bytes: a.max_request_mb.max(1) << 20,
-        max_jobs: Config::MAX_JOBS,
+        max_jobs: a.max_jobs.max(1),
+        max_watchers_per_client: a.max_watchers_per_client,
+        max_watchers: a.max_watchers,
         metrics_listen: a.metrics_listen,
         tokens: Tokens {
             users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),

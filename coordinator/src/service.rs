@@ -1,12 +1,15 @@
 //! The gRPC services. Handlers check who is calling and validate the
-//! request, then make one call on the database (behind a mutex: SQLite
-//! serialises writers anyway) and map each failure to a deliberate status:
+//! request, then hand one command to the state's owner
+//! ([`crate::state::StateHandle`]: writes are group-committed on its
+//! thread, reads run on read-only connections) and map each failure to a
+//! deliberate status:
 //! bad input → INVALID_ARGUMENT, an unknown id or another user's collection
 //! → NOT_FOUND, another worker's lease → PERMISSION_DENIED, a stale lease or
 //! a state that does not allow the call → FAILED_PRECONDITION, storage or
 //! database trouble → UNAVAILABLE/INTERNAL with the details in the log, not
 //! in the reply (they hold the server's paths).
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -21,13 +24,14 @@ use stylefarm_proto::workers_server::Workers;
 use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
 use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
 use stylefarm_shared::storage::Store;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Tokens};
-use crate::db::{Call, CallError, Db, NewCollection, NewJob, Rules};
+use crate::db::{Call, CallError, NewCollection, NewJob, Rules};
 use crate::paths;
+use crate::state::StateHandle;
 
 /// Image names become file names in `farmctl fetch`: letters, digits,
 /// `.`, `_` and `-` only, at most 100, not starting with a dot.
@@ -68,6 +72,11 @@ pub struct Config {
     /// Storage URLs a submit may name inputs under, besides uploading
     /// them (`s3://bucket/photos/`); none by default.
     pub input_prefixes: Vec<String>,
+    /// Open `Watch` streams allowed from one client (a user token, or an
+    /// address when there are no tokens) …
+    pub max_watchers_per_client: usize,
+    /// … and in all.
+    pub max_watchers: usize,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer tokens by scope; none = no authentication.
@@ -87,6 +96,8 @@ impl Config {
     pub const CHECKPOINT_EVERY: u32 = 20;
     pub const MAX_REQUEST_MB: usize = 256;
     pub const MAX_JOBS: usize = 10_000;
+    pub const MAX_WATCHERS_PER_CLIENT: usize = 256;
+    pub const MAX_WATCHERS: usize = 4096;
 
     /// The defaults `farm-coordinator` starts with (no tokens, no TLS, no
     /// metrics; storage in `data_dir/storage`): one place for them, used by
@@ -105,6 +116,8 @@ impl Config {
             max_message_bytes: Self::MAX_REQUEST_MB << 20,
             max_jobs: Self::MAX_JOBS,
             input_prefixes: Vec::new(),
+            max_watchers_per_client: Self::MAX_WATCHERS_PER_CLIENT,
+            max_watchers: Self::MAX_WATCHERS,
             metrics_listen: None,
             tokens: Tokens::default(),
             tls: None,
@@ -132,28 +145,85 @@ pub struct TlsFiles {
 
 /// What every handler shares.
 pub(crate) struct State {
-    pub(crate) db: Mutex<Db>,
+    pub(crate) state: StateHandle,
     pub(crate) store: Store,
     /// The farm's identity, also in storage at [`paths::FARM_MARKER`].
     pub(crate) farm_id: String,
     /// The operator's `--input-prefix` locations, opened at start.
     pub(crate) input_stores: Vec<(String, Store)>,
     pub(crate) config: Config,
-    /// Collection ids whose jobs changed; `Watch` streams listen.
-    pub(crate) changes: broadcast::Sender<String>,
+    /// Open `Watch` streams, counted against the limits.
+    pub(crate) watchers: Arc<Watchers>,
 }
 
-impl State {
-    fn db(&self) -> Result<std::sync::MutexGuard<'_, Db>, Status> {
-        self.db.lock().map_err(|_| Status::internal("database lock poisoned"))
+/// Counts open `Watch` streams per client and in all.
+pub(crate) struct Watchers {
+    per_client: usize,
+    total: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One admitted watcher; dropping it frees its place.
+pub(crate) struct WatchPermit {
+    watchers: Arc<Watchers>,
+    client: String,
+}
+
+impl Watchers {
+    pub(crate) fn new(per_client: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self { per_client, total, open: Mutex::new(HashMap::new()) })
     }
 
-    pub(crate) fn changed(&self, collection: &str) {
-        let _ = self.changes.send(collection.to_string());
+    fn admit(self: &Arc<Self>, client: &str) -> Result<WatchPermit, Status> {
+        let mut open = self.open.lock().map_err(|_| Status::internal("watcher count poisoned"))?;
+        let all: usize = open.values().sum();
+        if all >= self.total {
+            return Err(Status::resource_exhausted(format!("{all} watches are open on this coordinator, its limit (--max-watchers {})", self.total)));
+        }
+        let mine = open.entry(client.to_string()).or_default();
+        if *mine >= self.per_client {
+            return Err(Status::resource_exhausted(format!(
+                "this client has {mine} watches open, the limit per client (--max-watchers-per-client {})",
+                self.per_client
+            )));
+        }
+        *mine += 1;
+        metrics::gauge!("stylefarm_watchers").set((all + 1) as f64);
+        Ok(WatchPermit { watchers: self.clone(), client: client.to_string() })
     }
 }
 
-fn db_err(e: rusqlite::Error) -> Status {
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.watchers.open.lock() {
+            if let Some(n) = open.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.client);
+                }
+            }
+            metrics::gauge!("stylefarm_watchers").set(open.values().sum::<usize>() as f64);
+        }
+    }
+}
+
+/// How long a Watch may wait for its client to take the next message
+/// before it is cut off.
+const WATCH_SEND_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A page token: the sequence number of the last item handed out.
+fn page_after(token: &str) -> Result<i64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.parse::<i64>().map_err(|_| Status::invalid_argument(format!("page_token `{token}` was not handed out by this call")))
+}
+
+fn page_token(next: Option<i64>) -> String {
+    next.map(|n| n.to_string()).unwrap_or_default()
+}
+
+pub(crate) fn db_err(e: rusqlite::Error) -> Status {
     tracing::error!("database: {e}");
     Status::internal("the coordinator's database failed (see its log)")
 }
@@ -254,9 +324,19 @@ impl FarmService {
 
     /// The collection `id`, if the caller may see it: another user's is
     /// NOT_FOUND, exactly as one that does not exist.
-    fn visible(&self, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
-        match self.0.db()?.collection(id).map_err(db_err)? {
+    async fn visible(&self, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
+        let owned = id.to_string();
+        match self.0.state.read(move |db| db.collection(&owned)).await?.map_err(db_err)? {
             Some((owner, c)) if caller.may_see(&owner) => Ok(c),
+            _ => Err(Status::not_found(format!("no collection {id}"))),
+        }
+    }
+
+    /// NOT_FOUND unless the caller may see collection `id`.
+    async fn check_visible(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        let owned = id.to_string();
+        match self.0.state.read(move |db| db.owner(&owned)).await?.map_err(db_err)? {
+            Some(owner) if caller.may_see(&owner) => Ok(()),
             _ => Err(Status::not_found(format!("no collection {id}"))),
         }
     }
@@ -275,10 +355,6 @@ impl FarmService {
     }
 }
 
-fn ended(c: &pb::Collection) -> bool {
-    c.jobs.iter().all(|j| crate::machine::State::from_wire(j.state).is_some_and(|s| s.has_ended()))
-}
-
 #[tonic::async_trait]
 impl Farm for FarmService {
     async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
@@ -287,7 +363,8 @@ impl Farm for FarmService {
         if r.idempotency_key.len() > 200 {
             return Err(Status::invalid_argument("idempotency_key is longer than 200 bytes"));
         }
-        if let Some((collection_id, jobs)) = self.0.db()?.submitted(&caller.owner, &r.idempotency_key).map_err(db_err)? {
+        let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
+        if let Some((collection_id, jobs)) = self.0.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
             return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
         }
         if r.contents.is_empty() || r.styles.is_empty() {
@@ -321,7 +398,7 @@ impl Farm for FarmService {
         }
         // What no registered device could hold is refused now, not failed
         // on every worker later.
-        let largest = self.0.db()?.largest_device(24.0 * 3600.0).map_err(db_err)?;
+        let largest = self.0.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)?;
         let mut sizes = Vec::new();
         for c in &contents {
             sizes.push(if r.max_side > 0 { fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))? } else { (r.width, r.height) });
@@ -388,108 +465,210 @@ impl Farm for FarmService {
         }
         let name = if r.name.is_empty() { "collection".to_string() } else { r.name.clone() };
         let new = NewCollection {
-            id: &collection_id,
-            owner: &caller.owner,
-            idempotency_key: &r.idempotency_key,
-            name: &name,
+            id: collection_id,
+            owner: caller.owner,
+            idempotency_key: r.idempotency_key,
+            name,
             priority: r.priority,
             shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
-            jobs: &jobs,
+            jobs,
         };
-        let (collection_id, jobs) = self.0.db()?.create_collection(&new).map_err(db_err)?;
-        self.0.changed(&collection_id);
+        let (collection_id, jobs) = self.0.state.write(move |db| db.create_collection(&new)).await?.map_err(db_err)?;
         Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
     }
 
     async fn get_collection(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
         let caller = Caller::of(&request);
-        Ok(Response::new(self.visible(&caller, &request.into_inner().collection_id)?))
+        Ok(Response::new(self.visible(&caller, &request.into_inner().collection_id).await?))
     }
 
     async fn list_collections(&self, request: Request<pb::ListCollectionsRequest>) -> Result<Response<pb::ListCollectionsResponse>, Status> {
         let caller = Caller::of(&request);
-        let owner = (!caller.admin).then_some(caller.owner.as_str());
-        let ids = self.0.db()?.collection_ids(owner).map_err(db_err)?;
-        let collections = ids.iter().map(|id| self.visible(&caller, id)).collect::<Result<_, _>>()?;
-        Ok(Response::new(pb::ListCollectionsResponse { collections }))
+        let r = request.into_inner();
+        let after = page_after(&r.page_token)?;
+        let limit = if r.page_size == 0 { 100 } else { r.page_size.min(1000) };
+        let owner = (!caller.admin).then_some(caller.owner);
+        let (collections, next) = self.0.state.read(move |db| db.collections_page(owner.as_deref(), after, limit)).await?.map_err(db_err)?;
+        Ok(Response::new(pb::ListCollectionsResponse { collections, next_page_token: page_token(next) }))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Collection, Status>> + Send>>;
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.into_inner();
+        let after = page_after(&r.page_token)?;
+        let limit = if r.page_size == 0 { 1000 } else { r.page_size.min(10_000) };
+        self.check_visible(&caller, &r.collection_id).await?;
+        let (jobs, next) = self.0.state.read(move |db| db.jobs_page(&r.collection_id, after, limit)).await?.map_err(db_err)?;
+        Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token: page_token(next) }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
     async fn watch(&self, request: Request<pb::CollectionRef>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = Caller::of(&request);
+        // Who the limit counts against: the user, or (no tokens) the address.
+        let client = if caller.owner.is_empty() { request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default() } else { caller.owner.clone() };
         let id = request.into_inner().collection_id;
-        let first = self.visible(&caller, &id)?;
-        let mut changes = self.0.changes.subscribe();
-        let this = self.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut current = first;
-            loop {
-                let done = ended(&current);
-                if tx.send(Ok(current)).await.is_err() || done {
-                    return;
-                }
-                // The next change of this collection, or a periodic refresh.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    loop {
-                        match changes.recv().await {
-                            Ok(c) if c == id => return,
-                            Ok(_) => continue,
-                            Err(broadcast::error::RecvError::Lagged(_)) => return,
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        }
-                    }
-                })
-                .await;
-                current = match this.visible(&caller, &id) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-            }
-        });
+        let permit = self.0.watchers.admit(&client)?;
+        // Subscribe before the snapshot: no change between them is missed.
+        let events = self.0.state.events.subscribe();
+        let first = self.visible(&caller, &id).await?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(follow(self.clone(), caller, id, first, events, tx, permit));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn cancel(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
         let caller = Caller::of(&request);
         let id = request.into_inner().collection_id;
-        self.visible(&caller, &id)?;
-        self.0.db()?.cancel(&id).map_err(db_err)?;
-        self.0.changed(&id);
-        Ok(Response::new(self.visible(&caller, &id)?))
+        self.check_visible(&caller, &id).await?;
+        let owned = id.clone();
+        self.0.state.write(move |db| db.cancel(&owned)).await?.map_err(db_err)?;
+        Ok(Response::new(self.visible(&caller, &id).await?))
     }
 
-    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+    type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchChunk, Status>> + Send>>;
+
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         let caller = Caller::of(&request);
         let r = request.into_inner();
         if !paths::readable(&r.collection_id, &r.key) {
             return Err(Status::invalid_argument(format!("key `{}` is not inside collection {}", r.key, r.collection_id)));
         }
-        self.visible(&caller, &r.collection_id)?;
+        self.check_visible(&caller, &r.collection_id).await?;
         match self.0.store.size(&r.key).await {
             Ok(Some(_)) => {}
             Ok(None) => return Err(Status::not_found(format!("collection {} has no object {}", r.collection_id, r.key))),
             Err(e) => return Err(storage_err(&format!("read {}", r.key), e)),
         }
-        let data = self.0.store.get(&r.key).await.map_err(|e| storage_err(&format!("read {}", r.key), e))?;
-        Ok(Response::new(pb::FetchResponse { data: data.to_vec() }))
+        let (size, pieces) = self.0.store.get_stream(&r.key).await.map_err(|e| storage_err(&format!("read {}", r.key), e))?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(send_chunks(size, pieces, r.key, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn get_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::JobDetail>, Status> {
         let caller = Caller::of(&request);
         let id = request.into_inner().job_id;
-        match self.0.db()?.job(&id).map_err(db_err)? {
+        let owned = id.clone();
+        match self.0.state.read(move |db| db.job(&owned)).await?.map_err(db_err)? {
             Some((owner, detail)) if caller.may_see(&owner) => Ok(Response::new(detail)),
             _ => Err(Status::not_found(format!("no job {id}"))),
         }
     }
 
+    async fn list_job_files(&self, request: Request<pb::JobRef>) -> Result<Response<pb::ListJobFilesResponse>, Status> {
+        let caller = Caller::of(&request);
+        let id = request.into_inner().job_id;
+        let owned = id.clone();
+        let (folder, owner, attempt) = match self.0.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)? {
+            Some(found) if caller.may_see(&found.1) => found,
+            _ => return Err(Status::not_found(format!("no job {id}"))),
+        };
+        let _ = owner;
+        if attempt == 0 {
+            return Ok(Response::new(pb::ListJobFilesResponse { attempt, files: Vec::new() }));
+        }
+        let listed = self.0.store.list_all(&folder).await.map_err(|e| storage_err("list the job's files", e))?;
+        let files = listed
+            .into_iter()
+            .map(|(name, size)| pb::JobFile { key: paths::in_attempt(&folder, &name), name, size_bytes: size })
+            .collect();
+        Ok(Response::new(pb::ListJobFilesResponse { attempt, files }))
+    }
+
     async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        Ok(Response::new(pb::ListWorkersResponse { workers: self.0.db()?.workers().map_err(db_err)? }))
+        Ok(Response::new(pb::ListWorkersResponse { workers: self.0.state.read(|db| db.workers()).await?.map_err(db_err)? }))
+    }
+}
+
+/// Feeds one Watch: the snapshot, then each change of this collection's
+/// jobs from the state's event stream, until every job has ended or the
+/// client goes away. A watcher that falls behind the stream gets a fresh
+/// snapshot (its missed changes are skipped, so it never buffers without
+/// bound); one that takes nothing for [`WATCH_SEND_PATIENCE`] is cut off.
+async fn follow(
+    farm: FarmService,
+    caller: Caller,
+    id: String,
+    first: pb::Collection,
+    mut events: broadcast::Receiver<Arc<crate::state::JobEvent>>,
+    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    _permit: WatchPermit,
+) {
+    let send = |event: pb::watch_event::Event| {
+        let tx = tx.clone();
+        async move { matches!(tokio::time::timeout(WATCH_SEND_PATIENCE, tx.send(Ok(pb::WatchEvent { event: Some(event) }))).await, Ok(Ok(()))) }
+    };
+    let unended = |c: &pb::Collection| -> HashSet<String> {
+        c.jobs.iter().filter(|j| !crate::machine::State::from_wire(j.state).is_some_and(|s| s.has_ended())).map(|j| j.job_id.clone()).collect()
+    };
+    let mut open = unended(&first);
+    if !send(pb::watch_event::Event::Snapshot(first)).await || open.is_empty() {
+        return;
+    }
+    loop {
+        let event = tokio::select! {
+            _ = tx.closed() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(e) if e.job.collection_id == id => {
+                let ended = crate::machine::State::from_wire(e.job.state).is_some_and(|s| s.has_ended());
+                if ended {
+                    open.remove(&e.job.job_id);
+                } else {
+                    open.insert(e.job.job_id.clone());
+                }
+                if !send(pb::watch_event::Event::Job(e.job.clone())).await || open.is_empty() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                metrics::counter!("stylefarm_watch_resyncs_total").increment(1);
+                tracing::debug!(collection = %id, missed, "watcher fell behind; sending a fresh snapshot");
+                let Ok(snapshot) = farm.visible(&caller, &id).await else { return };
+                open = unended(&snapshot);
+                if !send(pb::watch_event::Event::Snapshot(snapshot)).await || open.is_empty() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Sends an object in chunks of up to 1 MiB.
+async fn send_chunks(size: u64, mut pieces: stylefarm_shared::storage::ByteStream, key: String, tx: mpsc::Sender<Result<pb::FetchChunk, Status>>) {
+    const CHUNK: usize = 1 << 20;
+    let mut buffer = Vec::with_capacity(CHUNK.min(size as usize));
+    let mut first = true;
+    loop {
+        let next = tokio_stream::StreamExt::next(&mut pieces).await;
+        let end = match next {
+            Some(Ok(bytes)) => {
+                buffer.extend_from_slice(&bytes);
+                false
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Err(storage_err(&format!("read {key}"), e))).await;
+                return;
+            }
+            None => true,
+        };
+        while buffer.len() >= CHUNK || (end && (!buffer.is_empty() || first)) {
+            let rest = buffer.split_off(buffer.len().min(CHUNK));
+            let data = std::mem::replace(&mut buffer, rest);
+            let chunk = pb::FetchChunk { data, total_bytes: if first { size } else { 0 } };
+            first = false;
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+        if end {
+            return;
+        }
     }
 }
 
@@ -520,10 +699,29 @@ impl WorkersService {
 
     /// The full key of a file an attempt names, after checking the name
     /// and that the lease is the caller's.
-    fn key_in_attempt(&self, call: &Call, field: &str, name: &str) -> Result<String, Status> {
+    async fn key_in_attempt(&self, lease: &Lease, field: &str, name: &str) -> Result<String, Status> {
         check_file_name(field, name)?;
-        let folder = self.0.db()?.attempt_folder(call).map_err(call_err)?;
+        let l = lease.clone();
+        let folder = self.0.state.read(move |db| db.attempt_folder(&l.call())).await?.map_err(call_err)?;
         Ok(paths::in_attempt(&folder, name))
+    }
+}
+
+/// A worker's call about a job, owned, to travel to the state's thread.
+#[derive(Clone)]
+struct Lease {
+    worker: String,
+    job: String,
+    token: u64,
+}
+
+impl Lease {
+    fn new(worker: &str, job: &str, token: u64) -> Self {
+        Lease { worker: worker.to_string(), job: job.to_string(), token }
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call { worker: &self.worker, job: &self.job, token: self.token }
     }
 }
 
@@ -536,7 +734,8 @@ impl Workers for WorkersService {
         }
         let base: String = r.name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(60).collect();
         let id = format!("{}-{}", if base.is_empty() { "worker" } else { &base }, &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        self.0.db()?.register_worker(&id, &r).map_err(db_err)?;
+        let owned = id.clone();
+        self.0.state.write(move |db| db.register_worker(&owned, &r)).await?.map_err(db_err)?;
         let c = &self.0.config;
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id,
@@ -549,12 +748,12 @@ impl Workers for WorkersService {
 
     async fn lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let r = request.into_inner();
-        let leased = self.0.db()?.lease(&r.worker_id, &self.rules()).map_err(call_err)?;
+        let (worker, rules) = (r.worker_id.clone(), self.rules());
+        let leased = self.0.state.write(move |db| db.lease(&worker, &rules)).await?.map_err(call_err)?;
         Ok(Response::new(match leased {
             Some(l) => {
                 metrics::counter!("stylefarm_leases_total").increment(1);
-                tracing::info!(job = %l.spec.job_id, worker = %r.worker_id, attempt = l.attempt, "leased");
-                self.0.changed(&l.spec.collection_id);
+                tracing::debug!(job = %l.spec.job_id, worker = %r.worker_id, attempt = l.attempt, "leased");
                 pb::LeaseResponse { job: Some(l.spec), fencing_token: l.token, attempt: l.attempt }
             }
             None => pb::LeaseResponse::default(),
@@ -564,31 +763,31 @@ impl Workers for WorkersService {
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = request.into_inner();
         check_progress(&r.progress)?;
-        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
-        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&call, "checkpoint_name", &r.checkpoint_name)?) };
-        let answer = self.0.db()?.heartbeat(&call, &r, checkpoint.as_deref(), &self.rules()).map_err(call_err)?;
-        self.0.changed(&answer.collection);
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
+        let rules = self.rules();
+        let answer = self.0.state.write(move |db| db.heartbeat(&lease.call(), &r, checkpoint.as_deref(), &rules)).await?.map_err(call_err)?;
         Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled }))
     }
 
     async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {
         let r = request.into_inner();
         check_progress(&r.progress)?;
-        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
-        let key = self.key_in_attempt(&call, "output_name", &r.output_name)?;
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let key = self.key_in_attempt(&lease, "output_name", &r.output_name).await?;
         match self.0.store.size(&key).await {
             Ok(Some(n)) if n > 0 => {}
             Ok(_) => return Err(Status::failed_precondition(format!("the output {} is not in storage; write it before completing", r.output_name))),
             Err(e) => return Err(storage_err("check the output", e)),
         }
-        let answer = self.0.db()?.complete(&call, &key, &r.progress.unwrap_or_default(), &self.rules()).map_err(|e| {
+        let (progress, rules) = (r.progress.unwrap_or_default(), self.rules());
+        let answer = self.0.state.write(move |db| db.complete(&lease.call(), &key, &progress, &rules)).await?.map_err(|e| {
             tracing::warn!(job = %r.job_id, worker = %r.worker_id, "completion refused: {e}");
             call_err(e)
         })?;
         if !answer.repeated {
             metrics::counter!("stylefarm_jobs_completed_total").increment(1);
-            tracing::info!(job = %r.job_id, worker = %r.worker_id, "completed");
-            self.0.changed(&answer.collection);
+            tracing::debug!(job = %r.job_id, worker = %r.worker_id, "completed");
         }
         Ok(Response::new(pb::CompleteResponse {}))
     }
@@ -597,25 +796,25 @@ impl Workers for WorkersService {
         let r = request.into_inner();
         let kind = pb::FailureKind::try_from(r.kind).map_err(|_| Status::invalid_argument(format!("failure kind {} is not in farm.proto", r.kind)))?;
         let message: String = r.message.chars().take(2000).collect();
-        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
-        let answer = self.0.db()?.fail(&call, kind, &message, &self.rules()).map_err(call_err)?;
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let (logged, rules) = (message.clone(), self.rules());
+        let answer = self.0.state.write(move |db| db.fail(&lease.call(), kind, &message, &rules)).await?.map_err(call_err)?;
         if !answer.repeated {
             metrics::counter!("stylefarm_job_failures_total", "kind" => kind.as_str_name()).increment(1);
-            tracing::warn!(job = %r.job_id, worker = %r.worker_id, kind = kind.as_str_name(), "attempt failed: {message}");
-            self.0.changed(&answer.collection);
+            tracing::warn!(job = %r.job_id, worker = %r.worker_id, kind = kind.as_str_name(), "attempt failed: {logged}");
         }
         Ok(Response::new(pb::FailResponse {}))
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = request.into_inner();
-        let call = Call { worker: &r.worker_id, job: &r.job_id, token: r.fencing_token };
-        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&call, "checkpoint_name", &r.checkpoint_name)?) };
-        let answer = self.0.db()?.release(&call, checkpoint.as_deref().map(|k| (k, r.checkpoint_iteration)), &self.rules()).map_err(call_err)?;
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
+        let (iteration, rules) = (r.checkpoint_iteration, self.rules());
+        let answer = self.0.state.write(move |db| db.release(&lease.call(), checkpoint.as_deref().map(|k| (k, iteration)), &rules)).await?.map_err(call_err)?;
         if !answer.repeated {
             metrics::counter!("stylefarm_releases_total").increment(1);
             tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
-            self.0.changed(&answer.collection);
         }
         Ok(Response::new(pb::ReleaseResponse {}))
     }

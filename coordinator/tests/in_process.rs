@@ -28,7 +28,7 @@ async fn serves_on_port_zero_and_stops_when_told() {
     let (url, stop, server) = start(dir.path()).await;
 
     let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
-    let listed = farm.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner();
+    let listed = farm.list_collections(pb::ListCollectionsRequest::default()).await.unwrap().into_inner();
     assert!(listed.collections.is_empty());
     let mut workers = pb::workers_client::WorkersClient::connect(url.clone()).await.unwrap();
     let registered = workers
@@ -72,7 +72,7 @@ async fn a_blended_submission_is_one_job_reading_every_style_in_order() {
     let refused = farm.submit(request(r#"{"style_blend": [1.0, 2.0, 3.0]}"#)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("style_blend"), "{}", refused.message());
-    assert!(farm.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner().collections.is_empty());
+    assert!(farm.list_collections(pb::ListCollectionsRequest::default()).await.unwrap().into_inner().collections.is_empty());
 
     let submitted = farm.submit(request(r#"{"style_blend": [0.7, 0.3]}"#)).await.unwrap().into_inner();
     assert_eq!(submitted.jobs, 1);

@@ -26,6 +26,9 @@ pub enum StorageError {
     List { location: String, reason: String },
 }
 
+/// An object's bytes as they arrive.
+pub type ByteStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Bytes, StorageError>> + Send>>;
+
 /// A folder in some object store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -87,6 +90,34 @@ impl Store {
         got.bytes().await.map_err(|e| read(e.to_string()))
     }
 
+    /// Reads `name` as a stream of byte chunks, without holding it whole;
+    /// returns its size first.
+    pub async fn get_stream(&self, name: &str) -> Result<(u64, ByteStream), StorageError> {
+        let (location, owned) = (self.location.clone(), name.to_string());
+        let read = move |reason: String| StorageError::Read { location: location.clone(), name: owned.clone(), reason };
+        let got = self.inner.get(&self.path(name)).await.map_err(|e| read(e.to_string()))?;
+        let size = got.meta.size;
+        let stream = tokio_stream::StreamExt::map(got.into_stream(), move |chunk| chunk.map_err(|e| read(e.to_string())));
+        Ok((size, Box::pin(stream)))
+    }
+
+    /// Every object below `prefix` (nested too): its name relative to
+    /// `prefix` and its size, sorted by name.
+    pub async fn list_all(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let base = self.path(prefix);
+        let list_err = |reason: String| StorageError::List { location: format!("{}/{prefix}", self.location), reason };
+        let mut objects = Vec::new();
+        let mut stream = self.inner.list(Some(&base));
+        while let Some(meta) = tokio_stream::StreamExt::next(&mut stream).await {
+            let meta = meta.map_err(|e| list_err(e.to_string()))?;
+            let full = meta.location.as_ref();
+            let relative = full.strip_prefix(base.as_ref()).unwrap_or(full).trim_start_matches('/').to_string();
+            objects.push((relative, meta.size));
+        }
+        objects.sort();
+        Ok(objects)
+    }
+
     /// The size of `name` in bytes, without reading it; `None` when there
     /// is no such object.
     pub async fn size(&self, name: &str) -> Result<Option<u64>, StorageError> {
@@ -138,6 +169,14 @@ mod tests {
         assert_eq!(store.sub("a/b").list().await.unwrap(), vec!["c.txt".to_string()]);
         assert_eq!(store.size("a/b/c.txt").await.unwrap(), Some(2));
         assert_eq!(store.size("a/b/none.txt").await.unwrap(), None);
+        store.put("a/tb/e.bin", b"xyz".to_vec()).await.unwrap();
+        assert_eq!(store.list_all("a").await.unwrap(), vec![("b/c.txt".to_string(), 2), ("tb/e.bin".to_string(), 3)]);
+        let (size, mut chunks) = store.get_stream("a/tb/e.bin").await.unwrap();
+        let mut got = Vec::new();
+        while let Some(c) = tokio_stream::StreamExt::next(&mut chunks).await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!((size, got.as_slice()), (3, &b"xyz"[..]));
         store.put("../../escape.txt", b"x".to_vec()).await.unwrap();
         assert!(!dir.path().join("escape.txt").exists() && dir.path().join("root/escape.txt").exists());
         let err = Store::open("s3://").unwrap_err().to_string();

@@ -135,7 +135,7 @@ fn inputs_come_only_from_uploads_farm_keys_or_an_input_prefix() {
         f.submit(small(vec![by_url("c", &format!("{prefix}/photo.png"))])).await.expect("a URL under --input-prefix");
         let key = format!("inputs/{:x}", sha2::Sha256::digest(bytes("style.png")));
         f.submit(small(vec![by_url("c", &key)])).await.expect("the key of an earlier upload");
-        let listed = f.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner().collections;
+        let listed = f.list_collections(pb::ListCollectionsRequest::default()).await.unwrap().into_inner().collections;
         assert_eq!(listed.len(), 2, "no refused submit left a collection");
     });
 }
@@ -260,11 +260,11 @@ fn users_see_only_their_own_collections_and_errors_name_no_server_path() {
         assert_eq!(bob.cancel(r()).await.unwrap_err().code(), Code::NotFound);
         assert_eq!(bob.fetch(pb::FetchRequest { collection_id: id.clone(), key: inside.clone() }).await.unwrap_err().code(), Code::NotFound);
         assert_eq!(bob.get_job(pb::JobRef { job_id: job.clone() }).await.unwrap_err().code(), Code::NotFound);
-        assert!(bob.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner().collections.is_empty());
+        assert!(bob.list_collections(pb::ListCollectionsRequest::default()).await.unwrap().into_inner().collections.is_empty());
         let bobs = bob.submit(request()).await.unwrap().into_inner().collection_id;
         assert_ne!(bobs, id, "idempotency keys are per user");
 
-        let all = root.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner().collections;
+        let all = root.list_collections(pb::ListCollectionsRequest::default()).await.unwrap().into_inner().collections;
         assert_eq!(all.len(), 2, "an admin sees everyone's");
         root.get_collection(r()).await.unwrap();
         assert_eq!(alice.get_collection(r()).await.unwrap().into_inner().jobs[0].state, pb::JobState::Queued as i32, "bob's cancel did nothing");

@@ -7,6 +7,24 @@ use stylefarm_proto as pb;
 
 use super::{call, Conn};
 
+/// Reads one object of a collection, chunk by chunk.
+pub async fn download(url: &Conn, id: &str, key: &str) -> Result<Vec<u8>> {
+    let mut chunks = call(url, |mut c| {
+        let r = pb::FetchRequest { collection_id: id.into(), key: key.into() };
+        async move { c.fetch(r).await }
+    })
+    .await?
+    .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = chunks.message().await.map_err(super::status_err)? {
+        if data.is_empty() {
+            data.reserve(chunk.total_bytes as usize);
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    Ok(data)
+}
+
 /// Downloads every finished image to `dir` and builds a contact sheet: one
 /// row per content, one column per style (each style's variants side by
 /// side), empty where a job did not succeed. An image that cannot be
@@ -36,13 +54,7 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
         // Names were checked at submit; keep only safe characters anyway.
         let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect::<String>();
         let name = format!("{}_{}_v{}.png", safe(&j.content_name).trim_start_matches('.'), safe(&j.style_name), j.variant_index);
-        let fetched = call(url, |mut c| {
-            let r = pb::FetchRequest { collection_id: id.into(), key: j.output_key.clone() };
-            async move { c.fetch(r).await }
-        })
-        .await
-        .and_then(|r| {
-            let data = r.into_inner().data;
+        let fetched = download(url, id, &j.output_key).await.and_then(|data| {
             let img = image::load_from_memory(&data).with_context(|| "the farm's copy is not an image")?.to_rgb8();
             Ok((data, img))
         });

@@ -18,8 +18,10 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
 }
 
 fn collection_json(c: &pb::Collection) -> serde_json::Value {
+    let n = c.counts.clone().unwrap_or_default();
     serde_json::json!({
         "collection_id": c.collection_id, "name": c.name, "priority": c.priority,
+        "counts": {"queued": n.queued, "running": n.running, "succeeded": n.succeeded, "failed": n.failed, "cancelled": n.cancelled},
         "jobs": c.jobs.iter().map(job_json).collect::<Vec<_>>(),
     })
 }
@@ -59,7 +61,22 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
 /// The farm at a glance: workers, then collections.
 async fn farm(url: &Conn, json: bool) -> Result<()> {
     let workers = call(url, |mut c| async move { c.list_workers(pb::ListWorkersRequest {}).await }).await?.into_inner().workers;
-    let collections = call(url, |mut c| async move { c.list_collections(pb::ListCollectionsRequest {}).await }).await?.into_inner().collections;
+    let mut collections = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = pb::ListCollectionsRequest { page_size: 1000, page_token: page_token.clone() };
+        let page = call(url, |mut c| {
+            let r = r.clone();
+            async move { c.list_collections(r).await }
+        })
+        .await?
+        .into_inner();
+        collections.extend(page.collections);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     if json {
         let v = serde_json::json!({
             "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
@@ -75,8 +92,9 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
     }
     println!("{} collections", collections.len());
     for c in &collections {
-        let done = c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32).count();
-        println!("  {} {:<24} {done}/{} succeeded", c.collection_id, c.name, c.jobs.len());
+        let n = c.counts.clone().unwrap_or_default();
+        let all = n.queued + n.running + n.succeeded + n.failed + n.cancelled;
+        println!("  {} {:<24} {}/{all} succeeded, {} running, {} queued, {} failed", c.collection_id, c.name, n.succeeded, n.running, n.queued, n.failed);
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use tonic::Streaming;
 use super::{call, state_name, transient, Conn};
 
 /// Opens the Watch stream, waiting out a coordinator that is down.
-async fn open(url: &Conn, id: &str) -> Result<Streaming<pb::Collection>> {
+async fn open(url: &Conn, id: &str) -> Result<Streaming<pb::WatchEvent>> {
     Ok(call(url, |mut c| {
         let r = pb::CollectionRef { collection_id: id.into() };
         async move { c.watch(r).await }
@@ -35,10 +35,13 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
     let job_style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} it  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ");
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut states: BTreeMap<String, i32> = BTreeMap::new();
-    let mut last = None;
+    // The collection as the stream has told it so far: a snapshot, then
+    // each job as it changes (`index`: where each job sits in it).
+    let mut last: Option<pb::Collection> = None;
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
     loop {
-        let c = match stream.message().await {
-            Ok(Some(c)) => c,
+        let event = match stream.message().await {
+            Ok(Some(e)) => e.event,
             Ok(None) if last.as_ref().is_some_and(all_ended) => break,
             // The stream broke off before the end: the coordinator went
             // away. Reconnect and go on from its snapshot.
@@ -57,6 +60,18 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
             }
             Err(s) => anyhow::bail!("watch ended: {} ({:?})", s.message(), s.code()),
         };
+        match event {
+            Some(pb::watch_event::Event::Snapshot(c)) => {
+                index = c.jobs.iter().enumerate().map(|(i, j)| (j.job_id.clone(), i)).collect();
+                last = Some(c);
+            }
+            Some(pb::watch_event::Event::Job(j)) => match (last.as_mut(), index.get(&j.job_id)) {
+                (Some(c), Some(&i)) => c.jobs[i] = j,
+                _ => continue,
+            },
+            None => continue,
+        }
+        let Some(c) = last.as_ref() else { continue };
         overall.set_length(c.jobs.len() as u64);
         let done = c.jobs.iter().filter(|j| j.state >= pb::JobState::Succeeded as i32).count();
         overall.set_position(done as u64);
@@ -83,7 +98,6 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
                 multi.remove(&b);
             }
         }
-        last = Some(c);
     }
     overall.finish_and_clear();
     let c = last.context("the coordinator sent nothing")?;

@@ -1,0 +1,154 @@
+//! Who owns the coordinator's state, and how the handlers reach it.
+//!
+//! One thread owns the database's only writing connection (the pattern of
+//! mini-redis and tokio-console: handlers validate, send a command, await
+//! the answer). It takes every command that is waiting, runs them in one
+//! transaction — each in its own savepoint, so a failing one undoes only
+//! itself — commits once (one fsync for the whole group: group commit) and
+//! only then answers, so an acknowledged call survives a SIGKILL. After
+//! each commit it publishes the jobs that changed on a broadcast channel:
+//! `Watch` streams are fed from it, never by re-reading the database.
+//!
+//! Reads run on a few read-only connections on tokio's blocking threads
+//! (WAL: they see every commit and never block the writer).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use stylefarm_proto as pb;
+use tokio::sync::{broadcast, oneshot};
+use tonic::Status;
+
+use crate::db::Db;
+
+/// What the writer thread runs: a command against the database, returning
+/// how to answer its caller once the group it ran in is committed.
+type Command = Box<dyn FnOnce(&mut Db) -> Answer + Send>;
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Most commands one commit takes.
+const MAX_GROUP: usize = 512;
+
+/// A change to a job, announced after its commit.
+#[derive(Debug)]
+pub struct JobEvent {
+    pub job: pb::Job,
+}
+
+/// The handle every handler holds.
+#[derive(Clone)]
+pub struct StateHandle {
+    commands: std::sync::mpsc::Sender<Command>,
+    readers: Arc<Readers>,
+    /// Every committed job change, in commit order.
+    pub events: broadcast::Sender<Arc<JobEvent>>,
+}
+
+/// Read-only connections, reused.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Db>>,
+}
+
+impl StateHandle {
+    /// Starts the writer thread over `db` (opened at `path`). It runs until
+    /// every handle is dropped.
+    pub fn start(db: Db, path: PathBuf, event_capacity: usize) -> std::io::Result<StateHandle> {
+        let (commands, inbox) = std::sync::mpsc::channel::<Command>();
+        let (events, _) = broadcast::channel(event_capacity);
+        let publish = events.clone();
+        std::thread::Builder::new().name("state".into()).spawn(move || own(db, inbox, publish))?;
+        Ok(StateHandle { commands, readers: Arc::new(Readers { path, idle: Mutex::new(Vec::new()) }), events })
+    }
+
+    /// Runs `f` on the writer thread inside the next group commit and
+    /// returns its result once that group is on disk.
+    pub async fn write<R: Send + 'static>(&self, f: impl FnOnce(&mut Db) -> R + Send + 'static) -> Result<R, Status> {
+        let (tx, rx) = oneshot::channel();
+        let command: Command = Box::new(move |db| {
+            let result = f(db);
+            Box::new(move |committed| {
+                let _ = tx.send(committed.map(|()| result));
+            })
+        });
+        self.commands.send(command).map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+        match rx.await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                tracing::error!("commit failed: {e}");
+                Err(Status::unavailable("the coordinator could not save the change; retry"))
+            }
+            Err(_) => Err(Status::unavailable("the coordinator is stopping")),
+        }
+    }
+
+    /// Runs `f` on a read-only connection on a blocking thread.
+    pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&Db) -> R + Send + 'static) -> Result<R, Status> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = match readers.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+                Some(db) => db,
+                None => Db::open_reader(&readers.path).map_err(|e| {
+                    tracing::error!("opening a reader: {e}");
+                    Status::internal("the coordinator's database failed (see its log)")
+                })?,
+            };
+            let result = f(&db);
+            if let Ok(mut idle) = readers.idle.lock() {
+                idle.push(db);
+            }
+            Ok(result)
+        })
+        .await
+        .map_err(|_| Status::internal("a database read ended abnormally"))?
+    }
+}
+
+/// The writer thread: group, commit, answer, announce — until every handle
+/// is gone.
+fn own(mut db: Db, inbox: std::sync::mpsc::Receiver<Command>, events: broadcast::Sender<Arc<JobEvent>>) {
+    while let Ok(first) = inbox.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match inbox.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("stylefarm_commit_group_size").record(group.len() as f64);
+        if let Err(e) = db.begin() {
+            // Nothing ran: the callers see their answer dropped (UNAVAILABLE).
+            tracing::error!("cannot open a transaction: {e}");
+            db.rollback();
+            continue;
+        }
+        let answers: Vec<Answer> = group.into_iter().map(|c| c(&mut db)).collect();
+        match db.commit() {
+            Ok(()) => {
+                answers.into_iter().for_each(|a| a(Ok(())));
+                announce(&mut db, &events);
+            }
+            Err(e) => {
+                db.rollback();
+                let message = e.to_string();
+                answers.into_iter().for_each(|a| a(Err(message.clone())));
+            }
+        }
+    }
+}
+
+/// Publishes the jobs the last group changed. Nobody listening is fine.
+fn announce(db: &mut Db, events: &broadcast::Sender<Arc<JobEvent>>) {
+    let ids = db.take_touched();
+    if ids.is_empty() || events.receiver_count() == 0 {
+        return;
+    }
+    match db.jobs_by_id(&ids) {
+        Ok(jobs) => {
+            for job in jobs {
+                let _ = events.send(Arc::new(JobEvent { job }));
+            }
+        }
+        Err(e) => tracing::error!("reading changed jobs for watchers: {e}"),
+    }
+}
