@@ -1061,6 +1061,71 @@ mod tests {
     }
 
     #[test]
+    fn lease_walks_an_index_and_never_sorts() {
+        let (_d, db) = open();
+        let plan: Vec<String> = db
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {LEASE_QUERY}"))
+            .unwrap()
+            .query_map(params![0.0, 0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("jobs_queue") && !plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn pages_cover_every_item_once() {
+        let (_d, mut db) = open();
+        let jobs: Vec<NewJob> = (0..25).map(|i| job(&format!("j{i:02}"))).collect();
+        create(&mut db, "c", 0, &jobs);
+        for i in 0..5 {
+            create(&mut db, &format!("other{i}"), 0, &[job(&format!("o{i}"))]);
+        }
+        let (mut seen, mut after) = (Vec::new(), 0);
+        loop {
+            let (page, next) = db.jobs_page("c", after, 10).unwrap();
+            seen.extend(page.into_iter().map(|j| j.job_id));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        assert_eq!(seen, jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>());
+        let (mut collections, mut after) = (Vec::new(), 0);
+        loop {
+            let (page, next) = db.collections_page(None, after, 4).unwrap();
+            collections.extend(page.into_iter().map(|c| (c.collection_id, c.counts.unwrap().queued)));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        assert_eq!(collections.len(), 6);
+        assert_eq!(collections[0], ("c".to_string(), 25), "counts come with each collection");
+    }
+
+    #[test]
+    fn a_group_of_calls_commits_once_and_a_failing_one_undoes_only_itself() {
+        let (dir, mut db) = open();
+        create(&mut db, "c", 0, &[job("a"), job("b")]);
+        worker(&mut db, "w", 0);
+        db.begin().unwrap();
+        let first = db.lease("w", &RULES).unwrap().unwrap();
+        assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
+        let second = db.lease("w", &RULES).unwrap().unwrap();
+        // Not visible to a reader before the commit…
+        let reader = Db::open_reader(&dir.path().join("farm.db")).unwrap();
+        assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 0);
+        db.commit().unwrap();
+        // … and all of it after.
+        assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 2);
+        assert_ne!(first.spec.job_id, second.spec.job_id);
+        assert_eq!(db.take_touched().len(), 2, "both leased jobs are announced");
+    }
+
+    #[test]
     fn priority_first_then_fifo() {
         let (_d, mut db) = open();
         create(&mut db, "low", 0, &[job("l1")]);

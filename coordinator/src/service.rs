@@ -207,6 +207,10 @@ impl Drop for WatchPermit {
     }
 }
 
+/// The least time between two messages of one Watch: changes in between
+/// are merged per job.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How long a Watch may wait for its client to take the next message
 /// before it is cut off.
 const WATCH_SEND_PATIENCE: Duration = Duration::from_secs(30);
@@ -582,11 +586,13 @@ impl Farm for FarmService {
     }
 }
 
-/// Feeds one Watch: the snapshot, then each change of this collection's
-/// jobs from the state's event stream, until every job has ended or the
-/// client goes away. A watcher that falls behind the stream gets a fresh
-/// snapshot (its missed changes are skipped, so it never buffers without
-/// bound); one that takes nothing for [`WATCH_SEND_PATIENCE`] is cut off.
+/// Feeds one Watch: the snapshot, then the changes of this collection's
+/// jobs from the state's event stream, merged per job and sent at most
+/// every [`WATCH_INTERVAL`], until every job has ended or the client goes
+/// away. Its cost follows what the client can take, not how fast jobs
+/// change. A watcher that falls behind the stream anyway gets a fresh
+/// snapshot (what it missed is skipped, so nothing buffers without bound);
+/// one that takes nothing for [`WATCH_SEND_PATIENCE`] is cut off.
 async fn follow(
     farm: FarmService,
     caller: Caller,
@@ -600,41 +606,68 @@ async fn follow(
         let tx = tx.clone();
         async move { matches!(tokio::time::timeout(WATCH_SEND_PATIENCE, tx.send(Ok(pb::WatchEvent { event: Some(event) }))).await, Ok(Ok(()))) }
     };
-    let unended = |c: &pb::Collection| -> HashSet<String> {
-        c.jobs.iter().filter(|j| !crate::machine::State::from_wire(j.state).is_some_and(|s| s.has_ended())).map(|j| j.job_id.clone()).collect()
-    };
+    let has_ended = |state: i32| crate::machine::State::from_wire(state).is_some_and(|s| s.has_ended());
+    let unended = |c: &pb::Collection| -> HashSet<String> { c.jobs.iter().filter(|j| !has_ended(j.state)).map(|j| j.job_id.clone()).collect() };
     let mut open = unended(&first);
     if !send(pb::watch_event::Event::Snapshot(first)).await || open.is_empty() {
         return;
     }
+    let mut pending: HashMap<String, pb::Job> = HashMap::new();
+    let mut lagged = false;
     loop {
+        // Wait for the next change (or the client leaving) …
         let event = tokio::select! {
             _ = tx.closed() => return,
             e = events.recv() => e,
         };
-        match event {
+        let mut take = |e: Result<Arc<crate::state::JobEvent>, broadcast::error::RecvError>| match e {
             Ok(e) if e.job.collection_id == id => {
-                let ended = crate::machine::State::from_wire(e.job.state).is_some_and(|s| s.has_ended());
-                if ended {
-                    open.remove(&e.job.job_id);
-                } else {
-                    open.insert(e.job.job_id.clone());
-                }
-                if !send(pb::watch_event::Event::Job(e.job.clone())).await || open.is_empty() {
-                    return;
-                }
+                pending.insert(e.job.job_id.clone(), e.job.clone());
+                true
             }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                metrics::counter!("stylefarm_watch_resyncs_total").increment(1);
-                tracing::debug!(collection = %id, missed, "watcher fell behind; sending a fresh snapshot");
-                let Ok(snapshot) = farm.visible(&caller, &id).await else { return };
-                open = unended(&snapshot);
-                if !send(pb::watch_event::Event::Snapshot(snapshot)).await || open.is_empty() {
-                    return;
-                }
+            Ok(_) => true,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                lagged = true;
+                true
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => false,
+        };
+        if !take(event) {
+            return;
+        }
+        // … then gather what else arrives within the interval, merged.
+        let window = tokio::time::sleep(WATCH_INTERVAL);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                _ = &mut window => break,
+                e = events.recv() => if !take(e) { return },
+            }
+        }
+        if lagged {
+            lagged = false;
+            pending.clear();
+            metrics::counter!("stylefarm_watch_resyncs_total").increment(1);
+            let Ok(snapshot) = farm.visible(&caller, &id).await else { return };
+            open = unended(&snapshot);
+            if !send(pb::watch_event::Event::Snapshot(snapshot)).await || open.is_empty() {
+                return;
+            }
+            continue;
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let jobs: Vec<pb::Job> = pending.drain().map(|(_, j)| j).collect();
+        for j in &jobs {
+            if has_ended(j.state) {
+                open.remove(&j.job_id);
+            } else {
+                open.insert(j.job_id.clone());
+            }
+        }
+        if !send(pb::watch_event::Event::Changes(pb::JobChanges { jobs })).await || open.is_empty() {
+            return;
         }
     }
 }

@@ -1,12 +1,14 @@
 //! `farmctl`, the Stylefarm command line.
 //!
 //! Subcommands that exist today: `render` (one image on this machine, no
-//! servers), `weights` (fetch or import VGG-19), `bench`, `graph`, and the
-//! farm: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`.
+//! servers), `weights` (fetch or import VGG-19), `bench`, `graph`, the
+//! farm: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`, and
+//! `loadtest` (the coordinator under simulated load).
 
 mod bench;
 mod farm;
 mod flags;
+mod loadtest;
 mod render;
 mod weights;
 
@@ -58,6 +60,9 @@ enum Command {
     Cancel { id: String },
     /// Write the model's graph (layers run, losses fed) as Graphviz DOT.
     Graph(GraphArgs),
+    /// Load the coordinator with simulated workers and watchers; print
+    /// throughput, latencies, its CPU and memory, and check exactly-once.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,5 +125,6 @@ fn main() -> anyhow::Result<()> {
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Graph(args) => graph(args),
+        Command::Loadtest(args) => loadtest::run(args),
     }
 }

@@ -65,10 +65,14 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
                 index = c.jobs.iter().enumerate().map(|(i, j)| (j.job_id.clone(), i)).collect();
                 last = Some(c);
             }
-            Some(pb::watch_event::Event::Job(j)) => match (last.as_mut(), index.get(&j.job_id)) {
-                (Some(c), Some(&i)) => c.jobs[i] = j,
-                _ => continue,
-            },
+            Some(pb::watch_event::Event::Changes(changes)) => {
+                let Some(c) = last.as_mut() else { continue };
+                for j in changes.jobs {
+                    if let Some(&i) = index.get(&j.job_id) {
+                        c.jobs[i] = j;
+                    }
+                }
+            }
             None => continue,
         }
         let Some(c) = last.as_ref() else { continue };

@@ -1,0 +1,499 @@
+//! `farmctl loadtest`: the coordinator under load, measured.
+//!
+//! Starts a real `farm-coordinator` (the binary beside this one) on a
+//! scratch data folder, submits a collection of J jobs of tiny distinct
+//! images, and lets N simulated workers speak the `Workers` service the way
+//! `farm-worker` does — register, lease, heartbeat, write the output,
+//! complete — without rendering. Optionally M watchers follow the
+//! collection (reading, or `--lazy-watchers` never reading), some workers
+//! die mid-job (`--stall`), the coordinator is SIGKILLed and restarted
+//! (`--restarts`), and extra jobs wait in a lower-priority collection
+//! (`--queued`) so Lease works against a deep queue.
+//!
+//! It prints completions/s, Lease/Heartbeat/Complete and another client's
+//! GetCollection latency (p50/p99), the coordinator's CPU and peak RSS, and
+//! checks that every job ended SUCCEEDED exactly once (one acknowledged
+//! fencing token per job, one `succeeded` attempt per job). `--json` prints
+//! the same as one object.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rand::Rng;
+use stylefarm_proto as pb;
+use stylefarm_shared::storage::Store;
+use tonic::transport::Channel;
+use tonic::Code;
+
+#[derive(Args, Debug)]
+pub struct LoadtestArgs {
+    /// Simulated workers.
+    #[arg(long, default_value_t = 50)]
+    workers: usize,
+    /// Jobs in the collection the workers finish.
+    #[arg(long, default_value_t = 2000)]
+    jobs: usize,
+    /// Watchers following the collection.
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
+    /// Watchers open the stream and never read it.
+    #[arg(long)]
+    lazy_watchers: bool,
+    /// Extra jobs queued in a lower-priority collection, never run (Lease
+    /// against a deep queue).
+    #[arg(long, default_value_t = 0)]
+    queued: usize,
+    /// Heartbeats each simulated job sends before completing.
+    #[arg(long, default_value_t = 1)]
+    heartbeats: usize,
+    /// Chance that a worker dies with its job (stops heartbeating; its
+    /// lease lapses and another worker takes the job).
+    #[arg(long, default_value_t = 0.0)]
+    stall: f64,
+    /// SIGKILL and restart the coordinator this many times, spread over
+    /// the run.
+    #[arg(long, default_value_t = 0)]
+    restarts: usize,
+    /// The coordinator's --lease-seconds.
+    #[arg(long, default_value_t = 4)]
+    lease_seconds: u32,
+    /// Where the coordinator keeps its database and storage (default: a
+    /// temporary folder, removed after).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What every simulated client shares.
+struct Shared {
+    url: String,
+    store: Store,
+    stall: f64,
+    heartbeats: usize,
+    done: AtomicBool,
+    lease: Latencies,
+    heartbeat: Latencies,
+    complete: Latencies,
+    probe: Latencies,
+    /// Acknowledged completions: job → the fencing tokens acknowledged.
+    acks: Mutex<HashMap<String, Vec<u64>>>,
+    stalls: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+/// Latencies of one call, in microseconds.
+#[derive(Default)]
+struct Latencies(Mutex<Vec<u32>>);
+
+impl Latencies {
+    fn record(&self, since: Instant) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(since.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+
+    /// (p50, p99, count) in milliseconds.
+    fn summary(&self) -> (f64, f64, usize) {
+        let mut v = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        if v.is_empty() {
+            return (0.0, 0.0, 0);
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        (at(0.5), at(0.99), v.len())
+    }
+}
+
+/// The coordinator under test, a child process.
+struct Coordinator {
+    child: Option<Child>,
+    data: PathBuf,
+    port: u16,
+    lease_seconds: u32,
+    max_jobs: usize,
+    /// CPU seconds and peak RSS of earlier lives (restarts).
+    cpu_before: f64,
+    peak_rss: u64,
+}
+
+impl Coordinator {
+    fn start(&mut self) -> Result<()> {
+        let exe = std::env::current_exe()?.with_file_name("farm-coordinator");
+        if !exe.exists() {
+            bail!("{} is missing: build the workspace's binaries (`cargo build --release --bins`)", exe.display());
+        }
+        let log = std::fs::File::create(self.data.join("coordinator.log"))?;
+        let mut child = Command::new(&exe)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .arg(&self.data)
+            .args(["--lease-seconds", &self.lease_seconds.to_string(), "--heartbeat-seconds", "1"])
+            .args(["--max-jobs", &self.max_jobs.to_string(), "--max-request-mb", "1024", "--max-watchers-per-client", "100000"])
+            .args(["--max-watchers", "100000"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("coordinator stdout")?).read_line(&mut line)?;
+        let addr = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
+        self.port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).with_context(|| format!("the coordinator said: {line}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (CPU seconds, peak RSS bytes) of the running process.
+    fn usage(&self) -> (f64, u64) {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else { return (0.0, 0) };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name's closing parenthesis: utime and
+        // stime are the 12th and 13th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let cpu = (ticks(11) + ticks(12)) / 100.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let peak = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024);
+        (cpu, peak)
+    }
+
+    fn kill(&mut self) {
+        let (cpu, peak) = self.usage();
+        self.cpu_before += cpu;
+        self.peak_rss = self.peak_rss.max(peak);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn channel(url: &str) -> Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(url.to_string())?.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => bail!("cannot reach {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A tiny PNG that differs from every other index's.
+fn tiny_png(i: usize) -> Result<Vec<u8>> {
+    let rgb: Vec<u8> = (0..8 * 8).flat_map(|p| [(i & 0xff) as u8, ((i >> 8) & 0xff) as u8, ((i >> 16) as u8).wrapping_add(p as u8)]).collect();
+    Ok(stylefarm_shared::image_io::encode_png(&rgb, 8, 8, "loadtest")?)
+}
+
+fn collection_request(name: &str, jobs: usize, priority: i32, offset: usize) -> Result<pb::SubmitRequest> {
+    let contents = (0..jobs)
+        .map(|i| Ok(pb::InputImage { name: format!("c{}", i + offset), source: Some(pb::input_image::Source::Data(tiny_png(i + offset)?)) }))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(pb::SubmitRequest {
+        name: name.into(),
+        contents,
+        styles: vec![pb::InputImage { name: "s".into(), source: Some(pb::input_image::Source::Data(tiny_png(usize::MAX >> 8)?)) }],
+        variants_json: vec![r#"{"iters": 1}"#.into()],
+        width: 8,
+        height: 8,
+        priority,
+        ..Default::default()
+    })
+}
+
+fn transient(s: &tonic::Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+}
+
+/// One simulated worker: lease, heartbeat, write the output, complete —
+/// until the collection is done. Rides out coordinator restarts.
+async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
+    let register = pb::RegisterRequest { name: format!("sim{i}"), device: "cpu".into(), ..Default::default() };
+    let mut client = pb::workers_client::WorkersClient::new(channel(&shared.url).await?);
+    let mut id = String::new();
+    while !shared.done.load(Ordering::Relaxed) {
+        if id.is_empty() {
+            match client.register(register.clone()).await {
+                Ok(r) => id = r.into_inner().worker_id,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+            continue;
+        }
+        let t = Instant::now();
+        let leased = match client.lease(pb::LeaseRequest { worker_id: id.clone(), free_memory_bytes: 0 }).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if transient(&s) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                id.clear();
+                continue;
+            }
+            Err(s) => bail!("lease: {s}"),
+        };
+        shared.lease.record(t);
+        let Some(job) = leased.job else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let token = leased.fencing_token;
+        if rand::rng().random_bool(shared.stall.clamp(0.0, 1.0)) {
+            // This worker dies with its job: it never heartbeats again, and
+            // comes back as a new worker.
+            shared.stalls.fetch_add(1, Ordering::Relaxed);
+            id.clear();
+            continue;
+        }
+        for _ in 0..shared.heartbeats {
+            let r = pb::HeartbeatRequest { worker_id: id.clone(), job_id: job.job_id.clone(), fencing_token: token, ..Default::default() };
+            let t = Instant::now();
+            if client.heartbeat(r).await.is_ok() {
+                shared.heartbeat.record(t);
+            }
+        }
+        shared.store.put(&format!("{}/output.png", job.prefix), b"not really a png".to_vec()).await?;
+        let r = pb::CompleteRequest { worker_id: id.clone(), job_id: job.job_id.clone(), fencing_token: token, output_name: "output.png".into(), progress: None };
+        loop {
+            let t = Instant::now();
+            match client.complete(r.clone()).await {
+                Ok(_) => {
+                    shared.complete.record(t);
+                    if let Ok(mut acks) = shared.acks.lock() {
+                        let tokens = acks.entry(job.job_id.clone()).or_default();
+                        if !tokens.contains(&token) {
+                            tokens.push(token);
+                        }
+                    }
+                    break;
+                }
+                // A reply lost to a restart: the same call again (it is
+                // idempotent under the token).
+                Err(s) if transient(&s) => tokio::time::sleep(Duration::from_millis(200)).await,
+                // The lease lapsed while the coordinator was down and the
+                // job went to another worker: not ours any more.
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One watcher: follows the collection (or holds the stream unread),
+/// reconnecting after restarts, until the run is done.
+async fn watcher(id: String, lazy: bool, shared: Arc<Shared>) {
+    while !shared.done.load(Ordering::Relaxed) {
+        let Ok(ch) = channel(&shared.url).await else { return };
+        let mut farm = pb::farm_client::FarmClient::new(ch).max_decoding_message_size(256 << 20);
+        let Ok(stream) = farm.watch(pb::CollectionRef { collection_id: id.clone() }).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        if lazy {
+            while !shared.done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            return;
+        }
+        let mut snapshots = 0u64;
+        while let Ok(Some(e)) = stream.message().await {
+            if matches!(e.event, Some(pb::watch_event::Event::Snapshot(_))) {
+                snapshots += 1;
+                if snapshots > 1 {
+                    shared.resyncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+pub fn run(args: LoadtestArgs) -> Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let data = args.data_dir.clone().unwrap_or_else(|| scratch.path().to_path_buf());
+    std::fs::create_dir_all(&data)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(drive(args, &data))
+}
+
+async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
+    let mut coordinator = Coordinator {
+        child: None,
+        data: data.to_path_buf(),
+        port: 0,
+        lease_seconds: args.lease_seconds,
+        max_jobs: args.jobs.max(args.queued).max(1),
+        cpu_before: 0.0,
+        peak_rss: 0,
+    };
+    coordinator.start()?;
+    let url = coordinator.url();
+    let mut farm = pb::farm_client::FarmClient::new(channel(&url).await?).max_decoding_message_size(256 << 20).max_encoding_message_size(1 << 30);
+    if args.queued > 0 {
+        farm.submit(collection_request("deep-queue", args.queued, -1, 1 << 20)?).await.context("submitting the deep queue")?;
+    }
+    let id = farm.submit(collection_request("load", args.jobs, 0, 0)?).await.context("submitting the collection")?.into_inner().collection_id;
+    // Another user's small collection, read while the farm is busy: how
+    // long everyone else waits (its jobs run after the load's).
+    let other = farm.submit(collection_request("other", 10, -2, 1 << 24)?).await.context("submitting the probe's collection")?.into_inner().collection_id;
+
+    let shared = Arc::new(Shared {
+        url: url.clone(),
+        store: Store::open(&data.join("storage").to_string_lossy())?,
+        stall: args.stall,
+        heartbeats: args.heartbeats,
+        done: AtomicBool::new(false),
+        lease: Latencies::default(),
+        heartbeat: Latencies::default(),
+        complete: Latencies::default(),
+        probe: Latencies::default(),
+        acks: Mutex::new(HashMap::new()),
+        stalls: AtomicU64::new(0),
+        resyncs: AtomicU64::new(0),
+    });
+    let watchers: Vec<_> = (0..args.watchers).map(|_| tokio::spawn(watcher(id.clone(), args.lazy_watchers, shared.clone()))).collect();
+    // Let the watchers connect before the clock starts.
+    tokio::time::sleep(Duration::from_millis(if args.watchers > 0 { 1000 } else { 0 })).await;
+    let (cpu_at_start, _) = coordinator.usage();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.workers).map(|i| tokio::spawn(worker(i, shared.clone()))).collect();
+
+    // Another client's view: GetCollection of its own small collection
+    // every 20 ms, timed; the load's progress from ListCollections'
+    // counts; restarts when the load is that far along.
+    let mut restarts_done = 0;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
+        if farm.get_collection(pb::CollectionRef { collection_id: other.clone() }).await.is_ok() {
+            shared.probe.record(t);
+        }
+        let listed = farm.list_collections(pb::ListCollectionsRequest::default()).await;
+        let succeeded = match listed {
+            Ok(l) => l.into_inner().collections.iter().find(|c| c.collection_id == id).and_then(|c| c.counts.clone()).map_or(0, |n| n.succeeded as usize),
+            Err(_) => {
+                farm = pb::farm_client::FarmClient::new(channel(&url).await?).max_decoding_message_size(256 << 20);
+                continue;
+            }
+        };
+        if succeeded >= args.jobs {
+            break;
+        }
+        if restarts_done < args.restarts && succeeded * (args.restarts + 1) >= args.jobs * (restarts_done + 1) {
+            coordinator.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            coordinator.start()?;
+            restarts_done += 1;
+        }
+        if Instant::now() > deadline {
+            bail!("the collection did not finish in 10 minutes ({succeeded} of {} jobs)", args.jobs);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_now, peak_now) = coordinator.usage();
+    let cpu = coordinator.cpu_before + cpu_now - cpu_at_start;
+    let peak_rss = coordinator.peak_rss.max(peak_now);
+    shared.done.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await??;
+    }
+    for w in watchers {
+        let _ = w.await;
+    }
+
+    // Exactly once: every job SUCCEEDED, one acknowledged token each, one
+    // succeeded attempt each.
+    let mut farm = pb::farm_client::FarmClient::new(channel(&url).await?).max_decoding_message_size(256 << 20);
+    let mut problems = Vec::new();
+    let mut page_token = String::new();
+    let mut jobs = Vec::new();
+    loop {
+        let page = farm.list_jobs(pb::ListJobsRequest { collection_id: id.clone(), page_size: 5000, page_token }).await?.into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let acks = shared.acks.lock().map(|a| a.clone()).unwrap_or_default();
+    for j in &jobs {
+        if j.state != pb::JobState::Succeeded as i32 {
+            problems.push(format!("{} ended {:?}", j.job_id, pb::JobState::try_from(j.state)));
+        }
+        let tokens = acks.get(&j.job_id).map_or(0, Vec::len);
+        if tokens != 1 {
+            problems.push(format!("{} was acknowledged complete under {tokens} leases", j.job_id));
+        }
+        let detail = farm.get_job(pb::JobRef { job_id: j.job_id.clone() }).await?.into_inner();
+        let succeeded = detail.attempts.iter().filter(|a| a.outcome == "succeeded").count();
+        if succeeded != 1 {
+            problems.push(format!("{} has {succeeded} succeeded attempts", j.job_id));
+        }
+    }
+    if jobs.len() != args.jobs {
+        problems.push(format!("{} jobs listed, {} submitted", jobs.len(), args.jobs));
+    }
+
+    let (lease, heartbeat, complete, probe) = (shared.lease.summary(), shared.heartbeat.summary(), shared.complete.summary(), shared.probe.summary());
+    let per_second = args.jobs as f64 / elapsed;
+    let exactly_once = problems.is_empty();
+    if args.json {
+        let ms = |(p50, p99, n): (f64, f64, usize)| serde_json::json!({"p50_ms": p50, "p99_ms": p99, "calls": n});
+        let v = serde_json::json!({
+            "workers": args.workers, "jobs": args.jobs, "watchers": args.watchers, "lazy_watchers": args.lazy_watchers,
+            "queued": args.queued, "restarts": restarts_done, "stalls": shared.stalls.load(Ordering::Relaxed),
+            "seconds": elapsed, "completions_per_second": per_second,
+            "lease": ms(lease), "heartbeat": ms(heartbeat), "complete": ms(complete), "get_collection": ms(probe),
+            "coordinator_cpu_cores": cpu / elapsed, "coordinator_peak_rss_mb": peak_rss as f64 / (1 << 20) as f64,
+            "watch_resyncs": shared.resyncs.load(Ordering::Relaxed),
+            "exactly_once": exactly_once, "problems": problems.iter().take(20).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} workers, {} jobs, {} watchers{}, {} queued behind, {} restarts, {} stalled workers",
+            args.workers,
+            args.jobs,
+            args.watchers,
+            if args.lazy_watchers { " (never reading)" } else { "" },
+            args.queued,
+            restarts_done,
+            shared.stalls.load(Ordering::Relaxed)
+        );
+        println!("  {per_second:.0} completions/s ({elapsed:.1} s)");
+        for (name, (p50, p99, n)) in [("Lease", lease), ("Heartbeat", heartbeat), ("Complete", complete), ("GetCollection*", probe)] {
+            println!("  {name:<14} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   ({n} calls)");
+        }
+        println!("  (* another client's 10-job collection, every 20 ms)");
+        println!("  coordinator: {:.2} cores, peak RSS {:.0} MB", cpu / elapsed, peak_rss as f64 / (1 << 20) as f64);
+        println!("  exactly once: {}", if exactly_once { "yes".to_string() } else { format!("NO: {}", problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ")) });
+    }
+    if !exactly_once {
+        bail!("{} jobs did not end SUCCEEDED exactly once", problems.len());
+    }
+    Ok(())
+}
