@@ -101,3 +101,99 @@ fn sha2_digest(bytes: &[u8]) -> impl std::fmt::LowerHex {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
 }
+
+/// A 1×1 collection per content given, uploaded by a plain client.
+async fn submit(farm: &mut pb::farm_client::FarmClient<tonic::transport::Channel>, contents: usize) -> String {
+    let request = pb::SubmitRequest {
+        contents: (0..contents).map(|i| upload(&format!("c{i}"), "content.png")).collect(),
+        styles: vec![upload("s", "style.png")],
+        variants_json: vec![r#"{"iters": 1}"#.into()],
+        width: 8,
+        height: 8,
+        ..Default::default()
+    };
+    farm.submit(request).await.unwrap().into_inner().collection_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_page_through_everything_once_and_refuse_a_made_up_page_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, server) = start(dir.path()).await;
+    let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
+    let big = submit(&mut farm, 25).await;
+    for _ in 0..4 {
+        submit(&mut farm, 1).await;
+    }
+
+    let (mut jobs, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = farm.list_jobs(pb::ListJobsRequest { collection_id: big.clone(), page_size: 10, page_token: token }).await.unwrap().into_inner();
+        assert!(page.jobs.len() <= 10);
+        jobs.extend(page.jobs.into_iter().map(|j| (j.content_index, j.job_id)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let whole = farm.get_collection(pb::CollectionRef { collection_id: big.clone() }).await.unwrap().into_inner();
+    assert_eq!(jobs, whole.jobs.iter().map(|j| (j.content_index, j.job_id.clone())).collect::<Vec<_>>(), "every job once, in order");
+
+    let (mut collections, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = farm.list_collections(pb::ListCollectionsRequest { page_size: 2, page_token: token }).await.unwrap().into_inner();
+        assert!(page.collections.iter().all(|c| c.jobs.is_empty() && c.counts.is_some()), "pages carry counts, not jobs");
+        collections.extend(page.collections);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(collections.len(), 5);
+    assert_eq!((collections[0].collection_id.as_str(), collections[0].counts.clone().unwrap().queued), (big.as_str(), 25));
+
+    let bad = farm.list_collections(pb::ListCollectionsRequest { page_size: 2, page_token: "not-a-token".into() }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_files_are_listed_and_large_ones_fetched_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, server) = start(dir.path()).await;
+    let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
+    let id = submit(&mut farm, 1).await;
+    let mut workers = pb::workers_client::WorkersClient::connect(url).await.unwrap();
+    let worker_id = workers.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
+    let lease = workers.lease(pb::LeaseRequest { worker_id, free_memory_bytes: 0 }).await.unwrap().into_inner();
+    let job = lease.job.unwrap();
+    let before = farm.list_job_files(pb::JobRef { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!((before.attempt, before.files.len()), (1, 0));
+
+    // The worker writes its files; one is 2.5 MiB.
+    let folder = dir.path().join("data/storage").join(&job.prefix);
+    std::fs::create_dir_all(folder.join("tb")).unwrap();
+    let big: Vec<u8> = (0..(5u32 << 19)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(folder.join("output.png"), &big).unwrap();
+    std::fs::write(folder.join("losses.jsonl"), b"{}\n").unwrap();
+    std::fs::write(folder.join("tb/events.out.tfevents.1"), b"e").unwrap();
+    let files = farm.list_job_files(pb::JobRef { job_id: job.job_id.clone() }).await.unwrap().into_inner().files;
+    let names: Vec<(&str, u64)> = files.iter().map(|f| (f.name.as_str(), f.size_bytes)).collect();
+    assert_eq!(names, [("losses.jsonl", 3), ("output.png", big.len() as u64), ("tb/events.out.tfevents.1", 1)]);
+
+    let key = files.iter().find(|f| f.name == "output.png").unwrap().key.clone();
+    assert!(key.starts_with(&format!("collections/{id}/")), "{key}");
+    let mut stream = farm.fetch(pb::FetchRequest { collection_id: id, key }).await.unwrap().into_inner();
+    let (mut chunks, mut data, mut total) = (0, Vec::new(), 0);
+    while let Some(c) = stream.message().await.unwrap() {
+        assert!(c.data.len() <= 1 << 20, "chunks of at most 1 MiB");
+        if chunks == 0 {
+            total = c.total_bytes;
+        }
+        chunks += 1;
+        data.extend_from_slice(&c.data);
+    }
+    assert_eq!((chunks, total, data == big), (3, big.len() as u64, true));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

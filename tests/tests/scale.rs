@@ -1,0 +1,191 @@
+//! The coordinator under load, as processes: group commit keeps every
+//! acknowledged write across a SIGKILL, Watch streams are limited and a
+//! watcher that does not read costs bounded memory, and `farmctl loadtest`
+//! finishes a collection exactly once through a restart. (Speed lives in
+//! `farmctl loadtest`'s figures in BENCHMARKS.md, not here.)
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stylefarm_proto as pb;
+use stylefarm_tests::{bin, fixture, Farm};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+async fn channel(url: &str) -> Channel {
+    let start = Instant::now();
+    loop {
+        match Channel::from_shared(url.to_string()).unwrap().connect().await {
+            Ok(c) => return c,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(30), "cannot reach {url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+fn small_collection(contents: usize) -> pb::SubmitRequest {
+    let png = std::fs::read(fixture("content.png")).unwrap();
+    pb::SubmitRequest {
+        contents: (0..contents).map(|i| pb::InputImage { name: format!("c{i}"), source: Some(pb::input_image::Source::Data(png.clone())) }).collect(),
+        styles: vec![pb::InputImage { name: "s".into(), source: Some(pb::input_image::Source::Data(png.clone())) }],
+        variants_json: vec![r#"{"iters": 1}"#.into()],
+        width: 8,
+        height: 8,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn every_acknowledged_write_survives_a_sigkill_mid_group() {
+    let mut farm = Farm::start();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let runtime = rt();
+    runtime.block_on(async {
+        // 32 clients register as fast as they can; the coordinator is
+        // SIGKILLed while their calls are in flight.
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let (url, acked) = (farm.url.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut w = pb::workers_client::WorkersClient::new(channel(&url).await);
+                loop {
+                    let r = pb::RegisterRequest { name: format!("w{i}"), device: "cpu".into(), ..Default::default() };
+                    match w.register(r).await {
+                        Ok(r) => acked.lock().unwrap().push(r.into_inner().worker_id),
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        let start = Instant::now();
+        while acked.lock().unwrap().len() < 500 {
+            assert!(start.elapsed() < Duration::from_secs(60), "registrations too slow");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        farm.kill_coordinator();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    farm.start_coordinator();
+    let listed: std::collections::HashSet<String> = runtime.block_on(async {
+        let mut f = pb::farm_client::FarmClient::new(channel(&farm.url).await);
+        f.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers.into_iter().map(|w| w.worker_id).collect()
+    });
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<&String> = acked.iter().filter(|id| !listed.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged registrations lost: {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
+}
+
+fn with_token(token: &str) -> impl FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Clone {
+    let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
+    move |mut r: Request<()>| {
+        r.metadata_mut().insert("authorization", value.clone());
+        Ok(r)
+    }
+}
+
+#[test]
+fn watches_are_limited_per_client_and_in_all() {
+    let farm = Farm::start_with(&["--user-token", "u1", "--user-token", "u2", "--worker-token", "w", "--max-watchers-per-client", "2", "--max-watchers", "3"]);
+    rt().block_on(async {
+        let ch = channel(&farm.url).await;
+        let mut u1 = pb::farm_client::FarmClient::with_interceptor(ch.clone(), with_token("u1"));
+        let mut u2 = pb::farm_client::FarmClient::with_interceptor(ch.clone(), with_token("u2"));
+        let a = u1.submit(small_collection(1)).await.unwrap().into_inner().collection_id;
+        let b = u2.submit(small_collection(1)).await.unwrap().into_inner().collection_id;
+        let watch = |c: &mut pb::farm_client::FarmClient<_>, id: &str| {
+            let r = pb::CollectionRef { collection_id: id.into() };
+            let mut c = c.clone();
+            async move { c.watch(r).await }
+        };
+        let first = watch(&mut u1, &a).await.unwrap();
+        let second = watch(&mut u1, &a).await.unwrap();
+        let e = watch(&mut u1, &a).await.unwrap_err();
+        assert!(e.code() == Code::ResourceExhausted && e.message().contains("--max-watchers-per-client 2"), "{e:?}");
+        let third = watch(&mut u2, &b).await.unwrap();
+        let e = watch(&mut u2, &b).await.unwrap_err();
+        assert!(e.code() == Code::ResourceExhausted && e.message().contains("--max-watchers 3"), "{e:?}");
+        // A closed watch frees its place.
+        drop(first);
+        let start = Instant::now();
+        loop {
+            match watch(&mut u2, &b).await {
+                Ok(_) => break,
+                Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "the place was never freed: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop((second, third));
+    });
+}
+
+#[test]
+fn a_watcher_that_does_not_read_costs_bounded_memory_and_gets_merged_changes() {
+    let farm = Farm::start();
+    let pid = farm.coordinator.as_ref().unwrap().id();
+    rt().block_on(async {
+        let ch = channel(&farm.url).await;
+        let mut f = pb::farm_client::FarmClient::new(ch.clone());
+        let id = f.submit(small_collection(2)).await.unwrap().into_inner().collection_id;
+        let mut lazy = f.watch(pb::CollectionRef { collection_id: id.clone() }).await.unwrap().into_inner();
+        let mut w = pb::workers_client::WorkersClient::new(ch.clone());
+        let worker = w.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
+        let lease = w.lease(pb::LeaseRequest { worker_id: worker.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
+        let job = lease.job.unwrap().job_id;
+        let before = rss_bytes(pid);
+        // Far more changes than the event stream holds (8192), while the
+        // watcher reads nothing.
+        let mut tasks = Vec::new();
+        for t in 0..16u32 {
+            let (mut w, worker, job) = (w.clone(), worker.clone(), job.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..700u32 {
+                    let progress = pb::Progress { iteration: t * 1000 + i, iterations: 1, ..Default::default() };
+                    let r = pb::HeartbeatRequest { worker_id: worker.clone(), job_id: job.clone(), fencing_token: lease.fencing_token, progress: Some(progress), ..Default::default() };
+                    w.heartbeat(r).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let grown = rss_bytes(pid).saturating_sub(before);
+        assert!(grown < 64 << 20, "the coordinator grew {} MiB for a watcher that reads nothing", grown >> 20);
+        // Reading now: the snapshot, then changes merged per job (at
+        // most ten messages a second), not one message per heartbeat.
+        let mut messages = Vec::new();
+        while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_millis(500), lazy.message()).await {
+            messages.push(e.event.unwrap());
+        }
+        let changes: usize = messages.iter().map(|e| match e {
+            pb::watch_event::Event::Changes(c) => c.jobs.len(),
+            pb::watch_event::Event::Snapshot(_) => 0,
+        }).sum();
+        assert!(matches!(messages.first(), Some(pb::watch_event::Event::Snapshot(_))), "the snapshot comes first");
+        assert!(changes >= 1 && messages.len() < 1000, "{} messages carrying {changes} job changes for 11,200 heartbeats", messages.len());
+    });
+}
+
+#[test]
+fn the_load_tool_finishes_a_collection_exactly_once_through_a_restart() {
+    let o = Command::new(bin("farmctl"))
+        .args(["loadtest", "--workers", "20", "--jobs", "500", "--restarts", "1", "--stall", "0.02", "--lease-seconds", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["exactly_once"], true, "{v}");
+    assert_eq!((v["jobs"].as_u64(), v["restarts"].as_u64()), (Some(500), Some(1)), "{v}");
+}
