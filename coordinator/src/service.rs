@@ -658,7 +658,7 @@ async fn follow(
         if pending.is_empty() {
             continue;
         }
-        let jobs: Vec<pb::Job> = pending.drain().map(|(_, j)| j).collect();
+        let jobs: Vec<pb::Job> = pending.drain().map(|(_, j)| changed_part(j)).collect();
         for j in &jobs {
             if has_ended(j.state) {
                 open.remove(&j.job_id);
@@ -670,6 +670,12 @@ async fn follow(
             return;
         }
     }
+}
+
+/// What a watcher needs of a changed job: what can change (its place and
+/// names it has from the snapshot).
+fn changed_part(job: pb::Job) -> pb::Job {
+    pb::Job { collection_id: String::new(), content_index: 0, style_index: 0, variant_index: 0, content_name: String::new(), style_name: String::new(), ..job }
 }
 
 /// Sends an object in chunks of up to 1 MiB.

@@ -44,11 +44,16 @@ pub struct StateHandle {
     pub events: broadcast::Sender<Arc<JobEvent>>,
 }
 
-/// Read-only connections, reused.
+/// Read-only connections, reused, at most [`MAX_READERS`] at a time (each
+/// holds its own page cache; a burst of snapshots must not open a hundred).
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Db>>,
+    permits: tokio::sync::Semaphore,
 }
+
+/// Reads that run at once; more wait their turn.
+const MAX_READERS: usize = 4;
 
 impl StateHandle {
     /// Starts the writer thread over `db` (opened at `path`). It runs until
@@ -58,7 +63,8 @@ impl StateHandle {
         let (events, _) = broadcast::channel(event_capacity);
         let publish = events.clone();
         std::thread::Builder::new().name("state".into()).spawn(move || own(db, inbox, publish))?;
-        Ok(StateHandle { commands, readers: Arc::new(Readers { path, idle: Mutex::new(Vec::new()) }), events })
+        let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(MAX_READERS) };
+        Ok(StateHandle { commands, readers: Arc::new(readers), events })
     }
 
     /// Runs `f` on the writer thread inside the next group commit and
@@ -84,6 +90,8 @@ impl StateHandle {
 
     /// Runs `f` on a read-only connection on a blocking thread.
     pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&Db) -> R + Send + 'static) -> Result<R, Status> {
+        let readers = self.readers.clone();
+        let _turn = readers.permits.acquire().await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let db = match readers.idle.lock().ok().and_then(|mut idle| idle.pop()) {

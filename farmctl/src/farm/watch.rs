@@ -69,7 +69,12 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
                 let Some(c) = last.as_mut() else { continue };
                 for j in changes.jobs {
                     if let Some(&i) = index.get(&j.job_id) {
-                        c.jobs[i] = j;
+                        // A change carries what can change; the place and
+                        // names stay as the snapshot gave them.
+                        let old = &c.jobs[i];
+                        let (collection_id, content_name, style_name) = (old.collection_id.clone(), old.content_name.clone(), old.style_name.clone());
+                        let (content_index, style_index, variant_index) = (old.content_index, old.style_index, old.variant_index);
+                        c.jobs[i] = pb::Job { collection_id, content_name, style_name, content_index, style_index, variant_index, ..j };
                     }
                 }
             }
