@@ -10,10 +10,13 @@
 //! - [`db`]: the schema and every state change, one savepoint each;
 //! - [`state`]: the one thread that owns the writing connection (group
 //!   commit) and announces every change, and the read-only connections;
+//! - [`hub`]: one merger of those changes per watched collection, which
+//!   every `Watch` of it follows;
 //! - [`service`]: the gRPC handlers, which validate and hand over to `state`.
 
 pub mod auth;
 pub mod db;
+pub mod hub;
 pub mod machine;
 pub mod paths;
 pub mod service;
@@ -99,7 +102,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     }
     let owner = StateHandle::start(db, db_path.clone(), 8192).map_err(Error::Thread)?;
     let watchers = Watchers::new(config.max_watchers_per_client, config.max_watchers);
-    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers });
+    let hubs = hub::Hubs::new(owner.events.clone());
+    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, hubs });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));

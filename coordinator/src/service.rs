@@ -154,6 +154,8 @@ pub(crate) struct State {
     pub(crate) config: Config,
     /// Open `Watch` streams, counted against the limits.
     pub(crate) watchers: Arc<Watchers>,
+    /// One merger of committed changes per watched collection.
+    pub(crate) hubs: crate::hub::Hubs,
 }
 
 /// Counts open `Watch` streams per client and in all.
@@ -206,10 +208,6 @@ impl Drop for WatchPermit {
         }
     }
 }
-
-/// The least time between two messages of one Watch: changes in between
-/// are merged per job.
-const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a Watch may wait for its client to take the next message
 /// before it is cut off.
@@ -515,10 +513,10 @@ impl Farm for FarmService {
         let id = request.into_inner().collection_id;
         let permit = self.0.watchers.admit(&client)?;
         // Subscribe before the snapshot: no change between them is missed.
-        let events = self.0.state.events.subscribe();
+        let batches = self.0.hubs.subscribe(&id);
         let first = self.visible(&caller, &id).await?;
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(follow(self.clone(), caller, id, first, events, tx, permit));
+        tokio::spawn(follow(self.clone(), caller, id, first, batches, tx, permit));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -586,19 +584,18 @@ impl Farm for FarmService {
     }
 }
 
-/// Feeds one Watch: the snapshot, then the changes of this collection's
-/// jobs from the state's event stream, merged per job and sent at most
-/// every [`WATCH_INTERVAL`], until every job has ended or the client goes
-/// away. Its cost follows what the client can take, not how fast jobs
-/// change. A watcher that falls behind the stream anyway gets a fresh
-/// snapshot (what it missed is skipped, so nothing buffers without bound);
-/// one that takes nothing for [`WATCH_SEND_PATIENCE`] is cut off.
+/// Feeds one Watch: the snapshot, then each batch of merged changes its
+/// collection's merger ([`crate::hub`]) hands out (at most ten a second),
+/// until every job has ended or the client goes away. A watcher that falls
+/// behind the batches is sent a fresh snapshot instead of what it missed,
+/// so nothing buffers without bound; one that takes nothing for
+/// [`WATCH_SEND_PATIENCE`] is cut off.
 async fn follow(
     farm: FarmService,
     caller: Caller,
     id: String,
     first: pb::Collection,
-    mut events: broadcast::Receiver<Arc<crate::state::JobEvent>>,
+    mut batches: broadcast::Receiver<Arc<crate::hub::Batch>>,
     tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
     _permit: WatchPermit,
 ) {
@@ -612,61 +609,31 @@ async fn follow(
     if !send(pb::watch_event::Event::Snapshot(first)).await || open.is_empty() {
         return;
     }
-    let mut pending: HashMap<String, pb::Job> = HashMap::new();
-    let mut lagged = false;
     loop {
-        // Wait for the next change (or the client leaving) …
-        let event = tokio::select! {
+        let batch = tokio::select! {
             _ = tx.closed() => return,
-            e = events.recv() => e,
+            b = batches.recv() => b,
         };
-        let mut take = |e: Result<Arc<crate::state::JobEvent>, broadcast::error::RecvError>| match e {
-            Ok(e) if e.job.collection_id == id => {
-                pending.insert(e.job.job_id.clone(), e.job.clone());
-                true
+        let event = match batch.as_deref() {
+            Ok(crate::hub::Batch::Changes(changes)) => {
+                for e in changes {
+                    if has_ended(e.job.state) {
+                        open.remove(&e.job.job_id);
+                    } else {
+                        open.insert(e.job.job_id.clone());
+                    }
+                }
+                pb::watch_event::Event::Changes(pb::JobChanges { jobs: changes.iter().map(|e| changed_part(&e.job)).collect() })
             }
-            Ok(_) => true,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                lagged = true;
-                true
+            Ok(crate::hub::Batch::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                metrics::counter!("stylefarm_watch_resyncs_total").increment(1);
+                let Ok(snapshot) = farm.visible(&caller, &id).await else { return };
+                open = unended(&snapshot);
+                pb::watch_event::Event::Snapshot(snapshot)
             }
-            Err(broadcast::error::RecvError::Closed) => false,
+            Err(broadcast::error::RecvError::Closed) => return,
         };
-        if !take(event) {
-            return;
-        }
-        // … then gather what else arrives within the interval, merged.
-        let window = tokio::time::sleep(WATCH_INTERVAL);
-        tokio::pin!(window);
-        loop {
-            tokio::select! {
-                _ = &mut window => break,
-                e = events.recv() => if !take(e) { return },
-            }
-        }
-        if lagged {
-            lagged = false;
-            pending.clear();
-            metrics::counter!("stylefarm_watch_resyncs_total").increment(1);
-            let Ok(snapshot) = farm.visible(&caller, &id).await else { return };
-            open = unended(&snapshot);
-            if !send(pb::watch_event::Event::Snapshot(snapshot)).await || open.is_empty() {
-                return;
-            }
-            continue;
-        }
-        if pending.is_empty() {
-            continue;
-        }
-        let jobs: Vec<pb::Job> = pending.drain().map(|(_, j)| changed_part(j)).collect();
-        for j in &jobs {
-            if has_ended(j.state) {
-                open.remove(&j.job_id);
-            } else {
-                open.insert(j.job_id.clone());
-            }
-        }
-        if !send(pb::watch_event::Event::Changes(pb::JobChanges { jobs })).await || open.is_empty() {
+        if !send(event).await || open.is_empty() {
             return;
         }
     }
@@ -674,8 +641,20 @@ async fn follow(
 
 /// What a watcher needs of a changed job: what can change (its place and
 /// names it has from the snapshot).
-fn changed_part(job: pb::Job) -> pb::Job {
-    pb::Job { collection_id: String::new(), content_index: 0, style_index: 0, variant_index: 0, content_name: String::new(), style_name: String::new(), ..job }
+fn changed_part(job: &pb::Job) -> pb::Job {
+    pb::Job {
+        job_id: job.job_id.clone(),
+        state: job.state,
+        attempts: job.attempts,
+        progress: job.progress.clone(),
+        worker: job.worker.clone(),
+        error: job.error.clone(),
+        output_key: job.output_key.clone(),
+        started_from: job.started_from,
+        failures: job.failures,
+        requeues: job.requeues,
+        ..Default::default()
+    }
 }
 
 /// Sends an object in chunks of up to 1 MiB.
