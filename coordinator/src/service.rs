@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Caller, Tokens};
 use crate::db::{Call, CallError, NewCollection, NewJob, Rules};
 use crate::paths;
-use crate::state::StateHandle;
+use crate::state::{ReadKind, StateHandle};
 
 /// Image names become file names in `farmctl fetch`: letters, digits,
 /// `.`, `_` and `-` only, at most 100, not starting with a dot.
@@ -327,8 +327,13 @@ impl FarmService {
     /// The collection `id`, if the caller may see it: another user's is
     /// NOT_FOUND, exactly as one that does not exist.
     async fn visible(&self, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
+        self.visible_as(ReadKind::Call, caller, id).await
+    }
+
+    /// [`FarmService::visible`], reading as `kind`.
+    async fn visible_as(&self, kind: ReadKind, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
         let owned = id.to_string();
-        match self.0.state.read(move |db| db.collection(&owned)).await?.map_err(db_err)? {
+        match self.0.state.read_as(kind, move |db| db.collection(&owned)).await?.map_err(db_err)? {
             Some((owner, c)) if caller.may_see(&owner) => Ok(c),
             _ => Err(Status::not_found(format!("no collection {id}"))),
         }
@@ -514,7 +519,7 @@ impl Farm for FarmService {
         let permit = self.0.watchers.admit(&client)?;
         // Subscribe before the snapshot: no change between them is missed.
         let batches = self.0.hubs.subscribe(&id);
-        let first = self.visible(&caller, &id).await?;
+        let first = self.visible_as(ReadKind::Snapshot, &caller, &id).await?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(follow(self.clone(), caller, id, first, batches, tx, permit));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -627,7 +632,7 @@ async fn follow(
             }
             Ok(crate::hub::Batch::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 metrics::counter!("stylefarm_watch_resyncs_total").increment(1);
-                let Ok(snapshot) = farm.visible(&caller, &id).await else { return };
+                let Ok(snapshot) = farm.visible_as(ReadKind::Snapshot, &caller, &id).await else { return };
                 open = unended(&snapshot);
                 pb::watch_event::Event::Snapshot(snapshot)
             }

@@ -50,10 +50,24 @@ struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Db>>,
     permits: tokio::sync::Semaphore,
+    /// Turns for whole-collection snapshots of watchers, apart: a burst of
+    /// them (many watchers resynchronising) never holds up other reads.
+    snapshots: tokio::sync::Semaphore,
 }
 
 /// Reads that run at once; more wait their turn.
 const MAX_READERS: usize = 4;
+/// Watchers' snapshots that are read at once.
+const MAX_SNAPSHOT_READERS: usize = 2;
+
+/// Which turns a read waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    /// A call's own read.
+    Call,
+    /// A watcher's snapshot of a whole collection.
+    Snapshot,
+}
 
 impl StateHandle {
     /// Starts the writer thread over `db` (opened at `path`). It runs until
@@ -63,7 +77,12 @@ impl StateHandle {
         let (events, _) = broadcast::channel(event_capacity);
         let publish = events.clone();
         std::thread::Builder::new().name("state".into()).spawn(move || own(db, inbox, publish))?;
-        let readers = Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(MAX_READERS) };
+        let readers = Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(MAX_READERS),
+            snapshots: tokio::sync::Semaphore::new(MAX_SNAPSHOT_READERS),
+        };
         Ok(StateHandle { commands, readers: Arc::new(readers), events })
     }
 
@@ -90,8 +109,17 @@ impl StateHandle {
 
     /// Runs `f` on a read-only connection on a blocking thread.
     pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&Db) -> R + Send + 'static) -> Result<R, Status> {
+        self.read_as(ReadKind::Call, f).await
+    }
+
+    /// [`StateHandle::read`], waiting for the turns of `kind`.
+    pub async fn read_as<R: Send + 'static>(&self, kind: ReadKind, f: impl FnOnce(&Db) -> R + Send + 'static) -> Result<R, Status> {
         let readers = self.readers.clone();
-        let _turn = readers.permits.acquire().await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+        let turns = match kind {
+            ReadKind::Call => &readers.permits,
+            ReadKind::Snapshot => &readers.snapshots,
+        };
+        let _turn = turns.acquire().await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let db = match readers.idle.lock().ok().and_then(|mut idle| idle.pop()) {
