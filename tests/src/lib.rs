@@ -33,6 +33,18 @@ pub fn fixture(name: &str) -> String {
     package_dir().join("fixtures").join(name).to_string_lossy().into_owned()
 }
 
+/// A gRPC channel to `url`, waiting up to 30 s for it to accept.
+pub async fn channel(url: &str) -> tonic::transport::Channel {
+    let start = Instant::now();
+    loop {
+        match tonic::transport::Channel::from_shared(url.to_string()).unwrap().connect().await {
+            Ok(c) => return c,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(30), "cannot reach {url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A port nobody listens on now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use sha2::Digest;
 use stylefarm_proto as pb;
-use stylefarm_tests::{all_succeeded, bin, fetch_and_compare, fixture, jobs, Farm, RENDER};
+use stylefarm_tests::{channel, all_succeeded, bin, fetch_and_compare, fixture, jobs, Farm, RENDER};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -34,16 +34,6 @@ fn bearer(token: Option<&str>) -> Interceptor {
     })
 }
 
-async fn channel(url: &str) -> Channel {
-    let start = Instant::now();
-    loop {
-        match Channel::from_shared(url.to_string()).unwrap().connect().await {
-            Ok(c) => return c,
-            Err(e) => assert!(start.elapsed() < Duration::from_secs(30), "cannot reach {url}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn farm_client(url: &str, token: Option<&str>) -> FarmClient {
     pb::farm_client::FarmClient::with_interceptor(channel(url).await, bearer(token))

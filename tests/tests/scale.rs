@@ -9,25 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::{bin, fixture, Farm};
+use stylefarm_tests::{channel, bin, fixture, Farm};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-async fn channel(url: &str) -> Channel {
-    let start = Instant::now();
-    loop {
-        match Channel::from_shared(url.to_string()).unwrap().connect().await {
-            Ok(c) => return c,
-            Err(e) => assert!(start.elapsed() < Duration::from_secs(30), "cannot reach {url}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use stylefarm_proto as pb;
 use tonic::Streaming;
 
-use super::{call, state_name, transient, Conn};
+use super::{call, state_name, Conn};
 
 /// Opens the Watch stream, waiting out a coordinator that is down.
 async fn open(url: &Conn, id: &str) -> Result<Streaming<pb::WatchEvent>> {
@@ -19,6 +19,12 @@ async fn open(url: &Conn, id: &str) -> Result<Streaming<pb::WatchEvent>> {
     })
     .await?
     .into_inner())
+}
+
+/// The coordinator answered, and no reconnect will change the answer.
+fn refused(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(s.code(), NotFound | PermissionDenied | Unauthenticated | InvalidArgument | FailedPrecondition | ResourceExhausted)
 }
 
 fn all_ended(c: &pb::Collection) -> bool {
@@ -51,9 +57,11 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
                 continue;
             }
             // A stream that worked and broke: the coordinator went away
-            // mid-stream (UNKNOWN and CANCELLED are how a dropped
-            // connection surfaces here).
-            Err(s) if transient(&s) || matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled) => {
+            // mid-stream. A dropped connection surfaces as UNAVAILABLE,
+            // UNKNOWN, CANCELLED or INTERNAL (an h2 error) depending on
+            // how it dropped; only the coordinator's own refusals end the
+            // watch.
+            Err(s) if !refused(&s) => {
                 multi.suspend(|| eprintln!("watch interrupted ({}); reconnecting", s.message()));
                 stream = open(url, id).await?;
                 continue;
