@@ -5,7 +5,7 @@
 //! wake-ups a second each, not one per change each.
 //!
 //! A merger starts with its collection's first watcher and ends when its
-//! last one has gone. A watcher that falls more than [`BACKLOG`] batches
+//! last one has gone. A watcher that falls more than `BACKLOG` (64) batches
 //! behind is told to resynchronise (it sends its client a fresh snapshot);
 //! so is every watcher when the merger itself falls behind the stream.
 
