@@ -288,7 +288,7 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
         // a later attempt writes its own.
         if leased.attempt > 1 {
             let t = Instant::now();
-            shared.store.put(&format!("{}/output.png", job.prefix), b"not really a png".to_vec()).await?;
+            shared.store.put(&format!("{}/output.png", job.prefix), tiny_png(0)?).await?;
             shared.put.record(t);
         }
         let r = pb::CompleteRequest { worker_id: id.clone(), job_id: job.job_id.clone(), fencing_token: token, output_name: "output.png".into(), progress: None };
@@ -364,12 +364,14 @@ async fn prewrite_outputs(data: &Path, collection: &str, jobs: usize, url: &str)
     }
     let storage = data.join("storage");
     let collection = collection.to_string();
+    // A real (tiny) image, so `farmctl fetch` of the result works.
+    let png = tiny_png(0)?;
     tokio::task::spawn_blocking(move || -> Result<()> {
         for id in ids {
             // The coordinator's layout: collections/<c>/jobs/<j>/attempt-<n>.
             let folder = storage.join(format!("collections/{collection}/jobs/{id}/attempt-1"));
             std::fs::create_dir_all(&folder)?;
-            std::fs::write(folder.join("output.png"), b"not really a png")?;
+            std::fs::write(folder.join("output.png"), &png)?;
         }
         Ok(())
     })
