@@ -854,7 +854,8 @@ impl Db {
         self.conn.query_row("SELECT owner FROM collections WHERE id = ?1", [collection], |r| r.get(0)).optional()
     }
 
-    /// The folder of a job's latest attempt, if it has had one.
+    /// A job's latest attempt: its folder, the collection's owner and the
+    /// attempt number (0: none yet, the folder is then attempt 1's).
     pub fn latest_attempt(&self, job: &str) -> rusqlite::Result<Option<(String, String, u32)>> {
         self.conn
             .query_row(

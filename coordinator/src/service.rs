@@ -568,11 +568,10 @@ impl Farm for FarmService {
         let caller = Caller::of(&request);
         let id = request.into_inner().job_id;
         let owned = id.clone();
-        let (folder, owner, attempt) = match self.0.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)? {
-            Some(found) if caller.may_see(&found.1) => found,
+        let (folder, attempt) = match self.0.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)? {
+            Some((folder, owner, attempt)) if caller.may_see(&owner) => (folder, attempt),
             _ => return Err(Status::not_found(format!("no job {id}"))),
         };
-        let _ = owner;
         if attempt == 0 {
             return Ok(Response::new(pb::ListJobFilesResponse { attempt, files: Vec::new() }));
         }

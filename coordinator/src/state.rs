@@ -29,6 +29,10 @@ type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Most commands one commit takes.
 const MAX_GROUP: usize = 512;
 
+/// Commands that may wait for the writer; a handler beyond that waits for
+/// room (backpressure instead of an unbounded queue).
+const MAX_WAITING: usize = 4096;
+
 /// A change to a job, announced after its commit.
 #[derive(Debug)]
 pub struct JobEvent {
@@ -38,7 +42,7 @@ pub struct JobEvent {
 /// The handle every handler holds.
 #[derive(Clone)]
 pub struct StateHandle {
-    commands: std::sync::mpsc::Sender<Command>,
+    commands: tokio::sync::mpsc::Sender<Command>,
     readers: Arc<Readers>,
     /// Every committed job change, in commit order.
     pub events: broadcast::Sender<Arc<JobEvent>>,
@@ -73,7 +77,7 @@ impl StateHandle {
     /// Starts the writer thread over `db` (opened at `path`). It runs until
     /// every handle is dropped.
     pub fn start(db: Db, path: PathBuf, event_capacity: usize) -> std::io::Result<StateHandle> {
-        let (commands, inbox) = std::sync::mpsc::channel::<Command>();
+        let (commands, inbox) = tokio::sync::mpsc::channel::<Command>(MAX_WAITING);
         let (events, _) = broadcast::channel(event_capacity);
         let publish = events.clone();
         std::thread::Builder::new().name("state".into()).spawn(move || own(db, inbox, publish))?;
@@ -96,7 +100,7 @@ impl StateHandle {
                 let _ = tx.send(committed.map(|()| result));
             })
         });
-        self.commands.send(command).map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+        self.commands.send(command).await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
         match rx.await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -142,8 +146,8 @@ impl StateHandle {
 
 /// The writer thread: group, commit, answer, announce — until every handle
 /// is gone.
-fn own(mut db: Db, inbox: std::sync::mpsc::Receiver<Command>, events: broadcast::Sender<Arc<JobEvent>>) {
-    while let Ok(first) = inbox.recv() {
+fn own(mut db: Db, mut inbox: tokio::sync::mpsc::Receiver<Command>, events: broadcast::Sender<Arc<JobEvent>>) {
+    while let Some(first) = inbox.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match inbox.try_recv() {
