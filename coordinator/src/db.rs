@@ -888,6 +888,28 @@ impl Db {
         tx.commit()?;
         Ok(n)
     }
+
+    /// A person acts on one job: `Event::Cancel` (queued or running → cancelled)
+    /// or `Event::Retry` (failed → queued, its budgets and error cleared).
+    /// Returns the job's collection, or the machine's refusal.
+    pub fn act_on_job(&mut self, job: &str, event: Event) -> Result<String, CallError> {
+        let tx = self.conn.savepoint()?;
+        let row: Option<(i32, String)> =
+            tx.query_row("SELECT state, collection_id FROM jobs WHERE id = ?1", [job], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let (state, collection) = row.ok_or_else(|| CallError::NoJob(job.to_string()))?;
+        let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
+        let step = machine::next(state_of(state)?, event, budget).map_err(|refusal| CallError::Refused { job: job.to_string(), refusal })?;
+        match event {
+            Event::Retry => tx.execute(
+                "UPDATE jobs SET state = ?1, failures = 0, requeues = 0, not_before = 0, error = '' WHERE id = ?2",
+                params![step.to.to_wire() as i32, job],
+            )?,
+            _ => tx.execute("UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2", params![step.to.to_wire() as i32, job])?,
+        };
+        tx.commit()?;
+        self.touched.push(job.to_string());
+        Ok(collection)
+    }
 }
 
 /// Seconds before retry number `failures`: 1, 2, 4, … capped at 30.

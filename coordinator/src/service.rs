@@ -339,6 +339,22 @@ impl FarmService {
         }
     }
 
+    /// Cancel or Retry on one job the caller may see; the job as it is after.
+    async fn act_on_job(&self, request: Request<pb::JobRef>, event: crate::machine::Event) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request);
+        let id = request.into_inner().job_id;
+        let owned = id.clone();
+        match self.0.state.read(move |db| db.job(&owned)).await?.map_err(db_err)? {
+            Some((owner, _)) if caller.may_see(&owner) => {}
+            _ => return Err(Status::not_found(format!("no job {id}"))),
+        }
+        let owned = id.clone();
+        self.0.state.write(move |db| db.act_on_job(&owned, event)).await?.map_err(call_err)?;
+        let owned = id.clone();
+        let detail = self.0.state.read(move |db| db.job(&owned)).await?.map_err(db_err)?;
+        detail.and_then(|(_, d)| d.job).map(Response::new).ok_or_else(|| Status::not_found(format!("no job {id}")))
+    }
+
     /// NOT_FOUND unless the caller may see collection `id`.
     async fn check_visible(&self, caller: &Caller, id: &str) -> Result<(), Status> {
         let owned = id.to_string();
@@ -581,6 +597,14 @@ impl Farm for FarmService {
             .map(|(name, size)| pb::JobFile { key: paths::in_attempt(&folder, &name), name, size_bytes: size })
             .collect();
         Ok(Response::new(pb::ListJobFilesResponse { attempt, files }))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        self.act_on_job(request, crate::machine::Event::Cancel).await
+    }
+
+    async fn retry_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        self.act_on_job(request, crate::machine::Event::Retry).await
     }
 
     async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {

@@ -197,3 +197,34 @@ async fn a_jobs_files_are_listed_and_large_ones_fetched_in_chunks() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_can_be_cancelled_and_a_failed_one_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, server) = start(dir.path()).await;
+    let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
+    let id = submit(&mut farm, 2).await;
+    let jobs = farm.get_collection(pb::CollectionRef { collection_id: id }).await.unwrap().into_inner().jobs;
+    let (first, second) = (jobs[0].job_id.clone(), jobs[1].job_id.clone());
+    let job = |id: &str| pb::JobRef { job_id: id.into() };
+
+    // The second job is cancelled alone; the first fails for bad input.
+    let cancelled = farm.cancel_job(job(&second)).await.unwrap().into_inner();
+    assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
+    assert_eq!(farm.cancel_job(job(&second)).await.unwrap_err().code(), tonic::Code::FailedPrecondition, "cancelled is final");
+    assert_eq!(farm.retry_job(job(&first)).await.unwrap_err().code(), tonic::Code::FailedPrecondition, "only a failed job is retried");
+    let mut workers = pb::workers_client::WorkersClient::connect(url).await.unwrap();
+    let worker_id = workers.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
+    let lease = workers.lease(pb::LeaseRequest { worker_id: worker_id.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
+    assert_eq!(lease.job.as_ref().map(|j| j.job_id.as_str()), Some(first.as_str()), "the cancelled job is not leased");
+    let fail = pb::FailRequest { worker_id: worker_id.clone(), job_id: first.clone(), fencing_token: lease.fencing_token, kind: pb::FailureKind::BadInput as i32, message: "bad".into() };
+    workers.fail(fail).await.unwrap();
+
+    let retried = farm.retry_job(job(&first)).await.unwrap().into_inner();
+    assert_eq!((retried.state, retried.failures, retried.error.as_str()), (pb::JobState::Queued as i32, 0, ""));
+    let again = workers.lease(pb::LeaseRequest { worker_id, free_memory_bytes: 0 }).await.unwrap().into_inner();
+    assert_eq!((again.job.map(|j| j.job_id), again.attempt), (Some(first), 2), "the retried job runs again");
+    assert_eq!(farm.retry_job(job("no-such-job")).await.unwrap_err().code(), tonic::Code::NotFound);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

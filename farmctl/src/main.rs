@@ -56,8 +56,15 @@ enum Command {
         #[arg(long, short)]
         output: std::path::PathBuf,
     },
-    /// Cancel a collection's remaining jobs.
-    Cancel { id: String },
+    /// Cancel a collection's remaining jobs (or, with --job, one job).
+    Cancel {
+        id: String,
+        /// ID is a job's, not a collection's.
+        #[arg(long)]
+        job: bool,
+    },
+    /// Put a failed job back in the queue, its failure budget renewed.
+    Retry { job: String },
     /// Write the model's graph (layers run, losses fed) as Graphviz DOT.
     Graph(GraphArgs),
     /// Load the coordinator with simulated workers and watchers; print
@@ -120,7 +127,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
-        Command::Cancel { id } => farm_runtime()?.block_on(farm::cancel(&url, &id)),
+        Command::Cancel { id, job } => farm_runtime()?.block_on(farm::cancel(&url, &id, job)),
+        Command::Retry { job } => farm_runtime()?.block_on(farm::retry(&url, &job)),
         Command::Render(args) => render::run(args),
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),

@@ -1,5 +1,5 @@
-//! The farm commands: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`,
-//! one file each. Apart from `up` (which runs a farm in this process) they
+//! The farm commands: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`
+//! (and `retry`), one file each. Apart from `up` (which runs a farm in this process) they
 //! speak only the gRPC contract in `farm.proto`.
 
 mod cancel;
@@ -9,7 +9,7 @@ mod submit;
 mod up;
 mod watch;
 
-pub use cancel::cancel;
+pub use cancel::{cancel, retry};
 pub use fetch::fetch;
 pub use status::status;
 pub use submit::{submit, SubmitArgs};
@@ -41,10 +41,6 @@ pub struct Conn {
 }
 
 /// A `Farm` client for `conn`, with the bearer token attached.
-pub async fn client(conn: &Conn) -> Result<Client> {
-    connect(conn).await.map_err(|e| anyhow::anyhow!("{e} (is `farmctl up` or farm-coordinator running?)"))
-}
-
 async fn connect(conn: &Conn) -> Result<Client, ClientError> {
     let channel = conn.security.connect(&conn.url).await?;
     let bearer = conn.security.bearer()?;
@@ -93,7 +89,11 @@ where
         };
         let delay = backoff.next_delay();
         if tokio::time::Instant::now() + delay > deadline {
-            return Err(error.context(format!("the coordinator at {} did not come back within {} s", conn.url, RIDE_OUT.as_secs())));
+            return Err(error.context(format!(
+                "the coordinator at {} did not answer within {} s (is `farmctl up` or farm-coordinator running there?)",
+                conn.url,
+                RIDE_OUT.as_secs()
+            )));
         }
         eprintln!("coordinator unreachable ({error:#}); retrying in {delay:.1?}");
         tokio::time::sleep(delay).await;
