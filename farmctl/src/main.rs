@@ -23,6 +23,10 @@ struct Cli {
     /// Bearer token with the user scope.
     #[arg(long, global = true, env = "STYLEFARM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Seconds the farm commands wait for a coordinator that does not
+    /// answer (a restart) before giving up.
+    #[arg(long, global = true, env = "STYLEFARM_WAIT", default_value_t = farm::RIDE_OUT_SECONDS)]
+    wait: u64,
     #[command(flatten)]
     tls: stylefarm_shared::client::TlsFlags,
     #[command(subcommand)]
@@ -115,7 +119,11 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     stylefarm_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
-    let url = farm::Conn { url: cli.coordinator.clone(), security: cli.tls.with_token(cli.token.clone()) };
+    let url = farm::Conn {
+        url: cli.coordinator.clone(),
+        security: cli.tls.with_token(cli.token.clone()),
+        wait: std::time::Duration::from_secs(cli.wait),
+    };
     match cli.command {
         Command::Up(args) => farm::up(args),
         Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),

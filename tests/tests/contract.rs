@@ -565,3 +565,11 @@ fn a_slow_start_does_not_lose_the_lease() {
     assert_eq!((job["attempts"].as_u64(), job["requeues"].as_u64()), (Some(1), Some(0)), "{job}");
     assert!(job["state"] == "running" || job["state"] == "succeeded", "{job}");
 }
+
+#[test]
+fn a_coordinator_that_never_answers_is_named_with_what_to_do() {
+    let url = format!("http://127.0.0.1:{}", stylefarm_tests::free_port());
+    let o = Command::new(bin("farmctl")).args(["--coordinator", &url, "--wait", "1", "status"]).env("RUST_BACKTRACE", "0").output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("retrying") && stderr.contains("farm-coordinator running") && stderr.contains("--wait"), "{stderr}");
+}

@@ -30,14 +30,16 @@ use tonic::transport::Channel;
 /// A `Farm` client with the bearer token attached.
 pub type Client = FarmClient<InterceptedService<Channel, Bearer>>;
 
-/// How long a command waits for a coordinator that went away (a restart,
-/// a redeploy) before it gives up.
-pub const RIDE_OUT: Duration = Duration::from_secs(90);
+/// How long a command waits by default for a coordinator that went away
+/// (a restart, a redeploy) before it gives up (`--wait`).
+pub const RIDE_OUT_SECONDS: u64 = 90;
 
 /// Where the coordinator is and how to present ourselves to it.
 pub struct Conn {
     pub url: String,
     pub security: ClientSecurity,
+    /// How long to wait for a coordinator that does not answer.
+    pub wait: Duration,
 }
 
 /// A `Farm` client for `conn`, with the bearer token attached.
@@ -69,13 +71,13 @@ pub fn transient(s: &tonic::Status) -> bool {
 
 /// Runs `op` on a fresh client, riding out a coordinator that is down or
 /// restarting: connection failures and UNAVAILABLE are retried with capped
-/// backoff for up to [`RIDE_OUT`]; any other refusal returns at once.
+/// backoff for up to `conn.wait`; any other refusal returns at once.
 pub async fn call<T, F, Fut>(conn: &Conn, mut op: F) -> Result<T>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
-    let deadline = tokio::time::Instant::now() + RIDE_OUT;
+    let deadline = tokio::time::Instant::now() + conn.wait;
     let mut backoff = Backoff::default();
     loop {
         let error = match connect(conn).await {
@@ -90,9 +92,9 @@ where
         let delay = backoff.next_delay();
         if tokio::time::Instant::now() + delay > deadline {
             return Err(error.context(format!(
-                "the coordinator at {} did not answer within {} s (is `farmctl up` or farm-coordinator running there?)",
+                "the coordinator at {} did not answer within {} s (is `farmctl up` or farm-coordinator running there? --wait sets how long to wait)",
                 conn.url,
-                RIDE_OUT.as_secs()
+                conn.wait.as_secs()
             )));
         }
         eprintln!("coordinator unreachable ({error:#}); retrying in {delay:.1?}");
