@@ -79,11 +79,20 @@ where
 {
     let deadline = tokio::time::Instant::now() + conn.wait;
     let mut backoff = Backoff::default();
+    // A connection that breaks right after it was made (a coordinator
+    // still starting, or killed again) shows as UNKNOWN "transport error",
+    // and so does a plaintext client at a TLS port, which no wait fixes:
+    // the first few are retried, then it is taken as final.
+    let mut broken_connections = 0;
     loop {
         let error = match connect(conn).await {
             Ok(c) => match op(c).await {
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => anyhow::anyhow!("{} ({:?})", s.message(), s.code()),
+                Err(s) if s.code() == tonic::Code::Unknown && s.message().contains("transport error") && broken_connections < 3 => {
+                    broken_connections += 1;
+                    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+                }
                 Err(s) => return Err(status_err(s)),
             },
             Err(e) if may_come_back(&e) => anyhow::anyhow!(e),
