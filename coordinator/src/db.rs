@@ -241,16 +241,22 @@ fn outcome_prefix(event: Event) -> &'static str {
 fn count(jobs: &[pb::Job]) -> pb::JobCounts {
     let mut counts = pb::JobCounts::default();
     for j in jobs {
-        match State::from_wire(j.state) {
-            Some(State::Queued) => counts.queued += 1,
-            Some(State::Running) => counts.running += 1,
-            Some(State::Succeeded) => counts.succeeded += 1,
-            Some(State::Failed) => counts.failed += 1,
-            Some(State::Cancelled) => counts.cancelled += 1,
-            None => {}
-        }
+        add(&mut counts, j.state, 1);
     }
     counts
+}
+
+/// Adds `n` jobs in wire state `state` to `counts`.
+fn add(counts: &mut pb::JobCounts, state: i32, n: u32) {
+    let slot = match State::from_wire(state) {
+        Some(State::Queued) => &mut counts.queued,
+        Some(State::Running) => &mut counts.running,
+        Some(State::Succeeded) => &mut counts.succeeded,
+        Some(State::Failed) => &mut counts.failed,
+        Some(State::Cancelled) => &mut counts.cancelled,
+        None => return,
+    };
+    *slot += n;
 }
 
 impl Db {
@@ -410,7 +416,9 @@ impl Db {
         Ok(Some((owner, c)))
     }
 
-    /// Ids of the collections `owner` submitted (every one: `None`), oldest first.
+    /// Ids of the collections `owner` submitted (every one: `None`), oldest
+    /// first. The service pages with [`Db::collections_page`]; tests list.
+    #[cfg(test)]
     pub fn collection_ids(&self, owner: Option<&str>) -> rusqlite::Result<Vec<String>> {
         let mut stmt = self.conn.prepare("SELECT id FROM collections WHERE ?1 IS NULL OR owner = ?1 ORDER BY seq")?;
         let ids = stmt.query_map([owner], |r| r.get(0))?.collect();
@@ -792,14 +800,7 @@ impl Db {
         let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE collection_id = ?1 GROUP BY state")?;
         for row in stmt.query_map([collection], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, u32>(1)?)))? {
             let (state, n) = row?;
-            match State::from_wire(state) {
-                Some(State::Queued) => counts.queued = n,
-                Some(State::Running) => counts.running = n,
-                Some(State::Succeeded) => counts.succeeded = n,
-                Some(State::Failed) => counts.failed = n,
-                Some(State::Cancelled) => counts.cancelled = n,
-                None => {}
-            }
+            add(&mut counts, state, n);
         }
         Ok(counts)
     }

@@ -118,10 +118,9 @@ impl StateHandle {
 
     /// [`StateHandle::read`], waiting for the turns of `kind`.
     pub async fn read_as<R: Send + 'static>(&self, kind: ReadKind, f: impl FnOnce(&Db) -> R + Send + 'static) -> Result<R, Status> {
-        let readers = self.readers.clone();
         let turns = match kind {
-            ReadKind::Call => &readers.permits,
-            ReadKind::Snapshot => &readers.snapshots,
+            ReadKind::Call => &self.readers.permits,
+            ReadKind::Snapshot => &self.readers.snapshots,
         };
         let _turn = turns.acquire().await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
         let readers = self.readers.clone();
