@@ -23,6 +23,9 @@
 //! - [`optim`]: Adam with TensorFlow 1's update rule (the assignment's);
 //! - [`lbfgs`]: L-BFGS with a backtracking line search, over any closure;
 //! - [`pixels`]: RGB bytes to the network's input space and back;
+//! - [`colors`]: an image's colour statistics and the linear colour
+//!   transfer (the fast preset's start);
+//! - [`quality`]: "as good as the recipe", the measure fast paths are held to;
 //! - [`render`]: one size's targets computed once, and the pure step function;
 //! - [`checkpoint`]: a render's state as one self-checking file;
 //! - [`graph`]: the model's graph as Graphviz DOT;
@@ -31,6 +34,7 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod colors;
 pub mod error;
 pub mod graph;
 mod layers;
@@ -39,6 +43,7 @@ pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod pixels;
+pub mod quality;
 pub mod render;
 pub mod session;
 pub mod vgg;
@@ -48,7 +53,7 @@ mod winograd;
 pub use checkpoint::{Checkpoint, Identity};
 pub use error::{EngineError, Result};
 pub use loss::{LossRecord, Losses};
-pub use params::{Init, LayerWeight, Optimizer, Pooling, RenderParams};
+pub use params::{Init, LayerWeight, Optimizer, Pooling, Preset, RenderParams};
 pub use render::{OptimizerState, PhaseTimes, RenderState, Renderer};
 pub use session::{Cadence, Control, Hooks, Outcome, Pictures, Session, Stage};
 pub use vgg::Vgg19;

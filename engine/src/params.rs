@@ -42,6 +42,10 @@ pub enum Init {
     Noise,
     /// Pixels the caller supplies (an image file, resized to the render size).
     Image,
+    /// The content recoloured to the style's colour statistics (mean and
+    /// covariance, [`crate::colors`]), blended with `noise_ratio` of the
+    /// seeded noise like `blend`: the fast preset's start.
+    Recolored,
 }
 
 /// A VGG layer and the weight its loss term gets.
@@ -129,6 +133,55 @@ impl Default for RenderParams {
     }
 }
 
+/// A named set of parameters to start from; flags (or a variant's keys)
+/// given beside it override its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The assignment's recipe: Adam, lr 2, 300 iterations from the blend
+    /// init. The reference every other configuration is measured against.
+    #[default]
+    Recipe,
+    /// As good as the recipe (style loss at or below its, content loss at
+    /// most 10 % above: [`crate::quality`]) in a fraction of its time, on
+    /// every sample pair (BENCHMARKS.md): L-BFGS, coarse-to-fine from the
+    /// content recoloured to the style's colours.
+    Fast,
+}
+
+impl Preset {
+    pub const NAMES: [&'static str; 2] = ["recipe", "fast"];
+
+    /// The parameters this preset stands for.
+    pub fn params(self) -> RenderParams {
+        match self {
+            Preset::Recipe => RenderParams::default(),
+            Preset::Fast => RenderParams {
+                optimizer: Optimizer::Lbfgs,
+                iterations: FAST_ITERS,
+                init: Init::Recolored,
+                noise_ratio: 0.1,
+                scales: vec![0.5],
+                coarse_iters: Some(FAST_COARSE_ITERS),
+                ..RenderParams::default()
+            },
+        }
+    }
+
+    /// `recipe` or `fast`; anything else is refused naming the choices.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "recipe" => Ok(Preset::Recipe),
+            "fast" => Ok(Preset::Fast),
+            other => Err(invalid("preset", format!("`{other}` is not a preset; choose one of {}", Preset::NAMES.join(", ")))),
+        }
+    }
+}
+
+/// The fast preset's full-size and coarse (half-size) iterations.
+const FAST_ITERS: usize = 50;
+const FAST_COARSE_ITERS: usize = 30;
+
 /// The most iterations one render may ask for; more is a typo, not a plan.
 pub const MAX_ITERATIONS: usize = 1_000_000;
 
@@ -210,11 +263,26 @@ impl RenderParams {
     }
 
     /// Reads parameters in their wire form (a JSON object; missing keys
-    /// take their defaults). The error names the key that is wrong, an
-    /// unknown one included, and what was expected.
+    /// take their defaults, or a `"preset"`'s values when one is named).
+    /// The error names the key that is wrong, an unknown one included, and
+    /// what was expected.
     pub fn from_json(json: &str) -> Result<Self> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let schema = |key: &str, reason: String| crate::error::EngineError::ParamSchema { key: key.to_string(), reason };
+        let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| schema("parameters", e.to_string()))?;
+        if let Some(obj) = value.as_object_mut() {
+            if let Some(name) = obj.remove("preset") {
+                let name = name.as_str().ok_or_else(|| schema("preset", format!("{name} is not a preset name; choose one of {}", Preset::NAMES.join(", "))))?;
+                let preset = Preset::parse(name).map_err(|e| schema("preset", e.to_string()))?;
+                let base = serde_json::to_value(preset.params()).map_err(|e| schema("preset", e.to_string()))?;
+                let mut merged = base.as_object().cloned().unwrap_or_default();
+                if obj.contains_key("iterations") {
+                    merged.remove("iters");
+                }
+                merged.extend(std::mem::take(obj));
+                value = serde_json::Value::Object(merged);
+            }
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "parameters".to_string() } else { key };
             crate::error::EngineError::ParamSchema { key, reason: e.into_inner().to_string() }

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::arch::conv_index;
+use crate::colors::{self, ColorStats};
 use crate::error::{invalid, EngineError, Result};
 use crate::lbfgs::{Lbfgs, LbfgsState, Objective};
 use crate::loss::{evaluate_terms, ContentLoss, Losses, PartWeights, Reads, StyleLoss, TotalVariation, Weighted, Part};
@@ -70,6 +71,8 @@ pub struct Renderer {
     terms: Vec<Weighted>,
     adam: Adam,
     lbfgs: Lbfgs,
+    /// The (blended) styles' colour statistics, for [`Init::Recolored`].
+    style_colors: Option<ColorStats>,
 }
 
 impl Renderer {
@@ -106,9 +109,16 @@ impl Renderer {
         if params.tv_weight > 0.0 {
             terms.push(Weighted { part: Part::Tv, reads: Reads::Image, weight: 1.0, term: Box::new(TotalVariation) });
         }
+        let style_colors = match params.init {
+            Init::Recolored => {
+                let parts = styles.iter().map(ColorStats::of).collect::<Result<Vec<_>>>()?;
+                Some(ColorStats::mixture(&parts, &blend))
+            }
+            _ => None,
+        };
         let adam = Adam::new(params.lr);
         let lbfgs = Lbfgs::new(params.lbfgs_history, params.lr);
-        Ok(Self { vgg, params, depth, terms, adam, lbfgs })
+        Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors })
     }
 
     pub fn params(&self) -> &RenderParams {
@@ -124,12 +134,17 @@ impl Renderer {
             let v: Vec<f32> = (0..n).map(|_| rng.random_range(-20.0f32..20.0)).collect();
             Ok(Tensor::from_vec(v, content.shape(), content.device())?.to_dtype(content.dtype())?)
         };
+        let blend = |picture: &Tensor| -> Result<Tensor> {
+            let r = self.params.noise_ratio;
+            Ok((noise()?.affine(r, 0.0)? + picture.affine(1.0 - r, 0.0)?)?)
+        };
         match self.params.init {
             Init::Content => Ok(content.clone()),
             Init::Noise => noise(),
-            Init::Blend => {
-                let r = self.params.noise_ratio;
-                Ok((noise()?.affine(r, 0.0)? + content.affine(1.0 - r, 0.0)?)?)
+            Init::Blend => blend(content),
+            Init::Recolored => {
+                let to = self.style_colors.as_ref().ok_or_else(|| invalid("init", "`recolored` needs a style image"))?;
+                blend(&colors::transfer(content, &ColorStats::of(content)?, to)?)
             }
             Init::Image => {
                 let img = init_image.ok_or_else(|| invalid("init", "init `image` needs an image"))?;

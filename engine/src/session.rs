@@ -248,13 +248,16 @@ impl Session {
             return Ok(Start::Init);
         }
         let (width, height) = self.size();
-        let mut previous = self.init.clone();
+        // The previous stage's result and the content it was rendered
+        // against (`None` before the first stage: a user's init image has
+        // no coarse content to take detail from).
+        let mut previous: Option<(Tensor, Option<Tensor>)> = self.init.clone().map(|t| (t, None));
         for (index, &scale) in params.scales.iter().enumerate() {
             let (w, h) = (((width as f64 * scale).round() as usize).max(1), ((height as f64 * scale).round() as usize).max(1));
             let iterations = params.coarse_iterations();
             hooks.stage(&Stage { index, count: params.scales.len(), scale, width: w, height: h, iterations })?;
             let pictures = resample(w, h)?;
-            let start = previous.as_ref().map(|t| pixels::resize(t, w, h)).transpose()?;
+            let start = previous.as_ref().map(|(image, content)| upsample_with_detail(image, content.as_ref(), &pictures.content)).transpose()?;
             let stage_params = RenderParams {
                 iterations,
                 init: if start.is_some() { Init::Image } else { params.init.clone() },
@@ -272,13 +275,28 @@ impl Session {
                     return Err(EngineError::NonFinite { iteration: state.iteration - 1, value: losses.total }.into());
                 }
             }
-            previous = Some(state.image);
+            previous = Some((state.image, Some(pictures.content)));
         }
         match previous {
-            Some(last) => Ok(Start::From(pixels::resize(&last, width, height)?)),
+            Some((last, content)) => Ok(Start::From(upsample_with_detail(&last, content.as_ref(), &self.content)?)),
             None => Err(EngineError::Internal("coarse stages ran but left no image".into()).into()),
         }
     }
+}
+
+/// A coarse stage's result `image` carried to the size of `content` (the
+/// next stage's content): resampled, plus the content detail the coarse
+/// size could not hold, `content − resize(coarse_content)`. Upsampling
+/// alone starts the next stage from a blurred picture whose content loss
+/// is already twice the blend init's; the detail puts back the edges the
+/// content loss measures (a Laplacian-pyramid step).
+fn upsample_with_detail(image: &Tensor, coarse_content: Option<&Tensor>, content: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = content.dims4()?;
+    let upsampled = pixels::resize(image, w, h)?;
+    Ok(match coarse_content {
+        Some(coarse) => ((upsampled + content)? - pixels::resize(coarse, w, h)?)?,
+        None => upsampled,
+    })
 }
 
 /// Where the full-size render starts.

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use stylefarm_engine::{Init, LayerWeight, Optimizer, Pooling, RenderParams};
+use stylefarm_engine::{Init, LayerWeight, Optimizer, Pooling, Preset, RenderParams};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PoolingArg {
@@ -16,9 +16,15 @@ pub enum PoolingArg {
 /// `render` and `submit`.
 #[derive(Args, Debug, Clone)]
 pub struct ParamFlags {
-    /// Optimizer iterations.
-    #[arg(long, default_value_t = 300)]
-    pub iters: usize,
+    /// Where every flag below starts: `recipe` (the assignment's: Adam,
+    /// 300 iterations, blend init) or `fast` (as good as the recipe in a
+    /// fraction of its time: L-BFGS, coarse-to-fine, recoloured init).
+    /// Flags given beside it override its values.
+    #[arg(long, value_parser = Preset::parse, default_value = "recipe")]
+    pub preset: Preset,
+    /// Optimizer iterations [default: the preset's, 300 / 50].
+    #[arg(long)]
+    pub iters: Option<usize>,
     /// Content weight α.
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     pub alpha: f64,
@@ -31,19 +37,21 @@ pub struct ParamFlags {
     /// Adam learning rate (pixel units); L-BFGS's first-step bound.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub lr: f64,
-    /// adam | lbfgs.
-    #[arg(long, value_enum, default_value = "adam")]
-    pub optimizer: OptimizerArg,
+    /// adam | lbfgs [default: the preset's, adam / lbfgs].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
     /// L-BFGS history size.
     #[arg(long, default_value_t = 10)]
     pub lbfgs_history: usize,
-    /// blend | content | noise, or (render only) the PATH of an image to
-    /// start from.
-    #[arg(long, default_value = "blend")]
-    pub init: String,
-    /// Share of noise in the blend init.
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
-    pub noise_ratio: f64,
+    /// blend | content | noise | recolored (the content in the style's
+    /// colours), or (render only) the PATH of an image to start from
+    /// [default: the preset's, blend / recolored].
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Share of noise in the blend and recolored inits [default: the
+    /// preset's, 0.6 / 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub noise_ratio: Option<f64>,
     /// Seed of the init noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -60,36 +68,48 @@ pub struct ParamFlags {
     #[arg(long, value_delimiter = ',')]
     pub style_blend: Vec<f64>,
     /// Coarse-to-fine: render first at these fractions of the size (e.g.
-    /// `0.25,0.5`, ascending, each below 1), each result upsampled to start
-    /// the next; the full-size render then starts from the last.
-    #[arg(long, value_delimiter = ',')]
-    pub scales: Vec<f64>,
-    /// Iterations at each coarse scale (default: --iters).
+    /// `0.25,0.5`, ascending, each below 1), each result upsampled (with
+    /// the content's lost detail put back) to start the next; the
+    /// full-size render then starts from the last. `--scales none` turns
+    /// a preset's off [default: the preset's, none / 0.5].
+    #[arg(long, value_parser = parse_scales)]
+    pub scales: Option<Scales>,
+    /// Iterations at each coarse scale [default: the preset's, or --iters].
     #[arg(long)]
     pub coarse_iters: Option<usize>,
 }
 
 impl ParamFlags {
-    /// The parameters these flags give, with `init` already parsed from
-    /// `--init`.
-    pub fn to_params(&self, init: Init) -> Result<RenderParams> {
+    /// `--init` as given, or the preset's init by name.
+    pub fn init_arg(&self) -> String {
+        self.init.clone().unwrap_or_else(|| match self.preset.params().init {
+            Init::Recolored => "recolored".into(),
+            _ => "blend".into(),
+        })
+    }
+
+    /// The parameters these flags give: the preset's, with every flag that
+    /// was given put over them.
+    pub fn to_params(&self) -> Result<RenderParams> {
+        let preset = self.preset.params();
         Ok(RenderParams {
             alpha: self.alpha,
             beta: self.beta,
             tv_weight: self.tv_weight,
-            optimizer: self.optimizer.into(),
+            optimizer: self.optimizer.map_or(preset.optimizer, Into::into),
             lr: self.lr,
             lbfgs_history: self.lbfgs_history,
-            iterations: self.iters,
-            init,
-            noise_ratio: self.noise_ratio,
+            iterations: self.iters.unwrap_or(preset.iterations),
+            init: parse_init(&self.init_arg()),
+            noise_ratio: self.noise_ratio.unwrap_or(preset.noise_ratio),
             seed: self.seed,
             pooling: self.pooling.into(),
             content_layers: parse_layers("--content-layers", &self.content_layers)?,
             style_layers: parse_layers("--style-layers", &self.style_layers)?,
             style_blend: self.style_blend.clone(),
-            scales: self.scales.clone(),
-            coarse_iters: self.coarse_iters,
+            scales: self.scales.clone().map_or(preset.scales, |s| s.0),
+            // A preset's coarse iterations go with its own scales.
+            coarse_iters: self.coarse_iters.or(if self.scales.is_none() { preset.coarse_iters } else { None }),
         })
     }
 }
@@ -118,13 +138,30 @@ impl From<PoolingArg> for Pooling {
     }
 }
 
-/// `--init`: the keywords blend, content and noise; anything else is the
-/// path of an image to start from.
+/// `--scales`: fractions of the render size, comma-separated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scales(pub Vec<f64>);
+
+/// `0.25,0.5` → the fractions; `none` (or nothing) → no coarse stages.
+/// Their range and order are checked with the other parameters.
+pub fn parse_scales(s: &str) -> Result<Scales> {
+    if s.trim().is_empty() || s.trim() == "none" {
+        return Ok(Scales(Vec::new()));
+    }
+    s.split(',')
+        .map(|p| p.trim().parse::<f64>().with_context(|| format!("`{p}` is not a number (a fraction of the size such as 0.5, or `none`)")))
+        .collect::<Result<_>>()
+        .map(Scales)
+}
+
+/// `--init`: the keywords blend, content, noise and recolored; anything
+/// else is the path of an image to start from.
 pub fn parse_init(s: &str) -> Init {
     match s {
         "blend" => Init::Blend,
         "content" => Init::Content,
         "noise" => Init::Noise,
+        "recolored" => Init::Recolored,
         _ => Init::Image,
     }
 }

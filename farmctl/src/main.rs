@@ -10,6 +10,7 @@ mod farm;
 mod flags;
 mod loadtest;
 mod render;
+mod sweep;
 mod weights;
 
 use clap::{Parser, Subcommand};
@@ -71,6 +72,9 @@ enum Command {
     Retry { job: String },
     /// Write the model's graph (layers run, losses fed) as Graphviz DOT.
     Graph(GraphArgs),
+    /// Render every content × style with the recipe and faster
+    /// configurations; print each one's time to "as good as the recipe".
+    Sweep(sweep::SweepArgs),
     /// Load the coordinator with simulated workers and watchers; print
     /// throughput, latencies, its CPU and memory, and check exactly-once.
     Loadtest(loadtest::LoadtestArgs),
@@ -142,5 +146,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Graph(args) => graph(args),
         Command::Loadtest(args) => loadtest::run(args),
+        Command::Sweep(args) => sweep::run(args),
     }
 }

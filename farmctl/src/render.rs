@@ -24,7 +24,7 @@ use stylefarm_shared::tfevents::EventWriter;
 use stylefarm_shared::{plot, size, weights};
 use tokio_util::sync::CancellationToken;
 
-use crate::flags::{parse_init, ParamFlags};
+use crate::flags::ParamFlags;
 
 #[derive(Args)]
 pub struct RenderArgs {
@@ -201,8 +201,8 @@ impl Hooks for LocalHooks<'_> {
 
 pub fn run(args: RenderArgs) -> Result<()> {
     // 1. Parameters and output locations, all checked before any work.
-    let init = parse_init(&args.params.init);
-    let params = args.params.to_params(init.clone())?;
+    let params = args.params.to_params()?;
+    let init = params.init.clone();
     params.validate(args.style.len())?;
     if args.output.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
         bail!("output {} must end in .png", args.output.display());
@@ -229,7 +229,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         content: image_io::load_rgb(&args.content, limits)?,
         styles: args.style.iter().map(|p| image_io::load_rgb(p, limits)).collect::<Result<_, _>>()?,
         init: match init {
-            Init::Image => Some(image_io::load_rgb(Path::new(&args.params.init), limits)?),
+            Init::Image => Some(image_io::load_rgb(Path::new(&args.params.init_arg()), limits)?),
             _ => None,
         },
     };

@@ -88,3 +88,49 @@ fn a_hundred_adam_iterations_cut_the_loss_by_far() {
     assert!(losses[100].style < 0.15 * losses[0].style, "style loss {:e} → {:e}", losses[0].style, losses[100].style);
     assert!(losses.windows(2).filter(|w| w[1].total > w[0].total).count() < 10, "the loss should fall almost every step");
 }
+
+/// A whole render through the session (coarse stages included), from the
+/// fixtures resampled as `farmctl render` resamples its sources.
+fn session_render(params: RenderParams) -> Vec<stylefarm_engine::LossRecord> {
+    use stylefarm_engine::{Cadence, EngineError, Hooks, Outcome, Pictures, Session};
+    struct Quiet;
+    impl Hooks for Quiet {
+        type Error = EngineError;
+    }
+    let (content, style) = (load("content.png"), load("style.png"));
+    let at = |w: usize, h: usize| -> stylefarm_engine::Result<Pictures> {
+        Ok(Pictures { content: pixels::resize(&content, w, h)?, styles: vec![pixels::resize(&style, w, h)?] })
+    };
+    let (_, _, h, w) = content.dims4().unwrap();
+    let mut session = Session::new(vgg(&params), params, at(w, h).unwrap(), None).unwrap();
+    let outcome = session.run(&mut Quiet, Cadence::default(), &at).unwrap();
+    assert!(matches!(outcome, Outcome::Finished(_)));
+    session.history().to_vec()
+}
+
+#[test]
+fn the_quality_bar_keeps_the_content_and_the_fast_preset_meets_it() {
+    use stylefarm_engine::quality::Bar;
+    // Measured figures below are at the fixtures' 61x47.
+    use stylefarm_engine::{Optimizer, Preset};
+    // The recipe, shortened to fit a test: its final losses set the bar.
+    let recipe = session_render(RenderParams { iterations: 100, ..RenderParams::default() });
+    let bar = Bar::of_recipe(&recipe.last().unwrap().losses);
+    assert!(bar.met_by(&recipe.last().unwrap().losses));
+
+    // A fast render that drops the content (a content weight too small to
+    // matter, from noise) reaches a far lower style loss — and a lower
+    // total — but fails.
+    let dropped = session_render(RenderParams { alpha: 1e-12, optimizer: Optimizer::Lbfgs, iterations: 100, init: Init::Noise, ..RenderParams::default() });
+    let last = dropped.last().unwrap().losses;
+    assert!(last.style < bar.style, "the content-free render out-styles the recipe: {:e} vs {:e}", last.style, bar.style);
+    // Measured: 1.21 × the recipe's content loss at 61x47.
+    assert!(last.content > 1.15 * bar.content, "and loses its content: {:e} vs {:e}", last.content, bar.content);
+    assert!(bar.first_met(&dropped).is_none(), "so it never meets the bar");
+
+    // The fast preset, its iterations scaled down like the recipe's, meets
+    // it with its final image.
+    let fast = session_render(RenderParams { iterations: 20, coarse_iters: Some(15), ..Preset::Fast.params() });
+    let last = fast.last().unwrap().losses;
+    assert!(bar.met_by(&last), "fast preset: content {:e} (bar {:e}), style {:e} (bar {:e})", last.content, 1.1 * bar.content, last.style, bar.style);
+}

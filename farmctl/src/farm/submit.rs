@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use stylefarm_engine::{Init, RenderParams};
+use stylefarm_engine::{Init, Preset, RenderParams};
 use stylefarm_proto as pb;
 
 use super::{call, Conn};
-use crate::flags::{parse_init, ParamFlags};
+use crate::flags::ParamFlags;
 
 #[derive(Args)]
 pub struct SubmitArgs {
@@ -20,9 +20,10 @@ pub struct SubmitArgs {
     #[arg(long, required = true)]
     style: Vec<String>,
     /// Parameter variants, each `key=value,...` over the flags below
-    /// (keys: alpha, beta, tv_weight, lr, iters, optimizer, pooling,
-    /// noise_ratio, seed, init, lbfgs_history, coarse_iters). Repeat for
-    /// more variants.
+    /// (keys: preset, alpha, beta, tv_weight, lr, iters, optimizer,
+    /// pooling, noise_ratio, seed, init, lbfgs_history, coarse_iters).
+    /// Repeat for more variants: `--variant preset=recipe --variant
+    /// preset=fast` renders both.
     #[arg(long)]
     variant: Vec<String>,
     #[arg(long, default_value = "")]
@@ -77,13 +78,23 @@ fn upload(path: &Path) -> Result<pb::InputImage> {
     Ok(pb::InputImage { name, source: Some(pb::input_image::Source::Data(data)) })
 }
 
-/// Applies `key=value,…` to the base parameters.
-fn variant(base: &RenderParams, spec: &str) -> Result<RenderParams> {
-    let mut v = serde_json::to_value(base)?;
-    let obj = v.as_object_mut().context("parameters are an object")?;
+/// Applies `key=value,…` to the parameters the flags give. A
+/// `preset=NAME` in the variant swaps the flags' preset first (the flags
+/// given still apply over it), then the other keys apply.
+fn variant(flags: &ParamFlags, spec: &str) -> Result<RenderParams> {
+    let mut pairs = Vec::new();
+    let mut flags = flags.clone();
     for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, val) = pair.split_once('=').with_context(|| format!("--variant `{spec}`: `{pair}` is not key=value"))?;
-        let key = k.trim();
+        match k.trim() {
+            "preset" => flags.preset = Preset::parse(val.trim()).with_context(|| format!("--variant `{spec}`"))?,
+            key => pairs.push((key.to_string(), val)),
+        }
+    }
+    let mut v = serde_json::to_value(flags.to_params()?)?;
+    let obj = v.as_object_mut().context("parameters are an object")?;
+    for (key, val) in pairs {
+        let key = key.as_str();
         if !obj.contains_key(key) || matches!(key, "content_layers" | "style_layers" | "style_blend" | "scales") {
             bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set");
         }
@@ -94,12 +105,11 @@ fn variant(base: &RenderParams, spec: &str) -> Result<RenderParams> {
 }
 
 pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
-    let init = match parse_init(&a.params.init) {
-        Init::Image => bail!("--init `{}`: a collection takes blend, content or noise", a.params.init),
-        init => init,
-    };
-    let base = a.params.to_params(init)?;
-    let variants = if a.variant.is_empty() { vec![base.clone()] } else { a.variant.iter().map(|v| variant(&base, v)).collect::<Result<_>>()? };
+    let base = a.params.to_params()?;
+    if base.init == Init::Image {
+        bail!("--init `{}`: a collection takes blend, content, noise or recolored", a.params.init_arg());
+    }
+    let variants = if a.variant.is_empty() { vec![base.clone()] } else { a.variant.iter().map(|v| variant(&a.params, v)).collect::<Result<_>>()? };
     let contents = expand(&a.content, "content")?;
     let styles = expand(&a.style, "style")?;
     // --style-blend blends every style into each job (one style column).
