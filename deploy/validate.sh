@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Renders each kustomize overlay and validates every resource against the
-# Kubernetes 1.30 schemas, offline and strictly (unknown fields fail).
+# Kubernetes 1.30 schemas, offline and strictly (unknown fields fail), and
+# fails on kustomize fields kubectl reports as deprecated.
 #   deploy/validate.sh [K8S_DIR]      (default: deploy/k8s beside this script)
 # Needs kubectl (its built-in kustomize) and kubernetes-validate (PyPI).
 set -euo pipefail
@@ -13,6 +14,11 @@ for overlay in "$K8S"/overlays/*/; do
   name=$(basename "$overlay")
   if ! kubectl kustomize "$overlay" > "$tmp/$name.yaml" 2> "$tmp/$name.err"; then
     echo "overlay $name does not build:"; grep -v '^# Warning' "$tmp/$name.err" || true; status=1; continue
+  fi
+  # A deprecated field still builds today and stops building in a later
+  # kubectl: it fails here first.
+  if grep -i 'deprecated' "$tmp/$name.err"; then
+    echo "overlay $name uses deprecated kustomize fields (above)"; status=1
   fi
   if ! kubernetes-validate --strict --quiet --no-warn -k 1.30.0 "$tmp/$name.yaml"; then
     echo "overlay $name: invalid resources (above)"; status=1

@@ -179,7 +179,7 @@ impl Preset {
 }
 
 /// The fast preset's full-size and coarse (half-size) iterations.
-const FAST_ITERS: usize = 50;
+const FAST_ITERS: usize = 55;
 const FAST_COARSE_ITERS: usize = 30;
 
 /// The most iterations one render may ask for; more is a typo, not a plan.
@@ -357,6 +357,24 @@ mod tests {
         let err = RenderParams::from_json(r#"{"iters": -3}"#).unwrap_err().to_string();
         assert!(err.contains("iters"), "a wrong value names its key: {err}");
         assert_eq!(RenderParams::from_json(r#"{"seed": 4}"#).unwrap().seed, 4);
+    }
+
+    #[test]
+    fn a_preset_is_where_the_other_keys_start() {
+        assert_eq!(RenderParams::from_json(r#"{"preset": "recipe"}"#).unwrap(), RenderParams::default());
+        let fast = RenderParams::from_json(r#"{"preset": "fast"}"#).unwrap();
+        assert_eq!(fast, Preset::Fast.params());
+        assert_eq!((fast.optimizer, &fast.init, fast.scales.as_slice()), (Optimizer::Lbfgs, &Init::Recolored, &[0.5][..]));
+        fast.validate(1).unwrap();
+        // Keys beside the preset win, under either name of `iters`.
+        let mine = RenderParams::from_json(r#"{"preset": "fast", "iters": 80, "seed": 3}"#).unwrap();
+        assert_eq!((mine.iterations, mine.seed, mine.optimizer), (80, 3, Optimizer::Lbfgs));
+        assert_eq!(RenderParams::from_json(r#"{"iterations": 7, "preset": "fast"}"#).unwrap().iterations, 7);
+        for (json, needle) in [(r#"{"preset": "turbo"}"#, "turbo"), (r#"{"preset": 3}"#, "preset"), (r#"{"preset": "fast", "alhpa": 1}"#, "alhpa")] {
+            let err = RenderParams::from_json(json).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+        assert!(Preset::parse("turbo").unwrap_err().to_string().contains("recipe, fast"), "the choices are named");
     }
 
     #[test]

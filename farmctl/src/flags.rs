@@ -22,7 +22,7 @@ pub struct ParamFlags {
     /// Flags given beside it override its values.
     #[arg(long, value_parser = Preset::parse, default_value = "recipe")]
     pub preset: Preset,
-    /// Optimizer iterations [default: the preset's, 300 / 50].
+    /// Optimizer iterations [default: the preset's, 300 / 55].
     #[arg(long)]
     pub iters: Option<usize>,
     /// Content weight α.
@@ -178,4 +178,50 @@ pub fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
             Ok(LayerWeight::new(name, weight))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        params: ParamFlags,
+    }
+
+    fn params(args: &[&str]) -> Result<RenderParams> {
+        let cli = Cli::try_parse_from(std::iter::once("farmctl").chain(args.iter().copied()))?;
+        cli.params.to_params()
+    }
+
+    #[test]
+    fn no_flags_are_the_recipe_and_the_fast_preset_is_the_engines() {
+        assert_eq!(params(&[]).unwrap(), RenderParams::default());
+        assert_eq!(params(&["--preset", "recipe"]).unwrap(), RenderParams::default());
+        assert_eq!(params(&["--preset", "fast"]).unwrap(), Preset::Fast.params());
+    }
+
+    #[test]
+    fn flags_beside_a_preset_override_it() {
+        let p = params(&["--preset", "fast", "--iters", "80", "--init", "blend", "--noise-ratio", "0.3", "--alpha", "0.05"]).unwrap();
+        let fast = Preset::Fast.params();
+        assert_eq!((p.iterations, &p.init, p.noise_ratio, p.alpha), (80, &Init::Blend, 0.3, 0.05));
+        assert_eq!((p.optimizer, &p.scales, p.coarse_iters), (fast.optimizer, &fast.scales, fast.coarse_iters), "the rest is the preset's");
+        let p = params(&["--preset", "fast", "--optimizer", "adam", "--scales", "none"]).unwrap();
+        assert_eq!((p.optimizer, p.scales.len(), p.coarse_iters), (Optimizer::Adam, 0, None), "its scales and their iterations go together");
+        let p = params(&["--preset", "fast", "--scales", "0.25,0.5"]).unwrap();
+        assert_eq!((p.scales, p.coarse_iters), (vec![0.25, 0.5], None));
+        let p = params(&["--optimizer", "lbfgs", "--scales", "0.5", "--coarse-iters", "9"]).unwrap();
+        assert_eq!((p.optimizer, p.scales, p.coarse_iters, &p.init), (Optimizer::Lbfgs, vec![0.5], Some(9), &Init::Blend), "over the recipe");
+    }
+
+    #[test]
+    fn a_wrong_preset_or_scale_is_refused_by_name() {
+        let err = params(&["--preset", "turbo"]).unwrap_err().to_string();
+        assert!(err.contains("turbo") && err.contains("recipe, fast"), "{err}");
+        let err = params(&["--scales", "0.5,half"]).unwrap_err().to_string();
+        assert!(err.contains("half"), "{err}");
+    }
 }

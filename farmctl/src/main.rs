@@ -70,6 +70,14 @@ enum Command {
     },
     /// Put a failed job back in the queue, its failure budget renewed.
     Retry { job: String },
+    /// Ask the coordinator's gRPC health service whether it serves; exit 0
+    /// only if it does (for container health checks).
+    Health {
+        /// A service name (`stylefarm.v2.Farm`, `stylefarm.v2.Workers`);
+        /// empty: the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Write the model's graph (layers run, losses fed) as Graphviz DOT.
     Graph(GraphArgs),
     /// Render every content × style with the recipe and faster
@@ -141,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
         Command::Cancel { id, job } => farm_runtime()?.block_on(farm::cancel(&url, &id, job)),
         Command::Retry { job } => farm_runtime()?.block_on(farm::retry(&url, &job)),
+        Command::Health { service } => farm_runtime()?.block_on(farm::health(&url, &service)),
         Command::Render(args) => render::run(args),
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),

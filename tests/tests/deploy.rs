@@ -40,6 +40,8 @@ fn a_typo_in_a_manifest_fails_validation() {
         ("base/worker.yaml", "  replicas: 2", "  replcas: 2", "replcas"),
         ("base/coordinator.yaml", "containerPort: 50051", "containerPort: \"fifty\"", "fifty"),
         ("overlays/gpu/worker-gpu.yaml", "nvidia.com/gpu: 1", "nvidia.com/gpu: [1]", "gpu"),
+        // Deprecated kustomize fields (kubectl 1.32 warns; a later one refuses).
+        ("overlays/gpu/kustomization.yaml", "patches:\n  - path: worker-gpu.yaml", "patchesStrategicMerge:\n  - worker-gpu.yaml", "deprecated"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&deploy().join("k8s"), dir.path());
@@ -59,4 +61,84 @@ fn workers_request_one_gpu_and_have_time_to_checkpoint() {
     assert!(yaml.contains("nvidia.com/gpu: 1") && yaml.contains("--device=cuda:0"), "{yaml}");
     assert!(yaml.contains("terminationGracePeriodSeconds: 120"));
     assert!(yaml.matches("grpc:\n").count() >= 2 && yaml.contains("readinessProbe") && yaml.contains("livenessProbe"), "probes use the gRPC health service");
+}
+
+/// The instructions of a Dockerfile, continuation lines joined, comments
+/// dropped: `(INSTRUCTION, arguments)`.
+fn dockerfile(name: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(deploy().join("docker").join(name)).unwrap();
+    let joined = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n").replace("\\\n", " ");
+    joined
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (i, rest) = l.trim().split_once(' ').unwrap_or((l.trim(), ""));
+            (i.to_uppercase(), rest.trim().to_string())
+        })
+        .collect()
+}
+
+/// What can be checked of a Dockerfile without building it: known
+/// instructions only, stages named before `COPY --from` uses them, every
+/// file copied from the repository present (and not excluded by
+/// .dockerignore), no `latest` tag, and every runtime stage ending as a
+/// non-root user.
+fn lint(name: &str, runtime_stages: &[&str]) -> Vec<(String, String)> {
+    let known = ["FROM", "ARG", "RUN", "COPY", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "LABEL", "EXPOSE"];
+    let lines = dockerfile(name);
+    let repo = deploy().join("..");
+    let ignored = std::fs::read_to_string(repo.join(".dockerignore")).expect("a .dockerignore beside the Dockerfiles' context");
+    assert!(ignored.lines().any(|l| l.trim() == "target/"), "target/ stays out of the build context");
+    let mut stages: Vec<String> = Vec::new();
+    let mut user: Option<String> = None;
+    let mut finish = |stage: Option<&String>, user: &Option<String>| {
+        if let Some(s) = stage.filter(|s| runtime_stages.contains(&s.as_str())) {
+            assert!(user.as_deref().is_some_and(|u| u != "0" && u != "root"), "{name}: stage {s} must end as a non-root USER");
+        }
+    };
+    for (i, args) in &lines {
+        assert!(known.contains(&i.as_str()), "{name}: unknown instruction {i}");
+        match i.as_str() {
+            "FROM" => {
+                finish(stages.last(), &user);
+                user = None;
+                let image = args.split_whitespace().next().unwrap();
+                assert!(image.starts_with("${") || (image.contains(':') && !image.ends_with(":latest")), "{name}: pinned tags only: {args}");
+                let stage = args.split_whitespace().collect::<Vec<_>>();
+                stages.push(if stage.len() == 3 && stage[1].eq_ignore_ascii_case("as") { stage[2].to_string() } else { String::new() });
+            }
+            "USER" => user = Some(args.clone()),
+            "COPY" if args.starts_with("--from=") => {
+                let from = args.trim_start_matches("--from=").split_whitespace().next().unwrap();
+                assert!(stages[..stages.len() - 1].iter().any(|s| s == from), "{name}: COPY --from={from} before stage {from}");
+            }
+            _ => {}
+        }
+    }
+    finish(stages.last(), &user);
+    lines
+}
+
+#[test]
+fn the_dockerfiles_lint_and_the_cuda_image_matches_the_cuda_build() {
+    let cpu = lint("Dockerfile.cpu", &["prebuilt", "runtime"]);
+    let targets: Vec<&str> = cpu.iter().filter(|(i, _)| i == "FROM").map(|(_, a)| a.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(targets.last(), Some(&"runtime"), "the compile-inside runtime is the default (last) target");
+    assert!(targets.contains(&"prebuilt"), "a target for host binaries, for deploy/images.sh");
+
+    let cuda = lint("Dockerfile.cuda", &[""]);
+    // The image's CUDA is the `cuda` feature's: bench/build-gpu.sh builds
+    // with CUDARC_CUDA_VERSION=13000 (CUDA 13.0).
+    let recipe = std::fs::read_to_string(deploy().join("../bench/build-gpu.sh")).unwrap();
+    let version = recipe.split("CUDARC_CUDA_VERSION=").nth(1).unwrap().split_whitespace().next().unwrap();
+    let (major, minor) = (version[..version.len() - 3].to_string(), version[version.len() - 3..].trim_start_matches('0').to_string());
+    let cuda_tag = format!("nvidia/cuda:{major}.{}.", if minor.is_empty() { "0" } else { &minor });
+    for (i, args) in cuda.iter().filter(|(i, _)| i == "FROM") {
+        assert!(args.starts_with(&cuda_tag), "{i} {args}: the CUDA build recipe uses CUDA {version} ({cuda_tag}*)");
+    }
+    let env: Vec<&String> = cuda.iter().filter(|(i, _)| i == "ENV").map(|(_, a)| a).collect();
+    assert!(env.iter().any(|e| e.contains(&format!("CUDARC_CUDA_VERSION={version}"))), "cudarc is told the same version: {env:?}");
+    assert!(cuda.iter().any(|(i, a)| i == "ARG" && a.starts_with("CUDA_COMPUTE_CAP")), "CUDA_COMPUTE_CAP is a build argument");
+    assert!(env.iter().any(|e| e.contains("CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}")), "and reaches the build: {env:?}");
+    assert!(cuda.iter().any(|(i, a)| i == "RUN" && a.contains("--features stylefarm-worker/cuda")), "the build enables the cuda feature");
 }

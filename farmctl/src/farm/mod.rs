@@ -4,6 +4,7 @@
 
 mod cancel;
 mod fetch;
+mod health;
 mod status;
 mod submit;
 mod up;
@@ -11,6 +12,7 @@ mod watch;
 
 pub use cancel::{cancel, retry};
 pub use fetch::fetch;
+pub use health::health;
 pub use status::status;
 pub use submit::{submit, SubmitArgs};
 pub use up::{up, UpArgs};
