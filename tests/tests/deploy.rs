@@ -103,7 +103,8 @@ fn lint(name: &str, runtime_stages: &[&str]) -> Vec<(String, String)> {
                 finish(stages.last(), &user);
                 user = None;
                 let image = args.split_whitespace().next().unwrap();
-                assert!(image.starts_with("${") || (image.contains(':') && !image.ends_with(":latest")), "{name}: pinned tags only: {args}");
+                let earlier_stage = stages.iter().any(|s| s == image);
+                assert!(earlier_stage || image.starts_with("${") || (image.contains(':') && !image.ends_with(":latest")), "{name}: pinned tags only: {args}");
                 let stage = args.split_whitespace().collect::<Vec<_>>();
                 stages.push(if stage.len() == 3 && stage[1].eq_ignore_ascii_case("as") { stage[2].to_string() } else { String::new() });
             }
