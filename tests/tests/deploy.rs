@@ -91,7 +91,7 @@ fn lint(name: &str, runtime_stages: &[&str]) -> Vec<(String, String)> {
     assert!(ignored.lines().any(|l| l.trim() == "target/"), "target/ stays out of the build context");
     let mut stages: Vec<String> = Vec::new();
     let mut user: Option<String> = None;
-    let mut finish = |stage: Option<&String>, user: &Option<String>| {
+    let finish = |stage: Option<&String>, user: &Option<String>| {
         if let Some(s) = stage.filter(|s| runtime_stages.contains(&s.as_str())) {
             assert!(user.as_deref().is_some_and(|u| u != "0" && u != "root"), "{name}: stage {s} must end as a non-root USER");
         }
