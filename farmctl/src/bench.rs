@@ -69,7 +69,8 @@ impl Precision {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (NaN for none); also the sweep's summary.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {

@@ -80,14 +80,6 @@ pub struct ParamFlags {
 }
 
 impl ParamFlags {
-    /// `--init` as given, or the preset's init by name.
-    pub fn init_arg(&self) -> String {
-        self.init.clone().unwrap_or_else(|| match self.preset.params().init {
-            Init::Recolored => "recolored".into(),
-            _ => "blend".into(),
-        })
-    }
-
     /// The parameters these flags give: the preset's, with every flag that
     /// was given put over them.
     pub fn to_params(&self) -> Result<RenderParams> {
@@ -100,7 +92,7 @@ impl ParamFlags {
             lr: self.lr,
             lbfgs_history: self.lbfgs_history,
             iterations: self.iters.unwrap_or(preset.iterations),
-            init: parse_init(&self.init_arg()),
+            init: self.init.as_deref().map_or(preset.init, parse_init),
             noise_ratio: self.noise_ratio.unwrap_or(preset.noise_ratio),
             seed: self.seed,
             pooling: self.pooling.into(),

@@ -23,6 +23,9 @@ use stylefarm_shared::image_io::{self, ImageLimits};
 use stylefarm_shared::pictures::Sources;
 use stylefarm_shared::{size, weights};
 
+use crate::bench::median;
+use crate::farm::expand;
+
 #[derive(Args)]
 pub struct SweepArgs {
     /// Content images: files or globs.
@@ -60,30 +63,8 @@ impl Hooks for Quiet {
     type Error = EngineError;
 }
 
-fn expand(patterns: &[String], role: &str) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in patterns {
-        let mut matches: Vec<PathBuf> = glob::glob(p).with_context(|| format!("--{role} `{p}` is not a valid glob"))?.filter_map(|m| m.ok()).filter(|m| m.is_file()).collect();
-        if matches.is_empty() {
-            bail!("--{role} `{p}` matches no file");
-        }
-        matches.sort();
-        out.extend(matches);
-    }
-    Ok(out)
-}
-
 fn stem(p: &Path) -> String {
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// A render's image and its log.
@@ -120,15 +101,22 @@ pub fn run(args: SweepArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     for (c, p) in &configs {
         p.validate(1).with_context(|| format!("--config `{c}`"))?;
-        if !matches!(p.init, stylefarm_engine::Init::Blend | stylefarm_engine::Init::Content | stylefarm_engine::Init::Noise | stylefarm_engine::Init::Recolored) {
+        if p.init == stylefarm_engine::Init::Image {
             bail!("--config `{c}`: a sweep has no init image to start from");
         }
     }
     std::fs::create_dir_all(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &Device::Cpu)?;
     let avg = Arc::new(Vgg19::new(&weights, Pooling::Avg, DType::F32)?);
-    let max = Arc::new(Vgg19::new(&weights, Pooling::Max, DType::F32)?);
-    let vgg = |p: &RenderParams| if p.pooling == Pooling::Max { max.clone() } else { avg.clone() };
+    // The max-pooling network only when a configuration asks for it.
+    let max = match configs.iter().any(|(_, p)| p.pooling == Pooling::Max) {
+        true => Some(Arc::new(Vgg19::new(&weights, Pooling::Max, DType::F32)?)),
+        false => None,
+    };
+    let vgg = |p: &RenderParams| match (&max, p.pooling) {
+        (Some(max), Pooling::Max) => max.clone(),
+        _ => avg.clone(),
+    };
     let limits = ImageLimits::default();
 
     let results_path = args.output.join("results.jsonl");

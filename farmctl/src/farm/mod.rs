@@ -14,7 +14,7 @@ pub use cancel::{cancel, retry};
 pub use fetch::fetch;
 pub use health::health;
 pub use status::status;
-pub use submit::{submit, SubmitArgs};
+pub use submit::{expand, submit, SubmitArgs};
 pub use up::{up, UpArgs};
 pub use watch::watch;
 

@@ -51,7 +51,7 @@ pub struct SubmitArgs {
 /// each file once; a pattern that matches nothing is an error naming it.
 /// The order is the collection's row or column order, and the order
 /// `--style-blend`'s weights apply in, as with `farmctl render`.
-fn expand(patterns: &[String], role: &str) -> Result<Vec<PathBuf>> {
+pub fn expand(patterns: &[String], role: &str) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = Vec::new();
     for p in patterns {
         let mut matches: Vec<PathBuf> = glob::glob(p).with_context(|| format!("--{role} `{p}` is not a valid glob"))?.filter_map(|m| m.ok()).filter(|m| m.is_file()).collect();
@@ -107,7 +107,7 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<RenderParams> {
 pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
     let base = a.params.to_params()?;
     if base.init == Init::Image {
-        bail!("--init `{}`: a collection takes blend, content, noise or recolored", a.params.init_arg());
+        bail!("--init `{}`: a collection takes blend, content, noise or recolored", a.params.init.as_deref().unwrap_or_default());
     }
     let variants = if a.variant.is_empty() { vec![base.clone()] } else { a.variant.iter().map(|v| variant(&a.params, v)).collect::<Result<_>>()? };
     let contents = expand(&a.content, "content")?;
