@@ -70,7 +70,23 @@ CREATE INDEX jobs_queue ON jobs(prio, cseq, seq) WHERE state = 1;
 CREATE INDEX jobs_running ON jobs(lease_deadline) WHERE state = 2;
 CREATE INDEX jobs_by_collection_state ON jobs(collection_id, state);
 "#,
+    // The dashboard: its farm page counts attempts that ended in the last
+    // hour and day.
+    r#"
+CREATE INDEX attempts_by_end ON attempts(ended) WHERE ended IS NOT NULL;
+"#,
 ];
+
+/// The farm at a glance (the dashboard's farm page).
+#[derive(Debug, Clone, Default)]
+pub struct FarmSummary {
+    /// Attempts that succeeded in the last hour.
+    pub done_last_hour: u64,
+    /// Attempts that ended badly in the last day, by cause, most first.
+    pub failures_last_day: Vec<(String, u64)>,
+    /// Iterations per second of each worker's running job, by worker id.
+    pub iterations_per_second: Vec<(String, f64)>,
+}
 
 pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -390,7 +406,16 @@ impl Db {
 
     /// A collection with every job, and its owner.
     pub fn collection(&self, id: &str) -> rusqlite::Result<Option<(String, pb::Collection)>> {
-        let c = self
+        let Some((owner, mut c)) = self.collection_header(id)? else { return Ok(None) };
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq")?;
+        c.jobs = stmt.query_map([id], job_from_row)?.collect::<rusqlite::Result<_>>()?;
+        c.counts = Some(count(&c.jobs));
+        Ok(Some((owner, c)))
+    }
+
+    /// A collection without its jobs (counts unset), and its owner.
+    pub fn collection_header(&self, id: &str) -> rusqlite::Result<Option<(String, pb::Collection)>> {
+        self
             .conn
             .query_row("SELECT * FROM collections WHERE id = ?1", [id], |r| {
                 Ok((
@@ -408,12 +433,53 @@ impl Db {
                     },
                 ))
             })
-            .optional()?;
-        let Some((owner, mut c)) = c else { return Ok(None) };
-        let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq")?;
-        c.jobs = stmt.query_map([id], job_from_row)?.collect::<rusqlite::Result<_>>()?;
-        c.counts = Some(count(&c.jobs));
-        Ok(Some((owner, c)))
+            .optional()
+    }
+
+    /// The jobs of rows (contents) `first..first + rows` of a collection,
+    /// in submission order: one screen of the dashboard's grid.
+    pub fn grid_rows(&self, collection: &str, first: u32, rows: u32) -> rusqlite::Result<Vec<pb::Job>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT * FROM jobs WHERE collection_id = ?1 AND content_index >= ?2 AND content_index < ?3 ORDER BY seq",
+        )?;
+        let jobs = stmt.query_map(params![collection, first, first.saturating_add(rows)], job_from_row)?.collect();
+        jobs
+    }
+
+    /// The collection's columns, one per style × variant: each style's name
+    /// and each variant's parameters (JSON), read from its first row.
+    pub fn grid_columns(&self, collection: &str) -> rusqlite::Result<Vec<(u32, u32, String, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT style_index, variant_index, style_name, params_json FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq",
+        )?;
+        let columns = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect();
+        columns
+    }
+
+    /// What the dashboard's farm page shows beside the workers.
+    pub fn farm_summary(&self) -> rusqlite::Result<FarmSummary> {
+        let now = now();
+        let done_last_hour = self.conn.query_row(
+            "SELECT COUNT(*) FROM attempts WHERE ended >= ?1 AND outcome = 'succeeded'",
+            [now - 3600.0],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        // "failed (KIND): message" counts under "failed (KIND)"; the other
+        // outcomes are their own cause.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT CASE WHEN outcome LIKE 'failed (%' THEN substr(outcome, 1, instr(outcome, ')')) ELSE outcome END AS cause, COUNT(*)
+             FROM attempts WHERE ended >= ?1 AND outcome NOT IN ('succeeded', 'released', 'cancelled')
+             GROUP BY cause ORDER BY COUNT(*) DESC",
+        )?;
+        let failures = stmt.query_map([now - 86_400.0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?.collect::<rusqlite::Result<_>>()?;
+        // Each running job's pace: iterations since its attempt began over
+        // the time since (loading included).
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT j.worker, (j.iteration - j.started_from) / MAX(?1 - a.started, 1e-3)
+             FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.state = ?2",
+        )?;
+        let pace = stmt.query_map(params![now, RUNNING], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?.max(0.0))))?.collect::<rusqlite::Result<_>>()?;
+        Ok(FarmSummary { done_last_hour, failures_last_day: failures, iterations_per_second: pace })
     }
 
     /// Ids of the collections `owner` submitted (every one: `None`), oldest

@@ -12,7 +12,9 @@
 //!   commit) and announces every change, and the read-only connections;
 //! - [`hub`]: one merger of those changes per watched collection, which
 //!   every `Watch` of it follows;
-//! - [`service`]: the gRPC handlers, which validate and hand over to `state`.
+//! - [`service`]: the gRPC handlers, which validate and hand over to `state`;
+//! - [`web`]: the dashboard, an HTTP port beside the gRPC one that calls
+//!   the same handlers and follows the same mergers.
 
 pub mod auth;
 pub mod db;
@@ -21,6 +23,7 @@ pub mod machine;
 pub mod paths;
 pub mod service;
 pub mod state;
+pub mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,13 +67,27 @@ pub enum Error {
     Listener(std::io::Error),
     #[error("serving gRPC failed: {0}")]
     Serve(tonic::transport::Error),
+    #[error("the dashboard's TLS configuration: {0}")]
+    DashboardTls(String),
 }
 
 /// Opens the database and storage and serves the `Farm`, `Workers` and
 /// health services on `listener` until `shutdown` resolves; then stops
 /// accepting, lets calls in flight finish, and returns. Tests start it on
-/// port 0 in-process; `farm-coordinator` and `farmctl up` call it too.
+/// port 0 in-process.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    run_with_dashboard(config, listener, None, shutdown).await
+}
+
+/// [`run`], and the web dashboard on `dashboard` when given (over TLS when
+/// the coordinator has it): `farm-coordinator --http-listen` and `farmctl
+/// up` call this.
+pub async fn run_with_dashboard(
+    config: Config,
+    listener: TcpListener,
+    dashboard: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     if let Some(addr) = config.metrics_listen {
         stylefarm_shared::telemetry::serve_metrics(addr)?;
     }
@@ -130,6 +147,27 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         tracing::warn!("no tokens configured: anyone who can reach the port may submit and lease");
     }
     let (user_tokens, worker_tokens) = (config.tokens.clone(), config.tokens.clone());
+    let stopping = CancellationToken::new();
+    let web = match dashboard {
+        Some(http) => {
+            let tls = match &config.tls {
+                Some(t) => {
+                    let read = |p: &PathBuf| std::fs::read(p).map_err(|source| Error::TlsFile { path: p.clone(), source });
+                    Some(web::tls_config(&read(&t.cert)?, &read(&t.key)?).map_err(Error::DashboardTls)?)
+                }
+                None => None,
+            };
+            Some(tokio::spawn(web::serve(state.clone(), http, tls, stopping.clone())))
+        }
+        None => None,
+    };
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    };
     let farm = FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
     let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20);
     let served = builder
@@ -149,6 +187,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     background.cancel();
+    stopping.cancel();
+    if let Some(web) = web {
+        match tokio::time::timeout(Duration::from_secs(5), web).await {
+            Ok(Ok(Err(e))) => tracing::error!("the dashboard: {e}"),
+            Err(_) => tracing::warn!("the dashboard's connections did not close within 5 s"),
+            _ => {}
+        }
+    }
     tracing::info!(%addr, "coordinator stopped");
     served.map_err(Error::Serve)
 }

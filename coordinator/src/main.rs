@@ -13,6 +13,10 @@ struct Args {
     /// Address to serve gRPC on (port 0 picks a free one; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: std::net::SocketAddr,
+    /// Serve the web dashboard on this address too (port 0 picks a free
+    /// one; the URL is printed). Same tokens as the gRPC API; TLS with --tls-cert.
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
     /// Holds farm.db (SQLite) and, by default, the storage folder.
     #[arg(long)]
     data_dir: PathBuf,
@@ -92,8 +96,22 @@ async fn main() -> anyhow::Result<()> {
     }
     let storage = a.storage.unwrap_or_else(|| a.data_dir.join("storage").to_string_lossy().into_owned());
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
-    // Scripts and tests read this line to learn the port (with --listen …:0).
-    println!("farm-coordinator listening on {}", listener.local_addr()?);
+    let dashboard = match a.http_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--http-listen)"))?),
+        None => None,
+    };
+    // Scripts and tests read these lines to learn the ports (with …:0);
+    // one write, so a reader that stops after them never breaks the pipe.
+    let mut said = format!("farm-coordinator listening on {}\n", listener.local_addr()?);
+    if let Some(http) = &dashboard {
+        let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
+        said += &format!("farm-coordinator dashboard on {scheme}://{}/\n", http.local_addr()?);
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(said.as_bytes()).and_then(|()| out.flush()).context("cannot write to stdout")?;
+    }
     let config = Config {
         data_dir: a.data_dir,
         storage,
@@ -117,6 +135,6 @@ async fn main() -> anyhow::Result<()> {
         },
         tls: a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca }),
     };
-    stylefarm_coordinator::run(config, listener, stylefarm_shared::telemetry::stop_signal()).await?;
+    stylefarm_coordinator::run_with_dashboard(config, listener, dashboard, stylefarm_shared::telemetry::stop_signal()).await?;
     Ok(())
 }

@@ -176,7 +176,7 @@ impl Watchers {
         Arc::new(Self { per_client, total, open: Mutex::new(HashMap::new()) })
     }
 
-    fn admit(self: &Arc<Self>, client: &str) -> Result<WatchPermit, Status> {
+    pub(crate) fn admit(self: &Arc<Self>, client: &str) -> Result<WatchPermit, Status> {
         let mut open = self.open.lock().map_err(|_| Status::internal("watcher count poisoned"))?;
         let all: usize = open.values().sum();
         if all >= self.total {
@@ -356,7 +356,7 @@ impl FarmService {
     }
 
     /// NOT_FOUND unless the caller may see collection `id`.
-    async fn check_visible(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+    pub(crate) async fn check_visible(&self, caller: &Caller, id: &str) -> Result<(), Status> {
         let owned = id.to_string();
         match self.0.state.read(move |db| db.owner(&owned)).await?.map_err(db_err)? {
             Some(owner) if caller.may_see(&owner) => Ok(()),

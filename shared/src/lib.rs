@@ -13,6 +13,7 @@ pub mod memory;
 pub mod pictures;
 pub mod plot;
 pub mod records;
+pub mod sheet;
 pub mod storage;
 pub mod telemetry;
 pub mod tfevents;

@@ -19,6 +19,11 @@ pub mod job_files {
     pub const LOSS_PLOT: &str = "losses.svg";
     /// The model's graph (Graphviz DOT).
     pub const GRAPH: &str = "graph.dot";
+    /// The image as it stands, its longer side at most [`PREVIEW_SIDE`]:
+    /// written at each snapshot and checkpoint and at the end, for the
+    /// dashboard's live thumbnails.
+    pub const PREVIEW: &str = "preview.png";
+    pub const PREVIEW_SIDE: u32 = 160;
     /// Folder of the TensorBoard event file (`tensorboard --logdir`).
     pub const TENSORBOARD: &str = "tb";
 

@@ -73,6 +73,9 @@ pub struct Farm {
     pub workers: Procs,
     /// Extra coordinator flags, kept for restarts.
     pub extra: Vec<String>,
+    /// The dashboard's URL (`http://127.0.0.1:PORT/`), when started with
+    /// `--http-listen`.
+    pub dashboard: Option<String>,
 }
 
 /// The coordinator's --lease-seconds (heartbeats every second).
@@ -87,7 +90,7 @@ impl Farm {
     pub fn start_with(extra: &[&str]) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: Procs(Vec::new()), extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: Procs(Vec::new()), extra: extra.iter().map(|s| s.to_string()).collect(), dashboard: None };
         farm.start_coordinator();
         farm
     }
@@ -101,8 +104,15 @@ impl Farm {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         assert!(line.contains("listening on"), "coordinator said: {line}");
+        if self.extra.iter().any(|a| a == "--http-listen") {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let url = line.trim().strip_prefix("farm-coordinator dashboard on ");
+            self.dashboard = Some(url.unwrap_or_else(|| panic!("coordinator said: {line}")).to_string());
+        }
         self.coordinator = Some(c);
     }
 

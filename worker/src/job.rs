@@ -357,10 +357,30 @@ impl FarmHooks<'_> {
         self.put(&format!("{}/{}", job_files::TENSORBOARD, self.events.file_name()), self.events.bytes().to_vec())
     }
 
+    /// Writes the image as it stands at `name`, and its preview beside it.
     fn png(&self, session: &Session, name: &str) -> Result<(), JobError> {
         let image = session.image().ok_or_else(|| JobError::Internal("no image to write".into()))?;
         let (rgb, w, h) = pixels::to_rgb(image)?;
-        self.put(name, image_io::encode_png(&rgb, w as u32, h as u32, name)?)
+        let png = image_io::encode_png(&rgb, w as u32, h as u32, name)?;
+        self.put_preview(&rgb, w as u32, h as u32)?;
+        self.put(name, png)
+    }
+
+    /// The dashboard's live thumbnail of the image as it stands.
+    fn put_preview(&self, rgb: &[u8], w: u32, h: u32) -> Result<(), JobError> {
+        let img = image::RgbImage::from_raw(w, h, rgb.to_vec()).ok_or_else(|| JobError::Internal(format!("{} bytes are not a {w}x{h} image", rgb.len())))?;
+        let small = stylefarm_shared::sheet::preview(&img, job_files::PREVIEW_SIDE);
+        let (pw, ph) = small.dimensions();
+        self.put(job_files::PREVIEW, image_io::encode_png(small.as_raw(), pw, ph, job_files::PREVIEW)?)
+    }
+
+    /// The preview and the loss log at a checkpoint (cheap: a thumbnail and
+    /// text), so the dashboard moves even without snapshots.
+    fn put_progress_files(&self, session: &Session) -> Result<(), JobError> {
+        let image = session.image().ok_or_else(|| JobError::Internal("no image to write".into()))?;
+        let (rgb, w, h) = pixels::to_rgb(image)?;
+        self.put_preview(&rgb, w as u32, h as u32)?;
+        self.put(job_files::LOSS_LOG, self.log.clone().into_bytes())
     }
 
     fn write_outputs(&mut self, session: &Session) -> Result<(), JobError> {
@@ -505,6 +525,9 @@ impl Hooks for FarmHooks<'_> {
                 return Ok(());
             }
         };
+        if let Err(e) = self.put_progress_files(session) {
+            tracing::warn!(iteration = ck.state.iteration, "preview not written: {e:?}");
+        }
         let last = session.history().last().map(|r| r.losses).unwrap_or_default();
         let r = pb::HeartbeatRequest {
             worker_id: self.ctx.worker_id.clone(),

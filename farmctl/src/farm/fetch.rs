@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use stylefarm_proto as pb;
+use stylefarm_shared::sheet::ContactSheet;
 
 use super::{call, Conn};
 
@@ -38,16 +39,8 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
     .await?
     .into_inner();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    const CELL: u32 = 192;
-    let thumb = |img: &image::RgbImage| image::imageops::thumbnail(img, CELL, CELL);
-    let cols = (c.styles * c.variants.max(1)) as u32;
-    let rows = c.contents;
-    let mut sheet = image::RgbImage::from_pixel(cols.max(1) * CELL, rows.max(1) * CELL, image::Rgb([255, 255, 255]));
-    let place = |sheet: &mut image::RgbImage, img: &image::RgbImage, col: u32, row: u32| {
-        let t = thumb(img);
-        let (x, y) = (col * CELL + (CELL - t.width()) / 2, row * CELL + (CELL - t.height()) / 2);
-        image::imageops::overlay(sheet, &t, x as i64, y as i64);
-    };
+    let cols = c.styles * c.variants.max(1);
+    let mut sheet = ContactSheet::new(c.contents, cols);
     let mut written = 0;
     let mut missing = Vec::new();
     for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
@@ -68,11 +61,11 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
         };
         let path = dir.join(&name);
         std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?;
-        place(&mut sheet, &img, j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
+        sheet.place(&img, j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
         written += 1;
     }
     let sheet_path = dir.join("contact_sheet.png");
-    sheet.save(&sheet_path).with_context(|| format!("cannot write {}", sheet_path.display()))?;
+    sheet.into_image().save(&sheet_path).with_context(|| format!("cannot write {}", sheet_path.display()))?;
     eprintln!("fetched {written} of {} images into {}", c.jobs.len(), dir.display());
     println!("{}", sheet_path.display());
     if !missing.is_empty() {

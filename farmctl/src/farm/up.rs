@@ -1,6 +1,6 @@
 //! `farmctl up`: a whole local farm in this process — a coordinator and N
 //! workers, each a library call with one shutdown token — until Ctrl-C or
-//! SIGTERM. Then the workers checkpoint and give their jobs back, and the
+//! SIGTERM, with the web dashboard on `--http-listen`. Then the workers checkpoint and give their jobs back, and the
 //! coordinator stops after them, so nothing in flight is lost.
 
 use std::path::PathBuf;
@@ -28,13 +28,21 @@ pub struct UpArgs {
     /// Address of the coordinator's gRPC port (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: std::net::SocketAddr,
+    /// Address of the web dashboard (port 0 picks a free one); its URL is
+    /// printed on the second line of stdout.
+    #[arg(long, default_value = "127.0.0.1:8080", conflicts_with = "no_dashboard")]
+    http_listen: std::net::SocketAddr,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
     /// VGG-19 weights file for the workers (default: $STYLEFARM_WEIGHTS or the cache).
     #[arg(long)]
     weights: Option<PathBuf>,
 }
 
 /// Starts the coordinator and the workers, prints the coordinator's URL on
-/// stdout and waits for Ctrl-C or SIGTERM.
+/// stdout (and the dashboard's on the next line) and waits for Ctrl-C or
+/// SIGTERM.
 pub fn up(a: UpArgs) -> Result<()> {
     // The daemons' log lines, as their binaries would print them.
     stylefarm_shared::telemetry::init_logging(stylefarm_shared::telemetry::LogFormat::Human);
@@ -42,10 +50,20 @@ pub fn up(a: UpArgs) -> Result<()> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
         let url = format!("http://{}", listener.local_addr()?);
+        let dashboard = if a.no_dashboard {
+            None
+        } else {
+            let http = tokio::net::TcpListener::bind(a.http_listen)
+                .await
+                .with_context(|| format!("cannot listen on {} for the dashboard (--http-listen ADDR, or --no-dashboard)", a.http_listen))?;
+            Some(http)
+        };
+        let dashboard_url = dashboard.as_ref().map(|h| h.local_addr().map(|addr| format!("http://{addr}/"))).transpose()?;
         let coordinator_stop = CancellationToken::new();
         let stopped = coordinator_stop.clone();
-        let mut coordinator =
-            tokio::spawn(stylefarm_coordinator::run(Config::new(a.data_dir.clone()), listener, async move { stopped.cancelled().await }));
+        let mut coordinator = tokio::spawn(stylefarm_coordinator::run_with_dashboard(Config::new(a.data_dir.clone()), listener, dashboard, async move {
+            stopped.cancelled().await
+        }));
 
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let threads = a.threads.unwrap_or((cores / a.workers.max(1)).max(1));
@@ -66,6 +84,10 @@ pub fn up(a: UpArgs) -> Result<()> {
         }
         eprintln!("farm up: coordinator {url}, {} workers ({threads} threads each), data in {}", a.workers, a.data_dir.display());
         println!("{url}");
+        if let Some(page) = &dashboard_url {
+            eprintln!("farm up: dashboard {page}");
+            println!("{page}");
+        }
 
         // Until a signal — or until the coordinator fails on its own.
         tokio::select! {

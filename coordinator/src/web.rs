@@ -1,0 +1,738 @@
+//! The dashboard: a web page served by the coordinator on its own HTTP port
+//! (`--http-listen`), from the same process and the same state as the gRPC
+//! API. Its assets (`web/`) are compiled into the binary; its JSON API is a
+//! thin translation of the `Farm` service — every action calls the same
+//! handler a gRPC client reaches, so a submit from the browser gets the
+//! same validation and the same messages as `farmctl submit` — plus the
+//! reads only a page needs (one screen of the grid, the farm's summary, a
+//! job's files and live preview). Live updates are server-sent events fed
+//! by the collection's merger ([`crate::hub`]), the stream `Watch` follows;
+//! they count against the same watcher limits.
+//!
+//! Authentication is the gRPC API's: a user token, sent as
+//! `Authorization: Bearer …` or kept by the browser in an HttpOnly,
+//! SameSite=Strict cookie that `POST /api/session` sets once the token is
+//! checked. A user sees their own collections, an admin every one, and a
+//! collection one may not see is 404, as over gRPC. Every state-changing
+//! call is a POST with a JSON body, which a cross-site form cannot send.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stylefarm_proto as pb;
+use stylefarm_proto::farm_server::Farm;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Status};
+
+use crate::auth::Caller;
+use crate::hub::Batch;
+use crate::paths;
+use crate::service::{db_err, FarmService, State};
+
+/// The cookie that keeps a browser's token.
+const COOKIE: &str = "stylefarm_token";
+
+/// Most rows of the grid one request may ask for.
+const MAX_GRID_ROWS: u32 = 500;
+
+/// The page and its assets, compiled in.
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const APP_JS: &str = include_str!("../web/app.js");
+const STYLE_CSS: &str = include_str!("../web/style.css");
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Web {
+    farm: FarmService,
+    state: Arc<State>,
+    /// Cookies get `Secure` when the page is served over TLS.
+    tls: bool,
+    /// Cancelled when the coordinator stops: event streams end with it.
+    stopping: CancellationToken,
+}
+
+/// The dashboard's routes.
+pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) -> Router {
+    // A submit carries its images base64 in JSON: 4/3 of the gRPC limit.
+    let body_limit = state.config.max_message_bytes / 3 * 4 + (64 << 10);
+    let web = Web { farm: FarmService(state.clone()), state, tls, stopping };
+    Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
+        .route("/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
+        .route("/api/session", get(session).post(sign_in).delete(sign_out))
+        .route("/api/farm", get(farm))
+        .route("/api/collections", get(list_collections).post(submit))
+        .route("/api/collections/{id}", get(collection))
+        .route("/api/collections/{id}/grid", get(grid))
+        .route("/api/collections/{id}/events", get(events))
+        .route("/api/collections/{id}/cancel", post(cancel_collection))
+        .route("/api/collections/{id}/zip", get(zip))
+        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/jobs/{id}/retry", post(retry_job))
+        .route("/api/jobs/{id}/preview", get(preview))
+        .route("/api/jobs/{id}/files/{*name}", get(job_file))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such page or API route".into()) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(web)
+}
+
+/// One embedded asset, with headers that keep the page to its own origin.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; frame-ancestors 'none'"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+/// A failed call: its HTTP status and a message for the user, as JSON
+/// `{"error": …}`.
+#[derive(Debug)]
+pub(crate) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Status> for ApiError {
+    /// The gRPC handlers' deliberate statuses, as HTTP says them.
+    fn from(s: Status) -> Self {
+        let code = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, s.message().to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The token a request carries: its `Authorization` header, else the cookie.
+fn token_of(headers: &HeaderMap) -> Option<String> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| kv.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')).map(str::to_string))
+            .filter(|t| !t.is_empty())
+    })
+}
+
+/// A gRPC request as the interceptor would have passed it on: the token in
+/// its metadata, checked, and its caller in its extensions.
+fn as_grpc<T>(web: &Web, headers: &HeaderMap, message: T) -> ApiResult<(Caller, Request<T>)> {
+    let mut probe = Request::new(());
+    if let Some(token) = token_of(headers) {
+        let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
+        probe.metadata_mut().insert("authorization", value);
+    }
+    let caller = web.state.config.tokens.user(&probe)?;
+    let mut request = Request::new(message);
+    *request.metadata_mut() = probe.metadata().clone();
+    request.extensions_mut().insert(caller.clone());
+    Ok((caller, request))
+}
+
+/// Who is calling (the `Farm` service's scope).
+fn caller(web: &Web, headers: &HeaderMap) -> ApiResult<Caller> {
+    as_grpc(web, headers, ()).map(|(c, _)| c)
+}
+
+// ------------------------------------------------------------- session --
+
+async fn session(AxumState(web): AxumState<Web>, headers: HeaderMap) -> Json<Value> {
+    let required = !web.state.config.tokens.disabled();
+    let caller = caller(&web, &headers).ok();
+    Json(json!({ "auth_required": required, "signed_in": caller.is_some(), "admin": caller.is_some_and(|c| c.admin) }))
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    token: String,
+}
+
+/// Checks a token and hands it back as the cookie the page then sends.
+async fn sign_in(AxumState(web): AxumState<Web>, Json(body): Json<SignIn>) -> ApiResult<Response> {
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::try_from(format!("Bearer {}", body.token)).map_err(|_| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
+    headers.insert(header::AUTHORIZATION, value);
+    let who = caller(&web, &headers)?;
+    let secure = if web.tls { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000{secure}", body.token);
+    let cookie = HeaderValue::try_from(cookie).map_err(|_| bad_request("a token is printable ASCII"))?;
+    Ok(([(header::SET_COOKIE, cookie)], Json(json!({ "signed_in": true, "admin": who.admin }))).into_response())
+}
+
+async fn sign_out() -> Response {
+    ([(header::SET_COOKIE, format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))], Json(json!({ "signed_in": false }))).into_response()
+}
+
+// ---------------------------------------------------------------- farm --
+
+/// Workers with their pace, the queue, jobs done in the last hour and the
+/// last day's failures by cause.
+async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::ListWorkersRequest {})?;
+    let workers = web.farm.list_workers(request).await?.into_inner().workers;
+    let (summary, counts) = web.state.state.read(|db| Ok::<_, rusqlite::Error>((db.farm_summary()?, db.counts()?))).await?.map_err(db_err)?;
+    let pace: HashMap<String, f64> = summary.iterations_per_second.into_iter().collect();
+    let workers: Vec<Value> = workers
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.worker_id, "name": w.name, "device": w.device, "device_name": w.device_name,
+                "memory_bytes": w.memory_bytes, "last_seen_unix": w.last_seen_unix, "current_job": w.current_job,
+                "iterations_per_second": pace.get(&w.worker_id).copied().filter(|_| !w.current_job.is_empty()),
+                "strikes": w.strikes, "quarantined": w.quarantined,
+            })
+        })
+        .collect();
+    let counts: serde_json::Map<String, Value> = counts.into_iter().map(|(name, n)| (name.to_string(), json!(n))).collect();
+    let failures: Vec<Value> = summary.failures_last_day.into_iter().map(|(cause, n)| json!({ "cause": cause, "count": n })).collect();
+    Ok(Json(json!({
+        "now_unix": crate::db::now(), "workers": workers, "jobs": counts,
+        "done_last_hour": summary.done_last_hour, "failures_last_day": failures,
+    })))
+}
+
+// --------------------------------------------------------- collections --
+
+fn counts_json(c: &Option<pb::JobCounts>) -> Value {
+    let c = c.clone().unwrap_or_default();
+    json!({ "queued": c.queued, "running": c.running, "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled })
+}
+
+fn collection_json(c: &pb::Collection) -> Value {
+    json!({
+        "id": c.collection_id, "name": c.name, "priority": c.priority, "contents": c.contents, "styles": c.styles,
+        "variants": c.variants, "created_unix": c.created_unix, "counts": counts_json(&c.counts),
+    })
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Queued => "queued",
+        pb::JobState::Running => "running",
+        pb::JobState::Succeeded => "succeeded",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+        pb::JobState::Unspecified => "unknown",
+    }
+}
+
+/// A job as the page shows it; a change from the event stream has the same
+/// shape without the place and names.
+fn job_json(j: &pb::Job) -> Value {
+    let p = j.progress.clone().unwrap_or_default();
+    json!({
+        "id": j.job_id, "row": j.content_index, "style": j.style_index, "variant": j.variant_index,
+        "content_name": j.content_name, "style_name": j.style_name, "state": state_name(j.state),
+        "attempts": j.attempts, "worker": j.worker, "error": j.error, "started_from": j.started_from,
+        "failures": j.failures, "requeues": j.requeues, "done": !j.output_key.is_empty(),
+        "iteration": p.iteration, "iterations": p.iterations, "eta_seconds": p.eta_seconds,
+        "losses": { "content": p.content, "style": p.style, "tv": p.tv, "total": p.total },
+    })
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    page_token: String,
+    #[serde(default)]
+    page_size: u32,
+}
+
+async fn list_collections(AxumState(web): AxumState<Web>, headers: HeaderMap, Query(q): Query<PageQuery>) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::ListCollectionsRequest { page_size: q.page_size, page_token: q.page_token })?;
+    let page = web.farm.list_collections(request).await?.into_inner();
+    let collections: Vec<Value> = page.collections.iter().map(collection_json).collect();
+    Ok(Json(json!({ "collections": collections, "next_page_token": page.next_page_token })))
+}
+
+/// A collection the caller may see, without its jobs; NOT_FOUND otherwise.
+async fn header_of(web: &Web, caller: &Caller, id: &str) -> ApiResult<pb::Collection> {
+    let owned = id.to_string();
+    let read = web.state.state.read(move |db| {
+        let Some((owner, mut c)) = db.collection_header(&owned)? else { return Ok(None) };
+        c.counts = Some(db.job_counts(&owned)?);
+        Ok::<_, rusqlite::Error>(Some((owner, c)))
+    });
+    match read.await?.map_err(db_err)? {
+        Some((owner, c)) if caller.may_see(&owner) => Ok(c),
+        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no collection {id}"))),
+    }
+}
+
+/// The collection's header: its shape, counts and columns (style ×
+/// variant, with each variant's parameters).
+async fn collection(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let who = caller(&web, &headers)?;
+    let c = header_of(&web, &who, &id).await?;
+    let owned = id.clone();
+    let columns = web.state.state.read(move |db| db.grid_columns(&owned)).await?.map_err(db_err)?;
+    let columns: Vec<Value> = columns
+        .into_iter()
+        .map(|(style, variant, name, params)| {
+            let params: Value = serde_json::from_str(&params).unwrap_or(Value::Null);
+            json!({ "style": style, "variant": variant, "style_name": name, "params": params })
+        })
+        .collect();
+    let mut body = collection_json(&c);
+    body["columns"] = json!(columns);
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+struct GridQuery {
+    #[serde(default)]
+    from_row: u32,
+    #[serde(default)]
+    rows: Option<u32>,
+}
+
+/// One screen of the grid: the jobs of rows `from_row..from_row + rows`.
+async fn grid(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<GridQuery>) -> ApiResult<Json<Value>> {
+    let who = caller(&web, &headers)?;
+    let rows = q.rows.unwrap_or(50);
+    if rows == 0 || rows > MAX_GRID_ROWS {
+        return Err(bad_request(format!("rows must be 1..={MAX_GRID_ROWS}, not {rows}")));
+    }
+    header_of(&web, &who, &id).await?;
+    let (owned, from) = (id.clone(), q.from_row);
+    let jobs = web.state.state.read(move |db| db.grid_rows(&owned, from, rows)).await?.map_err(db_err)?;
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+    Ok(Json(json!({ "from_row": q.from_row, "rows": rows, "jobs": jobs })))
+}
+
+/// Server-sent events: `changes` (the jobs that changed, at most ten
+/// batches a second), `resync` (changes were lost: read again), a comment
+/// every 15 s to keep the connection open; until the client goes or the
+/// coordinator stops. Counts against the watcher limits like a `Watch`.
+async fn events(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let who = caller(&web, &headers)?;
+    header_of(&web, &who, &id).await?;
+    let client = if who.owner.is_empty() { "dashboard".to_string() } else { who.owner.clone() };
+    let permit = web.state.watchers.admit(&client)?;
+    let batches = web.state.hubs.subscribe(&id);
+    let stopping = web.stopping.clone();
+    let stream = futures_stream(batches, stopping, permit);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// The event stream of one browser, fed by a task that follows the
+/// collection's merger: each batch becomes one event, sent when the
+/// connection takes it. A browser that falls behind by more than the
+/// merger keeps is told to resynchronise; nothing else is buffered for it.
+fn futures_stream(
+    mut batches: broadcast::Receiver<Arc<Batch>>,
+    stopping: CancellationToken,
+    permit: crate::service::WatchPermit,
+) -> impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let _permit = permit;
+        if tx.send(Ok(Event::default().event("hello").data("{}"))).await.is_err() {
+            return;
+        }
+        loop {
+            let batch = tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tx.closed() => return,
+                b = batches.recv() => b,
+            };
+            let event = match batch.as_deref() {
+                Ok(Batch::Changes(changes)) => {
+                    let jobs: Vec<Value> = changes.iter().map(|e| job_json(&e.job)).collect();
+                    Event::default().event("changes").data(json!({ "jobs": jobs }).to_string())
+                }
+                Ok(Batch::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let sent = tokio::select! {
+                _ = stopping.cancelled() => return,
+                sent = tx.send(Ok(event)) => sent,
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn cancel_collection(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Json(_): Json<Value>) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::CollectionRef { collection_id: id })?;
+    let mut c = web.farm.cancel(request).await?.into_inner();
+    c.jobs.clear();
+    Ok(Json(collection_json(&c)))
+}
+
+/// The whole collection as a zip: every finished image (named
+/// `content_style_vN.png`) and the contact sheet. Built in a temporary
+/// file, not in memory, then streamed.
+async fn zip(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let (_, request) = as_grpc(&web, &headers, pb::CollectionRef { collection_id: id.clone() })?;
+    let c = web.farm.get_collection(request).await?.into_inner();
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!("zip of {id}: {what}: {e}");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the zip could not be built ({what}); see the coordinator's log"))
+    };
+    let file = tempfile::tempfile_in(&web.state.config.data_dir).map_err(|e| internal("a temporary file", &e))?;
+    let mut zip = zip::ZipWriter::new(file);
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let cols = c.styles * c.variants.max(1);
+    let mut sheet = stylefarm_shared::sheet::ContactSheet::new(c.contents, cols);
+    for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
+        let bytes = match web.state.store.get(&j.output_key).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("zip of {id}: {} not read: {e}", j.output_key);
+                continue;
+            }
+        };
+        if let Ok(img) = image::load_from_memory(&bytes) {
+            sheet.place(&img.to_rgb8(), j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
+        }
+        let name = format!("{}_{}_v{}.png", j.content_name, j.style_name.replace('+', "-"), j.variant_index);
+        zip.start_file(name, stored).map_err(|e| internal("writing it", &e))?;
+        std::io::Write::write_all(&mut zip, &bytes).map_err(|e| internal("writing it", &e))?;
+    }
+    let mut png = std::io::Cursor::new(Vec::new());
+    sheet.into_image().write_to(&mut png, image::ImageFormat::Png).map_err(|e| internal("the contact sheet", &e))?;
+    zip.start_file("contact_sheet.png", stored).map_err(|e| internal("writing it", &e))?;
+    std::io::Write::write_all(&mut zip, png.get_ref()).map_err(|e| internal("writing it", &e))?;
+    let mut file = zip.finish().map_err(|e| internal("finishing it", &e))?;
+    std::io::Seek::rewind(&mut file).map_err(|e| internal("reading it back", &e))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
+    let disposition = format!("attachment; filename=\"{}.zip\"", safe_file_name(&c.name));
+    Ok(([(header::CONTENT_TYPE, "application/zip".to_string()), (header::CONTENT_DISPOSITION, disposition)], body).into_response())
+}
+
+fn safe_file_name(name: &str) -> String {
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    if s.is_empty() { "collection".into() } else { s }
+}
+
+// --------------------------------------------------------------- submit --
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Upload {
+    #[serde(default)]
+    name: String,
+    /// The file's bytes, base64.
+    data: String,
+}
+
+/// `SubmitRequest` as JSON, images base64 and variants as objects.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    #[serde(default)]
+    name: String,
+    contents: Vec<Upload>,
+    styles: Vec<Upload>,
+    #[serde(default)]
+    variants: Vec<Value>,
+    #[serde(default)]
+    width: u32,
+    #[serde(default)]
+    height: u32,
+    #[serde(default)]
+    max_side: u32,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    checkpoint_every: u32,
+    #[serde(default)]
+    snapshot_every: u32,
+    #[serde(default)]
+    blend_styles: bool,
+    #[serde(default)]
+    idempotency_key: String,
+}
+
+fn decode_uploads(uploads: Vec<Upload>, role: &str) -> ApiResult<Vec<pb::InputImage>> {
+    uploads
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(u.data.as_bytes())
+                .map_err(|e| bad_request(format!("{role} {} ({}): its data is not base64: {e}", i + 1, u.name)))?;
+            Ok(pb::InputImage { name: u.name, source: Some(pb::input_image::Source::Data(data)) })
+        })
+        .collect()
+}
+
+/// Submits through the `Farm` service's own handler.
+async fn submit(AxumState(web): AxumState<Web>, headers: HeaderMap, body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>) -> ApiResult<Json<Value>> {
+    // A body that is not the request's shape is bad input (400) like any
+    // other; a wrong content type (415) or size (413) keeps its own status.
+    let Json(b) = body.map_err(|e| match e.status() {
+        StatusCode::UNPROCESSABLE_ENTITY => bad_request(e.body_text()),
+        status => ApiError(status, e.body_text()),
+    })?;
+    let variants = b
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if v.is_object() { Ok(v.to_string()) } else { Err(bad_request(format!("variant {i}: must be a JSON object of parameters"))) })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let message = pb::SubmitRequest {
+        name: b.name,
+        contents: decode_uploads(b.contents, "content")?,
+        styles: decode_uploads(b.styles, "style")?,
+        variants_json: variants,
+        width: b.width,
+        height: b.height,
+        max_side: b.max_side,
+        priority: b.priority,
+        checkpoint_every: b.checkpoint_every,
+        snapshot_every: b.snapshot_every,
+        blend_styles: b.blend_styles,
+        idempotency_key: b.idempotency_key,
+    };
+    let (_, request) = as_grpc(&web, &headers, message)?;
+    let r = web.farm.submit(request).await?.into_inner();
+    Ok(Json(json!({ "collection_id": r.collection_id, "jobs": r.jobs })))
+}
+
+// ----------------------------------------------------------------- jobs --
+
+/// A job, its attempts and the files of its latest attempt.
+async fn job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::JobRef { job_id: id.clone() })?;
+    let detail = web.farm.get_job(request).await?.into_inner();
+    let (_, request) = as_grpc(&web, &headers, pb::JobRef { job_id: id })?;
+    let files = web.farm.list_job_files(request).await?.into_inner();
+    let job = detail.job.as_ref().map(job_json).unwrap_or(Value::Null);
+    let attempts: Vec<Value> = detail
+        .attempts
+        .iter()
+        .map(|a| json!({ "attempt": a.attempt, "worker": a.worker, "started_unix": a.started_unix, "ended_unix": a.ended_unix, "outcome": a.outcome, "resumed_from": a.resumed_from }))
+        .collect();
+    let files: Vec<Value> = files.files.iter().map(|f| json!({ "name": f.name, "size_bytes": f.size_bytes })).collect();
+    let collection = detail.job.map(|j| j.collection_id).unwrap_or_default();
+    Ok(Json(json!({ "job": job, "collection_id": collection, "attempts": attempts, "files": files })))
+}
+
+async fn cancel_job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Json(_): Json<Value>) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::JobRef { job_id: id })?;
+    Ok(Json(job_json(&web.farm.cancel_job(request).await?.into_inner())))
+}
+
+async fn retry_job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Json(_): Json<Value>) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::JobRef { job_id: id })?;
+    Ok(Json(job_json(&web.farm.retry_job(request).await?.into_inner())))
+}
+
+/// A job's folders, newest attempt first, if the caller may see the job.
+async fn attempt_folders(web: &Web, headers: &HeaderMap, id: &str) -> ApiResult<Vec<String>> {
+    let who = caller(web, headers)?;
+    let owned = id.to_string();
+    match web.state.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)? {
+        Some((folder, owner, attempts)) if who.may_see(&owner) => {
+            let base = folder.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or_default();
+            Ok((1..=attempts.max(1)).rev().map(|n| format!("{base}/attempt-{n}")).collect())
+        }
+        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no job {id}"))),
+    }
+}
+
+/// The job's latest preview (the newest attempt that wrote one); 404 until
+/// a worker has written one.
+async fn preview(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    for folder in attempt_folders(&web, &headers, &id).await? {
+        let key = paths::in_attempt(&folder, stylefarm_shared::records::job_files::PREVIEW);
+        if let Ok(bytes) = web.state.store.get(&key).await {
+            return Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], bytes).into_response());
+        }
+    }
+    Err(ApiError(StatusCode::NOT_FOUND, format!("job {id} has no preview yet")))
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    #[serde(default)]
+    download: bool,
+}
+
+/// A file of the job's latest attempt, by the name `GET /api/jobs/{id}`
+/// lists (`tb/…` for the TensorBoard events).
+async fn job_file(AxumState(web): AxumState<Web>, headers: HeaderMap, Path((id, name)): Path<(String, String)>, Query(q): Query<FileQuery>) -> ApiResult<Response> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let valid = match parts.as_slice() {
+        [file] => paths::file_name(file),
+        [dir, file] => *dir == stylefarm_shared::records::job_files::TENSORBOARD && paths::file_name(file),
+        _ => false,
+    };
+    if !valid {
+        return Err(bad_request(format!("`{name}` is not the name of a job's file")));
+    }
+    let folder = attempt_folders(&web, &headers, &id).await?.into_iter().next().unwrap_or_default();
+    let key = paths::in_attempt(&folder, &name);
+    let bytes = match web.state.store.size(&key).await {
+        Ok(Some(_)) => web.state.store.get(&key).await,
+        Ok(None) => return Err(ApiError(StatusCode::NOT_FOUND, format!("job {id} has no file {name}"))),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
+        tracing::error!("storage: read {key}: {e}");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "the farm's storage could not read the file; try again later".into())
+    })?;
+    let kind = match name.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("svg") => "image/svg+xml",
+        Some("jsonl") | Some("dot") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    let base = name.rsplit('/').next().unwrap_or("file");
+    let disposition = if q.download || kind == "image/svg+xml" || kind == "application/octet-stream" {
+        format!("attachment; filename=\"{base}\"")
+    } else {
+        format!("inline; filename=\"{base}\"")
+    };
+    Ok(([(header::CONTENT_TYPE, kind.to_string()), (header::CONTENT_DISPOSITION, disposition), (header::CACHE_CONTROL, "no-store".to_string())], bytes)
+        .into_response())
+}
+
+// -------------------------------------------------------------- serving --
+
+/// Serves the dashboard on `listener` (over TLS when `tls` is given) until
+/// `stopping` is cancelled.
+pub(crate) async fn serve(
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    stopping: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = router(state, tls.is_some(), stopping.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "dashboard started");
+    let stop = async move { stopping.cancelled_owned().await };
+    match tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(stop).await
+        }
+        Some(config) => axum::serve(TlsListener::start(listener, config), app).with_graceful_shutdown(stop).await,
+    }
+}
+
+/// Accepted connections after their TLS handshake: each handshake runs in
+/// its own task (at most 10 s), so a slow or broken client never holds up
+/// the next one.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn start(listener: tokio::net::TcpListener, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                // Ends with the listener (its receiving side dropped).
+                let accepted = tokio::select! {
+                    _ = tx.closed() => return,
+                    a = listener.accept() => a,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!("dashboard accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "dashboard TLS handshake: {e}"),
+                        Err(_) => tracing::debug!(%peer, "dashboard TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Self { ready, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task never ends while this listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// The dashboard's TLS configuration from the coordinator's certificate
+/// and key (PEM).
+pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("the certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("the private key: {e}"))?;
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

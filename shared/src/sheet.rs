@@ -1,0 +1,73 @@
+//! A collection's contact sheet: one row per content, one column per
+//! style × variant, each cell a thumbnail centred in a white square, empty
+//! where a job has no image. `farmctl fetch` writes one beside the images;
+//! the dashboard puts one in a collection's zip.
+
+use image::{Rgb, RgbImage};
+
+/// The side of one cell, in pixels.
+pub const CELL: u32 = 192;
+
+/// A sheet being filled.
+pub struct ContactSheet {
+    sheet: RgbImage,
+    cols: u32,
+    rows: u32,
+}
+
+impl ContactSheet {
+    /// A white sheet of `rows` × `cols` cells (at least one of each).
+    pub fn new(rows: u32, cols: u32) -> Self {
+        let (rows, cols) = (rows.max(1), cols.max(1));
+        Self { sheet: RgbImage::from_pixel(cols * CELL, rows * CELL, Rgb([255, 255, 255])), cols, rows }
+    }
+
+    /// Puts `img`, shrunk to fit a cell, at (`col`, `row`); a cell outside
+    /// the sheet is ignored.
+    pub fn place(&mut self, img: &RgbImage, col: u32, row: u32) {
+        if col >= self.cols || row >= self.rows {
+            return;
+        }
+        let t = image::imageops::thumbnail(img, CELL, CELL);
+        let (x, y) = (col * CELL + (CELL - t.width()) / 2, row * CELL + (CELL - t.height()) / 2);
+        image::imageops::overlay(&mut self.sheet, &t, x as i64, y as i64);
+    }
+
+    pub fn into_image(self) -> RgbImage {
+        self.sheet
+    }
+}
+
+/// A copy of `img` whose longer side is at most `max_side` (aspect kept;
+/// a smaller image is returned as it is): the dashboard's live previews.
+pub fn preview(img: &RgbImage, max_side: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w.max(h) <= max_side {
+        return img.clone();
+    }
+    image::imageops::thumbnail(img, max_side, max_side)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_land_in_their_cells() {
+        let mut s = ContactSheet::new(2, 3);
+        s.place(&RgbImage::from_pixel(40, 20, Rgb([200, 0, 0])), 2, 1);
+        s.place(&RgbImage::from_pixel(40, 20, Rgb([0, 0, 200])), 3, 0); // outside: ignored
+        let img = s.into_image();
+        assert_eq!(img.dimensions(), (3 * CELL, 2 * CELL));
+        assert_eq!(img.get_pixel(2 * CELL + CELL / 2, CELL + CELL / 2), &Rgb([200, 0, 0]));
+        assert_eq!(img.get_pixel(CELL / 2, CELL / 2), &Rgb([255, 255, 255]));
+        assert_eq!(img.get_pixel(0, CELL + 1), &Rgb([255, 255, 255]), "the cell's margin stays white");
+    }
+
+    #[test]
+    fn previews_shrink_to_their_longer_side() {
+        let p = preview(&RgbImage::new(600, 300), 160);
+        assert_eq!(p.dimensions(), (160, 80));
+        assert_eq!(preview(&RgbImage::new(60, 30), 160).dimensions(), (60, 30));
+    }
+}

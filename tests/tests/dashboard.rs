@@ -1,0 +1,314 @@
+//! The dashboard, as its users reach it: a real coordinator and worker on
+//! loopback, a real browser (headless Chromium from Debian's packages,
+//! driven over WebDriver by chromedriver), and the JSON API as a script
+//! nobody here wrote would call it.
+//!
+//! `STYLEFARM_SCREENSHOT=path.png` saves the collection page while it
+//! renders (how docs/dashboard.png was made).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use stylefarm_tests::*;
+
+const USER: &str = "alice-token";
+const OTHER: &str = "bob-token";
+const WORKER: &str = "worker-token";
+
+fn farm_with_dashboard(extra: &[&str]) -> Farm {
+    let mut flags = vec!["--http-listen", "127.0.0.1:0", "--user-token", USER, "--user-token", OTHER, "--worker-token", WORKER];
+    flags.extend_from_slice(extra);
+    Farm::start_with(&flags)
+}
+
+fn submit_as(farm: &Farm, token: &str, args: &[&str]) -> String {
+    let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", token, "submit"]).args(args).output().unwrap();
+    assert!(o.status.success(), "submit failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().lines().last().unwrap().trim().to_string()
+}
+
+/// chromedriver on a free port, killed on drop.
+struct Driver(Child, u16);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromedriver() -> Driver {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver is not installed: `apt-get install chromium chromium-driver` (scripts/test.sh does)");
+    Driver(child, port)
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"] }),
+    );
+    let url = format!("http://127.0.0.1:{}", driver.1);
+    let start = Instant::now();
+    loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
+            Ok(c) => return c,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no browser session from chromedriver: {e}"),
+        }
+    }
+}
+
+/// Polls `f` (a script's value) until `pred` holds; panics naming `what`.
+async fn until(c: &Client, what: &str, script: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = c.execute(script, vec![]).await.unwrap_or(Value::Null);
+        if pred(&v) {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}; last: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the page's grid shows: one entry per cell.
+const CELLS: &str = "return [...document.querySelectorAll('td.cell')].map(td => ({ id: td.dataset.job, state: td.dataset.state, \
+    version: td.dataset.version || '', preview: td.dataset.preview === 'yes', \
+    loaded: !!td.querySelector('img.thumb') && td.querySelector('img.thumb').naturalWidth > 0, \
+    src: td.querySelector('img.thumb') ? td.querySelector('img.thumb').getAttribute('src') : '' }));";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another() {
+    let mut farm = farm_with_dashboard(&[]);
+    let page = farm.dashboard.clone().unwrap();
+    let (content, style) = (fixture("content.png"), fixture("style.png"));
+    // 2 × 2, slow enough to watch: ~150 iterations of 32×24 each, a
+    // preview every 10.
+    let id = submit_as(
+        &farm,
+        USER,
+        &["--content", &content, "--content", &fixture("init.png"), "--style", &style, "--style", &content, "--size", "32x24", "--iters", "150", "--checkpoint-every", "10"],
+    );
+    farm.add_worker_with("w1", &["--token", WORKER]);
+
+    let driver = chromedriver();
+    let c = browser(&driver).await;
+    c.goto(&page).await.unwrap();
+
+    // Signed out: the sign-in form; a wrong token is refused on the page.
+    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys("not-a-token").await.unwrap();
+    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    until(&c, "the refusal", "return document.querySelector('p.error') ? document.querySelector('p.error').textContent : ''", |v| {
+        v.as_str().is_some_and(|s| s.contains("unknown token"))
+    })
+    .await;
+    c.find(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
+    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+
+    // The farm page: the worker, busy.
+    until(&c, "the worker on the farm page", "return document.querySelector('#workers') ? document.querySelector('#workers').textContent : ''", |v| {
+        v.as_str().is_some_and(|s| s.contains("w1") && s.contains("cpu"))
+    })
+    .await;
+
+    // The collection: four cells, thumbnails that appear and then change
+    // as the renders move on.
+    c.goto(&format!("{page}#/c/{id}")).await.unwrap();
+    let cells = until(&c, "four cells", CELLS, |v| v.as_array().is_some_and(|a| a.len() == 4)).await;
+    let first = cells[0]["id"].as_str().unwrap().to_string();
+    let mut sources = std::collections::HashSet::new();
+    let start = Instant::now();
+    while sources.len() < 3 {
+        let v = c.execute(CELLS, vec![]).await.unwrap();
+        let cell = v.as_array().unwrap().iter().find(|x| x["id"] == first.as_str()).unwrap().clone();
+        if cell["loaded"] == true {
+            sources.insert(cell["src"].as_str().unwrap().to_string());
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the first thumbnail did not change thrice: {sources:?} {cell}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Ok(path) = std::env::var("STYLEFARM_SCREENSHOT") {
+        until(&c, "a second thumbnail", CELLS, |v| v.as_array().is_some_and(|a| a.iter().filter(|x| x["loaded"] == true).count() >= 2)).await;
+        std::fs::write(&path, c.screenshot().await.unwrap()).unwrap();
+    }
+
+    // Cancel the last job (still queued behind the others) from its page.
+    let last = cells[3]["id"].as_str().unwrap().to_string();
+    c.goto(&format!("{page}#/j/{last}")).await.unwrap();
+    c.wait().for_element(Locator::Id("cancel-job")).await.unwrap().click().await.unwrap();
+    until(&c, "the job's state to read cancelled", "return document.querySelector('#job-state') ? document.querySelector('#job-state').textContent : ''", |v| {
+        v == "cancelled"
+    })
+    .await;
+    // … and the grid says so too, live.
+    c.goto(&format!("{page}#/c/{id}")).await.unwrap();
+    until(&c, "the cancelled cell", CELLS, |v| v.as_array().is_some_and(|a| a.iter().any(|x| x["id"] == last.as_str() && x["state"] == "cancelled"))).await;
+
+    // The first job's detail once it has finished: its image, its loss
+    // curve (four series), its attempt.
+    until(&c, "the first job to finish", CELLS, |v| v.as_array().is_some_and(|a| a.iter().any(|x| x["id"] == first.as_str() && x["state"] == "succeeded"))).await;
+    c.goto(&format!("{page}#/j/{first}")).await.unwrap();
+    until(&c, "the loss curve", "return document.querySelectorAll('#loss-curve polyline.series').length", |v| v.as_u64() == Some(3) || v.as_u64() == Some(4)).await;
+    until(&c, "the final image", "const i = document.querySelector('#job-image'); return i ? i.naturalWidth : 0", |v| v.as_u64() == Some(32)).await;
+    let attempts = c.find(Locator::Css("#attempts tbody")).await.unwrap().text().await.unwrap();
+    assert!(attempts.contains("succeeded"), "{attempts}");
+    let files = c.find(Locator::Id("files")).await.unwrap().text().await.unwrap();
+    assert!(files.contains("output.png") && files.contains("losses.jsonl") && files.contains("tb/events"), "{files}");
+
+    // Submit from the page: two photos, one painting, two variants = four
+    // jobs, counted before submitting; a bad variant is refused with the
+    // service's own message, then a good one goes through.
+    c.goto(&format!("{page}#/submit")).await.unwrap();
+    let contents = c.wait().for_element(Locator::Id("contents")).await.unwrap();
+    contents.send_keys(&format!("{content}\n{}", fixture("init.png"))).await.unwrap();
+    c.find(Locator::Id("styles")).await.unwrap().send_keys(&style).await.unwrap();
+    c.find(Locator::Id("variants")).await.unwrap().send_keys("alpha=0.01\noptimizer=sgd").await.unwrap();
+    until(&c, "the job count", "return document.querySelector('#job-count').textContent", |v| v == "4 jobs").await;
+    c.find(Locator::Id("name")).await.unwrap().send_keys("from-the-browser").await.unwrap();
+    c.find(Locator::Id("max-side")).await.unwrap().clear().await.unwrap();
+    c.find(Locator::Id("max-side")).await.unwrap().send_keys("32").await.unwrap();
+    c.find(Locator::Id("iters")).await.unwrap().send_keys("5").await.unwrap();
+    c.find(Locator::Id("submit-button")).await.unwrap().click().await.unwrap();
+    until(&c, "the refusal of optimizer=sgd", "return document.querySelector('#submit-error').textContent", |v| {
+        v.as_str().is_some_and(|s| s.contains("variant 1") && s.contains("sgd"))
+    })
+    .await;
+    let variants = c.find(Locator::Id("variants")).await.unwrap();
+    variants.clear().await.unwrap();
+    variants.send_keys("alpha=0.01\nalpha=0.001").await.unwrap();
+    c.find(Locator::Id("submit-button")).await.unwrap().click().await.unwrap();
+    let hash = until(&c, "the new collection's page", "return location.hash", |v| v.as_str().is_some_and(|h| h.starts_with("#/c/") && !h.contains(&id))).await;
+    let new_id = hash.as_str().unwrap().trim_start_matches("#/c/").to_string();
+    until(&c, "the new grid", CELLS, |v| v.as_array().is_some_and(|a| a.len() == 4)).await;
+    let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", USER, "status", &new_id, "--json"]).output().unwrap();
+    assert!(o.status.success());
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(jobs(&s).len(), 4, "{s}");
+    let _ = c.close().await;
+}
+
+/// The JSON API from a plain HTTP client: tokens, owners, bad input, the
+/// watcher limit, nothing leaking between users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
+    let farm = farm_with_dashboard(&["--max-watchers-per-client", "2"]);
+    let page = farm.dashboard.clone().unwrap();
+    let id = submit_as(&farm, USER, &["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "32x24", "--iters", "5"]);
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = http.get(format!("{page}{path}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+
+    // The page itself needs no token, and keeps to its own origin.
+    let index = get("", None).await.unwrap();
+    assert_eq!(index.status(), 200);
+    let csp = index.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+
+    // No token, a wrong one, a worker's: refused as over gRPC.
+    assert_eq!(get("api/farm", None).await.unwrap().status(), 401);
+    let wrong = get("api/farm", Some("guess")).await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("unknown token"));
+    assert_eq!(get("api/farm", Some(WORKER)).await.unwrap().status(), 403);
+
+    // The owner sees the collection; another user gets the same 404 as
+    // for one that does not exist, on every route.
+    assert_eq!(get(&format!("api/collections/{id}"), Some(USER)).await.unwrap().status(), 200);
+    for route in ["", "/grid", "/events", "/zip"] {
+        let r = get(&format!("api/collections/{id}{route}"), Some(OTHER)).await.unwrap();
+        assert_eq!(r.status(), 404, "{route}");
+    }
+    let listed: Value = get("api/collections", Some(OTHER)).await.unwrap().json().await.unwrap();
+    assert_eq!(listed["collections"].as_array().unwrap().len(), 0, "{listed}");
+    let grid: Value = get(&format!("api/collections/{id}/grid"), Some(USER)).await.unwrap().json().await.unwrap();
+    let job = grid["jobs"][0]["id"].as_str().unwrap().to_string();
+    for route in ["", "/preview", "/files/output.png"] {
+        assert_eq!(get(&format!("api/jobs/{job}{route}"), Some(OTHER)).await.unwrap().status(), 404, "{route}");
+    }
+    let r = http.post(format!("{page}api/jobs/{job}/cancel")).bearer_auth(OTHER).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A file name that tries to leave the job's folder is refused by name.
+    let r = get(&format!("api/jobs/{job}/files/..%2F..%2Ffarm.db"), Some(USER)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not the name of a job's file"));
+
+    // Signing in sets a cookie the page's scripts cannot read, and that
+    // cookie alone then authenticates.
+    let r = http.post(format!("{page}api/session")).json(&json!({ "token": USER })).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let r = http.get(format!("{page}api/collections/{id}")).header("cookie", &pair).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.post(format!("{page}api/session")).json(&json!({ "token": "guess" })).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+
+    // A state change needs a JSON body (which no cross-site form sends).
+    let r = http.post(format!("{page}api/jobs/{job}/cancel")).header("cookie", &pair).body("x=1").send().await.unwrap();
+    assert_eq!(r.status(), 415);
+
+    // Bad submissions: each names its problem; nothing is created.
+    let bad = [
+        (json!({ "contents": [{ "name": "a", "data": "!!" }], "styles": [] }), "not base64"),
+        (json!({ "contents": [], "styles": [], "bogus": 1 }), "unknown field `bogus`"),
+        (json!({ "contents": [{ "name": "a", "data": "aGVsbG8=" }], "styles": [{ "name": "b", "data": "aGVsbG8=" }], "max_side": 32 }), "content a"),
+        (json!({ "contents": [], "styles": [], "max_side": 32 }), "at least one content"),
+        (json!({ "contents": [], "styles": [], "variants": [3] }), "variant 0"),
+    ];
+    for (body, needle) in bad {
+        let r = http.post(format!("{page}api/collections")).bearer_auth(USER).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    let listed: Value = get("api/collections", Some(USER)).await.unwrap().json().await.unwrap();
+    assert_eq!(listed["collections"].as_array().unwrap().len(), 1, "{listed}");
+
+    // A good one through the API, and it shows in the listing.
+    let png = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(fixture("content.png")).unwrap());
+    let body = json!({ "name": "api", "contents": [{ "name": "c", "data": png }], "styles": [{ "name": "s", "data": png }], "width": 32, "height": 24, "variants": [{ "iters": 3 }] });
+    let r = http.post(format!("{page}api/collections")).bearer_auth(USER).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let made: Value = r.json().await.unwrap();
+    assert_eq!(made["jobs"], 1);
+
+    // Event streams count against the watcher limit per client (2 here).
+    let a = get(&format!("api/collections/{id}/events"), Some(USER)).await.unwrap();
+    let b = get(&format!("api/collections/{id}/events"), Some(USER)).await.unwrap();
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let third = get(&format!("api/collections/{id}/events"), Some(USER)).await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert!(third.text().await.unwrap().contains("--max-watchers-per-client 2"));
+    drop((a, b));
+    // Closed streams free their places.
+    let start = Instant::now();
+    loop {
+        let r = get(&format!("api/collections/{id}/events"), Some(USER)).await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "closed event streams kept their places");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
