@@ -15,6 +15,8 @@ use stylefarm_shared::client::ClientSecurity;
 struct Coordinator {
     child: Child,
     port: u16,
+    /// The dashboard's URL, when started with `--http-listen`.
+    dashboard: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -36,9 +38,15 @@ fn coordinator(extra: &[&str]) -> Coordinator {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
     let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("coordinator said: {line}"));
-    Coordinator { child, port, _dir: dir }
+    let dashboard = extra.contains(&"--http-listen").then(|| {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line.trim().strip_prefix("farm-coordinator dashboard on ").unwrap_or_else(|| panic!("coordinator said: {line}")).to_string()
+    });
+    Coordinator { child, port, dashboard, _dir: dir }
 }
 
 fn farmctl(url: &str, args: &[&str]) -> Output {
@@ -114,7 +122,7 @@ fn tls_serves_tls_clients_and_refuses_plaintext_and_certless_workers() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key, client_cert, client_key) = pki(dir.path());
     let s = |p: &PathBuf| p.to_string_lossy().into_owned();
-    let c = coordinator(&["--tls-cert", &s(&cert), "--tls-key", &s(&key), "--tls-client-ca", &s(&ca)]);
+    let c = coordinator(&["--tls-cert", &s(&cert), "--tls-key", &s(&key), "--tls-client-ca", &s(&ca), "--http-listen", "127.0.0.1:0"]);
     let https = format!("https://localhost:{}", c.port);
     let args = submit_args();
     let mut a = vec!["--tls-ca", &s(&ca)].into_iter().map(String::from).collect::<Vec<_>>();
@@ -144,6 +152,24 @@ fn tls_serves_tls_clients_and_refuses_plaintext_and_certless_workers() {
             let r = w.register(pb::RegisterRequest { name: "t".into(), device: "cpu".into(), ..Default::default() }).await;
             assert_eq!(r.as_ref().err().map(|s| s.code()), code, "client cert {with_cert}: {r:?}");
         }
+
+        // The dashboard is served over TLS with the same certificate, and
+        // refuses plaintext.
+        let page = c.dashboard.clone().unwrap();
+        assert!(page.starts_with("https://127.0.0.1:"), "{page}");
+        let page = page.replace("127.0.0.1", "localhost");
+        let trusted = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+            .build()
+            .unwrap();
+        let r = trusted.get(format!("{page}api/session")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains("signed_in"));
+        let r = trusted.post(format!("{page}api/session")).json(&serde_json::json!({ "token": "guess" })).send().await.unwrap();
+        assert_eq!(r.status(), 200, "no tokens configured here: any token signs in");
+        assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Secure"), "a cookie over TLS is Secure");
+        let plain = page.replace("https://", "http://");
+        assert!(reqwest::get(format!("{plain}api/session")).await.is_err(), "plaintext against the TLS dashboard");
     });
 }
 
