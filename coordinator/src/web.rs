@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State as AxumState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -343,10 +343,17 @@ async fn grid(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path
 /// batches a second), `resync` (changes were lost: read again), a comment
 /// every 15 s to keep the connection open; until the client goes or the
 /// coordinator stops. Counts against the watcher limits like a `Watch`.
-async fn events(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+async fn events(
+    AxumState(web): AxumState<Web>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let who = caller(&web, &headers)?;
     header_of(&web, &who, &id).await?;
-    let client = if who.owner.is_empty() { "dashboard".to_string() } else { who.owner.clone() };
+    // Who the limit counts against: the user, or (no tokens) the address,
+    // as for Watch.
+    let client = if who.owner.is_empty() { peer.ip().to_string() } else { who.owner.clone() };
     let permit = web.state.watchers.admit(&client)?;
     let batches = web.state.hubs.subscribe(&id);
     let stopping = web.stopping.clone();
@@ -642,19 +649,54 @@ pub(crate) async fn serve(
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     stopping: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let app = router(state, tls.is_some(), stopping.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "dashboard started");
     let stop = async move { stopping.cancelled_owned().await };
     match tls {
         None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app).with_graceful_shutdown(stop).await
+            let app = app.into_make_service_with_connect_info::<Peer>();
+            axum::serve(PlainListener(listener), app).with_graceful_shutdown(stop).await
         }
-        Some(config) => axum::serve(TlsListener::start(listener, config), app).with_graceful_shutdown(stop).await,
+        Some(config) => {
+            let app = app.into_make_service_with_connect_info::<Peer>();
+            axum::serve(TlsListener::start(listener, config), app).with_graceful_shutdown(stop).await
+        }
+    }
+}
+
+/// A connection's remote address, plain or over TLS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// Accepted connections with Nagle's algorithm off (as on the gRPC port:
+/// small responses must not wait for the client's delayed ACK).
+struct PlainListener(tokio::net::TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, peer) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = tcp.set_nodelay(true);
+        (tcp, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }
 
