@@ -32,7 +32,7 @@ function h(tag, attrs, ...children) {
 }
 
 function show(...nodes) {
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 class ApiError extends Error {
@@ -430,7 +430,7 @@ async function jobView(id) {
       h("table", { id: "attempts" },
         h("thead", {}, h("tr", {}, ["#", "worker", "started", "ended", "resumed from", "outcome"].map((t) => h("th", {}, t)))),
         h("tbody", {}, d.attempts.map((a) => h("tr", {},
-          h("td", {}, a.attempt), h("td", {}, a.worker.slice(0, 8)),
+          h("td", {}, a.attempt), h("td", {}, a.worker),
           h("td", {}, new Date(a.started_unix * 1000).toLocaleTimeString()),
           h("td", {}, a.ended_unix ? new Date(a.ended_unix * 1000).toLocaleTimeString() : "—"),
           h("td", { class: "num" }, a.resumed_from ? `iteration ${a.resumed_from}` : "the start"),

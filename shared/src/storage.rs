@@ -149,7 +149,11 @@ impl Store {
 
     /// Proves the location takes writes: puts and deletes a probe object.
     pub async fn check_writable(&self) -> Result<(), StorageError> {
-        let name = format!(".probe-{}", std::process::id());
+        // Unique per call: several workers (and the coordinator) of one
+        // process (`farmctl up`) probe the same storage at once.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(".probe-{}-{n}", std::process::id());
         self.put(&name, b"probe".to_vec()).await?;
         self.delete(&name).await
     }
@@ -158,6 +162,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probes_of_one_process_at_once_do_not_trip_each_other() {
+        // `farmctl up`: the coordinator and every worker probe one storage
+        // from one process at the same moment.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().to_string_lossy()).unwrap();
+        let probes: Vec<_> = (0..16).map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.check_writable().await })
+        }).collect();
+        for p in probes {
+            p.await.unwrap().unwrap();
+        }
+        assert!(store.list().await.unwrap().is_empty(), "every probe is removed");
+    }
 
     #[tokio::test]
     async fn keys_with_slashes_nest_and_cannot_escape() {

@@ -80,7 +80,15 @@ pub fn up(a: UpArgs) -> Result<()> {
                 metrics_listen: None,
                 security: ClientSecurity::default(),
             };
-            workers.push(tokio::spawn(stylefarm_worker::run(config, workers_stop.clone())));
+            let (name, stop) = (config.name.clone(), workers_stop.clone());
+            // A worker that stops on its own says so at once, not at shutdown.
+            workers.push(tokio::spawn(async move {
+                let ended = stylefarm_worker::run(config, stop).await;
+                if let Err(e) = &ended {
+                    eprintln!("farm up: worker {name} stopped: {e}");
+                }
+                ended
+            }));
         }
         eprintln!("farm up: coordinator {url}, {} workers ({threads} threads each), data in {}", a.workers, a.data_dir.display());
         println!("{url}");
@@ -104,10 +112,8 @@ pub fn up(a: UpArgs) -> Result<()> {
         eprintln!("farm down: stopping workers");
         workers_stop.cancel();
         for w in workers {
-            match w.await {
-                Ok(Err(e)) => eprintln!("worker: {e}"),
-                Err(e) => eprintln!("worker task: {e}"),
-                Ok(Ok(())) => {}
+            if let Err(e) = w.await {
+                eprintln!("worker task: {e}");
             }
         }
         coordinator_stop.cancel();
