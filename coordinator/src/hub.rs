@@ -26,8 +26,10 @@ const BACKLOG: usize = 64;
 /// What a collection's watchers are handed.
 #[derive(Debug)]
 pub enum Batch {
-    /// The latest change of each job that changed, merged.
-    Changes(Vec<Arc<JobEvent>>),
+    /// The latest change of each job that changed, merged; and the
+    /// dashboard's encoding of them, made by the first browser that sends
+    /// the batch and reused by every other.
+    Changes(Vec<Arc<JobEvent>>, std::sync::OnceLock<String>),
     /// Changes were lost (the merger fell behind the stream): read a fresh
     /// snapshot.
     Resync,
@@ -89,7 +91,7 @@ async fn merge(
         } else if pending.is_empty() {
             None
         } else {
-            Some(Batch::Changes(pending.drain().map(|(_, e)| e).collect()))
+            Some(Batch::Changes(pending.drain().map(|(_, e)| e).collect(), std::sync::OnceLock::new()))
         };
         // The lock makes "no watcher left" and "a new watcher subscribes"
         // exclusive: a merger never ends under a watcher that just came.

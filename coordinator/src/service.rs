@@ -643,7 +643,7 @@ async fn follow(
             b = batches.recv() => b,
         };
         let event = match batch.as_deref() {
-            Ok(crate::hub::Batch::Changes(changes)) => {
+            Ok(crate::hub::Batch::Changes(changes, _)) => {
                 for e in changes {
                     if has_ended(e.job.state) {
                         open.remove(&e.job.job_id);

@@ -383,9 +383,13 @@ fn futures_stream(
                 b = batches.recv() => b,
             };
             let event = match batch.as_deref() {
-                Ok(Batch::Changes(changes)) => {
-                    let jobs: Vec<Value> = changes.iter().map(|e| job_json(&e.job)).collect();
-                    Event::default().event("changes").data(json!({ "jobs": jobs }).to_string())
+                Ok(Batch::Changes(changes, encoded)) => {
+                    // Encoded once per batch for every browser watching.
+                    let data = encoded.get_or_init(|| {
+                        let jobs: Vec<Value> = changes.iter().map(|e| job_json(&e.job)).collect();
+                        json!({ "jobs": jobs }).to_string()
+                    });
+                    Event::default().event("changes").data(data.as_str())
                 }
                 Ok(Batch::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
                 Err(broadcast::error::RecvError::Closed) => return,
