@@ -421,7 +421,7 @@ async function jobView(id) {
         j.error ? h("span", { class: "error" }, ` ${j.error}`) : "",
         h("span", { class: "spacer" }),
         !ended ? h("button", { id: "cancel-job", class: "danger", onclick: act("cancel") }, "Cancel job") : null,
-        j.state === "failed" || j.state === "cancelled" ? h("button", { id: "retry-job", onclick: act("retry") }, "Retry job") : null),
+        j.state === "failed" ? h("button", { id: "retry-job", onclick: act("retry") }, "Retry job") : null),
       message,
       h("div", { class: "detail" },
         h("figure", {}, image ? h("a", { href: image, target: "_blank" }, h("img", { id: "job-image", src: image, alt: "the render" })) : h("p", { class: "muted" }, "No image yet.")),

@@ -168,6 +168,16 @@ async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another
     let files = c.find(Locator::Id("files")).await.unwrap().text().await.unwrap();
     assert!(files.contains("output.png") && files.contains("losses.jsonl") && files.contains("tb/events"), "{files}");
 
+    // Every job that ran ends with its thumbnail; the cancelled one, which
+    // never ran, has none.
+    c.goto(&format!("{page}#/c/{id}")).await.unwrap();
+    until(&c, "three finished thumbnails", CELLS, |v| {
+        v.as_array().is_some_and(|a| {
+            a.len() == 4 && a.iter().all(|x| if x["id"] == last.as_str() { x["loaded"] == false } else { x["state"] == "succeeded" && x["loaded"] == true })
+        })
+    })
+    .await;
+
     // Submit from the page: two photos, one painting, two variants = four
     // jobs, counted before submitting; a bad variant is refused with the
     // service's own message, then a good one goes through.
@@ -245,6 +255,17 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
     }
     let r = http.post(format!("{page}api/jobs/{job}/cancel")).bearer_auth(OTHER).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    // Retrying a job that has not failed is a conflict, named.
+    let r = http.post(format!("{page}api/jobs/{job}/retry")).bearer_auth(USER).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("not failed"));
+
+    // The zip of a collection with nothing finished yet: the contact sheet.
+    let r = get(&format!("api/collections/{id}/zip"), Some(USER)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    let zip = r.bytes().await.unwrap();
+    assert!(zip.starts_with(b"PK\x03\x04") && zip.windows(17).any(|w| w == b"contact_sheet.png"), "{} bytes", zip.len());
 
     // A file name that tries to leave the job's folder is refused by name.
     let r = get(&format!("api/jobs/{job}/files/..%2F..%2Ffarm.db"), Some(USER)).await.unwrap();
