@@ -28,7 +28,7 @@ impl ContactSheet {
         if col >= self.cols || row >= self.rows {
             return;
         }
-        let t = image::imageops::thumbnail(img, CELL, CELL);
+        let t = fit(img, CELL);
         let (x, y) = (col * CELL + (CELL - t.width()) / 2, row * CELL + (CELL - t.height()) / 2);
         image::imageops::overlay(&mut self.sheet, &t, x as i64, y as i64);
     }
@@ -41,11 +41,20 @@ impl ContactSheet {
 /// A copy of `img` whose longer side is at most `max_side` (aspect kept;
 /// a smaller image is returned as it is): the dashboard's live previews.
 pub fn preview(img: &RgbImage, max_side: u32) -> RgbImage {
+    fit(img, max_side)
+}
+
+/// `img` shrunk (never grown) so its longer side is at most `side`, its
+/// aspect ratio kept. (`imageops::thumbnail` resizes to exactly the size
+/// it is given.)
+fn fit(img: &RgbImage, side: u32) -> RgbImage {
     let (w, h) = img.dimensions();
-    if w.max(h) <= max_side {
+    if w.max(h) <= side {
         return img.clone();
     }
-    image::imageops::thumbnail(img, max_side, max_side)
+    let scale = side as f64 / w.max(h) as f64;
+    let (tw, th) = (((w as f64 * scale).round() as u32).clamp(1, side), ((h as f64 * scale).round() as u32).clamp(1, side));
+    image::imageops::thumbnail(img, tw, th)
 }
 
 #[cfg(test)]
@@ -55,13 +64,16 @@ mod tests {
     #[test]
     fn images_land_in_their_cells() {
         let mut s = ContactSheet::new(2, 3);
-        s.place(&RgbImage::from_pixel(40, 20, Rgb([200, 0, 0])), 2, 1);
+        s.place(&RgbImage::from_pixel(400, 200, Rgb([200, 0, 0])), 2, 1);
         s.place(&RgbImage::from_pixel(40, 20, Rgb([0, 0, 200])), 3, 0); // outside: ignored
         let img = s.into_image();
         assert_eq!(img.dimensions(), (3 * CELL, 2 * CELL));
         assert_eq!(img.get_pixel(2 * CELL + CELL / 2, CELL + CELL / 2), &Rgb([200, 0, 0]));
         assert_eq!(img.get_pixel(CELL / 2, CELL / 2), &Rgb([255, 255, 255]));
         assert_eq!(img.get_pixel(0, CELL + 1), &Rgb([255, 255, 255]), "the cell's margin stays white");
+        // A 2:1 image fills its cell's width and half its height: not stretched.
+        assert_eq!(img.get_pixel(2 * CELL + 2, CELL + CELL / 2), &Rgb([200, 0, 0]));
+        assert_eq!(img.get_pixel(2 * CELL + CELL / 2, CELL + 10), &Rgb([255, 255, 255]));
     }
 
     #[test]
