@@ -25,6 +25,8 @@
 //! - [`pixels`]: RGB bytes to the network's input space and back;
 //! - [`colors`]: an image's colour statistics and the linear colour
 //!   transfer (the fast preset's start);
+//! - [`preserve`]: colour preservation (luminance-only transfer, or the
+//!   styles recoloured to the content's statistics);
 //! - [`quality`]: "as good as the recipe", the measure fast paths are held to;
 //! - [`render`]: one size's targets computed once, and the pure step function;
 //! - [`checkpoint`]: a render's state as one self-checking file;
@@ -43,6 +45,7 @@ pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod pixels;
+pub mod preserve;
 pub mod quality;
 pub mod render;
 pub mod session;
@@ -53,7 +56,7 @@ mod winograd;
 pub use checkpoint::{Checkpoint, Identity};
 pub use error::{EngineError, Result};
 pub use loss::{LossRecord, Losses};
-pub use params::{Init, LayerWeight, Optimizer, Pooling, Preset, RenderParams};
+pub use params::{Init, LayerWeight, Optimizer, Pooling, Preset, PreserveColors, RenderParams};
 pub use render::{OptimizerState, PhaseTimes, RenderState, Renderer};
 pub use session::{Cadence, Control, Hooks, Outcome, Pictures, Session, Stage};
 pub use vgg::Vgg19;

@@ -48,6 +48,26 @@ pub enum Init {
     Recolored,
 }
 
+/// Colour preservation (Gatys, Bethge, Hertzmann, Shechtman 2016,
+/// "Preserving Color in Neural Artistic Style Transfer"): the render keeps
+/// the content photo's colours and takes only the painting's strokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreserveColors {
+    /// Style transfer on luminance only: content and style rendered as
+    /// their luminance (YIQ's Y; the style's matched to the content's mean
+    /// and deviation), and the result's luminance recombined with the
+    /// content's own colour channels (I, Q).
+    Luminance,
+    /// The style images recoloured to the content's colour statistics
+    /// (mean and covariance, a linear transfer) before rendering.
+    Histogram,
+}
+
+impl PreserveColors {
+    pub const NAMES: [&'static str; 2] = ["luminance", "histogram"];
+}
+
 /// A VGG layer and the weight its loss term gets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerWeight {
@@ -102,6 +122,18 @@ pub struct RenderParams {
     pub scales: Vec<f64>,
     /// Iterations at each coarse scale (`None`: `iterations`).
     pub coarse_iters: Option<usize>,
+    /// Colour preservation (`None`: the style's colours, as Gatys 2015).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preserve_colors: Option<PreserveColors>,
+    /// Bits per channel of the PNGs the render writes: 8, or 16 to keep
+    /// what rounding to 8 bits would lose. It does not change the render
+    /// (a checkpoint resumes under either).
+    #[serde(skip_serializing_if = "is_eight")]
+    pub bit_depth: u8,
+}
+
+fn is_eight(bits: &u8) -> bool {
+    *bits == 8
 }
 
 impl Default for RenderParams {
@@ -129,6 +161,8 @@ impl Default for RenderParams {
             style_blend: Vec::new(),
             scales: Vec::new(),
             coarse_iters: None,
+            preserve_colors: None,
+            bit_depth: 8,
         }
     }
 }
@@ -227,6 +261,9 @@ impl RenderParams {
         }
         if self.coarse_iters.is_some_and(|n| n > MAX_ITERATIONS) {
             return Err(invalid("coarse_iters", format!("{:?} is more than the limit of {MAX_ITERATIONS}", self.coarse_iters)));
+        }
+        if !matches!(self.bit_depth, 8 | 16) {
+            return Err(invalid("bit_depth", format!("{} bits: a PNG here has 8 or 16 bits per channel", self.bit_depth)));
         }
         if !(self.noise_ratio.is_finite() && (0.0..=1.0).contains(&self.noise_ratio)) {
             return Err(invalid("noise_ratio", format!("{} must lie in [0, 1]", self.noise_ratio)));
@@ -335,6 +372,22 @@ impl RenderParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_preservation_and_bit_depth_are_parameters_left_out_at_their_defaults() {
+        let p = RenderParams::from_json(r#"{"preserve_colors": "luminance", "bit_depth": 16}"#).unwrap();
+        assert_eq!((p.preserve_colors, p.bit_depth), (Some(PreserveColors::Luminance), 16));
+        p.validate(1).unwrap();
+        let e = RenderParams::from_json(r#"{"preserve_colors": "sepia"}"#).unwrap_err().to_string();
+        assert!(e.contains("preserve_colors") && e.contains("luminance"), "{e}");
+        let e = RenderParams { bit_depth: 12, ..RenderParams::default() }.validate(1).unwrap_err().to_string();
+        assert!(e.contains("bit_depth") && e.contains("8 or 16"), "{e}");
+        // At their defaults they are not written, so every checkpoint and
+        // variant written before they existed reads the same.
+        let json = serde_json::to_string(&RenderParams::default()).unwrap();
+        assert!(!json.contains("preserve_colors") && !json.contains("bit_depth"), "{json}");
+        assert_eq!(RenderParams::from_json(&json).unwrap(), RenderParams::default());
+    }
 
     #[test]
     fn defaults_are_the_assignments_and_valid() {

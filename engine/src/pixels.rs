@@ -40,6 +40,39 @@ pub fn to_rgb(image: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
     Ok((rgb, w, h))
 }
 
+/// The inverse of [`to_tensor`] at 16 bits a channel: each value `v`
+/// (0..255) as `round(257·v)`, clamped to 0..65535, so an 8-bit value `b`
+/// is exactly `257·b` and what lies between two 8-bit values is kept.
+/// Returns `(rgb, w, h)`.
+pub fn to_rgb16(image: &Tensor) -> Result<(Vec<u16>, usize, usize)> {
+    let (_, _, h, w) = image.dims4()?;
+    let planes = image.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let plane = w * h;
+    let mut rgb = vec![0u16; 3 * plane];
+    for i in 0..plane {
+        for c in 0..3 {
+            let v = (planes[c * plane + i] + MEAN_BGR[c] as f32) * 257.0;
+            rgb[3 * i + (2 - c)] = v.round().clamp(0.0, 65535.0) as u16;
+        }
+    }
+    Ok((rgb, w, h))
+}
+
+/// [`to_tensor`] from 16-bit channels (`v / 257` on the 0..255 scale).
+pub fn to_tensor16(rgb: &[u16], w: usize, h: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    if w == 0 || h == 0 || rgb.len() != w * h * 3 {
+        return Err(EngineError::Image(format!("{} values do not make a {w}x{h} RGB image", rgb.len())));
+    }
+    let plane = w * h;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = px[2 - c] as f32 / 257.0 - MEAN_BGR[c] as f32;
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, 3, h, w), device)?.to_dtype(dtype)?)
+}
+
 /// Resamples an image `[1, C, H, W]` to `[1, C, h, w]` bilinearly (pixel
 /// centres aligned, edges clamped), in whatever space it is in. Used to
 /// carry a coarse render to the next scale without rounding to bytes.
@@ -78,6 +111,30 @@ pub fn resize(image: &Tensor, w: usize, h: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sixteen_bits_keep_what_eight_round_away() {
+        // Values between the 8-bit steps, and out of range at both ends.
+        let values: Vec<f32> = (0..3 * 40).map(|i| -3.0 + i as f32 * 2.2 - MEAN_BGR[i % 3] as f32).collect();
+        let image = Tensor::from_vec(values, (1, 3, 5, 8), &Device::Cpu).unwrap();
+        let (rgb16, w, h) = to_rgb16(&image).unwrap();
+        let back16 = to_tensor16(&rgb16, w, h, DType::F32, &Device::Cpu).unwrap();
+        let (rgb8, _, _) = to_rgb(&image).unwrap();
+        let back8 = to_tensor(&rgb8, w, h, DType::F32, &Device::Cpu).unwrap();
+        // In range, 16 bits are within half a 16-bit step; 8 bits within half an 8-bit one.
+        let clamp = |t: &Tensor| {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().enumerate().map(|(i, x)| (x + MEAN_BGR[i / 40] as f32).clamp(0.0, 255.0)).collect::<Vec<_>>()
+        };
+        let (want, got16, got8) = (clamp(&image), clamp(&back16), clamp(&back8));
+        let err = |got: &[f32]| want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err(&got16) <= 0.5 / 257.0 + 1e-4, "{}", err(&got16));
+        assert!(err(&got8) > 0.1 && err(&got8) <= 0.5 + 1e-4, "{}", err(&got8));
+        // An 8-bit value is exactly 257 times itself.
+        assert!(rgb8.iter().zip(&rgb16).all(|(&b, &s)| (s as i32 - 257 * b as i32).abs() <= 128));
+        let exact = Tensor::from_vec(vec![200.0 - MEAN_BGR[0] as f32, 0.0 - MEAN_BGR[1] as f32, 255.0 - MEAN_BGR[2] as f32], (1, 3, 1, 1), &Device::Cpu).unwrap();
+        assert_eq!(to_rgb16(&exact).unwrap().0, vec![65535, 0, 200 * 257]);
+    }
 
     #[test]
     fn resize_keeps_constants_and_interpolates_linearly() {

@@ -28,6 +28,7 @@ use crate::error::{EngineError, Result};
 use crate::loss::LossRecord;
 use crate::params::{Init, RenderParams};
 use crate::pixels;
+use crate::preserve;
 use crate::render::{RenderState, Renderer};
 use crate::vgg::Vgg19;
 
@@ -121,7 +122,11 @@ pub struct Session {
     vgg: Arc<Vgg19>,
     renderer: Renderer,
     identity: Identity,
+    /// The content as the render sees it (grey under luminance-only colour
+    /// preservation) …
     content: Tensor,
+    /// … and as the photo is, whose colours a luminance-only render shows.
+    photo: Tensor,
     init: Option<Tensor>,
     /// `None` until the render has started (fresh) or resumed.
     state: Option<RenderState>,
@@ -132,9 +137,11 @@ impl Session {
     /// Validates `params` and computes the full-size targets. `init` is the
     /// start image for [`Init::Image`], at the render size.
     pub fn new(vgg: Arc<Vgg19>, params: RenderParams, full: Pictures, init: Option<Tensor>) -> Result<Self> {
+        let photo = full.content.clone();
+        let full = preserve::prepare(params.preserve_colors, full)?;
         let identity = Identity::new(&params, &full.content, &full.styles, init.as_ref())?;
         let renderer = Renderer::new(vgg.clone(), params, &full.content, &full.styles)?;
-        Ok(Self { vgg, renderer, identity, content: full.content, init, state: None, history: Vec::new() })
+        Ok(Self { vgg, renderer, identity, content: full.content, photo, init, state: None, history: Vec::new() })
     }
 
     /// Continues from `checkpoint` instead of starting over; refused with
@@ -171,6 +178,13 @@ impl Session {
     /// The full-size image so far (`None` while coarse stages run).
     pub fn image(&self) -> Option<&Tensor> {
         self.state.as_ref().map(|s| &s.image)
+    }
+
+    /// The full-size image as the user sees it: [`Session::image`], or
+    /// under luminance-only colour preservation its luminance in the
+    /// photo's colours. What a caller writes as a PNG.
+    pub fn picture(&self) -> Result<Option<Tensor>> {
+        self.image().map(|image| preserve::display(self.params().preserve_colors, image, &self.photo)).transpose()
     }
 
     /// Every record so far, across resumes.
@@ -256,7 +270,7 @@ impl Session {
             let (w, h) = (((width as f64 * scale).round() as usize).max(1), ((height as f64 * scale).round() as usize).max(1));
             let iterations = params.coarse_iterations();
             hooks.stage(&Stage { index, count: params.scales.len(), scale, width: w, height: h, iterations })?;
-            let pictures = resample(w, h)?;
+            let pictures = preserve::prepare(params.preserve_colors, resample(w, h)?)?;
             let start = previous.as_ref().map(|(image, content)| upsample_with_detail(image, content.as_ref(), &pictures.content)).transpose()?;
             let stage_params = RenderParams {
                 iterations,

@@ -242,3 +242,36 @@ fn the_recolored_init_has_the_styles_colours_and_the_contents_shapes() {
     // The seed still matters through the noise share.
     assert_ne!(bits(&init(0.1, 0)), bits(&init(0.1, 1)));
 }
+
+/// Colour preservation, as a whole render sees it: a luminance-only render
+/// shows the photo's own colours (its I and Q) with the render's
+/// luminance, with coarse stages too; a checkpoint of a render without it
+/// is another render's; the PNGs' bit depth is not.
+#[test]
+fn luminance_only_renders_show_the_photos_colours_and_resume_only_themselves() {
+    use stylefarm_engine::preserve::{display, luminance};
+    use stylefarm_engine::PreserveColors;
+    let scene = Scene::new();
+    let p = RenderParams { preserve_colors: Some(PreserveColors::Luminance), ..params(Optimizer::Lbfgs, vec![0.5]) };
+    let mut session = scene.session(&p);
+    scene.run(&mut session, &mut Recorder::default(), Cadence::default());
+    let image = session.image().unwrap().clone();
+    let picture = session.picture().unwrap().unwrap();
+    let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff(&luminance(&picture).unwrap(), &luminance(&image).unwrap()) < 1e-2, "the render's luminance");
+    // Its chrominance is the photo's: showing the photo's own luminance in
+    // the picture's colours gives back the photo.
+    assert!(diff(&display(p.preserve_colors, &scene.content, &picture).unwrap(), &scene.content) < 1e-2);
+    // A plain render of the same pictures shows its optimised image as it is.
+    let mut plain = scene.session(&params(Optimizer::Lbfgs, vec![0.5]));
+    scene.run(&mut plain, &mut Recorder::default(), Cadence::default());
+    assert_eq!(diff(&plain.picture().unwrap().unwrap(), plain.image().unwrap()), 0.0);
+    // Resuming: another mode is another render (named); a bit depth is not.
+    let checkpoint = session.checkpoint().unwrap();
+    let mut histogram = scene.session(&RenderParams { preserve_colors: Some(PreserveColors::Histogram), ..p.clone() });
+    let refused = histogram.resume(checkpoint.clone()).unwrap_err().to_string();
+    // (The luminance render's pictures are grey: it is the content that differs first.)
+    assert!(["preserve_colors", "content image", "style image"].iter().any(|w| refused.contains(w)), "{refused}");
+    let mut sixteen = scene.session(&RenderParams { bit_depth: 16, ..p.clone() });
+    sixteen.resume(checkpoint).expect("the bit depth of the PNGs is not the render's");
+}

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use stylefarm_engine::{Init, LayerWeight, Optimizer, Pooling, Preset, RenderParams};
+use stylefarm_engine::{Init, LayerWeight, Optimizer, Pooling, Preset, PreserveColors, RenderParams};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PoolingArg {
@@ -77,6 +77,30 @@ pub struct ParamFlags {
     /// Iterations at each coarse scale [default: the preset's, or --iters].
     #[arg(long)]
     pub coarse_iters: Option<usize>,
+    /// Keep the photo's colours (Gatys et al. 2016): `luminance` (style
+    /// transfer on luminance only, the photo's colour channels kept) or
+    /// `histogram` (the paintings recoloured to the photo's colours first).
+    #[arg(long, value_enum)]
+    pub preserve_colors: Option<PreserveColorsArg>,
+    /// Bits per channel of the output PNG: 8, or 16 to keep what rounding
+    /// to 8 bits would lose (snapshots stay 8-bit).
+    #[arg(long, default_value_t = 8, value_parser = parse_bit_depth)]
+    pub bit_depth: u8,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PreserveColorsArg {
+    Luminance,
+    Histogram,
+}
+
+impl From<PreserveColorsArg> for PreserveColors {
+    fn from(p: PreserveColorsArg) -> Self {
+        match p {
+            PreserveColorsArg::Luminance => PreserveColors::Luminance,
+            PreserveColorsArg::Histogram => PreserveColors::Histogram,
+        }
+    }
 }
 
 impl ParamFlags {
@@ -102,6 +126,8 @@ impl ParamFlags {
             scales: self.scales.clone().map_or(preset.scales, |s| s.0),
             // A preset's coarse iterations go with its own scales.
             coarse_iters: self.coarse_iters.or(if self.scales.is_none() { preset.coarse_iters } else { None }),
+            preserve_colors: self.preserve_colors.map(Into::into),
+            bit_depth: self.bit_depth,
         })
     }
 }
@@ -127,6 +153,15 @@ impl From<PoolingArg> for Pooling {
             PoolingArg::Avg => Pooling::Avg,
             PoolingArg::Max => Pooling::Max,
         }
+    }
+}
+
+/// `--bit-depth`: 8 or 16.
+pub fn parse_bit_depth(s: &str) -> Result<u8> {
+    match s.trim() {
+        "8" => Ok(8),
+        "16" => Ok(16),
+        other => anyhow::bail!("`{other}`: a PNG here has 8 or 16 bits per channel"),
     }
 }
 
@@ -193,6 +228,16 @@ mod tests {
         assert_eq!(params(&[]).unwrap(), RenderParams::default());
         assert_eq!(params(&["--preset", "recipe"]).unwrap(), RenderParams::default());
         assert_eq!(params(&["--preset", "fast"]).unwrap(), Preset::Fast.params());
+    }
+
+    #[test]
+    fn colour_preservation_and_bit_depth_flags() {
+        let p = params(&["--preserve-colors", "luminance", "--bit-depth", "16"]).unwrap();
+        assert_eq!((p.preserve_colors, p.bit_depth), (Some(PreserveColors::Luminance), 16));
+        assert_eq!(params(&["--preserve-colors", "histogram"]).unwrap().preserve_colors, Some(PreserveColors::Histogram));
+        let e = params(&["--bit-depth", "12"]).unwrap_err().to_string();
+        assert!(e.contains("8 or 16"), "{e}");
+        assert!(params(&["--preserve-colors", "sepia"]).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use stylefarm_engine::session::Resample;
-use stylefarm_engine::{graph, pixels, Cadence, Checkpoint, Control, DType, Device, Hooks, Init, LossRecord, Outcome, Session, Stage, Tensor, Vgg19};
+use stylefarm_engine::{graph, Cadence, Checkpoint, Control, DType, Device, Hooks, Init, LossRecord, Outcome, Session, Stage, Vgg19};
 use stylefarm_shared::checkpoints::CheckpointStore;
 use stylefarm_shared::image_io::{self, ImageLimits};
 use stylefarm_shared::pictures::Sources;
@@ -105,9 +105,11 @@ fn check_writable(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn write_png(path: &Path, image: &Tensor) -> Result<()> {
-    let (rgb, w, h) = pixels::to_rgb(image)?;
-    image_io::save_png(path, &rgb, w as u32, h as u32)?;
+/// The session's picture (what the user sees of the render) as a PNG at
+/// `bits` per channel.
+fn write_png(path: &Path, session: &Session, bits: u8) -> Result<()> {
+    let picture = session.picture()?.context("the render has no image yet")?;
+    image_io::save_picture(path, &picture, bits)?;
     Ok(())
 }
 
@@ -188,8 +190,8 @@ impl Hooks for LocalHooks<'_> {
     }
 
     fn snapshot(&mut self, session: &Session) -> Result<()> {
-        if let Some(image) = session.image() {
-            write_png(&snapshot_path(self.output, session.iteration()), image)?;
+        if session.image().is_some() {
+            write_png(&snapshot_path(self.output, session.iteration()), session, 8)?;
         }
         self.draw(session)
     }
@@ -311,8 +313,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
             hooks.record(&last)?;
             hooks.draw(&session)?;
             hooks.bar.finish_and_clear();
-            let image = session.image().context("the finished render has no image")?;
-            write_png(&args.output, image)?;
+            write_png(&args.output, &session, session.params().bit_depth)?;
             println!("wrote {} ({w}x{h}, {} iterations, total loss {:.4e}, {:.1}s)", args.output.display(), last.iteration, last.losses.total, last.seconds);
             Ok(())
         }

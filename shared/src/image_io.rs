@@ -116,15 +116,49 @@ pub fn encode_png(rgb: &[u8], w: u32, h: u32, name: &str) -> Result<Vec<u8>, Ima
     Ok(out.into_inner())
 }
 
-/// Writes RGB pixels as a PNG, atomically: a temporary file in the same
-/// folder, then a rename, so a reader never sees half an image.
+/// PNG bytes of 16-bit RGB pixels; `name` is what errors call the image.
+pub fn encode_png16(rgb: &[u16], w: u32, h: u32, name: &str) -> Result<Vec<u8>, ImageError> {
+    let fail = |reason: String| ImageError::Write { path: PathBuf::from(name), reason };
+    let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(w, h, rgb.to_vec())
+        .ok_or_else(|| fail(format!("{} values do not make {w}x{h} RGB", rgb.len())))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb16(img).write_to(&mut out, image::ImageFormat::Png).map_err(|e| fail(e.to_string()))?;
+    Ok(out.into_inner())
+}
+
+/// PNG bytes of an image in the engine's space at `bits` (8 or 16) per
+/// channel: what a render writes as its output.
+pub fn encode_picture(image: &stylefarm_engine::Tensor, bits: u8, name: &str) -> Result<Vec<u8>, ImageError> {
+    let fail = |reason: String| ImageError::Write { path: PathBuf::from(name), reason };
+    if bits == 16 {
+        let (rgb, w, h) = stylefarm_engine::pixels::to_rgb16(image).map_err(|e| fail(e.to_string()))?;
+        encode_png16(&rgb, w as u32, h as u32, name)
+    } else {
+        let (rgb, w, h) = stylefarm_engine::pixels::to_rgb(image).map_err(|e| fail(e.to_string()))?;
+        encode_png(&rgb, w as u32, h as u32, name)
+    }
+}
+
+/// Writes a render's image as a PNG at `bits` per channel, atomically.
+pub fn save_picture(path: &Path, image: &stylefarm_engine::Tensor, bits: u8) -> Result<(), ImageError> {
+    let bytes = encode_picture(image, bits, &path.to_string_lossy())?;
+    save_bytes(path, &bytes)
+}
+
+/// Writes RGB pixels as a PNG, atomically (see [`save_bytes`]).
 pub fn save_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<(), ImageError> {
+    let bytes = encode_png(rgb, w, h, &path.to_string_lossy())?;
+    save_bytes(path, &bytes)
+}
+
+/// Writes a file atomically: a temporary file in the same folder, then a
+/// rename, so a reader never sees half an image.
+fn save_bytes(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let fail = |reason: String| ImageError::Write { path: path.to_path_buf(), reason };
-    let img = RgbImage::from_raw(w, h, rgb.to_vec()).ok_or_else(|| fail(format!("{} bytes do not make {w}x{h} RGB", rgb.len())))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| fail("the path names no file".into()))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(|e| fail(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         fail(e.to_string())

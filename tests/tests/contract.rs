@@ -212,11 +212,13 @@ fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
     rt().block_on(async {
         let mut f = farm_client(&farm.url, None).await;
         let with = |variant: &str| pb::SubmitRequest { variants_json: vec![variant.into()], ..small(vec![upload("c", "content.png")]) };
-        for (variant, needle) in [(r#"{"alhpa": 1}"#, "alhpa"), (r#"{"iters": -3}"#, "iters"), (r#"{"init": "image"}"#, "init"), (r#"{"scales": [2]}"#, "scales"), (r#"{"preset": "turbo"}"#, "preset")] {
+        for (variant, needle) in [(r#"{"alhpa": 1}"#, "alhpa"), (r#"{"iters": -3}"#, "iters"), (r#"{"init": "image"}"#, "init"), (r#"{"scales": [2]}"#, "scales"), (r#"{"preset": "turbo"}"#, "preset"), (r#"{"bit_depth": 12}"#, "bit_depth"), (r#"{"preserve_colors": "sepia"}"#, "preserve_colors")] {
             let e = f.submit(with(variant)).await.unwrap_err();
             assert!(e.code() == Code::InvalidArgument && e.message().contains(needle), "{variant}: {e:?}");
         }
-        f.submit(with(r#"{"preset": "fast", "iters": 3, "tv_weight": 0.5}"#)).await.expect("the flag names, over a preset");
+        f.submit(with(r#"{"preset": "fast", "iters": 3, "tv_weight": 0.5, "preserve_colors": "luminance", "bit_depth": 16}"#))
+            .await
+            .expect("the flag names, over a preset");
 
         // With a worker of 8 GiB registered, an 8192×8192 render is refused
         // with the estimate; a small one still goes in.
@@ -228,7 +230,7 @@ fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
         let spec = lease(&mut w, &worker).await.job.expect("the small job");
         assert!(spec.params_json.contains(r#""iters":3"#), "the worker gets the same schema: {}", spec.params_json);
         // The preset arrives expanded: its values, under the keys given.
-        for expanded in [r#""optimizer":"lbfgs""#, r#""init":"recolored""#, r#""scales":[0.5]"#, r#""tv_weight":0.5"#] {
+        for expanded in [r#""optimizer":"lbfgs""#, r#""init":"recolored""#, r#""scales":[0.5]"#, r#""tv_weight":0.5"#, r#""preserve_colors":"luminance""#, r#""bit_depth":16"#] {
             assert!(spec.params_json.contains(expanded), "{expanded} in {}", spec.params_json);
         }
         assert!(!spec.params_json.contains("preset"), "{}", spec.params_json);

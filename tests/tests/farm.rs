@@ -318,7 +318,7 @@ fn a_farm_on_s3_storage_checkpoints_resumes_and_outputs_there() {
 }
 
 /// Every render flag a farm job takes (coarse-to-fine, blended styles,
-/// layers, TV, L-BFGS, snapshots), rendered by the farm and by
+/// layers, TV, L-BFGS, snapshots, colour preservation, 16-bit output), rendered by the farm and by
 /// `farmctl render` alike: the images and the loss values agree to the bit,
 /// and the job's storage holds what a local render leaves beside its image.
 #[test]
@@ -329,7 +329,7 @@ fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefact
     let flags = [
         "--size", "32x24", "--iters", "24", "--optimizer", "lbfgs", "--scales", "0.5", "--coarse-iters", "8",
         "--style-blend", "0.7,0.3", "--tv-weight", "0.01", "--style-layers", "conv1_1:1,conv2_1:2,conv3_1:1",
-        "--content-layers", "conv3_2", "--seed", "3",
+        "--content-layers", "conv3_2", "--seed", "3", "--preserve-colors", "luminance", "--bit-depth", "16",
     ];
     let id = farm.submit(&[&["--content", &c, "--style", &s1, "--style", &s2, "--snapshot-every", "10", "--checkpoint-every", "5"], &flags[..]].concat());
     let o = farm.farmctl(&["watch", &id]);
@@ -359,6 +359,8 @@ fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefact
     assert!(job_dir.ends_with("attempt-1"), "{}", job_dir.display());
     let farmed = std::fs::read(job_dir.join("output.png")).unwrap();
     assert!(farmed == std::fs::read(&local).unwrap(), "the farm's image differs from the local render's");
+    let decoded = image::load_from_memory(&farmed).unwrap();
+    assert_eq!(decoded.color(), image::ColorType::Rgb16, "--bit-depth 16 writes a 16-bit PNG");
     let losses = |text: &str| -> Vec<(u64, f64, f64, f64, f64)> {
         text.lines()
             .map(|l| {

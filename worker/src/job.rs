@@ -357,13 +357,13 @@ impl FarmHooks<'_> {
         self.put(&format!("{}/{}", job_files::TENSORBOARD, self.events.file_name()), self.events.bytes().to_vec())
     }
 
-    /// Writes the image as it stands at `name`, and its preview beside it.
-    fn png(&self, session: &Session, name: &str) -> Result<(), JobError> {
-        let image = session.image().ok_or_else(|| JobError::Internal("no image to write".into()))?;
-        let (rgb, w, h) = pixels::to_rgb(image)?;
-        let png = image_io::encode_png(&rgb, w as u32, h as u32, name)?;
+    /// Writes the picture as it stands at `name` with `bits` per channel,
+    /// and its preview beside it.
+    fn png(&self, session: &Session, name: &str, bits: u8) -> Result<(), JobError> {
+        let picture = session.picture()?.ok_or_else(|| JobError::Internal("no image to write".into()))?;
+        let (rgb, w, h) = pixels::to_rgb(&picture)?;
         self.put_preview(&rgb, w as u32, h as u32)?;
-        self.put(name, png)
+        self.put(name, image_io::encode_picture(&picture, bits, name)?)
     }
 
     /// The dashboard's live thumbnail of the image as it stands.
@@ -377,8 +377,8 @@ impl FarmHooks<'_> {
     /// The preview and the loss log at a checkpoint (cheap: a thumbnail and
     /// text), so the dashboard moves even without snapshots.
     fn put_progress_files(&self, session: &Session) -> Result<(), JobError> {
-        let image = session.image().ok_or_else(|| JobError::Internal("no image to write".into()))?;
-        let (rgb, w, h) = pixels::to_rgb(image)?;
+        let picture = session.picture()?.ok_or_else(|| JobError::Internal("no image to write".into()))?;
+        let (rgb, w, h) = pixels::to_rgb(&picture)?;
         self.put_preview(&rgb, w as u32, h as u32)?;
         self.put(job_files::LOSS_LOG, self.log.clone().into_bytes())
     }
@@ -387,7 +387,7 @@ impl FarmHooks<'_> {
         if let Some(last) = session.history().last() {
             self.record(&last.clone());
         }
-        self.png(session, job_files::OUTPUT)?;
+        self.png(session, job_files::OUTPUT, session.params().bit_depth)?;
         self.put_records(session)
     }
 
@@ -508,7 +508,7 @@ impl Hooks for FarmHooks<'_> {
     }
 
     fn snapshot(&mut self, session: &Session) -> Result<(), JobError> {
-        self.png(session, &job_files::snapshot(session.iteration()))?;
+        self.png(session, &job_files::snapshot(session.iteration()), 8)?;
         self.put_records(session)
     }
 

@@ -95,7 +95,10 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<RenderParams> {
     let obj = v.as_object_mut().context("parameters are an object")?;
     for (key, val) in pairs {
         let key = key.as_str();
-        if !obj.contains_key(key) || matches!(key, "content_layers" | "style_layers" | "style_blend" | "scales") {
+        // Keys left out of the serialised parameters at their defaults are
+        // still parameters.
+        let known = obj.contains_key(key) || matches!(key, "preserve_colors" | "bit_depth");
+        if !known || matches!(key, "content_layers" | "style_layers" | "style_blend" | "scales") {
             bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set");
         }
         let parsed = serde_json::from_str(val.trim()).unwrap_or_else(|_| serde_json::Value::String(val.trim().to_string()));
