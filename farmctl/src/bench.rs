@@ -121,10 +121,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.threads
         );
         println!(
-            "{:>9} {:>8} {:>9} {:>8} {:>10} {:>10} {:>9} {:>10}",
-            "size", "s/iter", "forward s", "loss s", "backward s", "GFLOP/iter", "GFLOP/s", "peak MiB"
+            "{:>9} {:>8} {:>9} {:>8} {:>10} {:>10} {:>9} {:>10} {:>10} {:>7}",
+            "size", "s/iter", "forward s", "loss s", "backward s", "GFLOP/iter", "GFLOP/s", "peak MiB", "model MiB", "model/peak"
         );
     }
+    // The memory model a render is refused and placed by, against the
+    // peak measured here (CPU only: a GPU's memory is not this process's RSS).
+    let mut off = Vec::new();
     for s in &args.sizes {
         let (w, h) = size::parse_size(s)?;
         reset_peak_rss();
@@ -150,16 +153,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (step, forward, loss, backward) = (median(steps), median(forward), median(loss), median(backward));
         let gflop = renderer.step_flops(h as usize, w as usize) / 1e9;
         let peak = peak_rss_mib().context("cannot read peak memory from /proc/self/status")?;
+        let model = params.estimated_peak_bytes(w, h) as f64 / (1u64 << 20) as f64;
+        let ratio = model / peak;
+        if device.is_cpu() && !(0.9..=1.1).contains(&ratio) {
+            off.push(format!("{s} ({ratio:.2})"));
+        }
         if args.json {
             let row = serde_json::json!({
                 "engine": engine, "device": args.device, "size": s, "threads": args.threads, "seconds_per_iter": step,
                 "forward_seconds": forward, "loss_seconds": loss, "backward_seconds": backward,
                 "gflop_per_iter": gflop, "gflops": gflop / step, "peak_rss_mib": peak,
+                "model_peak_mib": model, "model_over_peak": ratio,
             });
             println!("{row}");
         } else {
             println!(
-                "{:>9} {:>8.3} {:>9.3} {:>8.3} {:>10.3} {:>10.1} {:>9.1} {:>10.0}",
+                "{:>9} {:>8.3} {:>9.3} {:>8.3} {:>10.3} {:>10.1} {:>9.1} {:>10.0} {:>10.0} {:>7.2}",
                 s,
                 step,
                 forward,
@@ -167,8 +176,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 backward,
                 gflop,
                 gflop / step,
-                peak
+                peak,
+                model,
+                ratio
             );
+        }
+    }
+    if !args.json && device.is_cpu() {
+        if off.is_empty() {
+            println!("memory model: within 10% of the measured peak at every size");
+        } else {
+            println!("memory model: off by more than 10% at {}", off.join(", "));
         }
     }
     Ok(())

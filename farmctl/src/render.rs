@@ -77,6 +77,15 @@ pub struct RenderArgs {
     /// Skip the loss plot, TensorBoard events and graph beside the output.
     #[arg(long)]
     pub no_extras: bool,
+    /// Memory the render may use (e.g. 8G, 512M); a render the model says
+    /// needs more is refused before it starts [default: the memory the
+    /// machine has available].
+    #[arg(long, value_parser = |s: &str| stylefarm_shared::budget::parse_bytes(s))]
+    pub max_memory: Option<u64>,
+    /// Print the render's size and the memory it needs, and whether that
+    /// fits, then exit without rendering.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `out.png` → `out{suffix}`, beside it.
@@ -201,6 +210,37 @@ impl Hooks for LocalHooks<'_> {
     }
 }
 
+/// The memory model against the budget: `--dry-run` prints both; a render
+/// that would not fit is refused with the numbers and the largest size
+/// that fits.
+fn check_memory(params: &stylefarm_engine::RenderParams, (w, h): (u32, u32), max_memory: Option<u64>, dry_run: bool) -> Result<()> {
+    use stylefarm_shared::budget::{available_memory, human, largest_fitting_side};
+    let need = params.estimated_peak_bytes(w, h);
+    let (budget, whence) = match (max_memory, available_memory()) {
+        (Some(b), _) => (Some(b), "--max-memory"),
+        (None, Some(b)) => (Some(b), "available now"),
+        (None, None) => (None, "unknown"),
+    };
+    let fits = budget.is_none_or(|b| need <= b);
+    if dry_run {
+        let deepest = params.content_layers.iter().chain(&params.style_layers).map(|l| l.layer.as_str()).max().unwrap_or("none");
+        println!("render {w}x{h}, {:?}, layers to {deepest} on cpu", params.optimizer);
+        println!("peak memory (model): {} ({need} bytes)", human(need));
+        match budget {
+            Some(b) => println!("budget ({whence}): {} — {}", human(b), if fits { "fits" } else { "does not fit" }),
+            None => println!("budget: unknown (give --max-memory)"),
+        }
+    }
+    if let (false, Some(b)) = (fits, budget) {
+        let instead = match largest_fitting_side(params, (w, h), b) {
+            Some(side) => format!("render it at --max-side {side} or smaller"),
+            None => "not even a 16 px render fits it".to_string(),
+        };
+        bail!("{w}x{h} needs about {} and the budget ({whence}) is {}: {instead}, or give more memory (--max-memory)", human(need), human(b));
+    }
+    Ok(())
+}
+
 pub fn run(args: RenderArgs) -> Result<()> {
     // 1. Parameters and output locations, all checked before any work.
     let params = args.params.to_params()?;
@@ -239,6 +279,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
         Some(s) => size::parse_size(s)?,
         None => size::fit_max_side(sources.content.dimensions(), args.max_side)?,
     };
+    check_memory(&params, (w, h), args.max_memory, args.dry_run)?;
+    if args.dry_run {
+        return Ok(());
+    }
     let (w, h) = (w as usize, h as usize);
     let device = Device::Cpu;
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &device)?;

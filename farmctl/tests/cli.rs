@@ -114,6 +114,27 @@ fn nonsense_parameters_are_refused_by_name() {
 }
 
 #[test]
+fn a_render_too_large_for_its_memory_is_refused_before_it_starts_and_a_dry_run_says_so() {
+    render_fails(&["--size", "4000x3000", "--max-memory", "2G"], "needs about");
+    render_fails(&["--size", "4000x3000", "--max-memory", "2G"], "--max-side");
+    render_fails(&["--max-memory", "lots"], "not an amount of memory");
+    // A dry run loads no weights and writes nothing: it prints the model.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))
+        .args(["render", "--dry-run", "--size", "333x250", "--max-memory", "8G", "-o"])
+        .arg(&out)
+        .args(["--content", &repo("tests/fixtures/content.png"), "--style", &repo("tests/fixtures/style.png")])
+        .env("STYLEFARM_WEIGHTS", dir.path().join("none.safetensors"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("render 333x250") && stdout.contains("peak memory (model)") && stdout.contains("fits"), "{stdout}");
+    assert!(!out.exists(), "a dry run renders nothing");
+}
+
+#[test]
 fn unwritable_outputs_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let nowhere = dir.path().join("no/such/folder/out.png").to_string_lossy().into_owned();

@@ -5,6 +5,7 @@
 //! reaches the coordinator (and retries), logs, metrics and shutdown.
 
 pub mod backoff;
+pub mod budget;
 pub mod checkpoints;
 pub mod client;
 pub mod device;
