@@ -271,7 +271,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         content: image_io::load_rgb(&args.content, limits)?,
         styles: args.style.iter().map(|p| image_io::load_rgb(p, limits)).collect::<Result<_, _>>()?,
         init: match init {
-            Init::Image => Some(image_io::load_rgb(Path::new(args.params.init.as_deref().unwrap_or_default()), limits)?),
+            Init::Image => Some(image_io::load_rgb16(Path::new(args.params.init.as_deref().unwrap_or_default()), limits)?),
             _ => None,
         },
     };

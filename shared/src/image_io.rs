@@ -43,16 +43,29 @@ pub enum ImageError {
 /// keeps a stray multi-gigabyte file from being read into memory.
 const MAX_FILE_BYTES: u64 = 512 << 20;
 
+/// RGB at 16 bits a channel.
+pub type Rgb16Image = image::ImageBuffer<image::Rgb<u16>, Vec<u16>>;
+
+/// [`load_rgb`] at 16 bits a channel: an 8-bit file's values `b` become
+/// exactly `257·b`; a 16-bit file keeps every bit.
+pub fn load_rgb16(path: &Path, limits: ImageLimits) -> Result<Rgb16Image, ImageError> {
+    Ok(decode(&read_image_file(path)?, &path.to_string_lossy(), limits)?.to_rgb16())
+}
+
 /// Reads and decodes an image file to 8-bit RGB, checking its header
 /// against `limits` before decoding (see [`decode_rgb`]).
 pub fn load_rgb(path: &Path, limits: ImageLimits) -> Result<RgbImage, ImageError> {
+    decode_rgb(&read_image_file(path)?, &path.to_string_lossy(), limits)
+}
+
+/// An image file's bytes, refusing one over [`MAX_FILE_BYTES`] unread.
+fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     let unreadable = |source| ImageError::Unreadable { path: path.to_path_buf(), source };
     let size = std::fs::metadata(path).map_err(unreadable)?.len();
     if size > MAX_FILE_BYTES {
         return Err(ImageError::Corrupt { path: path.to_path_buf(), reason: format!("the file is {} MB; image files over 512 MB are refused", size >> 20) });
     }
-    let bytes = std::fs::read(path).map_err(unreadable)?;
-    decode_rgb(&bytes, &path.to_string_lossy(), limits)
+    std::fs::read(path).map_err(unreadable)
 }
 
 /// Decodes an image held in memory after checking its header against
@@ -62,6 +75,11 @@ pub fn load_rgb(path: &Path, limits: ImageLimits) -> Result<RgbImage, ImageError
 /// never the name: a text file called photo.jpg is "not an image".
 /// `name` is used in messages.
 pub fn decode_rgb(bytes: &[u8], name: &str, limits: ImageLimits) -> Result<RgbImage, ImageError> {
+    Ok(decode(bytes, name, limits)?.to_rgb8())
+}
+
+/// [`decode_rgb`] before the conversion to 8-bit RGB.
+fn decode(bytes: &[u8], name: &str, limits: ImageLimits) -> Result<image::DynamicImage, ImageError> {
     let path = PathBuf::from(name);
     let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat { path: path.clone() })?;
     let corrupt = |e: image::ImageError| ImageError::Corrupt { path: path.clone(), reason: e.to_string() };
@@ -86,7 +104,7 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: ImageLimits) -> Result<RgbIm
     decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_pixels * 4 * 2);
     r.limits(decoder_limits);
-    Ok(r.decode().map_err(corrupt)?.to_rgb8())
+    r.decode().map_err(corrupt)
 }
 
 /// The JPEG decoder fills a truncated scan with grey instead of failing, so
@@ -179,6 +197,17 @@ mod tests {
         let mut out = std::io::Cursor::new(Vec::new());
         RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30])).write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
+    }
+
+    #[test]
+    fn sixteen_bit_pngs_round_trip_and_eight_bit_ones_read_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        // Values that no 8-bit value gives (not multiples of 257).
+        let values: Vec<u16> = (0..5 * 3 * 3u32).map(|i| (i * 1409 + 7) as u16).collect();
+        let sixteen = write(dir.path(), "deep.png", &encode_png16(&values, 5, 3, "deep.png").unwrap());
+        assert_eq!(load_rgb16(&sixteen, ImageLimits::default()).unwrap().into_raw(), values);
+        let eight = write(dir.path(), "flat.png", &png_bytes(2, 2));
+        assert!(load_rgb16(&eight, ImageLimits::default()).unwrap().into_raw().chunks(3).all(|p| p == [10 * 257, 20 * 257, 30 * 257]));
     }
 
     /// A valid PNG whose IHDR claims `w`×`h` (CRC fixed up) but holds 4×4 data.

@@ -15,8 +15,10 @@ pub struct Sources {
     pub content: RgbImage,
     /// Every style, each resized to the render size (the assignment's rule).
     pub styles: Vec<RgbImage>,
-    /// The start image of `--init PATH`, if any.
-    pub init: Option<RgbImage>,
+    /// The start image of `--init PATH`, if any, at 16 bits a channel (an
+    /// 8-bit file read exactly; a 16-bit one — a `--bit-depth 16` render —
+    /// without rounding).
+    pub init: Option<image_io::Rgb16Image>,
 }
 
 /// An 8-bit image resized to `w`×`h` as a `[1, 3, h, w]` tensor in the
@@ -37,6 +39,12 @@ impl Sources {
 
     /// The init image at `w`×`h`, if there is one.
     pub fn init_at(&self, w: usize, h: usize, device: &Device) -> Result<Option<Tensor>> {
-        self.init.as_ref().map(|i| tensor_at(i, w, h, device)).transpose()
+        let Some(init) = &self.init else { return Ok(None) };
+        let resized = if init.dimensions() == (w as u32, h as u32) {
+            init.clone()
+        } else {
+            image::imageops::resize(init, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
+        };
+        pixels::to_tensor16(resized.as_raw(), w, h, DType::F32, device).map(Some)
     }
 }
