@@ -83,10 +83,10 @@ impl Identity {
         if self.init != now.init {
             return Some("the init image differs".into());
         }
-        // Neither the iterations (a render may be extended) nor the PNGs'
-        // bit depth (output only) make it another render.
-        let a = serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, ..self.params.clone() }).ok()?;
-        let b = serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, ..now.params.clone() }).ok()?;
+        // Neither the iterations (a render may be extended), the PNGs' bit
+        // depth (output only) nor the tiling (exact) make it another render.
+        let a = serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, tile: None, ..self.params.clone() }).ok()?;
+        let b = serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, tile: None, ..now.params.clone() }).ok()?;
         let (a, b) = (a.as_object()?, b.as_object()?);
         let mut keys: Vec<&String> = a.keys().collect();
         keys.sort();

@@ -28,6 +28,9 @@
 //! - [`preserve`]: colour preservation (luminance-only transfer, or the
 //!   styles recoloured to the content's statistics);
 //! - [`quality`]: "as good as the recipe", the measure fast paths are held to;
+//! - [`tiled`]: the same losses and gradient computed tile by tile, for
+//!   images larger than memory (exact: every Gram matrix is a sum over
+//!   positions);
 //! - [`render`]: one size's targets computed once, and the pure step function;
 //! - [`checkpoint`]: a render's state as one self-checking file;
 //! - [`graph`]: the model's graph as Graphviz DOT;
@@ -49,6 +52,7 @@ pub mod preserve;
 pub mod quality;
 pub mod render;
 pub mod session;
+pub mod tiled;
 pub mod vgg;
 pub mod weights;
 mod winograd;

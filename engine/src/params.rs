@@ -130,7 +130,17 @@ pub struct RenderParams {
     /// (a checkpoint resumes under either).
     #[serde(skip_serializing_if = "is_eight")]
     pub bit_depth: u8,
+    /// Evaluate the losses tile by tile, tiles of this many pixels a side
+    /// (rounded up to the deepest layer's pooling stride): the same
+    /// losses and gradient as untiled, in the memory of one tile and its
+    /// halo. It does not change the render (a checkpoint resumes under any
+    /// tiling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tile: Option<usize>,
 }
+
+/// The largest tile side (a render's side is at most 8192 pixels).
+pub const MAX_TILE: usize = 8192;
 
 fn is_eight(bits: &u8) -> bool {
     *bits == 8
@@ -163,6 +173,7 @@ impl Default for RenderParams {
             coarse_iters: None,
             preserve_colors: None,
             bit_depth: 8,
+            tile: None,
         }
     }
 }
@@ -261,6 +272,9 @@ impl RenderParams {
         }
         if self.coarse_iters.is_some_and(|n| n > MAX_ITERATIONS) {
             return Err(invalid("coarse_iters", format!("{:?} is more than the limit of {MAX_ITERATIONS}", self.coarse_iters)));
+        }
+        if self.tile.is_some_and(|t| !(16..=crate::params::MAX_TILE).contains(&t)) {
+            return Err(invalid("tile", format!("{:?} pixels: a tile is 16 to {MAX_TILE} pixels a side", self.tile)));
         }
         if !matches!(self.bit_depth, 8 | 16) {
             return Err(invalid("bit_depth", format!("{} bits: a PNG here has 8 or 16 bits per channel", self.bit_depth)));

@@ -18,6 +18,7 @@ use crate::lbfgs::{Lbfgs, LbfgsState, Objective};
 use crate::loss::{evaluate_terms, ContentLoss, Losses, PartWeights, Reads, StyleLoss, TotalVariation, Weighted, Part};
 use crate::optim::{Adam, AdamState};
 use crate::params::{Init, Optimizer, RenderParams};
+use crate::tiled::Tiled;
 use crate::vgg::Vgg19;
 
 /// Seconds spent in each phase of one gradient evaluation.
@@ -73,6 +74,9 @@ pub struct Renderer {
     lbfgs: Lbfgs,
     /// The (blended) styles' colour statistics, for [`Init::Recolored`].
     style_colors: Option<ColorStats>,
+    /// With `params.tile`: the losses evaluated tile by tile (the terms
+    /// above are then empty).
+    tiled: Option<Tiled>,
 }
 
 impl Renderer {
@@ -92,6 +96,19 @@ impl Renderer {
         }
 
         let mut terms = Vec::new();
+        let blend = params.normalised_blend(styles.len());
+        let style_colors = match params.init {
+            Init::Recolored => {
+                let parts = styles.iter().map(ColorStats::of).collect::<Result<Vec<_>>>()?;
+                Some(ColorStats::mixture(&parts, &blend))
+            }
+            _ => None,
+        };
+        let (adam, lbfgs) = (Adam::new(params.lr), Lbfgs::new(params.lbfgs_history, params.lr));
+        if let Some(tile) = params.tile {
+            let tiled = Some(Tiled::new(vgg.clone(), &params, content, styles, tile)?);
+            return Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled });
+        }
         let content_acts = vgg.forward(content, depth)?;
         for lw in &content_layers {
             let conv = conv_index(&lw.layer)?;
@@ -99,7 +116,6 @@ impl Renderer {
             terms.push(Weighted { part: Part::Content, reads: Reads::Layer(conv), weight: lw.weight, term });
         }
         let style_acts = styles.iter().map(|s| vgg.forward(s, depth)).collect::<Result<Vec<_>>>()?;
-        let blend = params.normalised_blend(styles.len());
         for lw in &style_layers {
             let conv = conv_index(&lw.layer)?;
             let features: Vec<Tensor> = style_acts.iter().map(|a| a.features[conv].clone()).collect();
@@ -109,16 +125,7 @@ impl Renderer {
         if params.tv_weight > 0.0 {
             terms.push(Weighted { part: Part::Tv, reads: Reads::Image, weight: 1.0, term: Box::new(TotalVariation) });
         }
-        let style_colors = match params.init {
-            Init::Recolored => {
-                let parts = styles.iter().map(ColorStats::of).collect::<Result<Vec<_>>>()?;
-                Some(ColorStats::mixture(&parts, &blend))
-            }
-            _ => None,
-        };
-        let adam = Adam::new(params.lr);
-        let lbfgs = Lbfgs::new(params.lbfgs_history, params.lr);
-        Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors })
+        Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled: None })
     }
 
     pub fn params(&self) -> &RenderParams {
@@ -176,6 +183,12 @@ impl Renderer {
     fn losses(&self, image: &Tensor, with_grad: bool, times: &mut PhaseTimes) -> Result<(Losses, Option<Tensor>)> {
         let p = &self.params;
         let clock = Instant::now();
+        if let Some(tiled) = &self.tiled {
+            // Forward, loss and backward interleave tile by tile: one time.
+            let out = tiled.losses(image, with_grad)?;
+            times.forward = clock.elapsed().as_secs_f64();
+            return Ok(out);
+        }
         let acts = self.vgg.forward(image, self.depth)?;
         times.forward = clock.elapsed().as_secs_f64();
 
