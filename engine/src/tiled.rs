@@ -368,7 +368,7 @@ mod tests {
         }
         for t in &s {
             assert_eq!(t.crop_start % 16, 0);
-            assert!(t.crop_start + reach.before >= t.start || t.crop_start == 0);
+            assert!(t.crop_start + reach.before <= t.start || t.crop_start == 0, "the crop reaches {} px before the tile", reach.before);
             assert!(t.crop_end == 333 || t.crop_end == t.end + reach.after);
         }
     }
