@@ -432,8 +432,12 @@ impl Farm for FarmService {
                 for (c, &size) in contents.iter().zip(&sizes) {
                     let bytes = need(params, size);
                     if bytes > largest {
+                        let tiled = match (params.tile, params.largest_fitting_tile(size.0, size.1, largest)) {
+                            (None, Some(tile)) => format!(", or tile it (\"tile\": {tile} fits)"),
+                            _ => String::new(),
+                        };
                         return Err(Status::failed_precondition(format!(
-                            "{} at {}x{} (variant {vi}) needs about {:.1} GiB and the largest registered device has {:.1} GiB; render it smaller",
+                            "{} at {}x{} (variant {vi}) needs about {:.1} GiB and the largest registered device has {:.1} GiB; render it smaller{tiled}",
                             c.name,
                             size.0,
                             size.1,

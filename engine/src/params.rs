@@ -351,13 +351,8 @@ impl RenderParams {
     pub fn estimated_peak_bytes(&self, width: u32, height: u32) -> u64 {
         const FIXED: f64 = 512.0 * 1024.0 * 1024.0;
         const PER_FEATURE: f64 = 4.0 * 2.2;
-        let deepest = self
-            .content_layers
-            .iter()
-            .chain(&self.style_layers)
-            .filter_map(|l| conv_index(&l.layer).ok())
-            .max()
-            .unwrap_or(0);
+        let layers = || self.content_layers.iter().chain(&self.style_layers).filter_map(|l| conv_index(&l.layer).ok());
+        let deepest = layers().max().unwrap_or(0);
         // Feature values per input pixel: each layer's channels over the
         // 4^(block-1) by which pooling has shrunk its map.
         let per_pixel: f64 = crate::arch::VGG19[..=deepest].iter().map(|l| l.out_channels as f64 / 4f64.powi(l.block as i32 - 1)).sum();
@@ -366,7 +361,32 @@ impl RenderParams {
             Optimizer::Lbfgs => 2.0 * self.lbfgs_history as f64 * 3.0 * 4.0,
             Optimizer::Adam => 3.0 * 3.0 * 4.0,
         };
-        (FIXED + pixels * (per_pixel * PER_FEATURE + history)) as u64
+        let Some(tile) = self.tile else {
+            return (FIXED + pixels * (per_pixel * PER_FEATURE + history)) as u64;
+        };
+        // Tiled: the feature maps of one crop (the tile and its halo), and
+        // at full size the image-sized buffers (image, gradient, a tile's
+        // padded gradient, the optimizer's history) and the content
+        // target's features.
+        let reach = crate::tiled::Reach::of(deepest + 1);
+        let tile = tile.div_ceil(reach.align) * reach.align;
+        let crop = |side: u32| ((tile + reach.before + reach.after + reach.align) as f64).min(side as f64);
+        let content: f64 = self
+            .content_layers
+            .iter()
+            .filter_map(|l| conv_index(&l.layer).ok())
+            .map(|i| crate::arch::VGG19[i].out_channels as f64 / 4f64.powi(crate::arch::VGG19[i].block as i32 - 1) * 4.0)
+            .sum();
+        (FIXED + crop(width) * crop(height) * per_pixel * PER_FEATURE + pixels * (history + content + 3.0 * 3.0 * 4.0)) as u64
+    }
+
+    /// The largest tile side (a multiple of 16) whose render at
+    /// `width`×`height` fits `budget` bytes by [`Self::estimated_peak_bytes`];
+    /// `None` when not even 16 does.
+    pub fn largest_fitting_tile(&self, width: u32, height: u32, budget: u64) -> Option<usize> {
+        let fits = |t: usize| RenderParams { tile: Some(t), ..self.clone() }.estimated_peak_bytes(width, height) <= budget;
+        let largest = (width.max(height) as usize).div_ceil(16) * 16;
+        (1..=largest / 16).rev().map(|k| 16 * k).find(|&t| fits(t))
     }
 
     /// Iterations of each coarse stage.
@@ -454,6 +474,14 @@ mod tests {
             assert!((mib(w, h) - measured).abs() < 0.10 * measured, "{w}x{h}: model {} MiB, measured {measured}", mib(w, h));
         }
         assert!(mib(8192, 8192) > 100_000.0, "an 8K square needs far more than any device has");
+        // Tiled, the feature maps are one crop's: 4K in a few GiB.
+        let tiled = RenderParams { tile: Some(512), ..p.clone() };
+        assert!(tiled.estimated_peak_bytes(3840, 2160) < 8 << 30 && p.estimated_peak_bytes(3840, 2160) > 16 << 30);
+        assert!(tiled.estimated_peak_bytes(800, 600) <= p.estimated_peak_bytes(800, 600) + (64 << 20), "a tile larger than the image costs about what untiled does");
+        let t = p.largest_fitting_tile(3840, 2160, 8 << 30).unwrap();
+        assert_eq!(t % 16, 0);
+        assert!(RenderParams { tile: Some(t), ..p.clone() }.estimated_peak_bytes(3840, 2160) <= 8 << 30);
+        assert!(RenderParams { tile: Some(t + 16), ..p.clone() }.estimated_peak_bytes(3840, 2160) > 8 << 30);
     }
 
     #[test]

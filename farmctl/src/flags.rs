@@ -82,6 +82,12 @@ pub struct ParamFlags {
     /// `histogram` (the paintings recoloured to the photo's colours first).
     #[arg(long, value_enum)]
     pub preserve_colors: Option<PreserveColorsArg>,
+    /// Evaluate the losses in tiles of N pixels a side (rounded up to 16):
+    /// the same render in the memory of one tile and its halo. Without it,
+    /// `render` tiles on its own when the untiled render would not fit
+    /// --max-memory.
+    #[arg(long)]
+    pub tile: Option<usize>,
     /// Bits per channel of the output PNG: 8, or 16 to keep what rounding
     /// to 8 bits would lose (snapshots stay 8-bit).
     #[arg(long, default_value_t = 8, value_parser = parse_bit_depth)]
@@ -128,6 +134,7 @@ impl ParamFlags {
             coarse_iters: self.coarse_iters.or(if self.scales.is_none() { preset.coarse_iters } else { None }),
             preserve_colors: self.preserve_colors.map(Into::into),
             bit_depth: self.bit_depth,
+            tile: self.tile,
         })
     }
 }

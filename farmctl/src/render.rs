@@ -210,35 +210,50 @@ impl Hooks for LocalHooks<'_> {
     }
 }
 
-/// The memory model against the budget: `--dry-run` prints both; a render
-/// that would not fit is refused with the numbers and the largest size
-/// that fits.
-fn check_memory(params: &stylefarm_engine::RenderParams, (w, h): (u32, u32), max_memory: Option<u64>, dry_run: bool) -> Result<()> {
+/// The memory model against the budget: `--dry-run` prints both. A render
+/// that would not fit is tiled when tiling makes it fit (and `--tile` was
+/// not given), else refused with the numbers and the largest size that
+/// fits. Returns the parameters to render with.
+fn check_memory(params: stylefarm_engine::RenderParams, (w, h): (u32, u32), max_memory: Option<u64>, dry_run: bool) -> Result<stylefarm_engine::RenderParams> {
     use stylefarm_shared::budget::{available_memory, human, largest_fitting_side};
-    let need = params.estimated_peak_bytes(w, h);
     let (budget, whence) = match (max_memory, available_memory()) {
         (Some(b), _) => (Some(b), "--max-memory"),
         (None, Some(b)) => (Some(b), "available now"),
         (None, None) => (None, "unknown"),
     };
+    let untiled = params.estimated_peak_bytes(w, h);
+    let mut params = params;
+    let mut note = String::new();
+    if let (None, Some(b)) = (params.tile, budget) {
+        if untiled > b {
+            if let Some(tile) = params.largest_fitting_tile(w, h, b) {
+                params.tile = Some(tile);
+                note = format!(" (untiled it would need {}: tiled automatically)", human(untiled));
+            }
+        }
+    }
+    let need = params.estimated_peak_bytes(w, h);
     let fits = budget.is_none_or(|b| need <= b);
     if dry_run {
         let deepest = params.content_layers.iter().chain(&params.style_layers).map(|l| l.layer.as_str()).max().unwrap_or("none");
-        println!("render {w}x{h}, {:?}, layers to {deepest} on cpu", params.optimizer);
-        println!("peak memory (model): {} ({need} bytes)", human(need));
+        let tiling = params.tile.map_or("untiled".to_string(), |t| format!("tiles of {t} px"));
+        println!("render {w}x{h}, {:?}, layers to {deepest} on cpu, {tiling}", params.optimizer);
+        println!("peak memory (model): {} ({need} bytes){note}", human(need));
         match budget {
             Some(b) => println!("budget ({whence}): {} — {}", human(b), if fits { "fits" } else { "does not fit" }),
             None => println!("budget: unknown (give --max-memory)"),
         }
+    } else if !note.is_empty() {
+        eprintln!("{w}x{h} in tiles of {} px: {} of memory{note}", params.tile.unwrap_or_default(), human(need));
     }
     if let (false, Some(b)) = (fits, budget) {
-        let instead = match largest_fitting_side(params, (w, h), b) {
+        let instead = match largest_fitting_side(&params, (w, h), b) {
             Some(side) => format!("render it at --max-side {side} or smaller"),
             None => "not even a 16 px render fits it".to_string(),
         };
         bail!("{w}x{h} needs about {} and the budget ({whence}) is {}: {instead}, or give more memory (--max-memory)", human(need), human(b));
     }
-    Ok(())
+    Ok(params)
 }
 
 pub fn run(args: RenderArgs) -> Result<()> {
@@ -279,7 +294,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         Some(s) => size::parse_size(s)?,
         None => size::fit_max_side(sources.content.dimensions(), args.max_side)?,
     };
-    check_memory(&params, (w, h), args.max_memory, args.dry_run)?;
+    let params = check_memory(params, (w, h), args.max_memory, args.dry_run)?;
     if args.dry_run {
         return Ok(());
     }

@@ -115,8 +115,9 @@ fn nonsense_parameters_are_refused_by_name() {
 
 #[test]
 fn a_render_too_large_for_its_memory_is_refused_before_it_starts_and_a_dry_run_says_so() {
-    render_fails(&["--size", "4000x3000", "--max-memory", "2G"], "needs about");
-    render_fails(&["--size", "4000x3000", "--max-memory", "2G"], "--max-side");
+    // 1 GiB holds not even 4000x3000's image-sized buffers: refused, tiled or not.
+    render_fails(&["--size", "4000x3000", "--max-memory", "1G"], "needs about");
+    render_fails(&["--size", "4000x3000", "--max-memory", "1G"], "--max-side");
     render_fails(&["--max-memory", "lots"], "not an amount of memory");
     // A dry run loads no weights and writes nothing: it prints the model.
     let dir = tempfile::tempdir().unwrap();
@@ -132,6 +133,19 @@ fn a_render_too_large_for_its_memory_is_refused_before_it_starts_and_a_dry_run_s
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("render 333x250") && stdout.contains("peak memory (model)") && stdout.contains("fits"), "{stdout}");
     assert!(!out.exists(), "a dry run renders nothing");
+
+    // 4K in 8 GiB: too large untiled, so it is tiled on its own.
+    let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))
+        .args(["render", "--dry-run", "--size", "3840x2160", "--max-memory", "8G", "-o"])
+        .arg(&out)
+        .args(["--content", &repo("tests/fixtures/content.png"), "--style", &repo("tests/fixtures/style.png")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("tiles of") && stdout.contains("tiled automatically") && stdout.contains("fits"), "{stdout}");
+    // Given a tile that cannot fit, it says so instead.
+    render_fails(&["--size", "3840x2160", "--max-memory", "1G", "--tile", "2048"], "needs about");
 }
 
 #[test]

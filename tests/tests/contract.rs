@@ -226,7 +226,12 @@ fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
         let worker = register(&mut w, "small", 8 << 30).await;
         let huge = pb::SubmitRequest { width: 8192, height: 8192, ..with("{}") };
         let e = f.submit(huge).await.unwrap_err();
-        assert!(e.code() == Code::FailedPrecondition && e.message().contains("GiB"), "{e:?}");
+        assert!(e.code() == Code::FailedPrecondition && e.message().contains("GiB") && e.message().contains("\"tile\""), "{e:?}");
+        // Tiled, the same size fits that device.
+        let tile = e.message().split("\"tile\": ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap().to_string();
+        let tiled = pb::SubmitRequest { width: 8192, height: 8192, ..with(&format!(r#"{{"tile": {tile}, "iters": 1}}"#)) };
+        let accepted = f.submit(tiled).await.expect("tiled, it fits the registered device").into_inner();
+        f.cancel(pb::CollectionRef { collection_id: accepted.collection_id }).await.unwrap();
         let spec = lease(&mut w, &worker).await.job.expect("the small job");
         assert!(spec.params_json.contains(r#""iters":3"#), "the worker gets the same schema: {}", spec.params_json);
         // The preset arrives expanded: its values, under the keys given.

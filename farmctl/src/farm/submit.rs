@@ -97,7 +97,7 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<RenderParams> {
         let key = key.as_str();
         // Keys left out of the serialised parameters at their defaults are
         // still parameters.
-        let known = obj.contains_key(key) || matches!(key, "preserve_colors" | "bit_depth");
+        let known = obj.contains_key(key) || matches!(key, "preserve_colors" | "bit_depth" | "tile");
         if !known || matches!(key, "content_layers" | "style_layers" | "style_blend" | "scales") {
             bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set");
         }
