@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// GPU.
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
+    /// Evaluate in tiles of N pixels a side (exact tiled evaluation), to
+    /// time tiling against the untiled render.
+    #[arg(long)]
+    tile: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -110,15 +114,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &device)?;
-    let params = RenderParams::default();
+    let params = RenderParams { tile: args.tile, ..RenderParams::default() };
     let vgg = Arc::new(Vgg19::new(&weights, params.pooling, args.precision.dtype())?);
     let engine = format!("stylefarm-{}", args.precision.name());
     if !args.json {
         println!(
-            "farmctl bench: {} on {}, {} threads, VGG-19 to conv5_1, Adam step = forward + image gradient",
+            "farmctl bench: {} on {}, {} threads, VGG-19 to conv5_1, Adam step = forward + image gradient{}",
             args.precision.name(),
             args.device,
-            args.threads
+            args.threads,
+            args.tile.map_or(String::new(), |t| format!(", tiles of {t} px"))
         );
         println!(
             "{:>9} {:>8} {:>9} {:>8} {:>10} {:>10} {:>9} {:>10} {:>10} {:>7}",
