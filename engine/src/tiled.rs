@@ -7,9 +7,10 @@
 //! pass 1, per tile:  forward(tile + halo) → each loss layer's features at
 //!                    the tile's own positions → Σ (F − P)², G += FᵀF
 //! between:           the losses, from the whole image's Gram matrices
-//! pass 2, per tile:  forward(tile + halo) again → ∂L/∂F at the tile's own
-//!                    positions (zero elsewhere), with the global G − A →
-//!                    backward to the tile + halo → added into ∂L/∂image
+//! pass 2, per tile,  forward(tile + halo) again (pass 1's last tile keeps
+//! in reverse:        its activations) → ∂L/∂F at the tile's own positions
+//!                    (zero elsewhere), with the global G − A → backward to
+//!                    the tile + halo → added into ∂L/∂image
 //! ```
 //!
 //! A tile owns a rectangle of positions at every layer; it is computed on
@@ -257,7 +258,10 @@ impl Tiled {
         // Pass 1: Σ(F − P)² per content layer, G per style layer.
         let mut content_sums = vec![0f64; self.content.len()];
         let mut grams: Vec<Option<Tensor>> = vec![None; self.style.len()];
-        for tile in &tiles {
+        // The last tile's activations are kept: pass 2 runs the tiles in
+        // reverse and starts with it, one forward pass fewer.
+        let mut kept = None;
+        for (i, tile) in tiles.iter().enumerate() {
             let acts = self.vgg.forward(&Self::crop(image, tile)?, self.depth)?;
             for (sum, t) in content_sums.iter_mut().zip(&self.content) {
                 let diff = (Self::own(&acts.features[t.conv], t.conv, tile)? - Self::own_full(&t.features, t.conv, tile)?)?;
@@ -269,6 +273,9 @@ impl Tiled {
                     Some(acc) => (acc + g)?,
                     None => g,
                 });
+            }
+            if with_grad && i + 1 == tiles.len() {
+                kept = Some(acts);
             }
         }
         let mut losses = Losses::default();
@@ -299,8 +306,11 @@ impl Tiled {
             Some((_, g)) => g.affine(self.tv_weight, 0.0)?,
             None => image.zeros_like()?,
         };
-        for tile in &tiles {
-            let acts = self.vgg.forward(&Self::crop(image, tile)?, self.depth)?;
+        for tile in tiles.iter().rev() {
+            let acts = match kept.take() {
+                Some(acts) => acts,
+                None => self.vgg.forward(&Self::crop(image, tile)?, self.depth)?,
+            };
             let mut at_layer: Vec<Option<Tensor>> = vec![None; self.depth];
             let mut add = |conv: usize, g: Tensor| -> Result<()> {
                 let slot = &mut at_layer[conv];
