@@ -16,9 +16,11 @@
 //! A tile owns a rectangle of positions at every layer; it is computed on
 //! a crop of the image reaching [`Reach`] pixels past it, exactly as far as
 //! the receptive field of the deepest layer reaches, so every feature it
-//! owns equals the whole image's. Tile borders and crop starts lie on
-//! multiples of the deepest layer's pooling stride, so a pooling window
-//! never straddles one; where a crop meets the image's border it keeps the
+//! owns equals the whole image's. Tile borders lie on multiples of the
+//! deepest layer's pooling stride, so a pooling window never straddles
+//! one, and crop starts on multiples of that times the convolution's
+//! Winograd tile, so the owned features are computed bit for bit as the
+//! whole image's are; where a crop meets the image's border it keeps the
 //! image's own padding and SAME pooling rule. Total variation reads the
 //! image itself and is computed whole.
 
@@ -75,12 +77,17 @@ pub struct Span {
 }
 
 /// A side of `len` pixels cut into tiles of `tile` (the last one shorter).
+/// Crops start on multiples of the pooling stride times the Winograd
+/// convolution's output tile, so at every layer a crop's convolution tiles
+/// fall where the whole image's do and the features a tile owns are
+/// computed with the same arithmetic, bit for bit.
 pub fn spans(len: usize, tile: usize, reach: Reach) -> Vec<Span> {
+    let grid = reach.align * crate::winograd::TILE;
     let mut out = Vec::new();
     let mut start = 0;
     while start < len {
         let end = (start + tile).min(len);
-        let crop_start = start.saturating_sub(reach.before) / reach.align * reach.align;
+        let crop_start = start.saturating_sub(reach.before) / grid * grid;
         out.push(Span { start, end, crop_start, crop_end: (end + reach.after).min(len) });
         start = end;
     }
@@ -368,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn tiles_cover_the_side_once_and_crops_start_on_the_stride() {
+    fn tiles_cover_the_side_once_and_crops_start_on_the_grid() {
         let reach = Reach::of(13);
         let s = spans(333, 64, reach);
         assert_eq!(s.first().map(|t| t.start), Some(0));
@@ -377,7 +384,7 @@ mod tests {
             assert_eq!(pair[0].end, pair[1].start);
         }
         for t in &s {
-            assert_eq!(t.crop_start % 16, 0);
+            assert_eq!(t.crop_start % 64, 0, "the pooling stride times the Winograd tile");
             assert!(t.crop_start + reach.before <= t.start || t.crop_start == 0, "the crop reaches {} px before the tile", reach.before);
             assert!(t.crop_end == 333 || t.crop_end == t.end + reach.after);
         }
