@@ -24,7 +24,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 /// Output tile side (m) and input patch side (m + 2).
-pub(crate) const TILE: usize = 4;
+const TILE: usize = 4;
 const PATCH: usize = TILE + 2;
 /// Number of Winograd points, and so of GEMMs per chunk.
 const POINTS: usize = PATCH * PATCH;
