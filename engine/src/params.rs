@@ -340,6 +340,18 @@ impl RenderParams {
         })
     }
 
+    /// The layers the losses read — the content layers when α > 0, the
+    /// style layers when β > 0 — and how many convs reach the deepest.
+    pub fn active_layers(&self) -> Result<(Vec<LayerWeight>, Vec<LayerWeight>, usize)> {
+        let content = if self.alpha > 0.0 { self.content_layers.clone() } else { Vec::new() };
+        let style = if self.beta > 0.0 { self.style_layers.clone() } else { Vec::new() };
+        let mut depth = 0;
+        for lw in content.iter().chain(&style) {
+            depth = depth.max(conv_index(&lw.layer)? + 1);
+        }
+        Ok((content, style, depth))
+    }
+
     /// A first-order estimate of a render's peak memory at `width`×`height`
     /// on the CPU engine, in bytes: a fixed part (weights, runtime) plus,
     /// per pixel, the feature maps of every layer up to the deepest one a

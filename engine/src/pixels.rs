@@ -10,15 +10,21 @@ pub const MEAN_BGR: [f64; 3] = [103.939, 116.779, 123.68];
 
 /// `rgb`: `h·w·3` bytes, row-major. Returns `[1, 3, h, w]` (B, G, R planes).
 pub fn to_tensor(rgb: &[u8], w: usize, h: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    planes(rgb, 1.0, w, h, dtype, device)
+}
+
+/// RGB samples (`h·w·3`, row-major), each `units` to a 0..255 step, as
+/// B, G, R planes minus the mean.
+fn planes<T: Copy + Into<f32>>(rgb: &[T], units: f32, w: usize, h: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     if w == 0 || h == 0 || rgb.len() != w * h * 3 {
-        return Err(EngineError::Image(format!("{} bytes do not make a {w}x{h} RGB image", rgb.len())));
+        return Err(EngineError::Image(format!("{} values do not make a {w}x{h} RGB image", rgb.len())));
     }
     let plane = w * h;
     let mut data = vec![0f32; 3 * plane];
     for (i, px) in rgb.chunks_exact(3).enumerate() {
         for c in 0..3 {
             // plane c holds B, G, R for c = 0, 1, 2.
-            data[c * plane + i] = px[2 - c] as f32 - MEAN_BGR[c] as f32;
+            data[c * plane + i] = px[2 - c].into() / units - MEAN_BGR[c] as f32;
         }
     }
     Ok(Tensor::from_vec(data, (1, 3, h, w), device)?.to_dtype(dtype)?)
@@ -60,17 +66,7 @@ pub fn to_rgb16(image: &Tensor) -> Result<(Vec<u16>, usize, usize)> {
 
 /// [`to_tensor`] from 16-bit channels (`v / 257` on the 0..255 scale).
 pub fn to_tensor16(rgb: &[u16], w: usize, h: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    if w == 0 || h == 0 || rgb.len() != w * h * 3 {
-        return Err(EngineError::Image(format!("{} values do not make a {w}x{h} RGB image", rgb.len())));
-    }
-    let plane = w * h;
-    let mut data = vec![0f32; 3 * plane];
-    for (i, px) in rgb.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            data[c * plane + i] = px[2 - c] as f32 / 257.0 - MEAN_BGR[c] as f32;
-        }
-    }
-    Ok(Tensor::from_vec(data, (1, 3, h, w), device)?.to_dtype(dtype)?)
+    planes(rgb, 257.0, w, h, dtype, device)
 }
 
 /// Resamples an image `[1, C, H, W]` to `[1, C, h, w]` bilinearly (pixel

@@ -85,15 +85,8 @@ impl Renderer {
     /// `content`: `[1, 3, H, W]`; `styles`: `[1, 3, H', W']` each (any size).
     pub fn new(vgg: Arc<Vgg19>, params: RenderParams, content: &Tensor, styles: &[Tensor]) -> Result<Self> {
         params.validate(styles.len())?;
-        let content_layers = if params.alpha > 0.0 { params.content_layers.clone() } else { Vec::new() };
-        let style_layers = if params.beta > 0.0 { params.style_layers.clone() } else { Vec::new() };
-        let mut depth = 0;
-        for lw in content_layers.iter().chain(&style_layers) {
-            depth = depth.max(conv_index(&lw.layer)? + 1);
-        }
-        if depth > vgg.depth() {
-            return Err(invalid("layers", format!("the layers asked for need {depth} convs; the weights have {}", vgg.depth())));
-        }
+        let (content_layers, style_layers, depth) = params.active_layers()?;
+        vgg.require_depth(depth)?;
 
         let mut terms = Vec::new();
         let blend = params.normalised_blend(styles.len());

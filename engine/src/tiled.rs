@@ -144,15 +144,8 @@ impl Tiled {
     /// [`Tiled::new`] with another reach than the receptive field's (tests
     /// show a smaller one is not exact).
     pub fn with_reach(vgg: Arc<Vgg19>, params: &RenderParams, content: &Tensor, styles: &[Tensor], tile: usize, reach: Option<Reach>) -> Result<Self> {
-        let content_layers = if params.alpha > 0.0 { params.content_layers.clone() } else { Vec::new() };
-        let style_layers = if params.beta > 0.0 { params.style_layers.clone() } else { Vec::new() };
-        let mut depth = 0;
-        for lw in content_layers.iter().chain(&style_layers) {
-            depth = depth.max(conv_index(&lw.layer)? + 1);
-        }
-        if depth > vgg.depth() {
-            return Err(invalid("layers", format!("the layers asked for need {depth} convs; the weights have {}", vgg.depth())));
-        }
+        let (content_layers, style_layers, depth) = params.active_layers()?;
+        vgg.require_depth(depth)?;
         let reach = reach.unwrap_or(Reach::of(depth));
         if tile == 0 {
             return Err(invalid("tile", "a tile has at least one pixel a side"));

@@ -58,6 +58,14 @@ impl Vgg19 {
         self.convs.len()
     }
 
+    /// Refuses a render whose layers need more convs than the weights have.
+    pub fn require_depth(&self, depth: usize) -> Result<()> {
+        if depth > self.convs.len() {
+            return Err(crate::error::invalid("layers", format!("the layers asked for need {depth} convs; the weights have {}", self.convs.len())));
+        }
+        Ok(())
+    }
+
     /// Runs the first `depth` convs (and the pools between them) on `image`,
     /// `[1, 3, H, W]` in the optimisation space (BGR, 0..255, mean removed).
     pub fn forward(&self, image: &Tensor, depth: usize) -> Result<Activations> {
