@@ -33,17 +33,7 @@ fn planes<T: Copy + Into<f32>>(rgb: &[T], units: f32, w: usize, h: usize, dtype:
 /// The inverse of [`to_tensor`], rounded and clamped to 0..255.
 /// Returns `(rgb, w, h)`.
 pub fn to_rgb(image: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
-    let (_, _, h, w) = image.dims4()?;
-    let planes = image.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let plane = w * h;
-    let mut rgb = vec![0u8; 3 * plane];
-    for i in 0..plane {
-        for c in 0..3 {
-            let v = planes[c * plane + i] + MEAN_BGR[c] as f32;
-            rgb[3 * i + (2 - c)] = v.round().clamp(0.0, 255.0) as u8;
-        }
-    }
-    Ok((rgb, w, h))
+    samples(image, |v| v.round().clamp(0.0, 255.0) as u8)
 }
 
 /// The inverse of [`to_tensor`] at 16 bits a channel: each value `v`
@@ -51,14 +41,19 @@ pub fn to_rgb(image: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
 /// is exactly `257·b` and what lies between two 8-bit values is kept.
 /// Returns `(rgb, w, h)`.
 pub fn to_rgb16(image: &Tensor) -> Result<(Vec<u16>, usize, usize)> {
+    samples(image, |v| (v * 257.0).round().clamp(0.0, 65535.0) as u16)
+}
+
+/// An image's values on the 0..255 scale, row-major RGB, each through
+/// `quantise`.
+fn samples<T: Copy + Default>(image: &Tensor, quantise: impl Fn(f32) -> T) -> Result<(Vec<T>, usize, usize)> {
     let (_, _, h, w) = image.dims4()?;
     let planes = image.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let plane = w * h;
-    let mut rgb = vec![0u16; 3 * plane];
+    let mut rgb = vec![T::default(); 3 * plane];
     for i in 0..plane {
         for c in 0..3 {
-            let v = (planes[c * plane + i] + MEAN_BGR[c] as f32) * 257.0;
-            rgb[3 * i + (2 - c)] = v.round().clamp(0.0, 65535.0) as u16;
+            rgb[3 * i + (2 - c)] = quantise(planes[c * plane + i] + MEAN_BGR[c] as f32);
         }
     }
     Ok((rgb, w, h))
