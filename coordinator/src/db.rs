@@ -921,8 +921,9 @@ impl Db {
         self.conn.query_row("SELECT owner FROM collections WHERE id = ?1", [collection], |r| r.get(0)).optional()
     }
 
-    /// A job's latest attempt: its folder, the collection's owner and the
-    /// attempt number (0: none yet, the folder is then attempt 1's).
+    /// Where a job's attempts are: its collection, the collection's owner
+    /// and the number of attempts so far (0: none yet). Folders are
+    /// [`crate::paths::attempt`]`(collection, job, n)` for n in 1..=attempts.
     pub fn latest_attempt(&self, job: &str) -> rusqlite::Result<Option<(String, String, u32)>> {
         self.conn
             .query_row(
@@ -931,7 +932,6 @@ impl Db {
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?)),
             )
             .optional()
-            .map(|row| row.map(|(collection, owner, n)| (crate::paths::attempt(&collection, job, n.max(1)), owner, n)))
     }
 
     /// Cancels every job of a collection that the state machine lets go

@@ -133,9 +133,11 @@ pub async fn run_with_dashboard(
     let max = config.max_message_bytes;
     let mut builder = tonic::transport::Server::builder();
     let mutual = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    if let Some(tls) = &config.tls {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|source| Error::TlsFile { path: p.clone(), source });
-        let mut t = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|source| Error::TlsFile { path: p.clone(), source });
+    // The certificate and key, read once for the gRPC port and the dashboard.
+    let identity = config.tls.as_ref().map(|tls| Ok::<_, Error>((read(&tls.cert)?, read(&tls.key)?))).transpose()?;
+    if let (Some(tls), Some((cert, key))) = (&config.tls, &identity) {
+        let mut t = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
         if let Some(ca) = &tls.client_ca {
             // Users may connect without a client certificate; the Workers
             // service demands one (checked below).
@@ -150,13 +152,7 @@ pub async fn run_with_dashboard(
     let stopping = CancellationToken::new();
     let web = match dashboard {
         Some(http) => {
-            let tls = match &config.tls {
-                Some(t) => {
-                    let read = |p: &PathBuf| std::fs::read(p).map_err(|source| Error::TlsFile { path: p.clone(), source });
-                    Some(web::tls_config(&read(&t.cert)?, &read(&t.key)?).map_err(Error::DashboardTls)?)
-                }
-                None => None,
-            };
+            let tls = identity.as_ref().map(|(cert, key)| web::tls_config(cert, key).map_err(Error::DashboardTls)).transpose()?;
             Some(tokio::spawn(web::serve(state.clone(), http, tls, stopping.clone())))
         }
         None => None,

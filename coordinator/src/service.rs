@@ -589,7 +589,7 @@ impl Farm for FarmService {
         let id = request.into_inner().job_id;
         let owned = id.clone();
         let (folder, attempt) = match self.0.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)? {
-            Some((folder, owner, attempt)) if caller.may_see(&owner) => (folder, attempt),
+            Some((collection, owner, attempt)) if caller.may_see(&owner) => (paths::attempt(&collection, &id, attempt.max(1)), attempt),
             _ => return Err(Status::not_found(format!("no job {id}"))),
         };
         if attempt == 0 {

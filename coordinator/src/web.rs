@@ -332,7 +332,7 @@ async fn grid(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path
     if rows == 0 || rows > MAX_GRID_ROWS {
         return Err(bad_request(format!("rows must be 1..={MAX_GRID_ROWS}, not {rows}")));
     }
-    header_of(&web, &who, &id).await?;
+    web.farm.check_visible(&who, &id).await?;
     let (owned, from) = (id.clone(), q.from_row);
     let jobs = web.state.state.read(move |db| db.grid_rows(&owned, from, rows)).await?.map_err(db_err)?;
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
@@ -350,7 +350,7 @@ async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let who = caller(&web, &headers)?;
-    header_of(&web, &who, &id).await?;
+    web.farm.check_visible(&who, &id).await?;
     // Who the limit counts against: the user, or (no tokens) the address,
     // as for Watch.
     let client = if who.owner.is_empty() { peer.ip().to_string() } else { who.owner.clone() };
@@ -439,7 +439,7 @@ async fn zip(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<
         if let Ok(img) = image::load_from_memory(&bytes) {
             sheet.place(&img.to_rgb8(), j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
         }
-        let name = format!("{}_{}_v{}.png", j.content_name, j.style_name.replace('+', "-"), j.variant_index);
+        let name = stylefarm_shared::sheet::output_name(&j.content_name, &j.style_name, j.variant_index);
         zip.start_file(name, stored).map_err(|e| internal("writing it", &e))?;
         std::io::Write::write_all(&mut zip, &bytes).map_err(|e| internal("writing it", &e))?;
     }
@@ -578,10 +578,7 @@ async fn attempt_folders(web: &Web, headers: &HeaderMap, id: &str) -> ApiResult<
     let who = caller(web, headers)?;
     let owned = id.to_string();
     match web.state.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)? {
-        Some((folder, owner, attempts)) if who.may_see(&owner) => {
-            let base = folder.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or_default();
-            Ok((1..=attempts.max(1)).rev().map(|n| format!("{base}/attempt-{n}")).collect())
-        }
+        Some((collection, owner, attempts)) if who.may_see(&owner) => Ok((1..=attempts.max(1)).rev().map(|n| paths::attempt(&collection, id, n)).collect()),
         _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no job {id}"))),
     }
 }

@@ -235,7 +235,8 @@ fn check_memory(params: stylefarm_engine::RenderParams, (w, h): (u32, u32), max_
     let need = params.estimated_peak_bytes(w, h);
     let fits = budget.is_none_or(|b| need <= b);
     if dry_run {
-        let deepest = params.content_layers.iter().chain(&params.style_layers).map(|l| l.layer.as_str()).max().unwrap_or("none");
+        let depth = params.active_layers()?.2;
+        let deepest = depth.checked_sub(1).map_or("none", |i| stylefarm_engine::arch::VGG19[i].name);
         let tiling = params.tile.map_or("untiled".to_string(), |t| format!("tiles of {t} px"));
         println!("render {w}x{h}, {:?}, layers to {deepest} on cpu, {tiling}", params.optimizer);
         println!("peak memory (model): {} ({need} bytes){note}", human(need));

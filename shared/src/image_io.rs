@@ -117,8 +117,8 @@ fn jpeg_complete(bytes: &[u8]) -> bool {
     matches!((last(0xDA), last(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)
 }
 
-/// Resizes to exactly `w`×`h` (Lanczos-3).
-pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+/// Resizes to exactly `w`×`h` (Lanczos-3), at any bit depth.
+pub fn resize<P: image::Pixel + 'static>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>, w: u32, h: u32) -> image::ImageBuffer<P, Vec<P::Subpixel>> {
     if img.dimensions() == (w, h) {
         return img.clone();
     }

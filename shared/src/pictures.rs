@@ -40,11 +40,7 @@ impl Sources {
     /// The init image at `w`×`h`, if there is one.
     pub fn init_at(&self, w: usize, h: usize, device: &Device) -> Result<Option<Tensor>> {
         let Some(init) = &self.init else { return Ok(None) };
-        let resized = if init.dimensions() == (w as u32, h as u32) {
-            init.clone()
-        } else {
-            image::imageops::resize(init, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
-        };
+        let resized = image_io::resize(init, w as u32, h as u32);
         pixels::to_tensor16(resized.as_raw(), w, h, DType::F32, device).map(Some)
     }
 }

@@ -38,6 +38,14 @@ impl ContactSheet {
     }
 }
 
+/// The file name of a job's finished image in a fetched or zipped
+/// collection, `content_style_vN.png` (names were checked at submit; any
+/// other character still becomes `_`, and no name starts with a dot).
+pub fn output_name(content: &str, style: &str, variant: u32) -> String {
+    let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect::<String>();
+    format!("{}_{}_v{variant}.png", safe(content).trim_start_matches('.'), safe(style))
+}
+
 /// A copy of `img` whose longer side is at most `max_side` (aspect kept;
 /// a smaller image is returned as it is): the dashboard's live previews.
 pub fn preview(img: &RgbImage, max_side: u32) -> RgbImage {
@@ -74,6 +82,12 @@ mod tests {
         // A 2:1 image fills its cell's width and half its height: not stretched.
         assert_eq!(img.get_pixel(2 * CELL + 2, CELL + CELL / 2), &Rgb([200, 0, 0]));
         assert_eq!(img.get_pixel(2 * CELL + CELL / 2, CELL + 10), &Rgb([255, 255, 255]));
+    }
+
+    #[test]
+    fn output_names_are_safe_file_names() {
+        assert_eq!(output_name("cat", "starry_night+great_wave", 2), "cat_starry_night_great_wave_v2.png");
+        assert_eq!(output_name(".hidden", "s", 0), "hidden_s_v0.png");
     }
 
     #[test]

@@ -110,8 +110,7 @@ impl Farm {
         if self.extra.iter().any(|a| a == "--http-listen") {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
-            let url = line.trim().strip_prefix("farm-coordinator dashboard on ");
-            self.dashboard = Some(url.unwrap_or_else(|| panic!("coordinator said: {line}")).to_string());
+            self.dashboard = Some(dashboard_url(&line));
         }
         self.coordinator = Some(c);
     }
@@ -181,6 +180,11 @@ impl Drop for Farm {
             let _ = c.wait();
         }
     }
+}
+
+/// The URL in `farm-coordinator`'s second line (with `--http-listen`).
+pub fn dashboard_url(line: &str) -> String {
+    line.trim().strip_prefix("farm-coordinator dashboard on ").unwrap_or_else(|| panic!("coordinator said: {line}")).to_string()
 }
 
 /// The jobs of a `farmctl status --json`.

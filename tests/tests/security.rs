@@ -44,7 +44,7 @@ fn coordinator(extra: &[&str]) -> Coordinator {
     let dashboard = extra.contains(&"--http-listen").then(|| {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        line.trim().strip_prefix("farm-coordinator dashboard on ").unwrap_or_else(|| panic!("coordinator said: {line}")).to_string()
+        stylefarm_tests::dashboard_url(&line)
     });
     Coordinator { child, port, dashboard, _dir: dir }
 }

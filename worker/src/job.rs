@@ -363,7 +363,9 @@ impl FarmHooks<'_> {
         let picture = session.picture()?.ok_or_else(|| JobError::Internal("no image to write".into()))?;
         let (rgb, w, h) = pixels::to_rgb(&picture)?;
         self.put_preview(&rgb, w as u32, h as u32)?;
-        self.put(name, image_io::encode_picture(&picture, bits, name)?)
+        // 8 bits: the bytes just made for the preview are the PNG's too.
+        let png = if bits == 16 { image_io::encode_picture(&picture, 16, name)? } else { image_io::encode_png(&rgb, w as u32, h as u32, name)? };
+        self.put(name, png)
     }
 
     /// The dashboard's live thumbnail of the image as it stands.

@@ -6,18 +6,20 @@ use stylefarm_engine::{DType, Device, InputConvention, Tensor, VggWeights};
 
 /// A VGG with VGG-19's topology but 3–8 channels, He-initialised, in f64.
 pub fn narrow_vgg(convention: InputConvention) -> VggWeights {
-    let dev = Device::Cpu;
+    narrow_vgg_from(convention, "random", |std, shape| Tensor::randn(0f64, std, shape, &Device::Cpu).unwrap())
+}
+
+/// [`narrow_vgg`]'s layers, each tensor drawn by `draw(std, shape)`.
+fn narrow_vgg_from(convention: InputConvention, source: &str, mut draw: impl FnMut(f64, &[usize]) -> Tensor) -> VggWeights {
     let widths = [4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8];
     let mut c_in = 3;
     let mut layers = Vec::new();
     for &c_out in &widths {
         let std = (2.0 / (9.0 * c_in as f64)).sqrt();
-        let w = Tensor::randn(0f64, std, (c_out, c_in, 3, 3), &dev).unwrap();
-        let b = Tensor::randn(0f64, 0.1, c_out, &dev).unwrap();
-        layers.push((w, b));
+        layers.push((draw(std, &[c_out, c_in, 3, 3]), draw(0.1, &[c_out])));
         c_in = c_out;
     }
-    VggWeights { layers, convention, source: "random".into() }
+    VggWeights { layers, convention, source: source.into() }
 }
 
 /// A random image `[1, 3, h, w]` in the optimisation space, in f64.
@@ -61,15 +63,7 @@ impl Seeded {
 
     /// [`narrow_vgg`] drawn from this generator.
     pub fn narrow_vgg(&mut self, convention: InputConvention) -> VggWeights {
-        let widths = [4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8];
-        let mut c_in = 3;
-        let mut layers = Vec::new();
-        for &c_out in &widths {
-            let std = (2.0 / (9.0 * c_in as f64)).sqrt();
-            layers.push((self.tensor(0.0, std, &[c_out, c_in, 3, 3]), self.tensor(0.0, 0.1, &[c_out])));
-            c_in = c_out;
-        }
-        VggWeights { layers, convention, source: "seeded".into() }
+        narrow_vgg_from(convention, "seeded", |std, shape| self.tensor(0.0, std, shape))
     }
 
     /// [`image`] drawn from this generator.

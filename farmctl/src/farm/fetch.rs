@@ -44,9 +44,7 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
     let mut written = 0;
     let mut missing = Vec::new();
     for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
-        // Names were checked at submit; keep only safe characters anyway.
-        let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect::<String>();
-        let name = format!("{}_{}_v{}.png", safe(&j.content_name).trim_start_matches('.'), safe(&j.style_name), j.variant_index);
+        let name = stylefarm_shared::sheet::output_name(&j.content_name, &j.style_name, j.variant_index);
         let fetched = download(url, id, &j.output_key).await.and_then(|data| {
             let img = image::load_from_memory(&data).with_context(|| "the farm's copy is not an image")?.to_rgb8();
             Ok((data, img))
