@@ -85,8 +85,8 @@ impl Identity {
         }
         // Neither the iterations (a render may be extended), the PNGs' bit
         // depth (output only) nor the tiling (exact) make it another render.
-        let a = serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, tile: None, ..self.params.clone() }).ok()?;
-        let b = serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, tile: None, ..now.params.clone() }).ok()?;
+        let same = |p: &RenderParams| serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, tile: None, keep_tiles: 0, ..p.clone() }).ok();
+        let (a, b) = (same(&self.params)?, same(&now.params)?);
         let (a, b) = (a.as_object()?, b.as_object()?);
         let mut keys: Vec<&String> = a.keys().collect();
         keys.sort();

@@ -137,6 +137,13 @@ pub struct RenderParams {
     /// tiling).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tile: Option<usize>,
+    /// Tiled: how many tiles keep their activations from pass 1 for pass
+    /// 2 (the last always does), each one forward pass fewer per step for
+    /// its crop's activations in memory. Whoever knows the memory sets it
+    /// ([`Self::most_tiles_kept`]); like `tile`, it changes how the losses
+    /// are computed, not what they are.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub keep_tiles: usize,
 }
 
 /// The largest tile side (a render's side is at most 8192 pixels).
@@ -144,6 +151,10 @@ pub const MAX_TILE: usize = 8192;
 
 fn is_eight(bits: &u8) -> bool {
     *bits == 8
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for RenderParams {
@@ -174,6 +185,7 @@ impl Default for RenderParams {
             preserve_colors: None,
             bit_depth: 8,
             tile: None,
+            keep_tiles: 0,
         }
     }
 }
@@ -363,8 +375,9 @@ impl RenderParams {
     pub fn estimated_peak_bytes(&self, width: u32, height: u32) -> u64 {
         const FIXED: f64 = 512.0 * 1024.0 * 1024.0;
         const PER_FEATURE: f64 = 4.0 * 2.2;
-        let layers = || self.content_layers.iter().chain(&self.style_layers).filter_map(|l| conv_index(&l.layer).ok());
-        let deepest = layers().max().unwrap_or(0);
+        // A kept tile's activations: its feature maps alone.
+        const KEPT_PER_FEATURE: f64 = 4.0;
+        let deepest = self.deepest_conv();
         // Feature values per input pixel: each layer's channels over the
         // 4^(block-1) by which pooling has shrunk its map.
         let per_pixel: f64 = crate::arch::VGG19[..=deepest].iter().map(|l| l.out_channels as f64 / 4f64.powi(l.block as i32 - 1)).sum();
@@ -376,20 +389,62 @@ impl RenderParams {
         let Some(tile) = self.tile else {
             return (FIXED + pixels * (per_pixel * PER_FEATURE + history)) as u64;
         };
-        // Tiled: the feature maps of one crop (the tile and its halo), and
-        // at full size the image-sized buffers (image, gradient, a tile's
-        // padded gradient, the optimizer's history) and the content
-        // target's features.
+        // Tiled: at full size the image-sized buffers (below), the
+        // optimizer's history and the content target's features; then the worst moment of pass 2 (which runs
+        // the tiles in reverse): one crop's feature maps and its backward's,
+        // beside the activations still kept for the tiles before it.
         let reach = crate::tiled::Reach::of(deepest + 1);
-        let tile = tile.div_ceil(reach.align) * reach.align;
-        let crop = |side: u32| ((tile + reach.before + reach.after + reach.align) as f64).min(side as f64);
         let content: f64 = self
             .content_layers
             .iter()
             .filter_map(|l| conv_index(&l.layer).ok())
             .map(|i| crate::arch::VGG19[i].out_channels as f64 / 4f64.powi(crate::arch::VGG19[i].block as i32 - 1) * 4.0)
             .sum();
-        (FIXED + crop(width) * crop(height) * per_pixel * PER_FEATURE + pixels * (history + content + 3.0 * 3.0 * 4.0)) as u64
+        let (h, w) = (height as usize, width as usize);
+        let mut kept = 0f64;
+        let mut worst = 0f64;
+        for (i, (ch, cw)) in crate::tiled::crop_sizes(h, w, tile, reach).into_iter().enumerate() {
+            // A crop's maps, and its scratch a stride wider where the crop
+            // ends inside the image.
+            let current = (ch + reach.align).min(h) as f64 * (cw + reach.align).min(w) as f64;
+            worst = worst.max(current * per_pixel * PER_FEATURE + kept);
+            if i < self.keep_tiles {
+                kept += (ch * cw) as f64 * per_pixel * KEPT_PER_FEATURE;
+            }
+        }
+        // Image-sized: the image, the gradient being summed, a tile's
+        // gradient padded to the image, their sum.
+        (FIXED + worst + pixels * (history + content + 4.0 * 3.0 * 4.0)) as u64
+    }
+
+    /// With `tile`: the most tiles [`Self::keep_tiles`] may keep for the
+    /// render at `width`×`height` to stay within `budget` bytes (0 when
+    /// untiled, or when not even one more fits).
+    pub fn most_tiles_kept(&self, width: u32, height: u32, budget: u64) -> usize {
+        let Some(tile) = self.tile else { return 0 };
+        let reach = crate::tiled::Reach::of(self.deepest_conv() + 1);
+        let tiles = crate::tiled::crop_sizes(height as usize, width as usize, tile, reach).len();
+        let fits = |k: usize| RenderParams { keep_tiles: k, ..self.clone() }.estimated_peak_bytes(width, height) <= budget;
+        // The peak grows with k: the largest k that fits, by bisection.
+        let (mut lo, mut hi) = (0, tiles.saturating_sub(1));
+        if !fits(0) {
+            return 0;
+        }
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    }
+
+    /// The deepest conv any of the layers names (the memory model's view:
+    /// every layer, weighted or not).
+    fn deepest_conv(&self) -> usize {
+        self.content_layers.iter().chain(&self.style_layers).filter_map(|l| conv_index(&l.layer).ok()).max().unwrap_or(0)
     }
 
     /// The largest tile side (a multiple of 16) whose render at
@@ -494,6 +549,27 @@ mod tests {
         assert_eq!(t % 16, 0);
         assert!(RenderParams { tile: Some(t), ..p.clone() }.estimated_peak_bytes(3840, 2160) <= 8 << 30);
         assert!(RenderParams { tile: Some(t + 16), ..p.clone() }.estimated_peak_bytes(3840, 2160) > 8 << 30);
+        // Measured tiled peaks at 1920x1080 (`farmctl bench --tile`), within
+        // 10%: tiles of 1024 keeping none of the 4 or 3, tiles of 512.
+        for (tile, keep_tiles, measured) in [(1024, 0, 3771.0), (1024, 3, 4848.0), (512, 0, 1748.0)] {
+            let q = RenderParams { tile: Some(tile), keep_tiles, ..p.clone() };
+            let model = q.estimated_peak_bytes(1920, 1080) as f64 / (1u64 << 20) as f64;
+            assert!((model - measured).abs() < 0.10 * measured, "tile {tile}, keep {keep_tiles}: model {model} MiB, measured {measured}");
+        }
+    }
+
+    #[test]
+    fn tiles_are_kept_as_far_as_the_budget_goes() {
+        let p = RenderParams { tile: Some(512), ..RenderParams::default() };
+        let peak = |keep_tiles| RenderParams { keep_tiles, ..p.clone() }.estimated_peak_bytes(3840, 2160);
+        // 8 × 5 tiles: each kept one costs memory, the last one nothing more.
+        assert!(peak(1) > peak(0) && peak(20) > peak(10));
+        assert_eq!(peak(39), peak(1000));
+        let budget = peak(10) + (peak(11) - peak(10)) / 2;
+        assert_eq!(p.most_tiles_kept(3840, 2160, budget), 10);
+        assert_eq!(p.most_tiles_kept(3840, 2160, u64::MAX), 39, "all but the last, which is always kept");
+        assert_eq!(p.most_tiles_kept(3840, 2160, peak(0) - 1), 0, "not even untiled-kept fits");
+        assert_eq!(RenderParams::default().most_tiles_kept(3840, 2160, u64::MAX), 0, "untiled");
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! pass 1, per tile:  forward(tile + halo) → each loss layer's features at
 //!                    the tile's own positions → Σ (F − P)², G += FᵀF
 //! between:           the losses, from the whole image's Gram matrices
-//! pass 2, per tile,  forward(tile + halo) again (pass 1's last tile keeps
-//! in reverse:        its activations) → ∂L/∂F at the tile's own positions
+//! pass 2, per tile,  forward(tile + halo) again, unless pass 1 kept the
+//! in reverse:        tile's activations → ∂L/∂F at the tile's own positions
 //!                    (zero elsewhere), with the global G − A → backward to
 //!                    the tile + halo → added into ∂L/∂image
 //! ```
@@ -30,7 +30,7 @@ use crate::arch::{conv_index, pool_after};
 use crate::error::{invalid, Result};
 use crate::loss::{gram, total_variation, Losses};
 use crate::params::RenderParams;
-use crate::vgg::Vgg19;
+use crate::vgg::{Activations, Vgg19};
 
 /// How far the first `depth` convs see around the positions a tile owns,
 /// in image pixels, and the stride tile borders must keep.
@@ -92,6 +92,14 @@ pub fn spans(len: usize, tile: usize, reach: Reach) -> Vec<Span> {
     out
 }
 
+/// Each tile's crop of an `h`×`w` image, (rows, columns), in the order
+/// the tiles are evaluated (rows of tiles, top to bottom).
+pub fn crop_sizes(h: usize, w: usize, tile: usize, reach: Reach) -> Vec<(usize, usize)> {
+    let tile = tile.max(1).div_ceil(reach.align) * reach.align;
+    let (rows, cols) = (spans(h, tile, reach), spans(w, tile, reach));
+    rows.iter().flat_map(|r| cols.iter().map(move |c| (r.crop_end - r.crop_start, c.crop_end - c.crop_start))).collect()
+}
+
 /// Pools before conv `conv`, as a stride: its feature map is the image
 /// shrunk by this factor (rounding up, SAME pooling).
 fn scale(conv: usize) -> usize {
@@ -126,6 +134,8 @@ pub struct Tiled {
     depth: usize,
     tile: usize,
     reach: Reach,
+    /// Tiles (the first ones) whose pass-1 activations pass 2 reuses.
+    keep: usize,
     alpha: f64,
     beta: f64,
     tv_weight: f64,
@@ -151,7 +161,7 @@ impl Tiled {
             return Err(invalid("tile", "a tile has at least one pixel a side"));
         }
         let tile = tile.div_ceil(reach.align) * reach.align;
-        let mut this = Self { vgg, depth, tile, reach, alpha: params.alpha, beta: params.beta, tv_weight: params.tv_weight, content: Vec::new(), style: Vec::new() };
+        let mut this = Self { vgg, depth, tile, reach, keep: params.keep_tiles, alpha: params.alpha, beta: params.beta, tv_weight: params.tv_weight, content: Vec::new(), style: Vec::new() };
 
         let content_convs: Vec<usize> = content_layers.iter().map(|l| conv_index(&l.layer)).collect::<Result<_>>()?;
         let style_convs: Vec<usize> = style_layers.iter().map(|l| conv_index(&l.layer)).collect::<Result<_>>()?;
@@ -256,9 +266,9 @@ impl Tiled {
         // Pass 1: Σ(F − P)² per content layer, G per style layer.
         let mut content_sums = vec![0f64; self.content.len()];
         let mut grams: Vec<Option<Tensor>> = vec![None; self.style.len()];
-        // The last tile's activations are kept: pass 2 runs the tiles in
-        // reverse and starts with it, one forward pass fewer.
-        let mut kept = None;
+        // Pass 2 runs the tiles in reverse: the last tile's activations
+        // are kept (it starts with them), and the first `keep` tiles'.
+        let mut kept: Vec<Option<Activations>> = tiles.iter().map(|_| None).collect();
         for (i, tile) in tiles.iter().enumerate() {
             let acts = self.vgg.forward(&Self::crop(image, tile)?, self.depth)?;
             for (sum, t) in content_sums.iter_mut().zip(&self.content) {
@@ -272,8 +282,8 @@ impl Tiled {
                     None => g,
                 });
             }
-            if with_grad && i + 1 == tiles.len() {
-                kept = Some(acts);
+            if with_grad && (i < self.keep || i + 1 == tiles.len()) {
+                kept[i] = Some(acts);
             }
         }
         let mut losses = Losses::default();
@@ -304,8 +314,8 @@ impl Tiled {
             Some((_, g)) => g.affine(self.tv_weight, 0.0)?,
             None => image.zeros_like()?,
         };
-        for tile in tiles.iter().rev() {
-            let acts = match kept.take() {
+        for (i, tile) in tiles.iter().enumerate().rev() {
+            let acts = match kept[i].take() {
                 Some(acts) => acts,
                 None => self.vgg.forward(&Self::crop(image, tile)?, self.depth)?,
             };

@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// time tiling against the untiled render.
     #[arg(long)]
     tile: Option<usize>,
+    /// With --tile: tiles whose activations pass 1 keeps for pass 2 (each
+    /// one forward pass fewer per step). Default: as many as the memory
+    /// available now holds, as `farmctl render` keeps.
+    #[arg(long)]
+    keep_tiles: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -138,6 +143,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         reset_peak_rss();
         let tensor = |seed| pixels::to_tensor(&noise_image(w, h, seed), w as usize, h as usize, args.precision.dtype(), &device);
         let (content, style) = (tensor(1)?, tensor(2)?);
+        let budget = stylefarm_shared::budget::available_memory().unwrap_or(0);
+        let params = RenderParams { keep_tiles: args.keep_tiles.unwrap_or_else(|| params.most_tiles_kept(w, h, budget)), ..params.clone() };
+        if params.tile.is_some() && !args.json {
+            println!("{s}: keeping {} tiles' activations for pass 2", params.keep_tiles);
+        }
         let renderer = Renderer::new(vgg.clone(), params.clone(), &content, &[style])?;
         let mut state = renderer.initial_state(&content, None)?;
         for _ in 0..args.warmup {
@@ -168,7 +178,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "engine": engine, "device": args.device, "size": s, "threads": args.threads, "seconds_per_iter": step,
                 "forward_seconds": forward, "loss_seconds": loss, "backward_seconds": backward,
                 "gflop_per_iter": gflop, "gflops": gflop / step, "peak_rss_mib": peak,
-                "model_peak_mib": model, "model_over_peak": ratio,
+                "model_peak_mib": model, "model_over_peak": ratio, "tile": params.tile, "keep_tiles": params.keep_tiles,
             });
             println!("{row}");
         } else {

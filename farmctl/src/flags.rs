@@ -135,6 +135,8 @@ impl ParamFlags {
             preserve_colors: self.preserve_colors.map(Into::into),
             bit_depth: self.bit_depth,
             tile: self.tile,
+            // Set by `farmctl render` from its memory budget.
+            keep_tiles: 0,
         })
     }
 }

@@ -232,12 +232,16 @@ fn check_memory(params: stylefarm_engine::RenderParams, (w, h): (u32, u32), max_
             }
         }
     }
+    // Tiled, what memory is left keeps pass 1's activations for pass 2.
+    if let (Some(_), Some(b)) = (params.tile, budget) {
+        params.keep_tiles = params.most_tiles_kept(w, h, b);
+    }
     let need = params.estimated_peak_bytes(w, h);
     let fits = budget.is_none_or(|b| need <= b);
     if dry_run {
         let depth = params.active_layers()?.2;
         let deepest = depth.checked_sub(1).map_or("none", |i| stylefarm_engine::arch::VGG19[i].name);
-        let tiling = params.tile.map_or("untiled".to_string(), |t| format!("tiles of {t} px"));
+        let tiling = params.tile.map_or("untiled".to_string(), |t| format!("tiles of {t} px, {} kept for pass 2", params.keep_tiles));
         println!("render {w}x{h}, {:?}, layers to {deepest} on cpu, {tiling}", params.optimizer);
         println!("peak memory (model): {} ({need} bytes){note}", human(need));
         match budget {

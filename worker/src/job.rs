@@ -205,8 +205,15 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
 }
 
 fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -> Result<Ended, JobError> {
-    let params = RenderParams::from_json(&job.params_json)?;
+    let mut params = RenderParams::from_json(&job.params_json)?;
     let (w, h) = (job.width as usize, job.height as usize);
+    // Tiled: keep as many tiles' activations as this machine's free memory
+    // holds (the job's own figure is not trusted; a GPU's free memory is
+    // not known here, so none).
+    params.keep_tiles = match stylefarm_shared::budget::available_memory() {
+        Some(free) if ctx.device.is_cpu() => params.most_tiles_kept(job.width, job.height, free),
+        _ => 0,
+    };
     let limits = ImageLimits::default();
     let load = |key: &str, role: &str| -> Result<image::RgbImage, JobError> {
         let bytes = rt.block_on(retry_storage(|| ctx.store.get(key)))?;
