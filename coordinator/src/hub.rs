@@ -8,12 +8,18 @@
 //! last one has gone. A watcher that falls more than `BACKLOG` (64) batches
 //! behind is told to resynchronise (it sends its client a fresh snapshot);
 //! so is every watcher when the merger itself falls behind the stream.
+//!
+//! Batches are numbered. A snapshot read after batch `n` was sent already
+//! holds every change of batches up to `n`, so watchers that need a
+//! snapshot while no newer batch has been sent share one read
+//! ([`Subscription::snapshot`]) and skip batches up to `n`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, OnceCell};
 
 use crate::state::JobEvent;
 
@@ -26,19 +32,95 @@ const BACKLOG: usize = 64;
 /// What a collection's watchers are handed.
 #[derive(Debug)]
 pub enum Batch {
-    /// The latest change of each job that changed, merged; and the
-    /// dashboard's encoding of them, made by the first browser that sends
-    /// the batch and reused by every other.
-    Changes(Vec<Arc<JobEvent>>, std::sync::OnceLock<String>),
+    /// The latest change of each job that changed, merged; and their
+    /// encodings for browsers and for Watch, each made by the first
+    /// watcher that sends the batch and reused by every other.
+    Changes { seq: u64, jobs: Vec<Arc<JobEvent>>, json: OnceLock<String>, watch: OnceLock<WatchChanges> },
     /// Changes were lost (the merger fell behind the stream): read a fresh
     /// snapshot.
-    Resync,
+    Resync { seq: u64 },
+}
+
+impl Batch {
+    /// The batch's number: the first is 1.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Batch::Changes { seq, .. } | Batch::Resync { seq } => *seq,
+        }
+    }
+}
+
+/// A batch as Watch sends it.
+#[derive(Debug)]
+pub struct WatchChanges {
+    /// The encoded `WatchEvent { changes }`.
+    pub grpc: bytes::Bytes,
+    /// Each changed job's place in [`Snapshot::jobs`] and whether it has
+    /// ended. (A collection's jobs are fixed at submit, so every snapshot
+    /// of it lists the same jobs in the same order.)
+    pub places: Vec<(usize, bool)>,
+}
+
+/// One collection's merger, as its watchers see it.
+pub struct Channel {
+    batches: broadcast::Sender<Arc<Batch>>,
+    /// Batches sent so far; raised just before each is sent.
+    sent: AtomicU64,
+    /// The snapshot read while `sent` was the number kept with it, or being
+    /// read: watchers that find the same number share it.
+    snapshot: Mutex<Option<(u64, Arc<OnceCell<Arc<Snapshot>>>)>>,
+}
+
+/// A collection as one Watch message, encoded once for every watcher that
+/// needs it, and what each needs to follow it.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Who owns the collection (each watcher checks it may see it).
+    pub owner: String,
+    /// The encoded `WatchEvent { snapshot }`.
+    pub grpc: bytes::Bytes,
+    /// The collection's job ids, sorted, and whether each had ended.
+    pub jobs: Vec<(String, bool)>,
+}
+
+/// One watcher's place at its collection's merger.
+pub struct Subscription {
+    pub batches: broadcast::Receiver<Arc<Batch>>,
+    channel: Arc<Channel>,
+}
+
+impl Subscription {
+    /// A snapshot that holds every change of the batches numbered up to
+    /// the `u64` returned (later batches hold the rest and reach this
+    /// subscription): one `read` per collection while no batch is sent.
+    pub async fn snapshot<F, Fut, E>(&self, read: F) -> Result<(Arc<Snapshot>, u64), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Snapshot, E>>,
+    {
+        // Subscribed first, then the count: a batch counted after this
+        // load is sent after it, to this subscription too.
+        let seq = self.channel.sent.load(Ordering::SeqCst);
+        let cell = {
+            let mut kept = self.channel.snapshot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match kept.as_ref() {
+                Some((n, cell)) if *n == seq => cell.clone(),
+                _ => {
+                    let cell = Arc::new(OnceCell::new());
+                    *kept = Some((seq, cell.clone()));
+                    cell
+                }
+            }
+        };
+        let snapshot = cell.get_or_try_init(|| async { read().await.map(Arc::new) }).await?;
+        Ok((snapshot.clone(), seq))
+    }
 }
 
 /// The mergers, by collection.
 pub struct Hubs {
     events: broadcast::Sender<Arc<JobEvent>>,
-    mergers: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Batch>>>>>,
+    mergers: Arc<Mutex<HashMap<String, Arc<Channel>>>>,
 }
 
 impl Hubs {
@@ -48,15 +130,16 @@ impl Hubs {
 
     /// Batches of `collection`'s changes from now on, starting its merger
     /// if it has none.
-    pub fn subscribe(&self, collection: &str) -> broadcast::Receiver<Arc<Batch>> {
+    pub fn subscribe(&self, collection: &str) -> Subscription {
         let mut mergers = self.mergers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(batches) = mergers.get(collection) {
-            return batches.subscribe();
+        if let Some(channel) = mergers.get(collection) {
+            return Subscription { batches: channel.batches.subscribe(), channel: channel.clone() };
         }
         let (batches, first) = broadcast::channel(BACKLOG);
-        mergers.insert(collection.to_string(), batches.clone());
-        tokio::spawn(merge(collection.to_string(), self.events.subscribe(), batches, self.mergers.clone()));
-        first
+        let channel = Arc::new(Channel { batches, sent: AtomicU64::new(0), snapshot: Mutex::new(None) });
+        mergers.insert(collection.to_string(), channel.clone());
+        tokio::spawn(merge(collection.to_string(), self.events.subscribe(), channel.clone(), self.mergers.clone()));
+        Subscription { batches: first, channel }
     }
 }
 
@@ -64,8 +147,8 @@ impl Hubs {
 async fn merge(
     collection: String,
     mut events: broadcast::Receiver<Arc<JobEvent>>,
-    batches: broadcast::Sender<Arc<Batch>>,
-    mergers: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Batch>>>>>,
+    channel: Arc<Channel>,
+    mergers: Arc<Mutex<HashMap<String, Arc<Channel>>>>,
 ) {
     let mut pending: HashMap<String, Arc<JobEvent>> = HashMap::new();
     let mut lost = false;
@@ -85,24 +168,26 @@ async fn merge(
                 e = events.recv() => alive = absorb(e, &collection, &mut pending, &mut lost),
             }
         }
+        let seq = channel.sent.load(Ordering::SeqCst) + 1;
         let batch = if std::mem::take(&mut lost) {
             pending.clear();
-            Some(Batch::Resync)
+            Some(Batch::Resync { seq })
         } else if pending.is_empty() {
             None
         } else {
-            Some(Batch::Changes(pending.drain().map(|(_, e)| e).collect(), std::sync::OnceLock::new()))
+            Some(Batch::Changes { seq, jobs: pending.drain().map(|(_, e)| e).collect(), json: OnceLock::new(), watch: OnceLock::new() })
         };
         // The lock makes "no watcher left" and "a new watcher subscribes"
         // exclusive: a merger never ends under a watcher that just came.
         let mut mergers = mergers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if batches.receiver_count() == 0 {
+        if channel.batches.receiver_count() == 0 {
             mergers.remove(&collection);
             return;
         }
         drop(mergers);
         if let Some(batch) = batch {
-            let _ = batches.send(Arc::new(batch));
+            channel.sent.store(seq, Ordering::SeqCst);
+            let _ = channel.batches.send(Arc::new(batch));
         }
     }
     mergers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&collection);

@@ -13,6 +13,8 @@
 //! - [`hub`]: one merger of those changes per watched collection, which
 //!   every `Watch` of it follows;
 //! - [`service`]: the gRPC handlers, which validate and hand over to `state`;
+//! - [`watch`]: `Watch` on its own route, each message encoded once for
+//!   all of a collection's watchers;
 //! - [`web`]: the dashboard, an HTTP port beside the gRPC one that calls
 //!   the same handlers and follows the same mergers.
 
@@ -23,6 +25,7 @@ pub mod machine;
 pub mod paths;
 pub mod service;
 pub mod state;
+pub mod watch;
 pub mod web;
 
 use std::future::Future;
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_proto::farm_server::FarmServer;
+use tonic::service::interceptor::InterceptedService;
 use stylefarm_proto::workers_server::WorkersServer;
 use stylefarm_shared::storage::{StorageError, Store};
 use tokio::net::TcpListener;
@@ -165,21 +169,28 @@ pub async fn run_with_dashboard(
         }
     };
     let farm = FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+    // Watch has its own route (the contract's path, before the Farm
+    // service's): its messages are encoded once for all watchers.
+    let watch = watch::Route::new(FarmService(state.clone()), max);
     let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20);
-    let served = builder
-        .add_service(health_service)
-        .add_service(tonic::service::interceptor::InterceptedService::new(farm, move |mut r: Request<()>| {
-            let caller = user_tokens.user(&r)?;
-            r.extensions_mut().insert(caller);
-            Ok(r)
-        }))
-        .add_service(tonic::service::interceptor::InterceptedService::new(workers, move |r: Request<()>| {
+    let users = move |mut r: Request<()>| {
+        let caller = user_tokens.user(&r)?;
+        r.extensions_mut().insert(caller);
+        Ok(r)
+    };
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(InterceptedService::new(farm, users.clone()))
+        .add_service(InterceptedService::new(workers, move |r: Request<()>| {
             if mutual && r.peer_certs().is_none_or(|c| c.is_empty()) {
                 return Err(Status::unauthenticated("workers must present a client certificate signed by the farm's CA"));
             }
             worker_tokens.check(Scope::Worker, &r)?;
             Ok(r)
         }))
+        .into_axum_router()
+        .route_service(watch::PATH, InterceptedService::new(watch, users));
+    let served = builder
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     background.cancel();

@@ -9,7 +9,7 @@
 //! database trouble → UNAVAILABLE/INTERNAL with the details in the log, not
 //! in the reply (they hold the server's paths).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -24,7 +24,7 @@ use stylefarm_proto::workers_server::Workers;
 use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
 use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
 use stylefarm_shared::storage::Store;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -211,7 +211,10 @@ impl Drop for WatchPermit {
 
 /// How long a Watch may wait for its client to take the next message
 /// before it is cut off.
-const WATCH_SEND_PATIENCE: Duration = Duration::from_secs(30);
+/// The stream the generated `Farm` trait's `watch` returns.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+pub(crate) const WATCH_SEND_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A page token: the sequence number of the last item handed out.
 fn page_after(token: &str) -> Result<i64, Status> {
@@ -529,20 +532,10 @@ impl Farm for FarmService {
         Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token: page_token(next) }))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+    type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<pb::CollectionRef>) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = Caller::of(&request);
-        // Who the limit counts against: the user, or (no tokens) the address.
-        let client = if caller.owner.is_empty() { request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default() } else { caller.owner.clone() };
-        let id = request.into_inner().collection_id;
-        let permit = self.0.watchers.admit(&client)?;
-        // Subscribe before the snapshot: no change between them is missed.
-        let batches = self.0.hubs.subscribe(&id);
-        let first = self.visible_as(ReadKind::Snapshot, &caller, &id).await?;
-        let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(follow(self.clone(), caller, id, first, batches, tx, permit));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        crate::watch::watch_decoded(self, request).await
     }
 
     async fn cancel(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
@@ -616,64 +609,9 @@ impl Farm for FarmService {
     }
 }
 
-/// Feeds one Watch: the snapshot, then each batch of merged changes its
-/// collection's merger ([`crate::hub`]) hands out (at most ten a second),
-/// until every job has ended or the client goes away. A watcher that falls
-/// behind the batches is sent a fresh snapshot instead of what it missed,
-/// so nothing buffers without bound; one that takes nothing for
-/// [`WATCH_SEND_PATIENCE`] is cut off.
-async fn follow(
-    farm: FarmService,
-    caller: Caller,
-    id: String,
-    first: pb::Collection,
-    mut batches: broadcast::Receiver<Arc<crate::hub::Batch>>,
-    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
-    _permit: WatchPermit,
-) {
-    let send = |event: pb::watch_event::Event| {
-        let tx = tx.clone();
-        async move { matches!(tokio::time::timeout(WATCH_SEND_PATIENCE, tx.send(Ok(pb::WatchEvent { event: Some(event) }))).await, Ok(Ok(()))) }
-    };
-    let has_ended = |state: i32| crate::machine::State::from_wire(state).is_some_and(|s| s.has_ended());
-    let unended = |c: &pb::Collection| -> HashSet<String> { c.jobs.iter().filter(|j| !has_ended(j.state)).map(|j| j.job_id.clone()).collect() };
-    let mut open = unended(&first);
-    if !send(pb::watch_event::Event::Snapshot(first)).await || open.is_empty() {
-        return;
-    }
-    loop {
-        let batch = tokio::select! {
-            _ = tx.closed() => return,
-            b = batches.recv() => b,
-        };
-        let event = match batch.as_deref() {
-            Ok(crate::hub::Batch::Changes(changes, _)) => {
-                for e in changes {
-                    if has_ended(e.job.state) {
-                        open.remove(&e.job.job_id);
-                    } else {
-                        open.insert(e.job.job_id.clone());
-                    }
-                }
-                pb::watch_event::Event::Changes(pb::JobChanges { jobs: changes.iter().map(|e| changed_part(&e.job)).collect() })
-            }
-            Ok(crate::hub::Batch::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                metrics::counter!("stylefarm_watch_resyncs_total").increment(1);
-                let Ok(snapshot) = farm.visible_as(ReadKind::Snapshot, &caller, &id).await else { return };
-                open = unended(&snapshot);
-                pb::watch_event::Event::Snapshot(snapshot)
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if !send(event).await || open.is_empty() {
-            return;
-        }
-    }
-}
-
 /// What a watcher needs of a changed job: what can change (its place and
 /// names it has from the snapshot).
-fn changed_part(job: &pb::Job) -> pb::Job {
+pub(crate) fn changed_part(job: &pb::Job) -> pb::Job {
     pb::Job {
         job_id: job.job_id.clone(),
         state: job.state,

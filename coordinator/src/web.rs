@@ -355,9 +355,9 @@ async fn events(
     // as for Watch.
     let client = if who.owner.is_empty() { peer.ip().to_string() } else { who.owner.clone() };
     let permit = web.state.watchers.admit(&client)?;
-    let batches = web.state.hubs.subscribe(&id);
+    let subscription = web.state.hubs.subscribe(&id);
     let stopping = web.stopping.clone();
-    let stream = futures_stream(batches, stopping, permit);
+    let stream = futures_stream(subscription.batches, stopping, permit);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
@@ -383,7 +383,7 @@ fn futures_stream(
                 b = batches.recv() => b,
             };
             let event = match batch.as_deref() {
-                Ok(Batch::Changes(changes, encoded)) => {
+                Ok(Batch::Changes { jobs: changes, json: encoded, .. }) => {
                     // Encoded once per batch for every browser watching.
                     let data = encoded.get_or_init(|| {
                         let jobs: Vec<Value> = changes.iter().map(|e| job_json(&e.job)).collect();
@@ -391,7 +391,7 @@ fn futures_stream(
                     });
                     Event::default().event("changes").data(data.as_str())
                 }
-                Ok(Batch::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+                Ok(Batch::Resync { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             let sent = tokio::select! {

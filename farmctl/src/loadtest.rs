@@ -51,6 +51,12 @@ pub struct LoadtestArgs {
     /// Watchers open the stream and never read it.
     #[arg(long)]
     lazy_watchers: bool,
+    /// Watchers read every message but decode only its kind (snapshot or
+    /// changes), as a relay would, instead of every job in it: the load
+    /// generator shares the coordinator's cores, and decoding is the
+    /// clients' work, not the coordinator's.
+    #[arg(long)]
+    skim_watchers: bool,
     /// Extra jobs queued in a lower-priority collection, behind the measured
     /// one (Lease against a deep queue).
     #[arg(long, default_value_t = 0)]
@@ -95,6 +101,8 @@ struct Shared {
     acks: Mutex<HashMap<String, Vec<u64>>>,
     stalls: AtomicU64,
     resyncs: AtomicU64,
+    /// Watchers that have read their first snapshot.
+    watching: AtomicU64,
 }
 
 /// Latencies of one call, in microseconds.
@@ -319,15 +327,26 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
 
 /// One watcher: follows the collection (or holds the stream unread),
 /// reconnecting after restarts, until the run is done.
-async fn watcher(id: String, lazy: bool, shared: Arc<Shared>) {
+async fn watcher(id: String, lazy: bool, skim: bool, shared: Arc<Shared>) {
     while !shared.done.load(Ordering::Relaxed) {
         let Ok(ch) = channel(&shared.url).await else { return };
-        let mut farm = pb::farm_client::FarmClient::new(ch).max_decoding_message_size(256 << 20);
-        let Ok(stream) = farm.watch(pb::CollectionRef { collection_id: id.clone() }).await else {
+        let request = pb::CollectionRef { collection_id: id.clone() };
+        // Each message's kind: 1 a snapshot, 2 changes.
+        let kinds: Result<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<u8, tonic::Status>> + Send>>, tonic::Status> = if skim {
+            skim_watch(ch, request).await
+        } else {
+            let mut farm = pb::farm_client::FarmClient::new(ch).max_decoding_message_size(256 << 20);
+            farm.watch(request).await.map(|s| {
+                let kinds = tokio_stream::StreamExt::map(s.into_inner(), |e| {
+                    e.map(|e| if matches!(e.event, Some(pb::watch_event::Event::Snapshot(_))) { 1u8 } else { 2u8 })
+                });
+                Box::pin(kinds) as _
+            })
+        };
+        let Ok(mut kinds) = kinds else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let mut stream = stream.into_inner();
         if lazy {
             while !shared.done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -335,8 +354,11 @@ async fn watcher(id: String, lazy: bool, shared: Arc<Shared>) {
             return;
         }
         let mut snapshots = 0u64;
-        while let Ok(Some(e)) = stream.message().await {
-            if matches!(e.event, Some(pb::watch_event::Event::Snapshot(_))) {
+        while let Some(Ok(kind)) = tokio_stream::StreamExt::next(&mut kinds).await {
+            if kind == 1 {
+                if snapshots == 0 {
+                    shared.watching.fetch_add(1, Ordering::Relaxed);
+                }
                 snapshots += 1;
                 if snapshots > 1 {
                     shared.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +366,41 @@ async fn watcher(id: String, lazy: bool, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Watch, each message read whole and decoded only as far as its kind:
+/// the field number of `WatchEvent`'s one field (the first byte of its
+/// encoding: field 1 `snapshot`, field 2 `changes`).
+async fn skim_watch(ch: Channel, request: pb::CollectionRef) -> Result<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<u8, tonic::Status>> + Send>>, tonic::Status> {
+    #[derive(Clone, Copy, Default)]
+    struct Skim;
+    impl tonic::codec::Codec for Skim {
+        type Encode = pb::CollectionRef;
+        type Decode = u8;
+        type Encoder = tonic_prost::ProstEncoder<pb::CollectionRef>;
+        type Decoder = Skim;
+        fn encoder(&mut self) -> Self::Encoder {
+            tonic_prost::ProstEncoder::default()
+        }
+        fn decoder(&mut self) -> Skim {
+            Skim
+        }
+    }
+    impl tonic::codec::Decoder for Skim {
+        type Item = u8;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<u8>, tonic::Status> {
+            use bytes::Buf;
+            let tag = src.chunk().first().copied().unwrap_or(0);
+            src.advance(src.remaining());
+            Ok(Some(tag >> 3))
+        }
+    }
+    let mut grpc = tonic::client::Grpc::new(ch).max_decoding_message_size(256 << 20);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/stylefarm.v2.Farm/Watch");
+    let stream = grpc.server_streaming(tonic::Request::new(request), path, Skim).await?.into_inner();
+    Ok(Box::pin(stream))
 }
 
 /// Writes every job's first-attempt output before the clock starts: what
@@ -423,9 +480,15 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         acks: Mutex::new(HashMap::new()),
         stalls: AtomicU64::new(0),
         resyncs: AtomicU64::new(0),
+        watching: AtomicU64::new(0),
     });
-    let watchers: Vec<_> = (0..args.watchers).map(|_| tokio::spawn(watcher(id.clone(), args.lazy_watchers, shared.clone()))).collect();
-    // Let the watchers connect before the clock starts.
+    let watchers: Vec<_> = (0..args.watchers).map(|_| tokio::spawn(watcher(id.clone(), args.lazy_watchers, args.skim_watchers, shared.clone()))).collect();
+    // Let the watchers connect, and those that read take their first
+    // snapshot, before the clock starts: what is measured is following.
+    let connecting = Instant::now();
+    while !args.lazy_watchers && (shared.watching.load(Ordering::Relaxed) as usize) < args.watchers && connecting.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(if args.watchers > 0 { 1000 } else { 0 })).await;
     let (cpu_at_start, _) = coordinator.usage();
     let started = Instant::now();
@@ -519,7 +582,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
     if args.json {
         let ms = |(p50, p99, n): (f64, f64, usize)| serde_json::json!({"p50_ms": p50, "p99_ms": p99, "calls": n});
         let v = serde_json::json!({
-            "workers": args.workers, "jobs": args.jobs, "watchers": args.watchers, "lazy_watchers": args.lazy_watchers,
+            "workers": args.workers, "jobs": args.jobs, "watchers": args.watchers, "lazy_watchers": args.lazy_watchers, "skim_watchers": args.skim_watchers,
             "queued": args.queued, "restarts": restarts_done, "stalls": shared.stalls.load(Ordering::Relaxed),
             "seconds": elapsed, "completions_per_second": per_second,
             "lease": ms(lease), "heartbeat": ms(heartbeat), "complete": ms(complete), "get_collection": ms(probe),
@@ -534,7 +597,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             args.workers,
             args.jobs,
             args.watchers,
-            if args.lazy_watchers { " (never reading)" } else { "" },
+            if args.lazy_watchers { " (never reading)" } else if args.skim_watchers { " (reading, not decoding)" } else { "" },
             args.queued,
             restarts_done,
             shared.stalls.load(Ordering::Relaxed)

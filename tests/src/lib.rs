@@ -225,3 +225,18 @@ pub fn fetch_and_compare(farm: &Farm, id: &str, pairs: &[(&str, &str)]) {
     }
 }
 
+/// Fetches `http://addr/metrics` with a plain HTTP/1.1 request.
+pub fn scrape_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            return body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no metrics endpoint at {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use stylefarm_proto as pb;
-use stylefarm_tests::{all_succeeded, bin, fetch_and_compare, fixture, free_port, jobs, Farm, LEASE, RENDER};
+use stylefarm_tests::{all_succeeded, bin, fetch_and_compare, fixture, free_port, jobs, scrape_metrics, Farm, LEASE, RENDER};
 
 #[test]
 fn a_2x2_collection_completes_on_two_workers() {
@@ -204,22 +204,6 @@ fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
     assert!(!o.status.success(), "watch exits non-zero for a collection that did not succeed");
 }
 
-/// Fetches `http://addr/metrics` with a plain HTTP/1.1 request.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let start = Instant::now();
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-            s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
-            let mut body = String::new();
-            s.read_to_string(&mut body).unwrap();
-            return body;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no metrics endpoint at {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn metrics_and_json_logs_describe_the_work() {
     let coord_metrics = format!("127.0.0.1:{}", free_port());
@@ -237,10 +221,10 @@ fn metrics_and_json_logs_describe_the_work() {
     let job_id = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(800)); // one gauge refresh
 
-    let m = scrape(&coord_metrics);
+    let m = scrape_metrics(&coord_metrics);
     assert!(m.contains("stylefarm_jobs{state=\"succeeded\"} 1"), "{m}");
     assert!(m.contains("stylefarm_queue_length 0") && m.contains("stylefarm_leases_total 1") && m.contains("stylefarm_jobs_completed_total 1"), "{m}");
-    let m = scrape(&worker_metrics);
+    let m = scrape_metrics(&worker_metrics);
     assert!(m.contains("stylefarm_iterations_total{device=\"cpu\"} 6"), "{m}");
     assert!(m.contains("stylefarm_checkpoint_bytes_count 2") && m.contains("stylefarm_render_seconds_count{device=\"cpu\"} 1"), "{m}");
     assert!(m.contains("stylefarm_iterations_per_second{device=\"cpu\"}"), "{m}");

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::{channel, bin, fixture, Farm};
+use stylefarm_tests::{bin, channel, fixture, free_port, scrape_metrics, Farm};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 
@@ -164,6 +164,63 @@ fn a_watcher_that_does_not_read_costs_bounded_memory_and_gets_merged_changes() {
         }).sum();
         assert!(matches!(messages.first(), Some(pb::watch_event::Event::Snapshot(_))), "the snapshot comes first");
         assert!(changes >= 1 && messages.len() < 1000, "{} messages carrying {changes} job changes for 11,200 heartbeats", messages.len());
+    });
+}
+
+/// Watchers of one collection share its snapshot while nothing changes
+/// (one database read and one encoding for thirty of them); after a
+/// change the next watcher reads again; another user is refused even
+/// while the snapshot is shared; and every watcher follows the collection
+/// to its end.
+#[test]
+fn watchers_share_one_snapshot_and_each_follows_to_the_end() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let farm = Farm::start_with(&["--metrics-listen", &metrics, "--user-token", "u1", "--user-token", "u2", "--max-watchers-per-client", "64"]);
+    let reads = || -> u64 {
+        let text = scrape_metrics(&metrics);
+        text.lines().find_map(|l| l.strip_prefix("stylefarm_watch_snapshot_reads_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    rt().block_on(async {
+        let ch = channel(&farm.url).await;
+        let mut u1 = pb::farm_client::FarmClient::with_interceptor(ch.clone(), with_token("u1"));
+        let mut u2 = pb::farm_client::FarmClient::with_interceptor(ch.clone(), with_token("u2"));
+        let id = u1.submit(small_collection(3)).await.unwrap().into_inner().collection_id;
+        let r = || pb::CollectionRef { collection_id: id.clone() };
+        let mut streams = Vec::new();
+        for _ in 0..30 {
+            streams.push(u1.watch(r()).await.unwrap().into_inner());
+        }
+        let e = u2.watch(r()).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert_eq!(reads(), 1, "thirty watchers of an unchanged collection, one read");
+
+        u1.cancel(r()).await.unwrap();
+        for (i, mut s) in streams.into_iter().enumerate() {
+            let mut states = std::collections::HashMap::new();
+            let mut first = true;
+            while let Some(e) = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("the stream ends by itself").unwrap() {
+                match e.event.unwrap() {
+                    pb::watch_event::Event::Snapshot(c) => {
+                        assert!(first, "watcher {i}: no resync expected");
+                        assert_eq!(c.jobs.len(), 3);
+                        states.extend(c.jobs.into_iter().map(|j| (j.job_id, j.state)));
+                    }
+                    pb::watch_event::Event::Changes(c) => {
+                        assert!(!first, "watcher {i}: the snapshot comes first");
+                        states.extend(c.jobs.into_iter().map(|j| (j.job_id, j.state)));
+                    }
+                }
+                first = false;
+            }
+            assert!(states.len() == 3 && states.values().all(|s| *s == pb::JobState::Cancelled as i32), "watcher {i}: {states:?}");
+        }
+        // Changed since: a new watcher reads again, and sees it ended.
+        let mut late = u1.watch(r()).await.unwrap().into_inner();
+        match late.message().await.unwrap().and_then(|e| e.event) {
+            Some(pb::watch_event::Event::Snapshot(c)) => assert!(c.jobs.iter().all(|j| j.state == pb::JobState::Cancelled as i32), "{c:?}"),
+            other => panic!("expected a snapshot: {other:?}"),
+        }
+        assert_eq!(reads(), 2);
     });
 }
 
