@@ -8,25 +8,29 @@
 //!
 //! The wire is the contract's: the same path, request and `WatchEvent`
 //! messages (encoded by prost from the generated types), the same
-//! interceptor in front, the same statuses. Only the encoder differs: it
-//! writes bytes already encoded.
+//! interceptor in front, the same statuses. The request is read by tonic;
+//! the response is framed here — gRPC's five-byte prefix, then the shared
+//! bytes themselves, then the status in the trailers — because tonic's
+//! encoder copies every message into its stream's buffer, and a snapshot
+//! copied for each of a thousand watchers that do not read it is a
+//! thousand copies held.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use prost::Message;
 use stylefarm_proto as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::hub::{Batch, Snapshot, Subscription, WatchChanges};
 use crate::machine::State as JobState;
-use crate::auth::Caller;
 use crate::service::{changed_part, db_err, FarmService, WatchPermit, WATCH_SEND_PATIENCE};
 use crate::state::ReadKind;
 
@@ -36,8 +40,7 @@ pub const PATH: &str = "/stylefarm.v2.Farm/Watch";
 /// A stream of encoded `WatchEvent`s.
 pub type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
-/// Watch as a tower service of HTTP requests, for the router: the gRPC
-/// framing is tonic's, the messages are already encoded.
+/// Watch as a tower service of HTTP requests, for the router.
 #[derive(Clone)]
 pub struct Route {
     farm: FarmService,
@@ -59,58 +62,87 @@ where
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Infallible>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let (farm, max) = (self.farm.clone(), self.max_message_bytes);
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(PreEncoded).apply_max_message_size_config(Some(max), Some(max));
-            Ok(grpc.server_streaming(Method(farm), request).await)
+            let (parts, body) = request.into_parts();
+            let decoder = tonic_prost::ProstDecoder::<pb::CollectionRef>::default();
+            let mut messages = tonic::codec::Streaming::new_request(decoder, body, None, Some(max));
+            let message = match messages.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(Status::invalid_argument("Watch takes one CollectionRef; the request had none").into_http()),
+                Err(status) => return Ok(status.into_http()),
+            };
+            let request = Request::from_http(http::Request::from_parts(parts, message));
+            Ok(match watch(&farm, request).await {
+                Ok(response) => {
+                    let (metadata, stream, _) = response.into_parts();
+                    let mut http = http::Response::new(tonic::body::Body::new(Frames { stream, max, next: None, done: false }));
+                    *http.headers_mut() = metadata.into_headers();
+                    http.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                    http
+                }
+                Err(status) => status.into_http(),
+            })
         })
     }
 }
 
-struct Method(FarmService);
+/// A gRPC response body: each message as its five-byte prefix (not
+/// compressed, length big-endian) and then the message's own bytes, shared
+/// with every other watcher; at the end the status, in the trailers.
+struct Frames {
+    stream: EncodedStream,
+    max: usize,
+    /// The message whose prefix was just sent.
+    next: Option<Bytes>,
+    done: bool,
+}
 
-impl tonic::server::ServerStreamingService<pb::CollectionRef> for Method {
-    type Response = Bytes;
-    type ResponseStream = EncodedStream;
-    type Future = BoxFuture<Response<EncodedStream>, Status>;
-
-    fn call(&mut self, request: Request<pb::CollectionRef>) -> Self::Future {
-        let farm = self.0.clone();
-        Box::pin(async move { watch(&farm, request).await })
+impl Frames {
+    fn end(&mut self, status: Status) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        self.done = true;
+        let mut trailers = http::HeaderMap::new();
+        match status.add_header(&mut trailers) {
+            Ok(()) => Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers)))),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
     }
 }
 
-/// Requests decoded as prost does; responses written as given.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PreEncoded;
-
-impl Codec for PreEncoded {
-    type Encode = Bytes;
-    type Decode = pb::CollectionRef;
-    type Encoder = PreEncoded;
-    type Decoder = tonic_prost::ProstDecoder<pb::CollectionRef>;
-
-    fn encoder(&mut self) -> PreEncoded {
-        PreEncoded
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::default()
-    }
-}
-
-impl Encoder for PreEncoded {
-    type Item = Bytes;
+impl http_body::Body for Frames {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if let Some(message) = self.next.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(message))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.stream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(message))) => {
+                let (len, max) = (message.len(), self.max);
+                if len > max {
+                    return self.end(Status::resource_exhausted(format!(
+                        "a Watch message of {len} bytes is over the coordinator's message limit of {max} (--max-request-mb)"
+                    )));
+                }
+                let mut prefix = Vec::with_capacity(5);
+                prefix.push(0);
+                prefix.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                self.next = Some(message);
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(prefix)))))
+            }
+            Poll::Ready(Some(Err(status))) => self.end(status),
+            Poll::Ready(None) => self.end(Status::ok("")),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

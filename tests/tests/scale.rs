@@ -192,7 +192,23 @@ fn watchers_share_one_snapshot_and_each_follows_to_the_end() {
         }
         let e = u2.watch(r()).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
-        assert_eq!(reads(), 1, "thirty watchers of an unchanged collection, one read");
+        let mut stranger = pb::farm_client::FarmClient::with_interceptor(ch.clone(), with_token("nobody"));
+        assert_eq!(stranger.watch(r()).await.unwrap_err().code(), Code::Unauthenticated);
+        // A client with no generated code: bytes that are not a
+        // CollectionRef are refused with a status; the contract's bytes get
+        // the snapshot, framed as gRPC frames it.
+        let mut raw = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(ch.clone(), with_token("u1")));
+        let path = || tonic::codegen::http::uri::PathAndQuery::from_static("/stylefarm.v2.Farm/Watch");
+        raw.ready().await.unwrap();
+        let e = raw.server_streaming(Request::new(bytes::Bytes::from_static(&[0xff, 0xff, 0xff])), path(), Raw).await.unwrap_err();
+        assert_ne!(e.code(), Code::Ok, "{e:?}");
+        raw.ready().await.unwrap();
+        let request = bytes::Bytes::from(prost::Message::encode_to_vec(&r()));
+        let mut frames = raw.server_streaming(Request::new(request), path(), Raw).await.unwrap().into_inner();
+        let first: pb::WatchEvent = prost::Message::decode(frames.message().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(first.event, Some(pb::watch_event::Event::Snapshot(ref c)) if c.jobs.len() == 3), "{first:?}");
+        drop(frames);
+        assert_eq!(reads(), 1, "thirty-one watchers of an unchanged collection, one read");
 
         u1.cancel(r()).await.unwrap();
         for (i, mut s) in streams.into_iter().enumerate() {
@@ -222,6 +238,42 @@ fn watchers_share_one_snapshot_and_each_follows_to_the_end() {
         }
         assert_eq!(reads(), 2);
     });
+}
+
+/// Sends and reads gRPC messages as bytes: a client that shares no code
+/// with the farm.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
+    }
 }
 
 #[test]
