@@ -207,13 +207,8 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
 fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -> Result<Ended, JobError> {
     let mut params = RenderParams::from_json(&job.params_json)?;
     let (w, h) = (job.width as usize, job.height as usize);
-    // Tiled: keep as many tiles' activations as this machine's free memory
-    // holds (the job's own figure is not trusted; a GPU's free memory is
-    // not known here, so none).
-    params.keep_tiles = match stylefarm_shared::budget::available_memory() {
-        Some(free) if ctx.device.is_cpu() => params.most_tiles_kept(job.width, job.height, free),
-        _ => 0,
-    };
+    let free = if ctx.device.is_cpu() { stylefarm_shared::budget::available_memory() } else { None };
+    params.keep_tiles = tiles_to_keep(&params, (job.width, job.height), free);
     let limits = ImageLimits::default();
     let load = |key: &str, role: &str| -> Result<image::RgbImage, JobError> {
         let bytes = rt.block_on(retry_storage(|| ctx.store.get(key)))?;
@@ -558,6 +553,13 @@ impl Hooks for FarmHooks<'_> {
     }
 }
 
+/// Tiled: how many tiles' activations to keep for the `(w, h)` render, as
+/// many as `free` memory holds. The job's own figure is not trusted, and
+/// with no figure (a GPU's free memory is not known here) none are kept.
+fn tiles_to_keep(params: &RenderParams, (w, h): (u32, u32), free: Option<u64>) -> usize {
+    free.map_or(0, |free| params.most_tiles_kept(w, h, free))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,5 +572,17 @@ mod tests {
         assert!(matches!(JobError::from(EngineError::Internal("shape mismatch".into())), JobError::Internal(_)));
         let bad = EngineError::NonFinite { iteration: 3, value: f64::NAN };
         assert!(matches!(JobError::from(bad), JobError::BadInput(_)), "a loss that left the numbers is the job's");
+    }
+
+    #[test]
+    fn a_job_cannot_choose_how_many_tiles_a_worker_keeps() {
+        let asked = RenderParams { tile: Some(512), keep_tiles: 1_000_000, ..RenderParams::default() };
+        // 3840x2160 in 512 px tiles: 8 x 5.
+        assert_eq!(tiles_to_keep(&asked, (3840, 2160), None), 0, "no memory figure, nothing kept");
+        assert_eq!(tiles_to_keep(&asked, (3840, 2160), Some(u64::MAX)), 39, "all but the last, which is always kept");
+        let budget = RenderParams { keep_tiles: 10, ..asked.clone() }.estimated_peak_bytes(3840, 2160);
+        assert_eq!(tiles_to_keep(&asked, (3840, 2160), Some(budget)), 10, "as many as the memory holds");
+        let untiled = RenderParams { tile: None, ..asked };
+        assert_eq!(tiles_to_keep(&untiled, (3840, 2160), Some(u64::MAX)), 0);
     }
 }
