@@ -34,11 +34,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_proto::farm_server::FarmServer;
-use tonic::service::interceptor::InterceptedService;
 use stylefarm_proto::workers_server::WorkersServer;
 use stylefarm_shared::storage::{StorageError, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
 pub use auth::{Scope, Tokens};
@@ -188,7 +188,7 @@ pub async fn run_with_dashboard(
             Ok(r)
         }))
         .into_axum_router()
-        .route_service(watch::PATH, InterceptedService::new(watch, users));
+        .route_service(&watch::path(), InterceptedService::new(watch, users));
     let served = builder
         .add_routes(routes.into())
         .serve_with_incoming_shutdown(incoming(listener), shutdown)

@@ -209,11 +209,11 @@ impl Drop for WatchPermit {
     }
 }
 
-/// How long a Watch may wait for its client to take the next message
-/// before it is cut off.
 /// The stream the generated `Farm` trait's `watch` returns.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
+/// How long a Watch may wait for its client to take the next message
+/// before it is cut off.
 pub(crate) const WATCH_SEND_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A page token: the sequence number of the last item handed out.

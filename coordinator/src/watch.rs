@@ -35,7 +35,9 @@ use crate::service::{changed_part, db_err, FarmService, WatchPermit, WATCH_SEND_
 use crate::state::ReadKind;
 
 /// The gRPC path the contract gives Watch.
-pub const PATH: &str = "/stylefarm.v2.Farm/Watch";
+pub fn path() -> String {
+    format!("/{}/Watch", pb::farm_server::SERVICE_NAME)
+}
 
 /// A stream of encoded `WatchEvent`s.
 pub type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;

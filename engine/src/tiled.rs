@@ -46,6 +46,11 @@ pub struct Reach {
 }
 
 impl Reach {
+    /// `tile` rounded up to the stride tile borders keep (at least one).
+    pub fn round(&self, tile: usize) -> usize {
+        tile.max(1).div_ceil(self.align) * self.align
+    }
+
     /// The receptive field of the first `depth` convs: walked back from
     /// one position of the deepest conv's output, each 3×3 conv widening
     /// the range by one at its scale and each 2×2 pool doubling it.
@@ -92,12 +97,19 @@ pub fn spans(len: usize, tile: usize, reach: Reach) -> Vec<Span> {
     out
 }
 
-/// Each tile's crop of an `h`×`w` image, (rows, columns), in the order
-/// the tiles are evaluated (rows of tiles, top to bottom).
-pub fn crop_sizes(h: usize, w: usize, tile: usize, reach: Reach) -> Vec<(usize, usize)> {
-    let tile = tile.max(1).div_ceil(reach.align) * reach.align;
+/// Every tile of an `h`×`w` image, (rows, columns), in the order they are
+/// evaluated (rows of tiles, top to bottom); `tile` is rounded up to the
+/// stride.
+fn grid(h: usize, w: usize, tile: usize, reach: Reach) -> Vec<(Span, Span)> {
+    let tile = reach.round(tile);
     let (rows, cols) = (spans(h, tile, reach), spans(w, tile, reach));
-    rows.iter().flat_map(|r| cols.iter().map(move |c| (r.crop_end - r.crop_start, c.crop_end - c.crop_start))).collect()
+    rows.iter().flat_map(|r| cols.iter().map(move |c| (*r, *c))).collect()
+}
+
+/// Each tile's crop of an `h`×`w` image, (rows, columns), in the order
+/// the tiles are evaluated.
+pub fn crop_sizes(h: usize, w: usize, tile: usize, reach: Reach) -> Vec<(usize, usize)> {
+    grid(h, w, tile, reach).iter().map(|(r, c)| (r.crop_end - r.crop_start, c.crop_end - c.crop_start)).collect()
 }
 
 /// Pools before conv `conv`, as a stride: its feature map is the image
@@ -160,7 +172,7 @@ impl Tiled {
         if tile == 0 {
             return Err(invalid("tile", "a tile has at least one pixel a side"));
         }
-        let tile = tile.div_ceil(reach.align) * reach.align;
+        let tile = reach.round(tile);
         let mut this = Self { vgg, depth, tile, reach, keep: params.keep_tiles, alpha: params.alpha, beta: params.beta, tv_weight: params.tv_weight, content: Vec::new(), style: Vec::new() };
 
         let content_convs: Vec<usize> = content_layers.iter().map(|l| conv_index(&l.layer)).collect::<Result<_>>()?;
@@ -194,8 +206,7 @@ impl Tiled {
 
     /// Every tile of an `h`×`w` image: (rows, columns).
     fn tiles(&self, h: usize, w: usize) -> Vec<(Span, Span)> {
-        let (rows, cols) = (spans(h, self.tile, self.reach), spans(w, self.tile, self.reach));
-        rows.iter().flat_map(|r| cols.iter().map(move |c| (*r, *c))).collect()
+        grid(h, w, self.tile, self.reach)
     }
 
     /// The image's crop for a tile, `[1, 3, ch, cw]`.

@@ -331,8 +331,7 @@ async fn watcher(id: String, lazy: bool, skim: bool, shared: Arc<Shared>) {
     while !shared.done.load(Ordering::Relaxed) {
         let Ok(ch) = channel(&shared.url).await else { return };
         let request = pb::CollectionRef { collection_id: id.clone() };
-        // Each message's kind: 1 a snapshot, 2 changes.
-        let kinds: Result<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<u8, tonic::Status>> + Send>>, tonic::Status> = if skim {
+        let kinds: Result<Kinds, tonic::Status> = if skim {
             skim_watch(ch, request).await
         } else {
             let mut farm = pb::farm_client::FarmClient::new(ch).max_decoding_message_size(256 << 20);
@@ -368,10 +367,13 @@ async fn watcher(id: String, lazy: bool, skim: bool, shared: Arc<Shared>) {
     }
 }
 
+/// The kinds of a watch's messages: 1 a snapshot, 2 changes.
+type Kinds = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<u8, tonic::Status>> + Send>>;
+
 /// Watch, each message read whole and decoded only as far as its kind:
 /// the field number of `WatchEvent`'s one field (the first byte of its
 /// encoding: field 1 `snapshot`, field 2 `changes`).
-async fn skim_watch(ch: Channel, request: pb::CollectionRef) -> Result<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<u8, tonic::Status>> + Send>>, tonic::Status> {
+async fn skim_watch(ch: Channel, request: pb::CollectionRef) -> Result<Kinds, tonic::Status> {
     #[derive(Clone, Copy, Default)]
     struct Skim;
     impl tonic::codec::Codec for Skim {
@@ -398,7 +400,7 @@ async fn skim_watch(ch: Channel, request: pb::CollectionRef) -> Result<std::pin:
     }
     let mut grpc = tonic::client::Grpc::new(ch).max_decoding_message_size(256 << 20);
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/stylefarm.v2.Farm/Watch");
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!("/{}/Watch", pb::farm_server::SERVICE_NAME)).map_err(|e| tonic::Status::internal(e.to_string()))?;
     let stream = grpc.server_streaming(tonic::Request::new(request), path, Skim).await?.into_inner();
     Ok(Box::pin(stream))
 }
