@@ -75,7 +75,35 @@ CREATE INDEX jobs_by_collection_state ON jobs(collection_id, state);
     r#"
 CREATE INDEX attempts_by_end ON attempts(ended) WHERE ended IS NOT NULL;
 "#,
+    // Limits: a collection's variants and columns are stored once, not on
+    // every job (new jobs leave params_json and style_key empty); a
+    // worker's strikes remember their jobs, and a quarantine says why.
+    r#"
+CREATE TABLE variants (
+    collection_id TEXT NOT NULL, variant_index INTEGER NOT NULL, params_json TEXT NOT NULL,
+    PRIMARY KEY (collection_id, variant_index)
+);
+CREATE TABLE columns (
+    collection_id TEXT NOT NULL, style_index INTEGER NOT NULL, style_keys TEXT NOT NULL,
+    PRIMARY KEY (collection_id, style_index)
+);
+ALTER TABLE workers ADD COLUMN strike_jobs TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN quarantine_reason TEXT NOT NULL DEFAULT '';
+"#,
 ];
+
+/// A job's parameters and style keys: its own columns for jobs created
+/// before they were stored once per collection, else its variant's and
+/// its column's rows.
+const JOB_PARAMS: &str = "COALESCE(NULLIF(params_json, ''),
+    (SELECT v.params_json FROM variants v WHERE v.collection_id = jobs.collection_id AND v.variant_index = jobs.variant_index))";
+const JOB_STYLE_KEYS: &str = "COALESCE(NULLIF(style_key, ''),
+    (SELECT c.style_keys FROM columns c WHERE c.collection_id = jobs.collection_id AND c.style_index = jobs.style_index))";
+
+/// A sweep that starts this long after the one before found the
+/// coordinator itself behind (its runtime or its state's thread stalled):
+/// running leases get that time back.
+const STALL_SECONDS: f64 = 2.0;
 
 /// The farm at a glance (the dashboard's farm page).
 #[derive(Debug, Clone, Default)]
@@ -119,6 +147,9 @@ pub enum CallError {
     Stale { job: String, why: String },
     #[error("job {job}: {refusal}")]
     Refused { job: String, refusal: Refusal },
+    /// What the worker reported cannot be true of the job.
+    #[error("job {job}: {what}")]
+    Invalid { job: String, what: String },
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
 }
@@ -127,11 +158,31 @@ pub enum CallError {
 /// then job, all on the row) walked along the partial index `jobs_queue`,
 /// skipping jobs in their retry backoff or needing more memory than the
 /// worker has. Its cost does not grow with the queue.
-const LEASE_QUERY: &str = "SELECT id, collection_id, content_key, style_key, params_json, width, height,
-        checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
- FROM jobs INDEXED BY jobs_queue
- WHERE state = 1 AND not_before <= ?1 AND (?2 = 0 OR min_memory <= ?2)
- ORDER BY prio, cseq, seq LIMIT 1";
+fn lease_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| {
+        format!(
+            "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
+                    checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
+             FROM jobs INDEXED BY jobs_queue
+             WHERE state = 1 AND not_before <= ?1 AND (?2 = 0 OR min_memory <= ?2)
+             ORDER BY prio, cseq, seq LIMIT 1"
+        )
+    })
+}
+
+/// A running job's spec again, for a worker that asks to lease while it
+/// holds it (its reply was lost): the same columns as [`lease_query`].
+fn held_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| {
+        format!(
+            "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
+                    checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state, fencing_token
+             FROM jobs WHERE worker = ?1 AND state = 2 LIMIT 1"
+        )
+    })
+}
 
 /// Joins a blended job's style keys in the `style_key` column (keys are
 /// `inputs/<sha256>`, so they never contain it).
@@ -202,6 +253,9 @@ pub struct Db {
     /// Jobs changed since the last [`Db::take_touched`]: what the state's
     /// owner announces to watchers after a commit.
     touched: Vec<String>,
+    /// When [`Db::expire_leases`] last ran (in memory: a restart grants
+    /// its own grace).
+    last_sweep: Option<f64>,
 }
 
 fn state_of(v: i32) -> rusqlite::Result<State> {
@@ -282,7 +336,7 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut db = Self { conn, touched: Vec::new() };
+        let mut db = Self { conn, touched: Vec::new(), last_sweep: None };
         db.migrate()?;
         Ok(db)
     }
@@ -291,7 +345,7 @@ impl Db {
     /// see every committed change and never block the writer (WAL).
     pub fn open_reader(path: &std::path::Path) -> rusqlite::Result<Self> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-        Ok(Self { conn, touched: Vec::new() })
+        Ok(Self { conn, touched: Vec::new(), last_sweep: None })
     }
 
     /// Opens one transaction that the next calls share until
@@ -386,6 +440,18 @@ impl Db {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key],
         )?;
+        // Every job of a variant has its parameters, every job of a column
+        // its style keys: stored once here, read by the job's indexes.
+        for j in &c.jobs {
+            tx.execute(
+                "INSERT OR IGNORE INTO variants (collection_id, variant_index, params_json) VALUES (?1, ?2, ?3)",
+                params![c.id, j.variant_index, j.params_json],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO columns (collection_id, style_index, style_keys) VALUES (?1, ?2, ?3)",
+                params![c.id, j.style_index, j.style_keys.join(STYLE_KEY_SEPARATOR)],
+            )?;
+        }
         for j in &c.jobs {
             let seq = Self::next(&tx, "seq")?;
             tx.execute(
@@ -395,7 +461,7 @@ impl Db {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
                 params![
                     j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
-                    j.style_keys.join(STYLE_KEY_SEPARATOR), j.params_json, j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
+                    "", "", j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
                     j.iterations, j.min_memory as i64, -(c.priority as i64), collection_seq
                 ],
             )?;
@@ -449,9 +515,9 @@ impl Db {
     /// The collection's columns, one per style × variant: each style's name
     /// and each variant's parameters (JSON), read from its first row.
     pub fn grid_columns(&self, collection: &str) -> rusqlite::Result<Vec<(u32, u32, String, String)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT style_index, variant_index, style_name, params_json FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT style_index, variant_index, style_name, {JOB_PARAMS} FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq"
+        ))?;
         let columns = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect();
         columns
     }
@@ -519,34 +585,44 @@ impl Db {
     pub fn register_worker(&mut self, id: &str, r: &pb::RegisterRequest) -> rusqlite::Result<()> {
         self.conn.execute(
             "INSERT INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![id, r.name, r.device, r.device_name, r.memory_bytes as i64, now()],
+            params![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), now()],
         )?;
         Ok(())
     }
 
-    /// Every worker that registered, newest first, with the job it holds.
-    pub fn workers(&self) -> rusqlite::Result<Vec<pb::WorkerInfo>> {
-        let mut stmt = self.conn.prepare(
+    /// One page of the workers that registered, newest first, with the
+    /// job each holds: those after `after` (a registration's rowid, as
+    /// the previous page's token said), at most `limit`, and the token of
+    /// the next page if there is one.
+    pub fn workers_page(&self, after: i64, limit: u32) -> rusqlite::Result<(Vec<pb::WorkerInfo>, Option<i64>)> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT w.id, w.name, w.device, w.device_name, w.memory_bytes, w.last_seen, w.strikes, w.quarantined,
-                    (SELECT j.id FROM jobs j WHERE j.worker = w.id AND j.state = ?1 LIMIT 1)
-             FROM workers w ORDER BY w.registered DESC",
+                    (SELECT j.id FROM jobs j WHERE j.worker = w.id AND j.state = ?1 LIMIT 1), w.quarantine_reason, w.rowid
+             FROM workers w WHERE ?2 = 0 OR w.rowid < ?2 ORDER BY w.rowid DESC LIMIT ?3",
         )?;
-        let workers = stmt
-            .query_map([RUNNING], |r| {
-                Ok(pb::WorkerInfo {
-                    worker_id: r.get(0)?,
-                    name: r.get(1)?,
-                    device: r.get(2)?,
-                    device_name: r.get(3)?,
-                    memory_bytes: r.get::<_, i64>(4)? as u64,
-                    last_seen_unix: r.get(5)?,
-                    strikes: r.get(6)?,
-                    quarantined: r.get(7)?,
-                    current_job: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                })
+        let rows = stmt
+            .query_map(params![RUNNING, after, limit as i64 + 1], |r| {
+                Ok((
+                    pb::WorkerInfo {
+                        worker_id: r.get(0)?,
+                        name: r.get(1)?,
+                        device: r.get(2)?,
+                        device_name: r.get(3)?,
+                        memory_bytes: r.get::<_, i64>(4)?.max(0) as u64,
+                        last_seen_unix: r.get(5)?,
+                        strikes: r.get(6)?,
+                        quarantined: r.get(7)?,
+                        current_job: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                        quarantine_reason: r.get(9)?,
+                    },
+                    r.get::<_, i64>(10)?,
+                ))
             })?
-            .collect();
-        workers
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let more = rows.len() > limit as usize;
+        let page: Vec<(pb::WorkerInfo, i64)> = rows.into_iter().take(limit as usize).collect();
+        let next = if more { page.last().map(|(_, rowid)| *rowid) } else { None };
+        Ok((page.into_iter().map(|(w, _)| w).collect(), next))
     }
 
     /// The most memory a worker seen within `since` seconds offers (None:
@@ -575,25 +651,38 @@ impl Db {
             return Err(CallError::Quarantined { worker: worker.to_string(), strikes });
         }
         tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, worker])?;
+        // One lease at a time: a worker that asks while it holds one lost
+        // the reply, and gets the same lease again.
+        let spec_of = |r: &Row| -> rusqlite::Result<pb::JobSpec> {
+            Ok(pb::JobSpec {
+                job_id: r.get(0)?,
+                collection_id: r.get(1)?,
+                content_key: r.get(2)?,
+                style_keys: r.get::<_, String>(3)?.split(STYLE_KEY_SEPARATOR).map(str::to_string).collect(),
+                params_json: r.get(4)?,
+                width: r.get(5)?,
+                height: r.get(6)?,
+                checkpoint_every: r.get(7)?,
+                snapshot_every: r.get(8)?,
+                prefix: String::new(),
+                resume_key: r.get(9)?,
+            })
+        };
+        let held = tx
+            .query_row(held_query(), [worker], |r| Ok((spec_of(r)?, r.get::<_, u32>(11)?, r.get::<_, i64>(13)? as u64)))
+            .optional()?;
+        if let Some((mut spec, attempt, token)) = held {
+            spec.prefix = crate::paths::attempt(&spec.collection_id, &spec.job_id, attempt);
+            tx.commit()?;
+            return Ok(Some(Leased { spec, token, attempt }));
+        }
         let row = tx
             .query_row(
-                LEASE_QUERY,
+                lease_query(),
                 params![t, memory],
                 |r| {
                     Ok((
-                        pb::JobSpec {
-                            job_id: r.get(0)?,
-                            collection_id: r.get(1)?,
-                            content_key: r.get(2)?,
-                            style_keys: r.get::<_, String>(3)?.split(STYLE_KEY_SEPARATOR).map(str::to_string).collect(),
-                            params_json: r.get(4)?,
-                            width: r.get(5)?,
-                            height: r.get(6)?,
-                            checkpoint_every: r.get(7)?,
-                            snapshot_every: r.get(8)?,
-                            prefix: String::new(),
-                            resume_key: r.get(9)?,
-                        },
+                        spec_of(r)?,
                         r.get::<_, u32>(10)?,
                         r.get::<_, u32>(11)?,
                         state_of(r.get(12)?)?,
@@ -716,29 +805,77 @@ impl Db {
                 params![t, outcome, call.job, call.token as i64],
             )?;
         }
-        tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, call.worker])?;
-        Self::strike(&tx, call.worker, event, rules)?;
+        let strike = match event {
+            Event::Complete => Some(false),
+            Event::Fail(Cause::NotTheJob) => Some(true),
+            // A lapse is not the worker's call: its last call stays its
+            // last sign of life.
+            Event::Lapse => Some(Self::silent_while_others_heard(&tx, call.worker, rules)?).filter(|&s| s),
+            _ => None,
+        };
+        if event != Event::Lapse {
+            tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, call.worker])?;
+        }
+        if let Some(strike) = strike {
+            Self::record(&tx, call.worker, call.job, strike, event, rules)?;
+        }
         tx.commit()?;
         self.touched.push(call.job.to_string());
         Ok(Answer { collection, cancelled, repeated: false })
     }
 
+    /// Whether a lapsed lease is evidence against its worker: the
+    /// coordinator heard another worker at least half a lease after this
+    /// one's last call, so it was answering while this worker was silent.
+    /// Alone on the farm, or with everyone silent at once, a lapse says
+    /// more about the coordinator or the network than about the worker.
+    fn silent_while_others_heard(tx: &Connection, worker: &str, rules: &Rules) -> rusqlite::Result<bool> {
+        tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM workers o WHERE o.id != ?1 AND o.last_seen > (SELECT last_seen FROM workers WHERE id = ?1) + ?2)",
+            params![worker, rules.lease_seconds / 2.0],
+            |r| r.get(0),
+        )
+    }
+
     /// A worker's record: attempts in a row lost to the worker itself (its
-    /// storage, its device, its lease lapsing) count against it; a success
-    /// clears them. A job's own errors do not: its budget pays for those.
-    fn strike(tx: &Connection, worker: &str, event: Event, rules: &Rules) -> rusqlite::Result<()> {
-        match event {
-            Event::Complete => {
-                tx.execute("UPDATE workers SET strikes = 0 WHERE id = ?1", [worker])?;
-            }
-            Event::Fail(Cause::NotTheJob) | Event::Lapse => {
-                tx.execute(
-                    "UPDATE workers SET strikes = strikes + 1, quarantined = (strikes + 1 >= ?2) WHERE id = ?1",
-                    params![worker, rules.quarantine_after],
-                )?;
-            }
-            _ => {}
+    /// own Fail(WORKER), or a lease it let lapse while others were heard)
+    /// are strikes, each with its job; a success clears them. A job's own
+    /// errors do not count: its budget pays for those. Quarantine needs
+    /// `quarantine_after` strikes in a row and evidence against the worker:
+    /// each was its own Fail(WORKER), or they fell on at least two
+    /// different jobs. Leases that lapse on one job alone (a job whose
+    /// lease no worker can even read) are the job's fault, and its requeue
+    /// budget ends it.
+    fn record(tx: &Connection, worker: &str, job: &str, strike: bool, event: Event, rules: &Rules) -> rusqlite::Result<()> {
+        if !strike {
+            tx.execute("UPDATE workers SET strikes = 0, strike_jobs = '' WHERE id = ?1", [worker])?;
+            return Ok(());
         }
+        let (strikes, jobs): (u32, String) =
+            tx.query_row("SELECT strikes, strike_jobs FROM workers WHERE id = ?1", [worker], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // The streak's last `quarantine_after` strikes, each `W:job` (its
+        // own Fail) or `L:job` (a lapse).
+        let (strikes, mut jobs) = (strikes + 1, jobs.split_whitespace().map(str::to_string).collect::<Vec<_>>());
+        jobs.push(format!("{}:{job}", if event == Event::Lapse { 'L' } else { 'W' }));
+        let keep = jobs.len().saturating_sub(rules.quarantine_after as usize);
+        jobs.drain(..keep);
+        let mut distinct: Vec<&str> = jobs.iter().map(|j| &j[2..]).collect();
+        distinct.sort();
+        distinct.dedup();
+        let own = jobs.iter().all(|j| j.starts_with("W:"));
+        let quarantine = strikes >= rules.quarantine_after && (own || distinct.len() >= 2);
+        let what = if event == Event::Lapse { "lease lapsed while other workers were heard" } else { "it reported its own failure (WORKER)" };
+        let reason = if quarantine {
+            let why = if own { "each reported as its own failure (WORKER)".to_string() } else { format!("on {} different jobs", distinct.len()) };
+            format!("{strikes} attempts in a row lost on this worker, {why}; the last: {what} (jobs {})", distinct.join(", "))
+        } else {
+            String::new()
+        };
+        tx.execute(
+            "UPDATE workers SET strikes = ?2, strike_jobs = ?3, quarantined = quarantined OR ?4, quarantine_reason = CASE WHEN ?4 THEN ?5 ELSE quarantine_reason END
+             WHERE id = ?1",
+            params![worker, strikes, jobs.join(" "), quarantine, reason],
+        )?;
         Ok(())
     }
 
@@ -746,6 +883,14 @@ impl Db {
     /// checkpoint.
     pub fn heartbeat(&mut self, call: &Call, r: &pb::HeartbeatRequest, checkpoint_key: Option<&str>, rules: &Rules) -> Result<Answer, CallError> {
         let p = r.progress.clone().unwrap_or_default();
+        let total: Option<u32> = self.conn.query_row("SELECT iterations FROM jobs WHERE id = ?1", [call.job], |r| r.get(0)).optional()?;
+        if let Some(total) = total {
+            for (name, n) in [("progress.iteration", p.iteration), ("progress.iterations", p.iterations), ("checkpoint_iteration", r.checkpoint_iteration)] {
+                if n > total {
+                    return Err(CallError::Invalid { job: call.job.to_string(), what: format!("{name} {n} is past the job's {total} iterations") });
+                }
+            }
+        }
         let deadline = now() + rules.lease_seconds;
         self.worker_event(call, Event::Heartbeat, rules, "cancelled", |tx, to| {
             if to != State::Running {
@@ -825,7 +970,20 @@ impl Db {
 
     /// Requeues every job whose lease lapsed, without spending its failure
     /// budget (up to `max_requeues`); returns the collections touched.
+    ///
+    /// A sweep that runs more than [`STALL_SECONDS`] after the last one
+    /// found the coordinator itself behind (a blocked runtime, a backed-up
+    /// state thread): nothing could be heard in that time, so running
+    /// leases get it back before anything is expired.
     pub fn expire_leases(&mut self, rules: &Rules) -> rusqlite::Result<Vec<String>> {
+        let t = now();
+        let stalled = self.last_sweep.map_or(0.0, |last| t - last);
+        self.last_sweep = Some(t);
+        if stalled > STALL_SECONDS {
+            let extended = self.conn.execute("UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE state = ?2", params![stalled, RUNNING])?;
+            tracing::warn!(seconds = stalled, leases = extended, "the coordinator was behind; running leases get that time back");
+            metrics::counter!("stylefarm_coordinator_stalls_total").increment(1);
+        }
         let lapsed: Vec<(String, String, i64)> = {
             let mut stmt = self.conn.prepare_cached("SELECT id, worker, fencing_token FROM jobs WHERE state = 2 AND lease_deadline < ?1")?;
             let rows = stmt.query_map(params![now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -1076,22 +1234,27 @@ mod tests {
         create(&mut db, "c", 0, &[job("a"), job("b"), job("c"), job("d")]);
         assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
         worker(&mut db, "w", 0);
-        let t1 = db.lease("w", &RULES).unwrap().unwrap().token;
-        let t2 = db.lease("w", &RULES).unwrap().unwrap().token;
+        let l1 = db.lease("w", &RULES).unwrap().unwrap();
+        let again = db.lease("w", &RULES).unwrap().unwrap();
+        assert_eq!((&again.spec.job_id, again.token, again.attempt), (&l1.spec.job_id, l1.token, l1.attempt), "one lease at a time: the same again");
+        assert_eq!(again.spec.prefix, l1.spec.prefix);
+        worker(&mut db, "x", 0);
+        let t1 = l1.token;
+        let t2 = db.lease("x", &RULES).unwrap().unwrap().token;
         assert!(t2 > t1 && t2 - t1 != 1 && (t2 & 0xffff_ffff) != ((t1 + 1) & 0xffff_ffff), "{t1} then {t2}");
-        for (job, token) in [("a", t1), ("b", t2)] {
-            db.fail(&Call { worker: "w", job, token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+        db.fail(&Call { worker: "w", job: "a", token: t1 }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+        for _ in 0..2 {
+            let l = db.lease("w", &RULES).unwrap().unwrap();
+            db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
         }
-        let t3 = db.lease("w", &RULES).unwrap().unwrap();
-        db.fail(&Call { worker: "w", job: &t3.spec.job_id, token: t3.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
         assert!(matches!(db.lease("w", &RULES), Err(CallError::Quarantined { strikes: 3, .. })));
-        let listed = db.workers().unwrap();
-        assert!(listed[0].quarantined && listed[0].strikes == 3);
-        for id in ["a", "b"] {
-            let j = state(&db, "c", id);
-            assert_eq!((j.state, j.failures), (QUEUED, 0), "the worker's fault costs the job nothing");
-            assert!(j.requeues >= 1);
-        }
+        let (listed, _) = db.workers_page(0, 10).unwrap();
+        let w = listed.iter().find(|w| w.worker_id == "w").unwrap();
+        assert!(w.quarantined && w.strikes == 3);
+        assert!(w.quarantine_reason.contains("its own failure (WORKER)"), "{}", w.quarantine_reason);
+        let j = state(&db, "c", "a");
+        assert_eq!((j.state, j.failures), (QUEUED, 0), "the worker's fault costs the job nothing");
+        assert!(j.requeues >= 1);
     }
 
     #[test]
@@ -1155,7 +1318,7 @@ mod tests {
         let (_d, db) = open();
         let plan: Vec<String> = db
             .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {LEASE_QUERY}"))
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", lease_query()))
             .unwrap()
             .query_map(params![0.0, 0], |r| r.get::<_, String>(3))
             .unwrap()
@@ -1201,10 +1364,11 @@ mod tests {
         let (dir, mut db) = open();
         create(&mut db, "c", 0, &[job("a"), job("b")]);
         worker(&mut db, "w", 0);
+        worker(&mut db, "x", 0);
         db.begin().unwrap();
         let first = db.lease("w", &RULES).unwrap().unwrap();
         assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
-        let second = db.lease("w", &RULES).unwrap().unwrap();
+        let second = db.lease("x", &RULES).unwrap().unwrap();
         // Not visible to a reader before the commit…
         let reader = Db::open_reader(&dir.path().join("farm.db")).unwrap();
         assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 0);
@@ -1220,8 +1384,13 @@ mod tests {
         let (_d, mut db) = open();
         create(&mut db, "low", 0, &[job("l1")]);
         create(&mut db, "high", 5, &[job("h1"), job("h2")]);
-        worker(&mut db, "w", 0);
-        let order: Vec<String> = (0..3).map(|_| db.lease("w", &RULES).unwrap().unwrap().spec.job_id).collect();
+        let order: Vec<String> = (0..3)
+            .map(|i| {
+                // One lease a worker: three workers take the queue's first three.
+                worker(&mut db, &format!("w{i}"), 0);
+                db.lease(&format!("w{i}"), &RULES).unwrap().unwrap().spec.job_id
+            })
+            .collect();
         assert_eq!(order, ["h1", "h2", "l1"]);
     }
 
@@ -1234,5 +1403,55 @@ mod tests {
         db.grant_grace(&RULES).unwrap();
         assert!(db.expire_leases(&RULES).unwrap().is_empty(), "the downtime is not the worker's");
         assert_eq!(state(&db, "c", "a").state, RUNNING);
+    }
+
+    #[test]
+    fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() {
+        let rules = Rules { lease_seconds: 0.3, max_failures: 3, max_requeues: 100, quarantine_after: 2 };
+        let pause = |s: f64| std::thread::sleep(std::time::Duration::from_secs_f64(s));
+        let (_d, mut db) = open();
+        create(&mut db, "c", 0, &[job("a"), job("b")]);
+        worker(&mut db, "w", 0);
+        worker(&mut db, "o", 0);
+        let a = db.lease("o", &rules).unwrap().unwrap();
+        db.complete(&Call { worker: "o", job: "a", token: a.token }, "out", &pb::Progress::default(), &rules).unwrap();
+        let strikes = |db: &Db| {
+            let (ws, _) = db.workers_page(0, 10).unwrap();
+            let w = ws.into_iter().find(|w| w.worker_id == "w").unwrap();
+            (w.strikes, w.quarantined, w.quarantine_reason)
+        };
+        assert!(db.expire_leases(&rules).unwrap().is_empty());
+        db.lease("w", &rules).unwrap().unwrap();
+        // The coordinator stalls for longer than a lease (no sweep runs):
+        // the next sweep gives the time back instead of expiring.
+        pause(STALL_SECONDS + 0.2);
+        assert!(db.expire_leases(&rules).unwrap().is_empty(), "a stall is nobody's fault");
+        assert_eq!(state(&db, "c", "b").state, RUNNING);
+        // Everyone silent (o was last heard before w): no evidence, no strike.
+        pause(0.6);
+        assert_eq!(db.expire_leases(&rules).unwrap(), vec!["c".to_string()]);
+        assert_eq!(state(&db, "c", "b").state, QUEUED);
+        assert_eq!(strikes(&db).0, 0, "a lapse nobody else was heard through is no strike");
+        // w silent while o is heard: strikes, but lapses on one job alone
+        // (a job no worker can even read) never quarantine.
+        for round in 1..=3 {
+            db.lease("w", &rules).unwrap().unwrap();
+            pause(0.2);
+            assert!(db.lease("o", &rules).unwrap().is_none());
+            pause(0.15);
+            assert_eq!(db.expire_leases(&rules).unwrap().len(), 1);
+            assert_eq!(strikes(&db), (round, false, String::new()), "round {round}");
+        }
+        // The same on a second job: evidence against the worker.
+        db.cancel("c").unwrap();
+        create(&mut db, "d", 0, &[job("e")]);
+        db.lease("w", &rules).unwrap().unwrap();
+        pause(0.2);
+        assert!(db.lease("o", &rules).unwrap().is_none());
+        pause(0.15);
+        db.expire_leases(&rules).unwrap();
+        let (n, quarantined, reason) = strikes(&db);
+        assert!(n == 4 && quarantined, "{n} {quarantined}");
+        assert!(reason.contains("on 2 different jobs") && reason.contains("lease lapsed while other workers were heard"), "{reason}");
     }
 }

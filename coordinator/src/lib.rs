@@ -4,8 +4,14 @@
 //!
 //! - [`run`]: opens the database and storage and serves until shutdown
 //!   (this file; the binary's `main` only parses flags and binds);
+//! - [`admission`]: how many expensive things one client and all may
+//!   have at once, and the blocking threads CPU-heavy steps run on;
+//! - [`conn`]: connections on both ports capped per address and in all,
+//!   and closed when silent;
 //! - [`auth`]: which bearer token may call which service, and who owns what;
 //! - [`machine`]: the job state machine, one pure function;
+//! - [`limits`]: what a request may hold, one constant each, as
+//!   `farm.proto` states them;
 //! - [`paths`]: the storage layout, the one place a key is formed;
 //! - [`db`]: the schema and every state change, one savepoint each;
 //! - [`state`]: the one thread that owns the writing connection (group
@@ -13,18 +19,23 @@
 //! - [`hub`]: one merger of those changes per watched collection, which
 //!   every `Watch` of it follows;
 //! - [`service`]: the gRPC handlers, which validate and hand over to `state`;
+//! - [`submit`]: `Submit`, limits first, images decoded off the runtime;
 //! - [`watch`]: `Watch` on its own route, each message encoded once for
 //!   all of a collection's watchers;
 //! - [`web`]: the dashboard, an HTTP port beside the gRPC one that calls
 //!   the same handlers and follows the same mergers.
 
+pub mod admission;
 pub mod auth;
+pub mod conn;
 pub mod db;
 pub mod hub;
+pub mod limits;
 pub mod machine;
 pub mod paths;
 pub mod service;
 pub mod state;
+pub mod submit;
 pub mod watch;
 pub mod web;
 
@@ -37,15 +48,28 @@ use stylefarm_proto::farm_server::FarmServer;
 use stylefarm_proto::workers_server::WorkersServer;
 use stylefarm_shared::storage::{StorageError, Store};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
 pub use auth::{Scope, Tokens};
+
+/// The default of `--max-connections`: half the file descriptors this
+/// process may open.
+pub fn default_max_connections() -> usize {
+    conn::Gate::default_total()
+}
+
+/// The default of `--work-threads`: one fewer than the cores, at least one.
+pub fn default_work_threads() -> usize {
+    admission::Work::default_threads()
+}
 pub use service::{Config, FarmService, TlsFiles, WorkersService};
 
 use crate::db::Db;
-use crate::service::{State, Watchers};
+use crate::admission::{Admission, Work};
+use crate::service::State;
 use crate::state::StateHandle;
 
 /// Why the coordinator could not start or stopped serving.
@@ -122,9 +146,11 @@ pub async fn run_with_dashboard(
         input_stores.push((prefix.trim_end_matches('/').to_string() + "/", store));
     }
     let owner = StateHandle::start(db, db_path.clone(), 8192).map_err(Error::Thread)?;
-    let watchers = Watchers::new(config.max_watchers_per_client, config.max_watchers);
+    let watchers = Admission::watches(config.max_watchers_per_client, config.max_watchers);
+    let submits = Admission::submits(config.max_submits_per_client, config.max_submits);
+    let work = Work::new(config.work_threads);
     let hubs = hub::Hubs::new(owner.events.clone());
-    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, hubs });
+    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, work, hubs });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
@@ -135,7 +161,11 @@ pub async fn run_with_dashboard(
     let addr = listener.local_addr().map_err(Error::Listener)?;
     tracing::info!(%addr, storage = %config.storage, "coordinator started");
     let max = config.max_message_bytes;
-    let mut builder = tonic::transport::Server::builder();
+    // Dead peers (a worker whose network vanished) are noticed by HTTP/2
+    // pings, not by a request that never ends.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     let mutual = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let read = |p: &PathBuf| std::fs::read(p).map_err(|source| Error::TlsFile { path: p.clone(), source });
     // The certificate and key, read once for the gRPC port and the dashboard.
@@ -154,10 +184,11 @@ pub async fn run_with_dashboard(
     }
     let (user_tokens, worker_tokens) = (config.tokens.clone(), config.tokens.clone());
     let stopping = CancellationToken::new();
+    let gate = conn::Gate::new(config.max_connections_per_address, config.max_connections);
     let web = match dashboard {
         Some(http) => {
             let tls = identity.as_ref().map(|(cert, key)| web::tls_config(cert, key).map_err(Error::DashboardTls)).transpose()?;
-            Some(tokio::spawn(web::serve(state.clone(), http, tls, stopping.clone())))
+            Some(tokio::spawn(web::serve(state.clone(), http, tls, gate.clone(), stopping.clone())))
         }
         None => None,
     };
@@ -172,7 +203,7 @@ pub async fn run_with_dashboard(
     // Watch has its own route (the contract's path, before the Farm
     // service's): its messages are encoded once for all watchers.
     let watch = watch::Route::new(FarmService(state.clone()), max);
-    let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(1 << 20);
+    let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(limits::MAX_WORKER_REQUEST_BYTES);
     let users = move |mut r: Request<()>| {
         let caller = user_tokens.user(&r)?;
         r.extensions_mut().insert(caller);
@@ -191,7 +222,7 @@ pub async fn run_with_dashboard(
         .route_service(&watch::path(), InterceptedService::new(watch, users));
     let served = builder
         .add_routes(routes.into())
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn::accept(listener, gate)).map(Ok::<_, std::io::Error>), shutdown)
         .await;
     background.cancel();
     stopping.cancel();
@@ -204,18 +235,6 @@ pub async fn run_with_dashboard(
     }
     tracing::info!(%addr, "coordinator stopped");
     served.map_err(Error::Serve)
-}
-
-/// Accepted connections with Nagle's algorithm off: serving from a
-/// listener stream bypasses tonic's own `tcp_nodelay`, and with Nagle on
-/// every response that does not fill a packet waits ~40 ms for the
-/// client's delayed ACK.
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 /// Puts lapsed leases back in the queue within half a second (on the

@@ -76,6 +76,21 @@ struct Args {
     /// Most open Watch streams in all.
     #[arg(long, default_value_t = Config::MAX_WATCHERS)]
     max_watchers: usize,
+    /// Most submits one client may have being read at once (more are refused).
+    #[arg(long, default_value_t = Config::MAX_SUBMITS_PER_CLIENT)]
+    max_submits_per_client: usize,
+    /// Most submits being read at once in all.
+    #[arg(long, default_value_t = Config::MAX_SUBMITS)]
+    max_submits: usize,
+    /// Threads that decode uploaded images and draw contact sheets (default: cores - 1).
+    #[arg(long)]
+    work_threads: Option<usize>,
+    /// Most open connections from one address (both ports together; more are closed at once).
+    #[arg(long, default_value_t = Config::MAX_CONNECTIONS_PER_ADDRESS)]
+    max_connections_per_address: usize,
+    /// Most open connections in all (default: half the file descriptors this process may open).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Most jobs one collection may have.
     #[arg(long, default_value_t = Config::MAX_JOBS)]
     max_jobs: usize,
@@ -127,6 +142,11 @@ async fn main() -> anyhow::Result<()> {
         max_jobs: a.max_jobs.max(1),
         max_watchers_per_client: a.max_watchers_per_client,
         max_watchers: a.max_watchers,
+        max_submits_per_client: a.max_submits_per_client.max(1),
+        max_submits: a.max_submits.max(1),
+        max_connections_per_address: a.max_connections_per_address.max(1),
+        max_connections: a.max_connections.unwrap_or_else(stylefarm_coordinator::default_max_connections).max(1),
+        work_threads: a.work_threads.unwrap_or_else(stylefarm_coordinator::default_work_threads).max(1),
         metrics_listen: a.metrics_listen,
         tokens: Tokens {
             users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),

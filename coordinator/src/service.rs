@@ -9,43 +9,26 @@
 //! database trouble → UNAVAILABLE/INTERNAL with the details in the log, not
 //! in the reply (they hold the server's paths).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use stylefarm_engine::{Init, RenderParams};
 use stylefarm_proto as pb;
 use stylefarm_proto::farm_server::Farm;
 use stylefarm_proto::workers_server::Workers;
-use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
-use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
+use stylefarm_shared::image_io::ImageLimits;
 use stylefarm_shared::storage::Store;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::admission::{Admission, Work};
 use crate::auth::{Caller, Tokens};
-use crate::db::{Call, CallError, NewCollection, NewJob, Rules};
+use crate::db::{Call, CallError, Rules};
 use crate::paths;
 use crate::state::{ReadKind, StateHandle};
-
-/// Image names become file names in `farmctl fetch`: letters, digits,
-/// `.`, `_` and `-` only, at most 100, not starting with a dot.
-fn check_name(name: &str, role: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!("{role} name {name:?} must be 1-100 of A-Z a-z 0-9 . _ - and not start with a dot")))
-    }
-}
 
 /// Everything the coordinator is told at start.
 #[derive(Debug, Clone)]
@@ -77,6 +60,18 @@ pub struct Config {
     pub max_watchers_per_client: usize,
     /// … and in all.
     pub max_watchers: usize,
+    /// Submits one client may have being read at once (images decoded and
+    /// checked) …
+    pub max_submits_per_client: usize,
+    /// … and all clients together; more are refused, not queued.
+    pub max_submits: usize,
+    /// Open connections from one address, on both ports together …
+    pub max_connections_per_address: usize,
+    /// … and in all (default: half the process's file descriptors).
+    pub max_connections: usize,
+    /// Blocking threads for image decoding and other CPU-heavy steps (by
+    /// default one fewer than the cores: one is left to the runtime).
+    pub work_threads: usize,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer tokens by scope; none = no authentication.
@@ -98,6 +93,9 @@ impl Config {
     pub const MAX_JOBS: usize = 10_000;
     pub const MAX_WATCHERS_PER_CLIENT: usize = 256;
     pub const MAX_WATCHERS: usize = 4096;
+    pub const MAX_SUBMITS_PER_CLIENT: usize = 2;
+    pub const MAX_SUBMITS: usize = 16;
+    pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 
     /// The defaults `farm-coordinator` starts with (no tokens, no TLS, no
     /// metrics; storage in `data_dir/storage`): one place for them, used by
@@ -118,6 +116,11 @@ impl Config {
             input_prefixes: Vec::new(),
             max_watchers_per_client: Self::MAX_WATCHERS_PER_CLIENT,
             max_watchers: Self::MAX_WATCHERS,
+            max_submits_per_client: Self::MAX_SUBMITS_PER_CLIENT,
+            max_submits: Self::MAX_SUBMITS,
+            work_threads: crate::admission::Work::default_threads(),
+            max_connections_per_address: Self::MAX_CONNECTIONS_PER_ADDRESS,
+            max_connections: crate::conn::Gate::default_total(),
             metrics_listen: None,
             tokens: Tokens::default(),
             tls: None,
@@ -152,61 +155,14 @@ pub(crate) struct State {
     /// The operator's `--input-prefix` locations, opened at start.
     pub(crate) input_stores: Vec<(String, Store)>,
     pub(crate) config: Config,
-    /// Open `Watch` streams, counted against the limits.
-    pub(crate) watchers: Arc<Watchers>,
+    /// Open `Watch` and dashboard event streams, counted against the limits.
+    pub(crate) watchers: Arc<Admission>,
+    /// Submits being read and checked, counted against the limits.
+    pub(crate) submits: Arc<Admission>,
+    /// Where image decoding and other CPU-heavy steps run.
+    pub(crate) work: Work,
     /// One merger of committed changes per watched collection.
     pub(crate) hubs: crate::hub::Hubs,
-}
-
-/// Counts open `Watch` streams per client and in all.
-pub(crate) struct Watchers {
-    per_client: usize,
-    total: usize,
-    open: Mutex<HashMap<String, usize>>,
-}
-
-/// One admitted watcher; dropping it frees its place.
-pub(crate) struct WatchPermit {
-    watchers: Arc<Watchers>,
-    client: String,
-}
-
-impl Watchers {
-    pub(crate) fn new(per_client: usize, total: usize) -> Arc<Self> {
-        Arc::new(Self { per_client, total, open: Mutex::new(HashMap::new()) })
-    }
-
-    pub(crate) fn admit(self: &Arc<Self>, client: &str) -> Result<WatchPermit, Status> {
-        let mut open = self.open.lock().map_err(|_| Status::internal("watcher count poisoned"))?;
-        let all: usize = open.values().sum();
-        if all >= self.total {
-            return Err(Status::resource_exhausted(format!("{all} watches are open on this coordinator, its limit (--max-watchers {})", self.total)));
-        }
-        let mine = open.entry(client.to_string()).or_default();
-        if *mine >= self.per_client {
-            return Err(Status::resource_exhausted(format!(
-                "this client has {mine} watches open, the limit per client (--max-watchers-per-client {})",
-                self.per_client
-            )));
-        }
-        *mine += 1;
-        metrics::gauge!("stylefarm_watchers").set((all + 1) as f64);
-        Ok(WatchPermit { watchers: self.clone(), client: client.to_string() })
-    }
-}
-
-impl Drop for WatchPermit {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.watchers.open.lock() {
-            if let Some(n) = open.get_mut(&self.client) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&self.client);
-                }
-            }
-            metrics::gauge!("stylefarm_watchers").set(open.values().sum::<usize>() as f64);
-        }
-    }
 }
 
 /// The stream the generated `Farm` trait's `watch` returns.
@@ -238,12 +194,13 @@ fn call_err(e: CallError) -> Status {
         CallError::NoJob(_) | CallError::NotRegistered(_) => Status::not_found(e.to_string()),
         CallError::WrongWorker { .. } => Status::permission_denied(e.to_string()),
         CallError::Quarantined { .. } | CallError::Stale { .. } | CallError::Refused { .. } => Status::failed_precondition(e.to_string()),
+        CallError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         CallError::Db(e) => db_err(e),
     }
 }
 
 /// Storage trouble as a caller sees it: what failed, not where.
-fn storage_err(what: &str, e: impl std::fmt::Display) -> Status {
+pub(crate) fn storage_err(what: &str, e: impl std::fmt::Display) -> Status {
     tracing::error!("storage: {what}: {e}");
     Status::unavailable(format!("the farm's storage could not {what}; try again later"))
 }
@@ -255,78 +212,7 @@ pub struct FarmService(pub(crate) Arc<State>);
 #[derive(Clone)]
 pub struct WorkersService(pub(crate) Arc<State>);
 
-/// An input validated and ready to store.
-struct Input {
-    name: String,
-    key: String,
-    /// `None`: already in the farm's storage under `key`.
-    bytes: Option<Vec<u8>>,
-    size: (u32, u32),
-}
-
-/// The bytes a decodable image of the configured limits can take at most,
-/// checked before anything is read from storage: 8 bytes a pixel is more
-/// than any format here needs for a real photo.
-fn max_input_bytes(limits: &ImageLimits) -> u64 {
-    limits.max_pixels.saturating_mul(8).max(1 << 20)
-}
-
 impl FarmService {
-    async fn input(&self, image: &pb::InputImage, role: &str) -> Result<Input, Status> {
-        let name = if image.name.is_empty() { role.to_string() } else { image.name.clone() };
-        check_name(&name, role)?;
-        let (bytes, stored_key) = match &image.source {
-            Some(pb::input_image::Source::Data(d)) => (d.clone(), None),
-            Some(pb::input_image::Source::Url(url)) => {
-                let (bytes, key) = self.read_input_url(url, role, &name).await?;
-                (bytes, key)
-            }
-            None => return Err(Status::invalid_argument(format!("{role} {name} has neither data nor url"))),
-        };
-        let img = decode_rgb(&bytes, &name, self.0.config.limits).map_err(|e| Status::invalid_argument(format!("{role} {e}")))?;
-        let key = paths::input(&format!("{:x}", Sha256::digest(&bytes)));
-        let already = stored_key.as_deref() == Some(key.as_str());
-        Ok(Input { name, key, bytes: (!already).then_some(bytes), size: img.dimensions() })
-    }
-
-    /// Reads an input named by URL: a content-addressed key of the farm's
-    /// own storage, or a URL under an operator's `--input-prefix`. Every
-    /// other URL gets the same refusal, whatever exists there; the size is
-    /// checked before a byte is read. Returns the bytes and, for a farm
-    /// key, the key.
-    async fn read_input_url(&self, url: &str, role: &str, name: &str) -> Result<(Vec<u8>, Option<String>), Status> {
-        let refuse = || {
-            Status::invalid_argument(format!(
-                "{role} {name}: inputs are uploaded bytes, an uploaded input's key (inputs/<sha256>) or a URL under one of the coordinator's --input-prefix locations"
-            ))
-        };
-        let path = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let clean = !url.contains(['\0', '\\', '%']) && !path.contains("//") && !path.split('/').any(|p| p == ".." || p == ".");
-        if !clean {
-            return Err(refuse());
-        }
-        let (store, key, farm_key) = if paths::is_input(url) {
-            (&self.0.store, url.to_string(), true)
-        } else {
-            let found = self.0.input_stores.iter().find_map(|(prefix, store)| {
-                url.strip_prefix(prefix.as_str()).filter(|rest| !rest.is_empty() && !rest.starts_with('/')).map(|rest| (store, rest.to_string()))
-            });
-            let (store, rest) = found.ok_or_else(refuse)?;
-            (store, rest, false)
-        };
-        let limit = max_input_bytes(&self.0.config.limits);
-        match store.size(&key).await {
-            Ok(Some(n)) if n > limit => {
-                return Err(Status::invalid_argument(format!("{role} {name}: {n} bytes is over the input limit of {limit} bytes")));
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(Status::invalid_argument(format!("{role} {name}: `{url}` does not exist"))),
-            Err(e) => return Err(storage_err(&format!("read {role} {name}"), e)),
-        }
-        let bytes = store.get(&key).await.map_err(|e| storage_err(&format!("read {role} {name}"), e))?;
-        Ok((bytes.to_vec(), farm_key.then_some(key)))
-    }
-
     /// The collection `id`, if the caller may see it: another user's is
     /// NOT_FOUND, exactly as one that does not exist.
     async fn visible(&self, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
@@ -366,145 +252,12 @@ impl FarmService {
             _ => Err(Status::not_found(format!("no collection {id}"))),
         }
     }
-
-    /// Parses and checks one variant's parameters: the schema (unknown
-    /// keys by name), the values, and what no worker can run.
-    fn variant(&self, i: usize, json: &str, styles_per_job: usize) -> Result<RenderParams, Status> {
-        let params = RenderParams::from_json(json).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
-        params.validate(styles_per_job).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
-        if params.init == Init::Image {
-            return Err(Status::invalid_argument(format!(
-                "variant {i}: init \"image\" needs an image, and a farm job has none; use blend, content or noise"
-            )));
-        }
-        Ok(params)
-    }
 }
 
 #[tonic::async_trait]
 impl Farm for FarmService {
     async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
-        let caller = Caller::of(&request);
-        let r = request.into_inner();
-        if r.idempotency_key.len() > 200 {
-            return Err(Status::invalid_argument("idempotency_key is longer than 200 bytes"));
-        }
-        let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
-        if let Some((collection_id, jobs)) = self.0.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
-            return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
-        }
-        if r.contents.is_empty() || r.styles.is_empty() {
-            return Err(Status::invalid_argument("a collection needs at least one content and one style image"));
-        }
-        let variants_json = if r.variants_json.is_empty() { vec!["{}".to_string()] } else { r.variants_json.clone() };
-        // Blended: each job reads every style; otherwise one style a job.
-        let (style_columns, styles_per_job) = if r.blend_styles { (1, r.styles.len()) } else { (r.styles.len(), 1) };
-        let jobs_total = r.contents.len() * style_columns * variants_json.len();
-        if jobs_total > self.0.config.max_jobs {
-            return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
-        }
-        // Parameters first: cheap, and the most common mistake.
-        let variants = variants_json.iter().enumerate().map(|(i, v)| self.variant(i, v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
-        if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
-            return Err(Status::invalid_argument(format!(
-                "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
-                r.width, r.height
-            )));
-        }
-        if r.max_side > MAX_RENDER_SIDE {
-            return Err(Status::invalid_argument(format!("max_side {} is over {MAX_RENDER_SIDE}", r.max_side)));
-        }
-        let mut contents = Vec::new();
-        for c in &r.contents {
-            contents.push(self.input(c, "content").await?);
-        }
-        let mut styles = Vec::new();
-        for s in &r.styles {
-            styles.push(self.input(s, "style").await?);
-        }
-        // What no registered device could hold is refused now, not failed
-        // on every worker later.
-        let largest = self.0.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)?;
-        let mut sizes = Vec::new();
-        for c in &contents {
-            sizes.push(if r.max_side > 0 { fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))? } else { (r.width, r.height) });
-        }
-        let need = |params: &RenderParams, (w, h): (u32, u32)| params.estimated_peak_bytes(w, h);
-        if let Some(largest) = largest {
-            for (vi, params) in variants.iter().enumerate() {
-                for (c, &size) in contents.iter().zip(&sizes) {
-                    let bytes = need(params, size);
-                    if bytes > largest {
-                        let tiled = match (params.tile, params.largest_fitting_tile(size.0, size.1, largest)) {
-                            (None, Some(tile)) => format!(", or tile it (\"tile\": {tile} fits)"),
-                            _ => String::new(),
-                        };
-                        return Err(Status::failed_precondition(format!(
-                            "{} at {}x{} (variant {vi}) needs about {:.1} GiB and the largest registered device has {:.1} GiB; render it smaller{tiled}",
-                            c.name,
-                            size.0,
-                            size.1,
-                            bytes as f64 / (1u64 << 30) as f64,
-                            largest as f64 / (1u64 << 30) as f64
-                        )));
-                    }
-                }
-            }
-        }
-        // Everything is valid: store the inputs (content-addressed, so a
-        // retry rewrites the same objects), then create the jobs at once.
-        let mut stored = std::collections::BTreeSet::new();
-        for input in contents.iter().chain(&styles) {
-            if let Some(bytes) = &input.bytes {
-                if stored.insert(input.key.clone()) {
-                    self.0.store.put(&input.key, bytes.clone()).await.map_err(|e| storage_err("store the inputs", e))?;
-                }
-            }
-        }
-        // A column of the collection: one style, or (blended) all of them.
-        let columns: Vec<(String, Vec<String>)> = if r.blend_styles {
-            vec![(styles.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join("+"), styles.iter().map(|s| s.key.clone()).collect())]
-        } else {
-            styles.iter().map(|s| (s.name.clone(), vec![s.key.clone()])).collect()
-        };
-        let collection_id = uuid::Uuid::new_v4().to_string();
-        let checkpoint_every = if r.checkpoint_every == 0 { self.0.config.default_checkpoint_every } else { r.checkpoint_every };
-        let mut jobs = Vec::new();
-        for (ci, (c, &(width, height))) in contents.iter().zip(&sizes).enumerate() {
-            for (si, (style_name, style_keys)) in columns.iter().enumerate() {
-                for (vi, params) in variants.iter().enumerate() {
-                    jobs.push(NewJob {
-                        id: uuid::Uuid::new_v4().to_string(),
-                        content_index: ci as u32,
-                        style_index: si as u32,
-                        variant_index: vi as u32,
-                        content_name: c.name.clone(),
-                        style_name: style_name.clone(),
-                        content_key: c.key.clone(),
-                        style_keys: style_keys.clone(),
-                        params_json: serde_json::to_string(params).map_err(|e| Status::internal(e.to_string()))?,
-                        width,
-                        height,
-                        iterations: params.iterations as u32,
-                        checkpoint_every,
-                        snapshot_every: r.snapshot_every,
-                        min_memory: need(params, (width, height)),
-                    });
-                }
-            }
-        }
-        let name = if r.name.is_empty() { "collection".to_string() } else { r.name.clone() };
-        let new = NewCollection {
-            id: collection_id,
-            owner: caller.owner,
-            idempotency_key: r.idempotency_key,
-            name,
-            priority: r.priority,
-            shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
-            jobs,
-        };
-        let (collection_id, jobs) = self.0.state.write(move |db| db.create_collection(&new)).await?.map_err(db_err)?;
-        Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
+        self.submit_collection(request).await
     }
 
     async fn get_collection(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
@@ -604,8 +357,13 @@ impl Farm for FarmService {
         self.act_on_job(request, crate::machine::Event::Retry).await
     }
 
-    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        Ok(Response::new(pb::ListWorkersResponse { workers: self.0.state.read(|db| db.workers()).await?.map_err(db_err)? }))
+    async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let r = request.into_inner();
+        let after = page_after(&r.page_token)?;
+        let max = crate::limits::MAX_WORKERS_PAGE;
+        let limit = if r.page_size == 0 { max } else { r.page_size.min(max) };
+        let (workers, next) = self.0.state.read(move |db| db.workers_page(after, limit)).await?.map_err(db_err)?;
+        Ok(Response::new(pb::ListWorkersResponse { workers, next_page_token: page_token(next) }))
     }
 }
 
@@ -660,14 +418,45 @@ async fn send_chunks(size: u64, mut pieces: stylefarm_shared::storage::ByteStrea
     }
 }
 
-/// Progress is stored as numbers people read: a loss that is not a finite
-/// number is refused (the worker fails the job as BAD_INPUT instead).
+/// Progress is stored as numbers people read: a loss or an ETA that is
+/// negative or not a finite number is refused (the worker fails the job as
+/// BAD_INPUT instead), and so is an iteration past the iterations. The
+/// database checks both against the job's own iterations.
 fn check_progress(p: &Option<pb::Progress>) -> Result<(), Status> {
     let Some(p) = p else { return Ok(()) };
     for (name, v) in [("content", p.content), ("style", p.style), ("tv", p.tv), ("total", p.total), ("eta_seconds", p.eta_seconds)] {
         if !v.is_finite() {
             return Err(Status::invalid_argument(format!("progress.{name} is {v}, not a finite number")));
         }
+        if v < 0.0 {
+            return Err(Status::invalid_argument(format!("progress.{name} is {v}; losses and ETAs are never negative")));
+        }
+    }
+    if p.iteration > p.iterations {
+        return Err(Status::invalid_argument(format!("progress.iteration {} is past progress.iterations {}", p.iteration, p.iterations)));
+    }
+    Ok(())
+}
+
+/// What a worker says of itself at Register, within [`crate::limits`].
+fn check_registration(r: &pb::RegisterRequest) -> Result<(), Status> {
+    use crate::limits::*;
+    let over = |field: &str, n: usize, most: usize| Err(Status::invalid_argument(format!("{field} is {n} bytes; at most {most}")));
+    if r.name.len() > MAX_WORKER_NAME_BYTES {
+        return over("name", r.name.len(), MAX_WORKER_NAME_BYTES);
+    }
+    if r.device_name.len() > MAX_DEVICE_NAME_BYTES {
+        return over("device_name", r.device_name.len(), MAX_DEVICE_NAME_BYTES);
+    }
+    if r.capabilities.len() > MAX_CAPABILITIES || r.capabilities.iter().any(|c| c.len() > MAX_CAPABILITY_BYTES) {
+        return Err(Status::invalid_argument(format!("capabilities: at most {MAX_CAPABILITIES} of at most {MAX_CAPABILITY_BYTES} bytes each")));
+    }
+    if r.memory_bytes > i64::MAX as u64 {
+        return Err(Status::invalid_argument(format!("memory_bytes {} is over 2^63 - 1", r.memory_bytes)));
+    }
+    if !(r.device == "cpu" || r.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
+        let shown: String = r.device.chars().take(40).collect();
+        return Err(Status::invalid_argument(format!("device `{shown}` is not cpu or cuda:N")));
     }
     Ok(())
 }
@@ -717,9 +506,7 @@ impl Lease {
 impl Workers for WorkersService {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = request.into_inner();
-        if !(r.device == "cpu" || r.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
-            return Err(Status::invalid_argument(format!("device `{}` is not cpu or cuda:N", r.device)));
-        }
+        check_registration(&r)?;
         let base: String = r.name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(60).collect();
         let id = format!("{}-{}", if base.is_empty() { "worker" } else { &base }, &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let owned = id.clone();

@@ -31,7 +31,8 @@ use tonic::{Request, Response, Status};
 use crate::auth::Caller;
 use crate::hub::{Batch, Snapshot, Subscription, WatchChanges};
 use crate::machine::State as JobState;
-use crate::service::{changed_part, db_err, FarmService, WatchPermit, WATCH_SEND_PATIENCE};
+use crate::admission::Permit as WatchPermit;
+use crate::service::{changed_part, db_err, FarmService, WATCH_SEND_PATIENCE};
 use crate::state::ReadKind;
 
 /// The gRPC path the contract gives Watch.

@@ -15,6 +15,11 @@
 //! checked. A user sees their own collections, an admin every one, and a
 //! collection one may not see is 404, as over gRPC. Every state-changing
 //! call is a POST with a JSON body, which a cross-site form cannot send.
+//!
+//! Before any handler runs, [`guard`] checks the token of every API route
+//! (but the session's own) and where the request comes from, so no body is
+//! read for a stranger; bodies are capped per route (a submit's images,
+//! everything else [`MAX_SMALL_BODY_BYTES`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,6 +45,7 @@ use tonic::{Code, Request, Status};
 
 use crate::auth::Caller;
 use crate::hub::Batch;
+use crate::limits::MAX_SMALL_BODY_BYTES;
 use crate::paths;
 use crate::service::{db_err, FarmService, State};
 
@@ -68,7 +74,7 @@ pub(crate) struct Web {
 /// The dashboard's routes.
 pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) -> Router {
     // A submit carries its images base64 in JSON: 4/3 of the gRPC limit.
-    let body_limit = state.config.max_message_bytes / 3 * 4 + (64 << 10);
+    let submit_limit = state.config.max_message_bytes / 3 * 4 + (64 << 10);
     let web = Web { farm: FarmService(state.clone()), state, tls, stopping };
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
@@ -76,7 +82,7 @@ pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) 
         .route("/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
         .route("/api/session", get(session).post(sign_in).delete(sign_out))
         .route("/api/farm", get(farm))
-        .route("/api/collections", get(list_collections).post(submit))
+        .route("/api/collections", get(list_collections).post(submit).layer(DefaultBodyLimit::max(submit_limit)))
         .route("/api/collections/{id}", get(collection))
         .route("/api/collections/{id}/grid", get(grid))
         .route("/api/collections/{id}/events", get(events))
@@ -88,8 +94,63 @@ pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) 
         .route("/api/jobs/{id}/preview", get(preview))
         .route("/api/jobs/{id}/files/{*name}", get(job_file))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such page or API route".into()) })
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guard))
         .with_state(web)
+}
+
+/// Runs before every route, before any body is read: the request must come
+/// from a name this page may be reached by (see [`check_origin`]), and an
+/// API call must carry a token the `Farm` service takes (all but
+/// `/api/session`, which signs in and says whether one is needed).
+async fn guard(AxumState(web): AxumState<Web>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Err(refused) = check_origin(!web.state.config.tokens.disabled(), request.method(), request.headers()) {
+        return refused.into_response();
+    }
+    let path = request.uri().path();
+    if path.starts_with("/api/") && path != "/api/session" {
+        if let Err(refused) = caller(&web, request.headers()) {
+            return refused.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Where a request may come from. Without tokens anyone who reaches the
+/// port is trusted, so the `Host` must be a loopback name or an IP address:
+/// a page on another site that has its own domain resolve to this machine
+/// (DNS rebinding) sends that domain as its `Host` and is refused. A
+/// request that changes state and names its `Origin` (every browser does)
+/// must name this same host, tokens or not.
+fn check_origin(tokens: bool, method: &axum::http::Method, headers: &HeaderMap) -> ApiResult<()> {
+    let forbidden = |why: String| ApiError(StatusCode::FORBIDDEN, why);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !tokens && !host.is_empty() && !local_host(host) {
+        let shown: String = host.chars().take(80).collect();
+        return Err(forbidden(format!("host `{shown}` is not a loopback name or an address; without tokens the dashboard answers only those")));
+    }
+    let changes_state = !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+    if let (true, Some(origin)) = (changes_state, headers.get(header::ORIGIN)) {
+        let origin = origin.to_str().unwrap_or("null");
+        let same = origin.split_once("://").is_some_and(|(_, rest)| !host.is_empty() && rest.eq_ignore_ascii_case(host));
+        if !same {
+            let shown: String = origin.chars().take(80).collect();
+            return Err(forbidden(format!("a request from `{shown}` may not change this farm; use the dashboard's own page")));
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, a name under `.localhost`, or an IP address, with or
+/// without a port.
+fn local_host(host: &str) -> bool {
+    let name = if let Some(v6) = host.strip_prefix('[') {
+        return v6.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// One embedded asset, with headers that keep the page to its own origin.
@@ -207,7 +268,7 @@ async fn sign_out() -> Response {
 /// Workers with their pace, the queue, jobs done in the last hour and the
 /// last day's failures by cause.
 async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    let (_, request) = as_grpc(&web, &headers, pb::ListWorkersRequest {})?;
+    let (_, request) = as_grpc(&web, &headers, pb::ListWorkersRequest::default())?;
     let workers = web.farm.list_workers(request).await?.into_inner().workers;
     let (summary, counts) = web.state.state.read(|db| Ok::<_, rusqlite::Error>((db.farm_summary()?, db.counts()?))).await?.map_err(db_err)?;
     let pace: HashMap<String, f64> = summary.iterations_per_second.into_iter().collect();
@@ -368,7 +429,7 @@ async fn events(
 fn futures_stream(
     mut batches: broadcast::Receiver<Arc<Batch>>,
     stopping: CancellationToken,
-    permit: crate::service::WatchPermit,
+    permit: crate::admission::Permit,
 ) -> impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
@@ -478,8 +539,10 @@ struct SubmitBody {
     name: String,
     contents: Vec<Upload>,
     styles: Vec<Upload>,
+    /// Kept as the client's text: never built into a tree, so a huge
+    /// nested value costs its bytes and no more.
     #[serde(default)]
-    variants: Vec<Value>,
+    variants: Vec<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     width: u32,
     #[serde(default)]
@@ -511,19 +574,29 @@ fn decode_uploads(uploads: Vec<Upload>, role: &str) -> ApiResult<Vec<pb::InputIm
         .collect()
 }
 
-/// Submits through the `Farm` service's own handler.
-async fn submit(AxumState(web): AxumState<Web>, headers: HeaderMap, body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>) -> ApiResult<Json<Value>> {
-    // A body that is not the request's shape is bad input (400) like any
-    // other; a wrong content type (415) or size (413) keeps its own status.
-    let Json(b) = body.map_err(|e| match e.status() {
-        StatusCode::UNPROCESSABLE_ENTITY => bad_request(e.body_text()),
-        status => ApiError(status, e.body_text()),
-    })?;
+/// Submits through the `Farm` service's own handler. The body (up to the
+/// submit limit, read only once [`guard`] has checked the token) is parsed
+/// on the blocking threads, within the caller's place among the submits
+/// being read, which the handler then keeps.
+async fn submit(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): ConnectInfo<Peer>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError(StatusCode::UNSUPPORTED_MEDIA_TYPE, "a submit is a JSON body (Content-Type: application/json)".into()));
+    }
+    let who = caller(&web, &headers)?;
+    let client = if who.owner.is_empty() { peer.ip().to_string() } else { who.owner.clone() };
+    let place = Arc::new(web.state.submits.admit(&client)?);
+    let parsed = web.state.work.run(move || serde_json::from_slice::<SubmitBody>(&body)).await?;
+    // A body that is not the request's shape is bad input (400) like any other.
+    let b = parsed.map_err(|e| bad_request(format!("the submit's JSON: {e}")))?;
     let variants = b
         .variants
         .iter()
         .enumerate()
-        .map(|(i, v)| if v.is_object() { Ok(v.to_string()) } else { Err(bad_request(format!("variant {i}: must be a JSON object of parameters"))) })
+        .map(|(i, v)| {
+            let text = v.get().trim();
+            if text.starts_with('{') { Ok(text.to_string()) } else { Err(bad_request(format!("variant {i}: must be a JSON object of parameters"))) }
+        })
         .collect::<ApiResult<Vec<_>>>()?;
     let message = pb::SubmitRequest {
         name: b.name,
@@ -539,7 +612,8 @@ async fn submit(AxumState(web): AxumState<Web>, headers: HeaderMap, body: Result
         blend_styles: b.blend_styles,
         idempotency_key: b.idempotency_key,
     };
-    let (_, request) = as_grpc(&web, &headers, message)?;
+    let (_, mut request) = as_grpc(&web, &headers, message)?;
+    request.extensions_mut().insert(place);
     let r = web.farm.submit(request).await?.into_inner();
     Ok(Json(json!({ "collection_id": r.collection_id, "jobs": r.jobs })))
 }
@@ -643,25 +717,58 @@ async fn job_file(AxumState(web): AxumState<Web>, headers: HeaderMap, Path((id, 
 // -------------------------------------------------------------- serving --
 
 /// Serves the dashboard on `listener` (over TLS when `tls` is given) until
-/// `stopping` is cancelled.
+/// `stopping` is cancelled. Connections pass the coordinator's gate
+/// ([`crate::conn`]); each is served by hyper with a deadline for its
+/// request headers, and closed gracefully when the coordinator stops.
 pub(crate) async fn serve(
     state: Arc<State>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    gate: Arc<crate::conn::Gate>,
     stopping: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(state, tls.is_some(), stopping.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "dashboard started");
-    let stop = async move { stopping.cancelled_owned().await };
-    match tls {
-        None => {
-            let app = app.into_make_service_with_connect_info::<Peer>();
-            axum::serve(PlainListener(listener), app).with_graceful_shutdown(stop).await
-        }
-        Some(config) => {
-            let app = app.into_make_service_with_connect_info::<Peer>();
-            axum::serve(TlsListener::start(listener, config), app).with_graceful_shutdown(stop).await
+    let mut ready = crate::conn::accept(listener, gate);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let connection = tokio::select! {
+            _ = stopping.cancelled() => return Ok(()),
+            c = ready.recv() => match c { Some(c) => c, None => return Ok(()) },
+        };
+        let peer = connection.peer();
+        let service = app.clone().layer(axum::Extension(ConnectInfo(Peer(peer))));
+        let (acceptor, stopping) = (acceptor.clone(), stopping.clone());
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_connection(connection, service, stopping).await,
+                Some(acceptor) => match tokio::time::timeout(crate::conn::FIRST_BYTES, acceptor.accept(connection)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, service, stopping).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "dashboard TLS handshake: {e}"),
+                    Err(_) => tracing::debug!(%peer, "dashboard TLS handshake timed out"),
+                },
+            }
+        });
+    }
+}
+
+/// One connection, HTTP/1.1 (or HTTP/2 if the client speaks it), until it
+/// closes or the coordinator stops.
+async fn serve_connection<I>(io: I, service: Router, stopping: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(crate::conn::HEADER_READ);
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopping.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
         }
     }
 }
@@ -669,99 +776,6 @@ pub(crate) async fn serve(
 /// A connection's remote address, plain or over TLS.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-/// Accepted connections with Nagle's algorithm off (as on the gRPC port:
-/// small responses must not wait for the client's delayed ACK).
-struct PlainListener(tokio::net::TcpListener);
-
-impl axum::serve::Listener for PlainListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, peer) = axum::serve::Listener::accept(&mut self.0).await;
-        let _ = tcp.set_nodelay(true);
-        (tcp, peer)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// Accepted connections after their TLS handshake: each handshake runs in
-/// its own task (at most 10 s), so a slow or broken client never holds up
-/// the next one.
-struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    fn start(listener: tokio::net::TcpListener, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            loop {
-                // Ends with the listener (its receiving side dropped).
-                let accepted = tokio::select! {
-                    _ = tx.closed() => return,
-                    a = listener.accept() => a,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!("dashboard accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "dashboard TLS handshake: {e}"),
-                        Err(_) => tracing::debug!(%peer, "dashboard TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Self { ready, addr }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task never ends while this listener lives.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
-}
 
 /// The dashboard's TLS configuration from the coordinator's certificate
 /// and key (PEM).

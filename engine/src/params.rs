@@ -252,9 +252,21 @@ fn finite_non_negative(name: &'static str, v: f64) -> Result<()> {
     Ok(())
 }
 
+/// The most coarse-to-fine scales one render may ask for: each halves the
+/// work at most, so more than a few is a mistake, and a bounded list keeps
+/// a job's parameters small on the wire.
+pub const MAX_SCALES: usize = 8;
+
+/// Each of VGG-19's 16 conv layers at most once: a list can be no longer.
 fn check_layers(name: &'static str, layers: &[LayerWeight]) -> Result<()> {
-    for lw in layers {
+    if layers.len() > crate::arch::VGG19.len() {
+        return Err(invalid(name, format!("{} layers given; VGG-19 has {} conv layers, each usable once", layers.len(), crate::arch::VGG19.len())));
+    }
+    for (i, lw) in layers.iter().enumerate() {
         conv_index(&lw.layer)?;
+        if layers[..i].iter().any(|earlier| earlier.layer == lw.layer) {
+            return Err(invalid(name, format!("layer {} is listed twice; give it once with the summed weight", lw.layer)));
+        }
         finite_non_negative(name, lw.weight)
             .map_err(|_| invalid(name, format!("weight {} of layer {} must be finite and ≥ 0", lw.weight, lw.layer)))?;
     }
@@ -275,6 +287,9 @@ impl RenderParams {
         }
         if self.iterations > MAX_ITERATIONS {
             return Err(invalid("iters", format!("{} is more than the limit of {MAX_ITERATIONS}", self.iterations)));
+        }
+        if self.scales.len() > MAX_SCALES {
+            return Err(invalid("scales", format!("{} scales given; at most {MAX_SCALES}", self.scales.len())));
         }
         if self.scales.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s < 1.0)) || self.scales.windows(2).any(|p| p[0] >= p[1]) {
             return Err(invalid(
@@ -587,6 +602,10 @@ mod tests {
             (RenderParams { scales: vec![0.5, 0.25], ..Default::default() }, "scales"),
             (RenderParams { scales: vec![1.0], ..Default::default() }, "scales"),
             (RenderParams { coarse_iters: Some(usize::MAX), ..Default::default() }, "coarse_iters"),
+            // Lists are bounded, so a job's parameters stay small on the wire.
+            (RenderParams { content_layers: vec![LayerWeight::new("conv4_2", 1.0); 2], ..Default::default() }, "listed twice"),
+            (RenderParams { style_layers: vec![LayerWeight::new("conv1_1", 1.0); 17], ..Default::default() }, "17 layers given"),
+            (RenderParams { scales: (1..=9).map(|i| i as f64 / 10.0).collect(), ..Default::default() }, "9 scales given"),
         ];
         for (p, needle) in cases {
             let err = p.validate(1).unwrap_err().to_string();

@@ -152,7 +152,7 @@ impl Coordinator {
             .arg(&self.data)
             .args(["--lease-seconds", &self.lease_seconds.to_string(), "--heartbeat-seconds", "1"])
             .args(["--max-jobs", &self.max_jobs.to_string(), "--max-request-mb", "1024", "--max-watchers-per-client", "100000"])
-            .args(["--max-watchers", "100000"])
+            .args(["--max-watchers", "100000", "--max-connections-per-address", "100000", "--max-connections", "100000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(log)

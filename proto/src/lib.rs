@@ -4,8 +4,13 @@
 //! connect lives with the clients (`stylefarm_shared::client`) and the
 //! server (the coordinator's `auth`).
 
-#![allow(clippy::all)]
-tonic::include_proto!("stylefarm.v2");
+pub mod codec;
+
+#[allow(clippy::all)]
+mod generated {
+    tonic::include_proto!("stylefarm.v2");
+}
+pub use generated::*;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,11 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
+/// The largest message a worker decodes (tonic's default, said here so
+/// the coordinator can promise it): every Lease reply the coordinator
+/// could send fits, which it checks when a collection is submitted.
+pub const MAX_WORKER_MESSAGE_BYTES: usize = 4 << 20;
+
 /// The TLS flags of every client, flattened into `farmctl`'s and
 /// `farm-worker`'s command lines. (The token flag stays with each binary:
 /// a user token and a worker token are different secrets with different

@@ -36,6 +36,27 @@ pub struct Store {
     prefix: ObjectPath,
     /// What the user gave, for messages.
     location: String,
+    /// A local store's real root folder (symbolic links resolved): reads
+    /// by [`Store::get_confined`] stay inside it joined with `prefix`.
+    local_root: Option<std::path::PathBuf>,
+}
+
+/// Why [`Store::get_confined`] read nothing. Its messages name the key the
+/// caller gave, never a path of the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfinedReadError {
+    /// No such object, or (locally) a path that leaves the folder through a
+    /// link, or something other than a regular file: all answered alike,
+    /// so a caller learns nothing of what lies outside.
+    #[error("`{0}` does not exist (or is not a regular file inside the location)")]
+    Missing(String),
+    #[error("`{name}` is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { name: String, size: u64, limit: u64 },
+    #[error("`{name}` was not read within {seconds} s")]
+    TimedOut { name: String, seconds: u64 },
+    /// The storage itself failed (details for the log, not the caller).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl Store {
@@ -46,7 +67,8 @@ impl Store {
         let local = |dir: std::path::PathBuf| -> Result<Self, StorageError> {
             std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create folder {}: {e}", dir.display())))?;
             let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-            Ok(Self { inner: Arc::new(fs), prefix: ObjectPath::default(), location: location.to_string() })
+            let root = std::fs::canonicalize(&dir).map_err(|e| bad(format!("cannot resolve folder {}: {e}", dir.display())))?;
+            Ok(Self { inner: Arc::new(fs), prefix: ObjectPath::default(), location: location.to_string(), local_root: Some(root) })
         };
         if !location.contains("://") {
             return local(std::path::PathBuf::from(location));
@@ -57,7 +79,7 @@ impl Store {
             return local(dir);
         }
         let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars()).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { inner: Arc::from(store), prefix, location: location.to_string() })
+        Ok(Self { inner: Arc::from(store), prefix, location: location.to_string(), local_root: None })
     }
 
     pub fn location(&self) -> &str {
@@ -66,7 +88,12 @@ impl Store {
 
     /// The folder `prefix` inside this one (`a/b` style, no `..`).
     pub fn sub(&self, prefix: &str) -> Store {
-        Store { inner: self.inner.clone(), prefix: self.path(prefix), location: format!("{}/{prefix}", self.location.trim_end_matches('/')) }
+        Store {
+            inner: self.inner.clone(),
+            prefix: self.path(prefix),
+            location: format!("{}/{prefix}", self.location.trim_end_matches('/')),
+            local_root: self.local_root.clone(),
+        }
     }
 
     /// `name` may contain `/` (a key below this folder); empty, `.` and
@@ -88,6 +115,37 @@ impl Store {
         let read = |reason: String| StorageError::Read { location: self.location.clone(), name: name.to_string(), reason };
         let got = self.inner.get(&self.path(name)).await.map_err(|e| read(e.to_string()))?;
         got.bytes().await.map_err(|e| read(e.to_string()))
+    }
+
+    /// Reads an object a stranger named (an input under an operator's
+    /// prefix): at most `limit` bytes, within `patience`. In a local folder
+    /// the object must be a regular file whose real path stays inside the
+    /// folder: a symbolic link that leads out, a FIFO or a device is
+    /// [`ConfinedReadError::Missing`], exactly like nothing at all, and is
+    /// never opened for reading (a FIFO would block the thread forever).
+    pub async fn get_confined(&self, name: &str, limit: u64, patience: std::time::Duration) -> Result<Bytes, ConfinedReadError> {
+        let timed_out = || ConfinedReadError::TimedOut { name: name.to_string(), seconds: patience.as_secs() };
+        match &self.local_root {
+            Some(root) => {
+                let (inside, path, owned) = (root.join(self.prefix.as_ref()), root.join(self.path(name).as_ref()), name.to_string());
+                let read = tokio::task::spawn_blocking(move || read_confined(&inside, &path, &owned, limit));
+                match tokio::time::timeout(patience, read).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(e)) => Err(StorageError::Read { location: self.location.clone(), name: name.to_string(), reason: e.to_string() }.into()),
+                    Err(_) => Err(timed_out()),
+                }
+            }
+            None => {
+                let read = async {
+                    match self.size(name).await? {
+                        None => Err(ConfinedReadError::Missing(name.to_string())),
+                        Some(size) if size > limit => Err(ConfinedReadError::TooLarge { name: name.to_string(), size, limit }),
+                        Some(_) => Ok(self.get(name).await?),
+                    }
+                };
+                tokio::time::timeout(patience, read).await.map_err(|_| timed_out())?
+            }
+        }
     }
 
     /// Reads `name` as a stream of byte chunks, without holding it whole;
@@ -159,9 +217,66 @@ impl Store {
     }
 }
 
+/// [`Store::get_confined`] in a local folder, on a blocking thread: the
+/// real path of `path` must stay under `inside`; the file is opened without following
+/// a last link and without blocking (a FIFO swapped in after the check
+/// still cannot hang the open), then must be a regular file of at most
+/// `limit` bytes by its own descriptor.
+fn read_confined(inside: &std::path::Path, path: &std::path::Path, name: &str, limit: u64) -> Result<Bytes, ConfinedReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let missing = || ConfinedReadError::Missing(name.to_string());
+    let real = std::fs::canonicalize(path).map_err(|_| missing())?;
+    if !real.starts_with(inside) {
+        return Err(missing());
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&real).map_err(|_| missing())?;
+    let meta = file.metadata().map_err(|_| missing())?;
+    if !meta.is_file() {
+        return Err(missing());
+    }
+    if meta.len() > limit {
+        return Err(ConfinedReadError::TooLarge { name: name.to_string(), size: meta.len(), limit });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|_| missing())?;
+    if bytes.len() as u64 > limit {
+        return Err(ConfinedReadError::TooLarge { name: name.to_string(), size: bytes.len() as u64, limit });
+    }
+    Ok(Bytes::from(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn confined_reads_stay_inside_and_open_only_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("photos");
+        std::fs::create_dir_all(inside.join("sub")).unwrap();
+        std::fs::write(inside.join("sub/a.png"), b"inside").unwrap();
+        std::fs::write(dir.path().join("secret"), b"outside").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), inside.join("leak")).unwrap();
+        std::os::unix::fs::symlink(inside.join("sub/a.png"), inside.join("alias.png")).unwrap();
+        let fifo = std::ffi::CString::new(inside.join("fifo").to_string_lossy().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let store = Store::open(&inside.to_string_lossy()).unwrap();
+        let patience = std::time::Duration::from_secs(5);
+        assert_eq!(&store.get_confined("sub/a.png", 100, patience).await.unwrap()[..], b"inside");
+        assert_eq!(&store.get_confined("alias.png", 100, patience).await.unwrap()[..], b"inside", "a link that stays inside is fine");
+        let start = std::time::Instant::now();
+        for name in ["leak", "fifo", "sub", "nothing.png"] {
+            let e = store.get_confined(name, 100, patience).await.unwrap_err();
+            assert!(matches!(e, ConfinedReadError::Missing(_)), "{name}: {e}");
+            assert!(!e.to_string().contains(&*dir.path().to_string_lossy()), "no host path in `{e}`");
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "the FIFO was never waited on");
+        assert!(matches!(store.get_confined("sub/a.png", 3, patience).await, Err(ConfinedReadError::TooLarge { size: 6, .. })));
+        let sub = store.sub("sub");
+        assert_eq!(&sub.get_confined("a.png", 100, patience).await.unwrap()[..], b"inside");
+        assert!(matches!(sub.get_confined("../alias.png", 100, patience).await, Err(ConfinedReadError::Missing(_))), "`..` is dropped, not followed");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn probes_of_one_process_at_once_do_not_trip_each_other() {

@@ -372,7 +372,7 @@ fn a_failing_worker_is_quarantined_and_one_on_the_wrong_storage_never_starts() {
         }
         let e = w.lease(pb::LeaseRequest { worker_id: flaky.clone(), free_memory_bytes: 0 }).await.unwrap_err();
         assert!(e.code() == Code::FailedPrecondition && e.message().contains("quarantined"), "{e:?}");
-        let workers = f.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+        let workers = f.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
         let listed = workers.iter().find(|x| x.worker_id == flaky).unwrap();
         assert!(listed.quarantined && listed.strikes == 3, "{listed:?}");
         let c = f.get_collection(pb::CollectionRef { collection_id: id.clone() }).await.unwrap().into_inner();

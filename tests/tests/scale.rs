@@ -70,7 +70,16 @@ fn every_acknowledged_write_survives_a_sigkill_mid_group() {
     farm.start_coordinator();
     let listed: std::collections::HashSet<String> = runtime.block_on(async {
         let mut f = pb::farm_client::FarmClient::new(channel(&farm.url).await);
-        f.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers.into_iter().map(|w| w.worker_id).collect()
+        let (mut ids, mut page_token) = (std::collections::HashSet::new(), String::new());
+        loop {
+            let page = f.list_workers(pb::ListWorkersRequest { page_size: 0, page_token }).await.unwrap().into_inner();
+            assert!(page.workers.len() <= 500, "a page holds at most 500 workers");
+            ids.extend(page.workers.into_iter().map(|w| w.worker_id));
+            if page.next_page_token.is_empty() {
+                break ids;
+            }
+            page_token = page.next_page_token;
+        }
     });
     let acked = acked.lock().unwrap().clone();
     let lost: Vec<&String> = acked.iter().filter(|id| !listed.contains(*id)).collect();
@@ -141,7 +150,8 @@ fn a_watcher_that_does_not_read_costs_bounded_memory_and_gets_merged_changes() {
             let (mut w, worker, job) = (w.clone(), worker.clone(), job.clone());
             tasks.push(tokio::spawn(async move {
                 for i in 0..700u32 {
-                    let progress = pb::Progress { iteration: t * 1000 + i, iterations: 1, ..Default::default() };
+                    // Each heartbeat a different (valid) loss: a change to announce.
+                    let progress = pb::Progress { iteration: 1, iterations: 1, total: (t * 1000 + i) as f64, ..Default::default() };
                     let r = pb::HeartbeatRequest { worker_id: worker.clone(), job_id: job.clone(), fencing_token: lease.fencing_token, progress: Some(progress), ..Default::default() };
                     w.heartbeat(r).await.unwrap();
                 }

@@ -109,7 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             tracing::warn!("coordinator {} not reachable ({e}); retrying in {delay:?}", config.coordinator)
         }) => c.map_err(|e| ClientError::Unreachable { url: config.coordinator.clone(), reason: e.to_string() })?,
     };
-    let client = WorkersClient::with_interceptor(channel, bearer);
+    let client = WorkersClient::with_interceptor(channel, bearer).max_decoding_message_size(stylefarm_shared::client::MAX_WORKER_MESSAGE_BYTES);
     let request = pb::RegisterRequest {
         name: config.name.clone(),
         device: config.device.clone(),

@@ -29,7 +29,7 @@ fn collection_json(c: &pb::Collection) -> serde_json::Value {
 fn worker_json(w: &pb::WorkerInfo) -> serde_json::Value {
     serde_json::json!({
         "worker_id": w.worker_id, "device": w.device, "memory_bytes": w.memory_bytes, "current_job": w.current_job,
-        "last_seen_unix": w.last_seen_unix, "strikes": w.strikes, "quarantined": w.quarantined,
+        "last_seen_unix": w.last_seen_unix, "strikes": w.strikes, "quarantined": w.quarantined, "quarantine_reason": w.quarantine_reason,
     })
 }
 
@@ -60,7 +60,22 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
 
 /// The farm at a glance: workers, then collections.
 async fn farm(url: &Conn, json: bool) -> Result<()> {
-    let workers = call(url, |mut c| async move { c.list_workers(pb::ListWorkersRequest {}).await }).await?.into_inner().workers;
+    let mut workers = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = pb::ListWorkersRequest { page_size: 0, page_token: page_token.clone() };
+        let page = call(url, |mut c| {
+            let r = r.clone();
+            async move { c.list_workers(r).await }
+        })
+        .await?
+        .into_inner();
+        workers.extend(page.workers);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     let mut collections = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -87,7 +102,7 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
     }
     println!("{} workers", workers.len());
     for w in &workers {
-        let state = if w.quarantined { format!("QUARANTINED after {} failed attempts in a row", w.strikes) } else if w.current_job.is_empty() { "idle".into() } else { format!("on {}", w.current_job) };
+        let state = if w.quarantined { format!("QUARANTINED: {}", w.quarantine_reason) } else if w.current_job.is_empty() { "idle".into() } else { format!("on {}", w.current_job) };
         println!("  {:<32} {:<8} {:>6.1} GiB  {state}", w.worker_id, w.device, w.memory_bytes as f64 / (1u64 << 30) as f64);
     }
     println!("{} collections", collections.len());

@@ -1,0 +1,62 @@
+//! What a request may hold, checked before any work is done on it: one
+//! constant each. `farm.proto`'s comments state the same numbers, and the
+//! test below reads them there, so the contract a foreign client is
+//! written from and the check a request meets cannot drift apart.
+//!
+//! The limits that are the coordinator's flags (request size, jobs per
+//! collection, input megapixels, watchers, submits) live in
+//! [`crate::Config`]; these are fixed.
+
+pub use stylefarm_shared::client::MAX_WORKER_MESSAGE_BYTES;
+pub use stylefarm_shared::size::MAX_RENDER_SIDE;
+
+/// Content images, and style images, in one submit.
+pub const MAX_INPUTS: usize = 10_000;
+/// Variants in one submit.
+pub const MAX_VARIANTS: usize = 1_000;
+/// One variant's JSON: every key set, lists at their longest, fits many
+/// times over.
+pub const MAX_VARIANT_JSON_BYTES: usize = 16 << 10;
+/// A collection's name.
+pub const MAX_COLLECTION_NAME_BYTES: usize = 200;
+/// A worker's name and its device's name, as Register gives them.
+pub const MAX_WORKER_NAME_BYTES: usize = 100;
+pub const MAX_DEVICE_NAME_BYTES: usize = 200;
+/// Capabilities a worker lists, each at most [`MAX_CAPABILITY_BYTES`].
+pub const MAX_CAPABILITIES: usize = 16;
+pub const MAX_CAPABILITY_BYTES: usize = 32;
+/// A Workers call's request (progress, names, a message): small.
+pub const MAX_WORKER_REQUEST_BYTES: usize = 1 << 20;
+/// An HTTP body on the dashboard's port other than a submit's.
+pub const MAX_SMALL_BODY_BYTES: usize = 64 << 10;
+/// Workers one ListWorkers page holds (0 asks for this many).
+pub const MAX_WORKERS_PAGE: u32 = 500;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract states every limit a client meets, with the number
+    /// this file enforces.
+    #[test]
+    fn the_contract_states_the_limits_that_are_enforced() {
+        let proto = include_str!("../../proto/proto/farm.proto");
+        let stated = [
+            format!("1..{MAX_RENDER_SIDE} a side"),
+            format!("at most {MAX_INPUTS} contents"),
+            format!("at most {MAX_INPUTS} styles"),
+            format!("at most {MAX_VARIANTS} variants of at most {} KiB of JSON each", MAX_VARIANT_JSON_BYTES >> 10),
+            format!("at most {MAX_COLLECTION_NAME_BYTES} bytes"),
+            format!("at most {MAX_WORKER_NAME_BYTES} bytes"),
+            format!("at most {MAX_DEVICE_NAME_BYTES} bytes"),
+            format!("at most {MAX_CAPABILITIES} of at most {MAX_CAPABILITY_BYTES} bytes"),
+            format!("at most {} MiB", MAX_WORKER_MESSAGE_BYTES >> 20),
+            format!("0: {MAX_WORKERS_PAGE}"),
+            format!("each of the {} conv layers at most once", stylefarm_engine::arch::VGG19.len()),
+            format!("at most {} scales", stylefarm_engine::params::MAX_SCALES),
+        ];
+        let missing: Vec<&String> = stated.iter().filter(|s| !proto.contains(s.as_str())).collect();
+        assert!(missing.is_empty(), "farm.proto does not state: {missing:?}");
+        assert!(!proto.contains("16384"), "a side limit the coordinator does not enforce");
+    }
+}

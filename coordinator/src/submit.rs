@@ -1,0 +1,399 @@
+//! `Farm.Submit`: a collection's request checked, its images read and
+//! stored, its jobs created in one transaction. In the order that keeps
+//! one client from taking the farm down:
+//!
+//! 1. the request's shape against [`crate::limits`] (counts, lengths), with
+//!    nothing read or decoded yet;
+//! 2. a place among the submits being read ([`crate::admission`]): one
+//!    client has at most `--max-submits-per-client`, the rest are refused;
+//! 3. each variant's parameters (cheap, the most common mistake), and that
+//!    every job's Lease reply fits what a worker reads;
+//! 4. each image read (a URL only under an operator's `--input-prefix`,
+//!    confined there) and decoded and hashed on the blocking threads
+//!    ([`crate::admission::Work`]), never on the runtime that answers
+//!    heartbeats;
+//! 5. the inputs stored (content-addressed) and the jobs created.
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use stylefarm_engine::{Init, RenderParams};
+use stylefarm_proto as pb;
+use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
+use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
+use stylefarm_shared::storage::ConfinedReadError;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Caller;
+use crate::db::{NewCollection, NewJob};
+use crate::limits::*;
+use crate::paths;
+use crate::service::{db_err, storage_err, FarmService};
+
+/// How long reading one input named by URL may take.
+const INPUT_READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Image names become file names in `farmctl fetch`: letters, digits,
+/// `.`, `_` and `-` only, at most 100, not starting with a dot.
+fn check_name(name: &str, role: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(40).collect();
+        Err(Status::invalid_argument(format!("{role} name {shown:?} must be 1-100 of A-Z a-z 0-9 . _ - and not start with a dot")))
+    }
+}
+
+/// Step 1: counts and lengths, before anything is read.
+fn check_shape(r: &pb::SubmitRequest) -> Result<(), Status> {
+    let over = |what: String| Err(Status::invalid_argument(what));
+    if r.idempotency_key.len() > 200 {
+        return over("idempotency_key is longer than 200 bytes".into());
+    }
+    if r.name.len() > MAX_COLLECTION_NAME_BYTES {
+        return over(format!("name is {} bytes; at most {MAX_COLLECTION_NAME_BYTES}", r.name.len()));
+    }
+    for (role, list) in [("contents", &r.contents), ("styles", &r.styles)] {
+        if list.len() > MAX_INPUTS {
+            return over(format!("{} {role}; at most {MAX_INPUTS} in one submit", list.len()));
+        }
+    }
+    if r.variants_json.len() > MAX_VARIANTS {
+        return over(format!("{} variants; at most {MAX_VARIANTS} in one submit", r.variants_json.len()));
+    }
+    if let Some((i, v)) = r.variants_json.iter().enumerate().find(|(_, v)| v.len() > MAX_VARIANT_JSON_BYTES) {
+        return over(format!("variant {i} is {} bytes of JSON; at most {MAX_VARIANT_JSON_BYTES}", v.len()));
+    }
+    Ok(())
+}
+
+/// An input validated and ready to store.
+struct Input {
+    name: String,
+    key: String,
+    /// `None`: already in the farm's storage under `key`.
+    bytes: Option<Vec<u8>>,
+    size: (u32, u32),
+}
+
+/// The bytes a decodable image of the configured limits can take at most,
+/// checked before anything is read from storage: 8 bytes a pixel is more
+/// than any format here needs for a real photo.
+fn max_input_bytes(limits: &ImageLimits) -> u64 {
+    limits.max_pixels.saturating_mul(8).max(1 << 20)
+}
+
+/// Who a submit counts against: the user, or (no tokens) the address.
+fn client_of<T>(caller: &Caller, request: &Request<T>) -> String {
+    if caller.owner.is_empty() {
+        request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default()
+    } else {
+        caller.owner.clone()
+    }
+}
+
+/// The largest Lease reply a job can be given: its spec with the longest
+/// attempt folder and checkpoint key the farm forms.
+fn lease_reply_bytes(job: &NewJob, collection_id: &str) -> usize {
+    let prefix = paths::attempt(collection_id, &job.id, u32::MAX);
+    let spec = pb::JobSpec {
+        job_id: job.id.clone(),
+        collection_id: collection_id.to_string(),
+        content_key: job.content_key.clone(),
+        style_keys: job.style_keys.clone(),
+        params_json: job.params_json.clone(),
+        width: job.width,
+        height: job.height,
+        checkpoint_every: job.checkpoint_every,
+        snapshot_every: job.snapshot_every,
+        resume_key: paths::in_attempt(&prefix, "checkpoint_4294967295.safetensors"),
+        prefix,
+    };
+    pb::LeaseResponse { job: Some(spec), fencing_token: u64::MAX, attempt: u32::MAX }.encoded_len()
+}
+
+impl FarmService {
+    /// Step 4 for one image: read (if named by URL), then decode and hash
+    /// on the blocking threads.
+    async fn input(&self, image: pb::InputImage, role: &str) -> Result<Input, Status> {
+        let name = if image.name.is_empty() { role.to_string() } else { image.name };
+        check_name(&name, role)?;
+        let (bytes, stored_key) = match image.source {
+            Some(pb::input_image::Source::Data(d)) => (d, None),
+            Some(pb::input_image::Source::Url(url)) => self.read_input_url(&url, role, &name).await?,
+            None => return Err(Status::invalid_argument(format!("{role} {name} has neither data nor url"))),
+        };
+        let (limits, label) = (self.0.config.limits, name.clone());
+        let (size, digest, bytes) = self
+            .0
+            .work
+            .run(move || {
+                let img = decode_rgb(&bytes, &label, limits)?;
+                Ok::<_, stylefarm_shared::image_io::ImageError>((img.dimensions(), format!("{:x}", Sha256::digest(&bytes)), bytes))
+            })
+            .await?
+            .map_err(|e| Status::invalid_argument(format!("{role} {e}")))?;
+        let key = paths::input(&digest);
+        let already = stored_key.as_deref() == Some(key.as_str());
+        Ok(Input { name, key, bytes: (!already).then_some(bytes), size })
+    }
+
+    /// Reads an input named by URL: a content-addressed key of the farm's
+    /// own storage, or a URL under an operator's `--input-prefix`, read
+    /// confined to it (no link out, regular files only, within
+    /// [`INPUT_READ_PATIENCE`]). Every other URL gets the same refusal,
+    /// whatever exists there; the size is checked before a byte is read.
+    /// Returns the bytes and, for a farm key, the key.
+    async fn read_input_url(&self, url: &str, role: &str, name: &str) -> Result<(Vec<u8>, Option<String>), Status> {
+        let refuse = || {
+            Status::invalid_argument(format!(
+                "{role} {name}: inputs are uploaded bytes, an uploaded input's key (inputs/<sha256>) or a URL under one of the coordinator's --input-prefix locations"
+            ))
+        };
+        let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let clean = !url.contains(['\0', '\\', '%']) && !path.contains("//") && !path.split('/').any(|p| p == ".." || p == ".");
+        if !clean {
+            return Err(refuse());
+        }
+        let (store, key, farm_key) = if paths::is_input(url) {
+            (&self.0.store, url.to_string(), true)
+        } else {
+            let found = self.0.input_stores.iter().find_map(|(prefix, store)| {
+                url.strip_prefix(prefix.as_str()).filter(|rest| !rest.is_empty() && !rest.starts_with('/')).map(|rest| (store, rest.to_string()))
+            });
+            let (store, rest) = found.ok_or_else(refuse)?;
+            (store, rest, false)
+        };
+        let limit = max_input_bytes(&self.0.config.limits);
+        let bytes = store.get_confined(&key, limit, INPUT_READ_PATIENCE).await.map_err(|e| match e {
+            ConfinedReadError::Missing(_) => Status::invalid_argument(format!("{role} {name}: `{url}` does not exist or is not a regular file")),
+            ConfinedReadError::TooLarge { size, limit, .. } => {
+                Status::invalid_argument(format!("{role} {name}: {size} bytes is over the input limit of {limit} bytes"))
+            }
+            ConfinedReadError::TimedOut { seconds, .. } => Status::unavailable(format!("{role} {name}: `{url}` was not read within {seconds} s; try again later")),
+            ConfinedReadError::Storage(e) => storage_err(&format!("read {role} {name}"), e),
+        })?;
+        Ok((bytes.to_vec(), farm_key.then_some(key)))
+    }
+
+    /// Parses and checks one variant's parameters: the schema (unknown
+    /// keys by name), the values, and what no worker can run.
+    fn variant(&self, i: usize, json: &str, styles_per_job: usize) -> Result<RenderParams, Status> {
+        let params = RenderParams::from_json(json).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
+        params.validate(styles_per_job).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
+        if params.init == Init::Image {
+            return Err(Status::invalid_argument(format!(
+                "variant {i}: init \"image\" needs an image, and a farm job has none; use blend, content or noise"
+            )));
+        }
+        Ok(params)
+    }
+
+    /// `Farm.Submit`.
+    pub(crate) async fn submit_collection(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let caller = Caller::of(&request);
+        let client = client_of(&caller, &request);
+        // The dashboard takes the place before it parses the body.
+        let held = request.extensions().get::<std::sync::Arc<crate::admission::Permit>>().cloned();
+        let mut r = request.into_inner();
+        check_shape(&r)?;
+        let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
+        if let Some((collection_id, jobs)) = self.0.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
+            return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
+        }
+        if r.contents.is_empty() || r.styles.is_empty() {
+            return Err(Status::invalid_argument("a collection needs at least one content and one style image"));
+        }
+        let _place = match held {
+            Some(place) => place,
+            None => std::sync::Arc::new(self.0.submits.admit(&client)?),
+        };
+        let variants_json = if r.variants_json.is_empty() { vec!["{}".to_string()] } else { std::mem::take(&mut r.variants_json) };
+        // Blended: each job reads every style; otherwise one style a job.
+        let (style_columns, styles_per_job) = if r.blend_styles { (1, r.styles.len()) } else { (r.styles.len(), 1) };
+        let jobs_total = r.contents.len() * style_columns * variants_json.len();
+        if jobs_total > self.0.config.max_jobs {
+            return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
+        }
+        // Parameters first: cheap, and the most common mistake.
+        let variants = variants_json.iter().enumerate().map(|(i, v)| self.variant(i, v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
+        if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
+            return Err(Status::invalid_argument(format!(
+                "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
+                r.width, r.height
+            )));
+        }
+        if r.max_side > MAX_RENDER_SIDE {
+            return Err(Status::invalid_argument(format!("max_side {} is over {MAX_RENDER_SIDE}", r.max_side)));
+        }
+        let mut contents = Vec::new();
+        for c in std::mem::take(&mut r.contents) {
+            contents.push(self.input(c, "content").await?);
+        }
+        let mut styles = Vec::new();
+        for s in std::mem::take(&mut r.styles) {
+            styles.push(self.input(s, "style").await?);
+        }
+        let mut sizes = Vec::new();
+        for c in &contents {
+            sizes.push(if r.max_side > 0 { fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))? } else { (r.width, r.height) });
+        }
+        self.check_devices(&variants, &contents, &sizes).await?;
+        // Everything is valid: store the inputs (content-addressed, so a
+        // retry rewrites the same objects), then create the jobs at once.
+        let mut stored = std::collections::BTreeSet::new();
+        for input in contents.iter_mut().chain(styles.iter_mut()) {
+            if let Some(bytes) = input.bytes.take() {
+                if stored.insert(input.key.clone()) {
+                    self.0.store.put(&input.key, bytes).await.map_err(|e| storage_err("store the inputs", e))?;
+                }
+            }
+        }
+        // A column of the collection: one style, or (blended) all of them.
+        let columns: Vec<(String, Vec<String>)> = if r.blend_styles {
+            vec![(styles.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join("+"), styles.iter().map(|s| s.key.clone()).collect())]
+        } else {
+            styles.iter().map(|s| (s.name.clone(), vec![s.key.clone()])).collect()
+        };
+        let collection_id = uuid::Uuid::new_v4().to_string();
+        let checkpoint_every = if r.checkpoint_every == 0 { self.0.config.default_checkpoint_every } else { r.checkpoint_every };
+        let params_json = variants.iter().map(|p| serde_json::to_string(p).map_err(|e| Status::internal(e.to_string()))).collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = Vec::new();
+        for (ci, (c, &(width, height))) in contents.iter().zip(&sizes).enumerate() {
+            for (si, (style_name, style_keys)) in columns.iter().enumerate() {
+                for (vi, params) in variants.iter().enumerate() {
+                    jobs.push(NewJob {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        content_index: ci as u32,
+                        style_index: si as u32,
+                        variant_index: vi as u32,
+                        content_name: c.name.clone(),
+                        style_name: style_name.clone(),
+                        content_key: c.key.clone(),
+                        style_keys: style_keys.clone(),
+                        params_json: params_json[vi].clone(),
+                        width,
+                        height,
+                        iterations: params.iterations as u32,
+                        checkpoint_every,
+                        snapshot_every: r.snapshot_every,
+                        min_memory: params.estimated_peak_bytes(width, height),
+                    });
+                }
+            }
+        }
+        // What is accepted, a worker can receive: the first job of each
+        // variant is the largest (every job of a variant has the same
+        // parameters and as many style keys).
+        if let Some(job) = jobs.iter().take(variants.len()).max_by_key(|j| lease_reply_bytes(j, &collection_id)) {
+            let bytes = lease_reply_bytes(job, &collection_id);
+            if bytes > MAX_WORKER_MESSAGE_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "a job of this collection would reach its worker as {bytes} bytes, over the {MAX_WORKER_MESSAGE_BYTES} a worker reads; use fewer styles per job"
+                )));
+            }
+        }
+        let name = if r.name.is_empty() { "collection".to_string() } else { r.name };
+        let new = NewCollection {
+            id: collection_id,
+            owner: caller.owner,
+            idempotency_key: r.idempotency_key,
+            name,
+            priority: r.priority,
+            shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
+            jobs,
+        };
+        let (collection_id, jobs) = self.0.state.write(move |db| db.create_collection(&new)).await?.map_err(db_err)?;
+        Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
+    }
+
+    /// What no registered device could hold is refused now, not failed on
+    /// every worker later.
+    async fn check_devices(&self, variants: &[RenderParams], contents: &[Input], sizes: &[(u32, u32)]) -> Result<(), Status> {
+        let Some(largest) = self.0.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)? else {
+            return Ok(());
+        };
+        for (vi, params) in variants.iter().enumerate() {
+            for (c, &size) in contents.iter().zip(sizes) {
+                let bytes = params.estimated_peak_bytes(size.0, size.1);
+                if bytes > largest {
+                    let tiled = match (params.tile, params.largest_fitting_tile(size.0, size.1, largest)) {
+                        (None, Some(tile)) => format!(", or tile it (\"tile\": {tile} fits)"),
+                        _ => String::new(),
+                    };
+                    return Err(Status::failed_precondition(format!(
+                        "{} at {}x{} (variant {vi}) needs about {:.1} GiB and the largest registered device has {:.1} GiB; render it smaller{tiled}",
+                        c.name,
+                        size.0,
+                        size.1,
+                        bytes as f64 / (1u64 << 30) as f64,
+                        largest as f64 / (1u64 << 30) as f64
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_over_the_limits_are_refused_before_anything_is_read() {
+        let image = pb::InputImage::default();
+        let cases: Vec<(pb::SubmitRequest, &str)> = vec![
+            (pb::SubmitRequest { contents: vec![image.clone(); MAX_INPUTS + 1], ..Default::default() }, "contents"),
+            (pb::SubmitRequest { styles: vec![image.clone(); MAX_INPUTS + 1], ..Default::default() }, "styles"),
+            (pb::SubmitRequest { variants_json: vec!["{}".into(); MAX_VARIANTS + 1], ..Default::default() }, "variants"),
+            (pb::SubmitRequest { variants_json: vec![" ".repeat(MAX_VARIANT_JSON_BYTES + 1)], ..Default::default() }, "variant 0"),
+            (pb::SubmitRequest { name: "n".repeat(MAX_COLLECTION_NAME_BYTES + 1), ..Default::default() }, "name"),
+            (pb::SubmitRequest { idempotency_key: "k".repeat(201), ..Default::default() }, "idempotency_key"),
+        ];
+        for (r, needle) in cases {
+            let e = check_shape(&r).unwrap_err();
+            assert!(e.code() == tonic::Code::InvalidArgument && e.message().contains(needle), "{needle}: {e:?}");
+        }
+        let fine = pb::SubmitRequest { contents: vec![image; MAX_INPUTS], variants_json: vec!["{}".into(); MAX_VARIANTS], ..Default::default() };
+        assert!(check_shape(&fine).is_ok());
+    }
+
+    #[test]
+    fn the_largest_parameters_accepted_fit_a_workers_lease_reply() {
+        // Every list at its longest: 16 layers each, 8 scales, a weight per
+        // style of the largest blend.
+        let layers: Vec<_> = stylefarm_engine::arch::VGG19.iter().map(|l| stylefarm_engine::LayerWeight::new(l.name, 1.0)).collect();
+        let params = RenderParams {
+            content_layers: layers.clone(),
+            style_layers: layers,
+            scales: (1..=stylefarm_engine::params::MAX_SCALES).map(|i| i as f64 / 10.0).collect(),
+            style_blend: vec![1.0; MAX_INPUTS],
+            ..Default::default()
+        };
+        params.validate(MAX_INPUTS).unwrap();
+        let job = NewJob {
+            id: uuid::Uuid::new_v4().to_string(),
+            content_index: 0,
+            style_index: 0,
+            variant_index: 0,
+            content_name: "c".into(),
+            style_name: "s".into(),
+            content_key: paths::input(&"0".repeat(64)),
+            style_keys: vec![paths::input(&"0".repeat(64)); MAX_INPUTS],
+            params_json: serde_json::to_string(&params).unwrap(),
+            width: 1,
+            height: 1,
+            iterations: 1,
+            checkpoint_every: 1,
+            snapshot_every: 0,
+            min_memory: 0,
+        };
+        let bytes = lease_reply_bytes(&job, &uuid::Uuid::new_v4().to_string());
+        assert!(bytes < MAX_WORKER_MESSAGE_BYTES, "{bytes} bytes");
+        assert!(params.validate(MAX_INPUTS + 1).is_err(), "blend weights are one per style");
+    }
+}
