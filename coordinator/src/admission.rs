@@ -44,6 +44,11 @@ impl Admission {
         Self::new("watches open", per_client, "--max-watchers-per-client", total, "--max-watchers", "stylefarm_watchers")
     }
 
+    /// Zips of a collection being built for the dashboard (fixed limits).
+    pub(crate) fn zips() -> Arc<Self> {
+        Self::new("zips being built", 2, "", 8, "", "stylefarm_zips_in_flight")
+    }
+
     /// Submits whose images are being read and checked.
     pub(crate) fn submits(per_client: usize, total: usize) -> Arc<Self> {
         Self::new("submits being read", per_client, "--max-submits-per-client", total, "--max-submits", "stylefarm_submits_in_flight")
@@ -66,21 +71,28 @@ impl Admission {
         let all: usize = open.values().sum();
         if all >= self.total {
             return Err(Status::resource_exhausted(format!(
-                "{all} {} on this coordinator, its limit ({} {}); try again shortly",
-                self.what, self.total_flag, self.total
+                "{all} {} on this coordinator, its limit ({}); try again shortly",
+                self.what,
+                limit(self.total_flag, self.total)
             )));
         }
         let mine = open.entry(client.to_string()).or_default();
         if *mine >= self.per_client {
             return Err(Status::resource_exhausted(format!(
-                "this client has {mine} {}, the limit per client ({} {}); wait for one to finish",
-                self.what, self.per_client_flag, self.per_client
+                "this client has {mine} {}, the limit per client ({}); wait for one to finish",
+                self.what,
+                limit(self.per_client_flag, self.per_client)
             )));
         }
         *mine += 1;
         metrics::gauge!(self.gauge).set((all + 1) as f64);
         Ok(Permit { admission: self.clone(), client: client.to_string() })
     }
+}
+
+/// A limit as a message names it: its flag and value, or the value.
+fn limit(flag: &str, n: usize) -> String {
+    if flag.is_empty() { n.to_string() } else { format!("{flag} {n}") }
 }
 
 impl Drop for Permit {

@@ -150,7 +150,7 @@ pub async fn run_with_dashboard(
     let submits = Admission::submits(config.max_submits_per_client, config.max_submits);
     let work = Work::new(config.work_threads);
     let hubs = hub::Hubs::new(owner.events.clone());
-    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, work, hubs });
+    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, zips: Admission::zips(), work, hubs });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));

@@ -159,6 +159,8 @@ pub(crate) struct State {
     pub(crate) watchers: Arc<Admission>,
     /// Submits being read and checked, counted against the limits.
     pub(crate) submits: Arc<Admission>,
+    /// Dashboard zips being built, counted against their limits.
+    pub(crate) zips: Arc<Admission>,
     /// Where image decoding and other CPU-heavy steps run.
     pub(crate) work: Work,
     /// One merger of committed changes per watched collection.
@@ -438,6 +440,35 @@ fn check_progress(p: &Option<pb::Progress>) -> Result<(), Status> {
     Ok(())
 }
 
+/// A worker's failure message as a job's owner may read it: the farm's
+/// storage location and data folder become `<storage>`, and any other
+/// absolute path or URL (a worker's own --storage, a temp folder) `<path>`.
+/// The full message stays in the coordinator's log.
+pub(crate) fn redact_paths(message: &str, locations: &[&str]) -> String {
+    let mut out = message.to_string();
+    for location in locations.iter().filter(|l| l.len() > 1) {
+        out = out.replace(location.trim_end_matches('/'), "<storage>");
+    }
+    let mut redacted = String::with_capacity(out.len());
+    for (i, word) in out.split(' ').enumerate() {
+        if i > 0 {
+            redacted.push(' ');
+        }
+        let bare = word.trim_start_matches(['`', '\'', '"', '(', '[']);
+        let path = (bare.starts_with('/') && bare.len() > 1) || bare.contains("://");
+        if path {
+            // Keep the quotes and punctuation around it.
+            let trail: usize = bare.chars().rev().take_while(|c| "`'\")]:,;".contains(*c)).map(char::len_utf8).sum();
+            redacted.push_str(&word[..word.len() - bare.len()]);
+            redacted.push_str("<path>");
+            redacted.push_str(&bare[bare.len() - trail..]);
+        } else {
+            redacted.push_str(word);
+        }
+    }
+    redacted
+}
+
 /// What a worker says of itself at Register, within [`crate::limits`].
 fn check_registration(r: &pb::RegisterRequest) -> Result<(), Status> {
     use crate::limits::*;
@@ -570,9 +601,11 @@ impl Workers for WorkersService {
     async fn fail(&self, request: Request<pb::FailRequest>) -> Result<Response<pb::FailResponse>, Status> {
         let r = request.into_inner();
         let kind = pb::FailureKind::try_from(r.kind).map_err(|_| Status::invalid_argument(format!("failure kind {} is not in farm.proto", r.kind)))?;
-        let message: String = r.message.chars().take(2000).collect();
+        let logged: String = r.message.chars().take(2000).collect();
+        // The job's owner reads it: no storage location or host path.
+        let message = redact_paths(&logged, &[self.0.store.location(), &self.0.config.data_dir.to_string_lossy()]);
         let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
-        let (logged, rules) = (message.clone(), self.rules());
+        let rules = self.rules();
         let answer = self.0.state.write(move |db| db.fail(&lease.call(), kind, &message, &rules)).await?.map_err(call_err)?;
         if !answer.repeated {
             metrics::counter!("stylefarm_job_failures_total", "kind" => kind.as_str_name()).increment(1);
@@ -592,5 +625,24 @@ impl Workers for WorkersService {
             tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
         }
         Ok(Response::new(pb::ReleaseResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_messages_show_no_storage_or_host_paths() {
+        let cases = [
+            ("cannot read inputs/ab from /srv/farm/storage: permission denied", "cannot read inputs/ab from <storage>: permission denied"),
+            ("cannot write out.png to s3://bucket/farm/x: 503", "cannot write out.png to <storage>/x: 503"),
+            ("open `/tmp/worker-7/scratch/a.ckpt`: disk full", "open `<path>`: disk full"),
+            ("the loss became inf at iteration 3; try a smaller beta", "the loss became inf at iteration 3; try a smaller beta"),
+            ("read (file:///etc/x) failed", "read (<path>) failed"),
+        ];
+        for (given, shown) in cases {
+            assert_eq!(redact_paths(given, &["/srv/farm/storage", "s3://bucket/farm/"]), shown);
+        }
     }
 }

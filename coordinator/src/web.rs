@@ -279,7 +279,7 @@ async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<J
                 "id": w.worker_id, "name": w.name, "device": w.device, "device_name": w.device_name,
                 "memory_bytes": w.memory_bytes, "last_seen_unix": w.last_seen_unix, "current_job": w.current_job,
                 "iterations_per_second": pace.get(&w.worker_id).copied().filter(|_| !w.current_job.is_empty()),
-                "strikes": w.strikes, "quarantined": w.quarantined,
+                "strikes": w.strikes, "quarantined": w.quarantined, "quarantine_reason": w.quarantine_reason,
             })
         })
         .collect();
@@ -475,44 +475,66 @@ async fn cancel_collection(AxumState(web): AxumState<Web>, headers: HeaderMap, P
 }
 
 /// The whole collection as a zip: every finished image (named
-/// `content_style_vN.png`) and the contact sheet. Built in a temporary
-/// file, not in memory, then streamed.
-async fn zip(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
-    let (_, request) = as_grpc(&web, &headers, pb::CollectionRef { collection_id: id.clone() })?;
+/// `content_style_vN.png`) and the contact sheet when the collection has at
+/// most [`crate::limits::MAX_SHEET_CELLS`] cells. Built on the blocking
+/// threads in a temporary file, not in memory, then streamed; a client
+/// builds at most two at once.
+async fn zip(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): ConnectInfo<Peer>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let (who, request) = as_grpc(&web, &headers, pb::CollectionRef { collection_id: id.clone() })?;
     let c = web.farm.get_collection(request).await?.into_inner();
-    let internal = |what: &str, e: &dyn std::fmt::Display| {
+    let client = if who.owner.is_empty() { peer.ip().to_string() } else { who.owner.clone() };
+    let place = web.state.zips.admit(&client)?;
+    let (store, dir, runtime, name) = (web.state.store.clone(), web.state.config.data_dir.clone(), tokio::runtime::Handle::current(), safe_file_name(&c.name));
+    let built = web
+        .state
+        .work
+        .run(move || {
+            let _place = place;
+            build_zip(&c, &store, &dir, &runtime)
+        })
+        .await?;
+    let mut file = built.map_err(|(what, e)| {
         tracing::error!("zip of {id}: {what}: {e}");
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the zip could not be built ({what}); see the coordinator's log"))
-    };
-    let file = tempfile::tempfile_in(&web.state.config.data_dir).map_err(|e| internal("a temporary file", &e))?;
+    })?;
+    std::io::Seek::rewind(&mut file).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the zip could not be read back: {e}")))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
+    let disposition = format!("attachment; filename=\"{name}.zip\"");
+    Ok(([(header::CONTENT_TYPE, "application/zip".to_string()), (header::CONTENT_DISPOSITION, disposition)], body).into_response())
+}
+
+/// [`zip`]'s work, on a blocking thread (storage is read through the
+/// runtime's handle): what failed and why, or the finished file.
+fn build_zip(c: &pb::Collection, store: &stylefarm_shared::storage::Store, dir: &std::path::Path, runtime: &tokio::runtime::Handle) -> Result<std::fs::File, (&'static str, String)> {
+    let failed = |what: &'static str| move |e: &dyn std::fmt::Display| (what, e.to_string());
+    let file = tempfile::tempfile_in(dir).map_err(|e| failed("a temporary file")(&e))?;
     let mut zip = zip::ZipWriter::new(file);
     let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let cols = c.styles * c.variants.max(1);
-    let mut sheet = stylefarm_shared::sheet::ContactSheet::new(c.contents, cols);
+    let cells = c.contents as u64 * cols as u64;
+    let mut sheet = (cells <= crate::limits::MAX_SHEET_CELLS).then(|| stylefarm_shared::sheet::ContactSheet::new(c.contents, cols));
     for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
-        let bytes = match web.state.store.get(&j.output_key).await {
+        let bytes = match runtime.block_on(store.get(&j.output_key)) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!("zip of {id}: {} not read: {e}", j.output_key);
+                tracing::warn!("zip of {}: {} not read: {e}", c.collection_id, j.output_key);
                 continue;
             }
         };
-        if let Ok(img) = image::load_from_memory(&bytes) {
+        if let (Some(sheet), Ok(img)) = (sheet.as_mut(), image::load_from_memory(&bytes)) {
             sheet.place(&img.to_rgb8(), j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
         }
         let name = stylefarm_shared::sheet::output_name(&j.content_name, &j.style_name, j.variant_index);
-        zip.start_file(name, stored).map_err(|e| internal("writing it", &e))?;
-        std::io::Write::write_all(&mut zip, &bytes).map_err(|e| internal("writing it", &e))?;
+        zip.start_file(name, stored).map_err(|e| failed("writing it")(&e))?;
+        std::io::Write::write_all(&mut zip, &bytes).map_err(|e| failed("writing it")(&e))?;
     }
-    let mut png = std::io::Cursor::new(Vec::new());
-    sheet.into_image().write_to(&mut png, image::ImageFormat::Png).map_err(|e| internal("the contact sheet", &e))?;
-    zip.start_file("contact_sheet.png", stored).map_err(|e| internal("writing it", &e))?;
-    std::io::Write::write_all(&mut zip, png.get_ref()).map_err(|e| internal("writing it", &e))?;
-    let mut file = zip.finish().map_err(|e| internal("finishing it", &e))?;
-    std::io::Seek::rewind(&mut file).map_err(|e| internal("reading it back", &e))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
-    let disposition = format!("attachment; filename=\"{}.zip\"", safe_file_name(&c.name));
-    Ok(([(header::CONTENT_TYPE, "application/zip".to_string()), (header::CONTENT_DISPOSITION, disposition)], body).into_response())
+    if let Some(sheet) = sheet {
+        let mut png = std::io::Cursor::new(Vec::new());
+        sheet.into_image().write_to(&mut png, image::ImageFormat::Png).map_err(|e| failed("the contact sheet")(&e))?;
+        zip.start_file("contact_sheet.png", stored).map_err(|e| failed("writing it")(&e))?;
+        std::io::Write::write_all(&mut zip, png.get_ref()).map_err(|e| failed("writing it")(&e))?;
+    }
+    zip.finish().map_err(|e| failed("finishing it")(&e))
 }
 
 fn safe_file_name(name: &str) -> String {

@@ -155,7 +155,9 @@ async function farmView() {
         h("td", {}, w.current_job ? h("a", { href: `#/j/${w.current_job}` }, w.current_job.slice(0, 8)) : h("span", { class: "muted" }, "idle")),
         h("td", { class: "num" }, w.iterations_per_second == null ? "" : w.iterations_per_second.toFixed(2)),
         h("td", {}, ago(w.last_seen_unix)),
-        h("td", {}, w.quarantined ? h("span", { class: "badge failed" }, "quarantined") : (w.strikes ? `${w.strikes} strikes` : "ok"))));
+        h("td", {}, w.quarantined
+          ? [h("span", { class: "badge failed", title: w.quarantine_reason }, "quarantined"), h("div", { class: "muted reason" }, w.quarantine_reason)]
+          : (w.strikes ? `${w.strikes} strikes` : "ok"))));
     box.replaceChildren(
       h("div", { class: "stats" },
         stat("queue", "queued", j.queued || 0),

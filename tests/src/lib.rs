@@ -240,3 +240,48 @@ pub fn scrape_metrics(addr: &str) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An interceptor that sends `token` as the bearer token.
+pub fn with_token(token: &str) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).unwrap();
+    move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", value.clone());
+        Ok(r)
+    }
+}
+
+/// Sends and reads gRPC messages as bytes: a client that shares no code
+/// with the farm.
+#[derive(Clone, Copy, Default)]
+pub struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
+    }
+}

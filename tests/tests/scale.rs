@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::{bin, channel, fixture, free_port, scrape_metrics, Farm};
-use tonic::metadata::MetadataValue;
+use stylefarm_tests::{bin, channel, fixture, free_port, scrape_metrics, with_token, Farm, Raw};
 use tonic::{Code, Request};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -86,13 +85,6 @@ fn every_acknowledged_write_survives_a_sigkill_mid_group() {
     assert!(lost.is_empty(), "{} of {} acknowledged registrations lost: {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
 }
 
-fn with_token(token: &str) -> impl FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Clone {
-    let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
-    move |mut r: Request<()>| {
-        r.metadata_mut().insert("authorization", value.clone());
-        Ok(r)
-    }
-}
 
 #[test]
 fn watches_are_limited_per_client_and_in_all() {
@@ -248,42 +240,6 @@ fn watchers_share_one_snapshot_and_each_follows_to_the_end() {
         }
         assert_eq!(reads(), 2);
     });
-}
-
-/// Sends and reads gRPC messages as bytes: a client that shares no code
-/// with the farm.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = bytes::Bytes;
-    type Decode = bytes::Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
-        let n = bytes::Buf::remaining(src);
-        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
-    }
 }
 
 #[test]
