@@ -30,9 +30,9 @@ pub const MAX_WORKER_REQUEST_BYTES: usize = 1 << 20;
 /// An HTTP body on the dashboard's port other than a submit's.
 pub const MAX_SMALL_BODY_BYTES: usize = 64 << 10;
 /// Cells (contents × columns) of the contact sheet a dashboard zip
-/// carries: 1024 cells of 192 px are ~110 MB of pixels while drawn. A
+/// carries: 256 cells of 192 px are ~28 MB of pixels while drawn. A
 /// larger collection's zip has its images and no sheet.
-pub const MAX_SHEET_CELLS: u64 = 1024;
+pub const MAX_SHEET_CELLS: u64 = 256;
 /// Workers one ListWorkers page holds (0 asks for this many).
 pub const MAX_WORKERS_PAGE: u32 = 500;
 
