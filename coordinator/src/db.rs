@@ -883,7 +883,12 @@ impl Db {
     /// checkpoint.
     pub fn heartbeat(&mut self, call: &Call, r: &pb::HeartbeatRequest, checkpoint_key: Option<&str>, rules: &Rules) -> Result<Answer, CallError> {
         let p = r.progress.clone().unwrap_or_default();
-        let total: Option<u32> = self.conn.query_row("SELECT iterations FROM jobs WHERE id = ?1", [call.job], |r| r.get(0)).optional()?;
+        // Checked against the job only under its current lease: a stale
+        // caller is told it is stale (stop), not what it got wrong.
+        let total: Option<u32> = self
+            .conn
+            .query_row("SELECT iterations FROM jobs WHERE id = ?1 AND fencing_token = ?2 AND state = ?3", params![call.job, call.token as i64, RUNNING], |r| r.get(0))
+            .optional()?;
         if let Some(total) = total {
             for (name, n) in [("progress.iteration", p.iteration), ("progress.iterations", p.iterations), ("checkpoint_iteration", r.checkpoint_iteration)] {
                 if n > total {

@@ -815,3 +815,78 @@ pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<tokio_ru
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn without_tokens_only_local_names_and_always_only_the_pages_own_origin() {
+        // (tokens configured, method, host, origin, allowed)
+        let cases = [
+            (false, Method::GET, "127.0.0.1:8080", None, true),
+            (false, Method::GET, "localhost:8080", None, true),
+            (false, Method::GET, "farm.localhost", None, true),
+            (false, Method::GET, "[::1]:8080", None, true),
+            (false, Method::GET, "10.1.2.3:8080", None, true),
+            (false, Method::GET, "rebind.attacker.example:8080", None, false),
+            (false, Method::GET, "localhost.attacker.example", None, false),
+            (true, Method::GET, "farm.example.com", None, true),
+            (true, Method::POST, "farm.example.com", Some("https://farm.example.com"), true),
+            (true, Method::POST, "farm.example.com", Some("https://evil.example"), false),
+            (true, Method::POST, "farm.example.com", Some("null"), false),
+            (true, Method::POST, "farm.example.com", None, true),
+            (false, Method::POST, "127.0.0.1:8080", Some("http://127.0.0.1:8080"), true),
+            (false, Method::POST, "127.0.0.1:8080", Some("http://127.0.0.1:9999"), false),
+            (true, Method::GET, "farm.example.com", Some("https://evil.example"), true),
+        ];
+        for (tokens, method, host, origin, allowed) in cases {
+            let mut pairs = vec![(header::HOST, host)];
+            if let Some(o) = origin {
+                pairs.push((header::ORIGIN, o));
+            }
+            let got = check_origin(tokens, &method, &headers(&pairs));
+            assert_eq!(got.is_ok(), allowed, "tokens {tokens}, {method} Host {host} Origin {origin:?}: {got:?}");
+            if let Err(ApiError(status, _)) = got {
+                assert_eq!(status, StatusCode::FORBIDDEN);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_zip_carries_every_image_and_a_contact_sheet_only_while_it_is_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = stylefarm_shared::storage::Store::open(&dir.path().join("storage").to_string_lossy()).unwrap();
+        let mut png = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(4, 3, image::Rgb([200, 10, 10])).write_to(&mut png, image::ImageFormat::Png).unwrap();
+        store.put("out.png", png.into_inner()).await.unwrap();
+        for (variants, sheet) in [(2u32, true), (crate::limits::MAX_SHEET_CELLS as u32 + 1, false)] {
+            let jobs = (0..variants)
+                .map(|v| pb::Job {
+                    content_name: "c".into(),
+                    style_name: "s".into(),
+                    variant_index: v,
+                    state: pb::JobState::Succeeded as i32,
+                    output_key: "out.png".into(),
+                    ..Default::default()
+                })
+                .collect();
+            let c = pb::Collection { contents: 1, styles: 1, variants, jobs, ..Default::default() };
+            let (store, path, runtime) = (store.clone(), dir.path().to_path_buf(), tokio::runtime::Handle::current());
+            let file = tokio::task::spawn_blocking(move || build_zip(&c, &store, &path, &runtime)).await.unwrap().unwrap();
+            let zip = zip::ZipArchive::new(file).unwrap();
+            let names: Vec<&str> = zip.file_names().collect();
+            assert_eq!(names.iter().filter(|n| n.ends_with("_v0.png") || n.contains("_v")).count(), variants as usize);
+            assert_eq!(names.contains(&"contact_sheet.png"), sheet, "{variants} cells");
+        }
+    }
+}

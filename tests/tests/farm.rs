@@ -219,9 +219,15 @@ fn metrics_and_json_logs_describe_the_work() {
     let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "16x12", "--iters", "6", "--checkpoint-every", "2"]);
     let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
     let job_id = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(800)); // one gauge refresh
-
-    let m = scrape_metrics(&coord_metrics);
+    // The job gauges are refreshed every 2 s.
+    let start = std::time::Instant::now();
+    let m = loop {
+        let m = scrape_metrics(&coord_metrics);
+        if m.contains("stylefarm_jobs{state=\"succeeded\"} 1") || start.elapsed() > Duration::from_secs(5) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(m.contains("stylefarm_jobs{state=\"succeeded\"} 1"), "{m}");
     assert!(m.contains("stylefarm_queue_length 0") && m.contains("stylefarm_leases_total 1") && m.contains("stylefarm_jobs_completed_total 1"), "{m}");
     let m = scrape_metrics(&worker_metrics);
