@@ -47,7 +47,7 @@ use crate::auth::Caller;
 use crate::hub::Batch;
 use crate::limits::MAX_SMALL_BODY_BYTES;
 use crate::paths;
-use crate::service::{db_err, FarmService, State};
+use crate::service::{db_err, FarmService, State, WATCH_SEND_PATIENCE};
 
 /// The cookie that keeps a browser's token.
 const COOKIE: &str = "stylefarm_token";
@@ -455,11 +455,13 @@ fn futures_stream(
                 Ok(Batch::Resync { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
                 Err(broadcast::error::RecvError::Closed) => return,
             };
+            // The same patience as Watch: a browser that takes nothing
+            // for that long is cut off rather than waited on.
             let sent = tokio::select! {
                 _ = stopping.cancelled() => return,
-                sent = tx.send(Ok(event)) => sent,
+                sent = tokio::time::timeout(WATCH_SEND_PATIENCE, tx.send(Ok(event))) => sent,
             };
-            if sent.is_err() {
+            if !matches!(sent, Ok(Ok(()))) {
                 return;
             }
         }
@@ -711,15 +713,18 @@ async fn job_file(AxumState(web): AxumState<Web>, headers: HeaderMap, Path((id, 
     }
     let folder = attempt_folders(&web, &headers, &id).await?.into_iter().next().unwrap_or_default();
     let key = paths::in_attempt(&folder, &name);
-    let bytes = match web.state.store.size(&key).await {
-        Ok(Some(_)) => web.state.store.get(&key).await,
-        Ok(None) => return Err(ApiError(StatusCode::NOT_FOUND, format!("job {id} has no file {name}"))),
-        Err(e) => Err(e),
-    }
-    .map_err(|e| {
+    let unavailable = |e: stylefarm_shared::storage::StorageError| {
         tracing::error!("storage: read {key}: {e}");
         ApiError(StatusCode::SERVICE_UNAVAILABLE, "the farm's storage could not read the file; try again later".into())
-    })?;
+    };
+    match web.state.store.size(&key).await.map_err(unavailable)? {
+        Some(_) => {}
+        None => return Err(ApiError(StatusCode::NOT_FOUND, format!("job {id} has no file {name}"))),
+    }
+    // Streamed as storage hands it over: a checkpoint of gigabytes is
+    // never held whole, and a slow reader only slows its own download.
+    let (size, pieces) = web.state.store.get_stream(&key).await.map_err(unavailable)?;
+    let body = Body::from_stream(pieces);
     let kind = match name.rsplit('.').next() {
         Some("png") => "image/png",
         Some("svg") => "image/svg+xml",
@@ -732,8 +737,13 @@ async fn job_file(AxumState(web): AxumState<Web>, headers: HeaderMap, Path((id, 
     } else {
         format!("inline; filename=\"{base}\"")
     };
-    Ok(([(header::CONTENT_TYPE, kind.to_string()), (header::CONTENT_DISPOSITION, disposition), (header::CACHE_CONTROL, "no-store".to_string())], bytes)
-        .into_response())
+    let headers = [
+        (header::CONTENT_TYPE, kind.to_string()),
+        (header::CONTENT_DISPOSITION, disposition),
+        (header::CACHE_CONTROL, "no-store".to_string()),
+        (header::CONTENT_LENGTH, size.to_string()),
+    ];
+    Ok((headers, body).into_response())
 }
 
 // -------------------------------------------------------------- serving --

@@ -10,6 +10,20 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
+/// How long a client waits for a connection to the coordinator.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one call may wait for its answer to begin (a stream's messages
+/// may then take as long as they take): a coordinator that went silent is
+/// noticed instead of waited on forever. Long enough for a submit of
+/// `--max-request-mb` over a slow link.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// HTTP/2 pings (and TCP keep-alive) this often on every connection, even
+/// idle …
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+/// … and a connection whose ping is not answered within this is dropped,
+/// so the next call reconnects instead of writing into a dead socket.
+pub const KEEP_ALIVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The largest message a worker decodes (tonic's default, said here so
 /// the coordinator can promise it): every Lease reply the coordinator
 /// could send fits, which it checks when a collection is submitted.
@@ -74,8 +88,14 @@ fn read(path: &PathBuf, what: &'static str) -> Result<Vec<u8>, ClientError> {
 impl ClientSecurity {
     /// The endpoint for `url`, with TLS configured when asked for.
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, ClientError> {
-        let mut endpoint =
-            Endpoint::from_shared(url.to_string()).map_err(|e| ClientError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| ClientError::BadUrl { url: url.to_string(), reason: e.to_string() })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .tcp_keepalive(Some(KEEP_ALIVE))
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE_PATIENCE)
+            .keep_alive_while_idle(true);
         let wants_tls = url.starts_with("https://");
         match (&self.tls_ca, wants_tls) {
             (Some(ca), true) => {

@@ -194,10 +194,16 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
                 resumed_from: beat.resumed_from(),
                 ..Default::default()
             };
-            match client.heartbeat(r).await {
-                Ok(resp) if resp.get_ref().cancelled => beat.cancelled.store(true, Ordering::SeqCst),
-                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied) => beat.stale.store(true, Ordering::SeqCst),
-                _ => {}
+            // A coordinator (or a network) that went silent must not hold
+            // the heartbeats up: the render goes on, and the next beat
+            // tries again on a connection the keep-alive has checked.
+            let patience = (period * 2).max(Duration::from_secs(2));
+            match tokio::time::timeout(patience, client.heartbeat(r)).await {
+                Ok(Ok(resp)) if resp.get_ref().cancelled => beat.cancelled.store(true, Ordering::SeqCst),
+                Ok(Err(s)) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied) => beat.stale.store(true, Ordering::SeqCst),
+                Ok(Err(s)) => tracing::warn!("heartbeat failed ({}); rendering on", s.message()),
+                Err(_) => tracing::warn!("heartbeat got no answer within {patience:?}; rendering on"),
+                Ok(Ok(_)) => {}
             }
             tokio::time::sleep(period).await;
         }

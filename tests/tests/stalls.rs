@@ -1,0 +1,175 @@
+//! One slow thing never blocks the rest: a gigabyte downloaded from the
+//! dashboard streams through the coordinator without being held (another
+//! client's reads stay fast, its memory flat), and a worker whose network
+//! goes silent notices within its heartbeat's patience, renders on, and
+//! talks again when the network does — the job ends once.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stylefarm_proto as pb;
+use stylefarm_tests::{bin, channel, fixture, free_port, jobs, Farm, Procs};
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) >> 10
+}
+
+fn one_job() -> pb::SubmitRequest {
+    let png = std::fs::read(fixture("content.png")).unwrap();
+    pb::SubmitRequest {
+        contents: vec![pb::InputImage { name: "c".into(), source: Some(pb::input_image::Source::Data(png.clone())) }],
+        styles: vec![pb::InputImage { name: "s".into(), source: Some(pb::input_image::Source::Data(png)) }],
+        variants_json: vec![r#"{"iters": 5}"#.into()],
+        width: 8,
+        height: 8,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_gigabyte_download_streams_while_others_are_answered() {
+    let farm = Farm::start_with(&["--http-listen", "127.0.0.1:0"]);
+    let pid = farm.coordinator.as_ref().unwrap().id();
+    let dashboard = farm.dashboard.clone().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let ch = channel(&farm.url).await;
+        let mut f = pb::farm_client::FarmClient::new(ch.clone());
+        let collection = f.submit(one_job()).await.unwrap().into_inner().collection_id;
+        let mut w = pb::workers_client::WorkersClient::new(ch.clone());
+        let worker = w.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
+        let job = w.lease(pb::LeaseRequest { worker_id: worker, free_memory_bytes: 0 }).await.unwrap().into_inner().job.unwrap();
+        // A 1 GiB file in the attempt's folder (sparse: quick to make).
+        let folder = farm.dir.path().join("data/storage").join(&job.prefix);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::File::create(folder.join("big.bin")).unwrap().set_len(1 << 30).unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let witness = {
+            let (mut f, stop, latencies, id) = (f.clone(), stop.clone(), latencies.clone(), collection.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let start = Instant::now();
+                    f.get_collection(pb::CollectionRef { collection_id: id.clone() }).await.unwrap();
+                    latencies.lock().unwrap().push(start.elapsed());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let peak = Arc::new(Mutex::new(0u64));
+        let sampler = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let now = rss_mib(pid);
+                    {
+                        let mut p = peak.lock().unwrap();
+                        *p = (*p).max(now);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let before = rss_mib(pid);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut download = reqwest::get(format!("{dashboard}api/jobs/{}/files/big.bin?download=true", job.job_id)).await.unwrap();
+        assert_eq!(download.status(), 200);
+        assert_eq!(download.content_length(), Some(1 << 30));
+        let mut got = 0u64;
+        while let Some(chunk) = download.chunk().await.unwrap() {
+            got += chunk.len() as u64;
+        }
+        assert_eq!(got, 1 << 30);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        witness.await.unwrap();
+        sampler.await.unwrap();
+        let mut l = latencies.lock().unwrap().clone();
+        l.sort();
+        let p99 = l[(l.len() * 99 / 100).min(l.len() - 1)];
+        let grown = peak.lock().unwrap().saturating_sub(before);
+        println!("1 GiB download: {} witness reads, p99 {p99:?}; the coordinator grew {grown} MiB at its peak", l.len());
+        assert!(p99 < Duration::from_millis(50), "another client's GetCollection p99 was {p99:?} during the download");
+        assert!(grown < 64, "the coordinator grew {grown} MiB serving a 1 GiB download");
+    });
+}
+
+/// Forwards TCP between clients and `to`, byte for byte, except while
+/// `paused`: then it holds what it read, and forwards nothing either way.
+fn proxy(to: u16, paused: Arc<AtomicBool>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+            for (mut from, mut into) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                let paused = paused.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 16 << 10];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while paused.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        if into.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn a_worker_behind_a_silent_network_renders_on_and_finishes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut procs = Procs(Vec::new());
+    let mut coordinator = Command::new(bin("farm-coordinator"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-seconds", "60", "--heartbeat-seconds", "1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(coordinator.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    procs.0.push(coordinator);
+    let paused = Arc::new(AtomicBool::new(false));
+    let through = proxy(port, paused.clone());
+    let log = dir.path().join("worker.log");
+    procs.0.push(
+        Command::new(bin("farm-worker"))
+            .args(["--coordinator", &format!("http://127.0.0.1:{through}"), "--device", "cpu", "--threads", "1", "--name", "behind-proxy"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Watched directly, not through the proxy.
+    let farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: procs, extra: Vec::new(), dashboard: None };
+    let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "64x48", "--iters", "400", "--checkpoint-every", "50"]);
+    let iteration = |s: &serde_json::Value| jobs(s)[0]["iteration"].as_u64().unwrap_or(0);
+    let before = iteration(&farm.wait_for(&id, "the render to start", |s| iteration(s) >= 3));
+    paused.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(6));
+    let noticed = std::fs::read_to_string(&log).unwrap();
+    paused.store(false, Ordering::SeqCst);
+    assert!(noticed.contains("heartbeat got no answer"), "the worker did not notice the silence:\n{noticed}");
+    // Once the network speaks again, the heartbeats report how far the
+    // render went meanwhile, and it finishes in its first attempt.
+    let after = iteration(&farm.wait_for(&id, "heartbeats again", |s| iteration(s) > before + 10 || jobs(s)[0]["state"] == "succeeded"));
+    let st = farm.wait_for(&id, "the job to succeed", |s| jobs(s)[0]["state"] == "succeeded");
+    assert_eq!(jobs(&st)[0]["attempts"], 1, "{st}");
+    println!("iteration {before} when the network went silent, {after} when it spoke again");
+}
