@@ -400,10 +400,13 @@ async fn grid(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path
     Ok(Json(json!({ "from_row": q.from_row, "rows": rows, "jobs": jobs })))
 }
 
-/// Server-sent events: `changes` (the jobs that changed, at most ten
-/// batches a second), `resync` (changes were lost: read again), a comment
-/// every 15 s to keep the connection open; until the client goes or the
-/// coordinator stops. Counts against the watcher limits like a `Watch`.
+/// Server-sent events: `hello` on every connection (with a one-second
+/// reconnect delay; the page re-reads what it shows on each hello after
+/// the first, so nothing that changed while it was away is missed),
+/// `changes` (the jobs that changed, at most ten batches a second),
+/// `resync` (changes were lost: read again), a comment every 15 s to keep
+/// the connection open; until the client goes or the coordinator stops.
+/// Counts against the watcher limits like a `Watch`.
 async fn events(
     AxumState(web): AxumState<Web>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
@@ -434,7 +437,9 @@ fn futures_stream(
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let _permit = permit;
-        if tx.send(Ok(Event::default().event("hello").data("{}"))).await.is_err() {
+        // Browsers reconnect a second after losing the stream (not their
+        // default three), and re-read what they show on this hello.
+        if tx.send(Ok(Event::default().event("hello").data("{}").retry(Duration::from_secs(1)))).await.is_err() {
             return;
         }
         loop {

@@ -209,6 +209,20 @@ async function collectionsView() {
 
 // --------------------------------------------------------- collection --
 
+// While a page's live stream is down: a banner says so, and the running
+// cells' remaining times are hidden (nothing counts down on a stale page).
+function offline(down) {
+  let banner = document.getElementById("offline");
+  if (down && !banner) {
+    banner = h("div", { id: "offline", class: "banner", role: "status" },
+      "Lost contact with the coordinator; reconnecting. What this page shows may be out of date.");
+    document.body.prepend(banner);
+  } else if (!down && banner) {
+    banner.remove();
+  }
+  document.body.classList.toggle("stale", down);
+}
+
 // A grid cell's content for one job.
 function fillCell(td, job) {
   const prev = td._job;
@@ -312,7 +326,7 @@ async function collectionView(id, pageNo) {
   const events = new EventSource(`/api/collections/${id}/events`);
   teardown.push(() => events.close());
   let countsDue = null;
-  const refreshCounts = () => {
+  const refreshCounts = (delay = 1000) => {
     if (countsDue) return;
     countsDue = setTimeout(async () => {
       countsDue = null;
@@ -320,10 +334,23 @@ async function collectionView(id, pageNo) {
         const c = await api(`/api/collections/${id}`);
         counts.textContent = countsLine(c.counts);
       } catch (_) { /* the next change tries again */ }
-    }, 1000);
+    }, delay);
   };
   teardown.push(() => countsDue && clearTimeout(countsDue));
-  events.addEventListener("hello", () => { live.textContent = "live"; });
+  // Every (re)connection says hello; after the first, whatever changed
+  // while the stream was down is read again, the grid and the counts.
+  let connected = false;
+  let everConnected = false;
+  events.addEventListener("hello", () => {
+    live.textContent = "live";
+    offline(false);
+    connected = true;
+    if (everConnected) {
+      load().catch((e) => message.replaceChildren(failed(e)));
+      refreshCounts(0);
+    }
+    everConnected = true;
+  });
   events.addEventListener("changes", (ev) => {
     const { jobs } = JSON.parse(ev.data);
     for (const change of jobs) {
@@ -333,7 +360,12 @@ async function collectionView(id, pageNo) {
     refreshCounts();
   });
   events.addEventListener("resync", () => load().catch((e) => message.replaceChildren(failed(e))));
-  events.addEventListener("error", () => { live.textContent = "reconnecting…"; });
+  events.addEventListener("error", () => {
+    if (!connected && everConnected) return;
+    connected = false;
+    live.textContent = "reconnecting…";
+    offline(true);
+  });
   try {
     await load();
   } catch (e) {
@@ -447,6 +479,13 @@ async function jobView(id) {
       events = new EventSource(`/api/collections/${d.collection_id}/events`);
       teardown.push(() => events.close());
       let due = null;
+      let everConnected = false;
+      events.addEventListener("hello", () => {
+        offline(false);
+        if (everConnected) draw();
+        everConnected = true;
+      });
+      events.addEventListener("error", () => offline(true));
       events.addEventListener("changes", (ev) => {
         if (due || !JSON.parse(ev.data).jobs.some((c) => c.id === id)) return;
         due = setTimeout(() => { due = null; draw(); }, 1000);

@@ -333,3 +333,57 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A coordinator restart with the collection page open: while it is down
+/// the page says so (a banner) and shows no remaining times; once it is
+/// back the page re-reads what changed meanwhile, and every cell equals
+/// `farmctl status --json` within 2 s of the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_resyncs_after_a_coordinator_restart() {
+    let http = free_port();
+    let mut farm = Farm::start_with(&["--http-listen", &format!("127.0.0.1:{http}"), "--user-token", USER, "--worker-token", WORKER]);
+    let page = farm.dashboard.clone().unwrap();
+    let (content, style) = (fixture("content.png"), fixture("style.png"));
+    let id = submit_as(&farm, USER, &["--content", &content, "--content", &fixture("init.png"), "--style", &style, "--size", "16x12", "--iters", "5"]);
+    let driver = chromedriver();
+    let c = browser(&driver).await;
+    c.goto(&page).await.unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
+    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
+    c.goto(&format!("{page}#/c/{id}")).await.unwrap();
+    until(&c, "two queued cells, live", "return [document.querySelectorAll('td.cell[data-state=queued]').length, document.querySelector('#live').textContent]", |v| {
+        v[0] == 2 && v[1] == "live"
+    })
+    .await;
+
+    farm.kill_coordinator();
+    until(&c, "the banner", "return !!document.querySelector('#offline') && document.body.classList.contains('stale')", |v| v == true).await;
+    farm.start_coordinator();
+    let restarted = Instant::now();
+    // Changed before the page could reconnect: only a fresh read shows it.
+    let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", USER, "cancel", &id]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", USER, "status", &id, "--json"]).output().unwrap();
+    let status: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want: std::collections::BTreeMap<String, String> =
+        jobs(&status).iter().map(|j| (j["job_id"].as_str().unwrap().to_string(), j["state"].as_str().unwrap().to_string())).collect();
+    assert!(want.values().all(|s| s == "cancelled"), "{status}");
+    let shown = |v: &Value| -> std::collections::BTreeMap<String, String> {
+        v.as_array().map(|a| a.iter().map(|x| (x["id"].as_str().unwrap_or("").to_string(), x["state"].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
+    };
+    let mut last = Value::Null;
+    while restarted.elapsed() < Duration::from_secs(10) {
+        last = c.execute(CELLS, vec![]).await.unwrap_or(Value::Null);
+        if shown(&last) == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = restarted.elapsed();
+    assert_eq!(shown(&last), want, "the page never caught up with the restarted coordinator");
+    assert!(took <= Duration::from_secs(2), "the page caught up {took:?} after the restart");
+    until(&c, "the banner gone", "return !!document.querySelector('#offline')", |v| v == false).await;
+    println!("the page equalled farmctl status {took:?} after the restart");
+    let _ = c.close().await;
+}
