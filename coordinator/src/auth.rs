@@ -34,6 +34,17 @@ impl Caller {
         self.admin || self.owner == owner
     }
 
+    /// What `found` holds if the caller may see its owner's things, else
+    /// NOT_FOUND saying `missing` (e.g. "no job ID"): another user's thing
+    /// answers exactly as one that does not exist. The one visibility
+    /// check of the `Farm` service, the Watch route and the dashboard.
+    pub fn visible<T>(&self, found: Option<(String, T)>, missing: impl FnOnce() -> String) -> Result<T, Status> {
+        match found {
+            Some((owner, thing)) if self.may_see(&owner) => Ok(thing),
+            _ => Err(Status::not_found(missing())),
+        }
+    }
+
     /// The caller of a request that passed [`Tokens::user`]; a request
     /// that never went through it (a test calling a handler directly) is
     /// nobody in particular and sees nothing but its own.

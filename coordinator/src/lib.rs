@@ -4,29 +4,38 @@
 //!
 //! - [`run`]: opens the database and storage and serves until shutdown
 //!   (this file; the binary's `main` only parses flags and binds);
+//! - [`config`]: everything the coordinator is told at start;
+//! - [`context`]: what every handler shares;
+//! - [`auth`]: which bearer token may call which service, who owns what,
+//!   and the one visibility check;
+//! - [`limits`]: what a request may hold, one constant each, as
+//!   `farm.proto` states them;
 //! - [`admission`]: how many expensive things one client and all may
 //!   have at once, and the blocking threads CPU-heavy steps run on;
 //! - [`conn`]: connections on both ports capped per address and in all,
 //!   and closed when silent;
-//! - [`auth`]: which bearer token may call which service, and who owns what;
 //! - [`machine`]: the job state machine, one pure function;
-//! - [`limits`]: what a request may hold, one constant each, as
-//!   `farm.proto` states them;
 //! - [`paths`]: the storage layout, the one place a key is formed;
 //! - [`db`]: the schema and every state change, one savepoint each;
 //! - [`state`]: the one thread that owns the writing connection (group
 //!   commit) and announces every change, and the read-only connections;
 //! - [`hub`]: one merger of those changes per watched collection, which
 //!   every `Watch` of it follows;
-//! - [`service`]: the gRPC handlers, which validate and hand over to `state`;
-//! - [`submit`]: `Submit`, limits first, images decoded off the runtime;
+//! - [`status`]: every failure mapped to a deliberate gRPC status (and its
+//!   HTTP twin);
+//! - [`service`]: the `Farm` handlers, which validate and hand over to
+//!   `state`; [`submit`] is `Submit`'s, limits first, images decoded off
+//!   the runtime;
+//! - [`workers`]: the `Workers` handlers, which check everything a worker
+//!   reports;
 //! - [`watch`]: `Watch` on its own route, each message encoded once for
 //!   all of a collection's watchers;
 //! - [`web`]: the dashboard, an HTTP port beside the gRPC one that calls
 //!   the same handlers and follows the same mergers.
-
 pub mod admission;
 pub mod auth;
+pub mod config;
+pub mod context;
 pub mod conn;
 pub mod db;
 pub mod hub;
@@ -35,9 +44,11 @@ pub mod machine;
 pub mod paths;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod submit;
 pub mod watch;
 pub mod web;
+pub mod workers;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -65,11 +76,13 @@ pub fn default_max_connections() -> usize {
 pub fn default_work_threads() -> usize {
     admission::Work::default_threads()
 }
-pub use service::{Config, FarmService, TlsFiles, WorkersService};
+pub use config::{Config, TlsFiles};
+pub use service::FarmService;
+pub use workers::WorkersService;
 
 use crate::db::Db;
 use crate::admission::{Admission, Work};
-use crate::service::State;
+use crate::context::State;
 use crate::state::StateHandle;
 
 /// Why the coordinator could not start or stopped serving.
@@ -202,7 +215,7 @@ pub async fn run_with_dashboard(
     let farm = FarmServer::new(FarmService(state.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
     // Watch has its own route (the contract's path, before the Farm
     // service's): its messages are encoded once for all watchers.
-    let watch = watch::Route::new(FarmService(state.clone()), max);
+    let watch = watch::Route::new(state.clone(), max);
     let workers = WorkersServer::new(WorkersService(state)).max_decoding_message_size(limits::MAX_WORKER_REQUEST_BYTES);
     let users = move |mut r: Request<()>| {
         let caller = user_tokens.user(&r)?;

@@ -27,7 +27,8 @@ use crate::auth::Caller;
 use crate::db::{NewCollection, NewJob};
 use crate::limits::*;
 use crate::paths;
-use crate::service::{db_err, storage_err, FarmService};
+use crate::service::FarmService;
+use crate::status::{db_err, storage_err};
 
 /// How long reading one input named by URL may take.
 const INPUT_READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);

@@ -32,8 +32,34 @@ use crate::auth::Caller;
 use crate::hub::{Batch, Snapshot, Subscription, WatchChanges};
 use crate::machine::State as JobState;
 use crate::admission::Permit as WatchPermit;
-use crate::service::{changed_part, db_err, FarmService, WATCH_SEND_PATIENCE};
+use crate::context::State;
+use crate::status::db_err;
 use crate::state::ReadKind;
+
+/// The stream the generated `Farm` trait's `watch` returns.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+/// How long a Watch may wait for its client to take the next message
+/// before it is cut off.
+pub(crate) const WATCH_SEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a watcher needs of a changed job: what can change (its place and
+/// names it has from the snapshot).
+pub(crate) fn changed_part(job: &pb::Job) -> pb::Job {
+    pb::Job {
+        job_id: job.job_id.clone(),
+        state: job.state,
+        attempts: job.attempts,
+        progress: job.progress.clone(),
+        worker: job.worker.clone(),
+        error: job.error.clone(),
+        output_key: job.output_key.clone(),
+        started_from: job.started_from,
+        failures: job.failures,
+        requeues: job.requeues,
+        ..Default::default()
+    }
+}
 
 /// The gRPC path the contract gives Watch.
 pub fn path() -> String {
@@ -46,12 +72,12 @@ pub type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send
 /// Watch as a tower service of HTTP requests, for the router.
 #[derive(Clone)]
 pub struct Route {
-    farm: FarmService,
+    farm: Arc<State>,
     max_message_bytes: usize,
 }
 
 impl Route {
-    pub fn new(farm: FarmService, max_message_bytes: usize) -> Self {
+    pub(crate) fn new(farm: Arc<State>, max_message_bytes: usize) -> Self {
         Self { farm, max_message_bytes }
     }
 }
@@ -151,7 +177,7 @@ impl http_body::Body for Frames {
 
 /// The same stream, decoded: what the generated `Farm` trait asks of
 /// `watch` (for callers in this process; the server routes Watch here).
-pub async fn watch_decoded(farm: &FarmService, request: Request<pb::CollectionRef>) -> Result<Response<crate::service::WatchStream>, Status> {
+pub(crate) async fn watch_decoded(farm: &Arc<State>, request: Request<pb::CollectionRef>) -> Result<Response<WatchStream>, Status> {
     let encoded = watch(farm, request).await?.into_inner();
     let decoded = tokio_stream::StreamExt::map(encoded, |m| m.and_then(|bytes| pb::WatchEvent::decode(bytes).map_err(|e| Status::internal(e.to_string()))));
     Ok(Response::new(Box::pin(decoded)))
@@ -159,14 +185,14 @@ pub async fn watch_decoded(farm: &FarmService, request: Request<pb::CollectionRe
 
 /// Admits the watcher, subscribes it to its collection's merger, takes the
 /// snapshot and starts the task that follows the batches.
-pub async fn watch(farm: &FarmService, request: Request<pb::CollectionRef>) -> Result<Response<EncodedStream>, Status> {
+pub(crate) async fn watch(farm: &Arc<State>, request: Request<pb::CollectionRef>) -> Result<Response<EncodedStream>, Status> {
     let caller = Caller::of(&request);
     // Who the limit counts against: the user, or (no tokens) the address.
     let client = if caller.owner.is_empty() { request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default() } else { caller.owner.clone() };
     let id = request.into_inner().collection_id;
-    let permit = farm.0.watchers.admit(&client)?;
+    let permit = farm.watchers.admit(&client)?;
     // Subscribe before the snapshot: no change between them is missed.
-    let subscription = farm.0.hubs.subscribe(&id);
+    let subscription = farm.hubs.subscribe(&id);
     let first = snapshot(farm, &subscription, &caller, &id).await?;
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(follow(farm.clone(), caller, id, first, subscription, tx, permit));
@@ -175,22 +201,20 @@ pub async fn watch(farm: &FarmService, request: Request<pb::CollectionRef>) -> R
 
 /// The collection's snapshot (shared with every watcher that needs one
 /// now) if the caller may see it, and the batch it is as of.
-async fn snapshot(farm: &FarmService, subscription: &Subscription, caller: &Caller, id: &str) -> Result<(Arc<Snapshot>, u64), Status> {
+async fn snapshot(farm: &Arc<State>, subscription: &Subscription, caller: &Caller, id: &str) -> Result<(Arc<Snapshot>, u64), Status> {
     let not_found = || Status::not_found(format!("no collection {id}"));
     let (snapshot, seq) = subscription
         .snapshot(|| async {
             metrics::counter!("stylefarm_watch_snapshot_reads_total").increment(1);
             let owned = id.to_string();
-            let read = farm.0.state.read_as(ReadKind::Snapshot, move |db| db.collection(&owned)).await?.map_err(db_err)?;
+            let read = farm.state.read_as(ReadKind::Snapshot, move |db| db.collection(&owned)).await?.map_err(db_err)?;
             let (owner, collection) = read.ok_or_else(not_found)?;
             // Encoding a large collection takes milliseconds: off the
             // async threads.
             tokio::task::spawn_blocking(move || encode_snapshot(owner, collection)).await.map_err(|e| Status::internal(e.to_string()))
         })
         .await?;
-    if !caller.may_see(&snapshot.owner) {
-        return Err(not_found());
-    }
+    caller.visible(Some((snapshot.owner.clone(), ())), || format!("no collection {id}"))?;
     Ok((snapshot, seq))
 }
 
@@ -248,7 +272,7 @@ impl Open {
 /// snapshot instead of what it missed, so nothing buffers without bound;
 /// one that takes nothing for [`WATCH_SEND_PATIENCE`] is cut off.
 async fn follow(
-    farm: FarmService,
+    farm: Arc<State>,
     caller: Caller,
     id: String,
     (first, mut as_of): (Arc<Snapshot>, u64),

@@ -41,13 +41,16 @@ use stylefarm_proto::farm_server::Farm;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
 use crate::auth::Caller;
 use crate::hub::Batch;
 use crate::limits::MAX_SMALL_BODY_BYTES;
 use crate::paths;
-use crate::service::{db_err, FarmService, State, WATCH_SEND_PATIENCE};
+use crate::context::State;
+use crate::service::FarmService;
+use crate::status::db_err;
+use crate::watch::WATCH_SEND_PATIENCE;
 
 /// The cookie that keeps a browser's token.
 const COOKIE: &str = "stylefarm_token";
@@ -180,17 +183,7 @@ impl IntoResponse for ApiError {
 impl From<Status> for ApiError {
     /// The gRPC handlers' deliberate statuses, as HTTP says them.
     fn from(s: Status) -> Self {
-        let code = match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(code, s.message().to_string())
+        ApiError(crate::status::http(s.code()), s.message().to_string())
     }
 }
 
@@ -353,10 +346,7 @@ async fn header_of(web: &Web, caller: &Caller, id: &str) -> ApiResult<pb::Collec
         c.counts = Some(db.job_counts(&owned)?);
         Ok::<_, rusqlite::Error>(Some((owner, c)))
     });
-    match read.await?.map_err(db_err)? {
-        Some((owner, c)) if caller.may_see(&owner) => Ok(c),
-        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no collection {id}"))),
-    }
+    Ok(caller.visible(read.await?.map_err(db_err)?, || format!("no collection {id}"))?)
 }
 
 /// The collection's header: its shape, counts and columns (style ×
@@ -680,10 +670,9 @@ async fn retry_job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id):
 async fn attempt_folders(web: &Web, headers: &HeaderMap, id: &str) -> ApiResult<Vec<String>> {
     let who = caller(web, headers)?;
     let owned = id.to_string();
-    match web.state.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)? {
-        Some((collection, owner, attempts)) if who.may_see(&owner) => Ok((1..=attempts.max(1)).rev().map(|n| paths::attempt(&collection, id, n)).collect()),
-        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no job {id}"))),
-    }
+    let found = web.state.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)?;
+    let (collection, attempts) = who.visible(found.map(|(c, owner, n)| (owner, (c, n))), || format!("no job {id}"))?;
+    Ok((1..=attempts.max(1)).rev().map(|n| paths::attempt(&collection, id, n)).collect())
 }
 
 /// The job's latest preview (the newest attempt that wrote one); 404 until

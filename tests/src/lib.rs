@@ -285,3 +285,19 @@ impl tonic::codec::Decoder for Raw {
         Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
     }
 }
+
+/// A Submit of `contents` copies of the fixture photo (named c0, c1, …)
+/// and the same image as the one style, rendered at 8×8 for `iters`
+/// iterations: jobs for tests that drive the farm's calls themselves.
+pub fn small_submit(contents: usize, iters: u32) -> stylefarm_proto::SubmitRequest {
+    use stylefarm_proto::{input_image::Source, InputImage};
+    let png = std::fs::read(fixture("content.png")).expect("the fixture photo");
+    stylefarm_proto::SubmitRequest {
+        contents: (0..contents).map(|i| InputImage { name: format!("c{i}"), source: Some(Source::Data(png.clone())) }).collect(),
+        styles: vec![InputImage { name: "s".into(), source: Some(Source::Data(png)) }],
+        variants_json: vec![format!(r#"{{"iters": {iters}}}"#)],
+        width: 8,
+        height: 8,
+        ..Default::default()
+    }
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::BufMut;
 use stylefarm_proto as pb;
-use stylefarm_tests::{channel, fixture, with_token, Farm, Raw};
+use stylefarm_tests::{channel, fixture, small_submit, with_token, Farm, Raw};
 use tonic::Code;
 
 const ALICE: &str = "alice-token"; // the attacker, a user like any other
@@ -37,16 +37,7 @@ fn as_worker(ch: &tonic::transport::Channel) -> pb::workers_client::WorkersClien
 }
 
 fn small_collection(name: &str) -> pb::SubmitRequest {
-    let png = std::fs::read(fixture("content.png")).unwrap();
-    pb::SubmitRequest {
-        name: name.into(),
-        contents: vec![pb::InputImage { name: "c".into(), source: Some(pb::input_image::Source::Data(png.clone())) }],
-        styles: vec![pb::InputImage { name: "s".into(), source: Some(pb::input_image::Source::Data(png)) }],
-        variants_json: vec![r#"{"iters": 5}"#.into()],
-        width: 8,
-        height: 8,
-        ..Default::default()
-    }
+    pb::SubmitRequest { name: name.into(), ..small_submit(1, 5) }
 }
 
 /// Bob's collection read every 20 ms, and a healthy worker holding a lease

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::{bin, channel, fixture, free_port, scrape_metrics, with_token, Farm, Raw};
+use stylefarm_tests::{bin, channel, free_port, scrape_metrics, small_submit, with_token, Farm, Raw};
 use tonic::{Code, Request};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -23,15 +23,7 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 fn small_collection(contents: usize) -> pb::SubmitRequest {
-    let png = std::fs::read(fixture("content.png")).unwrap();
-    pb::SubmitRequest {
-        contents: (0..contents).map(|i| pb::InputImage { name: format!("c{i}"), source: Some(pb::input_image::Source::Data(png.clone())) }).collect(),
-        styles: vec![pb::InputImage { name: "s".into(), source: Some(pb::input_image::Source::Data(png.clone())) }],
-        variants_json: vec![r#"{"iters": 1}"#.into()],
-        width: 8,
-        height: 8,
-        ..Default::default()
-    }
+    small_submit(contents, 1)
 }
 
 #[test]

@@ -11,24 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::{bin, channel, fixture, free_port, jobs, Farm, Procs};
+use stylefarm_tests::{bin, channel, fixture, free_port, jobs, small_submit, Farm, Procs};
 
 fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) >> 10
 }
 
-fn one_job() -> pb::SubmitRequest {
-    let png = std::fs::read(fixture("content.png")).unwrap();
-    pb::SubmitRequest {
-        contents: vec![pb::InputImage { name: "c".into(), source: Some(pb::input_image::Source::Data(png.clone())) }],
-        styles: vec![pb::InputImage { name: "s".into(), source: Some(pb::input_image::Source::Data(png)) }],
-        variants_json: vec![r#"{"iters": 5}"#.into()],
-        width: 8,
-        height: 8,
-        ..Default::default()
-    }
-}
 
 #[test]
 fn a_gigabyte_download_streams_while_others_are_answered() {
@@ -39,7 +28,7 @@ fn a_gigabyte_download_streams_while_others_are_answered() {
     rt.block_on(async {
         let ch = channel(&farm.url).await;
         let mut f = pb::farm_client::FarmClient::new(ch.clone());
-        let collection = f.submit(one_job()).await.unwrap().into_inner().collection_id;
+        let collection = f.submit(small_submit(1, 5)).await.unwrap().into_inner().collection_id;
         let mut w = pb::workers_client::WorkersClient::new(ch.clone());
         let worker = w.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
         let job = w.lease(pb::LeaseRequest { worker_id: worker, free_memory_bytes: 0 }).await.unwrap().into_inner().job.unwrap();

@@ -1,0 +1,246 @@
+//! The `Workers` service (workers): everything a worker reports is checked
+//! before it is stored (names, memory, progress, file names), every call
+//! about a job is checked against its lease by the database, and a
+//! worker's failure message is stripped of paths before a user reads it.
+
+use std::sync::Arc;
+
+use stylefarm_proto as pb;
+use stylefarm_proto::workers_server::Workers;
+use tonic::{Request, Response, Status};
+
+use crate::context::State;
+use crate::db::{Call, Rules};
+use crate::paths;
+use crate::status::{call_err, db_err, storage_err};
+
+/// The `Workers` service (workers).
+#[derive(Clone)]
+pub struct WorkersService(pub(crate) Arc<State>);
+
+/// Progress is stored as numbers people read: a loss or an ETA that is
+/// negative or not a finite number is refused (the worker fails the job as
+/// BAD_INPUT instead), and so is an iteration past the iterations. The
+/// database checks both against the job's own iterations.
+fn check_progress(p: &Option<pb::Progress>) -> Result<(), Status> {
+    let Some(p) = p else { return Ok(()) };
+    for (name, v) in [("content", p.content), ("style", p.style), ("tv", p.tv), ("total", p.total), ("eta_seconds", p.eta_seconds)] {
+        if !v.is_finite() {
+            return Err(Status::invalid_argument(format!("progress.{name} is {v}, not a finite number")));
+        }
+        if v < 0.0 {
+            return Err(Status::invalid_argument(format!("progress.{name} is {v}; losses and ETAs are never negative")));
+        }
+    }
+    if p.iteration > p.iterations {
+        return Err(Status::invalid_argument(format!("progress.iteration {} is past progress.iterations {}", p.iteration, p.iterations)));
+    }
+    Ok(())
+}
+
+/// A worker's failure message as a job's owner may read it: the farm's
+/// storage location and data folder become `<storage>`, and any other
+/// absolute path or URL (a worker's own --storage, a temp folder) `<path>`.
+/// The full message stays in the coordinator's log.
+pub(crate) fn redact_paths(message: &str, locations: &[&str]) -> String {
+    let mut out = message.to_string();
+    for location in locations.iter().filter(|l| l.len() > 1) {
+        out = out.replace(location.trim_end_matches('/'), "<storage>");
+    }
+    let mut redacted = String::with_capacity(out.len());
+    for (i, word) in out.split(' ').enumerate() {
+        if i > 0 {
+            redacted.push(' ');
+        }
+        let bare = word.trim_start_matches(['`', '\'', '"', '(', '[']);
+        let path = (bare.starts_with('/') && bare.len() > 1) || bare.contains("://");
+        if path {
+            // Keep the quotes and punctuation around it.
+            let trail: usize = bare.chars().rev().take_while(|c| "`'\")]:,;".contains(*c)).map(char::len_utf8).sum();
+            redacted.push_str(&word[..word.len() - bare.len()]);
+            redacted.push_str("<path>");
+            redacted.push_str(&bare[bare.len() - trail..]);
+        } else {
+            redacted.push_str(word);
+        }
+    }
+    redacted
+}
+
+/// What a worker says of itself at Register, within [`crate::limits`].
+fn check_registration(r: &pb::RegisterRequest) -> Result<(), Status> {
+    use crate::limits::*;
+    let over = |field: &str, n: usize, most: usize| Err(Status::invalid_argument(format!("{field} is {n} bytes; at most {most}")));
+    if r.name.len() > MAX_WORKER_NAME_BYTES {
+        return over("name", r.name.len(), MAX_WORKER_NAME_BYTES);
+    }
+    if r.device_name.len() > MAX_DEVICE_NAME_BYTES {
+        return over("device_name", r.device_name.len(), MAX_DEVICE_NAME_BYTES);
+    }
+    if r.capabilities.len() > MAX_CAPABILITIES || r.capabilities.iter().any(|c| c.len() > MAX_CAPABILITY_BYTES) {
+        return Err(Status::invalid_argument(format!("capabilities: at most {MAX_CAPABILITIES} of at most {MAX_CAPABILITY_BYTES} bytes each")));
+    }
+    if r.memory_bytes > i64::MAX as u64 {
+        return Err(Status::invalid_argument(format!("memory_bytes {} is over 2^63 - 1", r.memory_bytes)));
+    }
+    if !(r.device == "cpu" || r.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
+        let shown: String = r.device.chars().take(40).collect();
+        return Err(Status::invalid_argument(format!("device `{shown}` is not cpu or cuda:N")));
+    }
+    Ok(())
+}
+
+fn check_file_name(field: &str, name: &str) -> Result<(), Status> {
+    if paths::file_name(name) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("{field} {name:?} is not a file name in the attempt's folder (A-Z a-z 0-9 . _ -, no /)")))
+    }
+}
+
+impl WorkersService {
+    fn rules(&self) -> Rules {
+        self.0.config.rules()
+    }
+
+    /// The full key of a file an attempt names, after checking the name
+    /// and that the lease is the caller's.
+    async fn key_in_attempt(&self, lease: &Lease, field: &str, name: &str) -> Result<String, Status> {
+        check_file_name(field, name)?;
+        let l = lease.clone();
+        let folder = self.0.state.read(move |db| db.attempt_folder(&l.call())).await?.map_err(call_err)?;
+        Ok(paths::in_attempt(&folder, name))
+    }
+}
+
+/// A worker's call about a job, owned, to travel to the state's thread.
+#[derive(Clone)]
+struct Lease {
+    worker: String,
+    job: String,
+    token: u64,
+}
+
+impl Lease {
+    fn new(worker: &str, job: &str, token: u64) -> Self {
+        Lease { worker: worker.to_string(), job: job.to_string(), token }
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call { worker: &self.worker, job: &self.job, token: self.token }
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersService {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        check_registration(&r)?;
+        let base: String = r.name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(60).collect();
+        let id = format!("{}-{}", if base.is_empty() { "worker" } else { &base }, &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let owned = id.clone();
+        self.0.state.write(move |db| db.register_worker(&owned, &r)).await?.map_err(db_err)?;
+        let c = &self.0.config;
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: id,
+            storage_url: self.0.store.location().to_string(),
+            heartbeat_seconds: c.heartbeat_seconds,
+            lease_seconds: c.lease_seconds,
+            farm_id: self.0.farm_id.clone(),
+        }))
+    }
+
+    async fn lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        let r = request.into_inner();
+        let (worker, rules) = (r.worker_id.clone(), self.rules());
+        let leased = self.0.state.write(move |db| db.lease(&worker, &rules)).await?.map_err(call_err)?;
+        Ok(Response::new(match leased {
+            Some(l) => {
+                metrics::counter!("stylefarm_leases_total").increment(1);
+                tracing::debug!(job = %l.spec.job_id, worker = %r.worker_id, attempt = l.attempt, "leased");
+                pb::LeaseResponse { job: Some(l.spec), fencing_token: l.token, attempt: l.attempt }
+            }
+            None => pb::LeaseResponse::default(),
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        check_progress(&r.progress)?;
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
+        let rules = self.rules();
+        let answer = self.0.state.write(move |db| db.heartbeat(&lease.call(), &r, checkpoint.as_deref(), &rules)).await?.map_err(call_err)?;
+        Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled }))
+    }
+
+    async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {
+        let r = request.into_inner();
+        check_progress(&r.progress)?;
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let key = self.key_in_attempt(&lease, "output_name", &r.output_name).await?;
+        match self.0.store.size(&key).await {
+            Ok(Some(n)) if n > 0 => {}
+            Ok(_) => return Err(Status::failed_precondition(format!("the output {} is not in storage; write it before completing", r.output_name))),
+            Err(e) => return Err(storage_err("check the output", e)),
+        }
+        let (progress, rules) = (r.progress.unwrap_or_default(), self.rules());
+        let answer = self.0.state.write(move |db| db.complete(&lease.call(), &key, &progress, &rules)).await?.map_err(|e| {
+            tracing::warn!(job = %r.job_id, worker = %r.worker_id, "completion refused: {e}");
+            call_err(e)
+        })?;
+        if !answer.repeated {
+            metrics::counter!("stylefarm_jobs_completed_total").increment(1);
+            tracing::debug!(job = %r.job_id, worker = %r.worker_id, "completed");
+        }
+        Ok(Response::new(pb::CompleteResponse {}))
+    }
+
+    async fn fail(&self, request: Request<pb::FailRequest>) -> Result<Response<pb::FailResponse>, Status> {
+        let r = request.into_inner();
+        let kind = pb::FailureKind::try_from(r.kind).map_err(|_| Status::invalid_argument(format!("failure kind {} is not in farm.proto", r.kind)))?;
+        let logged: String = r.message.chars().take(2000).collect();
+        // The job's owner reads it: no storage location or host path.
+        let message = redact_paths(&logged, &[self.0.store.location(), &self.0.config.data_dir.to_string_lossy()]);
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let rules = self.rules();
+        let answer = self.0.state.write(move |db| db.fail(&lease.call(), kind, &message, &rules)).await?.map_err(call_err)?;
+        if !answer.repeated {
+            metrics::counter!("stylefarm_job_failures_total", "kind" => kind.as_str_name()).increment(1);
+            tracing::warn!(job = %r.job_id, worker = %r.worker_id, kind = kind.as_str_name(), "attempt failed: {logged}");
+        }
+        Ok(Response::new(pb::FailResponse {}))
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let lease = Lease::new(&r.worker_id, &r.job_id, r.fencing_token);
+        let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
+        let (iteration, rules) = (r.checkpoint_iteration, self.rules());
+        let answer = self.0.state.write(move |db| db.release(&lease.call(), checkpoint.as_deref().map(|k| (k, iteration)), &rules)).await?.map_err(call_err)?;
+        if !answer.repeated {
+            metrics::counter!("stylefarm_releases_total").increment(1);
+            tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
+        }
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_messages_show_no_storage_or_host_paths() {
+        let cases = [
+            ("cannot read inputs/ab from /srv/farm/storage: permission denied", "cannot read inputs/ab from <storage>: permission denied"),
+            ("cannot write out.png to s3://bucket/farm/x: 503", "cannot write out.png to <storage>/x: 503"),
+            ("open `/tmp/worker-7/scratch/a.ckpt`: disk full", "open `<path>`: disk full"),
+            ("the loss became inf at iteration 3; try a smaller beta", "the loss became inf at iteration 3; try a smaller beta"),
+            ("read (file:///etc/x) failed", "read (<path>) failed"),
+        ];
+        for (given, shown) in cases {
+            assert_eq!(redact_paths(given, &["/srv/farm/storage", "s3://bucket/farm/"]), shown);
+        }
+    }
+}
