@@ -11,7 +11,7 @@ pub use stylefarm_shared::client::MAX_WORKER_MESSAGE_BYTES;
 pub use stylefarm_shared::size::MAX_RENDER_SIDE;
 
 /// Content images, and style images, in one submit.
-pub const MAX_INPUTS: usize = 10_000;
+pub const MAX_INPUTS: usize = 100_000;
 /// Variants in one submit.
 pub const MAX_VARIANTS: usize = 1_000;
 /// One variant's JSON: every key set, lists at their longest, fits many

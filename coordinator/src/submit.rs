@@ -364,37 +364,43 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_parameters_accepted_fit_a_workers_lease_reply() {
-        // Every list at its longest: 16 layers each, 8 scales, a weight per
-        // style of the largest blend.
+    fn a_lease_reply_that_would_not_fit_a_worker_is_caught_at_submit() {
+        // Every parameter list at its longest: 16 layers each, 8 scales, a
+        // blend weight per style.
         let layers: Vec<_> = stylefarm_engine::arch::VGG19.iter().map(|l| stylefarm_engine::LayerWeight::new(l.name, 1.0)).collect();
-        let params = RenderParams {
-            content_layers: layers.clone(),
-            style_layers: layers,
-            scales: (1..=stylefarm_engine::params::MAX_SCALES).map(|i| i as f64 / 10.0).collect(),
-            style_blend: vec![1.0; MAX_INPUTS],
-            ..Default::default()
+        let blended = |styles: usize| {
+            let params = RenderParams {
+                content_layers: layers.clone(),
+                style_layers: layers.clone(),
+                scales: (1..=stylefarm_engine::params::MAX_SCALES).map(|i| i as f64 / 10.0).collect(),
+                style_blend: vec![1.0; styles],
+                ..Default::default()
+            };
+            params.validate(styles).unwrap();
+            NewJob {
+                id: uuid::Uuid::new_v4().to_string(),
+                content_index: 0,
+                style_index: 0,
+                variant_index: 0,
+                content_name: "c".into(),
+                style_name: "s".into(),
+                content_key: paths::input(&"0".repeat(64)),
+                style_keys: vec![paths::input(&"0".repeat(64)); styles],
+                params_json: serde_json::to_string(&params).unwrap(),
+                width: 1,
+                height: 1,
+                iterations: 1,
+                checkpoint_every: 1,
+                snapshot_every: 0,
+                min_memory: 0,
+            }
         };
-        params.validate(MAX_INPUTS).unwrap();
-        let job = NewJob {
-            id: uuid::Uuid::new_v4().to_string(),
-            content_index: 0,
-            style_index: 0,
-            variant_index: 0,
-            content_name: "c".into(),
-            style_name: "s".into(),
-            content_key: paths::input(&"0".repeat(64)),
-            style_keys: vec![paths::input(&"0".repeat(64)); MAX_INPUTS],
-            params_json: serde_json::to_string(&params).unwrap(),
-            width: 1,
-            height: 1,
-            iterations: 1,
-            checkpoint_every: 1,
-            snapshot_every: 0,
-            min_memory: 0,
-        };
-        let bytes = lease_reply_bytes(&job, &uuid::Uuid::new_v4().to_string());
-        assert!(bytes < MAX_WORKER_MESSAGE_BYTES, "{bytes} bytes");
-        assert!(params.validate(MAX_INPUTS + 1).is_err(), "blend weights are one per style");
+        let collection = uuid::Uuid::new_v4().to_string();
+        let fits = lease_reply_bytes(&blended(10_000), &collection);
+        assert!(fits < MAX_WORKER_MESSAGE_BYTES, "10,000 blended styles: {fits} bytes");
+        // The most styles a submit may hold, blended into every job: over
+        // what a worker reads, so submit refuses it.
+        let over = lease_reply_bytes(&blended(MAX_INPUTS), &collection);
+        assert!(over > MAX_WORKER_MESSAGE_BYTES, "{over} bytes");
     }
 }

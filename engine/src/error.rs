@@ -31,10 +31,13 @@ pub enum EngineError {
     /// inputs or size): the reason names what differs.
     #[error("cannot resume from this checkpoint: {0}")]
     Mismatch(String),
-    /// The loss stopped being a number: the step size is too large for
-    /// these inputs. The job's own fault, not worth retrying as it is.
-    #[error("the loss became {value} at iteration {iteration}; try a smaller lr")]
-    NonFinite { iteration: usize, value: f64 },
+    /// The loss stopped being a number. `culprit` says which term did it
+    /// (a term itself: the image diverged, the step size is too large; a
+    /// term times its weight: that weight is too large) and `lever` names
+    /// the parameter to lower ([`crate::Losses::blame`]). The job's own
+    /// fault, not worth retrying as it is.
+    #[error("the loss became {value} at iteration {iteration}: {culprit}; try a smaller {lever}")]
+    NonFinite { iteration: usize, value: f64, culprit: String, lever: &'static str },
     /// A failure inside candle (shape mismatch, allocation); a bug if it
     /// escapes validation.
     #[error("tensor operation failed: {0}")]

@@ -231,7 +231,8 @@ impl Session {
             self.history.push(record);
             hooks.iteration(self, &record)?;
             if !losses.total.is_finite() {
-                return Err(EngineError::NonFinite { iteration, value: losses.total }.into());
+                let before = self.history.iter().rev().map(|r| r.losses).find(|l| l.total.is_finite());
+                return Err(diverged(iteration, &losses, before.as_ref(), self.params()).into());
             }
             if cadence.snapshot_every > 0 && done % cadence.snapshot_every == 0 {
                 hooks.snapshot(self)?;
@@ -280,14 +281,16 @@ impl Session {
             };
             let renderer = Renderer::new(self.vgg.clone(), stage_params, &pictures.content, &pictures.styles)?;
             let mut state = renderer.initial_state(&pictures.content, start.as_ref())?;
+            let mut before = None;
             while state.iteration < iterations {
                 if hooks.control() == Control::Stop {
                     return Ok(Start::Stopped);
                 }
                 let losses = renderer.step(&mut state)?;
                 if !losses.total.is_finite() {
-                    return Err(EngineError::NonFinite { iteration: state.iteration - 1, value: losses.total }.into());
+                    return Err(diverged(state.iteration - 1, &losses, before.as_ref(), params).into());
                 }
+                before = Some(losses);
             }
             previous = Some((state.image, Some(pictures.content)));
         }
@@ -321,4 +324,11 @@ enum Start {
     From(Tensor),
     /// A hook stopped a coarse stage.
     Stopped,
+}
+
+/// The error of a render whose loss stopped being a number, naming the
+/// term that did it and the parameter to lower.
+fn diverged(iteration: usize, losses: &crate::Losses, before: Option<&crate::Losses>, params: &RenderParams) -> EngineError {
+    let (culprit, lever) = losses.blame(before, params.alpha, params.beta, params.tv_weight);
+    EngineError::NonFinite { iteration, value: losses.total, culprit, lever }
 }

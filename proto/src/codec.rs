@@ -22,7 +22,7 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 pub fn max_occurrences<U: 'static>() -> Option<usize> {
     let t = TypeId::of::<U>();
     if t == TypeId::of::<crate::SubmitRequest>() {
-        // contents, styles ≤ 10000; variants_json ≤ 1000.
+        // contents, styles ≤ 100000; variants_json ≤ 1000.
         Some(MAX_OCCURRENCES)
     } else if t == TypeId::of::<crate::RegisterRequest>() {
         Some(16)
@@ -32,7 +32,7 @@ pub fn max_occurrences<U: 'static>() -> Option<usize> {
 }
 
 /// The most occurrences of one field in a capped request.
-pub const MAX_OCCURRENCES: usize = 10_000;
+pub const MAX_OCCURRENCES: usize = 100_000;
 
 /// [`ProstCodec`] with [`max_occurrences`] checked before decoding.
 #[derive(Debug)]
@@ -129,7 +129,7 @@ mod tests {
         assert!(check_occurrences(&within.encode_to_vec(), MAX_OCCURRENCES).is_ok());
         let over = crate::SubmitRequest { styles: vec![crate::InputImage::default(); MAX_OCCURRENCES + 1], ..Default::default() };
         let e = check_occurrences(&over.encode_to_vec(), MAX_OCCURRENCES).unwrap_err();
-        assert!(e.message().contains("field 3 occurs more than 10000"), "{e:?}");
+        assert!(e.message().contains("field 3 occurs more than 100000"), "{e:?}");
         // Every wire type is stepped over, not miscounted.
         let mixed = crate::SubmitRequest { name: "n".into(), width: 7, priority: -1, blend_styles: true, variants_json: vec!["{}".into(); 3], ..Default::default() };
         assert!(check_occurrences(&mixed.encode_to_vec(), 3).is_ok());

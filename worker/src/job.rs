@@ -576,7 +576,7 @@ mod tests {
             assert!(matches!(JobError::from(EngineError::Internal(m.into())), JobError::OutOfMemory(_)), "{m}");
         }
         assert!(matches!(JobError::from(EngineError::Internal("shape mismatch".into())), JobError::Internal(_)));
-        let bad = EngineError::NonFinite { iteration: 3, value: f64::NAN };
+        let bad = EngineError::NonFinite { iteration: 3, value: f64::NAN, culprit: "the style loss itself is NaN".into(), lever: "lr" };
         assert!(matches!(JobError::from(bad), JobError::BadInput(_)), "a loss that left the numbers is the job's");
     }
 
