@@ -89,6 +89,7 @@ CREATE TABLE columns (
 );
 ALTER TABLE workers ADD COLUMN strike_jobs TEXT NOT NULL DEFAULT '';
 ALTER TABLE workers ADD COLUMN quarantine_reason TEXT NOT NULL DEFAULT '';
+CREATE INDEX jobs_held ON jobs(worker) WHERE state = 2;
 "#,
 ];
 
@@ -179,7 +180,7 @@ fn held_query() -> &'static str {
         format!(
             "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
                     checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state, fencing_token
-             FROM jobs WHERE worker = ?1 AND state = 2 LIMIT 1"
+             FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2 LIMIT 1"
         )
     })
 }
@@ -1331,6 +1332,10 @@ mod tests {
             .unwrap();
         let plan = plan.join("; ");
         assert!(plan.contains("jobs_queue") && !plan.contains("TEMP B-TREE"), "{plan}");
+        // The lease a worker already holds is found by its own index, not
+        // a scan of every job.
+        let plan: Vec<String> = db.conn.prepare(&format!("EXPLAIN QUERY PLAN {}", held_query())).unwrap().query_map(["w"], |r| r.get::<_, String>(3)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        assert!(plan.join("; ").contains("jobs_held"), "{plan:?}");
     }
 
     #[test]
