@@ -644,10 +644,15 @@ impl Db {
     pub fn lease(&mut self, worker: &str, rules: &Rules) -> Result<Option<Leased>, CallError> {
         let tx = self.conn.savepoint()?;
         let t = now();
-        let w: Option<(i64, bool, u32)> = tx
-            .query_row("SELECT memory_bytes, quarantined, strikes FROM workers WHERE id = ?1", [worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        let w: Option<(i64, bool, u32, bool)> = tx
+            .query_row(
+                "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2)
+                 FROM workers WHERE id = ?1",
+                [worker],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .optional()?;
-        let (memory, quarantined, strikes) = w.ok_or_else(|| CallError::NotRegistered(worker.to_string()))?;
+        let (memory, quarantined, strikes, holds) = w.ok_or_else(|| CallError::NotRegistered(worker.to_string()))?;
         if quarantined {
             return Err(CallError::Quarantined { worker: worker.to_string(), strikes });
         }
@@ -669,9 +674,11 @@ impl Db {
                 resume_key: r.get(9)?,
             })
         };
-        let held = tx
-            .query_row(held_query(), [worker], |r| Ok((spec_of(r)?, r.get::<_, u32>(11)?, r.get::<_, i64>(13)? as u64)))
-            .optional()?;
+        let held = if holds {
+            tx.query_row(held_query(), [worker], |r| Ok((spec_of(r)?, r.get::<_, u32>(11)?, r.get::<_, i64>(13)? as u64))).optional()?
+        } else {
+            None
+        };
         if let Some((mut spec, attempt, token)) = held {
             spec.prefix = crate::paths::attempt(&spec.collection_id, &spec.job_id, attempt);
             tx.commit()?;
@@ -753,15 +760,16 @@ impl Db {
         event: Event,
         rules: &Rules,
         outcome: &str,
+        reported: &[(&str, u32)],
         apply: impl FnOnce(&Connection, State) -> rusqlite::Result<()>,
     ) -> Result<Answer, CallError> {
         let tx = self.conn.savepoint()?;
-        let job: Option<(i32, i64, String, u32, u32)> = tx
-            .query_row("SELECT state, fencing_token, collection_id, failures, requeues FROM jobs WHERE id = ?1", [call.job], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        let job: Option<(i32, i64, String, u32, u32, u32)> = tx
+            .query_row("SELECT state, fencing_token, collection_id, failures, requeues, iterations FROM jobs WHERE id = ?1", [call.job], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })
             .optional()?;
-        let (state, current, collection, failures, requeues) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
+        let (state, current, collection, failures, requeues, total) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
         let state = state_of(state)?;
         let attempt: Option<(String, Option<String>)> = tx
             .query_row("SELECT worker, outcome FROM attempts WHERE job_id = ?1 AND fencing_token = ?2", params![call.job, call.token as i64], |r| {
@@ -786,6 +794,11 @@ impl Db {
         }
         if current as u64 != call.token {
             return Err(CallError::Stale { job: call.job.to_string(), why: String::new() });
+        }
+        // Checked only under the current lease: a stale caller is told it
+        // is stale (stop), not what it got wrong.
+        if let Some((name, n)) = reported.iter().find(|(_, n)| *n > total) {
+            return Err(CallError::Invalid { job: call.job.to_string(), what: format!("{name} {n} is past the job's {total} iterations") });
         }
         let budget = Budget { failures, max_failures: rules.max_failures, requeues, max_requeues: rules.max_requeues };
         let step = machine::next(state, event, budget).map_err(|refusal| CallError::Refused { job: call.job.to_string(), refusal })?;
@@ -884,21 +897,9 @@ impl Db {
     /// checkpoint.
     pub fn heartbeat(&mut self, call: &Call, r: &pb::HeartbeatRequest, checkpoint_key: Option<&str>, rules: &Rules) -> Result<Answer, CallError> {
         let p = r.progress.clone().unwrap_or_default();
-        // Checked against the job only under its current lease: a stale
-        // caller is told it is stale (stop), not what it got wrong.
-        let total: Option<u32> = self
-            .conn
-            .query_row("SELECT iterations FROM jobs WHERE id = ?1 AND fencing_token = ?2 AND state = ?3", params![call.job, call.token as i64, RUNNING], |r| r.get(0))
-            .optional()?;
-        if let Some(total) = total {
-            for (name, n) in [("progress.iteration", p.iteration), ("progress.iterations", p.iterations), ("checkpoint_iteration", r.checkpoint_iteration)] {
-                if n > total {
-                    return Err(CallError::Invalid { job: call.job.to_string(), what: format!("{name} {n} is past the job's {total} iterations") });
-                }
-            }
-        }
         let deadline = now() + rules.lease_seconds;
-        self.worker_event(call, Event::Heartbeat, rules, "cancelled", |tx, to| {
+        let reported = [("progress.iteration", p.iteration), ("progress.iterations", p.iterations), ("checkpoint_iteration", r.checkpoint_iteration)];
+        self.worker_event(call, Event::Heartbeat, rules, "cancelled", &reported, |tx, to| {
             if to != State::Running {
                 return Ok(());
             }
@@ -920,7 +921,7 @@ impl Db {
     /// Marks the job done, its output at `output_key` (checked to exist by
     /// the caller).
     pub fn complete(&mut self, call: &Call, output_key: &str, p: &pb::Progress, rules: &Rules) -> Result<Answer, CallError> {
-        self.worker_event(call, Event::Complete, rules, "succeeded", |tx, _| {
+        self.worker_event(call, Event::Complete, rules, "succeeded", &[], |tx, _| {
             tx.execute(
                 "UPDATE jobs SET output_key = ?1, iteration = ?2, content = ?3, style = ?4, tv = ?5, total = ?6, eta = 0, error = '' WHERE id = ?7",
                 params![output_key, p.iteration, p.content, p.style, p.tv, p.total, call.job],
@@ -939,7 +940,7 @@ impl Db {
             pb::FailureKind::OutOfMemory | pb::FailureKind::Internal | pb::FailureKind::Unspecified => Cause::Job,
         };
         let outcome = format!("failed ({}): {message}", kind.as_str_name());
-        self.worker_event(call, Event::Fail(cause), rules, &outcome, |tx, to| {
+        self.worker_event(call, Event::Fail(cause), rules, &outcome, &[], |tx, to| {
             if to == State::Cancelled {
                 return Ok(());
             }
@@ -966,7 +967,7 @@ impl Db {
     /// Gives the job back now (pre-emption), resumable from the checkpoint
     /// at `checkpoint_key`.
     pub fn release(&mut self, call: &Call, checkpoint: Option<(&str, u32)>, rules: &Rules) -> Result<Answer, CallError> {
-        self.worker_event(call, Event::Release, rules, "released", |tx, to| {
+        self.worker_event(call, Event::Release, rules, "released", &[], |tx, to| {
             if let (Some((key, iteration)), State::Queued) = (checkpoint, to) {
                 tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", params![key, iteration, call.job])?;
             }
@@ -999,7 +1000,7 @@ impl Db {
         for (job, worker, token) in lapsed {
             let call = Call { worker: &worker, job: &job, token: token as u64 };
             let message = "its worker stopped heartbeating (lease lapsed)";
-            match self.worker_event(&call, Event::Lapse, rules, "lease lapsed", |tx, _| {
+            match self.worker_event(&call, Event::Lapse, rules, "lease lapsed", &[], |tx, _| {
                 tx.execute("UPDATE jobs SET error = ?1 WHERE id = ?2", params![message, job])?;
                 Ok(())
             }) {
