@@ -435,6 +435,13 @@ async function jobView(id) {
         records = text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
       } catch (_) { /* drawn as "no losses yet" */ }
     }
+    // What the worker logged during the latest attempt (worker.log).
+    let log = "";
+    if (has("worker.log")) {
+      try {
+        log = await (await fetch(`/api/jobs/${id}/files/worker.log`, { credentials: "same-origin" })).text();
+      } catch (_) { /* shown as "no log yet" */ }
+    }
     const image = has("output.png") ? `/api/jobs/${id}/files/output.png` : (has("preview.png") ? `/api/jobs/${id}/preview?v=${j.iteration}` : null);
     const message = h("div", {});
     const act = (what) => async () => {
@@ -469,6 +476,8 @@ async function jobView(id) {
           h("td", {}, a.ended_unix ? new Date(a.ended_unix * 1000).toLocaleTimeString() : "—"),
           h("td", { class: "num" }, a.resumed_from ? `iteration ${a.resumed_from}` : "the start"),
           h("td", {}, a.outcome))))),
+      h("h2", {}, "Log of the latest attempt"),
+      log ? h("pre", { id: "worker-log", class: "log" }, log) : h("p", { class: "muted" }, "No log yet (the worker writes it at each checkpoint and when the attempt ends)."),
       h("h2", {}, "Files of the latest attempt"),
       d.files.length === 0 ? h("p", { class: "muted" }, "None yet.") :
         h("ul", { id: "files" }, d.files.map((f) => h("li", {},

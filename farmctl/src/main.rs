@@ -70,6 +70,16 @@ enum Command {
     },
     /// Put a failed job back in the queue, its failure budget renewed.
     Retry { job: String },
+    /// Print what the worker logged during a job's attempt (the latest by default).
+    Logs {
+        job: String,
+        /// Attempt N (1 is the first) instead of the latest.
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Ask the coordinator's gRPC health service whether it serves; exit 0
     /// only if it does (for container health checks).
     Health {
@@ -149,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
         Command::Cancel { id, job } => farm_runtime()?.block_on(farm::cancel(&url, &id, job)),
         Command::Retry { job } => farm_runtime()?.block_on(farm::retry(&url, &job)),
+        Command::Logs { job, attempt, follow } => farm_runtime()?.block_on(farm::logs(&url, &job, attempt, follow)),
         Command::Health { service } => farm_runtime()?.block_on(farm::health(&url, &service)),
         Command::Render(args) => render::run(args),
         Command::Weights(cmd) => weights::run(cmd),

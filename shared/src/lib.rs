@@ -4,6 +4,7 @@
 //! storage, the files a render leaves, finding VGG-19 weights, how a client
 //! reaches the coordinator (and retries), logs, metrics and shutdown.
 
+pub mod attempt_log;
 pub mod backoff;
 pub mod budget;
 pub mod checkpoints;

@@ -24,6 +24,9 @@ pub mod job_files {
     /// dashboard's live thumbnails.
     pub const PREVIEW: &str = "preview.png";
     pub const PREVIEW_SIDE: u32 = 160;
+    /// What the worker logged during the attempt (info and above), written
+    /// at each checkpoint and when the attempt ends, however it ends.
+    pub const WORKER_LOG: &str = "worker.log";
     /// Folder of the TensorBoard event file (`tensorboard --logdir`).
     pub const TENSORBOARD: &str = "tb";
 

@@ -24,12 +24,17 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+/// Each worker attempt's lines are kept too ([`crate::attempt_log`]).
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Every attempt's own lines are also kept for its worker.log.
+    let registry = tracing_subscriber::registry().with(filter).with(crate::attempt_log::Layer);
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Human => registry.with(lines).try_init(),
+        LogFormat::Json => registry.with(lines.json().with_current_span(true).with_span_list(true)).try_init(),
     };
 }
 

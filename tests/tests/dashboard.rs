@@ -167,6 +167,11 @@ async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another
     assert!(attempts.contains("succeeded"), "{attempts}");
     let files = c.find(Locator::Id("files")).await.unwrap().text().await.unwrap();
     assert!(files.contains("output.png") && files.contains("losses.jsonl") && files.contains("tb/events"), "{files}");
+    // The worker's log of the attempt, on the page.
+    until(&c, "the worker's log", "return document.querySelector('#worker-log') ? document.querySelector('#worker-log').textContent : ''", |v| {
+        v.as_str().is_some_and(|t| t.contains("INFO completed"))
+    })
+    .await;
 
     // Every job that ran ends with its thumbnail; the cancelled one, which
     // never ran, has none.

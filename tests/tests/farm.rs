@@ -374,3 +374,32 @@ fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefact
     assert!(events[0].file_name().to_string_lossy().starts_with("events.out.tfevents."));
     assert!(events[0].metadata().unwrap().len() > 25 * 40, "25 records of four scalars");
 }
+
+/// What the worker logged during each attempt is kept beside the
+/// attempt's files and read with `farmctl logs`; a failed attempt's log
+/// says why, naming the parameter to change.
+#[test]
+fn each_attempt_keeps_its_log() {
+    let mut farm = Farm::start();
+    farm.add_worker("logger");
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let ok = farm.submit(&["--content", &c, "--style", &s, "--size", "16x12", "--iters", "6", "--checkpoint-every", "2"]);
+    let st = farm.wait_for(&ok, "the job to succeed", all_succeeded);
+    let job = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
+    let o = farm.farmctl(&["logs", &job]);
+    let log = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(log.contains(" INFO completed"), "{log}");
+    let stored = std::fs::read_dir(farm.dir.path().join("data/storage/collections").join(&ok).join("jobs").join(&job).join("attempt-1")).unwrap();
+    assert!(stored.flatten().any(|e| e.file_name() == "worker.log"), "worker.log sits in the attempt's folder");
+    let o = farm.farmctl(&["logs", &job, "--attempt", "2"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("attempts 1 to 1"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let bad = farm.submit(&["--content", &c, "--style", &s, "--size", "16x12", "--iters", "3", "--beta", "1e300"]);
+    let st = farm.wait_for(&bad, "the job to fail", |s| jobs(s)[0]["state"] == "failed");
+    let error = jobs(&st)[0]["error"].as_str().unwrap().to_string();
+    assert!(error.contains("try a smaller beta"), "{error}");
+    let o = farm.farmctl(&["logs", jobs(&st)[0]["job_id"].as_str().unwrap()]);
+    let log = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(log.contains(" WARN failed: ") && log.contains("try a smaller beta"), "{log}");
+}

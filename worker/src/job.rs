@@ -121,6 +121,22 @@ pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
     spawn_heartbeat(ctx, rt, &job, token, beat.clone());
     let outcome = attempt(ctx, rt, &job, token, &beat);
     beat.done.store(true, Ordering::SeqCst);
+    report(ctx, rt, &job, token, outcome, started);
+    // The attempt's log, whole, however it ended.
+    save_log(ctx, rt, &job, token);
+}
+
+/// Writes what the attempt logged so far to its folder's `worker.log`
+/// (best effort: a log that cannot be written never fails a render).
+fn save_log(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64) {
+    let text = stylefarm_shared::attempt_log::text(&job.job_id, token);
+    if !text.is_empty() {
+        let _ = rt.block_on(ctx.store.sub(&job.prefix).put(stylefarm_shared::records::job_files::WORKER_LOG, text.into_bytes()));
+    }
+}
+
+/// Logs how the attempt ended and tells the coordinator of a failure.
+fn report(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, outcome: Result<Ended, JobError>, started: Instant) {
     let (kind, message) = match outcome {
         Ok(Ended::Completed) => {
             metrics::histogram!("stylefarm_render_seconds", "device" => ctx.device_label.clone()).record(started.elapsed().as_secs_f64());
@@ -141,6 +157,8 @@ pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
         Err(JobError::Worker(m)) => (pb::FailureKind::Worker, m),
     };
     tracing::warn!(kind = kind.as_str_name(), "failed: {message}");
+    // The log first: a user who reads of the failure can read why.
+    save_log(ctx, rt, job, token);
     let r = pb::FailRequest { worker_id: ctx.worker_id.clone(), job_id: job.job_id.clone(), fencing_token: token, kind: kind as i32, message };
     // Fail is idempotent under the token: retried while the coordinator is
     // unreachable, so the job is not left to its lease lapsing.
@@ -183,7 +201,8 @@ enum Ended {
 /// thread is doing.
 fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: Arc<Beat>) {
     let (mut client, worker_id, job_id, period) = (ctx.client.clone(), ctx.worker_id.clone(), job.job_id.clone(), ctx.heartbeat);
-    rt.spawn(async move {
+    // In the attempt's span: its warnings belong to the attempt's log.
+    rt.spawn(tracing::Instrument::instrument(async move {
         while !beat.done.load(Ordering::SeqCst) {
             let progress = beat.progress.lock().map(|p| p.clone()).unwrap_or_default();
             let r = pb::HeartbeatRequest {
@@ -207,7 +226,7 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
             }
             tokio::time::sleep(period).await;
         }
-    });
+    }, tracing::Span::current()));
 }
 
 fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -> Result<Ended, JobError> {
@@ -548,6 +567,7 @@ impl Hooks for FarmHooks<'_> {
             checkpoint_iteration: ck.state.iteration as u32,
             resumed_from: self.beat.resumed_from(),
         };
+        save_log(self.ctx, self.rt, self.job, self.token);
         match self.rt.block_on(self.ctx.client.clone().heartbeat(r)) {
             Ok(r) if r.get_ref().cancelled => self.stopped = Some(Stop::Cancelled),
             Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied) => {

@@ -1,10 +1,11 @@
 //! The farm commands: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`
-//! (and `retry`), one file each. Apart from `up` (which runs a farm in this process) they
+//! (and `retry`), `logs`, one file each. Apart from `up` (which runs a farm in this process) they
 //! speak only the gRPC contract in `farm.proto`.
 
 mod cancel;
 mod fetch;
 mod health;
+mod logs;
 mod status;
 mod submit;
 mod up;
@@ -13,6 +14,7 @@ mod watch;
 pub use cancel::{cancel, retry};
 pub use fetch::fetch;
 pub use health::health;
+pub use logs::logs;
 pub use status::status;
 pub use submit::{expand, submit, SubmitArgs};
 pub use up::{up, UpArgs};
