@@ -9,6 +9,7 @@
 //! stands in the witness's way. `bench/attacks.sh` runs this file in
 //! release with the figures printed (BENCHMARKS.md has them).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,29 +45,11 @@ fn small_collection(name: &str) -> pb::SubmitRequest {
 /// on one of its jobs, heartbeating every 500 ms, for as long as an attack
 /// runs.
 struct Witness {
-    stop: tokio_util_stop::Stop,
+    stop: Arc<AtomicBool>,
     latencies: Arc<Mutex<Vec<Duration>>>,
     heartbeat_errors: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
-}
-
-/// A flag the witness's loops poll (no extra dependency for a token).
-mod tokio_util_stop {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Clone, Default)]
-    pub struct Stop(Arc<AtomicBool>);
-
-    impl Stop {
-        pub fn set(&self) {
-            self.0.store(true, Ordering::SeqCst)
-        }
-        pub fn is_set(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
 }
 
 /// The healthy worker: registered once, holding one lease throughout.
@@ -78,14 +61,14 @@ struct Healthy {
 
 impl Witness {
     fn start(ch: &tonic::transport::Channel, collection: &str, worker: &Healthy) -> Witness {
-        let stop = tokio_util_stop::Stop::default();
+        let stop = Arc::new(AtomicBool::new(false));
         let latencies = Arc::new(Mutex::new(Vec::new()));
         let heartbeat_errors = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         {
             let (mut bob, stop, latencies, id) = (as_user(ch, BOB), stop.clone(), latencies.clone(), collection.to_string());
             tasks.push(tokio::spawn(async move {
-                while !stop.is_set() {
+                while !stop.load(Ordering::SeqCst) {
                     let start = Instant::now();
                     bob.get_collection(pb::CollectionRef { collection_id: id.clone() }).await.expect("the witness reads its own collection");
                     latencies.lock().unwrap().push(start.elapsed());
@@ -97,7 +80,7 @@ impl Witness {
             let (mut w, stop, errors) = (as_worker(ch), stop.clone(), heartbeat_errors.clone());
             let (worker_id, job_id, fencing_token) = (worker.worker_id.clone(), worker.job_id.clone(), worker.token);
             tasks.push(tokio::spawn(async move {
-                while !stop.is_set() {
+                while !stop.load(Ordering::SeqCst) {
                     let progress = pb::Progress { iteration: 1, iterations: 5, total: 1.0, ..Default::default() };
                     let r = pb::HeartbeatRequest { worker_id: worker_id.clone(), job_id: job_id.clone(), fencing_token, progress: Some(progress), ..Default::default() };
                     match tokio::time::timeout(Duration::from_secs(5), w.heartbeat(r)).await {
@@ -117,7 +100,7 @@ impl Witness {
     async fn check(self, attack: &str, ch: &tonic::transport::Channel, worker: &Healthy) {
         // At least two seconds of readings, however quickly the attack ended.
         tokio::time::sleep(Duration::from_secs(2).saturating_sub(self.started.elapsed())).await;
-        self.stop.set();
+        self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
             t.await.unwrap();
         }
