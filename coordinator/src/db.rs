@@ -1124,6 +1124,25 @@ impl Db {
     /// A person acts on one job: `Event::Cancel` (queued or running → cancelled)
     /// or `Event::Retry` (failed → queued, its budgets and error cleared).
     /// Returns the job's collection, or the machine's refusal.
+    /// Retries every failed job of a collection; how many.
+    pub fn retry_failed(&mut self, collection: &str) -> Result<usize, CallError> {
+        let failed: Vec<String> = {
+            let mut stmt = self.conn.prepare_cached("SELECT id FROM jobs INDEXED BY jobs_by_collection_state WHERE collection_id = ?1 AND state = ?2")?;
+            let rows = stmt.query_map(params![collection, pb::JobState::Failed as i32], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for job in &failed {
+            self.act_on_job(job, Event::Retry)?;
+        }
+        Ok(failed.len())
+    }
+
+    /// A job's parameters (JSON, every key present): its own if it has
+    /// them, else its variant's.
+    pub fn job_params(&self, job: &str) -> rusqlite::Result<Option<String>> {
+        self.conn.query_row(&format!("SELECT {JOB_PARAMS} FROM jobs WHERE id = ?1"), [job], |r| r.get(0)).optional()
+    }
+
     pub fn act_on_job(&mut self, job: &str, event: Event) -> Result<String, CallError> {
         let tx = self.conn.savepoint()?;
         let row: Option<(i32, String)> =

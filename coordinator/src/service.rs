@@ -173,6 +173,16 @@ impl Farm for FarmService {
         self.act_on_job(request, crate::machine::Event::Retry).await
     }
 
+    async fn retry_failed(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
+        let caller = Caller::of(&request);
+        let id = request.into_inner().collection_id;
+        self.check_visible(&caller, &id).await?;
+        let owned = id.clone();
+        let retried = self.0.state.write(move |db| db.retry_failed(&owned)).await?.map_err(call_err)?;
+        tracing::info!(collection = %id, jobs = retried, "failed jobs retried");
+        Ok(Response::new(self.visible(&caller, &id).await?))
+    }
+
     async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let r = request.into_inner();
         let after = page_after(&r.page_token)?;

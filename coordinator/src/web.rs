@@ -90,6 +90,7 @@ pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) 
         .route("/api/collections/{id}/grid", get(grid))
         .route("/api/collections/{id}/events", get(events))
         .route("/api/collections/{id}/cancel", post(cancel_collection))
+        .route("/api/collections/{id}/retry-failed", post(retry_failed))
         .route("/api/collections/{id}/zip", get(zip))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/cancel", post(cancel_job))
@@ -471,6 +472,14 @@ async fn cancel_collection(AxumState(web): AxumState<Web>, headers: HeaderMap, P
     Ok(Json(collection_json(&c)))
 }
 
+/// Every failed job of the collection back in the queue.
+async fn retry_failed(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Json(_): Json<Value>) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::CollectionRef { collection_id: id })?;
+    let mut c = web.farm.retry_failed(request).await?.into_inner();
+    c.jobs.clear();
+    Ok(Json(collection_json(&c)))
+}
+
 /// The whole collection as a zip: every finished image (named
 /// `content_style_vN.png`) and the contact sheet when the collection has at
 /// most [`crate::limits::MAX_SHEET_CELLS`] cells. Built on the blocking
@@ -641,6 +650,7 @@ async fn submit(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): Connect
 
 /// A job, its attempts and the files of its latest attempt.
 async fn job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id_for_params = id.clone();
     let (_, request) = as_grpc(&web, &headers, pb::JobRef { job_id: id.clone() })?;
     let detail = web.farm.get_job(request).await?.into_inner();
     let (_, request) = as_grpc(&web, &headers, pb::JobRef { job_id: id })?;
@@ -653,7 +663,11 @@ async fn job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<
         .collect();
     let files: Vec<Value> = files.files.iter().map(|f| json!({ "name": f.name, "size_bytes": f.size_bytes })).collect();
     let collection = detail.job.map(|j| j.collection_id).unwrap_or_default();
-    Ok(Json(json!({ "job": job, "collection_id": collection, "attempts": attempts, "files": files })))
+    // Visible (GetJob said so): the parameters it runs with, every key.
+    let owned = id_for_params.clone();
+    let params = web.state.state.read(move |db| db.job_params(&owned)).await?.map_err(db_err)?;
+    let params: Value = params.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or(Value::Null);
+    Ok(Json(json!({ "job": job, "collection_id": collection, "attempts": attempts, "files": files, "params": params })))
 }
 
 async fn cancel_job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Json(_): Json<Value>) -> ApiResult<Json<Value>> {

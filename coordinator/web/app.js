@@ -281,6 +281,15 @@ async function collectionView(id, pageNo) {
         message.replaceChildren(failed(e));
       }
     } }, "Cancel collection");
+  const retryFailed = h("button", { id: "retry-failed", hidden: !(head.counts && head.counts.failed > 0), onclick: async () => {
+      try {
+        const c = await api(`/api/collections/${id}/retry-failed`, { json: {} });
+        counts.textContent = countsLine(c.counts);
+        retryFailed.hidden = true;
+      } catch (e) {
+        message.replaceChildren(failed(e));
+      }
+    } }, "Retry failed jobs");
   const pager = pages > 1 ? h("div", { class: "pager" },
     h("a", { id: "prev-page", href: `#/c/${id}/p/${Math.max(0, page - 1)}`, class: page === 0 ? "disabled" : "" }, "‹ previous"),
     h("span", { id: "page-info" }, ` rows ${page * rowsPerPage + 1}–${Math.min(head.contents, (page + 1) * rowsPerPage)} of ${head.contents} `),
@@ -299,7 +308,7 @@ async function collectionView(id, pageNo) {
       h("h1", {}, head.name),
       h("span", { class: "muted" }, ` ${head.contents} contents × ${head.styles} styles × ${head.variants} variants`)),
     h("div", { class: "toolbar" }, counts, " ", live, h("span", { class: "spacer" }),
-      h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: `${head.name}.zip` }, "Download zip"), cancel),
+      h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: `${head.name}.zip` }, "Download zip"), retryFailed, cancel),
     message, pager, h("div", { class: "scroll" }, table), pager ? pager.cloneNode(true) : null);
 
   const cells = new Map();
@@ -333,6 +342,7 @@ async function collectionView(id, pageNo) {
       try {
         const c = await api(`/api/collections/${id}`);
         counts.textContent = countsLine(c.counts);
+        retryFailed.hidden = !(c.counts.failed > 0);
       } catch (_) { /* the next change tries again */ }
     }, delay);
   };
@@ -467,6 +477,9 @@ async function jobView(id) {
       h("div", { class: "detail" },
         h("figure", {}, image ? h("a", { href: image, target: "_blank" }, h("img", { id: "job-image", src: image, alt: "the render" })) : h("p", { class: "muted" }, "No image yet.")),
         h("div", { class: "curve" }, h("h2", {}, "Losses"), lossCurve(records))),
+      h("h2", {}, "Parameters"),
+      d.params ? h("table", { id: "params" }, h("tbody", {}, Object.entries(d.params).map(([k, v]) =>
+        h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "object" ? JSON.stringify(v) : String(v)))))) : h("p", { class: "muted" }, "Unknown."),
       h("h2", {}, "Attempts"),
       h("table", { id: "attempts" },
         h("thead", {}, h("tr", {}, ["#", "worker", "started", "ended", "resumed from", "outcome"].map((t) => h("th", {}, t)))),

@@ -68,8 +68,16 @@ enum Command {
         #[arg(long)]
         job: bool,
     },
-    /// Put a failed job back in the queue, its failure budget renewed.
-    Retry { job: String },
+    /// Put a failed job back in the queue, its failure budget renewed (or,
+    /// with --failed COLLECTION, every failed job of a collection).
+    Retry {
+        /// The job.
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        job: Option<String>,
+        /// Every failed job of this collection instead.
+        #[arg(long, value_name = "COLLECTION")]
+        failed: Option<String>,
+    },
     /// Print what the worker logged during a job's attempt (the latest by default).
     Logs {
         job: String,
@@ -158,7 +166,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
         Command::Cancel { id, job } => farm_runtime()?.block_on(farm::cancel(&url, &id, job)),
-        Command::Retry { job } => farm_runtime()?.block_on(farm::retry(&url, &job)),
+        Command::Retry { job, failed } => match (job, failed) {
+            (_, Some(collection)) => farm_runtime()?.block_on(farm::retry_failed(&url, &collection)),
+            (Some(job), None) => farm_runtime()?.block_on(farm::retry(&url, &job)),
+            (None, None) => anyhow::bail!("name a JOB, or --failed COLLECTION"),
+        },
         Command::Logs { job, attempt, follow } => farm_runtime()?.block_on(farm::logs(&url, &job, attempt, follow)),
         Command::Health { service } => farm_runtime()?.block_on(farm::health(&url, &service)),
         Command::Render(args) => render::run(args),

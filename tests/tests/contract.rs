@@ -585,3 +585,35 @@ fn a_coordinator_that_never_answers_is_named_with_what_to_do() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && stderr.contains("retrying") && stderr.contains("farm-coordinator running") && stderr.contains("--wait"), "{stderr}");
 }
+
+/// RetryFailed puts every FAILED job of a collection back in the queue
+/// (and only those), for its owner alone; a failure's message names no
+/// path of the farm's storage.
+#[test]
+fn every_failed_job_of_a_collection_is_retried_at_once() {
+    let farm = Farm::start_with(&["--user-token", "alice-token", "--user-token", "bob-token", "--worker-token", "w"]);
+    rt().block_on(async {
+        let (mut alice, mut bob) = (farm_client(&farm.url, Some("alice-token")).await, farm_client(&farm.url, Some("bob-token")).await);
+        let id = alice.submit(small(vec![upload("a", "content.png"), upload("b", "init.png"), upload("c", "style.png")])).await.unwrap().into_inner().collection_id;
+        let r = || pb::CollectionRef { collection_id: id.clone() };
+        let mut w = workers_client(&farm.url, Some("w")).await;
+        // Two workers each fail one job as bad input; the third job stays queued.
+        let storage = farm.dir.path().join("data/storage").to_string_lossy().into_owned();
+        for name in ["w1", "w2"] {
+            let worker = register(&mut w, name, 0).await;
+            let l = lease(&mut w, &worker).await;
+            let message = format!("cannot read inputs/x from {storage}: permission denied");
+            let f = pb::FailRequest { worker_id: worker, job_id: l.job.unwrap().job_id, fencing_token: l.fencing_token, kind: pb::FailureKind::BadInput as i32, message };
+            w.fail(f).await.unwrap();
+        }
+        let c = alice.get_collection(r()).await.unwrap().into_inner();
+        let failed: Vec<&pb::Job> = c.jobs.iter().filter(|j| j.state == pb::JobState::Failed as i32).collect();
+        assert_eq!(failed.len(), 2);
+        assert!(failed.iter().all(|j| j.error.contains("<storage>") && !j.error.contains(&storage)), "{:?}", failed[0].error);
+        assert_eq!(bob.retry_failed(r()).await.unwrap_err().code(), Code::NotFound, "another user's collection");
+        let after = alice.retry_failed(r()).await.unwrap().into_inner();
+        let counts = after.counts.unwrap();
+        assert_eq!((counts.queued, counts.failed), (3, 0), "{counts:?}");
+        assert!(after.jobs.iter().all(|j| j.error.is_empty() && j.failures == 0));
+    });
+}

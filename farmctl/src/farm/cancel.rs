@@ -1,6 +1,7 @@
 //! `farmctl cancel ID [--job]` ends a collection's remaining jobs (or, with
 //! `--job`, one job); `farmctl retry JOB` puts a failed job back in the
-//! queue with its failure budget renewed.
+//! queue with its failure budget renewed, and `farmctl retry --failed
+//! COLLECTION` every failed job of a collection.
 
 use anyhow::Result;
 use stylefarm_proto as pb;
@@ -37,5 +38,17 @@ pub async fn retry(url: &Conn, job: &str) -> Result<()> {
     .await?
     .into_inner();
     println!("job {} is {} again", j.job_id, state_name(j.state));
+    Ok(())
+}
+
+pub async fn retry_failed(url: &Conn, collection: &str) -> Result<()> {
+    let c = call(url, |mut c| {
+        let r = pb::CollectionRef { collection_id: collection.into() };
+        async move { c.retry_failed(r).await }
+    })
+    .await?
+    .into_inner();
+    let n = c.counts.unwrap_or_default();
+    println!("collection {}: {} queued, {} running, {} succeeded, {} failed, {} cancelled", c.collection_id, n.queued, n.running, n.succeeded, n.failed, n.cancelled);
     Ok(())
 }

@@ -11,7 +11,7 @@ mod submit;
 mod up;
 mod watch;
 
-pub use cancel::{cancel, retry};
+pub use cancel::{cancel, retry, retry_failed};
 pub use fetch::fetch;
 pub use health::health;
 pub use logs::logs;
