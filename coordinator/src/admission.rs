@@ -17,26 +17,85 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tonic::Status;
 
-/// Counts one kind of open thing per client and in all.
+/// Places counted per key and in all: the one counter behind
+/// [`Admission`] (per client) and the connection gate (per address,
+/// [`crate::conn`]).
 #[derive(Debug)]
-pub(crate) struct Admission {
-    /// What is counted, as a message says it ("watches open").
-    what: &'static str,
-    per_client: usize,
-    per_client_flag: &'static str,
+pub(crate) struct Places<K: std::hash::Hash + Eq + Clone> {
+    per_key: usize,
     total: usize,
-    total_flag: &'static str,
-    open: Mutex<HashMap<String, usize>>,
+    open: Mutex<HashMap<K, usize>>,
     /// The gauge that shows how many are open.
     gauge: &'static str,
 }
 
-/// One admitted thing; dropping it frees its place.
-#[derive(Debug)]
-pub(crate) struct Permit {
-    admission: Arc<Admission>,
-    client: String,
+/// Which cap a refused place hit, with how many were open.
+pub(crate) enum Full {
+    Key(usize),
+    Total(usize),
 }
+
+/// One place taken; dropping it frees it.
+#[derive(Debug)]
+pub(crate) struct Place<K: std::hash::Hash + Eq + Clone> {
+    places: Arc<Places<K>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Places<K> {
+    pub(crate) fn new(per_key: usize, total: usize, gauge: &'static str) -> Arc<Self> {
+        Arc::new(Self { per_key, total, open: Mutex::new(HashMap::new()), gauge })
+    }
+
+    /// A place for `key`, unless it or everyone is at the cap.
+    pub(crate) fn take(self: &Arc<Self>, key: &K) -> Result<Place<K>, Full> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let all: usize = open.values().sum();
+        if all >= self.total {
+            return Err(Full::Total(all));
+        }
+        let mine = open.entry(key.clone()).or_default();
+        if *mine >= self.per_key {
+            return Err(Full::Key(*mine));
+        }
+        *mine += 1;
+        metrics::gauge!(self.gauge).set((all + 1) as f64);
+        Ok(Place { places: self.clone(), key: key.clone() })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        self.open.lock().map(|o| o.values().sum()).unwrap_or(0)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Place<K> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.places.open.lock() {
+            if let Some(n) = open.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.key);
+                }
+            }
+            metrics::gauge!(self.places.gauge).set(open.values().sum::<usize>() as f64);
+        }
+    }
+}
+
+/// Counts one kind of open thing per client and in all, and says which
+/// limit a refusal hit.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// What is counted, as a message says it ("watches open").
+    what: &'static str,
+    per_client_flag: &'static str,
+    total_flag: &'static str,
+    places: Arc<Places<String>>,
+}
+
+/// One admitted thing; dropping it frees its place.
+pub(crate) type Permit = Place<String>;
 
 impl Admission {
     /// Open `Watch` streams and dashboard event streams.
@@ -62,51 +121,29 @@ impl Admission {
         total_flag: &'static str,
         gauge: &'static str,
     ) -> Arc<Self> {
-        Arc::new(Self { what, per_client, per_client_flag, total, total_flag, open: Mutex::new(HashMap::new()), gauge })
+        Arc::new(Self { what, per_client_flag, total_flag, places: Places::new(per_client, total, gauge) })
     }
 
     /// A place for `client`, or RESOURCE_EXHAUSTED naming the limit it hit.
-    pub(crate) fn admit(self: &Arc<Self>, client: &str) -> Result<Permit, Status> {
-        let mut open = self.open.lock().map_err(|_| Status::internal("admission count poisoned"))?;
-        let all: usize = open.values().sum();
-        if all >= self.total {
-            return Err(Status::resource_exhausted(format!(
+    pub(crate) fn admit(&self, client: &str) -> Result<Permit, Status> {
+        self.places.take(&client.to_string()).map_err(|full| match full {
+            Full::Total(all) => Status::resource_exhausted(format!(
                 "{all} {} on this coordinator, its limit ({}); try again shortly",
                 self.what,
-                limit(self.total_flag, self.total)
-            )));
-        }
-        let mine = open.entry(client.to_string()).or_default();
-        if *mine >= self.per_client {
-            return Err(Status::resource_exhausted(format!(
+                limit(self.total_flag, self.places.total)
+            )),
+            Full::Key(mine) => Status::resource_exhausted(format!(
                 "this client has {mine} {}, the limit per client ({}); wait for one to finish",
                 self.what,
-                limit(self.per_client_flag, self.per_client)
-            )));
-        }
-        *mine += 1;
-        metrics::gauge!(self.gauge).set((all + 1) as f64);
-        Ok(Permit { admission: self.clone(), client: client.to_string() })
+                limit(self.per_client_flag, self.places.per_key)
+            )),
+        })
     }
 }
 
 /// A limit as a message names it: its flag and value, or the value.
 fn limit(flag: &str, n: usize) -> String {
     if flag.is_empty() { n.to_string() } else { format!("{flag} {n}") }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.admission.open.lock() {
-            if let Some(n) = open.get_mut(&self.client) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&self.client);
-                }
-            }
-            metrics::gauge!(self.admission.gauge).set(open.values().sum::<usize>() as f64);
-        }
-    }
 }
 
 /// CPU-heavy work, on blocking threads, a bounded number at once.

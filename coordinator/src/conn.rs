@@ -8,10 +8,9 @@
 //! On the dashboard's port hyper also closes a connection whose request
 //! headers are not complete within [`HEADER_READ`].
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,28 +18,23 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::admission::{Place, Places};
+
 /// How long a new connection may stay silent.
 pub(crate) const FIRST_BYTES: Duration = Duration::from_secs(10);
 /// How long an HTTP/1 request's headers may take to arrive.
 pub(crate) const HEADER_READ: Duration = Duration::from_secs(10);
 
 /// Open connections per address and in all, shared by both ports.
-pub(crate) struct Gate {
-    per_address: usize,
-    total: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
+pub(crate) struct Gate(Arc<Places<IpAddr>>);
 
 /// One admitted connection's place; dropping it (with the connection)
 /// frees it.
-pub(crate) struct Slot {
-    gate: Arc<Gate>,
-    ip: IpAddr,
-}
+pub(crate) type Slot = Place<IpAddr>;
 
 impl Gate {
     pub(crate) fn new(per_address: usize, total: usize) -> Arc<Self> {
-        Arc::new(Self { per_address: per_address.max(1), total: total.max(1), open: Mutex::new(HashMap::new()) })
+        Arc::new(Self(Places::new(per_address.max(1), total.max(1), "stylefarm_connections")))
     }
 
     /// The default overall cap: half the process's file descriptors
@@ -54,36 +48,17 @@ impl Gate {
     }
 
     /// A place for a connection from `ip`, if both caps allow.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let mut open = self.open.lock().ok()?;
-        let all: usize = open.values().sum();
-        let mine = open.entry(ip).or_default();
-        if all >= self.total || *mine >= self.per_address {
+    pub(crate) fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let slot = self.0.take(&ip).ok();
+        if slot.is_none() {
             metrics::counter!("stylefarm_connections_refused_total").increment(1);
-            return None;
         }
-        *mine += 1;
-        metrics::gauge!("stylefarm_connections").set((all + 1) as f64);
-        Some(Slot { gate: self.clone(), ip })
+        slot
     }
 
     #[cfg(test)]
     fn open(&self) -> usize {
-        self.open.lock().map(|o| o.values().sum()).unwrap_or(0)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.gate.open.lock() {
-            if let Some(n) = open.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&self.ip);
-                }
-            }
-            metrics::gauge!("stylefarm_connections").set(open.values().sum::<usize>() as f64);
-        }
+        self.0.open()
     }
 }
 

@@ -442,16 +442,22 @@ impl Db {
             params![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key],
         )?;
         // Every job of a variant has its parameters, every job of a column
-        // its style keys: stored once here, read by the job's indexes.
+        // its style keys: stored once here (from the first job of each),
+        // read by the job's indexes.
+        let (mut variants, mut columns) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
         for j in &c.jobs {
-            tx.execute(
-                "INSERT OR IGNORE INTO variants (collection_id, variant_index, params_json) VALUES (?1, ?2, ?3)",
-                params![c.id, j.variant_index, j.params_json],
-            )?;
-            tx.execute(
-                "INSERT OR IGNORE INTO columns (collection_id, style_index, style_keys) VALUES (?1, ?2, ?3)",
-                params![c.id, j.style_index, j.style_keys.join(STYLE_KEY_SEPARATOR)],
-            )?;
+            if variants.insert(j.variant_index) {
+                tx.execute(
+                    "INSERT INTO variants (collection_id, variant_index, params_json) VALUES (?1, ?2, ?3)",
+                    params![c.id, j.variant_index, j.params_json],
+                )?;
+            }
+            if columns.insert(j.style_index) {
+                tx.execute(
+                    "INSERT INTO columns (collection_id, style_index, style_keys) VALUES (?1, ?2, ?3)",
+                    params![c.id, j.style_index, j.style_keys.join(STYLE_KEY_SEPARATOR)],
+                )?;
+            }
         }
         for j in &c.jobs {
             let seq = Self::next(&tx, "seq")?;

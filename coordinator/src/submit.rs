@@ -289,8 +289,7 @@ impl FarmService {
         // What is accepted, a worker can receive: the first job of each
         // variant is the largest (every job of a variant has the same
         // parameters and as many style keys).
-        if let Some(job) = jobs.iter().take(variants.len()).max_by_key(|j| lease_reply_bytes(j, &collection_id)) {
-            let bytes = lease_reply_bytes(job, &collection_id);
+        if let Some(bytes) = jobs.iter().take(variants.len()).map(|j| lease_reply_bytes(j, &collection_id)).max() {
             if bytes > MAX_WORKER_MESSAGE_BYTES {
                 return Err(Status::invalid_argument(format!(
                     "a job of this collection would reach its worker as {bytes} bytes, over the {MAX_WORKER_MESSAGE_BYTES} a worker reads; use fewer styles per job"

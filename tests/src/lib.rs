@@ -301,3 +301,14 @@ pub fn small_submit(contents: usize, iters: u32) -> stylefarm_proto::SubmitReque
         ..Default::default()
     }
 }
+
+/// A process's resident memory in bytes (Linux `/proc`; 0 if unknown).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+/// [`rss_bytes`] in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
+    rss_bytes(pid) >> 20
+}

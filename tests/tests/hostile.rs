@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::BufMut;
 use stylefarm_proto as pb;
-use stylefarm_tests::{channel, fixture, small_submit, with_token, Farm, Raw};
+use stylefarm_tests::{channel, fixture, rss_mib, small_submit, with_token, Farm, Raw};
 use tonic::Code;
 
 const ALICE: &str = "alice-token"; // the attacker, a user like any other
@@ -122,11 +122,6 @@ impl Witness {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) >> 10
 }
 
 /// An 8192×8192 PNG of one colour: 195 KB to send, 200 MB to decode.

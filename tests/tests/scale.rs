@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::{bin, channel, free_port, scrape_metrics, small_submit, with_token, Farm, Raw};
+use stylefarm_tests::{bin, channel, free_port, rss_bytes, scrape_metrics, small_submit, with_token, Farm, Raw};
 use tonic::{Code, Request};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -17,10 +17,6 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) * 1024
-}
 
 fn small_collection(contents: usize) -> pb::SubmitRequest {
     small_submit(contents, 1)

@@ -11,12 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::{bin, channel, fixture, free_port, jobs, small_submit, Farm, Procs};
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) >> 10
-}
+use stylefarm_tests::{bin, channel, fixture, free_port, jobs, rss_mib, small_submit, Farm, Procs};
 
 
 #[test]
