@@ -35,6 +35,15 @@ pub struct Config {
     /// Storage URLs a submit may name inputs under, besides uploading
     /// them (`s3://bucket/photos/`); none by default.
     pub input_prefixes: Vec<String>,
+    /// URLs a submit's notify_url may start with (`https://hooks.example.com/`);
+    /// none: no notifications.
+    pub notify_prefixes: Vec<String>,
+    /// The key notifications are signed with (HMAC-SHA256); required with
+    /// `notify_prefixes`.
+    pub notify_secret: Option<String>,
+    /// The dashboard's address as people reach it, for the links in
+    /// notifications (default: the address it listens on).
+    pub public_url: Option<String>,
     /// Open `Watch` streams allowed from one client (a user token, or an
     /// address when there are no tokens) …
     pub max_watchers_per_client: usize,
@@ -94,6 +103,9 @@ impl Config {
             max_message_bytes: Self::MAX_REQUEST_MB << 20,
             max_jobs: Self::MAX_JOBS,
             input_prefixes: Vec::new(),
+            notify_prefixes: Vec::new(),
+            notify_secret: None,
+            public_url: None,
             max_watchers_per_client: Self::MAX_WATCHERS_PER_CLIENT,
             max_watchers: Self::MAX_WATCHERS,
             max_submits_per_client: Self::MAX_SUBMITS_PER_CLIENT,

@@ -9,6 +9,11 @@ use stylefarm_proto as pb;
 
 use crate::machine::{self, Budget, Cause, Event, Refusal, State};
 
+mod fleet;
+mod notify;
+pub use fleet::worker_state;
+pub use notify::{Ended, Failure};
+
 /// Schema migrations, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -91,6 +96,17 @@ ALTER TABLE workers ADD COLUMN strike_jobs TEXT NOT NULL DEFAULT '';
 ALTER TABLE workers ADD COLUMN quarantine_reason TEXT NOT NULL DEFAULT '';
 CREATE INDEX jobs_held ON jobs(worker) WHERE state = 2;
 "#,
+    // The truth after faults: a worker's row says how it ended ('',
+    // 'stopped', 'replaced', 'forgotten') and whether it drains; a
+    // collection may ask to be announced when it ends.
+    r#"
+ALTER TABLE workers ADD COLUMN ended TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX workers_by_name ON workers(name) WHERE ended IN ('', 'stopped');
+ALTER TABLE collections ADD COLUMN notify_url TEXT NOT NULL DEFAULT '';
+ALTER TABLE collections ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX collections_to_notify ON collections(seq) WHERE notify_url != '' AND notified = 0;
+"#,
 ];
 
 /// A job's parameters and style keys: its own columns for jobs created
@@ -140,6 +156,11 @@ pub enum CallError {
     NoJob(String),
     #[error("worker {0} is not registered; register first")]
     NotRegistered(String),
+    #[error("worker {worker} is {how}; a worker that restarts registers again")]
+    Gone { worker: String, how: String },
+    /// An operator's action that the worker's state does not allow.
+    #[error("worker {worker}: {why}")]
+    Busy { worker: String, why: String },
     #[error("worker {worker} is quarantined after {strikes} failed attempts in a row; fix its device or storage and restart it")]
     Quarantined { worker: String, strikes: u32 },
     #[error("job {job}'s lease is held by another worker")]
@@ -223,6 +244,8 @@ pub struct NewCollection {
     /// Contents × styles × variants.
     pub shape: (u32, u32, u32),
     pub jobs: Vec<NewJob>,
+    /// Where to announce its end ("": nowhere).
+    pub notify_url: String,
 }
 
 /// A granted lease.
@@ -265,6 +288,7 @@ fn state_of(v: i32) -> rusqlite::Result<State> {
 
 const QUEUED: i32 = pb::JobState::Queued as i32;
 const RUNNING: i32 = pb::JobState::Running as i32;
+const FAILED: i32 = pb::JobState::Failed as i32;
 
 fn job_from_row(r: &Row) -> rusqlite::Result<pb::Job> {
     Ok(pb::Job {
@@ -437,9 +461,9 @@ impl Db {
         let seq = Self::next(&tx, "seq")?;
         let collection_seq = seq as i64;
         tx.execute(
-            "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key],
+            "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key, notify_url)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key, c.notify_url],
         )?;
         // Every job of a variant has its parameters, every job of a column
         // its style keys: stored once here (from the first job of each),
@@ -589,60 +613,6 @@ impl Db {
         Ok(Some((owner, pb::JobDetail { job: Some(job), attempts })))
     }
 
-    pub fn register_worker(&mut self, id: &str, r: &pb::RegisterRequest) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), now()],
-        )?;
-        Ok(())
-    }
-
-    /// One page of the workers that registered, newest first, with the
-    /// job each holds: those after `after` (a registration's rowid, as
-    /// the previous page's token said), at most `limit`, and the token of
-    /// the next page if there is one.
-    pub fn workers_page(&self, after: i64, limit: u32) -> rusqlite::Result<(Vec<pb::WorkerInfo>, Option<i64>)> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT w.id, w.name, w.device, w.device_name, w.memory_bytes, w.last_seen, w.strikes, w.quarantined,
-                    (SELECT j.id FROM jobs j WHERE j.worker = w.id AND j.state = ?1 LIMIT 1), w.quarantine_reason, w.rowid
-             FROM workers w WHERE ?2 = 0 OR w.rowid < ?2 ORDER BY w.rowid DESC LIMIT ?3",
-        )?;
-        let rows = stmt
-            .query_map(params![RUNNING, after, limit as i64 + 1], |r| {
-                Ok((
-                    pb::WorkerInfo {
-                        worker_id: r.get(0)?,
-                        name: r.get(1)?,
-                        device: r.get(2)?,
-                        device_name: r.get(3)?,
-                        memory_bytes: r.get::<_, i64>(4)?.max(0) as u64,
-                        last_seen_unix: r.get(5)?,
-                        strikes: r.get(6)?,
-                        quarantined: r.get(7)?,
-                        current_job: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                        quarantine_reason: r.get(9)?,
-                    },
-                    r.get::<_, i64>(10)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let more = rows.len() > limit as usize;
-        let page: Vec<(pb::WorkerInfo, i64)> = rows.into_iter().take(limit as usize).collect();
-        let next = if more { page.last().map(|(_, rowid)| *rowid) } else { None };
-        Ok((page.into_iter().map(|(w, _)| w).collect(), next))
-    }
-
-    /// The most memory a worker seen within `since` seconds offers (None:
-    /// no worker said).
-    pub fn largest_device(&self, since: f64) -> rusqlite::Result<Option<u64>> {
-        let m: Option<i64> = self.conn.query_row(
-            "SELECT MAX(memory_bytes) FROM workers WHERE quarantined = 0 AND last_seen >= ?1 AND memory_bytes > 0",
-            [now() - since],
-            |r| r.get(0),
-        )?;
-        Ok(m.map(|m| m as u64))
-    }
-
     /// Leases the oldest queued job of the highest-priority collection
     /// that fits the worker's memory, under a fresh fencing token: a
     /// counter in the high half (so tokens only grow) and 32 random bits
@@ -650,15 +620,23 @@ impl Db {
     pub fn lease(&mut self, worker: &str, rules: &Rules) -> Result<Option<Leased>, CallError> {
         let tx = self.conn.savepoint()?;
         let t = now();
-        let w: Option<(i64, bool, u32, bool)> = tx
+        let w: Option<(i64, bool, u32, bool, String, bool)> = tx
             .query_row(
-                "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2)
+                "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2),
+                        ended, draining
                  FROM workers WHERE id = ?1",
                 [worker],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()?;
-        let (memory, quarantined, strikes, holds) = w.ok_or_else(|| CallError::NotRegistered(worker.to_string()))?;
+        let (memory, quarantined, strikes, holds, ended, draining) =
+            w.ok_or_else(|| CallError::NotRegistered(worker.to_string()))?;
+        if !ended.is_empty() {
+            return Err(CallError::Gone {
+                worker: worker.to_string(),
+                how: ended,
+            });
+        }
         if quarantined {
             return Err(CallError::Quarantined { worker: worker.to_string(), strikes });
         }
@@ -689,6 +667,10 @@ impl Db {
             spec.prefix = crate::paths::attempt(&spec.collection_id, &spec.job_id, attempt);
             tx.commit()?;
             return Ok(Some(Leased { spec, token, attempt }));
+        }
+        if draining {
+            tx.commit()?;
+            return Ok(None);
         }
         let row = tx
             .query_row(
@@ -1138,7 +1120,7 @@ impl Db {
             rows.collect::<rusqlite::Result<_>>()?
         };
         for job in &failed {
-            self.act_on_job(job, Event::Retry)?;
+            self.act_on_job(job, Event::Retry, None)?;
         }
         Ok(failed.len())
     }
@@ -1149,7 +1131,16 @@ impl Db {
         self.conn.query_row(&format!("SELECT {JOB_PARAMS} FROM jobs WHERE id = ?1"), [job], |r| r.get(0)).optional()
     }
 
-    pub fn act_on_job(&mut self, job: &str, event: Event) -> Result<String, CallError> {
+    /// A person's Cancel or Retry of one job; a retry with `changed`
+    /// parameters also starts it from the init (a checkpoint of the old
+    /// parameters is no start for the new ones). A retry re-arms the
+    /// collection's notification. Returns the job's collection.
+    pub fn act_on_job(
+        &mut self,
+        job: &str,
+        event: Event,
+        changed: Option<&NewParams>,
+    ) -> Result<String, CallError> {
         let tx = self.conn.savepoint()?;
         let row: Option<(i32, String)> =
             tx.query_row("SELECT state, collection_id FROM jobs WHERE id = ?1", [job], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
@@ -1157,16 +1148,67 @@ impl Db {
         let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
         let step = machine::next(state_of(state)?, event, budget).map_err(|refusal| CallError::Refused { job: job.to_string(), refusal })?;
         match event {
-            Event::Retry => tx.execute(
-                "UPDATE jobs SET state = ?1, failures = 0, requeues = 0, not_before = 0, error = '' WHERE id = ?2",
-                params![step.to.to_wire() as i32, job],
-            )?,
-            _ => tx.execute("UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2", params![step.to.to_wire() as i32, job])?,
+            Event::Retry => {
+                tx.execute(
+                    "UPDATE jobs SET state = ?1, failures = 0, requeues = 0, not_before = 0, error = '' WHERE id = ?2",
+                    params![step.to.to_wire() as i32, job],
+                )?;
+                if let Some(p) = changed {
+                    tx.execute(
+                        "UPDATE jobs SET params_json = ?1, iterations = ?2, min_memory = ?3, resume_key = '', resume_iteration = 0,
+                                         iteration = 0, content = 0, style = 0, tv = 0, total = 0, eta = 0
+                         WHERE id = ?4",
+                        params![p.params_json, p.iterations, i64::try_from(p.min_memory).unwrap_or(i64::MAX), job],
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE collections SET notified = 0 WHERE id = ?1 AND notify_url != ''",
+                    [&collection],
+                )?;
+            }
+            _ => {
+                tx.execute(
+                    "UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2",
+                    params![step.to.to_wire() as i32, job],
+                )?;
+            }
         };
         tx.commit()?;
         self.touched.push(job.to_string());
         Ok(collection)
     }
+
+    /// What a retry with changes needs of a job: its parameters (every
+    /// key), how many styles it blends, and its size.
+    pub fn job_for_retry(&self, job: &str) -> rusqlite::Result<Option<(String, usize, u32, u32)>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {JOB_PARAMS}, {JOB_STYLE_KEYS}, width, height FROM jobs WHERE id = ?1"
+                ),
+                [job],
+                |r| {
+                    let keys: String = r.get(1)?;
+                    Ok((
+                        r.get(0)?,
+                        keys.split(STYLE_KEY_SEPARATOR).count(),
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
+                },
+            )
+            .optional()
+    }
+}
+
+/// A job's parameters after a retry with changes.
+#[derive(Debug, Clone)]
+pub struct NewParams {
+    /// Every key, as a worker receives them.
+    pub params_json: String,
+    pub iterations: u32,
+    /// Estimated peak memory at the job's size.
+    pub min_memory: u64,
 }
 
 /// Seconds before retry number `failures`: 1, 2, 4, … capped at 30.
@@ -1209,12 +1251,23 @@ mod tests {
             priority,
             shape: (jobs.len() as u32, 1, 1),
             jobs: jobs.to_vec(),
+            notify_url: String::new(),
         };
         db.create_collection(&c).unwrap();
     }
 
     fn worker(db: &mut Db, id: &str, memory: u64) {
-        db.register_worker(id, &pb::RegisterRequest { name: id.into(), device: "cpu".into(), memory_bytes: memory, ..Default::default() }).unwrap();
+        db.register_worker(
+            id,
+            &pb::RegisterRequest {
+                name: id.into(),
+                device: "cpu".into(),
+                memory_bytes: memory,
+                ..Default::default()
+            },
+            &RULES,
+        )
+        .unwrap();
     }
 
     fn state(db: &Db, collection: &str, job: &str) -> pb::Job {
@@ -1279,8 +1332,11 @@ mod tests {
             let l = db.lease("w", &RULES).unwrap().unwrap();
             db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
         }
-        assert!(matches!(db.lease("w", &RULES), Err(CallError::Quarantined { strikes: 3, .. })));
-        let (listed, _) = db.workers_page(0, 10).unwrap();
+        assert!(matches!(
+            db.lease("w", &RULES),
+            Err(CallError::Quarantined { strikes: 3, .. })
+        ));
+        let (listed, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
         let w = listed.iter().find(|w| w.worker_id == "w").unwrap();
         assert!(w.quarantined && w.strikes == 3);
         assert!(w.quarantine_reason.contains("its own failure (WORKER)"), "{}", w.quarantine_reason);
@@ -1336,6 +1392,7 @@ mod tests {
             priority: 0,
             shape: (1, 1, 1),
             jobs: vec![job("a")],
+            notify_url: String::new(),
         };
         assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
         assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
@@ -1452,7 +1509,7 @@ mod tests {
         let a = db.lease("o", &rules).unwrap().unwrap();
         db.complete(&Call { worker: "o", job: "a", token: a.token }, "out", &pb::Progress::default(), &rules).unwrap();
         let strikes = |db: &Db| {
-            let (ws, _) = db.workers_page(0, 10).unwrap();
+            let (ws, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
             let w = ws.into_iter().find(|w| w.worker_id == "w").unwrap();
             (w.strikes, w.quarantined, w.quarantine_reason)
         };

@@ -30,6 +30,9 @@
 //!   reports;
 //! - [`watch`]: `Watch` on its own route, each message encoded once for
 //!   all of a collection's watchers;
+//! - [`fleet`]: the operator's actions on workers; [`retry`]: retry with
+//!   changed parameters; [`notify`]: a collection's end POSTed, signed, to
+//!   its notify_url;
 //! - [`web`]: the dashboard, an HTTP port beside the gRPC one that calls
 //!   the same handlers and follows the same mergers.
 pub mod admission;
@@ -38,10 +41,13 @@ pub mod config;
 pub mod context;
 pub mod conn;
 pub mod db;
+pub mod fleet;
 pub mod hub;
 pub mod limits;
 pub mod machine;
+pub mod notify;
 pub mod paths;
+pub mod retry;
 pub mod service;
 pub mod state;
 pub mod status;
@@ -96,6 +102,8 @@ pub enum Error {
     Storage { location: String, source: StorageError },
     #[error("--input-prefix {location}: {source}")]
     InputPrefix { location: String, source: StorageError },
+    #[error("--notify-prefix needs --notify-secret (notifications are signed)")]
+    NotifySecret,
     #[error("cannot read {path}: {source}")]
     TlsFile { path: PathBuf, source: std::io::Error },
     #[error("TLS configuration: {0}")]
@@ -132,6 +140,14 @@ pub async fn run_with_dashboard(
     if let Some(addr) = config.metrics_listen {
         stylefarm_shared::telemetry::serve_metrics(addr)?;
     }
+    if !config.notify_prefixes.is_empty() && config.notify_secret.is_none() {
+        return Err(Error::NotifySecret);
+    }
+    let mut config = config;
+    if let (None, Some(http)) = (&config.public_url, &dashboard) {
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        config.public_url = http.local_addr().ok().map(|a| format!("{scheme}://{a}"));
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
     let db_path = config.data_dir.join("farm.db");
     let database_error = |source| Error::Database { path: db_path.clone(), source };
@@ -167,6 +183,7 @@ pub async fn run_with_dashboard(
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
+    tokio::spawn(notify::run(state.clone(), background.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FarmServer<FarmService>>().await;

@@ -35,6 +35,11 @@ pub const MAX_SMALL_BODY_BYTES: usize = 64 << 10;
 pub const MAX_SHEET_CELLS: u64 = 256;
 /// Workers one ListWorkers page holds (0 asks for this many).
 pub const MAX_WORKERS_PAGE: u32 = 500;
+/// A submit's notify_url.
+pub const MAX_NOTIFY_URL_BYTES: usize = 2000;
+/// A worker lost, stopped or quarantined this long ago leaves ListWorkers
+/// (its row stays: `include_gone` shows it).
+pub const GONE_AFTER_SECONDS: f64 = 3600.0;
 
 #[cfg(test)]
 mod tests {
@@ -56,7 +61,12 @@ mod tests {
             format!("at most {MAX_CAPABILITIES} of at most {MAX_CAPABILITY_BYTES} bytes"),
             format!("at most {} MiB", MAX_WORKER_MESSAGE_BYTES >> 20),
             format!("0: {MAX_WORKERS_PAGE}"),
-            format!("each of the {} conv layers at most once", stylefarm_engine::arch::VGG19.len()),
+            format!("most {MAX_NOTIFY_URL_BYTES} bytes"),
+            format!("At most {} KiB", MAX_VARIANT_JSON_BYTES >> 10),
+            format!(
+                "each of the {} conv layers at most once",
+                stylefarm_engine::arch::VGG19.len()
+            ),
             format!("at most {} scales", stylefarm_engine::params::MAX_SCALES),
         ];
         let missing: Vec<&String> = stated.iter().filter(|s| !proto.contains(s.as_str())).collect();

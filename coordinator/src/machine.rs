@@ -10,8 +10,11 @@
 //!     │  Release, Lapse,│ │ Fail(BadInput), or a budget spent
 //!     │  Fail(…) within │ ▼
 //!     │  the budget     FAILED ──Retry──▶ QUEUED
-//!     └── Cancel (from QUEUED or RUNNING) ──▶ CANCELLED (final)
+//!     └── Cancel (from QUEUED or RUNNING) ──▶ CANCELLED ──Retry──▶ QUEUED
 //! ```
+//!
+//! Final states are final for workers: only a person's Retry re-opens a
+//! failed or cancelled job (a succeeded one never moves).
 
 use stylefarm_proto as pb;
 
@@ -97,7 +100,7 @@ pub enum Event {
     /// The lease's deadline passed without a heartbeat.
     Lapse,
     Cancel,
-    /// A person asks for a failed job to run again.
+    /// A person asks for a failed or cancelled job to run again.
     Retry,
 }
 
@@ -154,7 +157,7 @@ pub enum Refusal {
     NotQueued(State),
     #[error("the job is {0:?}, which is final")]
     Final(State),
-    #[error("the job is {0:?}, not failed")]
+    #[error("the job is {0:?}, not failed or cancelled")]
     NotFailed(State),
 }
 
@@ -177,7 +180,7 @@ pub fn next(state: State, event: Event, budget: Budget) -> Result<Step, Refusal>
             let to = if budget.requeues + 1 > budget.max_requeues { S::Failed } else { S::Queued };
             Ok(Step { to, spend_failure: false, spend_requeue: true, backoff: false })
         }
-        (S::Failed, E::Retry) => Ok(Step::to(S::Queued)),
+        (S::Failed | S::Cancelled, E::Retry) => Ok(Step::to(S::Queued)),
         // The attempt of a cancelled job may still report in: it ends, and
         // the job stays cancelled (a heartbeat is told to stop). Its
         // completion is refused: the job is not wanted.
@@ -211,7 +214,7 @@ mod tests {
             (S::Running,   [Err(Refusal::NotQueued(S::Running)), ok(S::Running),           ok(S::Succeeded),             fail(S::Failed, false),       fail(S::Queued, true),        requeue,                      ok(S::Queued),                requeue,                      ok(S::Cancelled), Err(Refusal::NotFailed(S::Running))]),
             (S::Succeeded, [Err(Refusal::NotQueued(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded))]),
             (S::Failed,    [Err(Refusal::NotQueued(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::Final(S::Failed)), ok(S::Queued)]),
-            (S::Cancelled, [Err(Refusal::NotQueued(S::Cancelled)), ok(S::Cancelled),       Err(Refusal::Final(S::Cancelled)), ok(S::Cancelled),         ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             Err(Refusal::Final(S::Cancelled)), Err(Refusal::Final(S::Cancelled))]),
+            (S::Cancelled, [Err(Refusal::NotQueued(S::Cancelled)), ok(S::Cancelled),       Err(Refusal::Final(S::Cancelled)), ok(S::Cancelled),         ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             Err(Refusal::Final(S::Cancelled)), ok(S::Queued)]),
         ];
         for (state, row) in table {
             for (event, want) in E::ALL.into_iter().zip(row) {
@@ -221,9 +224,14 @@ mod tests {
     }
 
     #[test]
-    fn final_states_never_move() {
+    fn final_states_never_move_but_by_a_persons_retry() {
+        assert_eq!(
+            next(S::Succeeded, E::Retry, FRESH),
+            Err(Refusal::Final(S::Succeeded)),
+            "a success is never redone"
+        );
         for state in S::ALL.into_iter().filter(|s| s.is_final()) {
-            for event in E::ALL {
+            for event in E::ALL.into_iter().filter(|&e| e != E::Retry) {
                 if let Ok(step) = next(state, event, FRESH) {
                     assert_eq!(step.to, state, "{state:?} × {event:?} left a final state");
                 }

@@ -43,6 +43,18 @@ struct Args {
     /// uploading them (e.g. s3://bucket/photos/). Repeatable; none by default.
     #[arg(long = "input-prefix")]
     input_prefixes: Vec<String>,
+    /// A URL a submit's notify_url may start with (e.g.
+    /// https://hooks.example.com/stylefarm/). Repeatable; none by default:
+    /// no notifications. Needs --notify-secret.
+    #[arg(long = "notify-prefix", requires = "notify_secret")]
+    notify_prefixes: Vec<String>,
+    /// The key notifications are signed with (HMAC-SHA256, header X-Stylefarm-Signature).
+    #[arg(long, env = "STYLEFARM_NOTIFY_SECRET", hide_env_values = true)]
+    notify_secret: Option<String>,
+    /// The dashboard's URL as people reach it (behind a proxy), for links in
+    /// notifications; default: the --http-listen address.
+    #[arg(long)]
+    public_url: Option<String>,
     /// Largest input image accepted at submit, in megapixels.
     #[arg(long, default_value_t = 64)]
     max_input_megapixels: u64,
@@ -136,7 +148,13 @@ async fn main() -> anyhow::Result<()> {
         max_requeues: a.max_requeues,
         quarantine_after: a.quarantine_after.max(1),
         input_prefixes: a.input_prefixes,
-        limits: ImageLimits { max_pixels: a.max_input_megapixels << 20, ..ImageLimits::default() },
+        notify_prefixes: a.notify_prefixes,
+        notify_secret: a.notify_secret.filter(|s| !s.is_empty()),
+        public_url: a.public_url,
+        limits: ImageLimits {
+            max_pixels: a.max_input_megapixels << 20,
+            ..ImageLimits::default()
+        },
         default_checkpoint_every: a.checkpoint_every,
         max_message_bytes: a.max_request_mb.max(1) << 20,
         max_jobs: a.max_jobs.max(1),

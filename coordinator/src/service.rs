@@ -4,7 +4,9 @@
 //! thread, reads run on read-only connections) and map each failure to a
 //! deliberate status ([`crate::status`]). Submit is long enough for its
 //! own module ([`crate::submit`]), Watch has its own route
-//! ([`crate::watch`]); the `Workers` service is [`crate::workers`].
+//! ([`crate::watch`]), retry with changes its parser ([`crate::retry`]),
+//! the operator's actions on workers theirs ([`crate::fleet`]); the
+//! `Workers` service is [`crate::workers`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
 use crate::context::State;
+use crate::fleet::Action;
 use crate::paths;
 use crate::state::ReadKind;
 use crate::status::{call_err, db_err, storage_err};
@@ -51,15 +54,38 @@ impl FarmService {
         caller.visible(found, || format!("no collection {id}"))
     }
 
-    /// Cancel or Retry on one job the caller may see; the job as it is after.
-    async fn act_on_job(&self, request: Request<pb::JobRef>, event: crate::machine::Event) -> Result<Response<pb::Job>, Status> {
-        let caller = Caller::of(&request);
-        let id = request.into_inner().job_id;
+    /// Cancel or Retry (with `changes_json`, if any) on one job the caller
+    /// may see; the job as it is after.
+    async fn act_on_job(
+        &self,
+        caller: Caller,
+        id: String,
+        event: crate::machine::Event,
+        changes_json: &str,
+    ) -> Result<Response<pb::Job>, Status> {
         let owned = id.clone();
         let found = self.0.state.read(move |db| db.job(&owned)).await?.map_err(db_err)?;
         caller.visible(found, || format!("no job {id}"))?;
+        let changed = if changes_json.is_empty() {
+            None
+        } else {
+            let owned = id.clone();
+            let current = self
+                .0
+                .state
+                .read(move |db| db.job_for_retry(&owned))
+                .await?
+                .map_err(db_err)?;
+            let (params, styles, width, height) =
+                current.ok_or_else(|| Status::not_found(format!("no job {id}")))?;
+            crate::retry::changed_params(&params, changes_json, styles, (width, height))?
+        };
         let owned = id.clone();
-        self.0.state.write(move |db| db.act_on_job(&owned, event)).await?.map_err(call_err)?;
+        self.0
+            .state
+            .write(move |db| db.act_on_job(&owned, event, changed.as_ref()))
+            .await?
+            .map_err(call_err)?;
         let owned = id.clone();
         let detail = self.0.state.read(move |db| db.job(&owned)).await?.map_err(db_err)?;
         detail.and_then(|(_, d)| d.job).map(Response::new).ok_or_else(|| Status::not_found(format!("no job {id}")))
@@ -166,11 +192,35 @@ impl Farm for FarmService {
     }
 
     async fn cancel_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        self.act_on_job(request, crate::machine::Event::Cancel).await
+        let caller = Caller::of(&request);
+        self.act_on_job(
+            caller,
+            request.into_inner().job_id,
+            crate::machine::Event::Cancel,
+            "",
+        )
+        .await
     }
 
-    async fn retry_job(&self, request: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        self.act_on_job(request, crate::machine::Event::Retry).await
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.into_inner();
+        let id = r.job_id.clone();
+        let job = self
+            .act_on_job(
+                caller,
+                r.job_id,
+                crate::machine::Event::Retry,
+                &r.changes_json,
+            )
+            .await?;
+        if !r.changes_json.trim().is_empty() {
+            tracing::info!(job = %id, changes = %r.changes_json, "retried with changes");
+        }
+        Ok(job)
     }
 
     async fn retry_failed(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
@@ -183,13 +233,34 @@ impl Farm for FarmService {
         Ok(Response::new(self.visible(&caller, &id).await?))
     }
 
-    async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let r = request.into_inner();
-        let after = page_after(&r.page_token)?;
-        let max = crate::limits::MAX_WORKERS_PAGE;
-        let limit = if r.page_size == 0 { max } else { r.page_size.min(max) };
-        let (workers, next) = self.0.state.read(move |db| db.workers_page(after, limit)).await?.map_err(db_err)?;
-        Ok(Response::new(pb::ListWorkersResponse { workers, next_page_token: page_token(next) }))
+    async fn list_workers(
+        &self,
+        request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        Ok(Response::new(
+            self.list_worker_page(request.into_inner()).await?,
+        ))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<pb::WorkerRef>,
+    ) -> Result<Response<pb::WorkerInfo>, Status> {
+        self.act_on_worker(request, Action::Drain).await
+    }
+
+    async fn resume_worker(
+        &self,
+        request: Request<pb::WorkerRef>,
+    ) -> Result<Response<pb::WorkerInfo>, Status> {
+        self.act_on_worker(request, Action::Resume).await
+    }
+
+    async fn forget_worker(
+        &self,
+        request: Request<pb::WorkerRef>,
+    ) -> Result<Response<pb::WorkerInfo>, Status> {
+        self.act_on_worker(request, Action::Forget).await
     }
 }
 

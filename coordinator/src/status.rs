@@ -17,9 +17,14 @@ pub(crate) fn db_err(e: rusqlite::Error) -> Status {
 
 pub(crate) fn call_err(e: CallError) -> Status {
     match e {
-        CallError::NoJob(_) | CallError::NotRegistered(_) => Status::not_found(e.to_string()),
+        CallError::NoJob(_) | CallError::NotRegistered(_) | CallError::Gone { .. } => {
+            Status::not_found(e.to_string())
+        }
         CallError::WrongWorker { .. } => Status::permission_denied(e.to_string()),
-        CallError::Quarantined { .. } | CallError::Stale { .. } | CallError::Refused { .. } => Status::failed_precondition(e.to_string()),
+        CallError::Quarantined { .. }
+        | CallError::Stale { .. }
+        | CallError::Refused { .. }
+        | CallError::Busy { .. } => Status::failed_precondition(e.to_string()),
         CallError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         CallError::Db(e) => db_err(e),
     }

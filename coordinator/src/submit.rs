@@ -83,6 +83,25 @@ struct Input {
 /// The bytes a decodable image of the configured limits can take at most,
 /// checked before anything is read from storage: 8 bytes a pixel is more
 /// than any format here needs for a real photo.
+/// Parses and checks one variant's parameters (`what` names it in an
+/// error): the schema (unknown keys by name), the values, and what no
+/// worker can run.
+pub(crate) fn check_variant(
+    what: &str,
+    json: &str,
+    styles_per_job: usize,
+) -> Result<RenderParams, Status> {
+    let params = RenderParams::from_json(json)
+        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
+    params
+        .validate(styles_per_job)
+        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
+    if params.init == Init::Image {
+        return Err(Status::invalid_argument(format!("{what}: init \"image\" needs an image, and a farm job has none; use blend, content or noise")));
+    }
+    Ok(params)
+}
+
 fn max_input_bytes(limits: &ImageLimits) -> u64 {
     limits.max_pixels.saturating_mul(8).max(1 << 20)
 }
@@ -180,19 +199,6 @@ impl FarmService {
         Ok((bytes.to_vec(), farm_key.then_some(key)))
     }
 
-    /// Parses and checks one variant's parameters: the schema (unknown
-    /// keys by name), the values, and what no worker can run.
-    fn variant(&self, i: usize, json: &str, styles_per_job: usize) -> Result<RenderParams, Status> {
-        let params = RenderParams::from_json(json).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
-        params.validate(styles_per_job).map_err(|e| Status::invalid_argument(format!("variant {i}: {e}")))?;
-        if params.init == Init::Image {
-            return Err(Status::invalid_argument(format!(
-                "variant {i}: init \"image\" needs an image, and a farm job has none; use blend, content or noise"
-            )));
-        }
-        Ok(params)
-    }
-
     /// `Farm.Submit`.
     pub(crate) async fn submit_collection(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
         let caller = Caller::of(&request);
@@ -201,6 +207,7 @@ impl FarmService {
         let held = request.extensions().get::<std::sync::Arc<crate::admission::Permit>>().cloned();
         let mut r = request.into_inner();
         check_shape(&r)?;
+        crate::notify::check_url(&r.notify_url, &self.0.config.notify_prefixes)?;
         let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
         if let Some((collection_id, jobs)) = self.0.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
             return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
@@ -220,8 +227,17 @@ impl FarmService {
             return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
         }
         // Parameters first: cheap, and the most common mistake.
-        let variants = variants_json.iter().enumerate().map(|(i, v)| self.variant(i, v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
-        if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
+        let variants = variants_json
+            .iter()
+            .enumerate()
+            .map(|(i, v)| check_variant(&format!("variant {i}"), v, styles_per_job))
+            .collect::<Result<Vec<_>, _>>()?;
+        if r.max_side == 0
+            && (r.width == 0
+                || r.height == 0
+                || r.width > MAX_RENDER_SIDE
+                || r.height > MAX_RENDER_SIDE)
+        {
             return Err(Status::invalid_argument(format!(
                 "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
                 r.width, r.height
@@ -305,6 +321,7 @@ impl FarmService {
             priority: r.priority,
             shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
             jobs,
+            notify_url: r.notify_url,
         };
         let (collection_id, jobs) = self.0.state.write(move |db| db.create_collection(&new)).await?.map_err(db_err)?;
         Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))

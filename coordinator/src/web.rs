@@ -85,7 +85,13 @@ pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) 
         .route("/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
         .route("/api/session", get(session).post(sign_in).delete(sign_out))
         .route("/api/farm", get(farm))
-        .route("/api/collections", get(list_collections).post(submit).layer(DefaultBodyLimit::max(submit_limit)))
+        .route("/api/workers/{id}/{action}", post(act_on_worker))
+        .route(
+            "/api/collections",
+            get(list_collections)
+                .post(submit)
+                .layer(DefaultBodyLimit::max(submit_limit)),
+        )
         .route("/api/collections/{id}", get(collection))
         .route("/api/collections/{id}/grid", get(grid))
         .route("/api/collections/{id}/events", get(events))
@@ -274,6 +280,8 @@ async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<J
                 "memory_bytes": w.memory_bytes, "last_seen_unix": w.last_seen_unix, "current_job": w.current_job,
                 "iterations_per_second": pace.get(&w.worker_id).copied().filter(|_| !w.current_job.is_empty()),
                 "strikes": w.strikes, "quarantined": w.quarantined, "quarantine_reason": w.quarantine_reason,
+                "state": pb::WorkerState::try_from(w.state).unwrap_or_default().as_str_name().to_lowercase(),
+                "draining": w.draining, "registered_unix": w.registered_unix,
             })
         })
         .collect();
@@ -283,6 +291,36 @@ async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<J
         "now_unix": crate::db::now(), "workers": workers, "jobs": counts,
         "done_last_hour": summary.done_last_hour, "failures_last_day": failures,
     })))
+}
+
+/// An operator's action on a worker: drain, resume or forget (the `Farm`
+/// service checks the admin token).
+async fn act_on_worker(
+    AxumState(web): AxumState<Web>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Json(_): Json<Value>,
+) -> ApiResult<Json<Value>> {
+    let (_, request) = as_grpc(&web, &headers, pb::WorkerRef { worker_id: id })?;
+    let w = match action.as_str() {
+        "drain" => web.farm.drain_worker(request).await?,
+        "resume" => web.farm.resume_worker(request).await?,
+        "forget" => web.farm.forget_worker(request).await?,
+        _ => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?} on workers: drain, resume or forget"),
+            ))
+        }
+    }
+    .into_inner();
+    let state = pb::WorkerState::try_from(w.state)
+        .unwrap_or_default()
+        .as_str_name()
+        .to_lowercase();
+    Ok(Json(
+        json!({ "id": w.worker_id, "state": state, "draining": w.draining }),
+    ))
 }
 
 // --------------------------------------------------------- collections --
@@ -586,6 +624,8 @@ struct SubmitBody {
     #[serde(default)]
     blend_styles: bool,
     #[serde(default)]
+    notify_url: String,
+    #[serde(default)]
     idempotency_key: String,
 }
 
@@ -639,6 +679,7 @@ async fn submit(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): Connect
         snapshot_every: b.snapshot_every,
         blend_styles: b.blend_styles,
         idempotency_key: b.idempotency_key,
+        notify_url: b.notify_url,
     };
     let (_, mut request) = as_grpc(&web, &headers, message)?;
     request.extensions_mut().insert(place);
@@ -675,9 +716,34 @@ async fn cancel_job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id)
     Ok(Json(job_json(&web.farm.cancel_job(request).await?.into_inner())))
 }
 
-async fn retry_job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Json(_): Json<Value>) -> ApiResult<Json<Value>> {
-    let (_, request) = as_grpc(&web, &headers, pb::JobRef { job_id: id })?;
-    Ok(Json(job_json(&web.farm.retry_job(request).await?.into_inner())))
+/// A retry's body: `{}`, or `{"changes": {KEY: VALUE, …}}` (Retry with
+/// changes; the keys are a variant's).
+async fn retry_job(
+    AxumState(web): AxumState<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<Value>> {
+    let changes_json = match body.get("changes") {
+        None | Some(Value::Null) => String::new(),
+        Some(c @ Value::Object(_)) => c.to_string(),
+        Some(_) => {
+            return Err(bad_request(
+                "changes: a JSON object of parameters, e.g. {\"beta\": 1000}",
+            ))
+        }
+    };
+    let (_, request) = as_grpc(
+        &web,
+        &headers,
+        pb::RetryJobRequest {
+            job_id: id,
+            changes_json,
+        },
+    )?;
+    Ok(Json(job_json(
+        &web.farm.retry_job(request).await?.into_inner(),
+    )))
 }
 
 /// A job's folders, newest attempt first, if the caller may see the job.

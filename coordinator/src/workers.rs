@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::context::State;
 use crate::db::{Call, Rules};
 use crate::paths;
-use crate::status::{call_err, db_err, storage_err};
+use crate::status::{call_err, storage_err};
 
 /// The `Workers` service (workers).
 #[derive(Clone)]
@@ -136,10 +136,27 @@ impl Workers for WorkersService {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = request.into_inner();
         check_registration(&r)?;
-        let base: String = r.name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(60).collect();
-        let id = format!("{}-{}", if base.is_empty() { "worker" } else { &base }, &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let owned = id.clone();
-        self.0.state.write(move |db| db.register_worker(&owned, &r)).await?.map_err(db_err)?;
+        let base: String = r
+            .name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .take(60)
+            .collect();
+        let id = format!(
+            "{}-{}",
+            if base.is_empty() { "worker" } else { &base },
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let (owned, rules) = (id.clone(), self.rules());
+        let replaced = self
+            .0
+            .state
+            .write(move |db| db.register_worker(&owned, &r, &rules))
+            .await?
+            .map_err(call_err)?;
+        if !replaced.is_empty() {
+            tracing::info!(worker = %id, ?replaced, "registered again under its name: the earlier rows are replaced");
+        }
         let c = &self.0.config;
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id,
@@ -223,6 +240,21 @@ impl Workers for WorkersService {
             tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
         }
         Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let (worker, rules) = (request.into_inner().worker_id, self.rules());
+        let id = worker.clone();
+        self.0
+            .state
+            .write(move |db| db.deregister_worker(&id, &rules))
+            .await?
+            .map_err(call_err)?;
+        tracing::info!(%worker, "stopped (deregistered)");
+        Ok(Response::new(pb::DeregisterResponse {}))
     }
 }
 

@@ -148,16 +148,39 @@ async function farmView() {
     }
     const j = f.jobs;
     const stat = (id, label, value) => h("div", { class: "stat" }, h("span", { id, class: "value" }, value), h("span", { class: "label" }, label));
+    const act = (w, what) => async () => {
+      try {
+        await api(`/api/workers/${encodeURIComponent(w.id)}/${what}`, { json: {} });
+      } catch (e) {
+        box.prepend(failed(e));
+        return;
+      }
+      await draw();
+    };
+    // online · lost · stopped · quarantined, and whether it drains.
+    const stateCell = (w) => {
+      const label = w.state === "online" && w.draining ? (w.current_job ? "draining" : "drained") : w.state;
+      const badge = { online: "succeeded", lost: "failed", quarantined: "failed", stopped: "cancelled" }[w.state] || "queued";
+      return h("td", {},
+        h("span", { class: `badge ${w.draining ? "queued" : badge} worker-state`, title: w.quarantine_reason || "" }, label),
+        w.quarantined ? h("div", { class: "muted reason" }, w.quarantine_reason) : (w.strikes ? h("div", { class: "muted" }, `${w.strikes} strikes`) : null));
+    };
+    const actions = (w) => {
+      const gone = w.state === "lost" || w.state === "stopped";
+      return h("td", { class: "actions" },
+        w.state === "online" && !w.draining ? h("button", { class: "drain", title: "finish the current job, lease no more", onclick: act(w, "drain") }, "Drain") : null,
+        w.draining || w.quarantined ? h("button", { class: "resume", title: "lease again", onclick: act(w, "resume") }, "Resume") : null,
+        gone && !w.current_job ? h("button", { class: "forget", title: "take it off the list", onclick: act(w, "forget") }, "Forget") : null);
+    };
     const rows = f.workers.map((w) =>
-      h("tr", { class: w.quarantined ? "quarantined" : "" },
+      h("tr", { class: `worker ${w.state}`, "data-worker": w.id, "data-name": w.name },
         h("td", {}, w.name),
         h("td", {}, w.device, w.device_name ? h("span", { class: "muted" }, ` ${w.device_name}`) : null),
         h("td", {}, w.current_job ? h("a", { href: `#/j/${w.current_job}` }, w.current_job.slice(0, 8)) : h("span", { class: "muted" }, "idle")),
         h("td", { class: "num" }, w.iterations_per_second == null ? "" : w.iterations_per_second.toFixed(2)),
         h("td", {}, ago(w.last_seen_unix)),
-        h("td", {}, w.quarantined
-          ? [h("span", { class: "badge failed", title: w.quarantine_reason }, "quarantined"), h("div", { class: "muted reason" }, w.quarantine_reason)]
-          : (w.strikes ? `${w.strikes} strikes` : "ok"))));
+        stateCell(w),
+        actions(w)));
     box.replaceChildren(
       h("div", { class: "stats" },
         stat("queue", "queued", j.queued || 0),
@@ -167,7 +190,7 @@ async function farmView() {
       h("h2", {}, "Workers"),
       f.workers.length === 0 ? h("p", { class: "muted" }, "No worker has registered.") :
         h("table", { id: "workers" },
-          h("thead", {}, h("tr", {}, ["name", "device", "job", "iterations/s", "last heartbeat", "health"].map((t) => h("th", {}, t)))),
+          h("thead", {}, h("tr", {}, ["name", "device", "job", "iterations/s", "last heard", "state", ""].map((t) => h("th", {}, t)))),
           h("tbody", {}, rows)),
       h("h2", {}, "Failures in the last day, by cause"),
       f.failures_last_day.length === 0 ? h("p", { id: "failures", class: "muted" }, "None.") :
@@ -424,6 +447,39 @@ function lossCurve(records) {
   return svg;
 }
 
+// A value as a parameter field shows it, and back: JSON where it reads as
+// JSON (numbers, lists), else the text (adam, avg).
+const paramText = (v) => (typeof v === "object" ? JSON.stringify(v) : String(v));
+function paramValue(text) {
+  try {
+    return JSON.parse(text);
+  } catch (_) {
+    return text;
+  }
+}
+
+// The job's parameters; with `retry`, each an editable field and a
+// "Retry with changes" button that sends the fields changed.
+function paramsTable(params, retry) {
+  if (!params) return h("p", { class: "muted" }, "Unknown.");
+  const fields = [];
+  const rows = Object.entries(params).map(([k, v]) => {
+    if (!retry) return h("tr", {}, h("th", {}, k), h("td", {}, paramText(v)));
+    const input = h("input", { name: k, value: paramText(v), "aria-label": k, spellcheck: "false" });
+    fields.push([k, input, paramText(v)]);
+    return h("tr", {}, h("th", {}, h("label", {}, k)), h("td", {}, input));
+  });
+  const table = h("table", { id: "params" }, h("tbody", {}, rows));
+  if (!retry) return table;
+  const send = h("button", { id: "retry-with-changes", type: "submit" }, "Retry with changes");
+  return h("form", { id: "retry-form", onsubmit: (ev) => {
+    ev.preventDefault();
+    const changes = {};
+    for (const [k, input, was] of fields) if (input.value.trim() !== was) changes[k] = paramValue(input.value.trim());
+    retry(changes);
+  } }, h("p", { class: "muted" }, "Change any value and retry: the job starts again from the beginning with the new values; its earlier attempts stay listed."), table, send);
+}
+
 async function jobView(id) {
   const box = h("div", { id: "job-detail" });
   show(box);
@@ -463,6 +519,15 @@ async function jobView(id) {
       }
     };
     const ended = ["succeeded", "failed", "cancelled"].includes(j.state);
+    // Retry with the parameters whose fields were changed.
+    const retryWithChanges = async (changes) => {
+      try {
+        await api(`/api/jobs/${id}/retry`, { json: { changes } });
+        await draw();
+      } catch (e) {
+        message.replaceChildren(failed(e));
+      }
+    };
     box.replaceChildren(
       h("p", {}, h("a", { href: `#/c/${d.collection_id}` }, "‹ collection")),
       h("h1", {}, `${j.content_name} × ${j.style_name}`, j.variant ? ` · v${j.variant}` : ""),
@@ -472,14 +537,13 @@ async function jobView(id) {
         j.error ? h("span", { class: "error" }, ` ${j.error}`) : "",
         h("span", { class: "spacer" }),
         !ended ? h("button", { id: "cancel-job", class: "danger", onclick: act("cancel") }, "Cancel job") : null,
-        j.state === "failed" ? h("button", { id: "retry-job", onclick: act("retry") }, "Retry job") : null),
+        j.state === "failed" || j.state === "cancelled" ? h("button", { id: "retry-job", onclick: act("retry") }, "Retry job") : null),
       message,
       h("div", { class: "detail" },
         h("figure", {}, image ? h("a", { href: image, target: "_blank" }, h("img", { id: "job-image", src: image, alt: "the render" })) : h("p", { class: "muted" }, "No image yet.")),
         h("div", { class: "curve" }, h("h2", {}, "Losses"), lossCurve(records))),
       h("h2", {}, "Parameters"),
-      d.params ? h("table", { id: "params" }, h("tbody", {}, Object.entries(d.params).map(([k, v]) =>
-        h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "object" ? JSON.stringify(v) : String(v)))))) : h("p", { class: "muted" }, "Unknown."),
+      paramsTable(d.params, j.state === "failed" || j.state === "cancelled" ? retryWithChanges : null),
       h("h2", {}, "Attempts"),
       h("table", { id: "attempts" },
         h("thead", {}, h("tr", {}, ["#", "worker", "started", "ended", "resumed from", "outcome"].map((t) => h("th", {}, t)))),

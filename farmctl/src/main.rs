@@ -68,8 +68,9 @@ enum Command {
         #[arg(long)]
         job: bool,
     },
-    /// Put a failed job back in the queue, its failure budget renewed (or,
-    /// with --failed COLLECTION, every failed job of a collection).
+    /// Put a failed or cancelled job back in the queue, its failure budget
+    /// renewed (or, with --failed COLLECTION, every failed job of a
+    /// collection).
     Retry {
         /// The job.
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]
@@ -77,6 +78,22 @@ enum Command {
         /// Every failed job of this collection instead.
         #[arg(long, value_name = "COLLECTION")]
         failed: Option<String>,
+        /// Change a parameter (repeatable), e.g. --set beta=1000 --set
+        /// optimizer=adam: the keys of a submit's variant; the job then
+        /// starts again from the init.
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "failed")]
+        set: Vec<String>,
+    },
+    /// List the workers with their state (online, lost, stopped,
+    /// quarantined), or drain, resume or forget one.
+    Workers {
+        /// Also workers gone for more than an hour, replaced and forgotten.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<farm::WorkersCommand>,
     },
     /// Print what the worker logged during a job's attempt (the latest by default).
     Logs {
@@ -166,9 +183,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
         Command::Cancel { id, job } => farm_runtime()?.block_on(farm::cancel(&url, &id, job)),
-        Command::Retry { job, failed } => match (job, failed) {
-            (_, Some(collection)) => farm_runtime()?.block_on(farm::retry_failed(&url, &collection)),
-            (Some(job), None) => farm_runtime()?.block_on(farm::retry(&url, &job)),
+        Command::Workers { all, json, action } => {
+            farm_runtime()?.block_on(farm::workers(&url, all, json, action))
+        }
+        Command::Retry { job, failed, set } => match (job, failed) {
+            (_, Some(collection)) => {
+                farm_runtime()?.block_on(farm::retry_failed(&url, &collection))
+            }
+            (Some(job), None) => farm_runtime()?.block_on(farm::retry(&url, &job, &set)),
             (None, None) => anyhow::bail!("name a JOB, or --failed COLLECTION"),
         },
         Command::Logs { job, attempt, follow } => farm_runtime()?.block_on(farm::logs(&url, &job, attempt, follow)),

@@ -380,7 +380,10 @@ fn a_failing_worker_is_quarantined_and_one_on_the_wrong_storage_never_starts() {
     });
     let o = farm.farmctl(&["status"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && stdout.contains("QUARANTINED"), "{stdout}");
+    assert!(
+        o.status.success() && stdout.contains("quarantined") && stdout.contains("its own failure (WORKER)"),
+        "{stdout}"
+    );
 }
 
 #[test]

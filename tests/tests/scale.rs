@@ -59,8 +59,21 @@ fn every_acknowledged_write_survives_a_sigkill_mid_group() {
         let mut f = pb::farm_client::FarmClient::new(channel(&farm.url).await);
         let (mut ids, mut page_token) = (std::collections::HashSet::new(), String::new());
         loop {
-            let page = f.list_workers(pb::ListWorkersRequest { page_size: 0, page_token }).await.unwrap().into_inner();
-            assert!(page.workers.len() <= 500, "a page holds at most 500 workers");
+            let page = f
+                .list_workers(pb::ListWorkersRequest {
+                    page_size: 0,
+                    page_token,
+                    // Each client registers under one name again and
+                    // again: all but its last row are replaced, and kept.
+                    include_gone: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                page.workers.len() <= 500,
+                "a page holds at most 500 workers"
+            );
             ids.extend(page.workers.into_iter().map(|w| w.worker_id));
             if page.next_page_token.is_empty() {
                 break ids;

@@ -72,6 +72,8 @@ pub enum Error {
     Registration(String),
     #[error("cannot start the engine's threads: {0}")]
     Threads(String),
+    #[error("the coordinator no longer knows this worker ({0}); restart it to register again")]
+    Forgotten(String),
 }
 
 type Client = WorkersClient<InterceptedService<Channel, Bearer>>;
@@ -141,9 +143,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         pool,
         shutdown: shutdown.clone(),
     });
-    lease_loop(ctx.clone()).await;
+    let ended = lease_loop(ctx.clone()).await;
+    if ended.is_ok() {
+        deregister(&ctx).await;
+    }
     tracing::info!(worker = %ctx.worker_id, "stopped");
-    Ok(())
+    ended
+}
+
+/// Says goodbye, so the farm shows this worker STOPPED rather than lost;
+/// a coordinator that does not answer in a few seconds is not waited for.
+async fn deregister(ctx: &Ctx) {
+    let mut client = ctx.client.clone();
+    let request = pb::DeregisterRequest {
+        worker_id: ctx.worker_id.clone(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.deregister(request)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(s)) => tracing::warn!(
+            "deregistering failed ({}); the farm will show this worker lost",
+            s.message()
+        ),
+        Err(_) => tracing::warn!(
+            "the coordinator did not answer the goodbye; the farm will show this worker lost"
+        ),
+    }
+}
+
+/// The name a worker registers under unless told one: the host's name and
+/// the device (`render-7-cuda-0`), so a restarted worker replaces its own
+/// row and two workers of a machine do not replace each other.
+pub fn default_name(device: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string());
+    format!("{host}-{}", device.replace(':', "-"))
 }
 
 /// Refuses to take jobs from storage that is not the farm's (a wrong
@@ -185,8 +222,10 @@ fn engine_pool(threads: Option<usize>) -> Result<rayon::ThreadPool, Error> {
     pool.build().map_err(|e| Error::Threads(e.to_string()))
 }
 
-/// Leases and renders one job at a time until shutdown.
-async fn lease_loop(ctx: Arc<Ctx>) {
+/// Leases and renders one job at a time until shutdown, or until the
+/// coordinator says it no longer knows this worker (replaced by a newer
+/// registration under its name, or forgotten).
+async fn lease_loop(ctx: Arc<Ctx>) -> Result<(), Error> {
     let mut backoff = Backoff::default();
     while !ctx.shutdown.is_cancelled() {
         let request = pb::LeaseRequest { worker_id: ctx.worker_id.clone(), free_memory_bytes: 0 };
@@ -216,6 +255,9 @@ async fn lease_loop(ctx: Arc<Ctx>) {
                     tracing::error!("the attempt's thread ended abnormally: {e}");
                 }
             }
+            Err(s) if s.code() == Code::NotFound => {
+                return Err(Error::Forgotten(s.message().to_string()))
+            }
             Err(s) => {
                 let delay = backoff.next_delay();
                 tracing::warn!("lease failed ({}); retrying in {delay:?}", s.message());
@@ -226,4 +268,5 @@ async fn lease_loop(ctx: Arc<Ctx>) {
             }
         }
     }
+    Ok(())
 }

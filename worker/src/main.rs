@@ -14,9 +14,11 @@ struct Args {
     /// Shared storage (default: what the coordinator announces).
     #[arg(long)]
     storage: Option<String>,
-    /// A name for logs and status.
-    #[arg(long, default_value = "worker")]
-    name: String,
+    /// A name for logs and status, unique on the farm: a worker
+    /// registering under a name replaces the one before (default: the
+    /// host's name and the device, e.g. render-7-cuda-0).
+    #[arg(long)]
+    name: Option<String>,
     /// CPU threads for the engine (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -43,9 +45,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let config = stylefarm_worker::Config {
         coordinator: a.coordinator,
+        name: a
+            .name
+            .unwrap_or_else(|| stylefarm_worker::default_name(&a.device)),
         device: a.device,
         storage: a.storage,
-        name: a.name,
         threads: a.threads,
         weights: a.weights,
         metrics_listen: a.metrics_listen,

@@ -1,6 +1,7 @@
 //! `farmctl cancel ID [--job]` ends a collection's remaining jobs (or, with
 //! `--job`, one job); `farmctl retry JOB` puts a failed job back in the
-//! queue with its failure budget renewed, and `farmctl retry --failed
+//! queue with its failure budget renewed (a cancelled one too; with `--set
+//! KEY=VALUE`, with those parameters changed), and `farmctl retry --failed
 //! COLLECTION` every failed job of a collection.
 
 use anyhow::Result;
@@ -30,14 +31,43 @@ pub async fn cancel(url: &Conn, id: &str, job: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn retry(url: &Conn, job: &str) -> Result<()> {
+/// `--set KEY=VALUE` pairs as RetryJobRequest.changes_json: a VALUE that
+/// reads as JSON (`1e4`, `true`, `[…]`) is that, anything else a string
+/// (`optimizer=adam`); a KEY's `-` is `_` (`tv-weight` = `tv_weight`, as
+/// farmctl render's flags).
+pub fn changes_json(pairs: &[String]) -> Result<String> {
+    if pairs.is_empty() {
+        return Ok(String::new());
+    }
+    let mut changes = serde_json::Map::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            anyhow::bail!("--set {pair}: write KEY=VALUE, e.g. --set beta=1000");
+        };
+        let value = serde_json::from_str(value.trim())
+            .unwrap_or_else(|_| serde_json::Value::String(value.trim().to_string()));
+        changes.insert(key.trim().replace('-', "_"), value);
+    }
+    Ok(serde_json::Value::Object(changes).to_string())
+}
+
+pub async fn retry(url: &Conn, job: &str, set: &[String]) -> Result<()> {
+    let changes = changes_json(set)?;
     let j = call(url, |mut c| {
-        let r = pb::JobRef { job_id: job.into() };
+        let r = pb::RetryJobRequest {
+            job_id: job.into(),
+            changes_json: changes.clone(),
+        };
         async move { c.retry_job(r).await }
     })
     .await?
     .into_inner();
-    println!("job {} is {} again", j.job_id, state_name(j.state));
+    let with = if changes.is_empty() {
+        String::new()
+    } else {
+        format!(" with {changes}, from the start")
+    };
+    println!("job {} is {} again{with}", j.job_id, state_name(j.state));
     Ok(())
 }
 
@@ -51,4 +81,30 @@ pub async fn retry_failed(url: &Conn, collection: &str) -> Result<()> {
     let n = c.counts.unwrap_or_default();
     println!("collection {}: {} queued, {} running, {} succeeded, {} failed, {} cancelled", c.collection_id, n.queued, n.running, n.succeeded, n.failed, n.cancelled);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_pairs_become_a_json_object_of_changes() {
+        let pairs = [
+            "beta=1e4",
+            "optimizer=adam",
+            "tv-weight=0",
+            "style_layers=[{\"layer\":\"conv1_1\",\"weight\":1}]",
+        ]
+        .map(String::from);
+        let v: serde_json::Value = serde_json::from_str(&changes_json(&pairs).unwrap()).unwrap();
+        assert_eq!(v["beta"], 1e4);
+        assert_eq!(v["optimizer"], "adam");
+        assert_eq!(v["tv_weight"], 0);
+        assert_eq!(v["style_layers"][0]["layer"], "conv1_1");
+        assert_eq!(changes_json(&[]).unwrap(), "");
+        assert!(changes_json(&["beta".to_string()])
+            .unwrap_err()
+            .to_string()
+            .contains("KEY=VALUE"));
+    }
 }

@@ -1,5 +1,5 @@
 //! The farm commands: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`
-//! (and `retry`), `logs`, one file each. Apart from `up` (which runs a farm in this process) they
+//! (and `retry`), `logs`, `workers`, one file each. Apart from `up` (which runs a farm in this process) they
 //! speak only the gRPC contract in `farm.proto`.
 
 mod cancel;
@@ -10,6 +10,7 @@ mod status;
 mod submit;
 mod up;
 mod watch;
+mod workers;
 
 pub use cancel::{cancel, retry, retry_failed};
 pub use fetch::fetch;
@@ -19,6 +20,7 @@ pub use status::status;
 pub use submit::{expand, submit, SubmitArgs};
 pub use up::{up, UpArgs};
 pub use watch::watch;
+pub use workers::{workers, WorkersCommand};
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! `farmctl status [ID] [--json]`: a collection's jobs, or (no ID) the
-//! farm: its workers (quarantined ones marked) and the caller's
+//! farm: its workers with their state and the caller's
 //! collections. Rides out a coordinator restart.
 
 use anyhow::Result;
@@ -23,13 +23,6 @@ fn collection_json(c: &pb::Collection) -> serde_json::Value {
         "collection_id": c.collection_id, "name": c.name, "priority": c.priority,
         "counts": {"queued": n.queued, "running": n.running, "succeeded": n.succeeded, "failed": n.failed, "cancelled": n.cancelled},
         "jobs": c.jobs.iter().map(job_json).collect::<Vec<_>>(),
-    })
-}
-
-fn worker_json(w: &pb::WorkerInfo) -> serde_json::Value {
-    serde_json::json!({
-        "worker_id": w.worker_id, "device": w.device, "memory_bytes": w.memory_bytes, "current_job": w.current_job,
-        "last_seen_unix": w.last_seen_unix, "strikes": w.strikes, "quarantined": w.quarantined, "quarantine_reason": w.quarantine_reason,
     })
 }
 
@@ -60,22 +53,7 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
 
 /// The farm at a glance: workers, then collections.
 async fn farm(url: &Conn, json: bool) -> Result<()> {
-    let mut workers = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let r = pb::ListWorkersRequest { page_size: 0, page_token: page_token.clone() };
-        let page = call(url, |mut c| {
-            let r = r.clone();
-            async move { c.list_workers(r).await }
-        })
-        .await?
-        .into_inner();
-        workers.extend(page.workers);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let workers = super::workers::list_all(url, false).await?;
     let mut collections = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -94,16 +72,19 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
     }
     if json {
         let v = serde_json::json!({
-            "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
+            "workers": workers.iter().map(super::workers::json).collect::<Vec<_>>(),
             "collections": collections.iter().map(collection_json).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("{} workers", workers.len());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     for w in &workers {
-        let state = if w.quarantined { format!("QUARANTINED: {}", w.quarantine_reason) } else if w.current_job.is_empty() { "idle".into() } else { format!("on {}", w.current_job) };
-        println!("  {:<32} {:<8} {:>6.1} GiB  {state}", w.worker_id, w.device, w.memory_bytes as f64 / (1u64 << 30) as f64);
+        println!("  {}", super::workers::line(w, now));
     }
     println!("{} collections", collections.len());
     for c in &collections {

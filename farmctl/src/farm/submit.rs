@@ -43,6 +43,10 @@ pub struct SubmitArgs {
     checkpoint_every: u32,
     #[arg(long, default_value_t = 0)]
     snapshot_every: u32,
+    /// When the collection ends, the coordinator POSTs a signed JSON
+    /// summary here (a URL under one of its --notify-prefix values).
+    #[arg(long, value_name = "URL", default_value = "")]
+    notify: String,
     #[arg(long)]
     json: bool,
 }
@@ -145,6 +149,7 @@ pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
         // One key for every retry of this submit: a reply lost to a
         // coordinator restart does not make a second collection.
         idempotency_key: uuid::Uuid::new_v4().to_string(),
+        notify_url: a.notify,
     };
     let r = call(url, |mut c| {
         let request = request.clone();

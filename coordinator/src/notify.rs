@@ -1,0 +1,288 @@
+//! Notifications: when a collection that asked for one
+//! (`SubmitRequest.notify_url`) has ended, one POST of a JSON summary —
+//! its counts, each failure with its cause, links to its page and zip —
+//! signed with HMAC-SHA256 under the operator's `--notify-secret`, retried
+//! with backoff. Deliveries run in their own tasks with timeouts, so a
+//! slow or dead receiver never holds up a lease or a page. Which
+//! collections are due lives in the database, so a coordinator that
+//! restarts mid-delivery delivers again (a receiver dedupes on
+//! `X-Stylefarm-Delivery`).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use stylefarm_shared::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::context::State;
+use crate::db::Ended;
+use crate::limits::MAX_NOTIFY_URL_BYTES;
+
+/// How often the coordinator looks for collections that ended.
+const POLL: Duration = Duration::from_secs(1);
+/// Tries of one notification: waits of 1, 2, 4 … 60 s between them, about
+/// four minutes in all.
+const TRIES: u32 = 9;
+/// One POST, connection included.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries in flight at once; more wait for the next poll.
+const IN_FLIGHT: usize = 16;
+
+/// The header carrying `sha256=<hex HMAC of the body>`.
+pub const SIGNATURE_HEADER: &str = "x-stylefarm-signature";
+/// The header carrying the notification's id, the same on its retries.
+pub const DELIVERY_HEADER: &str = "x-stylefarm-delivery";
+
+/// Refuses a notify_url this farm will not call: only URLs under an
+/// operator's `--notify-prefix` (so no user can aim the coordinator at an
+/// address inside its network).
+pub(crate) fn check_url(url: &str, prefixes: &[String]) -> Result<(), Status> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    if url.len() > MAX_NOTIFY_URL_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "notify_url is {} bytes; at most {MAX_NOTIFY_URL_BYTES}",
+            url.len()
+        )));
+    }
+    if prefixes.is_empty() {
+        return Err(Status::invalid_argument("notify_url: this farm sends no notifications (its operator has set no --notify-prefix)"));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Status::invalid_argument(format!("notify_url is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || !prefixes.iter().any(|p| url.starts_with(p.as_str()))
+    {
+        return Err(Status::invalid_argument(format!(
+            "notify_url must start with one of this farm's --notify-prefix values: {}",
+            prefixes.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// `sha256=` and the hex HMAC-SHA256 of `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    // An HMAC takes a key of any length.
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// The JSON a receiver gets.
+fn summary(ended: &Ended, delivery: &str, public_url: Option<&str>) -> Value {
+    let c = &ended.collection;
+    let counts = c.counts.clone().unwrap_or_default();
+    let jobs = counts.queued + counts.running + counts.succeeded + counts.failed + counts.cancelled;
+    let state = if counts.failed > 0 {
+        "failed"
+    } else if counts.cancelled > 0 {
+        "cancelled"
+    } else {
+        "succeeded"
+    };
+    let links = public_url.map(|base| {
+        let base = base.trim_end_matches('/');
+        json!({ "collection": format!("{base}/#/c/{}", c.collection_id), "zip": format!("{base}/api/collections/{}/zip", c.collection_id) })
+    });
+    json!({
+        "event": "collection.ended",
+        "delivery": delivery,
+        "collection_id": c.collection_id,
+        "name": c.name,
+        "created_unix": c.created_unix,
+        "ended_unix": crate::db::now(),
+        "state": state,
+        "jobs": jobs,
+        "counts": { "succeeded": counts.succeeded, "failed": counts.failed, "cancelled": counts.cancelled },
+        "failures": ended.failures,
+        "failures_not_listed": counts.failed.saturating_sub(ended.failures.len() as u32),
+        "links": links,
+    })
+}
+
+/// Sends every due notification until `stop`.
+pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
+    let Some(secret) = state.config.notify_secret.clone() else {
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("notifications are off: cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let due = match state.state.read(|db| db.collections_to_notify()).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                tracing::warn!("notifications: reading the database: {e}");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for id in due {
+            {
+                let mut flying = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                if flying.len() >= IN_FLIGHT || !flying.insert(id.clone()) {
+                    continue;
+                }
+            }
+            let (state, client, secret, in_flight, stop) = (
+                state.clone(),
+                client.clone(),
+                secret.clone(),
+                in_flight.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = deliver(&state, &client, secret.as_bytes(), &id) => {}
+                }
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+        }
+    }
+}
+
+/// One collection's notification: POSTed until a 2xx, a refusal (a 4xx
+/// other than 408 and 429) or [`TRIES`]; then marked sent.
+async fn deliver(state: &State, client: &reqwest::Client, secret: &[u8], id: &str) {
+    let owned = id.to_string();
+    let ended = match state
+        .state
+        .read(move |db| db.ended_collection(&owned))
+        .await
+    {
+        Ok(Ok(Some(e))) => e,
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(collection = id, "notification: reading the collection: {e}");
+            return;
+        }
+    };
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let body = summary(&ended, &delivery, state.config.public_url.as_deref()).to_string();
+    let signed = signature(secret, body.as_bytes());
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut outcome = String::from("not delivered");
+    for attempt in 1..=TRIES {
+        let sent = client
+            .post(&ended.notify_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, &signed)
+            .header(DELIVERY_HEADER, &delivery)
+            .body(body.clone())
+            .send()
+            .await;
+        let retry = match sent {
+            Ok(r) if r.status().is_success() => {
+                outcome = format!("delivered ({})", r.status());
+                break;
+            }
+            Ok(r) => {
+                let s = r.status();
+                outcome = format!("refused with {s}");
+                s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429
+            }
+            Err(e) => {
+                outcome = format!("not reached: {e}");
+                true
+            }
+        };
+        if !retry || attempt == TRIES {
+            break;
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(
+            collection = id,
+            attempt,
+            "notification {outcome}; again in {delay:?}"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    let delivered = outcome.starts_with("delivered");
+    metrics::counter!("stylefarm_notifications_total", "outcome" => if delivered { "delivered" } else { "failed" }).increment(1);
+    if delivered {
+        tracing::info!(collection = id, %delivery, "notification {outcome}");
+    } else {
+        tracing::warn!(collection = id, %delivery, "notification given up: {outcome}");
+    }
+    let owned = id.to_string();
+    if let Ok(Err(e)) = state.state.write(move |db| db.mark_notified(&owned)).await {
+        tracing::warn!(collection = id, "notification: marking it sent: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_urls_under_an_operators_prefix_are_accepted() {
+        let prefixes = vec!["https://hooks.example.com/farm/".to_string()];
+        assert!(check_url("", &[]).is_ok(), "no notification asked");
+        assert!(check_url("https://hooks.example.com/farm/a1", &prefixes).is_ok());
+        for (url, named) in [
+            ("http://169.254.169.254/latest/meta-data", "--notify-prefix"),
+            ("https://hooks.example.com/farmer", "--notify-prefix"),
+            (
+                "https://hooks.example.com.evil.test/farm/",
+                "--notify-prefix",
+            ),
+            ("not a url", "not a URL"),
+        ] {
+            let e = check_url(url, &prefixes).unwrap_err();
+            assert!(e.message().contains(named), "{url}: {}", e.message());
+        }
+        assert!(check_url("https://hooks.example.com/farm/", &[])
+            .unwrap_err()
+            .message()
+            .contains("sends no notifications"));
+        let long = format!(
+            "https://hooks.example.com/farm/{}",
+            "a".repeat(MAX_NOTIFY_URL_BYTES)
+        );
+        assert!(check_url(&long, &prefixes)
+            .unwrap_err()
+            .message()
+            .contains("at most"));
+    }
+
+    #[test]
+    fn the_signature_is_rfc_4231_hmac_sha256() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! `farmctl workers [--all] [--json]` lists the farm's workers with their
+//! state (online, lost, stopped, quarantined; draining); `farmctl workers
+//! drain|resume|forget ID` are the operator's actions (an admin token when
+//! the farm has tokens).
+
+use anyhow::Result;
+use stylefarm_proto as pb;
+
+use super::{call, Conn};
+
+/// What `farmctl workers` does.
+#[derive(clap::Subcommand)]
+pub enum WorkersCommand {
+    /// Finish the job it holds, then lease no more (until `resume`).
+    Drain { id: String },
+    /// Lease again: undoes a drain, and lifts a quarantine once its device
+    /// or storage is fixed.
+    Resume { id: String },
+    /// Take a lost or stopped worker off the list now (it leaves by itself
+    /// an hour after it was last heard).
+    Forget { id: String },
+}
+
+/// A worker's state in lowercase (`online`, `lost`, …).
+pub fn state_of(w: &pb::WorkerInfo) -> String {
+    pb::WorkerState::try_from(w.state)
+        .unwrap_or_default()
+        .as_str_name()
+        .to_lowercase()
+}
+
+/// Every worker, a page at a time; `include_gone` adds those gone for
+/// more than an hour, replaced and forgotten.
+pub async fn list_all(url: &Conn, include_gone: bool) -> Result<Vec<pb::WorkerInfo>> {
+    let mut workers = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = pb::ListWorkersRequest {
+            page_size: 0,
+            page_token: page_token.clone(),
+            include_gone,
+        };
+        let page = call(url, |mut c| {
+            let r = r.clone();
+            async move { c.list_workers(r).await }
+        })
+        .await?
+        .into_inner();
+        workers.extend(page.workers);
+        if page.next_page_token.is_empty() {
+            return Ok(workers);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// One line of the list: id, device, memory, state and what it does.
+pub fn line(w: &pb::WorkerInfo, now: f64) -> String {
+    let state = state_of(w);
+    let doing = match pb::WorkerState::try_from(w.state).unwrap_or_default() {
+        pb::WorkerState::Quarantined => w.quarantine_reason.clone(),
+        pb::WorkerState::Online if w.current_job.is_empty() && w.draining => {
+            "drained: leases nothing".into()
+        }
+        pb::WorkerState::Online if w.current_job.is_empty() => "idle".into(),
+        pb::WorkerState::Online => format!(
+            "on {}{}",
+            w.current_job,
+            if w.draining {
+                " (draining: its last)"
+            } else {
+                ""
+            }
+        ),
+        _ => format!(
+            "last heard {} ago{}",
+            age(now - w.last_seen_unix),
+            if w.current_job.is_empty() {
+                String::new()
+            } else {
+                format!(", held {}", w.current_job)
+            }
+        ),
+    };
+    format!(
+        "{:<36} {:<8} {:>6.1} GiB  {:<11} {doing}",
+        w.worker_id,
+        w.device,
+        w.memory_bytes as f64 / (1u64 << 30) as f64,
+        state
+    )
+}
+
+fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
+pub fn json(w: &pb::WorkerInfo) -> serde_json::Value {
+    serde_json::json!({
+        "worker_id": w.worker_id, "name": w.name, "device": w.device, "memory_bytes": w.memory_bytes, "current_job": w.current_job,
+        "state": state_of(w), "draining": w.draining, "registered_unix": w.registered_unix,
+        "last_seen_unix": w.last_seen_unix, "strikes": w.strikes, "quarantined": w.quarantined, "quarantine_reason": w.quarantine_reason,
+    })
+}
+
+pub async fn list(url: &Conn, include_gone: bool, as_json: bool) -> Result<()> {
+    let workers = list_all(url, include_gone).await?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&workers.iter().map(json).collect::<Vec<_>>())?
+        );
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    for w in &workers {
+        println!("{}", line(w, now));
+    }
+    Ok(())
+}
+
+pub async fn act(url: &Conn, command: WorkersCommand) -> Result<()> {
+    let (id, verb) = match &command {
+        WorkersCommand::Drain { id } => (id.clone(), "drain"),
+        WorkersCommand::Resume { id } => (id.clone(), "resume"),
+        WorkersCommand::Forget { id } => (id.clone(), "forget"),
+    };
+    let w = call(url, |mut c| {
+        let r = pb::WorkerRef {
+            worker_id: id.clone(),
+        };
+        async move {
+            match verb {
+                "drain" => c.drain_worker(r).await,
+                "resume" => c.resume_worker(r).await,
+                _ => c.forget_worker(r).await,
+            }
+        }
+    })
+    .await?
+    .into_inner();
+    let said = match verb {
+        "drain" if w.current_job.is_empty() => "drained: it leases no more".to_string(),
+        "drain" => format!("draining: it finishes {} and leases no more", w.current_job),
+        "resume" => "leases again".to_string(),
+        _ => "forgotten: off the list".to_string(),
+    };
+    println!("worker {} ({}): {said}", w.worker_id, state_of(&w));
+    Ok(())
+}
+
+/// `farmctl workers`: the list, or an action on one.
+pub async fn workers(
+    url: &Conn,
+    include_gone: bool,
+    as_json: bool,
+    command: Option<WorkersCommand>,
+) -> Result<()> {
+    match command {
+        None => list(url, include_gone, as_json).await,
+        Some(c) => act(url, c).await,
+    }
+}
