@@ -392,3 +392,94 @@ async fn the_page_resyncs_after_a_coordinator_restart() {
     println!("the page equalled farmctl status {took:?} after the restart");
     let _ = c.close().await;
 }
+
+/// `farmctl workers --json` as the admin.
+fn workers_as_admin(farm: &Farm) -> Vec<Value> {
+    let o = Command::new(bin("farmctl"))
+        .args(["--coordinator", &farm.url, "--token", ADMIN, "workers", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().clone()
+}
+
+const ADMIN: &str = "root-token";
+
+/// `farmctl status ID --json` as the admin, polled until `pred` holds.
+fn wait_as_admin(farm: &Farm, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", ADMIN, "status", id, "--json"]).output().unwrap();
+        let status: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        if o.status.success() && pred(&status) {
+            return status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_the_page() {
+    let mut farm = farm_with_dashboard(&["--admin-token", ADMIN]);
+    farm.add_worker_with("w1", &["--token", WORKER]);
+    let page = farm.dashboard.clone().unwrap();
+    let id = submit_as(
+        &farm,
+        ADMIN,
+        &["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "16x12", "--iters", "4", "--beta", "1e300"],
+    );
+    let driver = chromedriver();
+    let c = browser(&driver).await;
+    c.goto(&page).await.unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(ADMIN).await.unwrap();
+    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
+
+    // A user may look at workers, not act on them.
+    let worker_id = until(&c, "w1 online on the farm page", "const r = document.querySelector('tr.worker[data-name=w1]'); return r ? [r.dataset.worker, r.querySelector('.worker-state').textContent] : null", |v| v[1] == "online").await[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = reqwest::Client::new().post(format!("{page}api/workers/{worker_id}/drain")).bearer_auth(USER).json(&json!({})).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "draining takes an admin token");
+
+    // Drain from the page: the row and farmctl both say so; then resume.
+    c.find(Locator::Css("tr.worker[data-name=w1] button.drain")).await.unwrap().click().await.unwrap();
+    until(&c, "w1 drained", "return document.querySelector('tr.worker[data-name=w1] .worker-state').textContent", |v| v == "drained").await;
+    let listed = workers_as_admin(&farm);
+    assert_eq!((listed[0]["draining"].as_bool(), listed[0]["state"].as_str()), (Some(true), Some("online")), "{listed:?}");
+    c.find(Locator::Css("tr.worker[data-name=w1] button.resume")).await.unwrap().click().await.unwrap();
+    until(&c, "w1 leasing again", "return document.querySelector('tr.worker[data-name=w1] .worker-state').textContent", |v| v == "online").await;
+    assert_eq!(workers_as_admin(&farm)[0]["draining"], false);
+
+    // The job fails with β = 1e300; the page retries it with β = 1000.
+    let st = wait_as_admin(&farm, &id, "the job to fail", |s| jobs(s)[0]["state"] == "failed");
+    let job = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
+    c.goto(&format!("{page}#/j/{job}")).await.unwrap();
+    let beta = c.wait().for_element(Locator::Css("#retry-form input[name=beta]")).await.unwrap();
+    assert_eq!(beta.prop("value").await.unwrap().as_deref(), Some("1e+300"));
+    beta.clear().await.unwrap();
+    beta.send_keys("1000").await.unwrap();
+    // A value a submit would refuse is named, and nothing changes.
+    let iters = c.find(Locator::Css("#retry-form input[name=iters]")).await.unwrap();
+    iters.clear().await.unwrap();
+    iters.send_keys("-3").await.unwrap();
+    c.find(Locator::Id("retry-with-changes")).await.unwrap().click().await.unwrap();
+    until(&c, "the refusal", "const a = document.querySelector('#job-detail [role=alert]'); return a ? a.textContent : ''", |v| {
+        v.as_str().is_some_and(|s| s.contains("iters"))
+    })
+    .await;
+    assert_eq!(jobs(&wait_as_admin(&farm, &id, "the job's state", |_| true))[0]["state"], "failed");
+    iters.clear().await.unwrap();
+    iters.send_keys("4").await.unwrap();
+    c.find(Locator::Id("retry-with-changes")).await.unwrap().click().await.unwrap();
+    until(&c, "the retried job to succeed on its page", "return document.querySelector('#job-state').textContent", |v| v == "succeeded").await;
+    let params = until(&c, "the new parameters shown", "return [...document.querySelectorAll('#params tr')].map(r => r.textContent).join(' ')", |v| {
+        v.as_str().is_some_and(|s| s.contains("beta1000"))
+    })
+    .await;
+    assert!(!params.as_str().unwrap().contains("1e300"), "{params}");
+    let attempts = c.execute("return document.querySelectorAll('#attempts tbody tr').length", vec![]).await.unwrap();
+    assert_eq!(attempts, 2, "the failed attempt stays listed");
+}

@@ -1,0 +1,134 @@
+//! A worker's state tells what happened to it, as an operator reads it
+//! from `farmctl workers`: real coordinator and worker processes on
+//! loopback, killed with SIGKILL and stopped with SIGTERM.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stylefarm_tests::{all_succeeded, fixture, jobs, Farm, LEASE};
+
+fn said(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `farmctl workers --json [--all]`.
+fn workers(farm: &Farm, all: bool) -> Vec<Value> {
+    let o = farm.farmctl(if all { &["workers", "--json", "--all"] } else { &["workers", "--json"] });
+    assert!(o.status.success(), "{}", said(&o));
+    serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().clone()
+}
+
+/// The listed workers named `name`.
+fn named(list: &[Value], name: &str) -> Vec<Value> {
+    list.iter().filter(|w| w["name"] == name).cloned().collect()
+}
+
+/// Polls `farmctl workers` until `pred` holds of the one worker named
+/// `name`, within `limit`; returns it.
+fn wait_worker(farm: &Farm, name: &str, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let list = workers(farm, false);
+        if let [w] = named(&list, name).as_slice() {
+            if pred(w) {
+                return w.clone();
+            }
+        }
+        assert!(start.elapsed() < limit, "{name} never became {what} within {limit:?}: {list:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn act(farm: &Farm, action: &str, id: &str) -> Output {
+    farm.farmctl(&["workers", action, id])
+}
+
+fn one_job(farm: &Farm, iters: &str) -> String {
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    farm.submit(&["--content", &c, "--style", &s, "--size", "48x36", "--iters", iters, "--checkpoint-every", "5"])
+}
+
+#[test]
+fn a_workers_state_tells_what_happened_to_it() {
+    let lease = Duration::from_secs(LEASE.parse().unwrap());
+    let mut farm = Farm::start();
+    farm.add_worker("keeper");
+    let doomed = farm.add_worker("doomed");
+    let keeper = wait_worker(&farm, "keeper", "online", Duration::from_secs(60), |w| w["state"] == "online");
+    let keeper_id = keeper["worker_id"].as_str().unwrap().to_string();
+    wait_worker(&farm, "doomed", "online", Duration::from_secs(60), |w| w["state"] == "online");
+
+    // Drained while idle, keeper leases nothing: the job goes to doomed.
+    let o = act(&farm, "drain", &keeper_id);
+    assert!(o.status.success() && said(&o).contains("drained"), "{}", said(&o));
+    let long = one_job(&farm, "400");
+    let st = farm.wait_for(&long, "a checkpoint on doomed", |s| jobs(s)[0]["state"] == "running" && jobs(s)[0]["iteration"].as_u64() >= Some(10));
+    assert!(jobs(&st)[0]["worker"].as_str().unwrap().starts_with("doomed-"), "{st}");
+
+    // SIGKILL: lost within a lease length (and a poll); the job is not
+    // the drained keeper's to take.
+    farm.kill_worker(doomed);
+    let killed = Instant::now();
+    let lost = wait_worker(&farm, "doomed", "lost", lease * 3, |w| w["state"] == "lost");
+    assert!(killed.elapsed() <= lease + Duration::from_secs(2), "lost after {:?}", killed.elapsed());
+    assert!(lost["last_seen_unix"].as_f64().is_some());
+    let st = farm.wait_for(&long, "the lapsed lease to requeue the job", |s| jobs(s)[0]["state"] == "queued");
+    assert_eq!(jobs(&st)[0]["requeues"], 1, "a lost worker costs the job a requeue, not a failure: {st}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jobs(&farm.status(&long).unwrap())[0]["state"], "queued", "a drained worker leases nothing");
+
+    // Resumed, keeper takes it from doomed's checkpoint; drained while it
+    // holds it, it finishes that job and takes no other.
+    assert!(act(&farm, "resume", &keeper_id).status.success());
+    farm.wait_for(&long, "keeper to take the job", |s| jobs(s)[0]["state"] == "running" && jobs(s)[0]["worker"] == keeper_id.as_str());
+    let o = act(&farm, "drain", &keeper_id);
+    assert!(said(&o).contains("draining: it finishes"), "{}", said(&o));
+    let next = one_job(&farm, "2");
+    let st = farm.wait_for(&long, "the held job to finish", all_succeeded);
+    assert!(jobs(&st)[0]["started_from"].as_u64() >= Some(5), "resumed from doomed's checkpoint: {st}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jobs(&farm.status(&next).unwrap())[0]["state"], "queued", "drained: nothing new after its job");
+    let w = wait_worker(&farm, "keeper", "drained and idle", Duration::from_secs(5), |w| w["current_job"] == "");
+    assert_eq!((w["state"].as_str(), w["draining"].as_bool()), (Some("online"), Some(true)));
+    assert!(act(&farm, "resume", &keeper_id).status.success());
+    farm.wait_for(&next, "the next job after resume", all_succeeded);
+
+    // Forget: refused for an online worker, done for a lost one, which
+    // leaves the list and stays in the history.
+    let o = act(&farm, "forget", &keeper_id);
+    assert!(!o.status.success() && said(&o).contains("online"), "{}", said(&o));
+    let doomed_id = lost["worker_id"].as_str().unwrap().to_string();
+    assert!(act(&farm, "forget", &doomed_id).status.success());
+    assert!(named(&workers(&farm, false), "doomed").is_empty(), "forgotten: off the list");
+    let history = named(&workers(&farm, true), "doomed");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["state"], "forgotten");
+
+    // A worker registering under keeper's name replaces it: one row, the
+    // old process told it is unknown (it exits with the reason).
+    let second = farm.add_worker("keeper");
+    let fresh = wait_worker(&farm, "keeper", "replaced by a new registration", Duration::from_secs(60), |w| w["worker_id"] != keeper_id.as_str());
+    assert_eq!(fresh["state"], "online");
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(status) = farm.workers.0[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the replaced worker kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!exit.success(), "a replaced worker stops with an error");
+    let replaced = workers(&farm, true).into_iter().find(|w| w["worker_id"] == keeper_id.as_str()).unwrap();
+    assert_eq!(replaced["state"], "replaced");
+
+    // SIGTERM: it says goodbye and reads stopped at once.
+    let pid = farm.workers.0[second].id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopped = wait_worker(&farm, "keeper", "stopped", Duration::from_secs(10), |w| w["state"] == "stopped");
+    assert_eq!(stopped["worker_id"], fresh["worker_id"]);
+    assert!(farm.workers.0[second].wait().unwrap().success(), "a stopped worker exits 0");
+    let o = farm.farmctl(&["workers"]);
+    let text = said(&o);
+    assert!(text.contains("stopped") && !text.contains("doomed"), "{text}");
+}

@@ -1,0 +1,137 @@
+//! A collection's end is announced to its notify_url, signed, and retried
+//! until the receiver takes it; a retried job re-opens the collection and
+//! its next end is announced again. The receiver is a plain HTTP server on
+//! loopback that fails the first two deliveries.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use stylefarm_tests::{fixture, jobs, Farm};
+
+const SECRET: &str = "a shared secret";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Delivery {
+    path: String,
+    signature: String,
+    id: String,
+    body: Vec<u8>,
+}
+
+/// Answers 500 to the first `failures` requests, then 204; keeps them all.
+fn receiver(failures: usize) -> (u16, Arc<Mutex<Vec<Delivery>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let kept = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+            let (mut length, mut signature, mut id) = (0, String::new(), String::new());
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header.trim().is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(':').unwrap();
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap(),
+                    "x-stylefarm-signature" => signature = value.trim().to_string(),
+                    "x-stylefarm-delivery" => id = value.trim().to_string(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let n = {
+                let mut all = kept.lock().unwrap();
+                all.push(Delivery { path, signature, id, body });
+                all.len()
+            };
+            let status = if n <= failures { "500 Internal Server Error" } else { "204 No Content" };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+fn wait_deliveries(got: &Mutex<Vec<Delivery>>, n: usize, limit: Duration) -> Vec<Delivery> {
+    let start = Instant::now();
+    loop {
+        let all = got.lock().unwrap().clone();
+        if all.len() >= n {
+            return all;
+        }
+        assert!(start.elapsed() < limit, "{} deliveries of {n} after {limit:?}", all.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signed(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+#[test]
+fn a_collections_end_is_posted_signed_and_retried_until_taken() {
+    let (port, got) = receiver(2);
+    let prefix = format!("http://127.0.0.1:{port}/hooks/");
+    let mut farm = Farm::start_with(&["--notify-prefix", &prefix, "--notify-secret", SECRET, "--http-listen", "127.0.0.1:0"]);
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let submit = |notify: &str| {
+        farm.farmctl(&["submit", "--content", &c, "--style", &s, "--size", "16x12", "--iters", "3", "--variant", "beta=1", "--variant", "beta=1e300", "--notify", notify])
+    };
+
+    // Only under the operator's prefix: nothing else is ever called.
+    let o = submit("http://169.254.169.254/latest/meta-data");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--notify-prefix"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let o = submit(&format!("{prefix}render-done"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().trim().to_string();
+    assert!(got.lock().unwrap().is_empty(), "nothing before the collection ends");
+    farm.add_worker("notified");
+    let st = farm.wait_for(&id, "both jobs to end", |s| jobs(s).iter().all(|j| j["state"] == "succeeded" || j["state"] == "failed"));
+
+    // Two refusals, then taken: three tries of one delivery, each signed.
+    let all = wait_deliveries(&got, 3, Duration::from_secs(30));
+    for d in &all {
+        assert_eq!(d.path, "/hooks/render-done");
+        assert_eq!(d.signature, signed(&d.body), "signed with HMAC-SHA256 of the body");
+        assert_eq!(d.id, all[0].id, "one delivery id for all its tries");
+    }
+    let summary: Value = serde_json::from_slice(&all[2].body).unwrap();
+    assert_eq!((summary["collection_id"].as_str(), summary["state"].as_str()), (Some(id.as_str()), Some("failed")), "{summary}");
+    assert_eq!((summary["counts"]["succeeded"].as_u64(), summary["counts"]["failed"].as_u64()), (Some(1), Some(1)), "{summary}");
+    let failure = &summary["failures"][0];
+    let failed = jobs(&st).iter().find(|j| j["state"] == "failed").unwrap();
+    assert_eq!(failure["job_id"], failed["job_id"]);
+    assert!(failure["error"].as_str().unwrap().contains("beta"), "the cause, as the job page says it: {failure}");
+    let page = summary["links"]["collection"].as_str().unwrap();
+    assert!(page.starts_with(farm.dashboard.as_deref().unwrap().trim_end_matches('/')) && page.ends_with(&format!("#/c/{id}")), "{page}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(got.lock().unwrap().len(), 3, "taken once: not sent again");
+
+    // Retried with a change that works, the job succeeds, and the
+    // collection's second end is announced as a new delivery.
+    let job = failed["job_id"].as_str().unwrap();
+    let o = farm.farmctl(&["retry", job, "--set", "beta=1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    farm.wait_for(&id, "the retried job to succeed", stylefarm_tests::all_succeeded);
+    let all = wait_deliveries(&got, 4, Duration::from_secs(30));
+    let again: Value = serde_json::from_slice(&all[3].body).unwrap();
+    assert_ne!(all[3].id, all[0].id);
+    assert_eq!((again["state"].as_str(), again["counts"]["succeeded"].as_u64(), again["failures"].as_array().map(Vec::len)), (Some("succeeded"), Some(2), Some(0)), "{again}");
+}
