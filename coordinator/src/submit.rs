@@ -227,17 +227,8 @@ impl FarmService {
             return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
         }
         // Parameters first: cheap, and the most common mistake.
-        let variants = variants_json
-            .iter()
-            .enumerate()
-            .map(|(i, v)| check_variant(&format!("variant {i}"), v, styles_per_job))
-            .collect::<Result<Vec<_>, _>>()?;
-        if r.max_side == 0
-            && (r.width == 0
-                || r.height == 0
-                || r.width > MAX_RENDER_SIDE
-                || r.height > MAX_RENDER_SIDE)
-        {
+        let variants = variants_json.iter().enumerate().map(|(i, v)| check_variant(&format!("variant {i}"), v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
+        if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
             return Err(Status::invalid_argument(format!(
                 "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
                 r.width, r.height

@@ -86,12 +86,7 @@ pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) 
         .route("/api/session", get(session).post(sign_in).delete(sign_out))
         .route("/api/farm", get(farm))
         .route("/api/workers/{id}/{action}", post(act_on_worker))
-        .route(
-            "/api/collections",
-            get(list_collections)
-                .post(submit)
-                .layer(DefaultBodyLimit::max(submit_limit)),
-        )
+        .route("/api/collections", get(list_collections).post(submit).layer(DefaultBodyLimit::max(submit_limit)))
         .route("/api/collections/{id}", get(collection))
         .route("/api/collections/{id}/grid", get(grid))
         .route("/api/collections/{id}/events", get(events))

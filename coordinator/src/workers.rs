@@ -136,24 +136,10 @@ impl Workers for WorkersService {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = request.into_inner();
         check_registration(&r)?;
-        let base: String = r
-            .name
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            .take(60)
-            .collect();
-        let id = format!(
-            "{}-{}",
-            if base.is_empty() { "worker" } else { &base },
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        let base: String = r.name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(60).collect();
+        let id = format!("{}-{}", if base.is_empty() { "worker" } else { &base }, &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let (owned, rules) = (id.clone(), self.rules());
-        let replaced = self
-            .0
-            .state
-            .write(move |db| db.register_worker(&owned, &r, &rules))
-            .await?
-            .map_err(call_err)?;
+        let replaced = self.0.state.write(move |db| db.register_worker(&owned, &r, &rules)).await?.map_err(call_err)?;
         if !replaced.is_empty() {
             tracing::info!(worker = %id, ?replaced, "registered again under its name: the earlier rows are replaced");
         }

@@ -207,134 +207,43 @@ async fn one_job_can_be_cancelled_and_retried_and_a_failed_one_retried_with_chan
     let jobs = farm.get_collection(pb::CollectionRef { collection_id: id }).await.unwrap().into_inner().jobs;
     let (first, second) = (jobs[0].job_id.clone(), jobs[1].job_id.clone());
     let job = |id: &str| pb::JobRef { job_id: id.into() };
-    let retry = |id: &str, changes: &str| pb::RetryJobRequest {
-        job_id: id.into(),
-        changes_json: changes.into(),
-    };
+    let retry = |id: &str, changes: &str| pb::RetryJobRequest { job_id: id.into(), changes_json: changes.into() };
 
     // The second job is cancelled alone; the first fails for bad input.
     let cancelled = farm.cancel_job(job(&second)).await.unwrap().into_inner();
     assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
-    assert_eq!(
-        farm.cancel_job(job(&second)).await.unwrap_err().code(),
-        tonic::Code::FailedPrecondition,
-        "cancelled is final"
-    );
-    assert_eq!(
-        farm.retry_job(retry(&first, "")).await.unwrap_err().code(),
-        tonic::Code::FailedPrecondition,
-        "a queued job is not retried"
-    );
-    let mut workers = pb::workers_client::WorkersClient::connect(url)
-        .await
-        .unwrap();
-    let worker_id = workers
-        .register(pb::RegisterRequest {
-            name: "w".into(),
-            device: "cpu".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    let lease = workers
-        .lease(pb::LeaseRequest {
-            worker_id: worker_id.clone(),
-            free_memory_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        lease.job.as_ref().map(|j| j.job_id.as_str()),
-        Some(first.as_str()),
-        "the cancelled job is not leased"
-    );
-    let fail = pb::FailRequest {
-        worker_id: worker_id.clone(),
-        job_id: first.clone(),
-        fencing_token: lease.fencing_token,
-        kind: pb::FailureKind::BadInput as i32,
-        message: "bad".into(),
-    };
+    assert_eq!(farm.cancel_job(job(&second)).await.unwrap_err().code(), tonic::Code::FailedPrecondition, "cancelled is final");
+    assert_eq!(farm.retry_job(retry(&first, "")).await.unwrap_err().code(), tonic::Code::FailedPrecondition, "a queued job is not retried");
+    let mut workers = pb::workers_client::WorkersClient::connect(url).await.unwrap();
+    let worker_id = workers.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
+    let lease = workers.lease(pb::LeaseRequest { worker_id: worker_id.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
+    assert_eq!(lease.job.as_ref().map(|j| j.job_id.as_str()), Some(first.as_str()), "the cancelled job is not leased");
+    let fail = pb::FailRequest { worker_id: worker_id.clone(), job_id: first.clone(), fencing_token: lease.fencing_token, kind: pb::FailureKind::BadInput as i32, message: "bad".into() };
     workers.fail(fail).await.unwrap();
 
     // A change a submit would refuse is refused by name, and the job
     // stays as it was.
-    let bad = farm
-        .retry_job(retry(&first, r#"{"betta": 5}"#))
-        .await
-        .unwrap_err();
-    assert!(
-        bad.code() == tonic::Code::InvalidArgument && bad.message().contains("betta"),
-        "{bad:?}"
-    );
-    let still = farm
-        .get_job(job(&first))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let bad = farm.retry_job(retry(&first, r#"{"betta": 5}"#)).await.unwrap_err();
+    assert!(bad.code() == tonic::Code::InvalidArgument && bad.message().contains("betta"), "{bad:?}");
+    let still = farm.get_job(job(&first)).await.unwrap().into_inner().job.unwrap();
     assert_eq!(still.state, pb::JobState::Failed as i32);
 
-    let retried = farm
-        .retry_job(retry(&first, r#"{"beta": 5, "iters": 3}"#))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (retried.state, retried.failures, retried.error.as_str()),
-        (pb::JobState::Queued as i32, 0, "")
-    );
-    let again = workers
-        .lease(pb::LeaseRequest {
-            worker_id: worker_id.clone(),
-            free_memory_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let retried = farm.retry_job(retry(&first, r#"{"beta": 5, "iters": 3}"#)).await.unwrap().into_inner();
+    assert_eq!((retried.state, retried.failures, retried.error.as_str()), (pb::JobState::Queued as i32, 0, ""));
+    let again = workers.lease(pb::LeaseRequest { worker_id: worker_id.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
     let spec = again.job.clone().unwrap();
-    assert_eq!(
-        (spec.job_id.as_str(), again.attempt),
-        (first.as_str(), 2),
-        "the retried job runs again, a new attempt beside the old"
-    );
+    assert_eq!((spec.job_id.as_str(), again.attempt), (first.as_str(), 2), "the retried job runs again, a new attempt beside the old");
     let params: serde_json::Value = serde_json::from_str(&spec.params_json).unwrap();
-    assert_eq!(
-        (
-            params["beta"].as_f64(),
-            params["iters"].as_u64(),
-            spec.resume_key.as_str()
-        ),
-        (Some(5.0), Some(3), ""),
-        "{params}"
-    );
+    assert_eq!((params["beta"].as_f64(), params["iters"].as_u64(), spec.resume_key.as_str()), (Some(5.0), Some(3), ""), "{params}");
     let detail = farm.get_job(job(&first)).await.unwrap().into_inner();
     assert_eq!(detail.attempts.len(), 2, "the failed attempt is kept");
     let progress = detail.job.unwrap().progress.unwrap_or_default();
-    assert_eq!(
-        (progress.iteration, progress.iterations),
-        (0, 3),
-        "progress starts again, out of the new iterations"
-    );
+    assert_eq!((progress.iteration, progress.iterations), (0, 3), "progress starts again, out of the new iterations");
 
     // A cancelled job is retried too (as it was).
-    let back = farm
-        .retry_job(retry(&second, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let back = farm.retry_job(retry(&second, "")).await.unwrap().into_inner();
     assert_eq!(back.state, pb::JobState::Queued as i32);
-    assert_eq!(
-        farm.retry_job(retry("no-such-job", ""))
-            .await
-            .unwrap_err()
-            .code(),
-        tonic::Code::NotFound
-    );
+    assert_eq!(farm.retry_job(retry("no-such-job", "")).await.unwrap_err().code(), tonic::Code::NotFound);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
