@@ -6,6 +6,14 @@
 //! sheet (content, style, recipe, each configuration side by side) for a
 //! person to look at, and one JSON line per render.
 //!
+//! What is judged is what a user gets: each render's 8-bit image, scored
+//! again as `farmctl render --iters 0 --init IMAGE` would. The recipe's
+//! image sets the bar; a configuration's final image must meet it, and its
+//! time to the bar is read from its log (the iterates stay inside the
+//! pixel range, so the log scores what a PNG of that iterate would, to
+//! rounding). Each line also gives the image's total loss over the log's
+//! last (`png/log`).
+//!
 //! Times are the engine's render clock (coarse stages included; loading
 //! the weights and images, and the targets, excluded — the same for every
 //! configuration), on this machine, one render at a time.
@@ -67,10 +75,11 @@ fn stem(p: &Path) -> String {
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// A render's image and its log.
+/// A render's image, its log, and the losses of its 8-bit image.
 struct Rendered {
     rgb: image::RgbImage,
     history: Vec<stylefarm_engine::LossRecord>,
+    written: stylefarm_engine::Losses,
 }
 
 fn render(vgg: &Arc<Vgg19>, params: &RenderParams, sources: &Sources, w: usize, h: usize) -> Result<Rendered> {
@@ -84,7 +93,21 @@ fn render(vgg: &Arc<Vgg19>, params: &RenderParams, sources: &Sources, w: usize, 
     let image = session.image().context("the finished render has no image")?;
     let (rgb, iw, ih) = pixels::to_rgb(image)?;
     let rgb = image::RgbImage::from_raw(iw as u32, ih as u32, rgb).context("the render's pixels do not fill its size")?;
-    Ok(Rendered { rgb, history: session.history().to_vec() })
+    let written = score(vgg, params, sources, &rgb)?;
+    Ok(Rendered { rgb, history: session.history().to_vec(), written })
+}
+
+/// The losses of an 8-bit image under a render's parameters: a render of
+/// no iterations that starts from it (`farmctl render --iters 0 --init`).
+fn score(vgg: &Arc<Vgg19>, params: &RenderParams, sources: &Sources, rgb: &image::RgbImage) -> Result<stylefarm_engine::Losses> {
+    let params = RenderParams { iterations: 0, init: stylefarm_engine::Init::Image, scales: Vec::new(), coarse_iters: None, ..params.clone() };
+    let with_image = Sources { content: sources.content.clone(), styles: sources.styles.clone(), init: Some(image::DynamicImage::ImageRgb8(rgb.clone()).into_rgb16()) };
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let device = Device::Cpu;
+    let mut session = Session::new(vgg.clone(), params, with_image.at(w, h, &device)?, None)?;
+    let resample: Resample<'_> = &|sw, sh| with_image.at(sw, sh, &device);
+    session.run(&mut Quiet, Cadence::default(), resample)?;
+    Ok(session.history().last().context("scoring left no record")?.losses)
 }
 
 pub fn run(args: SweepArgs) -> Result<()> {
@@ -131,11 +154,14 @@ pub fn run(args: SweepArgs) -> Result<()> {
         image::imageops::overlay(sheet, &t, x as i64, y as i64);
     };
 
-    println!("farmctl sweep: {w}x{h}, {} threads; as good as the recipe = style ≤ the recipe's final, content ≤ {CONTENT_SLACK} × the recipe's final", args.threads);
+    println!(
+        "farmctl sweep: {w}x{h}, {} threads; as good as the recipe = style ≤ that of the recipe's 8-bit image, content ≤ {CONTENT_SLACK} × it; losses of each 8-bit image",
+        args.threads
+    );
     for (i, (c, _)) in configs.iter().enumerate() {
         println!("  config {}: {c}", i + 1);
     }
-    println!("{:<12} {:<26} {:>4} {:>6} {:>8} {:>9} {:>9} {:>7} {:>7} {:>5}", "content", "style", "seed", "config", "seconds", "content", "style", "to bar", "ratio", "final");
+    println!("{:<12} {:<26} {:>4} {:>6} {:>8} {:>9} {:>9} {:>7} {:>7} {:>5} {:>7}", "content", "style", "seed", "config", "seconds", "content", "style", "to bar", "ratio", "final", "png/log");
     let mut ratios: Vec<Vec<Option<f64>>> = vec![Vec::new(); configs.len()];
     let mut row = 0u32;
     for content in &contents {
@@ -152,36 +178,42 @@ pub fn run(args: SweepArgs) -> Result<()> {
                 let recipe_params = RenderParams { seed, ..RenderParams::default() };
                 let recipe = render(&vgg(&recipe_params), &recipe_params, &sources, w, h).with_context(|| format!("the recipe on {cn} × {sn}"))?;
                 let last = recipe.history.last().context("the recipe left no record")?;
-                let bar = Bar::of_recipe(&last.losses);
+                let bar = Bar::of_recipe(&recipe.written);
                 let recipe_seconds = last.seconds;
                 place(&mut sheet, &recipe.rgb, 2, row);
                 let mut emit = |config: &str, r: &Rendered, ratios: Option<&mut Vec<Option<f64>>>| -> Result<()> {
                     let last = r.history.last().context("a render left no record")?;
                     let hit = bar.first_met(&r.history).map(|x| x.seconds);
                     let ratio = hit.map(|s| s / recipe_seconds);
-                    let final_as_good = bar.met_by(&last.losses);
+                    let final_as_good = bar.met_by(&r.written);
+                    let png_over_log = r.written.total / last.losses.total;
                     // One line of results.jsonl; `seconds_to_recipe` and
                     // `ratio` are null when the render never met the bar.
+                    // `final_*` are the written image's losses, `logged_*`
+                    // the log's last record's.
                     let line = serde_json::json!({
                         "content": cn, "style": sn, "seed": seed, "config": config,
                         "seconds": last.seconds,
-                        "final_content": last.losses.content, "final_style": last.losses.style,
+                        "final_content": r.written.content, "final_style": r.written.style, "final_total": r.written.total,
+                        "logged_content": last.losses.content, "logged_style": last.losses.style, "logged_total": last.losses.total,
+                        "png_over_log": png_over_log,
                         "seconds_to_recipe": hit, "ratio": ratio, "final_as_good": final_as_good,
                     });
                     writeln!(results, "{line}")?;
                     let show = |v: Option<f64>, digits: usize| v.map_or("never".to_string(), |v| format!("{v:.digits$}"));
                     println!(
-                        "{:<12} {:<26} {:>4} {:>6} {:>8.1} {:>9.3e} {:>9.3e} {:>7} {:>7} {:>5}",
+                        "{:<12} {:<26} {:>4} {:>6} {:>8.1} {:>9.3e} {:>9.3e} {:>7} {:>7} {:>5} {:>7.4}",
                         cn,
                         sn,
                         seed,
                         config,
                         last.seconds,
-                        last.losses.content,
-                        last.losses.style,
+                        r.written.content,
+                        r.written.style,
                         show(hit, 1),
                         show(ratio, 3),
-                        if final_as_good { "yes" } else { "no" }
+                        if final_as_good { "yes" } else { "no" },
+                        png_over_log
                     );
                     if let Some(v) = ratios {
                         v.push(ratio);
