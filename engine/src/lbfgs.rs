@@ -2,6 +2,14 @@
 //! in most serious style-transfer implementations. Its state (the last `m`
 //! steps and gradient changes, and the loss and gradient at the current
 //! image) lives outside so a checkpoint can hold it.
+//!
+//! Within bounds ([`Bounds`]: a render's pixel range) it is a projected
+//! L-BFGS, as L-BFGS-B keeps its iterates feasible: the variables sitting
+//! on a bound that the gradient pushes past (the active set) are held; the
+//! two-loop direction is taken on the others (`d = −F·H·F·g` with `F` the
+//! free variables, a descent direction since `H` is positive definite);
+//! each trial point of the line search is projected into the box, and the
+//! Armijo condition is measured along the projected step.
 
 use candle_core::{DType, Tensor};
 
@@ -16,6 +24,34 @@ pub trait Objective: Copy {
 impl Objective for f64 {
     fn total(&self) -> f64 {
         *self
+    }
+}
+
+/// A box the iterates stay in.
+pub trait Bounds {
+    /// `x` with every value moved to the nearest one inside.
+    fn project(&self, x: &Tensor) -> Result<Tensor>;
+    /// 1 where a step along −`g` may move `x`, 0 where `x` sits on a bound
+    /// that `g` pushes it past (the active set); in `x`'s dtype.
+    fn free(&self, x: &Tensor, g: &Tensor) -> Result<Tensor>;
+}
+
+/// The same bounds `[lo, hi]` for every value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Bounds for Interval {
+    fn project(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clamp(self.lo, self.hi)?)
+    }
+
+    fn free(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let blocked = ((x.le(self.lo)?.to_dtype(dtype)? * g.gt(0.0)?.to_dtype(dtype)?)? + (x.ge(self.hi)?.to_dtype(dtype)? * g.lt(0.0)?.to_dtype(dtype)?)?)?;
+        Ok(blocked.affine(-1.0, 1.0)?)
     }
 }
 
@@ -92,12 +128,14 @@ impl Lbfgs {
         Ok(r.neg()?)
     }
 
-    /// One iteration from `x`: returns the new image and the losses of `x`
-    /// (the image before the update). `eval` gives losses and gradient.
+    /// One iteration from `x`, inside `bounds` if given: returns the new
+    /// image and the losses of `x` (the image before the update). `eval`
+    /// gives losses and gradient.
     pub fn step<L: Objective>(
         &self,
         x: &Tensor,
         state: &mut LbfgsState<L>,
+        bounds: Option<&dyn Bounds>,
         mut eval: impl FnMut(&Tensor) -> Result<(L, Tensor)>,
     ) -> Result<(Tensor, L)> {
         let (losses, g) = match state.current.take() {
@@ -108,7 +146,16 @@ impl Lbfgs {
             }
         };
         let f = losses.total();
-        let mut d = self.direction(&g, state)?;
+        // The free variables' gradient: the active set's entries are zero.
+        let free = bounds.map(|b| b.free(x, &g)).transpose()?;
+        let held = |t: Tensor| -> Result<Tensor> {
+            match &free {
+                Some(f) => Ok((t * f)?),
+                None => Ok(t),
+            }
+        };
+        let g_free = held(g.clone())?;
+        let mut d = held(self.direction(&g_free, state)?)?;
         let mut gtd = dot(&g, &d)?;
         let mut t = 1.0;
         if state.s.is_empty() || !(gtd < 0.0) {
@@ -116,9 +163,9 @@ impl Lbfgs {
             // steepest descent, moving no pixel more than `first_step`.
             state.s.clear();
             state.y.clear();
-            d = g.neg()?;
+            d = g_free.neg()?;
             gtd = dot(&g, &d)?;
-            let g_max = g.abs()?.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()?;
+            let g_max = g_free.abs()?.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()?;
             t = if g_max > 0.0 { self.first_step / g_max } else { 0.0 };
         }
         if t == 0.0 {
@@ -126,10 +173,20 @@ impl Lbfgs {
             return Ok((x.clone(), losses));
         }
         for _ in 0..self.max_evals {
-            let x_new = (x + d.affine(t, 0.0)?)?;
+            let trial = (x + d.affine(t, 0.0)?)?;
+            let (x_new, decrease) = match bounds {
+                // Along the projected path: the first-order change of the
+                // step actually taken (never counted as a rise).
+                Some(b) => {
+                    let x_new = b.project(&trial)?;
+                    let decrease = dot(&g, &(&x_new - x)?)?.min(0.0);
+                    (x_new, decrease)
+                }
+                None => (trial, t * gtd),
+            };
             state.evaluations += 1;
             let (l_new, g_new) = eval(&x_new)?;
-            if l_new.total().is_finite() && l_new.total() <= f + self.c1 * t * gtd {
+            if l_new.total().is_finite() && l_new.total() <= f + self.c1 * decrease {
                 let s = (&x_new - x)?;
                 let y = (&g_new - &g)?;
                 if dot(&s, &y)? > 1e-10 {
@@ -176,7 +233,7 @@ mod tests {
         let mut x = Tensor::new(&[5.0f64, -3.0, 2.0, 0.0], &Device::Cpu).unwrap();
         let mut prev = f64::INFINITY;
         for _ in 0..30 {
-            let (next, l) = lbfgs.step(&x, &mut state, quadratic).unwrap();
+            let (next, l) = lbfgs.step(&x, &mut state, None, quadratic).unwrap();
             assert!(l <= prev, "the loss never rises: {l} after {prev}");
             prev = l;
             x = next;
@@ -184,5 +241,35 @@ mod tests {
         let err = (x - 1.0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(err < 1e-6, "x is {err} from the minimum");
         assert!(state.s.len() <= 5);
+    }
+
+    /// The same quadratic with its minimum (1, 1, 1, 1) outside the box
+    /// [−2, 0.5] for every value: the constrained minimum is 0.5 in each
+    /// coordinate (the objective is separable), reached without an iterate
+    /// ever leaving the box.
+    #[test]
+    fn stays_in_its_box_and_finds_the_minimum_on_its_edge() {
+        let lbfgs = Lbfgs::new(5, 0.1);
+        let box_ = Interval { lo: -2.0, hi: 0.5 };
+        let mut state = LbfgsState::new();
+        let mut x = Tensor::new(&[-1.5f64, -2.0, 0.0, 0.5], &Device::Cpu).unwrap();
+        let mut prev = f64::INFINITY;
+        for _ in 0..30 {
+            let mut inside = |x: &Tensor| {
+                let v = x.to_vec1::<f64>()?;
+                assert!(v.iter().all(|&v| (-2.0..=0.5).contains(&v)), "an evaluation outside the box: {v:?}");
+                quadratic(x)
+            };
+            let (next, l) = lbfgs.step(&x, &mut state, Some(&box_), &mut inside).unwrap();
+            assert!(l <= prev, "the loss never rises: {l} after {prev}");
+            prev = l;
+            x = next;
+        }
+        let v = x.to_vec1::<f64>().unwrap();
+        assert!(v.iter().all(|&v| (v - 0.5).abs() < 1e-9), "{v:?}");
+        // Held at the bound the gradient pushes past, free elsewhere.
+        let g = Tensor::new(&[-1.0f64, 1.0, 1.0, -1.0], &Device::Cpu).unwrap();
+        let at = Tensor::new(&[0.5f64, -2.0, 0.0, 0.0], &Device::Cpu).unwrap();
+        assert_eq!(box_.free(&at, &g).unwrap().to_vec1::<f64>().unwrap(), [0.0, 0.0, 1.0, 1.0]);
     }
 }

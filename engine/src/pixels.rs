@@ -8,6 +8,46 @@ use crate::error::{EngineError, Result};
 /// Mean pixel of the VGG training set, in B, G, R order.
 pub const MEAN_BGR: [f64; 3] = [103.939, 116.779, 123.68];
 
+/// The pixel range in the optimisation space: each plane's 0..255 minus
+/// its mean. Every optimizer keeps its image inside it, so the image a
+/// render writes (a PNG holds 0..255 and nothing else) is the image whose
+/// loss it logged, to rounding.
+#[derive(Debug, Clone)]
+pub struct PixelBox {
+    /// `[1, 3, 1, 1]`: the lowest value of each plane …
+    lo: Tensor,
+    /// … and the highest.
+    hi: Tensor,
+}
+
+impl PixelBox {
+    /// The box for images like `like` (`[1, 3, H, W]`, its dtype and device).
+    pub fn new(like: &Tensor) -> Result<Self> {
+        let plane = |f: fn(f64) -> f64| -> Result<Tensor> {
+            let v: Vec<f32> = MEAN_BGR.iter().map(|&m| f(m) as f32).collect();
+            Ok(Tensor::from_vec(v, (1, 3, 1, 1), like.device())?.to_dtype(like.dtype())?)
+        };
+        Ok(Self { lo: plane(|m| -m)?, hi: plane(|m| 255.0 - m)? })
+    }
+}
+
+impl crate::lbfgs::Bounds for PixelBox {
+    fn project(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_maximum(&self.lo)?.broadcast_minimum(&self.hi)?)
+    }
+
+    fn free(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let at_lo = x.broadcast_le(&self.lo)?.to_dtype(dtype)?;
+        let at_hi = x.broadcast_ge(&self.hi)?.to_dtype(dtype)?;
+        // A step along −g lowers x where g > 0 and raises it where g < 0.
+        let lowers = g.gt(0.0)?.to_dtype(dtype)?;
+        let raises = g.lt(0.0)?.to_dtype(dtype)?;
+        let blocked = ((at_lo * lowers)? + (at_hi * raises)?)?;
+        Ok(blocked.affine(-1.0, 1.0)?)
+    }
+}
+
 /// `rgb`: `h·w·3` bytes, row-major. Returns `[1, 3, h, w]` (B, G, R planes).
 pub fn to_tensor(rgb: &[u8], w: usize, h: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     planes(rgb, 1.0, w, h, dtype, device)

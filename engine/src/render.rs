@@ -14,10 +14,11 @@ use rand_chacha::ChaCha8Rng;
 use crate::arch::conv_index;
 use crate::colors::{self, ColorStats};
 use crate::error::{invalid, EngineError, Result};
-use crate::lbfgs::{Lbfgs, LbfgsState, Objective};
+use crate::lbfgs::{Bounds, Lbfgs, LbfgsState, Objective};
 use crate::loss::{evaluate_terms, ContentLoss, Losses, PartWeights, Reads, StyleLoss, TotalVariation, Weighted, Part};
 use crate::optim::{Adam, AdamState};
 use crate::params::{Init, Optimizer, RenderParams};
+use crate::pixels::PixelBox;
 use crate::tiled::Tiled;
 use crate::vgg::Vgg19;
 
@@ -77,6 +78,9 @@ pub struct Renderer {
     /// With `params.tile`: the losses evaluated tile by tile (the terms
     /// above are then empty).
     tiled: Option<Tiled>,
+    /// The pixel range every iterate stays in: what is optimised is what
+    /// a PNG can hold.
+    bounds: PixelBox,
 }
 
 impl Renderer {
@@ -98,9 +102,10 @@ impl Renderer {
             _ => None,
         };
         let (adam, lbfgs) = (Adam::new(params.lr), Lbfgs::new(params.lbfgs_history, params.lr));
+        let bounds = PixelBox::new(content)?;
         if let Some(tile) = params.tile {
             let tiled = Some(Tiled::new(vgg.clone(), &params, content, styles, tile)?);
-            return Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled });
+            return Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled, bounds });
         }
         let content_acts = vgg.forward(content, depth)?;
         for lw in &content_layers {
@@ -118,7 +123,7 @@ impl Renderer {
         if params.tv_weight > 0.0 {
             terms.push(Weighted { part: Part::Tv, reads: Reads::Image, weight: 1.0, term: Box::new(TotalVariation) });
         }
-        Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled: None })
+        Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled: None, bounds })
     }
 
     pub fn params(&self) -> &RenderParams {
@@ -162,8 +167,11 @@ impl Renderer {
     }
 
     /// A fresh state at `image` (a coarse stage's result, whatever
-    /// `params.init` says), with a new optimizer memory.
+    /// `params.init` says), with a new optimizer memory. The image is
+    /// brought inside the pixel range first (a noisy init, an upsampled
+    /// coarse result may stray past it).
     pub fn state_from(&self, image: Tensor) -> Result<RenderState> {
+        let image = self.bounds.project(&image)?;
         let optimizer = match self.params.optimizer {
             Optimizer::Adam => OptimizerState::Adam(AdamState::new(&image)?),
             Optimizer::Lbfgs => OptimizerState::Lbfgs(LbfgsState::new()),
@@ -254,12 +262,13 @@ impl Renderer {
                 let ((losses, grad), t) = self.loss_and_grad_timed(&state.image)?;
                 times = t;
                 let clock = Instant::now();
-                state.image = self.adam.step(&state.image, &grad, adam)?;
+                // Projected Adam: the update, then back inside the range.
+                state.image = self.bounds.project(&self.adam.step(&state.image, &grad, adam)?)?;
                 times.update = clock.elapsed().as_secs_f64();
                 losses
             }
             OptimizerState::Lbfgs(lbfgs) => {
-                let (image, losses) = self.lbfgs.step(&state.image, lbfgs, |x| {
+                let (image, losses) = self.lbfgs.step(&state.image, lbfgs, Some(&self.bounds), |x| {
                     let (out, t) = self.loss_and_grad_timed(x)?;
                     times = t;
                     Ok(out)
