@@ -104,7 +104,7 @@ fn score(vgg: &Arc<Vgg19>, params: &RenderParams, sources: &Sources, rgb: &image
     let with_image = Sources { content: sources.content.clone(), styles: sources.styles.clone(), init: Some(image::DynamicImage::ImageRgb8(rgb.clone()).into_rgb16()) };
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let device = Device::Cpu;
-    let mut session = Session::new(vgg.clone(), params, with_image.at(w, h, &device)?, None)?;
+    let mut session = Session::new(vgg.clone(), params, with_image.at(w, h, &device)?, with_image.init_at(w, h, &device)?)?;
     let resample: Resample<'_> = &|sw, sh| with_image.at(sw, sh, &device);
     session.run(&mut Quiet, Cadence::default(), resample)?;
     Ok(session.history().last().context("scoring left no record")?.losses)
