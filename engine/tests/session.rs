@@ -224,11 +224,13 @@ fn coarse_to_fine_puts_back_the_content_detail_the_coarse_size_lost() {
     let blurred = renderer.evaluate(&stylefarm_engine::pixels::resize(&coarse, W, H).unwrap()).unwrap().content;
     assert!(blurred > 0.0);
     // Every start is inside the pixel range, so "the content exactly" is
-    // the content as the range holds it (its resampling may overshoot).
+    // the content as the range holds it: its resampling may overshoot the
+    // range, at both sizes, and the two clippings need not cancel — the
+    // start is within twice that of the content, and far from the blur.
     use stylefarm_engine::lbfgs::Bounds;
     let boxed = stylefarm_engine::pixels::PixelBox::new(&full.content).unwrap().project(&full.content).unwrap();
     let floor = renderer.evaluate(&boxed).unwrap().content;
-    assert!(start <= floor * 1.0001 + 1e-4 * blurred, "the full size starts {start:e} from the content ({floor:e} in range); upsampling alone gives {blurred:e}");
+    assert!(start <= 2.0 * floor + 1e-4 * blurred && start < 0.02 * blurred, "the full size starts {start:e} from the content ({floor:e} in range); upsampling alone gives {blurred:e}");
 }
 
 #[test]
