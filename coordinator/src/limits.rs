@@ -65,9 +65,9 @@ mod tests {
             format!("At most {} KiB", MAX_VARIANT_JSON_BYTES >> 10),
             format!(
                 "each of the {} conv layers at most once",
-                stylefarm_engine::arch::VGG19.len()
+                stylefarm_params::arch::VGG19.len()
             ),
-            format!("at most {} scales", stylefarm_engine::params::MAX_SCALES),
+            format!("at most {} scales", stylefarm_params::params::MAX_SCALES),
         ];
         let missing: Vec<&String> = stated.iter().filter(|s| !proto.contains(s.as_str())).collect();
         assert!(missing.is_empty(), "farm.proto does not state: {missing:?}");

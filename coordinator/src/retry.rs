@@ -56,15 +56,17 @@ pub(crate) fn changed_params(
     if changes.contains_key("iterations") {
         params.remove("iters");
     }
+    // A job stored before workers chose their own tiling may name one.
+    for key in ["tile", "keep_tiles"] {
+        params.remove(key);
+    }
     params.extend(changes);
     let merged = Value::Object(params).to_string();
     let checked = check_variant("changes_json", &merged, styles)?;
-    let params_json =
-        serde_json::to_string(&checked).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Some(NewParams {
-        params_json,
-        iterations: checked.iterations as u32,
-        min_memory: checked.estimated_peak_bytes(width, height),
+        params_json: checked.to_json(),
+        iterations: checked.render.iterations as u32,
+        min_memory: checked.render.least_peak_bytes(width, height),
     }))
 }
 
@@ -75,7 +77,7 @@ fn short(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stylefarm_engine::RenderParams;
+    use stylefarm_params::RenderParams;
 
     fn current() -> String {
         serde_json::to_string(&RenderParams::default()).unwrap()
@@ -108,6 +110,7 @@ mod tests {
             (r#"{"beta": -1}"#, "beta"),
             (r#"{"init": "image"}"#, "init"),
             (r#"{"preset": "fast"}"#, "preset"),
+            (r#"{"tile": 512}"#, "tile"),
             ("[1, 2]", "not a JSON object"),
             ("{", "changes_json"),
         ] {

@@ -16,7 +16,8 @@
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use stylefarm_engine::{Init, RenderParams};
+use stylefarm_params::memory::FARM_TILE_FLOOR;
+use stylefarm_params::{Init, JobParams};
 use stylefarm_proto as pb;
 use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
 use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
@@ -90,16 +91,16 @@ pub(crate) fn check_variant(
     what: &str,
     json: &str,
     styles_per_job: usize,
-) -> Result<RenderParams, Status> {
-    let params = RenderParams::from_json(json)
+) -> Result<JobParams, Status> {
+    let job = JobParams::from_json(json)
         .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
-    params
+    job.render
         .validate(styles_per_job)
         .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
-    if params.init == Init::Image {
+    if job.render.init == Init::Image {
         return Err(Status::invalid_argument(format!("{what}: init \"image\" needs an image, and a farm job has none; use blend, content or noise")));
     }
-    Ok(params)
+    Ok(job)
 }
 
 fn max_input_bytes(limits: &ImageLimits) -> u64 {
@@ -268,7 +269,7 @@ impl FarmService {
         };
         let collection_id = uuid::Uuid::new_v4().to_string();
         let checkpoint_every = if r.checkpoint_every == 0 { self.0.config.default_checkpoint_every } else { r.checkpoint_every };
-        let params_json = variants.iter().map(|p| serde_json::to_string(p).map_err(|e| Status::internal(e.to_string()))).collect::<Result<Vec<_>, _>>()?;
+        let params_json: Vec<String> = variants.iter().map(JobParams::to_json).collect();
         let mut jobs = Vec::new();
         for (ci, (c, &(width, height))) in contents.iter().zip(&sizes).enumerate() {
             for (si, (style_name, style_keys)) in columns.iter().enumerate() {
@@ -285,10 +286,10 @@ impl FarmService {
                         params_json: params_json[vi].clone(),
                         width,
                         height,
-                        iterations: params.iterations as u32,
+                        iterations: params.render.iterations as u32,
                         checkpoint_every,
                         snapshot_every: r.snapshot_every,
-                        min_memory: params.estimated_peak_bytes(width, height),
+                        min_memory: params.render.least_peak_bytes(width, height),
                     });
                 }
             }
@@ -320,20 +321,18 @@ impl FarmService {
 
     /// What no registered device could hold is refused now, not failed on
     /// every worker later.
-    async fn check_devices(&self, variants: &[RenderParams], contents: &[Input], sizes: &[(u32, u32)]) -> Result<(), Status> {
+    async fn check_devices(&self, variants: &[JobParams], contents: &[Input], sizes: &[(u32, u32)]) -> Result<(), Status> {
         let Some(largest) = self.0.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)? else {
             return Ok(());
         };
         for (vi, params) in variants.iter().enumerate() {
             for (c, &size) in contents.iter().zip(sizes) {
-                let bytes = params.estimated_peak_bytes(size.0, size.1);
+                // A worker tiles what its memory does not hold whole: the
+                // least it needs is in tiles of the farm's floor.
+                let bytes = params.render.least_peak_bytes(size.0, size.1);
                 if bytes > largest {
-                    let tiled = match (params.tile, params.largest_fitting_tile(size.0, size.1, largest)) {
-                        (None, Some(tile)) => format!(", or tile it (\"tile\": {tile} fits)"),
-                        _ => String::new(),
-                    };
                     return Err(Status::failed_precondition(format!(
-                        "{} at {}x{} (variant {vi}) needs about {:.1} GiB and the largest registered device has {:.1} GiB; render it smaller{tiled}",
+                        "{} at {}x{} (variant {vi}) needs about {:.1} GiB even in tiles of {FARM_TILE_FLOOR} px, and the largest registered device has {:.1} GiB; render it smaller",
                         c.name,
                         size.0,
                         size.1,
@@ -374,12 +373,12 @@ mod tests {
     fn a_lease_reply_that_would_not_fit_a_worker_is_caught_at_submit() {
         // Every parameter list at its longest: 16 layers each, 8 scales, a
         // blend weight per style.
-        let layers: Vec<_> = stylefarm_engine::arch::VGG19.iter().map(|l| stylefarm_engine::LayerWeight::new(l.name, 1.0)).collect();
+        let layers: Vec<_> = stylefarm_params::arch::VGG19.iter().map(|l| stylefarm_params::LayerWeight::new(l.name, 1.0)).collect();
         let blended = |styles: usize| {
-            let params = RenderParams {
+            let params = stylefarm_params::RenderParams {
                 content_layers: layers.clone(),
                 style_layers: layers.clone(),
-                scales: (1..=stylefarm_engine::params::MAX_SCALES).map(|i| i as f64 / 10.0).collect(),
+                scales: (1..=stylefarm_params::params::MAX_SCALES).map(|i| i as f64 / 10.0).collect(),
                 style_blend: vec![1.0; styles],
                 ..Default::default()
             };

@@ -83,9 +83,9 @@ impl Identity {
         if self.init != now.init {
             return Some("the init image differs".into());
         }
-        // Neither the iterations (a render may be extended), the PNGs' bit
-        // depth (output only) nor the tiling (exact) make it another render.
-        let same = |p: &RenderParams| serde_json::to_value(RenderParams { iterations: 0, bit_depth: 8, tile: None, keep_tiles: 0, ..p.clone() }).ok();
+        // The iterations do not make it another render (it may be extended;
+        // how it is run is not among the parameters at all).
+        let same = |p: &RenderParams| serde_json::to_value(RenderParams { iterations: 0, ..p.clone() }).ok();
         let (a, b) = (same(&self.params)?, same(&now.params)?);
         let (a, b) = (a.as_object()?, b.as_object()?);
         let mut keys: Vec<&String> = a.keys().collect();
@@ -226,9 +226,21 @@ impl Checkpoint {
         };
         let state = RenderState { image: tensor("image")?, optimizer, iteration: number("iteration")? as usize };
         let history = serde_json::from_value(parse("history")?).map_err(|e| corrupt(format!("history: {e}")))?;
-        let identity = serde_json::from_value(parse("identity")?).map_err(|e| corrupt(format!("identity: {e}")))?;
+        let identity = identity_from(parse("identity")?)?;
         Ok(Self { state, history, identity })
     }
+}
+
+/// A stored identity. Checkpoints written while the tiling and bit depth
+/// were among the parameters may name them: they are how that render was
+/// run, not what it is, and are dropped.
+fn identity_from(mut value: serde_json::Value) -> Result<Identity> {
+    if let Some(params) = value.get_mut("params").and_then(|p| p.as_object_mut()) {
+        for key in crate::execution::HINTS {
+            params.remove(key);
+        }
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(format!("identity: {e}")))
 }
 
 #[cfg(test)]
@@ -302,5 +314,19 @@ mod tests {
         assert!(c.difference(&alpha).unwrap().contains("`alpha`"));
         let other = Identity { content: "x".into(), ..c.clone() };
         assert!(c.difference(&other).unwrap().contains("content image"));
+    }
+
+    #[test]
+    fn an_identity_written_with_the_tiling_among_the_parameters_still_reads() {
+        let image = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let identity = Identity::new(&RenderParams::default(), &image, &[image.clone()], None).unwrap();
+        let mut value = serde_json::to_value(&identity).unwrap();
+        let params = value["params"].as_object_mut().unwrap();
+        params.insert("tile".into(), 512.into());
+        params.insert("keep_tiles".into(), 3.into());
+        params.insert("bit_depth".into(), 16.into());
+        let back = identity_from(value).unwrap();
+        assert_eq!(back.difference(&identity), None);
+        assert_eq!(back.params, RenderParams::default());
     }
 }

@@ -46,6 +46,18 @@ pub enum EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// A parameter error keeps its variant (and so its words).
+impl From<stylefarm_params::ParamError> for EngineError {
+    fn from(e: stylefarm_params::ParamError) -> Self {
+        use stylefarm_params::ParamError;
+        match e {
+            ParamError::Invalid { name, reason } => EngineError::InvalidParam { name, reason },
+            ParamError::Schema { key, reason } => EngineError::ParamSchema { key, reason },
+            ParamError::UnknownLayer(name) => EngineError::UnknownLayer(name),
+        }
+    }
+}
+
 pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> EngineError {
     EngineError::InvalidParam { name, reason: reason.into() }
 }

@@ -1,89 +1,19 @@
-//! The losses of a render, each a small unit that returns its value and its
-//! gradient with respect to what it reads, and the list of weighted terms a
-//! render sums (crowsonkb's `SumLoss`, as data): adding a loss means writing
-//! one [`Term`] and pushing it onto that list.
+//! The losses of a render, each a small unit ([`Term`]: a statistic summed
+//! over positions, the value from it, the gradient at each position), and
+//! the list of weighted terms a render sums (crowsonkb's `SumLoss`, as
+//! data): adding a loss means writing one [`Term`] and pushing it onto that
+//! list, and it works untiled and tiled alike ([`crate::tiled`] sums its
+//! statistic over the tiles).
 //!
 //! Values are returned as `f64` whatever the tensors' dtype.
 
 use candle_core::{DType, Device, Tensor, WithDType};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::layers::{on_cpu, with_cpu_slice};
 
-/// The losses of one image. `content`, `style` and `tv` are unweighted by
-/// α, β and the TV weight (but include each layer's own weight);
-/// `total = α·content + β·style + tv_weight·tv`, the number the optimizer
-/// minimises.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Losses {
-    pub content: f64,
-    pub style: f64,
-    pub tv: f64,
-    pub total: f64,
-}
-
-impl Losses {
-    /// Which part made a non-finite total, and the parameter to lower
-    /// (`before`: the last finite losses of the render, if any). A finite
-    /// part whose weighted value is not: its weight (`alpha`, `beta`,
-    /// `tv_weight`). A part that is itself not finite means the image left
-    /// the range of numbers: the weight of a part that was already
-    /// astronomical (over 1e100) the step before drove it there, else the
-    /// step size (`lr`). A sum that overflows although every weighted part
-    /// is finite: the largest part's weight.
-    pub fn blame(&self, before: Option<&Losses>, alpha: f64, beta: f64, tv_weight: f64) -> (String, &'static str) {
-        let parts = [("content", self.content, "α", alpha, "alpha"), ("style", self.style, "β", beta, "beta"), ("TV", self.tv, "the TV weight", tv_weight, "tv_weight")];
-        if let Some((name, value, ..)) = parts.iter().find(|p| !p.1.is_finite()) {
-            let earlier = before.map(|b| [b.content * alpha, b.style * beta, b.tv * tv_weight]);
-            let huge = earlier.and_then(|w| (0..3).filter(|&i| w[i].abs() > 1e100).max_by(|&a, &b| w[a].abs().total_cmp(&w[b].abs())).map(|i| (i, w[i])));
-            if let Some((i, weighted)) = huge {
-                let (part, _, symbol, weight, lever) = parts[i];
-                return (
-                    format!("the {name} loss itself is {value}, after {part} × {symbol} reached {weighted:.3e} ({symbol} = {weight:e}) the step before"),
-                    lever,
-                );
-            }
-            return (format!("the {name} loss itself is {value} (the image left the range of numbers)"), "lr");
-        }
-        if let Some((name, value, symbol, weight, lever)) = parts.iter().find(|p| !(p.1 * p.3).is_finite()) {
-            return (format!("{name} × {symbol} = {value:.3e} × {weight:e} overflows"), lever);
-        }
-        let (name, value, symbol, weight, lever) = parts.iter().max_by(|a, b| (a.1 * a.3).abs().total_cmp(&(b.1 * b.3).abs())).copied().unwrap_or(parts[0]);
-        (format!("{name} × {symbol} = {:.3e} is too large to add up", value * weight), lever)
-    }
-
-    /// Adds a term's (layer-weighted) value to the part it belongs to.
-    fn add(&mut self, part: Part, value: f64) {
-        match part {
-            Part::Content => self.content += value,
-            Part::Style => self.style += value,
-            Part::Tv => self.tv += value,
-        }
-    }
-}
-
-/// One line of the loss log, and of a checkpoint's history: the losses of
-/// the image *before* iteration `iteration`'s update (the last line of a
-/// finished render is the final image).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LossRecord {
-    pub iteration: usize,
-    #[serde(flatten)]
-    pub losses: Losses,
-    /// Render time up to this evaluation, across resumes.
-    pub seconds: f64,
-}
-
-/// Which column of [`Losses`] a term adds to, and so which global weight
-/// (α, β, TV weight) multiplies it in the total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Content,
-    Style,
-    Tv,
-}
+pub use crate::losses::{LossRecord, Losses, Part};
 
 /// What a term reads: a conv layer's output (channels-last `[1, H, W, C]`)
 /// or the image itself (`[1, 3, H, W]`).
@@ -94,11 +24,66 @@ pub enum Reads {
     Image,
 }
 
-/// A loss: its value at `x` and its gradient with respect to `x`, scaled by
-/// `k` (the caller's weight, folded into the one pass that scales the
-/// gradient anyway).
+/// Where a block of positions sits in the whole map a term reads: its
+/// first row and column, and the whole map's rows and columns. (The
+/// block's own size is its tensor's.) Untiled, the block is the whole map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub top: usize,
+    pub left: usize,
+    /// The whole map's `(rows, columns)`.
+    pub whole: (usize, usize),
+}
+
+impl Window {
+    /// The whole of an `h`×`w` map.
+    pub fn whole(h: usize, w: usize) -> Self {
+        Self { top: 0, left: 0, whole: (h, w) }
+    }
+}
+
+/// A loss, in three steps so that the one definition serves the whole
+/// image and the tiled path ([`crate::tiled`]) alike:
+///
+/// ```text
+/// statistic(block)  a sum over the block's positions (f64): blocks that
+///                   cover the map add up to the whole map's statistic
+/// value(Σ stats)    the term's value, and its `adjoint` — k·∂value/∂statistic,
+///                   what each position's gradient needs from the whole
+/// grad(block, adj)  k·∂value/∂block, at the block's own positions
+/// ```
+///
+/// Untiled, the block is the whole map. Gatys' terms fit: content sums
+/// `(F − P)²`, style sums `FᵀF` (its Gram matrix). A term that reads the
+/// image ([`Reads::Image`]) is always given the whole image (it is in
+/// memory anyway), so its statistic need not add over blocks (total
+/// variation's does not: neighbours cross tile borders).
 pub trait Term: Send + Sync {
-    fn value_and_scaled_grad(&self, x: &Tensor, k: f64) -> Result<(f64, Tensor)>;
+    /// The block's statistic, `f64`.
+    fn statistic(&self, block: &Tensor, at: Window) -> Result<Tensor>;
+
+    /// `(value, adjoint)` from the whole map's statistic; `k` is the
+    /// caller's weight, folded into the adjoint (so into every gradient).
+    fn value(&self, statistic: &Tensor, whole: (usize, usize), k: f64) -> Result<(f64, Tensor)>;
+
+    /// `k·∂value/∂block` (the block's dtype and shape).
+    fn grad(&self, block: &Tensor, at: Window, adjoint: &Tensor) -> Result<Tensor>;
+
+    /// The value at a whole feature map `x` and `k·∂value/∂x`.
+    fn value_and_scaled_grad(&self, x: &Tensor, k: f64) -> Result<(f64, Tensor)> {
+        let at = whole_window(x, Reads::Layer(0))?;
+        let (value, adjoint) = self.value(&self.statistic(x, at)?, at.whole, k)?;
+        Ok((value, self.grad(x, at, &adjoint)?))
+    }
+}
+
+/// The window of a whole map: a feature map `[1, H, W, C]`'s or an image
+/// `[1, C, H, W]`'s `(H, W)`.
+pub fn whole_window(x: &Tensor, reads: Reads) -> Result<Window> {
+    Ok(match reads {
+        Reads::Layer(_) => Window::whole(x.dim(1)?, x.dim(2)?),
+        Reads::Image => Window::whole(x.dim(2)?, x.dim(3)?),
+    })
 }
 
 /// A term in a render's total: `part`'s global weight × `weight` × the
@@ -109,6 +94,13 @@ pub struct Weighted {
     /// The layer's own weight (`conv4_1:3.0` → 3.0; 1 for TV).
     pub weight: f64,
     pub term: Box<dyn Term>,
+}
+
+impl Weighted {
+    /// The `k` its term's gradient is scaled by: the part's weight × its own.
+    pub fn k(&self, weights: PartWeights) -> f64 {
+        weights.of(self.part) * self.weight
+    }
 }
 
 /// The global weight of each part: `(α, β, tv_weight)`.
@@ -129,30 +121,51 @@ impl PartWeights {
     }
 }
 
-/// The losses of a list of terms and, if `with_grad`, each term's scaled
-/// gradient with where it goes: `(reads, k·∂term/∂x)`, in list order (so
-/// gradients that meet at one layer are always added in the same order).
+/// Each term's value and adjoint from its whole statistic, summed into
+/// [`Losses`] (each term's value times its own weight in its part's
+/// column; the total weighs the parts). `wholes[i]`: term i's whole map.
+pub fn sum_terms(terms: &[Weighted], weights: PartWeights, statistics: &[Tensor], wholes: &[(usize, usize)]) -> Result<(Losses, Vec<Tensor>)> {
+    let mut losses = Losses::default();
+    let mut adjoints = Vec::with_capacity(terms.len());
+    for ((t, statistic), &whole) in terms.iter().zip(statistics).zip(wholes) {
+        let (value, adjoint) = t.term.value(statistic, whole, t.k(weights))?;
+        losses.add(t.part, t.weight * value);
+        adjoints.push(adjoint);
+    }
+    losses.total = weights.content * losses.content + weights.style * losses.style + weights.tv * losses.tv;
+    Ok((losses, adjoints))
+}
+
+/// The losses of a list of terms over whole maps and, if `with_grad`,
+/// each term's scaled gradient with where it goes: `(reads, k·∂term/∂x)`,
+/// in list order (so gradients that meet at one layer are always added in
+/// the same order).
 pub fn evaluate_terms<'a>(
     terms: &[Weighted],
     weights: PartWeights,
     read: impl Fn(Reads) -> &'a Tensor,
     with_grad: bool,
 ) -> Result<(Losses, Vec<(Reads, Tensor)>)> {
-    let mut losses = Losses::default();
+    let windows = terms.iter().map(|t| whole_window(read(t.reads), t.reads)).collect::<Result<Vec<_>>>()?;
+    let statistics = terms.iter().zip(&windows).map(|(t, &at)| t.term.statistic(read(t.reads), at)).collect::<Result<Vec<_>>>()?;
+    let wholes: Vec<_> = windows.iter().map(|w| w.whole).collect();
+    let (losses, adjoints) = sum_terms(terms, weights, &statistics, &wholes)?;
     let mut grads = Vec::with_capacity(if with_grad { terms.len() } else { 0 });
-    for t in terms {
-        let (value, grad) = t.term.value_and_scaled_grad(read(t.reads), weights.of(t.part) * t.weight)?;
-        losses.add(t.part, t.weight * value);
-        if with_grad {
-            grads.push((t.reads, grad));
+    if with_grad {
+        for ((t, &at), adjoint) in terms.iter().zip(&windows).zip(&adjoints) {
+            grads.push((t.reads, t.term.grad(read(t.reads), at, adjoint)?));
         }
     }
-    losses.total = weights.content * losses.content + weights.style * losses.style + weights.tv * losses.tv;
     Ok((losses, grads))
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// A number as the one-element `f64` tensor a statistic or adjoint is.
+fn number(v: f64) -> Result<Tensor> {
+    Ok(Tensor::new(v, &Device::Cpu)?)
 }
 
 /// A channels-last feature map `[1, H, W, N]` as the matrix `Fᵀ`: `[M, N]`,
@@ -230,11 +243,12 @@ fn gram_cpu<T: WithDType>(ft: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(total, (n, n), &Device::Cpu)?)
 }
 
+
 /// Content loss at one layer: `L_c = Σ (F − P)² / (4·s)`, `s` = number of
 /// elements of `P` (the assignment's variant of Gatys' ½·Σ).
 #[derive(Debug, Clone)]
 pub struct ContentLoss {
-    /// `P`: the content image's features, `[1, H, W, C]`.
+    /// `P`: the content image's features, `[1, H, W, C]`, the whole map.
     target: Tensor,
 }
 
@@ -247,15 +261,29 @@ impl ContentLoss {
     pub fn value_and_grad(&self, features: &Tensor) -> Result<(f64, Tensor)> {
         self.value_and_scaled_grad(features, 1.0)
     }
+
+    /// `F − P` at the block's positions.
+    fn diff(&self, block: &Tensor, at: Window) -> Result<Tensor> {
+        let (_, h, w, _) = block.dims4()?;
+        Ok((block - self.target.narrow(1, at.top, h)?.narrow(2, at.left, w)?)?)
+    }
 }
 
 impl Term for ContentLoss {
-    /// `(L_c, k·∂L_c/∂F)`.
-    fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
+    /// `Σ (F − P)²` over the block.
+    fn statistic(&self, block: &Tensor, at: Window) -> Result<Tensor> {
+        Ok(self.diff(block, at)?.sqr()?.sum_all()?.to_dtype(DType::F64)?)
+    }
+
+    /// `L_c`, and the adjoint `k / (2·s)`.
+    fn value(&self, statistic: &Tensor, _whole: (usize, usize), k: f64) -> Result<(f64, Tensor)> {
         let s = self.target.elem_count() as f64;
-        let diff = (features - &self.target)?;
-        let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * s);
-        Ok((value, diff.affine(k / (2.0 * s), 0.0)?))
+        Ok((scalar(statistic)? / (4.0 * s), number(k / (2.0 * s))?))
+    }
+
+    /// `k·(F − P) / (2·s)`.
+    fn grad(&self, block: &Tensor, at: Window, adjoint: &Tensor) -> Result<Tensor> {
+        Ok(self.diff(block, at)?.affine(scalar(adjoint)?, 0.0)?)
     }
 }
 
@@ -263,30 +291,29 @@ impl Term for ContentLoss {
 /// matrix of the generated image's features and `A` the style's.
 #[derive(Debug, Clone)]
 pub struct StyleLoss {
-    /// `A`: the target Gram matrix, `[N, N]`.
+    /// `A`: the target Gram matrix, `[N, N]`, `f64` like the sums of the
+    /// tiles' Gram matrices (summing many partial Gram matrices in f32
+    /// loses more than one whole one does).
     target: Tensor,
 }
 
 impl StyleLoss {
+    /// From the target Gram matrix (a style image's, or a blend's).
+    pub fn new(target: Tensor) -> Result<Self> {
+        Ok(Self { target: target.to_dtype(DType::F64)? })
+    }
+
     /// From the style image's features at this layer.
     pub fn from_features(style_features: &Tensor) -> Result<Self> {
-        Ok(Self { target: gram(style_features)? })
+        Self::new(gram(style_features)?)
     }
 
     /// A blend of several styles: `A = Σ_k b_k·A_k` with `Σ b_k = 1`.
     /// (`Σ_k b_k·Σ(G − A_k)²` equals `Σ(G − A)²` plus a constant, so this
     /// has the same gradient as the sum of the per-style losses.)
     pub fn blended(style_features: &[Tensor], blend: &[f64]) -> Result<Self> {
-        let mut target: Option<Tensor> = None;
-        for (f, &b) in style_features.iter().zip(blend) {
-            let a = gram(f)?.affine(b, 0.0)?;
-            target = Some(match target {
-                Some(t) => (t + a)?,
-                None => a,
-            });
-        }
-        let target = target.ok_or_else(|| crate::error::invalid("style", "no style image"))?;
-        Ok(Self { target })
+        let grams = style_features.iter().map(gram).collect::<Result<Vec<_>>>()?;
+        Self::new(blend_grams(&grams, blend)?)
     }
 
     /// `(E, ∂E/∂F)`; the gradient is `(G − A)·F / (N²·M²)`, computed as
@@ -296,28 +323,59 @@ impl StyleLoss {
     }
 }
 
+/// `Σ_k b_k·A_k`, in `f64`.
+pub fn blend_grams(grams: &[Tensor], blend: &[f64]) -> Result<Tensor> {
+    let mut target: Option<Tensor> = None;
+    for (g, &b) in grams.iter().zip(blend) {
+        let a = g.to_dtype(DType::F64)?.affine(b, 0.0)?;
+        target = Some(match target {
+            Some(t) => (t + a)?,
+            None => a,
+        });
+    }
+    target.ok_or_else(|| crate::error::invalid("style", "no style image"))
+}
+
 impl Term for StyleLoss {
-    /// `(E, k·∂E/∂F)`. The scale goes on the small `N×N` matrix `G − A`
-    /// before the product, so the `M×N` gradient is written once.
-    fn value_and_scaled_grad(&self, features: &Tensor, k: f64) -> Result<(f64, Tensor)> {
-        let (_, h, w, n) = features.dims4()?;
+    /// The block's Gram matrix `FᵀF`.
+    fn statistic(&self, block: &Tensor, _at: Window) -> Result<Tensor> {
+        Ok(gram(block)?.to_dtype(DType::F64)?)
+    }
+
+    /// `E`, and the adjoint `k·(G − A) / (N²·M²)` (M: the whole map's
+    /// positions). The scale goes on the small `N×N` matrix, so each
+    /// position's gradient is one product.
+    fn value(&self, statistic: &Tensor, (h, w): (usize, usize), k: f64) -> Result<(f64, Tensor)> {
+        let n = self.target.dim(0)? as f64;
         let m = (h * w) as f64;
-        let n2m2 = (n as f64).powi(2) * m * m;
-        let ft = positions_by_channels(features)?;
-        let diff = (gram_of(&ft)? - &self.target)?;
+        let n2m2 = n * n * m * m;
+        let diff = (statistic - &self.target)?;
         let value = scalar(&diff.sqr()?.sum_all()?)? / (4.0 * n2m2);
-        let grad = ft.matmul(&diff.affine(k / n2m2, 0.0)?)?.reshape(features.shape())?;
-        Ok((value, grad))
+        Ok((value, diff.affine(k / n2m2, 0.0)?))
+    }
+
+    /// `Fᵀ·adjoint`, back in the block's layout.
+    fn grad(&self, block: &Tensor, _at: Window, adjoint: &Tensor) -> Result<Tensor> {
+        let ft = positions_by_channels(block)?;
+        Ok(ft.matmul(&adjoint.to_dtype(block.dtype())?)?.reshape(block.shape())?)
     }
 }
 
-/// Total variation as a [`Term`] reading the image.
+/// Total variation as a [`Term`] reading the whole image (its statistic is
+/// the value itself: neighbours' differences do not add over blocks).
 pub struct TotalVariation;
 
 impl Term for TotalVariation {
-    fn value_and_scaled_grad(&self, image: &Tensor, k: f64) -> Result<(f64, Tensor)> {
-        let (value, grad) = total_variation(image)?;
-        Ok((value, grad.affine(k, 0.0)?))
+    fn statistic(&self, image: &Tensor, _at: Window) -> Result<Tensor> {
+        number(total_variation(image)?.0)
+    }
+
+    fn value(&self, statistic: &Tensor, _whole: (usize, usize), k: f64) -> Result<(f64, Tensor)> {
+        Ok((scalar(statistic)?, number(k)?))
+    }
+
+    fn grad(&self, image: &Tensor, _at: Window, adjoint: &Tensor) -> Result<Tensor> {
+        Ok(total_variation(image)?.1.affine(scalar(adjoint)?, 0.0)?)
     }
 }
 
@@ -346,31 +404,6 @@ pub fn total_variation(image: &Tensor) -> Result<(f64, Tensor)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_non_finite_total_names_its_term_and_the_parameter_to_lower() {
-        let l = |content: f64, style: f64, tv: f64| Losses { content, style, tv, total: f64::INFINITY };
-        // (losses, α, β, tv weight, words, lever)
-        let cases = [
-            (l(1.0, f64::NAN, 1.0), 1.0, 1.0, 1.0, "the style loss itself is NaN", "lr"),
-            (l(f64::INFINITY, 1.0, 1.0), 1.0, 1.0, 1.0, "the content loss itself is inf", "lr"),
-            (l(1.0, 3e10, 1.0), 1.0, 1e300, 1.0, "style × β = 3.000e10 × 1e300 overflows", "beta"),
-            (l(1.0, 1.0, 1e10), 1.0, 1.0, 1e300, "TV × the TV weight", "tv_weight"),
-            (l(1e308, 1e308, 1.0), 1.5, 1.0, 1.0, "content × α = 1.500e308", "alpha"),
-        ];
-        for (losses, alpha, beta, tv, words, lever) in cases {
-            let (culprit, got) = losses.blame(None, alpha, beta, tv);
-            assert!(culprit.contains(words), "{culprit} should say {words}");
-            assert_eq!(got, lever, "{culprit}");
-        }
-        // A term that left the numbers after its weighted value was
-        // astronomical the step before: that weight, not the step size.
-        let before = Losses { content: 1.0, style: 2e-3, tv: 0.0, total: 2e297 };
-        let (culprit, lever) = l(f64::NAN, f64::NAN, 0.0).blame(Some(&before), 1.0, 1e300, 0.0);
-        assert_eq!(lever, "beta", "{culprit}");
-        assert!(culprit.contains("after style × β reached 2.000e297"), "{culprit}");
-        let calm = Losses { content: 1.0, style: 2.0, tv: 0.0, total: 3.0 };
-        assert_eq!(l(f64::NAN, f64::NAN, 0.0).blame(Some(&calm), 1.0, 1.0, 0.0).1, "lr");
-    }
     use candle_core::Device;
 
     /// A feature map written channel by channel (`v[c][h][w]`), stored

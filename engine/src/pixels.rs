@@ -139,6 +139,15 @@ pub fn resize(image: &Tensor, w: usize, h: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (1, c, h, w), image.device())?.to_dtype(image.dtype())?)
 }
 
+/// The pictures of one stage, in the optimisation space, all `[1, 3, H, W]`
+/// at that stage's size.
+#[derive(Debug, Clone)]
+pub struct Pictures {
+    pub content: Tensor,
+    pub styles: Vec<Tensor>,
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

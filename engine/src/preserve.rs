@@ -21,8 +21,7 @@ use candle_core::{DType, Tensor};
 use crate::colors::{transfer, ColorStats};
 use crate::error::Result;
 use crate::params::PreserveColors;
-use crate::pixels::MEAN_BGR;
-use crate::session::Pictures;
+use crate::pixels::{Pictures, MEAN_BGR};
 
 /// RGB → YIQ (rows Y, I, Q; columns R, G, B).
 const YIQ: [[f64; 3]; 3] = [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]];

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -15,8 +15,9 @@ use crate::arch::conv_index;
 use crate::colors::{self, ColorStats};
 use crate::error::{invalid, EngineError, Result};
 use crate::lbfgs::{Bounds, Lbfgs, LbfgsState, Objective};
-use crate::loss::{evaluate_terms, ContentLoss, Losses, PartWeights, Reads, StyleLoss, TotalVariation, Weighted, Part};
+use crate::loss::{blend_grams, evaluate_terms, gram, ContentLoss, Losses, Part, PartWeights, Reads, StyleLoss, TotalVariation, Weighted};
 use crate::optim::{Adam, AdamState};
+use crate::execution::Execution;
 use crate::params::{Init, Optimizer, RenderParams};
 use crate::pixels::PixelBox;
 use crate::tiled::Tiled;
@@ -75,8 +76,7 @@ pub struct Renderer {
     lbfgs: Lbfgs,
     /// The (blended) styles' colour statistics, for [`Init::Recolored`].
     style_colors: Option<ColorStats>,
-    /// With `params.tile`: the losses evaluated tile by tile (the terms
-    /// above are then empty).
+    /// Tiled execution: the terms above evaluated tile by tile.
     tiled: Option<Tiled>,
     /// The pixel range every iterate stays in: what is optimised is what
     /// a PNG can hold.
@@ -88,11 +88,20 @@ impl Renderer {
     /// `P` and the (blended) style Gram matrices `A`, once.
     /// `content`: `[1, 3, H, W]`; `styles`: `[1, 3, H', W']` each (any size).
     pub fn new(vgg: Arc<Vgg19>, params: RenderParams, content: &Tensor, styles: &[Tensor]) -> Result<Self> {
+        Self::with_execution(vgg, params, &Execution::default(), content, styles)
+    }
+
+    /// [`Renderer::new`], evaluated as `execution` says: tile by tile with
+    /// `execution.tile`, the targets as well as the losses after them.
+    pub fn with_execution(vgg: Arc<Vgg19>, params: RenderParams, execution: &Execution, content: &Tensor, styles: &[Tensor]) -> Result<Self> {
         params.validate(styles.len())?;
+        execution.validate()?;
         let (content_layers, style_layers, depth) = params.active_layers()?;
         vgg.require_depth(depth)?;
-
-        let mut terms = Vec::new();
+        let tiled = match execution.tile {
+            Some(tile) => Some(Tiled::new(vgg.clone(), depth, tile, execution.keep_tiles)?),
+            None => None,
+        };
         let blend = params.normalised_blend(styles.len());
         let style_colors = match params.init {
             Init::Recolored => {
@@ -101,33 +110,70 @@ impl Renderer {
             }
             _ => None,
         };
-        let (adam, lbfgs) = (Adam::new(params.lr), Lbfgs::new(params.lbfgs_history, params.lr));
-        let bounds = PixelBox::new(content)?;
-        if let Some(tile) = params.tile {
-            let tiled = Some(Tiled::new(vgg.clone(), &params, content, styles, tile)?);
-            return Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled, bounds });
+
+        let mut terms = Vec::new();
+        let content_convs = content_layers.iter().map(|l| Ok(conv_index(&l.layer)?)).collect::<Result<Vec<_>>>()?;
+        let targets = match &tiled {
+            Some(tiled) => tiled.features(content, &content_convs)?,
+            None => {
+                let acts = vgg.forward(content, depth)?;
+                content_convs.iter().map(|&conv| acts.features[conv].clone()).collect()
+            }
+        };
+        for ((lw, &conv), target) in content_layers.iter().zip(&content_convs).zip(targets) {
+            terms.push(Weighted { part: Part::Content, reads: Reads::Layer(conv), weight: lw.weight, term: Box::new(ContentLoss::new(target)) });
         }
-        let content_acts = vgg.forward(content, depth)?;
-        for lw in &content_layers {
-            let conv = conv_index(&lw.layer)?;
-            let term = Box::new(ContentLoss::new(content_acts.features[conv].clone()));
-            terms.push(Weighted { part: Part::Content, reads: Reads::Layer(conv), weight: lw.weight, term });
+        let style_convs = style_layers.iter().map(|l| Ok(conv_index(&l.layer)?)).collect::<Result<Vec<_>>>()?;
+        // Per style image, its Gram matrix at each style layer.
+        let mut grams: Vec<Vec<Tensor>> = Vec::with_capacity(styles.len());
+        for style in styles {
+            grams.push(match &tiled {
+                Some(tiled) => tiled.sums(style, &style_convs, |block, _| Ok(gram(block)?.to_dtype(DType::F64)?))?,
+                None => {
+                    let acts = vgg.forward(style, depth)?;
+                    style_convs.iter().map(|&conv| gram(&acts.features[conv])).collect::<Result<_>>()?
+                }
+            });
         }
-        let style_acts = styles.iter().map(|s| vgg.forward(s, depth)).collect::<Result<Vec<_>>>()?;
-        for lw in &style_layers {
-            let conv = conv_index(&lw.layer)?;
-            let features: Vec<Tensor> = style_acts.iter().map(|a| a.features[conv].clone()).collect();
-            let term = Box::new(StyleLoss::blended(&features, &blend)?);
+        for (i, (lw, &conv)) in style_layers.iter().zip(&style_convs).enumerate() {
+            let at_layer: Vec<Tensor> = grams.iter().map(|g| g[i].clone()).collect();
+            let term = Box::new(StyleLoss::new(blend_grams(&at_layer, &blend)?)?);
             terms.push(Weighted { part: Part::Style, reads: Reads::Layer(conv), weight: lw.weight, term });
         }
         if params.tv_weight > 0.0 {
             terms.push(Weighted { part: Part::Tv, reads: Reads::Image, weight: 1.0, term: Box::new(TotalVariation) });
         }
-        Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled: None, bounds })
+        let (adam, lbfgs) = (Adam::new(params.lr), Lbfgs::new(params.lbfgs_history, params.lr));
+        let bounds = PixelBox::new(content)?;
+        Ok(Self { vgg, params, depth, terms, adam, lbfgs, style_colors, tiled, bounds })
+    }
+
+    /// Adds a loss term to the total, after the ones `params` asked for:
+    /// untiled and tiled alike (a tiled render sums its statistic over the
+    /// tiles). It may read the image or any layer up to the deepest the
+    /// parameters' losses read.
+    pub fn push_term(&mut self, term: Weighted) -> Result<()> {
+        if let Reads::Layer(conv) = term.reads {
+            if conv >= self.depth {
+                return Err(invalid("layers", format!("the term reads {}, deeper than the {} convs this render runs", crate::arch::VGG19.get(conv).map_or("an unknown layer", |l| l.name), self.depth)));
+            }
+        }
+        self.terms.push(term);
+        Ok(())
     }
 
     pub fn params(&self) -> &RenderParams {
         &self.params
+    }
+
+    /// The terms the total sums, in order.
+    pub fn terms(&self) -> &[Weighted] {
+        &self.terms
+    }
+
+    /// The global weight of each part, `(α, β, tv_weight)`.
+    pub fn weights(&self) -> PartWeights {
+        PartWeights { content: self.params.alpha, style: self.params.beta, tv: self.params.tv_weight }
     }
 
     /// The starting image for `params.init`; `init_image` is required for
@@ -182,11 +228,11 @@ impl Renderer {
     /// The losses of `image` and, if `with_grad`, the gradient of the total
     /// loss with respect to it; the time of each phase goes to `times`.
     fn losses(&self, image: &Tensor, with_grad: bool, times: &mut PhaseTimes) -> Result<(Losses, Option<Tensor>)> {
-        let p = &self.params;
         let clock = Instant::now();
+        let weights = self.weights();
         if let Some(tiled) = &self.tiled {
             // Forward, loss and backward interleave tile by tile: one time.
-            let out = tiled.losses(image, with_grad)?;
+            let out = tiled.losses(&self.terms, weights, image, with_grad)?;
             times.forward = clock.elapsed().as_secs_f64();
             return Ok(out);
         }
@@ -194,7 +240,6 @@ impl Renderer {
         times.forward = clock.elapsed().as_secs_f64();
 
         let clock = Instant::now();
-        let weights = PartWeights { content: p.alpha, style: p.beta, tv: p.tv_weight };
         let read = |reads| match reads {
             Reads::Layer(conv) => &acts.features[conv],
             Reads::Image => image,

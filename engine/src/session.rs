@@ -26,19 +26,12 @@ use candle_core::Tensor;
 use crate::checkpoint::{Checkpoint, Identity};
 use crate::error::{EngineError, Result};
 use crate::loss::LossRecord;
+use crate::execution::Execution;
 use crate::params::{Init, RenderParams};
-use crate::pixels;
+use crate::pixels::{self, Pictures};
 use crate::preserve;
 use crate::render::{RenderState, Renderer};
 use crate::vgg::Vgg19;
-
-/// The pictures of one stage, in the optimisation space, all `[1, 3, H, W]`
-/// at that stage's size.
-#[derive(Debug, Clone)]
-pub struct Pictures {
-    pub content: Tensor,
-    pub styles: Vec<Tensor>,
-}
 
 /// Gives the pictures at another size, for coarse stages. The caller
 /// resamples from its source images (as it did for the full size), so a
@@ -121,6 +114,8 @@ pub trait Hooks {
 pub struct Session {
     vgg: Arc<Vgg19>,
     renderer: Renderer,
+    /// How every stage is run (tiling): not part of the identity.
+    execution: Execution,
     identity: Identity,
     /// The content as the render sees it (grey under luminance-only colour
     /// preservation) …
@@ -137,11 +132,18 @@ impl Session {
     /// Validates `params` and computes the full-size targets. `init` is the
     /// start image for [`Init::Image`], at the render size.
     pub fn new(vgg: Arc<Vgg19>, params: RenderParams, full: Pictures, init: Option<Tensor>) -> Result<Self> {
+        Self::with_execution(vgg, params, Execution::default(), full, init)
+    }
+
+    /// [`Session::new`], run as `execution` says (tiled, every stage). The
+    /// execution is not part of the render's identity: a checkpoint resumes
+    /// under any.
+    pub fn with_execution(vgg: Arc<Vgg19>, params: RenderParams, execution: Execution, full: Pictures, init: Option<Tensor>) -> Result<Self> {
         let photo = full.content.clone();
         let full = preserve::prepare(params.preserve_colors, full)?;
         let identity = Identity::new(&params, &full.content, &full.styles, init.as_ref())?;
-        let renderer = Renderer::new(vgg.clone(), params, &full.content, &full.styles)?;
-        Ok(Self { vgg, renderer, identity, content: full.content, photo, init, state: None, history: Vec::new() })
+        let renderer = Renderer::with_execution(vgg.clone(), params, &execution, &full.content, &full.styles)?;
+        Ok(Self { vgg, renderer, execution, identity, content: full.content, photo, init, state: None, history: Vec::new() })
     }
 
     /// Continues from `checkpoint` instead of starting over; refused with
@@ -158,6 +160,11 @@ impl Session {
 
     pub fn params(&self) -> &RenderParams {
         self.renderer.params()
+    }
+
+    /// How the render is run.
+    pub fn execution(&self) -> &Execution {
+        &self.execution
     }
 
     /// What a checkpoint of this render must match.
@@ -279,7 +286,7 @@ impl Session {
                 scales: Vec::new(),
                 ..params.clone()
             };
-            let renderer = Renderer::new(self.vgg.clone(), stage_params, &pictures.content, &pictures.styles)?;
+            let renderer = Renderer::with_execution(self.vgg.clone(), stage_params, &self.execution, &pictures.content, &pictures.styles)?;
             let mut state = renderer.initial_state(&pictures.content, start.as_ref())?;
             let mut before = None;
             while state.iteration < iterations {

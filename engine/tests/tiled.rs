@@ -8,8 +8,9 @@ mod common;
 use std::sync::Arc;
 
 use common::Seeded;
-use stylefarm_engine::tiled::{Reach, Tiled};
-use stylefarm_engine::{DType, InputConvention, Optimizer, RenderParams, Renderer, Tensor, Vgg19};
+use stylefarm_engine::geometry::Reach;
+use stylefarm_engine::tiled::Tiled;
+use stylefarm_engine::{DType, Execution, InputConvention, Optimizer, RenderParams, Renderer, Tensor, Vgg19};
 
 /// A narrow random VGG (VGG-19's topology, a fixed seed: the tolerances
 /// below compare float paths, and a test run must be the same every time).
@@ -21,6 +22,11 @@ fn vgg(dtype: DType) -> Arc<Vgg19> {
 fn params() -> RenderParams {
     // Every default layer (conv1_1 … conv5_1, conv4_2) and TV.
     RenderParams { tv_weight: 0.05, alpha: 5.0, ..RenderParams::default() }
+}
+
+/// Tiles of `tile` pixels, the first `keep` kept for pass 2.
+fn tiles(tile: usize, keep: usize) -> Execution {
+    Execution { tile: Some(tile), keep_tiles: keep, ..Execution::default() }
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -58,12 +64,12 @@ fn tiled_losses_and_gradients_equal_the_untiled_ones() {
         let whole = Renderer::new(net.clone(), p.clone(), &c.content, &[c.style.clone()]).unwrap();
         let (untiled, untiled_grad) = whole.loss_and_grad(&c.image).unwrap();
         for tile in [16, 32, 48, 200] {
-            let tiled = Tiled::new(net.clone(), &p, &c.content, &[c.style.clone()], tile).unwrap();
-            let (got, got_grad) = tiled.losses(&c.image, true).unwrap();
+            let tiled = Renderer::with_execution(net.clone(), p.clone(), &tiles(tile, 0), &c.content, &[c.style.clone()]).unwrap();
+            let (got, got_grad) = tiled.loss_and_grad(&c.image).unwrap();
             for (name, t, u) in [("content", got.content, untiled.content), ("style", got.style, untiled.style), ("tv", got.tv, untiled.tv), ("total", got.total, untiled.total)] {
                 assert!(rel(t, u) <= 1e-5, "{h}x{w}, tile {tile}: {name} tiled {t}, untiled {u}");
             }
-            let e = rel_norm(&got_grad.unwrap(), &untiled_grad);
+            let e = rel_norm(&got_grad, &untiled_grad);
             assert!(e <= 1e-4, "{h}x{w}, tile {tile}: gradient relative error {e}");
         }
     }
@@ -76,10 +82,9 @@ fn keeping_tiles_changes_the_cost_not_the_result() {
     let net = vgg(DType::F32);
     let c = case(75, 101, DType::F32);
     let eval = |keep_tiles| {
-        let p = RenderParams { keep_tiles, ..params() };
-        let tiled = Tiled::new(net.clone(), &p, &c.content, &[c.style.clone()], 32).unwrap();
-        let (losses, grad) = tiled.losses(&c.image, true).unwrap();
-        (losses.total, grad.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        let tiled = Renderer::with_execution(net.clone(), params(), &tiles(32, keep_tiles), &c.content, &[c.style.clone()]).unwrap();
+        let (losses, grad) = tiled.loss_and_grad(&c.image).unwrap();
+        (losses.total, grad.flatten_all().unwrap().to_vec1::<f32>().unwrap())
     };
     // 3 × 4 tiles: none kept but the last, some, all.
     let none = eval(0);
@@ -99,8 +104,8 @@ fn a_tiled_render_equals_the_untiled_one() {
         let net = vgg(dtype);
         let c = case(70, 90, dtype);
         let run = |tile: Option<usize>| {
-            let p = RenderParams { iterations: 10, optimizer: Optimizer::Lbfgs, tile, keep_tiles: 2, ..params() };
-            let r = Renderer::new(net.clone(), p, &c.content, &[c.style.clone()]).unwrap();
+            let p = RenderParams { iterations: 10, optimizer: Optimizer::Lbfgs, ..params() };
+            let r = Renderer::with_execution(net.clone(), p, &Execution { tile, keep_tiles: 2, ..Execution::default() }, &c.content, &[c.style.clone()]).unwrap();
             let mut state = r.initial_state(&c.content, None).unwrap();
             while state.iteration < 10 {
                 r.step(&mut state).unwrap();
@@ -123,9 +128,10 @@ fn the_halo_is_the_smallest_that_stays_exact() {
     let whole = Renderer::new(net.clone(), p.clone(), &c.content, &[c.style.clone()]).unwrap();
     let (want, want_grad) = whole.loss_and_grad(&c.image).unwrap();
     let reach = Reach::of(13);
+    // The untiled renderer's own terms (and targets), evaluated in tiles.
     let error = |reach: Reach| {
-        let tiled = Tiled::with_reach(net.clone(), &p, &c.content, &[c.style.clone()], 32, Some(reach)).unwrap();
-        let (got, grad) = tiled.losses(&c.image, true).unwrap();
+        let tiled = Tiled::with_reach(net.clone(), 13, 32, 0, Some(reach)).unwrap();
+        let (got, grad) = tiled.losses(whole.terms(), whole.weights(), &c.image, true).unwrap();
         rel(got.total, want.total).max(rel_norm(&grad.unwrap(), &want_grad))
     };
     let exact = error(reach);
@@ -136,9 +142,9 @@ fn the_halo_is_the_smallest_that_stays_exact() {
     assert!(short > 1e3 * exact.max(1e-15), "one pixel less after the tile should break it: {short} (exact: {exact})");
     // Every tile size is exact with the full halo.
     for tile in [16, 48, 64] {
-        let tiled = Tiled::new(net.clone(), &p, &c.content, &[c.style.clone()], tile).unwrap();
-        let (got, grad) = tiled.losses(&c.image, true).unwrap();
-        let e = rel(got.total, want.total).max(rel_norm(&grad.unwrap(), &want_grad));
+        let tiled = Renderer::with_execution(net.clone(), p.clone(), &tiles(tile, 0), &c.content, &[c.style.clone()]).unwrap();
+        let (got, grad) = tiled.loss_and_grad(&c.image).unwrap();
+        let e = rel(got.total, want.total).max(rel_norm(&grad, &want_grad));
         assert!(e < 1e-12, "tile {tile}: {e}");
     }
 }
@@ -165,8 +171,8 @@ fn a_tiled_coarse_to_fine_render_resumes_from_its_checkpoint_untiled() {
         Ok(Pictures { content: stylefarm_engine::pixels::resize(&c.content, w, h)?, styles: vec![stylefarm_engine::pixels::resize(&c.style, w, h)?] })
     };
     let resample: Resample<'_> = &pictures;
-    let p = |tile| RenderParams { iterations: 8, optimizer: Optimizer::Lbfgs, scales: vec![0.5], coarse_iters: Some(4), tile, ..params() };
-    let session = |tile| Session::new(net.clone(), p(tile), pictures(76, 60).unwrap(), None).unwrap();
+    let p = RenderParams { iterations: 8, optimizer: Optimizer::Lbfgs, scales: vec![0.5], coarse_iters: Some(4), ..params() };
+    let session = |tile| Session::with_execution(net.clone(), p.clone(), Execution { tile, ..Execution::default() }, pictures(76, 60).unwrap(), None).unwrap();
 
     let mut whole = session(Some(32));
     assert!(matches!(whole.run(&mut StopAfter(usize::MAX, 0), Cadence::default(), resample).unwrap(), Outcome::Finished(_)));
@@ -184,4 +190,65 @@ fn a_tiled_coarse_to_fine_render_resumes_from_its_checkpoint_untiled() {
     assert!(diff <= 1.0, "largest per-pixel difference: {diff}");
     let (a, b) = (whole.history().last().unwrap().losses.total, second.history().last().unwrap().losses.total);
     assert!(rel(a, b) <= 1e-3, "final losses {a} and {b}");
+}
+
+/// A loss term the engine does not have — each channel's mean activation
+/// at a layer matched to the style's (a first-moment cousin of the Gram
+/// matrix) — written only against `loss::Term`: pushed onto a tiled
+/// renderer it gives the untiled losses and gradient, in f64 to 1e-12,
+/// without a line of `tiled.rs` knowing it.
+#[test]
+fn a_new_loss_term_works_tiled_without_touching_the_tiled_path() {
+    use stylefarm_engine::loss::{Part, Reads, Term, Weighted, Window};
+    use stylefarm_engine::Result;
+
+    /// `Σ_c (mean_c(F) − t_c)²`; statistic `Σ_positions F` (`[C]`).
+    struct MeanActivation {
+        target: Tensor,
+    }
+    impl Term for MeanActivation {
+        fn statistic(&self, block: &Tensor, _at: Window) -> Result<Tensor> {
+            let (_, h, w, c) = block.dims4()?;
+            Ok(block.reshape((h * w, c))?.sum(0)?.to_dtype(DType::F64)?)
+        }
+        fn value(&self, statistic: &Tensor, (h, w): (usize, usize), k: f64) -> Result<(f64, Tensor)> {
+            let m = (h * w) as f64;
+            let diff = (statistic.affine(1.0 / m, 0.0)? - &self.target)?;
+            let value = diff.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            Ok((value, diff.affine(2.0 * k / m, 0.0)?))
+        }
+        fn grad(&self, block: &Tensor, _at: Window, adjoint: &Tensor) -> Result<Tensor> {
+            let c = adjoint.dim(0)?;
+            Ok(adjoint.to_dtype(block.dtype())?.reshape((1, 1, 1, c))?.broadcast_as(block.shape())?.contiguous()?)
+        }
+    }
+
+    let net = vgg(DType::F64);
+    let c = case(57, 83, DType::F64);
+    let conv = stylefarm_engine::arch::conv_index("conv3_1").unwrap();
+    let style_features = net.forward(&c.style, conv + 1).unwrap().features[conv].clone();
+    let (_, h, w, ch) = style_features.dims4().unwrap();
+    let target = style_features.reshape((h * w, ch)).unwrap().mean(0).unwrap();
+    let term = || Weighted { part: Part::Style, reads: Reads::Layer(conv), weight: 2.0, term: Box::new(MeanActivation { target: target.clone() }) };
+
+    let plain = Renderer::new(net.clone(), params(), &c.content, &[c.style.clone()]).unwrap();
+    let (without, _) = plain.loss_and_grad(&c.image).unwrap();
+    let mut whole = Renderer::new(net.clone(), params(), &c.content, &[c.style.clone()]).unwrap();
+    whole.push_term(term()).unwrap();
+    let (want, want_grad) = whole.loss_and_grad(&c.image).unwrap();
+    assert!(rel(want.style, without.style) > 1e-6, "the term adds to the style column: {} against {}", want.style, without.style);
+    for (tile, keep) in [(16, 0), (32, 3), (48, 0)] {
+        let mut tiled = Renderer::with_execution(net.clone(), params(), &tiles(tile, keep), &c.content, &[c.style.clone()]).unwrap();
+        tiled.push_term(term()).unwrap();
+        let (got, grad) = tiled.loss_and_grad(&c.image).unwrap();
+        for (name, t, u) in [("style", got.style, want.style), ("total", got.total, want.total)] {
+            assert!(rel(t, u) <= 1e-12, "tile {tile}: {name} tiled {t}, untiled {u}");
+        }
+        let e = rel_norm(&grad, &want_grad);
+        assert!(e <= 1e-12, "tile {tile}: gradient relative error {e}");
+    }
+    // A term deeper than the render runs is refused by name.
+    let mut shallow = Renderer::new(net.clone(), RenderParams { style_layers: vec![stylefarm_engine::LayerWeight::new("conv1_1", 1.0)], content_layers: vec![stylefarm_engine::LayerWeight::new("conv1_2", 1.0)], ..params() }, &c.content, &[c.style.clone()]).unwrap();
+    let err = shallow.push_term(term()).unwrap_err().to_string();
+    assert!(err.contains("conv3_1"), "{err}");
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use stylefarm_engine::{pixels, DType, RenderParams, Renderer, Vgg19};
+use stylefarm_engine::{pixels, DType, Execution, RenderParams, Renderer, Vgg19};
 use stylefarm_shared::{size, weights};
 
 #[derive(Args)]
@@ -119,7 +119,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &device)?;
-    let params = RenderParams { tile: args.tile, ..RenderParams::default() };
+    let params = RenderParams::default();
     let vgg = Arc::new(Vgg19::new(&weights, params.pooling, args.precision.dtype())?);
     let engine = format!("stylefarm-{}", args.precision.name());
     if !args.json {
@@ -144,11 +144,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let tensor = |seed| pixels::to_tensor(&noise_image(w, h, seed), w as usize, h as usize, args.precision.dtype(), &device);
         let (content, style) = (tensor(1)?, tensor(2)?);
         let budget = stylefarm_shared::budget::available_memory().unwrap_or(0);
-        let params = RenderParams { keep_tiles: args.keep_tiles.unwrap_or_else(|| params.most_tiles_kept(w, h, budget)), ..params.clone() };
-        if params.tile.is_some() && !args.json {
-            println!("{s}: keeping {} tiles' activations for pass 2", params.keep_tiles);
+        let execution = Execution { tile: args.tile, keep_tiles: args.tile.map_or(0, |t| args.keep_tiles.unwrap_or_else(|| params.most_tiles_kept(t, w, h, budget))), ..Execution::default() };
+        if execution.tile.is_some() && !args.json {
+            println!("{s}: keeping {} tiles' activations for pass 2", execution.keep_tiles);
         }
-        let renderer = Renderer::new(vgg.clone(), params.clone(), &content, &[style])?;
+        let renderer = Renderer::with_execution(vgg.clone(), params.clone(), &execution, &content, &[style])?;
         let mut state = renderer.initial_state(&content, None)?;
         for _ in 0..args.warmup {
             renderer.step(&mut state)?;
@@ -168,7 +168,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (step, forward, loss, backward) = (median(steps), median(forward), median(loss), median(backward));
         let gflop = renderer.step_flops(h as usize, w as usize) / 1e9;
         let peak = peak_rss_mib().context("cannot read peak memory from /proc/self/status")?;
-        let model = params.estimated_peak_bytes(w, h) as f64 / (1u64 << 20) as f64;
+        let model = params.peak_bytes(&execution, w, h) as f64 / (1u64 << 20) as f64;
         let ratio = model / peak;
         if device.is_cpu() && !(0.9..=1.1).contains(&ratio) {
             off.push(format!("{s} ({ratio:.2})"));
@@ -178,7 +178,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "engine": engine, "device": args.device, "size": s, "threads": args.threads, "seconds_per_iter": step,
                 "forward_seconds": forward, "loss_seconds": loss, "backward_seconds": backward,
                 "gflop_per_iter": gflop, "gflops": gflop / step, "peak_rss_mib": peak,
-                "model_peak_mib": model, "model_over_peak": ratio, "tile": params.tile, "keep_tiles": params.keep_tiles,
+                "model_peak_mib": model, "model_over_peak": ratio, "tile": execution.tile, "keep_tiles": execution.keep_tiles,
             });
             println!("{row}");
         } else {

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use stylefarm_engine::{Init, LayerWeight, Optimizer, Pooling, Preset, PreserveColors, RenderParams};
+use stylefarm_engine::{Execution, Init, LayerWeight, Optimizer, Pooling, Preset, PreserveColors, RenderParams};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PoolingArg {
@@ -133,11 +133,13 @@ impl ParamFlags {
             // A preset's coarse iterations go with its own scales.
             coarse_iters: self.coarse_iters.or(if self.scales.is_none() { preset.coarse_iters } else { None }),
             preserve_colors: self.preserve_colors.map(Into::into),
-            bit_depth: self.bit_depth,
-            tile: self.tile,
-            // Set by `farmctl render` from its memory budget.
-            keep_tiles: 0,
         })
+    }
+
+    /// How these flags say to run the render: `--tile` and `--bit-depth`
+    /// (the kept tiles are `farmctl render`'s to set from its budget).
+    pub fn execution(&self) -> Execution {
+        Execution { tile: self.tile, keep_tiles: 0, bit_depth: self.bit_depth }
     }
 }
 
@@ -242,7 +244,9 @@ mod tests {
     #[test]
     fn colour_preservation_and_bit_depth_flags() {
         let p = params(&["--preserve-colors", "luminance", "--bit-depth", "16"]).unwrap();
-        assert_eq!((p.preserve_colors, p.bit_depth), (Some(PreserveColors::Luminance), 16));
+        assert_eq!(p.preserve_colors, Some(PreserveColors::Luminance));
+        let flags = Cli::try_parse_from(["farmctl", "--bit-depth", "16", "--tile", "256"]).unwrap().params;
+        assert_eq!(flags.execution(), Execution { tile: Some(256), keep_tiles: 0, bit_depth: 16 });
         assert_eq!(params(&["--preserve-colors", "histogram"]).unwrap().preserve_colors, Some(PreserveColors::Histogram));
         let e = params(&["--bit-depth", "12"]).unwrap_err().to_string();
         assert!(e.contains("8 or 16"), "{e}");

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use stylefarm_engine::session::Resample;
-use stylefarm_engine::{graph, Cadence, Checkpoint, Control, DType, Device, Hooks, Init, LossRecord, Outcome, Session, Stage, Vgg19};
+use stylefarm_engine::{graph, Cadence, Checkpoint, Control, DType, Device, Execution, Hooks, Init, LossRecord, Outcome, Session, Stage, Vgg19};
 use stylefarm_shared::checkpoints::CheckpointStore;
 use stylefarm_shared::image_io::{self, ImageLimits};
 use stylefarm_shared::pictures::Sources;
@@ -213,8 +213,10 @@ impl Hooks for LocalHooks<'_> {
 /// The memory model against the budget: `--dry-run` prints both. A render
 /// that would not fit is tiled when tiling makes it fit (and `--tile` was
 /// not given), else refused with the numbers and the largest size that
-/// fits. Returns the parameters to render with.
-fn check_memory(params: stylefarm_engine::RenderParams, (w, h): (u32, u32), max_memory: Option<u64>, dry_run: bool) -> Result<stylefarm_engine::RenderParams> {
+/// fits; tiled, what memory is left keeps pass 1's activations for pass 2
+/// ([`stylefarm_engine::RenderParams::plan`], the rule workers follow too).
+/// Returns how to run the render.
+fn check_memory(params: &stylefarm_engine::RenderParams, asked: Execution, (w, h): (u32, u32), max_memory: Option<u64>, dry_run: bool) -> Result<Execution> {
     use stylefarm_shared::budget::{available_memory, human, largest_fitting_side};
     let (budget, whence) = match (max_memory, available_memory()) {
         (Some(b), _) => (Some(b), "--max-memory"),
@@ -222,26 +224,17 @@ fn check_memory(params: stylefarm_engine::RenderParams, (w, h): (u32, u32), max_
         (None, None) => (None, "unknown"),
     };
     let untiled = params.estimated_peak_bytes(w, h);
-    let mut params = params;
-    let mut note = String::new();
-    if let (None, Some(b)) = (params.tile, budget) {
-        if untiled > b {
-            if let Some(tile) = params.largest_fitting_tile(w, h, b) {
-                params.tile = Some(tile);
-                note = format!(" (untiled it would need {}: tiled automatically)", human(untiled));
-            }
-        }
-    }
-    // Tiled, what memory is left keeps pass 1's activations for pass 2.
-    if let (Some(_), Some(b)) = (params.tile, budget) {
-        params.keep_tiles = params.most_tiles_kept(w, h, b);
-    }
-    let need = params.estimated_peak_bytes(w, h);
+    let execution = Execution { bit_depth: asked.bit_depth, ..params.plan(w, h, budget, asked.tile) };
+    let note = match (asked.tile, execution.tile) {
+        (None, Some(_)) => format!(" (untiled it would need {}: tiled automatically)", human(untiled)),
+        _ => String::new(),
+    };
+    let need = params.peak_bytes(&execution, w, h);
     let fits = budget.is_none_or(|b| need <= b);
     if dry_run {
         let depth = params.active_layers()?.2;
         let deepest = depth.checked_sub(1).map_or("none", |i| stylefarm_engine::arch::VGG19[i].name);
-        let tiling = params.tile.map_or("untiled".to_string(), |t| format!("tiles of {t} px, {} kept for pass 2", params.keep_tiles));
+        let tiling = execution.tile.map_or("untiled".to_string(), |t| format!("tiles of {t} px, {} kept for pass 2", execution.keep_tiles));
         println!("render {w}x{h}, {:?}, layers to {deepest} on cpu, {tiling}", params.optimizer);
         println!("peak memory (model): {} ({need} bytes){note}", human(need));
         match budget {
@@ -249,16 +242,16 @@ fn check_memory(params: stylefarm_engine::RenderParams, (w, h): (u32, u32), max_
             None => println!("budget: unknown (give --max-memory)"),
         }
     } else if !note.is_empty() {
-        eprintln!("{w}x{h} in tiles of {} px: {} of memory{note}", params.tile.unwrap_or_default(), human(need));
+        eprintln!("{w}x{h} in tiles of {} px: {} of memory{note}", execution.tile.unwrap_or_default(), human(need));
     }
     if let (false, Some(b)) = (fits, budget) {
-        let instead = match largest_fitting_side(&params, (w, h), b) {
+        let instead = match largest_fitting_side(params, (w, h), b) {
             Some(side) => format!("render it at --max-side {side} or smaller"),
             None => "not even a 16 px render fits it".to_string(),
         };
         bail!("{w}x{h} needs about {} and the budget ({whence}) is {}: {instead}, or give more memory (--max-memory)", human(need), human(b));
     }
-    Ok(params)
+    Ok(execution)
 }
 
 pub fn run(args: RenderArgs) -> Result<()> {
@@ -299,7 +292,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         Some(s) => size::parse_size(s)?,
         None => size::fit_max_side(sources.content.dimensions(), args.max_side)?,
     };
-    let params = check_memory(params, (w, h), args.max_memory, args.dry_run)?;
+    let execution = check_memory(&params, args.params.execution(), (w, h), args.max_memory, args.dry_run)?;
     if args.dry_run {
         return Ok(());
     }
@@ -307,7 +300,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
     let device = Device::Cpu;
     let weights = weights::load(&weights::weights_path(args.weights.as_deref()), &device)?;
     let vgg = Arc::new(Vgg19::new(&weights, params.pooling, DType::F32)?);
-    let mut session = Session::new(vgg, params.clone(), sources.at(w, h, &device)?, sources.init_at(w, h, &device)?)?;
+    let mut session = Session::with_execution(vgg, params.clone(), execution, sources.at(w, h, &device)?, sources.init_at(w, h, &device)?)?;
 
     // 3. Where the render starts: a checkpoint or the init.
     if let (true, Some(store)) = (args.resume, &checkpoints) {
@@ -377,7 +370,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
             hooks.record(&last)?;
             hooks.draw(&session)?;
             hooks.bar.finish_and_clear();
-            write_png(&args.output, &session, session.params().bit_depth)?;
+            write_png(&args.output, &session, session.execution().bit_depth)?;
             println!("wrote {} ({w}x{h}, {} iterations, total loss {:.4e}, {:.1}s)", args.output.display(), last.iteration, last.losses.total, last.seconds);
             Ok(())
         }

@@ -1,11 +1,11 @@
 //! The memory a render may use, as a user states it (`--max-memory 8G`) or
 //! as the machine has it, and the largest render that fits it by the
-//! engine's model ([`stylefarm_engine::RenderParams::estimated_peak_bytes`]):
+//! engine's model ([`stylefarm_params::RenderParams::estimated_peak_bytes`]):
 //! what `farmctl render` checks before it loads anything, so a render too
 //! large is refused with the number and what to do instead of dying on an
 //! allocation.
 
-use stylefarm_engine::RenderParams;
+use stylefarm_params::RenderParams;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BudgetError {

@@ -146,6 +146,7 @@ pub fn encode_png16(rgb: &[u16], w: u32, h: u32, name: &str) -> Result<Vec<u8>, 
 
 /// PNG bytes of an image in the engine's space at `bits` (8 or 16) per
 /// channel: what a render writes as its output.
+#[cfg(feature = "engine")]
 pub fn encode_picture(image: &stylefarm_engine::Tensor, bits: u8, name: &str) -> Result<Vec<u8>, ImageError> {
     let fail = |reason: String| ImageError::Write { path: PathBuf::from(name), reason };
     if bits == 16 {
@@ -158,6 +159,7 @@ pub fn encode_picture(image: &stylefarm_engine::Tensor, bits: u8, name: &str) ->
 }
 
 /// Writes a render's image as a PNG at `bits` per channel, atomically.
+#[cfg(feature = "engine")]
 pub fn save_picture(path: &Path, image: &stylefarm_engine::Tensor, bits: u8) -> Result<(), ImageError> {
     let bytes = encode_picture(image, bits, &path.to_string_lossy())?;
     save_bytes(path, &bytes)

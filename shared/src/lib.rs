@@ -4,14 +4,22 @@
 //! storage, the files a render leaves, finding VGG-19 weights, how a client
 //! reaches the coordinator (and retries), logs, metrics and shutdown.
 
+//!
+//! The modules that need the engine (pictures from tensors, checkpoints in
+//! storage, weights, devices) come with the `engine` feature; the
+//! coordinator builds without it, and so without candle.
+
 pub mod attempt_log;
 pub mod backoff;
 pub mod budget;
+#[cfg(feature = "engine")]
 pub mod checkpoints;
 pub mod client;
+#[cfg(feature = "engine")]
 pub mod device;
 pub mod image_io;
 pub mod memory;
+#[cfg(feature = "engine")]
 pub mod pictures;
 pub mod plot;
 pub mod records;
@@ -20,4 +28,5 @@ pub mod storage;
 pub mod telemetry;
 pub mod tfevents;
 pub mod size;
+#[cfg(feature = "engine")]
 pub mod weights;

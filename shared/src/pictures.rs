@@ -4,8 +4,7 @@
 //! farm job to be bit-identical to a local render).
 
 use image::RgbImage;
-use stylefarm_engine::session::Pictures;
-use stylefarm_engine::{pixels, DType, Device, Result, Tensor};
+use stylefarm_engine::{pixels, DType, Device, Pictures, Result, Tensor};
 
 use crate::image_io;
 

@@ -3,7 +3,7 @@
 //! text (a caller writes it to a file or puts it in storage).
 
 use plotters::prelude::*;
-use stylefarm_engine::LossRecord;
+use stylefarm_params::LossRecord;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot draw the loss plot: {0}")]
@@ -72,7 +72,7 @@ fn draw(svg: &mut String, history: &[LossRecord], weights: (f64, f64, f64), titl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stylefarm_engine::Losses;
+    use stylefarm_params::Losses;
 
     #[test]
     fn draws_every_positive_series_and_survives_an_empty_history() {

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use stylefarm_engine::LossRecord;
+use stylefarm_params::LossRecord;
 
 use crate::tfevents::EventWriter;
 
@@ -52,7 +52,7 @@ pub fn write_scalars<W: Write>(events: &mut EventWriter<W>, record: &LossRecord)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stylefarm_engine::Losses;
+    use stylefarm_params::Losses;
 
     #[test]
     fn a_log_line_has_the_documented_fields_and_reads_back() {

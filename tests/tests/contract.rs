@@ -212,7 +212,7 @@ fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
     rt().block_on(async {
         let mut f = farm_client(&farm.url, None).await;
         let with = |variant: &str| pb::SubmitRequest { variants_json: vec![variant.into()], ..small(vec![upload("c", "content.png")]) };
-        for (variant, needle) in [(r#"{"alhpa": 1}"#, "alhpa"), (r#"{"iters": -3}"#, "iters"), (r#"{"init": "image"}"#, "init"), (r#"{"scales": [2]}"#, "scales"), (r#"{"preset": "turbo"}"#, "preset"), (r#"{"bit_depth": 12}"#, "bit_depth"), (r#"{"preserve_colors": "sepia"}"#, "preserve_colors")] {
+        for (variant, needle) in [(r#"{"alhpa": 1}"#, "alhpa"), (r#"{"iters": -3}"#, "iters"), (r#"{"init": "image"}"#, "init"), (r#"{"scales": [2]}"#, "scales"), (r#"{"preset": "turbo"}"#, "preset"), (r#"{"bit_depth": 12}"#, "bit_depth"), (r#"{"tile": 512}"#, "tile"), (r#"{"keep_tiles": 2}"#, "keep_tiles"), (r#"{"preserve_colors": "sepia"}"#, "preserve_colors")] {
             let e = f.submit(with(variant)).await.unwrap_err();
             assert!(e.code() == Code::InvalidArgument && e.message().contains(needle), "{variant}: {e:?}");
         }
@@ -221,15 +221,16 @@ fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
             .expect("the flag names, over a preset");
 
         // With a worker of 8 GiB registered, an 8192×8192 render is refused
-        // with the estimate; a small one still goes in.
+        // with the estimate (even in the farm's smallest tiles); a small one
+        // still goes in.
         let mut w = workers_client(&farm.url, None).await;
         let worker = register(&mut w, "small", 8 << 30).await;
         let huge = pb::SubmitRequest { width: 8192, height: 8192, ..with("{}") };
         let e = f.submit(huge).await.unwrap_err();
-        assert!(e.code() == Code::FailedPrecondition && e.message().contains("GiB") && e.message().contains("\"tile\""), "{e:?}");
-        // Tiled, the same size fits that device.
-        let tile = e.message().split("\"tile\": ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap().to_string();
-        let tiled = pb::SubmitRequest { width: 8192, height: 8192, ..with(&format!(r#"{{"tile": {tile}, "iters": 1}}"#)) };
+        assert!(e.code() == Code::FailedPrecondition && e.message().contains("GiB") && e.message().contains("even in tiles of 512 px"), "{e:?}");
+        // 4096×4096 needs ~40 GiB untiled, a few in tiles: it goes in, and
+        // the worker that leases it tiles it.
+        let tiled = pb::SubmitRequest { width: 4096, height: 4096, ..with(r#"{"iters": 1}"#) };
         let accepted = f.submit(tiled).await.expect("tiled, it fits the registered device").into_inner();
         f.cancel(pb::CollectionRef { collection_id: accepted.collection_id }).await.unwrap();
         let spec = lease(&mut w, &worker).await.job.expect("the small job");

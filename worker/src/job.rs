@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use stylefarm_engine::session::Resample;
 use stylefarm_engine::{
-    graph, pixels, Cadence, Checkpoint, Control, DType, EngineError, Hooks, LossRecord, Outcome, RenderParams, Session, Vgg19,
+    graph, pixels, Cadence, Checkpoint, Control, DType, EngineError, Execution, Hooks, JobParams, LossRecord, Outcome, RenderParams, Session, Vgg19,
 };
 use stylefarm_proto as pb;
 use stylefarm_shared::backoff::Backoff;
@@ -230,10 +230,14 @@ fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: 
 }
 
 fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -> Result<Ended, JobError> {
-    let mut params = RenderParams::from_json(&job.params_json)?;
+    let stored = JobParams::from_stored(&job.params_json).map_err(EngineError::from)?;
+    let params = stored.render;
     let (w, h) = (job.width as usize, job.height as usize);
     let free = if ctx.device.is_cpu() { stylefarm_shared::budget::available_memory() } else { None };
-    params.keep_tiles = tiles_to_keep(&params, (job.width, job.height), free);
+    let execution = Execution { bit_depth: stored.bit_depth, ..plan(&params, (job.width, job.height), free) };
+    if let Some(tile) = execution.tile {
+        tracing::info!("{}x{} does not fit the {} free: rendering in tiles of {tile} px, {} kept for pass 2", w, h, free.map_or("?".into(), stylefarm_shared::budget::human), execution.keep_tiles);
+    }
     let limits = ImageLimits::default();
     let load = |key: &str, role: &str| -> Result<image::RgbImage, JobError> {
         let bytes = rt.block_on(retry_storage(|| ctx.store.get(key)))?;
@@ -245,7 +249,7 @@ fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -
         init: None,
     };
     let vgg = Arc::new(Vgg19::new(&ctx.weights, params.pooling, DType::F32)?);
-    let mut session = Session::new(vgg, params.clone(), sources.at(w, h, &ctx.device)?, None)?;
+    let mut session = Session::with_execution(vgg, params.clone(), execution, sources.at(w, h, &ctx.device)?, None)?;
     if !job.resume_key.is_empty() {
         resume(ctx, rt, &job.resume_key, &mut session);
     }
@@ -416,7 +420,7 @@ impl FarmHooks<'_> {
         if let Some(last) = session.history().last() {
             self.record(&last.clone());
         }
-        self.png(session, job_files::OUTPUT, session.params().bit_depth)?;
+        self.png(session, job_files::OUTPUT, session.execution().bit_depth)?;
         self.put_records(session)
     }
 
@@ -579,11 +583,13 @@ impl Hooks for FarmHooks<'_> {
     }
 }
 
-/// Tiled: how many tiles' activations to keep for the `(w, h)` render, as
-/// many as `free` memory holds. The job's own figure is not trusted, and
-/// with no figure (a GPU's free memory is not known here) none are kept.
-fn tiles_to_keep(params: &RenderParams, (w, h): (u32, u32), free: Option<u64>) -> usize {
-    free.map_or(0, |free| params.most_tiles_kept(w, h, free))
+/// How this worker runs the `(w, h)` render with `free` memory: untiled
+/// when it fits, else in the largest tiles that do, keeping as many tiles'
+/// activations as the rest holds ([`RenderParams::plan`]). A job never
+/// chooses its tiling; with no memory figure (a GPU's free memory is not
+/// known here) the render runs untiled.
+fn plan(params: &RenderParams, (w, h): (u32, u32), free: Option<u64>) -> Execution {
+    params.plan(w, h, free, None)
 }
 
 #[cfg(test)]
@@ -601,14 +607,15 @@ mod tests {
     }
 
     #[test]
-    fn a_job_cannot_choose_how_many_tiles_a_worker_keeps() {
-        let asked = RenderParams { tile: Some(512), keep_tiles: 1_000_000, ..RenderParams::default() };
-        // 3840x2160 in 512 px tiles: 8 x 5.
-        assert_eq!(tiles_to_keep(&asked, (3840, 2160), None), 0, "no memory figure, nothing kept");
-        assert_eq!(tiles_to_keep(&asked, (3840, 2160), Some(u64::MAX)), 39, "all but the last, which is always kept");
-        let budget = RenderParams { keep_tiles: 10, ..asked.clone() }.estimated_peak_bytes(3840, 2160);
-        assert_eq!(tiles_to_keep(&asked, (3840, 2160), Some(budget)), 10, "as many as the memory holds");
-        let untiled = RenderParams { tile: None, ..asked };
-        assert_eq!(tiles_to_keep(&untiled, (3840, 2160), Some(u64::MAX)), 0);
+    fn a_worker_tiles_what_its_memory_does_not_hold_and_a_job_cannot_choose() {
+        // A job stored with a tiling of its own: dropped, the worker decides.
+        let stored = JobParams::from_stored(r#"{"tile": 64, "keep_tiles": 1000000}"#).unwrap();
+        let params = stored.render;
+        assert_eq!(plan(&params, (3840, 2160), None), Execution::default(), "no memory figure: untiled");
+        assert_eq!(plan(&params, (3840, 2160), Some(u64::MAX)), Execution::default(), "it fits: untiled");
+        let small = plan(&params, (3840, 2160), Some(4 << 30));
+        let tile = small.tile.expect("4 GiB does not hold 4K untiled");
+        assert!(tile > 64 && params.peak_bytes(&small, 3840, 2160) <= 4 << 30, "the largest tile that fits, not the job's: {tile}");
+        assert!(small.keep_tiles < 1_000_000);
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use stylefarm_engine::{Init, Preset, RenderParams};
+use stylefarm_engine::{Init, JobParams, Preset};
 use stylefarm_proto as pb;
 
 use super::{call, Conn};
@@ -85,7 +85,7 @@ fn upload(path: &Path) -> Result<pb::InputImage> {
 /// Applies `key=value,…` to the parameters the flags give. A
 /// `preset=NAME` in the variant swaps the flags' preset first (the flags
 /// given still apply over it), then the other keys apply.
-fn variant(flags: &ParamFlags, spec: &str) -> Result<RenderParams> {
+fn variant(flags: &ParamFlags, spec: &str) -> Result<JobParams> {
     let mut pairs = Vec::new();
     let mut flags = flags.clone();
     for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
@@ -97,6 +97,9 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<RenderParams> {
     }
     let mut v = serde_json::to_value(flags.to_params()?)?;
     let obj = v.as_object_mut().context("parameters are an object")?;
+    if flags.bit_depth != 8 {
+        obj.insert("bit_depth".into(), flags.bit_depth.into());
+    }
     for (key, val) in pairs {
         let key = key.as_str();
         // Keys left out of the serialised parameters at their defaults are
@@ -108,22 +111,26 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<RenderParams> {
         let parsed = serde_json::from_str(val.trim()).unwrap_or_else(|_| serde_json::Value::String(val.trim().to_string()));
         obj.insert(key.to_string(), parsed);
     }
-    RenderParams::from_json(&v.to_string()).with_context(|| format!("--variant `{spec}`"))
+    // A job's parameters: `tile` is refused there, by name and why.
+    JobParams::from_json(&v.to_string()).with_context(|| format!("--variant `{spec}`"))
 }
 
 pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
-    let base = a.params.to_params()?;
-    if base.init == Init::Image {
+    if a.params.tile.is_some() {
+        bail!("--tile: a farm worker tiles a render as its own memory requires; --tile is for `farmctl render`");
+    }
+    let base = JobParams { render: a.params.to_params()?, bit_depth: a.params.bit_depth };
+    if base.render.init == Init::Image {
         bail!("--init `{}`: a collection takes blend, content, noise or recolored", a.params.init.as_deref().unwrap_or_default());
     }
     let variants = if a.variant.is_empty() { vec![base.clone()] } else { a.variant.iter().map(|v| variant(&a.params, v)).collect::<Result<_>>()? };
     let contents = expand(&a.content, "content")?;
     let styles = expand(&a.style, "style")?;
     // --style-blend blends every style into each job (one style column).
-    let blend_styles = !base.style_blend.is_empty();
+    let blend_styles = !base.render.style_blend.is_empty();
     let styles_per_job = if blend_styles { styles.len() } else { 1 };
     for (i, v) in variants.iter().enumerate() {
-        v.validate(styles_per_job).with_context(|| format!("variant {i}"))?;
+        v.render.validate(styles_per_job).with_context(|| format!("variant {i}"))?;
     }
     let (width, height, max_side) = match &a.size {
         Some(s) => {
@@ -138,7 +145,7 @@ pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
         name: a.name,
         contents,
         styles,
-        variants_json: variants.iter().map(serde_json::to_string).collect::<Result<_, _>>()?,
+        variants_json: variants.iter().map(JobParams::to_json).collect(),
         width,
         height,
         max_side,

@@ -128,30 +128,37 @@ pub async fn list(url: &Conn, include_gone: bool, as_json: bool) -> Result<()> {
 }
 
 pub async fn act(url: &Conn, command: WorkersCommand) -> Result<()> {
-    let (id, verb) = match &command {
-        WorkersCommand::Drain { id } => (id.clone(), "drain"),
-        WorkersCommand::Resume { id } => (id.clone(), "resume"),
-        WorkersCommand::Forget { id } => (id.clone(), "forget"),
+    /// The action, apart from its worker (copied into every retried call).
+    #[derive(Clone, Copy)]
+    enum Action {
+        Drain,
+        Resume,
+        Forget,
+    }
+    let (id, action) = match &command {
+        WorkersCommand::Drain { id } => (id.clone(), Action::Drain),
+        WorkersCommand::Resume { id } => (id.clone(), Action::Resume),
+        WorkersCommand::Forget { id } => (id.clone(), Action::Forget),
     };
     let w = call(url, |mut c| {
         let r = pb::WorkerRef {
             worker_id: id.clone(),
         };
         async move {
-            match verb {
-                "drain" => c.drain_worker(r).await,
-                "resume" => c.resume_worker(r).await,
-                _ => c.forget_worker(r).await,
+            match action {
+                Action::Drain => c.drain_worker(r).await,
+                Action::Resume => c.resume_worker(r).await,
+                Action::Forget => c.forget_worker(r).await,
             }
         }
     })
     .await?
     .into_inner();
-    let said = match verb {
-        "drain" if w.current_job.is_empty() => "drained: it leases no more".to_string(),
-        "drain" => format!("draining: it finishes {} and leases no more", w.current_job),
-        "resume" => "leases again".to_string(),
-        _ => "forgotten: off the list".to_string(),
+    let said = match action {
+        Action::Drain if w.current_job.is_empty() => "drained: it leases no more".to_string(),
+        Action::Drain => format!("draining: it finishes {} and leases no more", w.current_job),
+        Action::Resume => "leases again".to_string(),
+        Action::Forget => "forgotten: off the list".to_string(),
     };
     println!("worker {} ({}): {said}", w.worker_id, state_of(&w));
     Ok(())

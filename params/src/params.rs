@@ -1,12 +1,15 @@
 //! Render parameters with the defaults of DESIGN.md, and their validation.
 //!
-//! Every number a user can type ends up here; [`RenderParams::validate`] is
-//! the one place that says which values make sense.
+//! Every number a user can type about *what* a render is ends up here;
+//! [`RenderParams::validate`] is the one place that says which values make
+//! sense. How a render is run (tiles, kept tiles, the PNGs' bit depth) is
+//! [`crate::execution::Execution`]; what it costs in memory,
+//! [`crate::memory`].
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{invalid, Result};
 use crate::arch::conv_index;
+use crate::error::{invalid, ParamError, Result};
 
 /// Pooling between VGG blocks. Gatys et al. recommend average pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -43,7 +46,7 @@ pub enum Init {
     /// Pixels the caller supplies (an image file, resized to the render size).
     Image,
     /// The content recoloured to the style's colour statistics (mean and
-    /// covariance, [`crate::colors`]), blended with `noise_ratio` of the
+    /// covariance: the engine's `colors`), blended with `noise_ratio` of the
     /// seeded noise like `blend`: the fast preset's start.
     Recolored,
 }
@@ -81,7 +84,8 @@ impl LayerWeight {
     }
 }
 
-/// Everything that decides the result of a render, apart from the pixels.
+/// Everything that decides the result of a render, apart from the pixels:
+/// its identity (with the inputs and the size), which a checkpoint records.
 ///
 /// Serialised (the farm's `variants_json`, a checkpoint's identity) with
 /// `farmctl render`'s flag names (`-` as `_`, `iters` for `iterations`); a
@@ -125,36 +129,6 @@ pub struct RenderParams {
     /// Colour preservation (`None`: the style's colours, as Gatys 2015).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preserve_colors: Option<PreserveColors>,
-    /// Bits per channel of the PNGs the render writes: 8, or 16 to keep
-    /// what rounding to 8 bits would lose. It does not change the render
-    /// (a checkpoint resumes under either).
-    #[serde(skip_serializing_if = "is_eight")]
-    pub bit_depth: u8,
-    /// Evaluate the losses tile by tile, tiles of this many pixels a side
-    /// (rounded up to the deepest layer's pooling stride): the same
-    /// losses and gradient as untiled, in the memory of one tile and its
-    /// halo. It does not change the render (a checkpoint resumes under any
-    /// tiling).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tile: Option<usize>,
-    /// Tiled: how many tiles keep their activations from pass 1 for pass
-    /// 2 (the last always does), each one forward pass fewer per step for
-    /// its crop's activations in memory. Whoever knows the memory sets it
-    /// ([`Self::most_tiles_kept`]); like `tile`, it changes how the losses
-    /// are computed, not what they are.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub keep_tiles: usize,
-}
-
-/// The largest tile side (a render's side is at most 8192 pixels).
-pub const MAX_TILE: usize = 8192;
-
-fn is_eight(bits: &u8) -> bool {
-    *bits == 8
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 impl Default for RenderParams {
@@ -183,9 +157,6 @@ impl Default for RenderParams {
             scales: Vec::new(),
             coarse_iters: None,
             preserve_colors: None,
-            bit_depth: 8,
-            tile: None,
-            keep_tiles: 0,
         }
     }
 }
@@ -200,7 +171,7 @@ pub enum Preset {
     #[default]
     Recipe,
     /// As good as the recipe (style loss at or below its, content loss at
-    /// most 10 % above: [`crate::quality`]) in a fraction of its time, on
+    /// most 10 % above: the engine's `quality`) in a fraction of its time, on
     /// every sample pair (BENCHMARKS.md): L-BFGS, coarse-to-fine from the
     /// content recoloured to the style's colours.
     Fast,
@@ -234,6 +205,10 @@ impl Preset {
         }
     }
 }
+
+/// The keys of how a render is run ([`crate::execution::Execution`]),
+/// refused among its parameters by name.
+pub const HINTS: [&str; 3] = ["tile", "keep_tiles", "bit_depth"];
 
 /// The fast preset's full-size and coarse (half-size) iterations.
 const FAST_ITERS: usize = 55;
@@ -300,12 +275,6 @@ impl RenderParams {
         if self.coarse_iters.is_some_and(|n| n > MAX_ITERATIONS) {
             return Err(invalid("coarse_iters", format!("{:?} is more than the limit of {MAX_ITERATIONS}", self.coarse_iters)));
         }
-        if self.tile.is_some_and(|t| !(16..=crate::params::MAX_TILE).contains(&t)) {
-            return Err(invalid("tile", format!("{:?} pixels: a tile is 16 to {MAX_TILE} pixels a side", self.tile)));
-        }
-        if !matches!(self.bit_depth, 8 | 16) {
-            return Err(invalid("bit_depth", format!("{} bits: a PNG here has 8 or 16 bits per channel", self.bit_depth)));
-        }
         if !(self.noise_ratio.is_finite() && (0.0..=1.0).contains(&self.noise_ratio)) {
             return Err(invalid("noise_ratio", format!("{} must lie in [0, 1]", self.noise_ratio)));
         }
@@ -345,9 +314,12 @@ impl RenderParams {
     /// The error names the key that is wrong, an unknown one included, and
     /// what was expected.
     pub fn from_json(json: &str) -> Result<Self> {
-        let schema = |key: &str, reason: String| crate::error::EngineError::ParamSchema { key: key.to_string(), reason };
+        let schema = |key: &str, reason: String| ParamError::Schema { key: key.to_string(), reason };
         let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| schema("parameters", e.to_string()))?;
         if let Some(obj) = value.as_object_mut() {
+            if let Some(key) = HINTS.iter().find(|k| obj.contains_key(**k)) {
+                return Err(schema(key, "is how a render is run, not what it is; it is not one of the render's parameters (give it to `farmctl render` as a flag; a farm worker decides its own tiling)".into()));
+            }
             if let Some(name) = obj.remove("preset") {
                 let name = name.as_str().ok_or_else(|| schema("preset", format!("{name} is not a preset name; choose one of {}", Preset::NAMES.join(", "))))?;
                 let preset = Preset::parse(name).map_err(|e| schema("preset", e.to_string()))?;
@@ -363,7 +335,7 @@ impl RenderParams {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "parameters".to_string() } else { key };
-            crate::error::EngineError::ParamSchema { key, reason: e.into_inner().to_string() }
+            ParamError::Schema { key, reason: e.into_inner().to_string() }
         })
     }
 
@@ -379,96 +351,10 @@ impl RenderParams {
         Ok((content, style, depth))
     }
 
-    /// A first-order estimate of a render's peak memory at `width`×`height`
-    /// on the CPU engine, in bytes: a fixed part (weights, runtime) plus,
-    /// per pixel, the feature maps of every layer up to the deepest one a
-    /// loss reads (kept for the backward pass, ≈2.2× with their gradients
-    /// and temporaries: fitted to the peaks `farmctl bench` measured, 712,
-    /// 1693, 3212 and 5497 MiB at 333×250, 800×600, 1200×900 and
-    /// 1920×1080), plus L-BFGS's history. `farmctl render` refuses with it
-    /// before it starts, and the farm at submit and when leasing.
-    pub fn estimated_peak_bytes(&self, width: u32, height: u32) -> u64 {
-        const FIXED: f64 = 512.0 * 1024.0 * 1024.0;
-        const PER_FEATURE: f64 = 4.0 * 2.2;
-        // A kept tile's activations: its feature maps alone.
-        const KEPT_PER_FEATURE: f64 = 4.0;
-        let deepest = self.deepest_conv();
-        // Feature values per input pixel: each layer's channels over the
-        // 4^(block-1) by which pooling has shrunk its map.
-        let per_pixel: f64 = crate::arch::VGG19[..=deepest].iter().map(|l| l.out_channels as f64 / 4f64.powi(l.block as i32 - 1)).sum();
-        let pixels = width as f64 * height as f64;
-        let history = match self.optimizer {
-            Optimizer::Lbfgs => 2.0 * self.lbfgs_history as f64 * 3.0 * 4.0,
-            Optimizer::Adam => 3.0 * 3.0 * 4.0,
-        };
-        let Some(tile) = self.tile else {
-            return (FIXED + pixels * (per_pixel * PER_FEATURE + history)) as u64;
-        };
-        // Tiled: at full size the image-sized buffers (below), the
-        // optimizer's history and the content target's features; then the worst moment of pass 2 (which runs
-        // the tiles in reverse): one crop's feature maps and its backward's,
-        // beside the activations still kept for the tiles before it.
-        let reach = crate::tiled::Reach::of(deepest + 1);
-        let content: f64 = self
-            .content_layers
-            .iter()
-            .filter_map(|l| conv_index(&l.layer).ok())
-            .map(|i| crate::arch::VGG19[i].out_channels as f64 / 4f64.powi(crate::arch::VGG19[i].block as i32 - 1) * 4.0)
-            .sum();
-        let (h, w) = (height as usize, width as usize);
-        let mut kept = 0f64;
-        let mut worst = 0f64;
-        for (i, (ch, cw)) in crate::tiled::crop_sizes(h, w, tile, reach).into_iter().enumerate() {
-            // A crop's maps, and its scratch a stride wider where the crop
-            // ends inside the image.
-            let current = (ch + reach.align).min(h) as f64 * (cw + reach.align).min(w) as f64;
-            worst = worst.max(current * per_pixel * PER_FEATURE + kept);
-            if i < self.keep_tiles {
-                kept += (ch * cw) as f64 * per_pixel * KEPT_PER_FEATURE;
-            }
-        }
-        // Image-sized: the image, the gradient being summed, a tile's
-        // gradient padded to the image, their sum.
-        (FIXED + worst + pixels * (history + content + 4.0 * 3.0 * 4.0)) as u64
-    }
-
-    /// With `tile`: the most tiles [`Self::keep_tiles`] may keep for the
-    /// render at `width`×`height` to stay within `budget` bytes (0 when
-    /// untiled, or when not even one more fits).
-    pub fn most_tiles_kept(&self, width: u32, height: u32, budget: u64) -> usize {
-        let Some(tile) = self.tile else { return 0 };
-        let reach = crate::tiled::Reach::of(self.deepest_conv() + 1);
-        let tiles = crate::tiled::crop_sizes(height as usize, width as usize, tile, reach).len();
-        let fits = |k: usize| RenderParams { keep_tiles: k, ..self.clone() }.estimated_peak_bytes(width, height) <= budget;
-        // The peak grows with k: the largest k that fits, by bisection.
-        let (mut lo, mut hi) = (0, tiles.saturating_sub(1));
-        if !fits(0) {
-            return 0;
-        }
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        lo
-    }
-
     /// The deepest conv any of the layers names (the memory model's view:
     /// every layer, weighted or not).
-    fn deepest_conv(&self) -> usize {
+    pub fn deepest_conv(&self) -> usize {
         self.content_layers.iter().chain(&self.style_layers).filter_map(|l| conv_index(&l.layer).ok()).max().unwrap_or(0)
-    }
-
-    /// The largest tile side (a multiple of 16) whose render at
-    /// `width`×`height` fits `budget` bytes by [`Self::estimated_peak_bytes`];
-    /// `None` when not even 16 does.
-    pub fn largest_fitting_tile(&self, width: u32, height: u32, budget: u64) -> Option<usize> {
-        let fits = |t: usize| RenderParams { tile: Some(t), ..self.clone() }.estimated_peak_bytes(width, height) <= budget;
-        let largest = (width.max(height) as usize).div_ceil(16) * 16;
-        (1..=largest / 16).rev().map(|k| 16 * k).find(|&t| fits(t))
     }
 
     /// Iterations of each coarse stage.
@@ -491,18 +377,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn colour_preservation_and_bit_depth_are_parameters_left_out_at_their_defaults() {
-        let p = RenderParams::from_json(r#"{"preserve_colors": "luminance", "bit_depth": 16}"#).unwrap();
-        assert_eq!((p.preserve_colors, p.bit_depth), (Some(PreserveColors::Luminance), 16));
+    fn colour_preservation_is_a_parameter_left_out_at_its_default() {
+        let p = RenderParams::from_json(r#"{"preserve_colors": "luminance"}"#).unwrap();
+        assert_eq!(p.preserve_colors, Some(PreserveColors::Luminance));
         p.validate(1).unwrap();
         let e = RenderParams::from_json(r#"{"preserve_colors": "sepia"}"#).unwrap_err().to_string();
         assert!(e.contains("preserve_colors") && e.contains("luminance"), "{e}");
-        let e = RenderParams { bit_depth: 12, ..RenderParams::default() }.validate(1).unwrap_err().to_string();
-        assert!(e.contains("bit_depth") && e.contains("8 or 16"), "{e}");
-        // At their defaults they are not written, so every checkpoint and
-        // variant written before they existed reads the same.
+        // At its default it is not written, so every checkpoint and variant
+        // written before it existed reads the same.
         let json = serde_json::to_string(&RenderParams::default()).unwrap();
-        assert!(!json.contains("preserve_colors") && !json.contains("bit_depth"), "{json}");
+        assert!(!json.contains("preserve_colors"), "{json}");
         assert_eq!(RenderParams::from_json(&json).unwrap(), RenderParams::default());
     }
 
@@ -545,46 +429,6 @@ mod tests {
             assert!(err.contains(needle), "{json}: {err}");
         }
         assert!(Preset::parse("turbo").unwrap_err().to_string().contains("recipe, fast"), "the choices are named");
-    }
-
-    #[test]
-    fn the_memory_estimate_is_near_the_measured_peaks_and_grows_with_pixels() {
-        let p = RenderParams::default();
-        let mib = |w, h| p.estimated_peak_bytes(w, h) as f64 / (1u64 << 20) as f64;
-        // Measured peaks (`farmctl bench`, BENCHMARKS.md), within 10%.
-        for (w, h, measured) in [(333, 250, 712.0), (800, 600, 1693.0), (1200, 900, 3212.0), (1920, 1080, 5497.0)] {
-            assert!((mib(w, h) - measured).abs() < 0.10 * measured, "{w}x{h}: model {} MiB, measured {measured}", mib(w, h));
-        }
-        assert!(mib(8192, 8192) > 100_000.0, "an 8K square needs far more than any device has");
-        // Tiled, the feature maps are one crop's: 4K in a few GiB.
-        let tiled = RenderParams { tile: Some(512), ..p.clone() };
-        assert!(tiled.estimated_peak_bytes(3840, 2160) < 8 << 30 && p.estimated_peak_bytes(3840, 2160) > 16 << 30);
-        assert!(tiled.estimated_peak_bytes(800, 600) <= p.estimated_peak_bytes(800, 600) + (64 << 20), "a tile larger than the image costs about what untiled does");
-        let t = p.largest_fitting_tile(3840, 2160, 8 << 30).unwrap();
-        assert_eq!(t % 16, 0);
-        assert!(RenderParams { tile: Some(t), ..p.clone() }.estimated_peak_bytes(3840, 2160) <= 8 << 30);
-        assert!(RenderParams { tile: Some(t + 16), ..p.clone() }.estimated_peak_bytes(3840, 2160) > 8 << 30);
-        // Measured tiled peaks at 1920x1080 (`farmctl bench --tile`), within
-        // 10%: tiles of 1024 keeping none of the 4 or 3, tiles of 512.
-        for (tile, keep_tiles, measured) in [(1024, 0, 3771.0), (1024, 3, 4848.0), (512, 0, 1748.0)] {
-            let q = RenderParams { tile: Some(tile), keep_tiles, ..p.clone() };
-            let model = q.estimated_peak_bytes(1920, 1080) as f64 / (1u64 << 20) as f64;
-            assert!((model - measured).abs() < 0.10 * measured, "tile {tile}, keep {keep_tiles}: model {model} MiB, measured {measured}");
-        }
-    }
-
-    #[test]
-    fn tiles_are_kept_as_far_as_the_budget_goes() {
-        let p = RenderParams { tile: Some(512), ..RenderParams::default() };
-        let peak = |keep_tiles| RenderParams { keep_tiles, ..p.clone() }.estimated_peak_bytes(3840, 2160);
-        // 8 × 5 tiles: each kept one costs memory, the last one nothing more.
-        assert!(peak(1) > peak(0) && peak(20) > peak(10));
-        assert_eq!(peak(39), peak(1000));
-        let budget = peak(10) + (peak(11) - peak(10)) / 2;
-        assert_eq!(p.most_tiles_kept(3840, 2160, budget), 10);
-        assert_eq!(p.most_tiles_kept(3840, 2160, u64::MAX), 39, "all but the last, which is always kept");
-        assert_eq!(p.most_tiles_kept(3840, 2160, peak(0) - 1), 0, "not even untiled-kept fits");
-        assert_eq!(RenderParams::default().most_tiles_kept(3840, 2160, u64::MAX), 0, "untiled");
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! network order, their channel widths, where the 2×2 pooling layers sit and
 //! which index each conv has in torchvision's `vgg19().features`.
 //!
-//! This is the leaf of the engine: the network ([`crate::vgg`]), the
-//! weights readers ([`crate::weights`]), the parameter checks
-//! ([`crate::params`]) and the graph writer ([`crate::graph`]) all read this
-//! table instead of re-deriving any of it from layer names.
+//! The leaf of everything that knows the network: the parameter checks
+//! ([`crate::params`]), the tile geometry ([`crate::geometry`]), the memory
+//! model, and the engine's network, weights readers and graph writer all
+//! read this table instead of re-deriving any of it from layer names.
 
-use crate::error::{EngineError, Result};
+use crate::error::{ParamError, Result};
 
 /// One convolution of VGG-19: 3×3, padding 1, followed by a ReLU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub const VGG19: [ConvLayer; 16] = [
 /// Index in [`VGG19`] of a layer name such as `conv4_2`; unknown names are
 /// refused with the list of valid ones.
 pub fn conv_index(name: &str) -> Result<usize> {
-    VGG19.iter().position(|l| l.name == name).ok_or_else(|| EngineError::UnknownLayer(name.to_string()))
+    VGG19.iter().position(|l| l.name == name).ok_or_else(|| ParamError::UnknownLayer(name.to_string()))
 }
 
 /// Whether a pooling layer sits between conv `i` and conv `i + 1`.
