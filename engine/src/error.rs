@@ -3,16 +3,10 @@
 /// Everything that can go wrong inside the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// A render parameter is out of range or malformed.
-    #[error("invalid parameter `{name}`: {reason}")]
-    InvalidParam { name: &'static str, reason: String },
-    /// Parameters in their wire form (JSON) that do not read: an unknown
-    /// key, or a value of the wrong type.
-    #[error("render parameters, `{key}`: {reason}")]
-    ParamSchema { key: String, reason: String },
-    /// A layer name that VGG-19 does not have.
-    #[error("unknown VGG-19 layer `{0}` (valid: conv1_1, conv1_2, conv2_1, conv2_2, conv3_1 … conv3_4, conv4_1 … conv4_4, conv5_1 … conv5_4)")]
-    UnknownLayer(String),
+    /// A render parameter that is out of range, malformed, or names a layer
+    /// VGG-19 does not have (the parameters' own error, word for word).
+    #[error(transparent)]
+    Param(#[from] stylefarm_params::ParamError),
     /// A weights file that is not what it claims to be.
     #[error("weights: {0}")]
     Weights(String),
@@ -46,18 +40,6 @@ pub enum EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
-/// A parameter error keeps its variant (and so its words).
-impl From<stylefarm_params::ParamError> for EngineError {
-    fn from(e: stylefarm_params::ParamError) -> Self {
-        use stylefarm_params::ParamError;
-        match e {
-            ParamError::Invalid { name, reason } => EngineError::InvalidParam { name, reason },
-            ParamError::Schema { key, reason } => EngineError::ParamSchema { key, reason },
-            ParamError::UnknownLayer(name) => EngineError::UnknownLayer(name),
-        }
-    }
-}
-
 pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> EngineError {
-    EngineError::InvalidParam { name, reason: reason.into() }
+    EngineError::Param(stylefarm_params::ParamError::Invalid { name, reason: reason.into() })
 }

@@ -85,7 +85,8 @@ pub struct ParamFlags {
     /// Evaluate the losses in tiles of N pixels a side (rounded up to 16):
     /// the same render in the memory of one tile and its halo. Without it,
     /// `render` tiles on its own when the untiled render would not fit
-    /// --max-memory.
+    /// --max-memory. Not for `submit`: a farm worker tiles as its own
+    /// memory requires.
     #[arg(long)]
     pub tile: Option<usize>,
     /// Bits per channel of the output PNG: 8, or 16 to keep what rounding

@@ -65,7 +65,7 @@ impl From<EngineError> for JobError {
             return JobError::OutOfMemory(message);
         }
         match e {
-            EngineError::InvalidParam { .. } | EngineError::ParamSchema { .. } | EngineError::UnknownLayer(_) | EngineError::Image(_) | EngineError::NonFinite { .. } => {
+            EngineError::Param(_) | EngineError::Image(_) | EngineError::NonFinite { .. } => {
                 JobError::BadInput(message)
             }
             _ => JobError::Internal(message),
