@@ -181,6 +181,11 @@ pub fn gram(features: &Tensor) -> Result<Tensor> {
     gram_of(&positions_by_channels(features)?)
 }
 
+/// [`gram`] in `f64`: the form every Gram statistic and target is summed in.
+pub fn gram_f64(features: &Tensor) -> Result<Tensor> {
+    Ok(gram(features)?.to_dtype(DType::F64)?)
+}
+
 /// Positions summed per block by one GEMM in [`gram_cpu`].
 const GRAM_BLOCK: usize = 2048;
 
@@ -339,7 +344,7 @@ pub fn blend_grams(grams: &[Tensor], blend: &[f64]) -> Result<Tensor> {
 impl Term for StyleLoss {
     /// The block's Gram matrix `FᵀF`.
     fn statistic(&self, block: &Tensor, _at: Window) -> Result<Tensor> {
-        Ok(gram(block)?.to_dtype(DType::F64)?)
+        gram_f64(block)
     }
 
     /// `E`, and the adjoint `k·(G − A) / (N²·M²)` (M: the whole map's

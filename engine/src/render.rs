@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -15,7 +15,7 @@ use crate::arch::conv_index;
 use crate::colors::{self, ColorStats};
 use crate::error::{invalid, EngineError, Result};
 use crate::lbfgs::{Bounds, Lbfgs, LbfgsState, Objective};
-use crate::loss::{blend_grams, evaluate_terms, gram, ContentLoss, Losses, Part, PartWeights, Reads, StyleLoss, TotalVariation, Weighted};
+use crate::loss::{blend_grams, evaluate_terms, gram, gram_f64, ContentLoss, Losses, Part, PartWeights, Reads, StyleLoss, TotalVariation, Weighted};
 use crate::optim::{Adam, AdamState};
 use crate::execution::Execution;
 use crate::params::{Init, Optimizer, RenderParams};
@@ -128,7 +128,7 @@ impl Renderer {
         let mut grams: Vec<Vec<Tensor>> = Vec::with_capacity(styles.len());
         for style in styles {
             grams.push(match &tiled {
-                Some(tiled) => tiled.sums(style, &style_convs, |block, _| Ok(gram(block)?.to_dtype(DType::F64)?))?,
+                Some(tiled) => tiled.sums(style, &style_convs, |block, _| gram_f64(block))?,
                 None => {
                     let acts = vgg.forward(style, depth)?;
                     style_convs.iter().map(|&conv| gram(&acts.features[conv])).collect::<Result<_>>()?
