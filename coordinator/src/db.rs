@@ -10,6 +10,7 @@ use stylefarm_proto as pb;
 use crate::machine::{self, Budget, Cause, Event, Refusal, State};
 
 mod fleet;
+pub mod ids;
 mod notify;
 pub use fleet::worker_state;
 pub use notify::{Ended, Failure};
@@ -610,7 +611,8 @@ impl Db {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts })))
+        let params_json = self.job_params(id)?.unwrap_or_default();
+        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json })))
     }
 
     /// Leases the oldest queued job of the highest-priority collection
@@ -1278,6 +1280,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("farm.db")).unwrap();
         (dir, db)
+    }
+
+    #[test]
+    fn ids_are_found_by_their_start_and_nothing_else() {
+        let (_dir, mut db) = open();
+        create(&mut db, "abcd0000-c", 0, &[job("abcd1111-j"), job("abce2222-j")]);
+        let found = |p: &str| db.ids_starting(p, 20).unwrap().into_iter().map(|(k, id, _)| (k, id)).collect::<Vec<_>>();
+        use ids::Kind::{Collection, Job};
+        assert_eq!(found("abcd1"), vec![(Job, "abcd1111-j".to_string())]);
+        assert_eq!(found("abcd"), vec![(Collection, "abcd0000-c".to_string()), (Job, "abcd1111-j".to_string())], "both kinds");
+        assert_eq!(found("abc").len(), 3);
+        assert!(found("abcf").is_empty() && found("bcd").is_empty(), "a start, not a part");
+        assert_eq!(found("abce2222-j"), vec![(Job, "abce2222-j".to_string())], "a whole id is its own start");
     }
 
     #[test]

@@ -49,6 +49,18 @@ fn check_name(name: &str, role: &str) -> Result<(), Status> {
     }
 }
 
+/// An unnamed collection's name: its first photo and painting, and how
+/// many more of each ("harbour × starry_night +2 photos +1 painting").
+fn default_name(content: &str, style: &str, contents: usize, styles: usize) -> String {
+    let more = |n: usize, one: &str, many: &str| match n {
+        0 => String::new(),
+        1 => format!(" +1 {one}"),
+        n => format!(" +{n} {many}"),
+    };
+    let name = format!("{content} × {style}{}{}", more(contents - 1, "photo", "photos"), more(styles - 1, "painting", "paintings"));
+    name.chars().take(MAX_COLLECTION_NAME_BYTES / 4).collect()
+}
+
 /// Step 1: counts and lengths, before anything is read.
 fn check_shape(r: &pb::SubmitRequest) -> Result<(), Status> {
     let over = |what: String| Err(Status::invalid_argument(what));
@@ -304,7 +316,7 @@ impl FarmService {
                 )));
             }
         }
-        let name = if r.name.is_empty() { "collection".to_string() } else { r.name };
+        let name = if r.name.is_empty() { default_name(&contents[0].name, &columns[0].0, contents.len(), columns.len()) } else { r.name };
         let new = NewCollection {
             id: collection_id,
             owner: caller.owner,
@@ -349,6 +361,14 @@ impl FarmService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unnamed_collection_is_named_by_its_first_photo_and_painting() {
+        assert_eq!(default_name("harbour", "starry_night", 1, 1), "harbour × starry_night");
+        assert_eq!(default_name("harbour", "starry_night", 3, 2), "harbour × starry_night +2 photos +1 painting");
+        let long = default_name(&"h".repeat(100), &"s".repeat(100), 2, 2);
+        assert!(long.len() <= MAX_COLLECTION_NAME_BYTES, "{} bytes", long.len());
+    }
 
     #[test]
     fn shapes_over_the_limits_are_refused_before_anything_is_read() {

@@ -62,6 +62,7 @@ const MAX_GRID_ROWS: u32 = 500;
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
+const FAVICON_SVG: &str = include_str!("../web/favicon.svg");
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -83,6 +84,7 @@ pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) 
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
+        .route("/favicon.svg", get(|| async { asset("image/svg+xml", FAVICON_SVG) }))
         .route("/api/session", get(session).post(sign_in).delete(sign_out))
         .route("/api/farm", get(farm))
         .route("/api/workers/{id}/{action}", post(act_on_worker))
@@ -93,6 +95,7 @@ pub(crate) fn router(state: Arc<State>, tls: bool, stopping: CancellationToken) 
         .route("/api/collections/{id}/cancel", post(cancel_collection))
         .route("/api/collections/{id}/retry-failed", post(retry_failed))
         .route("/api/collections/{id}/zip", get(zip))
+        .route("/api/ids/{prefix}", get(resolve_id))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/cancel", post(cancel_job))
         .route("/api/jobs/{id}/retry", post(retry_job))
@@ -523,13 +526,16 @@ async fn zip(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): ConnectInf
     let c = web.farm.get_collection(request).await?.into_inner();
     let client = if who.owner.is_empty() { peer.ip().to_string() } else { who.owner.clone() };
     let place = web.state.zips.admit(&client)?;
-    let (store, dir, runtime, name) = (web.state.store.clone(), web.state.config.data_dir.clone(), tokio::runtime::Handle::current(), safe_file_name(&c.name));
+    let owned = id.clone();
+    let params = web.state.state.read(move |db| db.grid_columns(&owned)).await?.map_err(db_err)?;
+    let params = variant_params(params);
+    let (store, dir, runtime, name) = (web.state.store.clone(), web.state.config.data_dir.clone(), tokio::runtime::Handle::current(), zip_name(&c));
     let built = web
         .state
         .work
         .run(move || {
             let _place = place;
-            build_zip(&c, &store, &dir, &runtime)
+            build_zip(&c, &params, &store, &dir, &runtime)
         })
         .await?;
     let mut file = built.map_err(|(what, e)| {
@@ -542,44 +548,76 @@ async fn zip(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): ConnectInf
     Ok(([(header::CONTENT_TYPE, "application/zip".to_string()), (header::CONTENT_DISPOSITION, disposition)], body).into_response())
 }
 
+/// A collection's zip's file name: its name made safe, or its id.
+fn zip_name(c: &pb::Collection) -> String {
+    Some(stylefarm_shared::sheet::safe_name(&c.name)).filter(|n| !n.is_empty()).unwrap_or_else(|| c.collection_id.clone())
+}
+
+/// Each variant's parameters, from the grid's columns (the first style's).
+fn variant_params(columns: Vec<(u32, u32, String, String)>) -> Vec<Value> {
+    columns.into_iter().filter(|(style, ..)| *style == 0).map(|(_, _, _, params)| serde_json::from_str(&params).unwrap_or(Value::Null)).collect()
+}
+
 /// [`zip`]'s work, on a blocking thread (storage is read through the
-/// runtime's handle): what failed and why, or the finished file.
-fn build_zip(c: &pb::Collection, store: &stylefarm_shared::storage::Store, dir: &std::path::Path, runtime: &tokio::runtime::Handle) -> Result<std::fs::File, (&'static str, String)> {
+/// runtime's handle): what failed and why, or the finished file. Entries
+/// are dated now (a zip's default is 1980).
+fn build_zip(
+    c: &pb::Collection,
+    params: &[Value],
+    store: &stylefarm_shared::storage::Store,
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Handle,
+) -> Result<std::fs::File, (&'static str, String)> {
+    use stylefarm_shared::sheet::{self, Cell};
     let failed = |what: &'static str| move |e: &dyn std::fmt::Display| (what, e.to_string());
     let file = tempfile::tempfile_in(dir).map_err(|e| failed("a temporary file")(&e))?;
     let mut zip = zip::ZipWriter::new(file);
-    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let cols = c.styles * c.variants.max(1);
-    let cells = c.contents as u64 * cols as u64;
-    let mut sheet = (cells <= crate::limits::MAX_SHEET_CELLS).then(|| stylefarm_shared::sheet::ContactSheet::new(c.contents, cols));
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).last_modified_time(zip_time(crate::db::now()));
+    let cells = c.contents as u64 * c.styles as u64 * c.variants.max(1) as u64;
+    let mut sheet = (cells <= crate::limits::MAX_SHEET_CELLS).then(|| sheet::collection::sheet(c, params));
     for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
+        let (row, col) = (j.content_index as usize, sheet::collection::column_of(c, j));
         let bytes = match runtime.block_on(store.get(&j.output_key)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!("zip of {}: {} not read: {e}", c.collection_id, j.output_key);
+                if let Some(sheet) = sheet.as_mut() {
+                    sheet.set(row, col, Cell::Missing("not in storage".into()));
+                }
                 continue;
             }
         };
-        if let (Some(sheet), Ok(img)) = (sheet.as_mut(), image::load_from_memory(&bytes)) {
-            sheet.place(&img.to_rgb8(), j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
+        if let Some(sheet) = sheet.as_mut() {
+            let cell = match image::load_from_memory(&bytes) {
+                Ok(img) => Cell::Image(img.to_rgb8()),
+                Err(e) => Cell::Missing(format!("not an image: {e}")),
+            };
+            sheet.set(row, col, cell);
         }
-        let name = stylefarm_shared::sheet::output_name(&j.content_name, &j.style_name, j.variant_index);
+        let name = sheet::output_name(&j.content_name, &j.style_name, j.variant_index);
         zip.start_file(name, stored).map_err(|e| failed("writing it")(&e))?;
         std::io::Write::write_all(&mut zip, &bytes).map_err(|e| failed("writing it")(&e))?;
     }
     if let Some(sheet) = sheet {
         let mut png = std::io::Cursor::new(Vec::new());
-        sheet.into_image().write_to(&mut png, image::ImageFormat::Png).map_err(|e| failed("the contact sheet")(&e))?;
+        sheet.to_image().write_to(&mut png, image::ImageFormat::Png).map_err(|e| failed("the contact sheet")(&e))?;
         zip.start_file("contact_sheet.png", stored).map_err(|e| failed("writing it")(&e))?;
         std::io::Write::write_all(&mut zip, png.get_ref()).map_err(|e| failed("writing it")(&e))?;
+        let pdf = sheet.to_pdf();
+        zip.start_file("contact_sheet.pdf", stored).map_err(|e| failed("writing it")(&e))?;
+        std::io::Write::write_all(&mut zip, &pdf).map_err(|e| failed("writing it")(&e))?;
     }
     zip.finish().map_err(|e| failed("finishing it")(&e))
 }
 
-fn safe_file_name(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
-    if s.is_empty() { "collection".into() } else { s }
+/// `unix` as a zip entry's time (UTC; zip keeps no zone).
+fn zip_time(unix: f64) -> zip::DateTime {
+    use chrono::{Datelike, Timelike};
+    chrono::DateTime::from_timestamp(unix as i64, 0)
+        .and_then(|t| zip::DateTime::from_date_and_time(t.year() as u16, t.month() as u8, t.day() as u8, t.hour() as u8, t.minute() as u8, t.second() as u8).ok())
+        .unwrap_or_default()
 }
+
 
 // --------------------------------------------------------------- submit --
 
@@ -683,6 +721,28 @@ async fn submit(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): Connect
 }
 
 // ----------------------------------------------------------------- jobs --
+
+/// The one collection or job the caller may see whose id starts with
+/// `prefix` (at least 4 characters, as git asks): `{"kind", "id"}`; 404
+/// when none does, 400 naming how many when several do.
+async fn resolve_id(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(prefix): Path<String>) -> ApiResult<Json<Value>> {
+    let who = caller(&web, &headers)?;
+    let prefix = prefix.to_ascii_lowercase();
+    if !(4..=36).contains(&prefix.len()) || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(bad_request(format!("{prefix:?} is not an id or the start of one: 4 to 36 of 0-9 a-f and -")));
+    }
+    let owned = prefix.clone();
+    let found = web.state.state.read(move |db| db.ids_starting(&owned, 20)).await?.map_err(db_err)?;
+    let mut seen: Vec<_> = found.into_iter().filter(|(_, _, owner)| who.may_see(owner)).collect();
+    match seen.len() {
+        0 => Err(ApiError(StatusCode::NOT_FOUND, format!("no collection or job you can see has an id starting with {prefix}"))),
+        1 => {
+            let (kind, id, _) = seen.remove(0);
+            Ok(Json(json!({ "kind": kind.as_str(), "id": id })))
+        }
+        n => Err(bad_request(format!("{prefix} starts {n} ids{}; give more of it", if n >= 20 { " or more" } else { "" }))),
+    }
+}
 
 /// A job, its attempts and the files of its latest attempt.
 async fn job(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -959,13 +1019,17 @@ mod tests {
                     ..Default::default()
                 })
                 .collect();
-            let c = pb::Collection { contents: 1, styles: 1, variants, jobs, ..Default::default() };
+            let c = pb::Collection { contents: 1, styles: 1, variants, jobs, created_unix: crate::db::now(), ..Default::default() };
             let (store, path, runtime) = (store.clone(), dir.path().to_path_buf(), tokio::runtime::Handle::current());
-            let file = tokio::task::spawn_blocking(move || build_zip(&c, &store, &path, &runtime)).await.unwrap().unwrap();
-            let zip = zip::ZipArchive::new(file).unwrap();
-            let names: Vec<&str> = zip.file_names().collect();
-            assert_eq!(names.iter().filter(|n| n.ends_with("_v0.png") || n.contains("_v")).count(), variants as usize);
-            assert_eq!(names.contains(&"contact_sheet.png"), sheet, "{variants} cells");
+            let file = tokio::task::spawn_blocking(move || build_zip(&c, &[], &store, &path, &runtime)).await.unwrap().unwrap();
+            let mut zip = zip::ZipArchive::new(file).unwrap();
+            let names: Vec<String> = zip.file_names().map(String::from).collect();
+            assert_eq!(names.iter().filter(|n| n.contains("_v")).count(), variants as usize);
+            assert_eq!(names.contains(&"contact_sheet.png".to_string()), sheet, "{variants} cells");
+            assert_eq!(names.contains(&"contact_sheet.pdf".to_string()), sheet, "{variants} cells");
+            // Dated today, not 1980.
+            let year = zip.by_index(0).unwrap().last_modified().map(|t| t.year()).unwrap_or(0);
+            assert!(year >= 2026, "entries dated {year}");
         }
     }
 }

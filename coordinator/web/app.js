@@ -95,6 +95,59 @@ function countsLine(c) {
     .join(" · ") || "no jobs";
 }
 
+// "1 photo", "3 photos".
+const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+// A moment as a person reads it: "5 Dec 2026, 11:20" (their own zone).
+function when(unix) {
+  if (!unix) return "";
+  return new Date(unix * 1000).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+// A <time> with the date, and how long ago in grey.
+function whenCell(unix) {
+  if (!unix) return h("span", { class: "muted" }, "—");
+  return h("time", { datetime: new Date(unix * 1000).toISOString() }, when(unix), h("span", { class: "muted" }, ` · ${ago(unix)}`));
+}
+
+// An id in full, with a button that copies it.
+function copyable(id) {
+  const button = h("button", { type: "button", class: "copy", title: "copy the whole id", "aria-label": `copy id ${id}`, onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(id);
+      } catch (_) {
+        const area = h("textarea", {}, id);
+        document.body.append(area);
+        area.select();
+        document.execCommand("copy");
+        area.remove();
+      }
+      button.textContent = "copied";
+      setTimeout(() => (button.textContent = "copy"), 1500);
+    } }, "copy");
+  return h("span", { class: "id" }, h("code", {}, id), button);
+}
+
+// Each variant's label: the parameters whose values differ between the
+// variants ("alpha=0.01"); empty when there is one, as on the contact
+// sheet.
+function variantLabels(paramsList) {
+  const keys = [];
+  for (const p of paramsList) for (const k of Object.keys(p || {})) if (!keys.includes(k)) keys.push(k);
+  const text = (v) => (v === undefined ? "-" : typeof v === "string" ? v : JSON.stringify(v));
+  const differ = keys.filter((k) => paramsList.some((p) => text((p || {})[k]) !== text((paramsList[0] || {})[k])));
+  return paramsList.map((p) => differ.map((k) => `${k}=${text((p || {})[k])}`).join(", "));
+}
+
+// A collection's state in one word, from its counts.
+function collectionState(c) {
+  if (c.running > 0) return "running";
+  if (c.queued > 0) return "queued";
+  if (c.failed > 0) return "failed";
+  if (c.cancelled > 0 && !c.succeeded) return "cancelled";
+  return "succeeded";
+}
+
 function every(ms, f) {
   const t = setInterval(f, ms);
   teardown.push(() => clearInterval(t));
@@ -161,7 +214,7 @@ async function farmView() {
     const stateCell = (w) => {
       const label = w.state === "online" && w.draining ? (w.current_job ? "draining" : "drained") : w.state;
       const badge = { online: "succeeded", lost: "failed", quarantined: "failed", stopped: "cancelled" }[w.state] || "queued";
-      return h("td", {},
+      return h("td", { "data-label": "state" },
         h("span", { class: `badge ${w.draining ? "queued" : badge} worker-state`, title: w.quarantine_reason || "" }, label),
         w.quarantined ? h("div", { class: "muted reason" }, w.quarantine_reason) : (w.strikes ? h("div", { class: "muted" }, `${w.strikes} strikes`) : null));
     };
@@ -174,11 +227,11 @@ async function farmView() {
     };
     const rows = f.workers.map((w) =>
       h("tr", { class: `worker ${w.state}`, "data-worker": w.id, "data-name": w.name },
-        h("td", {}, w.name),
-        h("td", {}, w.device, w.device_name ? h("span", { class: "muted" }, ` ${w.device_name}`) : null),
-        h("td", {}, w.current_job ? h("a", { href: `#/j/${w.current_job}` }, w.current_job.slice(0, 8)) : h("span", { class: "muted" }, "idle")),
-        h("td", { class: "num" }, w.iterations_per_second == null ? "" : w.iterations_per_second.toFixed(2)),
-        h("td", {}, ago(w.last_seen_unix)),
+        h("td", { "data-label": "name" }, w.name),
+        h("td", { "data-label": "device" }, w.device, w.device_name ? h("span", { class: "muted" }, ` ${w.device_name}`) : null),
+        h("td", { "data-label": "job" }, w.current_job ? h("a", { href: `#/j/${w.current_job}`, title: w.current_job }, w.current_job.slice(0, 8)) : h("span", { class: "muted" }, "idle")),
+        h("td", { class: "num", "data-label": "iterations/s" }, w.iterations_per_second == null ? "" : w.iterations_per_second.toFixed(2)),
+        h("td", { "data-label": "last heard" }, ago(w.last_seen_unix)),
         stateCell(w),
         actions(w)));
     box.replaceChildren(
@@ -189,7 +242,7 @@ async function farmView() {
         stat("failed-total", "failed jobs", j.failed || 0)),
       h("h2", {}, "Workers"),
       f.workers.length === 0 ? h("p", { class: "muted" }, "No worker has registered.") :
-        h("table", { id: "workers" },
+        h("table", { id: "workers", class: "cards" },
           h("thead", {}, h("tr", {}, ["name", "device", "job", "iterations/s", "last heard", "state", ""].map((t) => h("th", {}, t)))),
           h("tbody", {}, rows)),
       h("h2", {}, "Failures in the last day, by cause"),
@@ -202,32 +255,82 @@ async function farmView() {
 
 // ------------------------------------------------------- collections --
 
+// Every collection the user may see, filtered by state, searched by
+// name or id, sorted; read again every five seconds while shown.
 async function collectionsView() {
-  const list = h("div", {});
-  show(h("h1", {}, "Collections"), list);
-  let token = "";
-  const more = h("button", { id: "more-collections", onclick: () => page() }, "More");
+  const saved = JSON.parse(sessionStorage.getItem("stylefarm.collections") || "{}");
+  const search = h("input", { id: "search", type: "search", placeholder: "name or id", "aria-label": "search collections by name or id", value: saved.q || "" });
+  const state = h("select", { id: "state-filter", "aria-label": "show collections that are" },
+    [["", "every state"], ["active", "queued or running"], ["failed", "with failed jobs"], ["succeeded", "all succeeded"], ["cancelled", "with cancelled jobs"]]
+      .map(([v, t]) => h("option", { value: v, selected: saved.state === v }, t)));
+  const sort = h("select", { id: "sort", "aria-label": "sort collections by" },
+    [["newest", "newest first"], ["oldest", "oldest first"], ["name", "name"], ["state", "state"]].map(([v, t]) => h("option", { value: v, selected: saved.sort === v }, t)));
+  const summary = h("span", { id: "collections-summary", class: "muted" });
   const table = h("tbody", {});
-  list.append(h("table", { id: "collections" },
-    h("thead", {}, h("tr", {}, ["name", "shape", "jobs", "submitted"].map((t) => h("th", {}, t)))), table), more);
-  const page = async () => {
+  const more = h("button", { id: "more-collections", type: "button", onclick: () => { limit += 100; load(); } }, "More");
+  const box = h("div", {});
+  show(h("h1", {}, "Collections"), h("div", { class: "toolbar" }, search, state, sort, summary), box);
+  let limit = 100;
+  let all = [];
+  let more_left = false;
+  const order = { running: 0, queued: 1, failed: 2, cancelled: 3, succeeded: 4 };
+  const draw = () => {
+    sessionStorage.setItem("stylefarm.collections", JSON.stringify({ q: search.value, state: state.value, sort: sort.value }));
+    const q = search.value.trim().toLowerCase();
+    const wanted = (c) => {
+      const k = c.counts;
+      if (q && !c.name.toLowerCase().includes(q) && !c.id.startsWith(q)) return false;
+      if (state.value === "active") return k.queued + k.running > 0;
+      if (state.value === "failed") return k.failed > 0;
+      if (state.value === "cancelled") return k.cancelled > 0;
+      if (state.value === "succeeded") return collectionState(k) === "succeeded" && k.succeeded > 0;
+      return true;
+    };
+    const by = {
+      newest: (a, b) => b.created_unix - a.created_unix,
+      oldest: (a, b) => a.created_unix - b.created_unix,
+      name: (a, b) => a.name.localeCompare(b.name),
+      state: (a, b) => order[collectionState(a.counts)] - order[collectionState(b.counts)] || b.created_unix - a.created_unix,
+    }[sort.value];
+    const shown = all.filter(wanted).sort(by);
+    summary.textContent = shown.length === all.length ? plural(all.length, "collection") : `${shown.length} of ${plural(all.length, "collection")}`;
+    table.replaceChildren(...shown.map((c) => {
+      const k = c.counts;
+      const total = k.queued + k.running + k.succeeded + k.failed + k.cancelled;
+      const done = k.succeeded + k.failed + k.cancelled;
+      return h("tr", { "data-id": c.id, "data-state": collectionState(k) },
+        h("td", { "data-label": "name" }, h("a", { class: "collection-link", href: `#/c/${c.id}`, title: c.id }, c.name), h("div", { class: "muted small" }, h("code", {}, c.id.slice(0, 8)))),
+        h("td", { "data-label": "shape" }, `${plural(c.contents, "photo")} × ${plural(c.styles, "painting")} × ${plural(c.variants, "variant")}`),
+        h("td", { "data-label": "jobs" },
+          h("span", { class: `badge ${collectionState(k)}` }, collectionState(k)), " ", countsLine(k),
+          h("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total, "aria-valuenow": done, "aria-label": `${done} of ${total} jobs ended` },
+            h("span", { style: `width:${total ? (100 * done) / total : 0}%` }))),
+        h("td", { "data-label": "submitted" }, whenCell(c.created_unix)));
+    }));
+    more.hidden = !more_left;
+    if (!all.length) box.replaceChildren(h("p", { class: "muted" }, "No collections yet. ", h("a", { href: "#/submit" }, "Submit one.")));
+    else if (!box.contains(table)) box.replaceChildren(h("table", { id: "collections", class: "cards" },
+      h("thead", {}, h("tr", {}, ["name", "shape", "jobs", "submitted"].map((t) => h("th", {}, t)))), table), more);
+  };
+  const load = async () => {
     try {
-      const r = await api(`/api/collections?page_size=100&page_token=${encodeURIComponent(token)}`);
-      for (const c of r.collections) {
-        table.append(h("tr", {},
-          h("td", {}, h("a", { class: "collection-link", href: `#/c/${c.id}` }, c.name)),
-          h("td", {}, `${c.contents} × ${c.styles} × ${c.variants}`),
-          h("td", {}, countsLine(c.counts)),
-          h("td", {}, new Date(c.created_unix * 1000).toLocaleString())));
-      }
-      token = r.next_page_token;
-      more.hidden = !token;
-      if (!table.children.length) list.replaceChildren(h("p", { class: "muted" }, "No collections yet. ", h("a", { href: "#/submit" }, "Submit one.")));
+      const got = [];
+      let token = "";
+      do {
+        const r = await api(`/api/collections?page_size=100&page_token=${encodeURIComponent(token)}`);
+        got.push(...r.collections);
+        token = r.next_page_token;
+      } while (token && got.length < limit);
+      all = got;
+      more_left = !!token;
+      draw();
     } catch (e) {
-      list.append(failed(e));
+      box.replaceChildren(failed(e));
     }
   };
-  await page();
+  for (const el of [search, state, sort]) el.addEventListener("input", draw);
+  await load();
+  every(5000, load);
 }
 
 // --------------------------------------------------------- collection --
@@ -251,12 +354,14 @@ function fillCell(td, job) {
   const prev = td._job;
   td._job = job;
   td.dataset.state = job.state;
-  td.title = `${job.content_name} × ${job.style_name}${job.error ? "\n" + job.error : ""}`;
+  const name = `${job.content_name} × ${job.style_name}${td.dataset.variantLabel ? ` (${td.dataset.variantLabel})` : ""}`;
+  td.title = `${name}${job.error ? "\n" + job.error : ""}`;
+  td.querySelector(".frame").setAttribute("aria-label", `${name}: ${job.state}${job.state === "running" ? ` ${job.iteration} of ${job.iterations}` : ""}`);
   // A new preview may exist whenever the render moved or ended.
   const version = `${job.attempts}-${job.iteration}-${job.state}`;
   if (job.attempts > 0 && (!prev || td.dataset.version !== version)) {
     td.dataset.version = version;
-    const next = h("img", { class: "thumb", alt: "", src: `/api/jobs/${job.id}/preview?v=${encodeURIComponent(version)}` });
+    const next = h("img", { class: "thumb", alt: name, src: `/api/jobs/${job.id}/preview?v=${encodeURIComponent(version)}` });
     // Keep the old picture until the new one has loaded.
     next.addEventListener("load", () => {
       const old = td.querySelector("img.thumb");
@@ -272,8 +377,8 @@ function fillCell(td, job) {
   td.querySelector(".eta").textContent = job.state === "running" ? duration(job.eta_seconds) : "";
 }
 
-function emptyCell(job) {
-  const td = h("td", { class: "cell", dataset: { job: job.id } },
+function emptyCell(job, variantLabel) {
+  const td = h("td", { class: "cell", dataset: { job: job.id, variantLabel: variantLabel || "" } },
     h("a", { href: `#/j/${job.id}`, class: "frame" }),
     h("div", { class: "bar" }, h("span", {})),
     h("div", { class: "meta" }, h("span", { class: "state" }), h("span", { class: "eta" })));
@@ -294,6 +399,14 @@ async function collectionView(id, pageNo) {
   const pages = Math.max(1, Math.ceil(head.contents / rowsPerPage));
   const page = Math.min(Math.max(0, pageNo), pages - 1);
   const counts = h("span", { id: "counts" }, countsLine(head.counts));
+  // Buttons that cannot act are disabled, and say why.
+  const setButtons = (k) => {
+    const open = k.queued + k.running;
+    cancel.disabled = open === 0;
+    cancel.title = open === 0 ? "nothing to cancel: every job has ended" : `cancel the ${plural(open, "unfinished job")}`;
+    retryFailed.disabled = !(k.failed > 0);
+    retryFailed.title = k.failed > 0 ? `queue the ${plural(k.failed, "failed job")} again` : "no job has failed";
+  };
   const live = h("span", { id: "live", class: "muted" }, "connecting…");
   const message = h("div", {});
   const cancel = h("button", { id: "cancel-collection", class: "danger", onclick: async () => {
@@ -304,11 +417,11 @@ async function collectionView(id, pageNo) {
         message.replaceChildren(failed(e));
       }
     } }, "Cancel collection");
-  const retryFailed = h("button", { id: "retry-failed", hidden: !(head.counts && head.counts.failed > 0), onclick: async () => {
+  const retryFailed = h("button", { id: "retry-failed", onclick: async () => {
       try {
         const c = await api(`/api/collections/${id}/retry-failed`, { json: {} });
         counts.textContent = countsLine(c.counts);
-        retryFailed.hidden = true;
+        setButtons(c.counts);
       } catch (e) {
         message.replaceChildren(failed(e));
       }
@@ -317,21 +430,56 @@ async function collectionView(id, pageNo) {
     h("a", { id: "prev-page", href: `#/c/${id}/p/${Math.max(0, page - 1)}`, class: page === 0 ? "disabled" : "" }, "‹ previous"),
     h("span", { id: "page-info" }, ` rows ${page * rowsPerPage + 1}–${Math.min(head.contents, (page + 1) * rowsPerPage)} of ${head.contents} `),
     h("a", { id: "next-page", href: `#/c/${id}/p/${Math.min(pages - 1, page + 1)}`, class: page === pages - 1 ? "disabled" : "" }, "next ›")) : null;
-  const variantLabel = (c) => {
-    if (head.variants <= 1) return "";
-    const p = c.params || {};
-    return ` · v${c.variant}` + (p.iterations ? ` (${p.optimizer || ""} ${p.iterations} it, α ${p.alpha}, β ${p.beta})` : "");
-  };
-  const table = h("table", { id: "grid" },
-    h("thead", {}, h("tr", {}, h("th", {}, ""), head.columns.map((c) => h("th", { class: "col" }, c.style_name, h("span", { class: "muted" }, variantLabel(c)))))));
+  setButtons(head.counts);
+  // Each variant by what sets it apart (the first style's columns hold
+  // every variant, in order).
+  const labels = variantLabels(head.columns.filter((c) => c.style === 0).map((c) => c.params));
+  const table = h("table", { id: "grid", "aria-label": `${head.name}: photos by painting` },
+    h("thead", {}, h("tr", {}, h("th", {}, ""), head.columns.map((c) =>
+      h("th", { class: "col", scope: "col" }, c.style_name, labels[c.variant] ? h("div", { class: "muted variant" }, labels[c.variant]) : null)))));
   const body = h("tbody", {});
   table.append(body);
+  // Which states stand out: the others are dimmed.
+  const showing = h("select", { id: "show", "aria-label": "show jobs that are" },
+    ["every job", "queued", "running", "succeeded", "failed", "cancelled"].map((t, k) => h("option", { value: k ? t : "" }, k ? `${t} only` : t)));
+  const applyShow = () => {
+    for (const td of cells.values()) td.classList.toggle("dim", !!showing.value && td.dataset.state !== showing.value);
+  };
+  showing.addEventListener("input", applyShow);
+  // Cell size: remembered; larger on wide screens to start with.
+  const zoom = h("input", { id: "zoom", type: "range", min: 80, max: 480, step: 20, "aria-label": "cell size",
+    value: localStorage.getItem("stylefarm.cell") || (innerWidth >= 1600 ? 240 : innerWidth < 600 ? 100 : 150) });
+  const applyZoom = () => {
+    table.style.setProperty("--cell", `${zoom.value}px`);
+    localStorage.setItem("stylefarm.cell", zoom.value);
+  };
+  zoom.addEventListener("input", applyZoom);
+  applyZoom();
+  // Arrow keys move between cells; Enter opens one.
+  table.addEventListener("keydown", (ev) => {
+    const moves = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] };
+    const td = ev.target.closest && ev.target.closest("td.cell");
+    if (!td || !moves[ev.key]) return;
+    const tr = td.parentElement;
+    const [dr, dc] = moves[ev.key];
+    const rows = [...body.children];
+    const row = rows[rows.indexOf(tr) + dr];
+    const next = row && row.children[[...tr.children].indexOf(td) + dc];
+    if (next && next.classList.contains("cell")) {
+      next.querySelector("a.frame").focus();
+      ev.preventDefault();
+    }
+  });
+  const zipName = `${head.name.replace(/[^A-Za-z0-9._-]+/g, "_") || id}.zip`;
   show(
     h("div", { class: "title" },
       h("h1", {}, head.name),
-      h("span", { class: "muted" }, ` ${head.contents} contents × ${head.styles} styles × ${head.variants} variants`)),
+      h("span", { class: "muted" }, ` ${plural(head.contents, "photo")} × ${plural(head.styles, "painting")} × ${plural(head.variants, "variant")} · submitted `, whenCell(head.created_unix))),
+    h("p", { class: "muted small" }, "id ", copyable(id)),
     h("div", { class: "toolbar" }, counts, " ", live, h("span", { class: "spacer" }),
-      h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: `${head.name}.zip` }, "Download zip"), retryFailed, cancel),
+      h("label", { class: "inline" }, h("span", {}, "show"), showing),
+      h("label", { class: "inline" }, h("span", {}, "size"), zoom),
+      h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: zipName }, "Download zip"), retryFailed, cancel),
     message, pager, h("div", { class: "scroll" }, table), pager ? pager.cloneNode(true) : null);
 
   const cells = new Map();
@@ -345,14 +493,15 @@ async function collectionView(id, pageNo) {
     body.replaceChildren();
     cells.clear();
     for (const [, row] of [...rows.entries()].sort((a, b) => a[0] - b[0])) {
-      const tr = h("tr", {}, h("th", { class: "row" }, row.name));
+      const tr = h("tr", {}, h("th", { class: "row", scope: "row" }, row.name));
       for (const job of row.jobs) {
-        const td = emptyCell(job);
+        const td = emptyCell(job, labels[job.variant]);
         cells.set(job.id, td);
         tr.append(td);
       }
       body.append(tr);
     }
+    applyShow();
   };
   // Subscribe first, then read: no change between them is missed.
   const events = new EventSource(`/api/collections/${id}/events`);
@@ -365,7 +514,7 @@ async function collectionView(id, pageNo) {
       try {
         const c = await api(`/api/collections/${id}`);
         counts.textContent = countsLine(c.counts);
-        retryFailed.hidden = !(c.counts.failed > 0);
+        setButtons(c.counts);
       } catch (_) { /* the next change tries again */ }
     }, delay);
   };
@@ -390,6 +539,7 @@ async function collectionView(id, pageNo) {
       const td = cells.get(change.id);
       if (td) fillCell(td, { ...td._job, ...change, content_name: td._job.content_name, style_name: td._job.style_name, row: td._job.row });
     }
+    applyShow();
     refreshCounts();
   });
   events.addEventListener("resync", () => load().catch((e) => message.replaceChildren(failed(e))));
@@ -408,43 +558,149 @@ async function collectionView(id, pageNo) {
 
 // --------------------------------------------------------------- job --
 
-// The loss log as an SVG: content, style, TV and total against iteration,
-// log scale.
-function lossCurve(records) {
-  const W = 640, H = 300, L = 60, R = 10, T = 10, B = 30;
-  const series = ["total", "content", "style", "tv"];
+// The loss log as a chart: each term as it enters the total (α·content,
+// β·style, TV weight·TV) and the total, against iteration, log scale —
+// the same curves as the render's losses.svg and TensorBoard. The legend
+// (line samples) sits under the plot; hovering (or focusing and using
+// the arrow keys) shows the values at an iteration; an attempt that
+// resumed from a checkpoint is marked where it resumed.
+function lossChart(records, params, attempts) {
+  const p = params || {};
+  const weight = (k, d) => (typeof p[k] === "number" && isFinite(p[k]) ? p[k] : d);
+  const [a, b, t] = [weight("alpha", 1), weight("beta", 1), weight("tv_weight", 0)];
+  const series = [
+    { key: "content", label: "α·content", value: (r) => a * r.content },
+    { key: "style", label: "β·style", value: (r) => b * r.style },
+    { key: "tv", label: "TV weight·TV", value: (r) => t * r.tv },
+    { key: "total", label: "total", value: (r) => r.total },
+  ].filter((s) => records.some((r) => s.value(r) > 0 && isFinite(s.value(r))));
+  const box = h("div", { class: "chart" });
+  const W = Math.max(300, Math.min(720, main.clientWidth - 40)), H = 320, L = 64, R = 14, T = 12, B = 46;
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("id", "loss-curve");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  const add = (tag, attrs, text) => {
+  svg.setAttribute("width", W);
+  svg.setAttribute("role", "img");
+  const add = (tag, attrs, text, parent = svg) => {
     const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
     for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
     if (text !== undefined) el.textContent = text;
-    svg.append(el);
+    parent.append(el);
     return el;
   };
-  const values = records.flatMap((r) => series.map((s) => r[s])).filter((v) => v > 0 && isFinite(v));
-  if (!records.length || !values.length) {
-    add("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "muted" }, "no losses yet");
-    return svg;
+  box.append(svg);
+  if (!records.length || !series.length) {
+    svg.setAttribute("aria-label", "no losses yet");
+    add("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "axis" }, "no losses yet");
+    return box;
   }
-  const lo = Math.floor(Math.log10(Math.min(...values)));
-  const hi = Math.ceil(Math.log10(Math.max(...values)));
+  svg.setAttribute("aria-label", `losses over ${records.length} evaluations, log scale`);
+  const values = records.flatMap((r) => series.map((s) => s.value(r))).filter((v) => v > 0 && isFinite(v));
+  let lo = Math.floor(Math.log10(Math.min(...values)));
+  let hi = Math.ceil(Math.log10(Math.max(...values)));
+  if (hi === lo) hi = lo + 1;
   const first = records[0].iteration, last = Math.max(records[records.length - 1].iteration, first + 1);
   const x = (i) => L + ((W - L - R) * (i - first)) / (last - first);
-  const y = (v) => T + ((H - T - B) * (hi - Math.log10(v))) / Math.max(1, hi - lo);
-  for (let d = lo; d <= hi; d++) {
-    add("line", { x1: L, x2: W - R, y1: y(10 ** d), y2: y(10 ** d), class: "gridline" });
-    add("text", { x: L - 6, y: y(10 ** d) + 4, "text-anchor": "end", class: "axis" }, `1e${d}`);
+  const y = (v) => T + ((H - T - B) * (hi - Math.log10(v))) / (hi - lo);
+  // y: every decade, every few when there are many; 2 and 5 between when
+  // there are few (4 to 6 ticks a side, or near it).
+  const decades = hi - lo;
+  const step = Math.max(1, Math.ceil(decades / 5));
+  const yTicks = [];
+  for (let d = lo; d <= hi; d += step) {
+    yTicks.push(10 ** d);
+    if (decades <= 2) for (const m of [2, 5]) if (d < hi) yTicks.push(m * 10 ** d);
   }
-  add("text", { x: L, y: H - 8, class: "axis" }, `iteration ${first}`);
-  add("text", { x: W - R, y: H - 8, "text-anchor": "end", class: "axis" }, `${last}`);
-  series.forEach((s, k) => {
-    const pts = records.filter((r) => r[s] > 0 && isFinite(r[s])).map((r) => `${x(r.iteration).toFixed(1)},${y(r[s]).toFixed(1)}`);
-    if (pts.length) add("polyline", { points: pts.join(" "), class: `series series-${s}` });
-    add("text", { x: L + 10 + k * 90, y: T + 14, class: `legend series-${s}` }, s);
+  const label = (v) => (v >= 0.01 && v < 1e5 ? String(Number(v.toPrecision(3))) : v.toExponential(0).replace("e+", "e"));
+  for (const v of yTicks) {
+    add("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "gridline" });
+    add("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "axis" }, label(v));
+  }
+  // x: a 1, 2 or 5 step giving 4 to 6 ticks.
+  const raw = (last - first) / 5;
+  const mag = 10 ** Math.floor(Math.log10(Math.max(raw, 1)));
+  const xStep = Math.max(1, [1, 2, 5, 10].map((m) => m * mag).find((s) => (last - first) / s <= 6));
+  for (let i = Math.ceil(first / xStep) * xStep; i <= last; i += xStep) {
+    add("line", { x1: x(i), x2: x(i), y1: T, y2: H - B, class: "gridline" });
+    add("text", { x: x(i), y: H - B + 16, "text-anchor": "middle", class: "axis" }, i);
+  }
+  add("text", { x: L + (W - L - R) / 2, y: H - 8, "text-anchor": "middle", class: "axis-title" }, "iteration");
+  add("text", { x: 14, y: T + (H - T - B) / 2, "text-anchor": "middle", class: "axis-title", transform: `rotate(-90 14 ${T + (H - T - B) / 2})` }, "loss (log scale)");
+  // Where an attempt resumed from a checkpoint.
+  for (const at of attempts || []) {
+    if (!(at.resumed_from > first && at.resumed_from <= last)) continue;
+    add("line", { x1: x(at.resumed_from), x2: x(at.resumed_from), y1: T, y2: H - B, class: "resumed" });
+    add("text", { x: x(at.resumed_from) + 4, y: T + 12, class: "axis resumed-label" }, `attempt ${at.attempt} resumed`);
+  }
+  for (const s of series) {
+    const pts = records.filter((r) => s.value(r) > 0 && isFinite(s.value(r))).map((r) => `${x(r.iteration).toFixed(1)},${y(s.value(r)).toFixed(1)}`);
+    add("polyline", { points: pts.join(" "), class: `series series-${s.key}`, "data-series": s.key });
+  }
+  // Hover: a rule, a dot on each line and the values at that iteration.
+  const rule = add("line", { y1: T, y2: H - B, class: "hover-rule", visibility: "hidden" });
+  const dots = series.map((s) => add("circle", { r: 3.5, class: `dot series-${s.key}`, visibility: "hidden" }));
+  const tip = h("div", { class: "tip", id: "loss-tip", role: "status", hidden: true });
+  box.append(tip);
+  let at = records.length - 1;
+  const point = (k) => {
+    at = Math.max(0, Math.min(records.length - 1, k));
+    const r = records[at];
+    rule.setAttribute("x1", x(r.iteration));
+    rule.setAttribute("x2", x(r.iteration));
+    rule.setAttribute("visibility", "visible");
+    series.forEach((s, n) => {
+      const v = s.value(r);
+      const ok = v > 0 && isFinite(v);
+      dots[n].setAttribute("visibility", ok ? "visible" : "hidden");
+      if (ok) {
+        dots[n].setAttribute("cx", x(r.iteration));
+        dots[n].setAttribute("cy", y(v));
+      }
+    });
+    tip.replaceChildren(h("strong", {}, `iteration ${r.iteration}`), ...series.map((s) => h("div", {}, `${s.label}: ${Number(s.value(r).toPrecision(4))}`)));
+    tip.hidden = false;
+    tip.style.left = `${Math.min(x(r.iteration) + 12, W - 170)}px`;
+  };
+  const hide = () => {
+    rule.setAttribute("visibility", "hidden");
+    dots.forEach((d) => d.setAttribute("visibility", "hidden"));
+    tip.hidden = true;
+  };
+  svg.addEventListener("mousemove", (ev) => {
+    const box = svg.getBoundingClientRect();
+    const i = first + ((((ev.clientX - box.left) * W) / box.width - L) / (W - L - R)) * (last - first);
+    let best = 0;
+    for (let k = 1; k < records.length; k++) if (Math.abs(records[k].iteration - i) < Math.abs(records[best].iteration - i)) best = k;
+    point(best);
   });
-  return svg;
+  svg.addEventListener("mouseleave", hide);
+  svg.setAttribute("tabindex", "0");
+  svg.addEventListener("focus", () => point(at));
+  svg.addEventListener("blur", hide);
+  svg.addEventListener("keydown", (ev) => {
+    if (ev.key === "ArrowLeft" || ev.key === "ArrowRight") {
+      point(at + (ev.key === "ArrowLeft" ? -1 : 1));
+      ev.preventDefault();
+    }
+  });
+  // The legend: a sample of each line, outside the plot.
+  box.append(h("ul", { class: "legend", id: "loss-legend" }, series.map((s) => {
+    const sample = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    sample.setAttribute("width", 28);
+    sample.setAttribute("height", 10);
+    add("line", { x1: 1, x2: 27, y1: 5, y2: 5, class: `series series-${s.key}` }, undefined, sample);
+    return h("li", { "data-series": s.key }, sample, s.label);
+  })));
+  return box;
+}
+
+// The full-size image over the page; Escape or a click closes it.
+function lightbox(src, alt) {
+  const dialog = h("dialog", { id: "lightbox", "aria-label": alt, onclick: () => dialog.close(), onclose: () => dialog.remove() },
+    h("img", { src, alt }), h("p", { class: "muted" }, "Click or press Escape to close. ", h("a", { href: src, target: "_blank", onclick: (ev) => ev.stopPropagation() }, "Open the image on its own")));
+  document.body.append(dialog);
+  dialog.showModal();
+  return dialog;
 }
 
 // A value as a parameter field shows it, and back: JSON where it reads as
@@ -528,9 +784,12 @@ async function jobView(id) {
         message.replaceChildren(failed(e));
       }
     };
+    const variant = d.params ? Object.entries(d.params).filter(([k]) => ["alpha", "beta", "iterations", "optimizer"].includes(k)).map(([k, v]) => `${k}=${v}`).join(", ") : "";
+    const title = `${j.content_name} × ${j.style_name}`;
     box.replaceChildren(
       h("p", {}, h("a", { href: `#/c/${d.collection_id}` }, "‹ collection")),
-      h("h1", {}, `${j.content_name} × ${j.style_name}`, j.variant ? ` · v${j.variant}` : ""),
+      h("h1", {}, title, h("span", { class: "muted" }, ` · variant ${j.variant + 1}`)),
+      h("p", { class: "muted small" }, variant, variant ? " · " : "", "id ", copyable(j.id)),
       h("div", { class: "toolbar" },
         h("span", { id: "job-state", class: `badge ${j.state}` }, j.state),
         j.state === "running" ? ` iteration ${j.iteration} of ${j.iterations}, ${duration(j.eta_seconds)} to go` : "",
@@ -540,19 +799,20 @@ async function jobView(id) {
         j.state === "failed" || j.state === "cancelled" ? h("button", { id: "retry-job", onclick: act("retry") }, "Retry job") : null),
       message,
       h("div", { class: "detail" },
-        h("figure", {}, image ? h("a", { href: image, target: "_blank" }, h("img", { id: "job-image", src: image, alt: "the render" })) : h("p", { class: "muted" }, "No image yet.")),
-        h("div", { class: "curve" }, h("h2", {}, "Losses"), lossCurve(records))),
+        h("figure", {}, image ? h("button", { type: "button", class: "image-button", title: "show at full size", onclick: () => lightbox(image, title) },
+          h("img", { id: "job-image", src: image, alt: `${title}, the render` })) : h("p", { class: "muted" }, "No image yet.")),
+        h("div", { class: "curve" }, h("h2", {}, "Losses"), lossChart(records, d.params, d.attempts))),
       h("h2", {}, "Parameters"),
       paramsTable(d.params, j.state === "failed" || j.state === "cancelled" ? retryWithChanges : null),
       h("h2", {}, "Attempts"),
-      h("table", { id: "attempts" },
-        h("thead", {}, h("tr", {}, ["#", "worker", "started", "ended", "resumed from", "outcome"].map((t) => h("th", {}, t)))),
+      h("table", { id: "attempts", class: "cards" },
+        h("thead", {}, h("tr", {}, ["#", "worker", "started", "took", "resumed from", "outcome"].map((t) => h("th", {}, t)))),
         h("tbody", {}, d.attempts.map((a) => h("tr", {},
-          h("td", {}, a.attempt), h("td", {}, a.worker),
-          h("td", {}, new Date(a.started_unix * 1000).toLocaleTimeString()),
-          h("td", {}, a.ended_unix ? new Date(a.ended_unix * 1000).toLocaleTimeString() : "—"),
-          h("td", { class: "num" }, a.resumed_from ? `iteration ${a.resumed_from}` : "the start"),
-          h("td", {}, a.outcome))))),
+          h("td", { "data-label": "attempt" }, a.attempt), h("td", { "data-label": "worker" }, a.worker),
+          h("td", { "data-label": "started" }, h("time", { datetime: new Date(a.started_unix * 1000).toISOString() }, when(a.started_unix))),
+          h("td", { "data-label": "took" }, a.ended_unix ? duration(a.ended_unix - a.started_unix) || "under a second" : `running for ${duration(Date.now() / 1000 - a.started_unix) || "a moment"}`),
+          h("td", { class: "num", "data-label": "resumed from" }, a.resumed_from ? `iteration ${a.resumed_from}` : "the start"),
+          h("td", { "data-label": "outcome" }, a.outcome))))),
       h("h2", {}, "Log of the latest attempt"),
       log ? h("pre", { id: "worker-log", class: "log" }, log) : h("p", { class: "muted" }, "No log yet (the worker writes it at each checkpoint and when the attempt ends)."),
       h("h2", {}, "Files of the latest attempt"),
@@ -678,7 +938,7 @@ function submitView() {
     } },
     h("div", { class: "drops" }, drop("contents", "Photos (rows)"), drop("styles", "Paintings (columns)")),
     h("div", { class: "fields" },
-      field("Name", h("input", { id: "name", placeholder: "collection" })),
+      field("Name", h("input", { id: "name", placeholder: "the first photo × painting" })),
       field("Longer side (px)", num("max-side", 384, { min: 1, max: 16384 })),
       field("Preset", preset),
       field("Iterations", num("iters", "", { min: 1, placeholder: "the preset's" })),
@@ -713,6 +973,16 @@ async function route() {
   }
   if (s.auth_required && !s.signed_in) return signIn();
   let m;
+  // An id's start (as git takes a commit's) opens what it names.
+  if ((m = hash.match(/^\/[cj]\/([0-9a-fA-F-]{4,35})(\/.*)?$/))) {
+    try {
+      const r = await api(`/api/ids/${encodeURIComponent(m[1])}`);
+      location.replace(`#/${r.kind === "job" ? "j" : "c"}/${r.id}${r.kind === "collection" && m[2] ? m[2] : ""}`);
+    } catch (e) {
+      show(failed(e));
+    }
+    return;
+  }
   if ((m = hash.match(/^\/c\/([^/]+)(?:\/p\/(\d+))?$/))) return collectionView(m[1], Number(m[2] || 0));
   if ((m = hash.match(/^\/j\/([^/]+)$/))) return jobView(m[1]);
   if (hash === "/collections") return collectionsView();

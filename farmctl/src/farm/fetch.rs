@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use stylefarm_proto as pb;
-use stylefarm_shared::sheet::ContactSheet;
+use stylefarm_shared::sheet::{self, Cell};
 
 use super::{call, Conn};
 
@@ -26,11 +26,12 @@ pub async fn download(url: &Conn, id: &str, key: &str) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Downloads every finished image to `dir` and builds a contact sheet: one
-/// row per content, one column per style (each style's variants side by
-/// side), empty where a job did not succeed. An image that cannot be
-/// fetched is reported and skipped; the others are still written, and the
-/// command fails at the end naming what is missing.
+/// Downloads every finished image to `dir` and writes the contact sheet
+/// as `contact_sheet.png` (up to [`MAX_PNG_CELLS`] cells) and
+/// `contact_sheet.pdf` (pages, any size): rows labelled by photo, columns
+/// by painting and variant, cells that did not succeed marked. An image
+/// that cannot be fetched is reported, marked and skipped; the others are
+/// still written, and the command fails at the end naming what is missing.
 pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
     let c = call(url, |mut c| {
         let r = pb::CollectionRef { collection_id: id.into() };
@@ -39,12 +40,12 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
     .await?
     .into_inner();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let cols = c.styles * c.variants.max(1);
-    let mut sheet = ContactSheet::new(c.contents, cols);
+    let mut sheet = sheet::collection::sheet(&c, &variant_params(url, &c).await);
     let mut written = 0;
     let mut missing = Vec::new();
     for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
-        let name = stylefarm_shared::sheet::output_name(&j.content_name, &j.style_name, j.variant_index);
+        let name = sheet::output_name(&j.content_name, &j.style_name, j.variant_index);
+        let (row, col) = (j.content_index as usize, sheet::collection::column_of(&c, j));
         let fetched = download(url, id, &j.output_key).await.and_then(|data| {
             let img = image::load_from_memory(&data).with_context(|| "the farm's copy is not an image")?.to_rgb8();
             Ok((data, img))
@@ -53,21 +54,55 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
             Ok(got) => got,
             Err(e) => {
                 eprintln!("{name}: not fetched: {e:#}");
+                sheet.set(row, col, Cell::Missing(format!("{e:#}")));
                 missing.push(name);
                 continue;
             }
         };
         let path = dir.join(&name);
         std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?;
-        sheet.place(&img, j.style_index * c.variants.max(1) + j.variant_index, j.content_index);
+        sheet.set(row, col, Cell::Image(img));
         written += 1;
     }
-    let sheet_path = dir.join("contact_sheet.png");
-    sheet.into_image().save(&sheet_path).with_context(|| format!("cannot write {}", sheet_path.display()))?;
+    let pdf_path = dir.join("contact_sheet.pdf");
+    std::fs::write(&pdf_path, sheet.to_pdf()).with_context(|| format!("cannot write {}", pdf_path.display()))?;
+    let cells = c.contents as u64 * c.styles as u64 * c.variants.max(1) as u64;
+    let sheet_path = if cells <= MAX_PNG_CELLS {
+        let png_path = dir.join("contact_sheet.png");
+        sheet.to_image().save(&png_path).with_context(|| format!("cannot write {}", png_path.display()))?;
+        png_path
+    } else {
+        eprintln!("{cells} cells: the contact sheet is the PDF only (a PNG holds at most {MAX_PNG_CELLS})");
+        pdf_path
+    };
     eprintln!("fetched {written} of {} images into {}", c.jobs.len(), dir.display());
     println!("{}", sheet_path.display());
     if !missing.is_empty() {
         bail!("{} finished images could not be fetched: {}", missing.len(), missing.join(", "));
     }
     Ok(())
+}
+
+/// The most cells a PNG contact sheet holds (about 8000 × 8000 pixels at
+/// the cells' largest); a larger collection's sheet is the PDF's pages.
+pub const MAX_PNG_CELLS: u64 = 1024;
+
+/// Each variant's parameters (from its first job), for the sheet's labels;
+/// a variant whose job cannot be read is labelled without them.
+async fn variant_params(url: &Conn, c: &pb::Collection) -> Vec<serde_json::Value> {
+    let mut params = Vec::new();
+    for v in 0..c.variants.max(1) {
+        let Some(j) = c.jobs.iter().find(|j| j.content_index == 0 && j.style_index == 0 && j.variant_index == v) else {
+            params.push(serde_json::Value::Null);
+            continue;
+        };
+        let job_id = j.job_id.clone();
+        let detail = call(url, |mut c| {
+            let r = pb::JobRef { job_id: job_id.clone() };
+            async move { c.get_job(r).await }
+        })
+        .await;
+        params.push(detail.ok().and_then(|d| serde_json::from_str(&d.into_inner().params_json).ok()).unwrap_or(serde_json::Value::Null));
+    }
+    params
 }

@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn the_log_of_any_attempt_is_found_beside_the_latest_ones_files() {
-        let job = pb::JobDetail { job: Some(pb::Job { collection_id: "c1".into(), ..Default::default() }), attempts: Vec::new() };
+        let job = pb::JobDetail { job: Some(pb::Job { collection_id: "c1".into(), ..Default::default() }), attempts: Vec::new(), ..Default::default() };
         let files = pb::ListJobFilesResponse {
             attempt: 3,
             files: vec![pb::JobFile { key: "collections/c1/jobs/j1/attempt-3/tb/events.out".into(), name: "tb/events.out".into(), size_bytes: 1 }],

@@ -168,7 +168,7 @@ pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::json!({"collection_id": r.collection_id, "jobs": r.jobs}));
     } else {
-        eprintln!("submitted {} jobs", r.jobs);
+        eprintln!("submitted {} job{}", r.jobs, if r.jobs == 1 { "" } else { "s" });
     }
     println!("{}", r.collection_id);
     Ok(())

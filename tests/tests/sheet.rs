@@ -1,0 +1,109 @@
+//! The contact sheet as a person reads it: `farmctl fetch` from a real
+//! coordinator, the PNG and the PDF's pages read back by an OCR engine
+//! (tesseract, from Debian's packages; `pdftoppm` from poppler-utils
+//! turns the PDF into pictures). The jobs are finished by a "worker" that
+//! copies a picture into its folder, so the sheet holds every state a
+//! collection can show: images, a failure with its reason, a cancelled
+//! job and a queued one.
+//!
+//! `STYLEFARM_SHEET_OUT=path.png` keeps the fetched sheet.
+
+use std::path::Path;
+use std::process::Command;
+
+use stylefarm_proto as pb;
+use stylefarm_tests::*;
+
+/// What tesseract reads in `png`, lower-cased, its lines joined.
+fn ocr(png: &Path) -> String {
+    let o = Command::new("tesseract")
+        .arg(png)
+        .arg("stdout")
+        .output()
+        .expect("tesseract is not installed: `apt-get install tesseract-ocr` (scripts/test.sh does)");
+    assert!(o.status.success(), "tesseract failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_lowercase()
+}
+
+fn named_copy(dir: &Path, name: &str, fixture_name: &str) -> String {
+    let path = dir.join(format!("{name}.png"));
+    std::fs::copy(fixture(fixture_name), &path).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_fetched_contact_sheet_reads_back_its_labels_and_states() {
+    let farm = Farm::start();
+    let inputs = farm.dir.path().join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let (harbour, meadow) = (named_copy(&inputs, "harbour", "content.png"), named_copy(&inputs, "meadow", "init.png"));
+    let (starry, waves) = (named_copy(&inputs, "starry", "style.png"), named_copy(&inputs, "waves", "content.png"));
+    // 2 photos × 2 paintings × 2 variants that differ in alpha only.
+    let id = farm.submit(&[
+        "--name", "Autumn prints", "--content", &harbour, "--content", &meadow, "--style", &starry, "--style", &waves,
+        "--size", "32x24", "--iters", "3", "--variant", "alpha=0.5", "--variant", "alpha=0.25",
+    ]);
+    let jobs: Vec<String> = jobs(&farm.status(&id).unwrap()).iter().map(|j| j["job_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(jobs.len(), 8);
+
+    // Five succeed (a copy of the photo as their image), one fails with a
+    // reason, one is cancelled, one stays queued.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut w = pb::workers_client::WorkersClient::connect(farm.url.clone()).await.unwrap();
+        let r = pb::RegisterRequest { name: "copier".into(), device: "cpu".into(), ..Default::default() };
+        let worker = w.register(r).await.unwrap().into_inner().worker_id;
+        for k in 0..6 {
+            let l = w.lease(pb::LeaseRequest { worker_id: worker.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
+            let spec = l.job.unwrap();
+            if k == 5 {
+                let f = pb::FailRequest {
+                    worker_id: worker.clone(),
+                    job_id: spec.job_id,
+                    fencing_token: l.fencing_token,
+                    kind: pb::FailureKind::BadInput as i32,
+                    message: "the photo could not be decoded".into(),
+                };
+                w.fail(f).await.unwrap();
+                continue;
+            }
+            let folder = farm.dir.path().join("data/storage").join(&spec.prefix);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::copy(fixture("content.png"), folder.join("output.png")).unwrap();
+            let r = pb::CompleteRequest { worker_id: worker.clone(), job_id: spec.job_id, fencing_token: l.fencing_token, output_name: "output.png".into(), progress: None };
+            w.complete(r).await.unwrap();
+        }
+    });
+    let o = farm.farmctl(&["cancel", "--job", &jobs[6]]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let out = farm.dir.path().join("fetched");
+    let o = farm.farmctl(&["fetch", &id, "-o", &out.to_string_lossy()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    if let Ok(keep) = std::env::var("STYLEFARM_SHEET_OUT") {
+        std::fs::copy(out.join("contact_sheet.png"), keep).unwrap();
+    }
+    let expected = ["autumn prints", "harbour", "meadow", "starry", "waves", "alpha=0.5", "alpha=0.25", "failed", "decoded", "cancelled", "queued", "2 photos"];
+    let read = ocr(&out.join("contact_sheet.png"));
+    let missing: Vec<&str> = expected.iter().copied().filter(|w| !read.contains(w)).collect();
+    assert!(missing.is_empty(), "the PNG sheet does not read {missing:?}; tesseract read:\n{read}");
+    // Cells are as large as the images: the sheet is far smaller than
+    // eight 192-px squares were.
+    let sheet = image::open(out.join("contact_sheet.png")).unwrap();
+    assert!(sheet.height() < 2 * 192 + 150, "{}×{}", sheet.width(), sheet.height());
+
+    // The PDF: one page here, the same labels on it.
+    let pages = farm.dir.path().join("page");
+    let o = Command::new("pdftoppm")
+        .args(["-r", "300", "-png"])
+        .arg(out.join("contact_sheet.pdf"))
+        .arg(&pages)
+        .output()
+        .expect("pdftoppm is not installed: `apt-get install poppler-utils` (scripts/test.sh does)");
+    assert!(o.status.success(), "pdftoppm: {}", String::from_utf8_lossy(&o.stderr));
+    let page = farm.dir.path().join("page-1.png");
+    assert!(page.is_file() && !farm.dir.path().join("page-2.png").exists(), "one page");
+    let read = ocr(&page);
+    let missing: Vec<&str> = expected.iter().copied().filter(|w| !read.contains(w)).collect();
+    assert!(missing.is_empty(), "the PDF page does not read {missing:?}; tesseract read:\n{read}");
+}
