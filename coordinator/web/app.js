@@ -139,6 +139,14 @@ function variantLabels(paramsList) {
   return paramsList.map((p) => differ.map((k) => `${k}=${text((p || {})[k])}`).join(", "));
 }
 
+// A bar of `done` of `total` (its width set through the CSSOM: the page's
+// content security policy refuses style attributes).
+function progressBar(done, total) {
+  const fill = h("span", {});
+  fill.style.width = `${total ? (100 * done) / total : 0}%`;
+  return h("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total, "aria-valuenow": done, "aria-label": `${done} of ${total} jobs ended` }, fill);
+}
+
 // A collection's state in one word, from its counts.
 function collectionState(c) {
   if (c.running > 0) return "running";
@@ -303,8 +311,7 @@ async function collectionsView() {
         h("td", { "data-label": "shape" }, `${plural(c.contents, "photo")} × ${plural(c.styles, "painting")} × ${plural(c.variants, "variant")}`),
         h("td", { "data-label": "jobs" },
           h("span", { class: `badge ${collectionState(k)}` }, collectionState(k)), " ", countsLine(k),
-          h("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total, "aria-valuenow": done, "aria-label": `${done} of ${total} jobs ended` },
-            h("span", { style: `width:${total ? (100 * done) / total : 0}%` }))),
+          progressBar(done, total)),
         h("td", { "data-label": "submitted" }, whenCell(c.created_unix)));
     }));
     more.hidden = !more_left;
@@ -357,24 +364,41 @@ function fillCell(td, job) {
   const name = `${job.content_name} × ${job.style_name}${td.dataset.variantLabel ? ` (${td.dataset.variantLabel})` : ""}`;
   td.title = `${name}${job.error ? "\n" + job.error : ""}`;
   td.querySelector(".frame").setAttribute("aria-label", `${name}: ${job.state}${job.state === "running" ? ` ${job.iteration} of ${job.iterations}` : ""}`);
-  // A new preview may exist whenever the render moved or ended.
-  const version = `${job.attempts}-${job.iteration}-${job.state}`;
+  // A new preview may exist whenever the render moved or ended; a
+  // finished job in cells larger than the previews shows its image.
+  const large = job.state === "succeeded" && cellSize() > PREVIEW_SIDE;
+  const version = `${job.attempts}-${job.iteration}-${job.state}${large ? "-full" : ""}`;
   if (job.attempts > 0 && (!prev || td.dataset.version !== version)) {
     td.dataset.version = version;
-    const next = h("img", { class: "thumb", alt: name, src: `/api/jobs/${job.id}/preview?v=${encodeURIComponent(version)}` });
+    const src = large ? `/api/jobs/${job.id}/files/output.png` : `/api/jobs/${job.id}/preview?v=${encodeURIComponent(version)}`;
+    const next = h("img", { class: "thumb", alt: name, src });
     // Keep the old picture until the new one has loaded.
     next.addEventListener("load", () => {
       const old = td.querySelector("img.thumb");
       if (old && old !== next) old.replaceWith(next);
-      else if (!old) td.querySelector(".frame").append(next);
+      else if (!old) td.querySelector(".frame").replaceChildren(next);
       td.dataset.preview = "yes";
     });
     // No preview yet (404): the cell keeps what it shows.
+  }
+  // Without a picture, the frame says what became of the job.
+  if (!td.querySelector("img.thumb")) {
+    td.querySelector(".frame").replaceChildren(h("span", { class: `mark ${job.state}` }, job.state === "running" ? "starting" : job.state,
+      job.state === "failed" && job.error ? h("small", {}, job.error) : null));
   }
   const pct = job.iterations > 0 ? Math.min(100, (100 * job.iteration) / job.iterations) : (job.state === "succeeded" ? 100 : 0);
   td.querySelector(".bar > span").style.width = `${pct}%`;
   td.querySelector(".state").textContent = job.state === "running" ? `${job.iteration}/${job.iterations}` : job.state;
   td.querySelector(".eta").textContent = job.state === "running" ? duration(job.eta_seconds) : "";
+}
+
+// The side of the previews workers write (job_files::PREVIEW_SIDE).
+const PREVIEW_SIDE = 160;
+
+// The grid's cell size: the size control's, remembered; larger on wide
+// screens to start with.
+function cellSize() {
+  return Number(localStorage.getItem("stylefarm.cell")) || (innerWidth >= 1600 ? 240 : innerWidth < 600 ? 100 : 150);
 }
 
 function emptyCell(job, variantLabel) {
@@ -431,6 +455,7 @@ async function collectionView(id, pageNo) {
     h("span", { id: "page-info" }, ` rows ${page * rowsPerPage + 1}–${Math.min(head.contents, (page + 1) * rowsPerPage)} of ${head.contents} `),
     h("a", { id: "next-page", href: `#/c/${id}/p/${Math.min(pages - 1, page + 1)}`, class: page === pages - 1 ? "disabled" : "" }, "next ›")) : null;
   setButtons(head.counts);
+  const cells = new Map();
   // Each variant by what sets it apart (the first style's columns hold
   // every variant, in order).
   const labels = variantLabels(head.columns.filter((c) => c.style === 0).map((c) => c.params));
@@ -447,11 +472,13 @@ async function collectionView(id, pageNo) {
   };
   showing.addEventListener("input", applyShow);
   // Cell size: remembered; larger on wide screens to start with.
-  const zoom = h("input", { id: "zoom", type: "range", min: 80, max: 480, step: 20, "aria-label": "cell size",
-    value: localStorage.getItem("stylefarm.cell") || (innerWidth >= 1600 ? 240 : innerWidth < 600 ? 100 : 150) });
+  const zoom = h("input", { id: "zoom", type: "range", min: 80, max: 480, step: 20, "aria-label": "cell size", value: cellSize() });
   const applyZoom = () => {
+    const before = cellSize();
     table.style.setProperty("--cell", `${zoom.value}px`);
     localStorage.setItem("stylefarm.cell", zoom.value);
+    // Crossing the previews' size: finished cells change picture.
+    if ((before > PREVIEW_SIDE) !== (Number(zoom.value) > PREVIEW_SIDE)) for (const td of cells.values()) fillCell(td, td._job);
   };
   zoom.addEventListener("input", applyZoom);
   applyZoom();
@@ -482,7 +509,6 @@ async function collectionView(id, pageNo) {
       h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: zipName }, "Download zip"), retryFailed, cancel),
     message, pager, h("div", { class: "scroll" }, table), pager ? pager.cloneNode(true) : null);
 
-  const cells = new Map();
   const load = async () => {
     const r = await api(`/api/collections/${id}/grid?from_row=${page * rowsPerPage}&rows=${rowsPerPage}`);
     const rows = new Map();
@@ -614,7 +640,7 @@ function lossChart(records, params, attempts) {
   const label = (v) => (v >= 0.01 && v < 1e5 ? String(Number(v.toPrecision(3))) : v.toExponential(0).replace("e+", "e"));
   for (const v of yTicks) {
     add("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "gridline" });
-    add("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "axis" }, label(v));
+    add("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "axis ytick" }, label(v));
   }
   // x: a 1, 2 or 5 step giving 4 to 6 ticks.
   const raw = (last - first) / 5;
@@ -622,7 +648,7 @@ function lossChart(records, params, attempts) {
   const xStep = Math.max(1, [1, 2, 5, 10].map((m) => m * mag).find((s) => (last - first) / s <= 6));
   for (let i = Math.ceil(first / xStep) * xStep; i <= last; i += xStep) {
     add("line", { x1: x(i), x2: x(i), y1: T, y2: H - B, class: "gridline" });
-    add("text", { x: x(i), y: H - B + 16, "text-anchor": "middle", class: "axis" }, i);
+    add("text", { x: x(i), y: H - B + 16, "text-anchor": "middle", class: "axis xtick" }, i);
   }
   add("text", { x: L + (W - L - R) / 2, y: H - 8, "text-anchor": "middle", class: "axis-title" }, "iteration");
   add("text", { x: 14, y: T + (H - T - B) / 2, "text-anchor": "middle", class: "axis-title", transform: `rotate(-90 14 ${T + (H - T - B) / 2})` }, "loss (log scale)");

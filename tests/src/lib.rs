@@ -3,6 +3,9 @@
 //! a real coordinator and real workers as child processes on loopback,
 //! driven by the real farmctl.
 
+pub mod browser;
+pub mod scripted;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

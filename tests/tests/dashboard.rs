@@ -6,10 +6,11 @@
 //! `STYLEFARM_SCREENSHOT=path.png` saves the collection page while it
 //! renders (how docs/dashboard.png was made).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
+use stylefarm_tests::browser::{browser, chromedriver, until};
 use serde_json::{json, Value};
 use stylefarm_tests::*;
 
@@ -27,61 +28,6 @@ fn submit_as(farm: &Farm, token: &str, args: &[&str]) -> String {
     let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", token, "submit"]).args(args).output().unwrap();
     assert!(o.status.success(), "submit failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap().lines().last().unwrap().trim().to_string()
-}
-
-/// chromedriver on a free port, killed on drop.
-struct Driver(Child, u16);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn chromedriver() -> Driver {
-    let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver is not installed: `apt-get install chromium chromium-driver` (scripts/test.sh does)");
-    Driver(child, port)
-}
-
-async fn browser(driver: &Driver) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"] }),
-    );
-    let url = format!("http://127.0.0.1:{}", driver.1);
-    let start = Instant::now();
-    loop {
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
-            Ok(c) => return c,
-            Err(e) if start.elapsed() < Duration::from_secs(20) => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("no browser session from chromedriver: {e}"),
-        }
-    }
-}
-
-/// Polls `f` (a script's value) until `pred` holds; panics naming `what`.
-async fn until(c: &Client, what: &str, script: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let v = c.execute(script, vec![]).await.unwrap_or(Value::Null);
-        if pred(&v) {
-            return v;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}; last: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// What the page's grid shows: one entry per cell.

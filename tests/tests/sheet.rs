@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use stylefarm_proto as pb;
+use stylefarm_tests::scripted::ScriptedWorker;
 use stylefarm_tests::*;
 
 /// What tesseract reads in `png`, lower-cased, its lines joined.
@@ -50,29 +50,14 @@ fn a_fetched_contact_sheet_reads_back_its_labels_and_states() {
     // reason, one is cancelled, one stays queued.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut w = pb::workers_client::WorkersClient::connect(farm.url.clone()).await.unwrap();
-        let r = pb::RegisterRequest { name: "copier".into(), device: "cpu".into(), ..Default::default() };
-        let worker = w.register(r).await.unwrap().into_inner().worker_id;
-        for k in 0..6 {
-            let l = w.lease(pb::LeaseRequest { worker_id: worker.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
-            let spec = l.job.unwrap();
-            if k == 5 {
-                let f = pb::FailRequest {
-                    worker_id: worker.clone(),
-                    job_id: spec.job_id,
-                    fencing_token: l.fencing_token,
-                    kind: pb::FailureKind::BadInput as i32,
-                    message: "the photo could not be decoded".into(),
-                };
-                w.fail(f).await.unwrap();
-                continue;
-            }
-            let folder = farm.dir.path().join("data/storage").join(&spec.prefix);
-            std::fs::create_dir_all(&folder).unwrap();
-            std::fs::copy(fixture("content.png"), folder.join("output.png")).unwrap();
-            let r = pb::CompleteRequest { worker_id: worker.clone(), job_id: spec.job_id, fencing_token: l.fencing_token, output_name: "output.png".into(), progress: None };
-            w.complete(r).await.unwrap();
+        let mut w = ScriptedWorker::register(&farm.url, None, &farm.dir.path().join("data/storage"), "copier").await;
+        let photo = std::fs::read(fixture("content.png")).unwrap();
+        for _ in 0..5 {
+            let job = w.lease().await;
+            w.complete(job, &photo).await;
         }
+        let job = w.lease().await;
+        w.fail(job, "the photo could not be decoded").await;
     });
     let o = farm.farmctl(&["cancel", "--job", &jobs[6]]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -1,0 +1,70 @@
+//! A real browser for the dashboard's tests: headless Chromium from
+//! Debian's packages, driven over WebDriver by chromedriver on loopback.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{json, Value};
+
+use crate::free_port;
+
+/// chromedriver on a free port, killed on drop.
+pub struct Driver(Child, u16);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn chromedriver() -> Driver {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver is not installed: `apt-get install chromium chromium-driver` (scripts/test.sh does)");
+    Driver(child, port)
+}
+
+/// A browser session at 1400 × 1000.
+pub async fn browser(driver: &Driver) -> Client {
+    browser_with(driver, &["--window-size=1400,1000"]).await
+}
+
+/// A browser session with these Chromium flags besides the headless ones.
+pub async fn browser_with(driver: &Driver, flags: &[&str]) -> Client {
+    let mut args = vec!["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"];
+    args.extend_from_slice(flags);
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+    let url = format!("http://127.0.0.1:{}", driver.1);
+    let start = Instant::now();
+    loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
+            Ok(c) => return c,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no browser session from chromedriver: {e}"),
+        }
+    }
+}
+
+/// Polls `script`'s value until `pred` holds; panics naming `what`.
+pub async fn until(c: &Client, what: &str, script: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = c.execute(script, vec![]).await.unwrap_or(Value::Null);
+        if pred(&v) {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}; last: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
