@@ -508,6 +508,7 @@ impl Db {
         let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq")?;
         c.jobs = stmt.query_map([id], job_from_row)?.collect::<rusqlite::Result<_>>()?;
         c.counts = Some(count(&c.jobs));
+        c.columns = self.grid_columns(id)?;
         Ok(Some((owner, c)))
     }
 
@@ -528,6 +529,7 @@ impl Db {
                         variants: r.get("variants")?,
                         created_unix: r.get("created")?,
                         counts: None,
+                        columns: Vec::new(),
                     },
                 ))
             })
@@ -546,11 +548,13 @@ impl Db {
 
     /// The collection's columns, one per style × variant: each style's name
     /// and each variant's parameters (JSON), read from its first row.
-    pub fn grid_columns(&self, collection: &str) -> rusqlite::Result<Vec<(u32, u32, String, String)>> {
+    pub fn grid_columns(&self, collection: &str) -> rusqlite::Result<Vec<pb::Column>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT style_index, variant_index, style_name, {JOB_PARAMS} FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq"
         ))?;
-        let columns = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect();
+        let columns = stmt
+            .query_map([collection], |r| Ok(pb::Column { style_index: r.get(0)?, variant_index: r.get(1)?, style_name: r.get(2)?, params_json: r.get(3)? }))?
+            .collect();
         columns
     }
 

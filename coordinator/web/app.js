@@ -4,9 +4,12 @@
 //   #/c/ID[/p/N]       a collection's grid (page N), live
 //   #/j/ID             one job: image, loss curve, attempts, files
 //   #/submit           a new collection from photos and paintings
-// Everything comes from the coordinator's JSON API (/api/…); live changes
-// arrive as server-sent events. No framework and no build step: the
-// coordinator serves this file as it is.
+// Everything comes from the coordinator's JSON API (/api/…), whose bodies
+// are farm.proto's messages as canonical JSON (the proto's field names,
+// every field present, enums by name, 64-bit integers as strings): this
+// page reads only fields the contract defines. Live changes arrive as
+// server-sent events. No framework and no build step: the coordinator
+// serves this file as it is.
 "use strict";
 
 const main = document.getElementById("main");
@@ -62,8 +65,28 @@ async function api(path, options = {}) {
     if (r.status === 401) signIn(body && body.error);
     throw new ApiError(r.status, (body && body.error) || r.statusText);
   }
-  return body;
+  return contract(body);
 }
+
+// With localStorage "stylefarm.strict" set (the browser tests set it),
+// every message read from the API reports a read of a field it does not
+// have in window.stylefarmUnknownFields: the page must read only what the
+// contract sends.
+const strict = localStorage.getItem("stylefarm.strict") === "1";
+window.stylefarmUnknownFields = [];
+function contract(value, path = "") {
+  if (!strict || value === null || typeof value !== "object") return value;
+  return new Proxy(value, {
+    get(target, prop, receiver) {
+      if (typeof prop === "string" && !(prop in target) && prop !== "then" && prop !== "toJSON") window.stylefarmUnknownFields.push(`${path}.${prop}`);
+      const v = Reflect.get(target, prop, receiver);
+      return typeof prop === "string" && v !== null && typeof v === "object" ? contract(v, `${path}.${prop}`) : v;
+    },
+  });
+}
+
+// A job's or worker's state as the page shows it: "QUEUED" → "queued".
+const stateOf = (x) => String(x.state).toLowerCase();
 
 function failed(e) {
   return h("p", { class: "error", role: "alert" }, e.message || String(e));
@@ -208,10 +231,11 @@ async function farmView() {
       return;
     }
     const j = f.jobs;
+    const pace = new Map(f.pace.map((p) => [p.worker_id, p.iterations_per_second]));
     const stat = (id, label, value) => h("div", { class: "stat" }, h("span", { id, class: "value" }, value), h("span", { class: "label" }, label));
     const act = (w, what) => async () => {
       try {
-        await api(`/api/workers/${encodeURIComponent(w.id)}/${what}`, { json: {} });
+        await api(`/api/workers/${encodeURIComponent(w.worker_id)}/${what}`, { json: {} });
       } catch (e) {
         box.prepend(failed(e));
         return;
@@ -220,25 +244,26 @@ async function farmView() {
     };
     // online · lost · stopped · quarantined, and whether it drains.
     const stateCell = (w) => {
-      const label = w.state === "online" && w.draining ? (w.current_job ? "draining" : "drained") : w.state;
-      const badge = { online: "succeeded", lost: "failed", quarantined: "failed", stopped: "cancelled" }[w.state] || "queued";
+      const state = stateOf(w);
+      const label = state === "online" && w.draining ? (w.current_job ? "draining" : "drained") : state;
+      const badge = { online: "succeeded", lost: "failed", quarantined: "failed", stopped: "cancelled" }[state] || "queued";
       return h("td", { "data-label": "state" },
         h("span", { class: `badge ${w.draining ? "queued" : badge} worker-state`, title: w.quarantine_reason || "" }, label),
         w.quarantined ? h("div", { class: "muted reason" }, w.quarantine_reason) : (w.strikes ? h("div", { class: "muted" }, `${w.strikes} strikes`) : null));
     };
     const actions = (w) => {
-      const gone = w.state === "lost" || w.state === "stopped";
+      const gone = stateOf(w) === "lost" || stateOf(w) === "stopped";
       return h("td", { class: "actions" },
-        w.state === "online" && !w.draining ? h("button", { class: "drain", title: "finish the current job, lease no more", onclick: act(w, "drain") }, "Drain") : null,
+        stateOf(w) === "online" && !w.draining ? h("button", { class: "drain", title: "finish the current job, lease no more", onclick: act(w, "drain") }, "Drain") : null,
         w.draining || w.quarantined ? h("button", { class: "resume", title: "lease again", onclick: act(w, "resume") }, "Resume") : null,
         gone && !w.current_job ? h("button", { class: "forget", title: "take it off the list", onclick: act(w, "forget") }, "Forget") : null);
     };
     const rows = f.workers.map((w) =>
-      h("tr", { class: `worker ${w.state}`, "data-worker": w.id, "data-name": w.name },
+      h("tr", { class: `worker ${stateOf(w)}`, "data-worker": w.worker_id, "data-name": w.name },
         h("td", { "data-label": "name" }, w.name),
         h("td", { "data-label": "device" }, w.device, w.device_name ? h("span", { class: "muted" }, ` ${w.device_name}`) : null),
         h("td", { "data-label": "job" }, w.current_job ? h("a", { href: `#/j/${w.current_job}`, title: w.current_job }, w.current_job.slice(0, 8)) : h("span", { class: "muted" }, "idle")),
-        h("td", { class: "num", "data-label": "iterations/s" }, w.iterations_per_second == null ? "" : w.iterations_per_second.toFixed(2)),
+        h("td", { class: "num", "data-label": "iterations/s" }, pace.has(w.worker_id) ? pace.get(w.worker_id).toFixed(2) : ""),
         h("td", { "data-label": "last heard" }, ago(w.last_seen_unix)),
         stateCell(w),
         actions(w)));
@@ -287,7 +312,7 @@ async function collectionsView() {
     const q = search.value.trim().toLowerCase();
     const wanted = (c) => {
       const k = c.counts;
-      if (q && !c.name.toLowerCase().includes(q) && !c.id.startsWith(q)) return false;
+      if (q && !c.name.toLowerCase().includes(q) && !c.collection_id.startsWith(q)) return false;
       if (state.value === "active") return k.queued + k.running > 0;
       if (state.value === "failed") return k.failed > 0;
       if (state.value === "cancelled") return k.cancelled > 0;
@@ -306,8 +331,9 @@ async function collectionsView() {
       const k = c.counts;
       const total = k.queued + k.running + k.succeeded + k.failed + k.cancelled;
       const done = k.succeeded + k.failed + k.cancelled;
-      return h("tr", { "data-id": c.id, "data-state": collectionState(k) },
-        h("td", { "data-label": "name" }, h("a", { class: "collection-link", href: `#/c/${c.id}`, title: c.id }, c.name), h("div", { class: "muted small" }, h("code", {}, c.id.slice(0, 8)))),
+      return h("tr", { "data-id": c.collection_id, "data-state": collectionState(k) },
+        h("td", { "data-label": "name" }, h("a", { class: "collection-link", href: `#/c/${c.collection_id}`, title: c.collection_id }, c.name),
+          h("div", { class: "muted small" }, h("code", {}, c.collection_id.slice(0, 8)))),
         h("td", { "data-label": "shape" }, `${plural(c.contents, "photo")} × ${plural(c.styles, "painting")} × ${plural(c.variants, "variant")}`),
         h("td", { "data-label": "jobs" },
           h("span", { class: `badge ${collectionState(k)}` }, collectionState(k)), " ", countsLine(k),
@@ -360,17 +386,19 @@ function offline(down) {
 function fillCell(td, job) {
   const prev = td._job;
   td._job = job;
-  td.dataset.state = job.state;
+  const state = stateOf(job);
+  const p = job.progress || { iteration: 0, iterations: 0, eta_seconds: 0 };
+  td.dataset.state = state;
   const name = `${job.content_name} × ${job.style_name}${td.dataset.variantLabel ? ` (${td.dataset.variantLabel})` : ""}`;
   td.title = `${name}${job.error ? "\n" + job.error : ""}`;
-  td.querySelector(".frame").setAttribute("aria-label", `${name}: ${job.state}${job.state === "running" ? ` ${job.iteration} of ${job.iterations}` : ""}`);
+  td.querySelector(".frame").setAttribute("aria-label", `${name}: ${state}${state === "running" ? ` ${p.iteration} of ${p.iterations}` : ""}`);
   // A new preview may exist whenever the render moved or ended; a
   // finished job in cells larger than the previews shows its image.
-  const large = job.state === "succeeded" && cellSize() > PREVIEW_SIDE;
-  const version = `${job.attempts}-${job.iteration}-${job.state}${large ? "-full" : ""}`;
+  const large = state === "succeeded" && cellSize() > PREVIEW_SIDE;
+  const version = `${job.attempts}-${p.iteration}-${state}${large ? "-full" : ""}`;
   if (job.attempts > 0 && (!prev || td.dataset.version !== version)) {
     td.dataset.version = version;
-    const src = large ? `/api/jobs/${job.id}/files/output.png` : `/api/jobs/${job.id}/preview?v=${encodeURIComponent(version)}`;
+    const src = large ? `/api/jobs/${job.job_id}/files/output.png` : `/api/jobs/${job.job_id}/preview?v=${encodeURIComponent(version)}`;
     const next = h("img", { class: "thumb", alt: name, src });
     // Keep the old picture until the new one has loaded.
     next.addEventListener("load", () => {
@@ -383,13 +411,13 @@ function fillCell(td, job) {
   }
   // Without a picture, the frame says what became of the job.
   if (!td.querySelector("img.thumb")) {
-    td.querySelector(".frame").replaceChildren(h("span", { class: `mark ${job.state}` }, job.state === "running" ? "starting" : job.state,
-      job.state === "failed" && job.error ? h("small", {}, job.error) : null));
+    td.querySelector(".frame").replaceChildren(h("span", { class: `mark ${state}` }, state === "running" ? "starting" : state,
+      state === "failed" && job.error ? h("small", {}, job.error) : null));
   }
-  const pct = job.iterations > 0 ? Math.min(100, (100 * job.iteration) / job.iterations) : (job.state === "succeeded" ? 100 : 0);
+  const pct = p.iterations > 0 ? Math.min(100, (100 * p.iteration) / p.iterations) : (state === "succeeded" ? 100 : 0);
   td.querySelector(".bar > span").style.width = `${pct}%`;
-  td.querySelector(".state").textContent = job.state === "running" ? `${job.iteration}/${job.iterations}` : job.state;
-  td.querySelector(".eta").textContent = job.state === "running" ? duration(job.eta_seconds) : "";
+  td.querySelector(".state").textContent = state === "running" ? `${p.iteration}/${p.iterations}` : state;
+  td.querySelector(".eta").textContent = state === "running" ? duration(p.eta_seconds) : "";
 }
 
 // The side of the previews workers write (job_files::PREVIEW_SIDE).
@@ -402,8 +430,8 @@ function cellSize() {
 }
 
 function emptyCell(job, variantLabel) {
-  const td = h("td", { class: "cell", dataset: { job: job.id, variantLabel: variantLabel || "" } },
-    h("a", { href: `#/j/${job.id}`, class: "frame" }),
+  const td = h("td", { class: "cell", dataset: { job: job.job_id, variantLabel: variantLabel || "" } },
+    h("a", { href: `#/j/${job.job_id}`, class: "frame" }),
     h("div", { class: "bar" }, h("span", {})),
     h("div", { class: "meta" }, h("span", { class: "state" }), h("span", { class: "eta" })));
   fillCell(td, job);
@@ -458,10 +486,17 @@ async function collectionView(id, pageNo) {
   const cells = new Map();
   // Each variant by what sets it apart (the first style's columns hold
   // every variant, in order).
-  const labels = variantLabels(head.columns.filter((c) => c.style === 0).map((c) => c.params));
+  const params = (text) => {
+    try {
+      return JSON.parse(text);
+    } catch (_) {
+      return null;
+    }
+  };
+  const labels = variantLabels(head.columns.filter((c) => c.style_index === 0).map((c) => params(c.params_json)));
   const table = h("table", { id: "grid", "aria-label": `${head.name}: photos by painting` },
     h("thead", {}, h("tr", {}, h("th", {}, ""), head.columns.map((c) =>
-      h("th", { class: "col", scope: "col" }, c.style_name, labels[c.variant] ? h("div", { class: "muted variant" }, labels[c.variant]) : null)))));
+      h("th", { class: "col", scope: "col" }, c.style_name, labels[c.variant_index] ? h("div", { class: "muted variant" }, labels[c.variant_index]) : null)))));
   const body = h("tbody", {});
   table.append(body);
   // Which states stand out: the others are dimmed.
@@ -513,16 +548,16 @@ async function collectionView(id, pageNo) {
     const r = await api(`/api/collections/${id}/grid?from_row=${page * rowsPerPage}&rows=${rowsPerPage}`);
     const rows = new Map();
     for (const job of r.jobs) {
-      if (!rows.has(job.row)) rows.set(job.row, { name: job.content_name, jobs: [] });
-      rows.get(job.row).jobs.push(job);
+      if (!rows.has(job.content_index)) rows.set(job.content_index, { name: job.content_name, jobs: [] });
+      rows.get(job.content_index).jobs.push(job);
     }
     body.replaceChildren();
     cells.clear();
     for (const [, row] of [...rows.entries()].sort((a, b) => a[0] - b[0])) {
       const tr = h("tr", {}, h("th", { class: "row", scope: "row" }, row.name));
       for (const job of row.jobs) {
-        const td = emptyCell(job, labels[job.variant]);
-        cells.set(job.id, td);
+        const td = emptyCell(job, labels[job.variant_index]);
+        cells.set(job.job_id, td);
         tr.append(td);
       }
       body.append(tr);
@@ -560,10 +595,16 @@ async function collectionView(id, pageNo) {
     everConnected = true;
   });
   events.addEventListener("changes", (ev) => {
-    const { jobs } = JSON.parse(ev.data);
+    // A JobChanges: only what can change is set; the cell keeps its place
+    // and names.
+    const { jobs } = contract(JSON.parse(ev.data), "JobChanges");
     for (const change of jobs) {
-      const td = cells.get(change.id);
-      if (td) fillCell(td, { ...td._job, ...change, content_name: td._job.content_name, style_name: td._job.style_name, row: td._job.row });
+      const td = cells.get(change.job_id);
+      if (td) {
+        const was = td._job;
+        fillCell(td, { ...was, state: change.state, attempts: change.attempts, progress: change.progress, worker: change.worker, error: change.error,
+          output_key: change.output_key, started_from: change.started_from, failures: change.failures, requeues: change.requeues });
+      }
     }
     applyShow();
     refreshCounts();
@@ -767,15 +808,23 @@ async function jobView(id) {
   show(box);
   let events = null;
   const draw = async () => {
-    let d;
+    // A JobDetail and its latest attempt's ListJobFilesResponse.
+    let d, listed;
     try {
-      d = await api(`/api/jobs/${id}`);
+      [d, listed] = await Promise.all([api(`/api/jobs/${id}`), api(`/api/jobs/${id}/files`)]);
     } catch (e) {
       box.replaceChildren(failed(e));
       return;
     }
     const j = d.job;
-    const has = (name) => d.files.some((f) => f.name === name);
+    const state = stateOf(j);
+    const p = j.progress || { iteration: 0, iterations: 0, eta_seconds: 0 };
+    let params = null;
+    try {
+      params = JSON.parse(d.params_json);
+    } catch (_) { /* shown as unknown */ }
+    const files = listed.files;
+    const has = (name) => files.some((f) => f.name === name);
     let records = [];
     if (has("losses.jsonl")) {
       try {
@@ -790,7 +839,7 @@ async function jobView(id) {
         log = await (await fetch(`/api/jobs/${id}/files/worker.log`, { credentials: "same-origin" })).text();
       } catch (_) { /* shown as "no log yet" */ }
     }
-    const image = has("output.png") ? `/api/jobs/${id}/files/output.png` : (has("preview.png") ? `/api/jobs/${id}/preview?v=${j.iteration}` : null);
+    const image = has("output.png") ? `/api/jobs/${id}/files/output.png` : (has("preview.png") ? `/api/jobs/${id}/preview?v=${p.iteration}` : null);
     const message = h("div", {});
     const act = (what) => async () => {
       try {
@@ -800,36 +849,36 @@ async function jobView(id) {
         message.replaceChildren(failed(e));
       }
     };
-    const ended = ["succeeded", "failed", "cancelled"].includes(j.state);
+    const ended = ["succeeded", "failed", "cancelled"].includes(state);
     // Retry with the parameters whose fields were changed.
     const retryWithChanges = async (changes) => {
       try {
-        await api(`/api/jobs/${id}/retry`, { json: { changes } });
+        await api(`/api/jobs/${id}/retry`, { json: { changes_json: JSON.stringify(changes) } });
         await draw();
       } catch (e) {
         message.replaceChildren(failed(e));
       }
     };
-    const variant = d.params ? Object.entries(d.params).filter(([k]) => ["alpha", "beta", "iterations", "optimizer"].includes(k)).map(([k, v]) => `${k}=${v}`).join(", ") : "";
+    const variant = params ? Object.entries(params).filter(([k]) => ["alpha", "beta", "iterations", "optimizer"].includes(k)).map(([k, v]) => `${k}=${v}`).join(", ") : "";
     const title = `${j.content_name} × ${j.style_name}`;
     box.replaceChildren(
-      h("p", {}, h("a", { href: `#/c/${d.collection_id}` }, "‹ collection")),
-      h("h1", {}, title, h("span", { class: "muted" }, ` · variant ${j.variant + 1}`)),
-      h("p", { class: "muted small" }, variant, variant ? " · " : "", "id ", copyable(j.id)),
+      h("p", {}, h("a", { href: `#/c/${j.collection_id}` }, "‹ collection")),
+      h("h1", {}, title, h("span", { class: "muted" }, ` · variant ${j.variant_index + 1}`)),
+      h("p", { class: "muted small" }, variant, variant ? " · " : "", "id ", copyable(j.job_id)),
       h("div", { class: "toolbar" },
-        h("span", { id: "job-state", class: `badge ${j.state}` }, j.state),
-        j.state === "running" ? ` iteration ${j.iteration} of ${j.iterations}, ${duration(j.eta_seconds)} to go` : "",
+        h("span", { id: "job-state", class: `badge ${state}` }, state),
+        state === "running" ? ` iteration ${p.iteration} of ${p.iterations}, ${duration(p.eta_seconds)} to go` : "",
         j.error ? h("span", { class: "error" }, ` ${j.error}`) : "",
         h("span", { class: "spacer" }),
         !ended ? h("button", { id: "cancel-job", class: "danger", onclick: act("cancel") }, "Cancel job") : null,
-        j.state === "failed" || j.state === "cancelled" ? h("button", { id: "retry-job", onclick: act("retry") }, "Retry job") : null),
+        state === "failed" || state === "cancelled" ? h("button", { id: "retry-job", onclick: act("retry") }, "Retry job") : null),
       message,
       h("div", { class: "detail" },
         h("figure", {}, image ? h("button", { type: "button", class: "image-button", title: "show at full size", onclick: () => lightbox(image, title) },
           h("img", { id: "job-image", src: image, alt: `${title}, the render` })) : h("p", { class: "muted" }, "No image yet.")),
-        h("div", { class: "curve" }, h("h2", {}, "Losses"), lossChart(records, d.params, d.attempts))),
+        h("div", { class: "curve" }, h("h2", {}, "Losses"), lossChart(records, params, d.attempts))),
       h("h2", {}, "Parameters"),
-      paramsTable(d.params, j.state === "failed" || j.state === "cancelled" ? retryWithChanges : null),
+      paramsTable(params, state === "failed" || state === "cancelled" ? retryWithChanges : null),
       h("h2", {}, "Attempts"),
       h("table", { id: "attempts", class: "cards" },
         h("thead", {}, h("tr", {}, ["#", "worker", "started", "took", "resumed from", "outcome"].map((t) => h("th", {}, t)))),
@@ -842,13 +891,13 @@ async function jobView(id) {
       h("h2", {}, "Log of the latest attempt"),
       log ? h("pre", { id: "worker-log", class: "log" }, log) : h("p", { class: "muted" }, "No log yet (the worker writes it at each checkpoint and when the attempt ends)."),
       h("h2", {}, "Files of the latest attempt"),
-      d.files.length === 0 ? h("p", { class: "muted" }, "None yet.") :
-        h("ul", { id: "files" }, d.files.map((f) => h("li", {},
+      files.length === 0 ? h("p", { class: "muted" }, "None yet.") :
+        h("ul", { id: "files" }, files.map((f) => h("li", {},
           h("a", { href: `/api/jobs/${id}/files/${f.name}?download=true`, download: f.name.split("/").pop() }, f.name),
-          h("span", { class: "muted" }, ` ${bytes(f.size_bytes)}`)))));
-    if (!events && d.collection_id) {
+          h("span", { class: "muted" }, ` ${bytes(Number(f.size_bytes))}`)))));
+    if (!events && j.collection_id) {
       // Redraw when this job changes (at most once a second).
-      events = new EventSource(`/api/collections/${d.collection_id}/events`);
+      events = new EventSource(`/api/collections/${j.collection_id}/events`);
       teardown.push(() => events.close());
       let due = null;
       let everConnected = false;
@@ -859,7 +908,7 @@ async function jobView(id) {
       });
       events.addEventListener("error", () => offline(true));
       events.addEventListener("changes", (ev) => {
-        if (due || !JSON.parse(ev.data).jobs.some((c) => c.id === id)) return;
+        if (due || !contract(JSON.parse(ev.data), "JobChanges").jobs.some((c) => c.job_id === id)) return;
         due = setTimeout(() => { due = null; draw(); }, 1000);
       });
     }
@@ -942,13 +991,13 @@ function submitView() {
         if (value("alpha")) base.alpha = Number(value("alpha"));
         if (value("beta")) base.beta = Number(value("beta"));
         const lines = variantLines();
-        const variantObjects = (lines.length ? lines : [""]).map((l) => ({ ...base, ...parseVariant(l) }));
+        const variants = (lines.length ? lines : [""]).map((l) => JSON.stringify({ ...base, ...parseVariant(l) }));
         const uploads = async (files) => Promise.all(files.map(async (f) => ({ name: stem(f.name), data: await readBase64(f) })));
         const r = await api("/api/collections", { json: {
           name: value("name"),
           contents: await uploads(picked.contents),
           styles: await uploads(picked.styles),
-          variants: variantObjects,
+          variants_json: variants,
           max_side: Number(value("max-side")) || 0,
           snapshot_every: Number(value("snapshot-every")) || 0,
           priority: Number(value("priority")) || 0,

@@ -9,8 +9,14 @@ pub mod codec;
 #[allow(clippy::all)]
 mod generated {
     tonic::include_proto!("stylefarm.v2");
+    // serde for every message and enum: the canonical proto3 JSON.
+    include!(concat!(env!("OUT_DIR"), "/stylefarm.v2.serde.rs"));
 }
 pub use generated::*;
+
+/// The contract's descriptors (`FileDescriptorSet`, encoded): which
+/// messages and fields exist, for tests that hold a JSON reader to them.
+pub const FILE_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/farm_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {
@@ -29,6 +35,21 @@ mod tests {
             .filter(|(i, l)| is_field(l) && !l.contains("//") && !(*i > 0 && lines[i - 1].trim().starts_with("//")))
             .map(|(i, l)| format!("line {}: {}", i + 1, l.trim()))
             .collect()
+    }
+
+    /// A message's JSON is the canonical proto3 JSON, with the .proto's
+    /// field names and every field present; it reads back the same.
+    #[test]
+    fn messages_speak_canonical_json_with_every_field() {
+        let job = super::Job { job_id: "j1".into(), state: super::JobState::Running as i32, ..Default::default() };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["job_id"], "j1");
+        assert_eq!(v["state"], "RUNNING", "enums by name");
+        assert_eq!(v["attempts"], 0, "defaults present");
+        let w = super::WorkerInfo { memory_bytes: 1 << 40, ..Default::default() };
+        assert_eq!(serde_json::to_value(&w).unwrap()["memory_bytes"], "1099511627776", "64-bit integers as strings");
+        let back: super::Job = serde_json::from_value(v).unwrap();
+        assert_eq!(back, job);
     }
 
     /// The contract is read by people writing clients: every field of every

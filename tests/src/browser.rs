@@ -68,3 +68,18 @@ pub async fn until(c: &Client, what: &str, script: &str, pred: impl Fn(&Value) -
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Opens `page` with the page's strict mode on: from then on every read of
+/// a field an API message lacks is recorded (see [`assert_contract_kept`]).
+pub async fn open_strict(c: &Client, page: &str) {
+    c.goto(page).await.unwrap();
+    c.execute("localStorage.setItem('stylefarm.strict', '1')", vec![]).await.unwrap();
+    c.refresh().await.unwrap();
+}
+
+/// The page has read no field the contract's messages lack since it was
+/// loaded (in strict mode).
+pub async fn assert_contract_kept(c: &Client) {
+    let unknown = c.execute("return window.stylefarmUnknownFields === undefined ? ['(not loaded)'] : window.stylefarmUnknownFields", vec![]).await.unwrap();
+    assert_eq!(unknown, json!([]), "the page read fields the API's messages do not have");
+}

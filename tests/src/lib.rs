@@ -196,7 +196,7 @@ pub fn jobs(s: &Value) -> &Vec<Value> {
 }
 
 pub fn all_succeeded(s: &Value) -> bool {
-    jobs(s).iter().all(|j| j["state"] == "succeeded")
+    jobs(s).iter().all(|j| j["state"] == "SUCCEEDED")
 }
 
 /// A small render with checkpoints, for farm tests.

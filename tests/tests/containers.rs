@@ -113,7 +113,7 @@ fn a_farm_of_containers_renders_and_survives_a_killed_worker() {
 
     // Worker a's job, past its checkpoint at 10: SIGKILL the container.
     let on_a = |st: &serde_json::Value| {
-        jobs(st).iter().find(|j| j["worker"].as_str().is_some_and(|w| w.starts_with("a-")) && j["state"] == "running" && j["iteration"].as_u64() >= Some(12)).map(|j| j["job_id"].clone())
+        jobs(st).iter().find(|j| j["worker"].as_str().is_some_and(|w| w.starts_with("a-")) && j["state"] == "RUNNING" && j["progress"]["iteration"].as_u64() >= Some(12)).map(|j| j["job_id"].clone())
     };
     let st = farm.wait_for(&id, "a job on worker a past iteration 12", |st| on_a(st).is_some());
     let victim = on_a(&st).unwrap();

@@ -393,7 +393,7 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before_it() {
     let a = farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
     let id = farm.submit(&[&["--content", &c, "--style", &s], &RENDER[..]].concat());
-    let st = farm.wait_for(&id, "iteration 17", |st| jobs(st)[0]["iteration"].as_u64() >= Some(17));
+    let st = farm.wait_for(&id, "iteration 17", |st| jobs(st)[0]["progress"]["iteration"].as_u64() >= Some(17));
     farm.kill_worker(a);
     let job = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
     let folder = farm.dir.path().join(format!("data/storage/collections/{id}/jobs/{job}/attempt-1"));
@@ -539,7 +539,7 @@ fn fetch_goes_on_past_an_image_it_cannot_read() {
     });
     // One finished image goes missing from storage.
     let st = farm.status(&id).unwrap();
-    let lost = jobs(&st).iter().find(|j| j["content"] == "b").unwrap()["output_key"].as_str().unwrap().to_string();
+    let lost = jobs(&st).iter().find(|j| j["content_name"] == "b").unwrap()["output_key"].as_str().unwrap().to_string();
     std::fs::remove_file(farm.dir.path().join("data/storage").join(&lost)).unwrap();
 
     let out = farm.dir.path().join("fetched");
@@ -562,9 +562,9 @@ fn a_loss_that_leaves_the_numbers_fails_the_job_once_by_name() {
         let r = pb::SubmitRequest { variants_json: vec![r#"{"iters": 5, "beta": 1e300}"#.into()], ..small(vec![upload("c", "content.png")]) };
         f.submit(r).await.unwrap().into_inner().collection_id
     });
-    let st = farm.wait_for(&id, "the job to end", |s| jobs(s)[0]["state"] != "queued" && jobs(s)[0]["state"] != "running");
+    let st = farm.wait_for(&id, "the job to end", |s| jobs(s)[0]["state"] != "QUEUED" && jobs(s)[0]["state"] != "RUNNING");
     let job = &jobs(&st)[0];
-    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["state"], "FAILED", "{job}");
     assert!(job["error"].as_str().unwrap().contains("try a smaller beta"), "the error says what to change: {job}");
     assert_eq!((job["attempts"].as_u64(), job["failures"].as_u64()), (Some(1), Some(1)), "bad input is not retried: {job}");
 }
@@ -576,12 +576,12 @@ fn a_slow_start_does_not_lose_the_lease() {
     let mut farm = Farm::start();
     farm.add_worker("slow");
     let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "1200x900", "--iters", "3"]);
-    farm.wait_for(&id, "the lease", |s| jobs(s)[0]["state"] == "running");
+    farm.wait_for(&id, "the lease", |s| jobs(s)[0]["state"] == "RUNNING");
     std::thread::sleep(Duration::from_secs(9)); // three leases
     let st = farm.status(&id).unwrap();
     let job = &jobs(&st)[0];
     assert_eq!((job["attempts"].as_u64(), job["requeues"].as_u64()), (Some(1), Some(0)), "{job}");
-    assert!(job["state"] == "running" || job["state"] == "succeeded", "{job}");
+    assert!(job["state"] == "RUNNING" || job["state"] == "SUCCEEDED", "{job}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
-use stylefarm_tests::browser::{browser, chromedriver, until};
+use stylefarm_tests::browser::{assert_contract_kept, browser, chromedriver, open_strict, until};
 use serde_json::{json, Value};
 use stylefarm_tests::*;
 
@@ -52,7 +52,7 @@ async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another
 
     let driver = chromedriver();
     let c = browser(&driver).await;
-    c.goto(&page).await.unwrap();
+    open_strict(&c, &page).await;
 
     // Signed out: the sign-in form; a wrong token is refused on the page.
     c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys("not-a-token").await.unwrap();
@@ -158,6 +158,8 @@ async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another
     assert!(o.status.success());
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(jobs(&s).len(), 4, "{s}");
+    // The page read nothing the contract does not define, on any view.
+    assert_contract_kept(&c).await;
     let _ = c.close().await;
 }
 
@@ -200,7 +202,7 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
     let listed: Value = get("api/collections", Some(OTHER)).await.unwrap().json().await.unwrap();
     assert_eq!(listed["collections"].as_array().unwrap().len(), 0, "{listed}");
     let grid: Value = get(&format!("api/collections/{id}/grid"), Some(USER)).await.unwrap().json().await.unwrap();
-    let job = grid["jobs"][0]["id"].as_str().unwrap().to_string();
+    let job = grid["jobs"][0]["job_id"].as_str().unwrap().to_string();
     for route in ["", "/preview", "/files/output.png"] {
         assert_eq!(get(&format!("api/jobs/{job}{route}"), Some(OTHER)).await.unwrap().status(), 404, "{route}");
     }
@@ -240,13 +242,15 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
     let r = http.post(format!("{page}api/jobs/{job}/cancel")).header("cookie", &pair).body("x=1").send().await.unwrap();
     assert_eq!(r.status(), 415);
 
-    // Bad submissions: each names its problem; nothing is created.
+    // Bad submissions (the body is a SubmitRequest's JSON): each names its
+    // problem; nothing is created.
     let bad = [
-        (json!({ "contents": [{ "name": "a", "data": "!!" }], "styles": [] }), "not base64"),
+        (json!({ "contents": [{ "name": "a", "data": "!!" }], "styles": [] }), "contents[0].data: Invalid symbol"),
         (json!({ "contents": [], "styles": [], "bogus": 1 }), "unknown field `bogus`"),
         (json!({ "contents": [{ "name": "a", "data": "aGVsbG8=" }], "styles": [{ "name": "b", "data": "aGVsbG8=" }], "max_side": 32 }), "content a"),
         (json!({ "contents": [], "styles": [], "max_side": 32 }), "at least one content"),
-        (json!({ "contents": [], "styles": [], "variants": [3] }), "variant 0"),
+        (json!({ "contents": [], "styles": [], "variants_json": [3] }), "expected a string"),
+        (json!({ "contents": [{ "name": "a", "data": "aGVsbG8=" }], "styles": [{ "name": "b", "data": "aGVsbG8=" }], "variants_json": ["3"] }), "variant 0"),
     ];
     for (body, needle) in bad {
         let r = http.post(format!("{page}api/collections")).bearer_auth(USER).json(&body).send().await.unwrap();
@@ -259,7 +263,7 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
 
     // A good one through the API, and it shows in the listing.
     let png = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(fixture("content.png")).unwrap());
-    let body = json!({ "name": "api", "contents": [{ "name": "c", "data": png }], "styles": [{ "name": "s", "data": png }], "width": 32, "height": 24, "variants": [{ "iters": 3 }] });
+    let body = json!({ "name": "api", "contents": [{ "name": "c", "data": png }], "styles": [{ "name": "s", "data": png }], "width": 32, "height": 24, "variants_json": ["{\"iters\": 3}"] });
     let r = http.post(format!("{page}api/collections")).bearer_auth(USER).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let made: Value = r.json().await.unwrap();
@@ -298,7 +302,7 @@ async fn the_page_resyncs_after_a_coordinator_restart() {
     let id = submit_as(&farm, USER, &["--content", &content, "--content", &fixture("init.png"), "--style", &style, "--size", "16x12", "--iters", "5"]);
     let driver = chromedriver();
     let c = browser(&driver).await;
-    c.goto(&page).await.unwrap();
+    open_strict(&c, &page).await;
     c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
     c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
     until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
@@ -318,7 +322,7 @@ async fn the_page_resyncs_after_a_coordinator_restart() {
     let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", USER, "status", &id, "--json"]).output().unwrap();
     let status: Value = serde_json::from_slice(&o.stdout).unwrap();
     let want: std::collections::BTreeMap<String, String> =
-        jobs(&status).iter().map(|j| (j["job_id"].as_str().unwrap().to_string(), j["state"].as_str().unwrap().to_string())).collect();
+        jobs(&status).iter().map(|j| (j["job_id"].as_str().unwrap().to_string(), j["state"].as_str().unwrap().to_lowercase())).collect();
     assert!(want.values().all(|s| s == "cancelled"), "{status}");
     let shown = |v: &Value| -> std::collections::BTreeMap<String, String> {
         v.as_array().map(|a| a.iter().map(|x| (x["id"].as_str().unwrap_or("").to_string(), x["state"].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
@@ -336,6 +340,7 @@ async fn the_page_resyncs_after_a_coordinator_restart() {
     assert!(took <= Duration::from_secs(2), "the page caught up {took:?} after the restart");
     until(&c, "the banner gone", "return !!document.querySelector('#offline')", |v| v == false).await;
     println!("the page equalled farmctl status {took:?} after the restart");
+    assert_contract_kept(&c).await;
     let _ = c.close().await;
 }
 
@@ -346,7 +351,7 @@ fn workers_as_admin(farm: &Farm) -> Vec<Value> {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<Value>(&o.stdout).unwrap()["workers"].as_array().unwrap().clone()
 }
 
 const ADMIN: &str = "root-token";
@@ -377,7 +382,7 @@ async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_th
     );
     let driver = chromedriver();
     let c = browser(&driver).await;
-    c.goto(&page).await.unwrap();
+    open_strict(&c, &page).await;
     c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(ADMIN).await.unwrap();
     c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
     until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
@@ -394,13 +399,13 @@ async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_th
     c.find(Locator::Css("tr.worker[data-name=w1] button.drain")).await.unwrap().click().await.unwrap();
     until(&c, "w1 drained", "return document.querySelector('tr.worker[data-name=w1] .worker-state').textContent", |v| v == "drained").await;
     let listed = workers_as_admin(&farm);
-    assert_eq!((listed[0]["draining"].as_bool(), listed[0]["state"].as_str()), (Some(true), Some("online")), "{listed:?}");
+    assert_eq!((listed[0]["draining"].as_bool(), listed[0]["state"].as_str()), (Some(true), Some("ONLINE")), "{listed:?}");
     c.find(Locator::Css("tr.worker[data-name=w1] button.resume")).await.unwrap().click().await.unwrap();
     until(&c, "w1 leasing again", "return document.querySelector('tr.worker[data-name=w1] .worker-state').textContent", |v| v == "online").await;
     assert_eq!(workers_as_admin(&farm)[0]["draining"], false);
 
     // The job fails with β = 1e300; the page retries it with β = 1000.
-    let st = wait_as_admin(&farm, &id, "the job to fail", |s| jobs(s)[0]["state"] == "failed");
+    let st = wait_as_admin(&farm, &id, "the job to fail", |s| jobs(s)[0]["state"] == "FAILED");
     let job = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
     c.goto(&format!("{page}#/j/{job}")).await.unwrap();
     let beta = c.wait().for_element(Locator::Css("#retry-form input[name=beta]")).await.unwrap();
@@ -416,7 +421,7 @@ async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_th
         v.as_str().is_some_and(|s| s.contains("iters"))
     })
     .await;
-    assert_eq!(jobs(&wait_as_admin(&farm, &id, "the job's state", |_| true))[0]["state"], "failed");
+    assert_eq!(jobs(&wait_as_admin(&farm, &id, "the job's state", |_| true))[0]["state"], "FAILED");
     iters.clear().await.unwrap();
     iters.send_keys("4").await.unwrap();
     c.find(Locator::Id("retry-with-changes")).await.unwrap().click().await.unwrap();
@@ -426,6 +431,7 @@ async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_th
     })
     .await;
     assert!(!params.as_str().unwrap().contains("1e300"), "{params}");
+    assert_contract_kept(&c).await;
     let attempts = c.execute("return document.querySelectorAll('#attempts tbody tr').length", vec![]).await.unwrap();
     assert_eq!(attempts, 2, "the failed attempt stays listed");
 }

@@ -36,7 +36,7 @@ fn a_killed_workers_job_is_finished_by_another_from_its_checkpoint() {
     let (c, s) = (fixture("content.png"), fixture("style.png"));
     let id = farm.submit(&[&["--content", &c, "--style", &s], &RENDER[..]].concat());
     // Past the checkpoint at 10, which the worker reports before going on.
-    farm.wait_for(&id, "iteration 12", |st| jobs(st)[0]["iteration"].as_u64() >= Some(12));
+    farm.wait_for(&id, "iteration 12", |st| jobs(st)[0]["progress"]["iteration"].as_u64() >= Some(12));
     farm.kill_worker(a);
     let killed_at = Instant::now();
     farm.add_worker("b");
@@ -56,7 +56,7 @@ fn a_killed_and_restarted_coordinator_loses_no_job() {
     farm.add_worker("b");
     let (c1, c2, s) = (fixture("content.png"), fixture("init.png"), fixture("style.png"));
     let id = farm.submit(&[&["--content", &c1, "--content", &c2, "--style", &s], &RENDER[..]].concat());
-    farm.wait_for(&id, "a job under way", |st| jobs(st).iter().any(|j| j["iteration"].as_u64() >= Some(6)));
+    farm.wait_for(&id, "a job under way", |st| jobs(st).iter().any(|j| j["progress"]["iteration"].as_u64() >= Some(6)));
     farm.kill_coordinator();
     std::thread::sleep(Duration::from_millis(1500));
     farm.start_coordinator();
@@ -119,7 +119,7 @@ fn a_stale_lease_is_refused() {
         w.complete(complete(&b, second.fencing_token)).await.expect("a retried completion is answered OK");
     });
     let st = farm.status(&id).unwrap();
-    assert_eq!(jobs(&st)[0]["state"], "succeeded");
+    assert_eq!(jobs(&st)[0]["state"], "SUCCEEDED");
     assert_eq!(jobs(&st)[0]["attempts"], 2);
 }
 
@@ -163,7 +163,7 @@ fn a_sigtermed_worker_checkpoints_releases_and_another_resumes_at_once() {
     let (c, s) = (fixture("content.png"), fixture("style.png"));
     // No periodic checkpoint: the only one is the one SIGTERM makes.
     let id = farm.submit(&["--content", &c, "--style", &s, "--size", "32x24", "--iters", "60", "--checkpoint-every", "1000"]);
-    farm.wait_for(&id, "iteration 8", |st| jobs(st)[0]["iteration"].as_u64() >= Some(8));
+    farm.wait_for(&id, "iteration 8", |st| jobs(st)[0]["progress"]["iteration"].as_u64() >= Some(8));
     let pid = farm.workers.0[a].id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let start = Instant::now();
@@ -177,7 +177,7 @@ fn a_sigtermed_worker_checkpoints_releases_and_another_resumes_at_once() {
     assert!(status.success(), "a pre-empted worker exits cleanly: {status}");
     // Released, not lapsed: queued again at once, with no lapse recorded.
     let st = farm.status(&id).unwrap();
-    assert_eq!(jobs(&st)[0]["state"], "queued", "{st}");
+    assert_eq!(jobs(&st)[0]["state"], "QUEUED", "{st}");
     assert_eq!(jobs(&st)[0]["error"], "", "a lapsed lease would say so: {st}");
     farm.add_worker("b");
     let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
@@ -192,11 +192,11 @@ fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
     farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
     let long = farm.submit(&["--content", &c, "--content", &fixture("init.png"), "--style", &s, "--size", "32x24", "--iters", "100000"]);
-    farm.wait_for(&long, "a running job", |st| jobs(st).iter().any(|j| j["iteration"].as_u64() >= Some(2)));
+    farm.wait_for(&long, "a running job", |st| jobs(st).iter().any(|j| j["progress"]["iteration"].as_u64() >= Some(2)));
     let o = farm.farmctl(&["cancel", &long]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let st = farm.status(&long).unwrap();
-    assert!(jobs(&st).iter().all(|j| j["state"] == "cancelled"), "{st}");
+    assert!(jobs(&st).iter().all(|j| j["state"] == "CANCELLED"), "{st}");
     // The worker lets go of the cancelled job and takes the next collection.
     let next = farm.submit(&["--content", &c, "--style", &s, "--size", "16x12", "--iters", "3"]);
     farm.wait_for(&next, "the next collection", all_succeeded);
@@ -297,7 +297,7 @@ fn a_farm_on_s3_storage_checkpoints_resumes_and_outputs_there() {
     let a = farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
     let id = farm.submit(&[&["--content", &c, "--style", &s], &RENDER[..]].concat());
-    farm.wait_for(&id, "iteration 12", |st| jobs(st)[0]["iteration"].as_u64() >= Some(12));
+    farm.wait_for(&id, "iteration 12", |st| jobs(st)[0]["progress"]["iteration"].as_u64() >= Some(12));
     farm.kill_worker(a);
     farm.add_worker("b");
     let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
@@ -327,7 +327,7 @@ fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefact
     let st = farm.status(&id).unwrap();
     assert_eq!(jobs(&st).len(), 1, "blended styles make one job per content: {st}");
     let job = &jobs(&st)[0];
-    assert_eq!(job["style"], "style+init", "the styles in the order given, as the blend weights are: {job}");
+    assert_eq!(job["style_name"], "style+init", "the styles in the order given, as the blend weights are: {job}");
 
     // The same render on this machine.
     let local = farm.dir.path().join("local.png");
@@ -396,7 +396,7 @@ fn each_attempt_keeps_its_log() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("attempts 1 to 1"), "{}", String::from_utf8_lossy(&o.stderr));
 
     let bad = farm.submit(&["--content", &c, "--style", &s, "--size", "16x12", "--iters", "3", "--beta", "1e300"]);
-    let st = farm.wait_for(&bad, "the job to fail", |s| jobs(s)[0]["state"] == "failed");
+    let st = farm.wait_for(&bad, "the job to fail", |s| jobs(s)[0]["state"] == "FAILED");
     let error = jobs(&st)[0]["error"].as_str().unwrap().to_string();
     assert!(error.contains("try a smaller beta"), "{error}");
     let o = farm.farmctl(&["logs", jobs(&st)[0]["job_id"].as_str().unwrap()]);

@@ -153,7 +153,7 @@ fn no_single_client_takes_the_farm_down() {
         let witness = Witness::start(&ch, &bob_collection, &healthy);
         let before = rss_mib(pid);
         let start = Instant::now();
-        let body = Arc::new(format!("{{\"contents\":[],\"styles\":[],\"variants\":[[{}0]]}}", "0,".repeat(32 << 20)));
+        let body = Arc::new(format!("{{\"contents\":[],\"styles\":[],\"variants_json\":[[{}0]]}}", "0,".repeat(32 << 20)));
         let sends = (0..2).map(|_| {
             let (http, url, body) = (http.clone(), format!("{dashboard}api/collections"), body.clone());
             tokio::spawn(async move { http.post(url).header("content-type", "application/json").body(body.as_str().to_owned()).send().await })
@@ -178,7 +178,7 @@ fn no_single_client_takes_the_farm_down() {
         let layers = vec![serde_json::json!({"layer": "conv4_2", "weight": 1.0}); 140_000];
         let submit = serde_json::json!({
             "contents": [{"name": "c", "data": png}], "styles": [{"name": "s", "data": png}],
-            "variants": [{"content_layers": layers}], "width": 8, "height": 8,
+            "variants_json": [serde_json::json!({"content_layers": layers}).to_string()], "width": 8, "height": 8,
         });
         let r = http.post(format!("{dashboard}api/collections")).bearer_auth(ALICE).json(&submit).send().await.unwrap();
         let status = r.status();

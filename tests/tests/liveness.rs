@@ -12,11 +12,11 @@ fn said(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// `farmctl workers --json [--all]`.
+/// `farmctl workers --json [--all]`: a ListWorkersResponse's workers.
 fn workers(farm: &Farm, all: bool) -> Vec<Value> {
     let o = farm.farmctl(if all { &["workers", "--json", "--all"] } else { &["workers", "--json"] });
     assert!(o.status.success(), "{}", said(&o));
-    serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<Value>(&o.stdout).unwrap()["workers"].as_array().unwrap().clone()
 }
 
 /// The listed workers named `name`.
@@ -55,42 +55,42 @@ fn a_workers_state_tells_what_happened_to_it() {
     let mut farm = Farm::start();
     farm.add_worker("keeper");
     let doomed = farm.add_worker("doomed");
-    let keeper = wait_worker(&farm, "keeper", "online", Duration::from_secs(60), |w| w["state"] == "online");
+    let keeper = wait_worker(&farm, "keeper", "online", Duration::from_secs(60), |w| w["state"] == "ONLINE");
     let keeper_id = keeper["worker_id"].as_str().unwrap().to_string();
-    wait_worker(&farm, "doomed", "online", Duration::from_secs(60), |w| w["state"] == "online");
+    wait_worker(&farm, "doomed", "online", Duration::from_secs(60), |w| w["state"] == "ONLINE");
 
     // Drained while idle, keeper leases nothing: the job goes to doomed.
     let o = act(&farm, "drain", &keeper_id);
     assert!(o.status.success() && said(&o).contains("drained"), "{}", said(&o));
     let long = one_job(&farm, "400");
-    let st = farm.wait_for(&long, "a checkpoint on doomed", |s| jobs(s)[0]["state"] == "running" && jobs(s)[0]["iteration"].as_u64() >= Some(10));
+    let st = farm.wait_for(&long, "a checkpoint on doomed", |s| jobs(s)[0]["state"] == "RUNNING" && jobs(s)[0]["progress"]["iteration"].as_u64() >= Some(10));
     assert!(jobs(&st)[0]["worker"].as_str().unwrap().starts_with("doomed-"), "{st}");
 
     // SIGKILL: lost within a lease length (and a poll); the job is not
     // the drained keeper's to take.
     farm.kill_worker(doomed);
     let killed = Instant::now();
-    let lost = wait_worker(&farm, "doomed", "lost", lease * 3, |w| w["state"] == "lost");
+    let lost = wait_worker(&farm, "doomed", "lost", lease * 3, |w| w["state"] == "LOST");
     assert!(killed.elapsed() <= lease + Duration::from_secs(2), "lost after {:?}", killed.elapsed());
     assert!(lost["last_seen_unix"].as_f64().is_some());
-    let st = farm.wait_for(&long, "the lapsed lease to requeue the job", |s| jobs(s)[0]["state"] == "queued");
+    let st = farm.wait_for(&long, "the lapsed lease to requeue the job", |s| jobs(s)[0]["state"] == "QUEUED");
     assert_eq!(jobs(&st)[0]["requeues"], 1, "a lost worker costs the job a requeue, not a failure: {st}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(jobs(&farm.status(&long).unwrap())[0]["state"], "queued", "a drained worker leases nothing");
+    assert_eq!(jobs(&farm.status(&long).unwrap())[0]["state"], "QUEUED", "a drained worker leases nothing");
 
     // Resumed, keeper takes it from doomed's checkpoint; drained while it
     // holds it, it finishes that job and takes no other.
     assert!(act(&farm, "resume", &keeper_id).status.success());
-    farm.wait_for(&long, "keeper to take the job", |s| jobs(s)[0]["state"] == "running" && jobs(s)[0]["worker"] == keeper_id.as_str());
+    farm.wait_for(&long, "keeper to take the job", |s| jobs(s)[0]["state"] == "RUNNING" && jobs(s)[0]["worker"] == keeper_id.as_str());
     let o = act(&farm, "drain", &keeper_id);
     assert!(said(&o).contains("draining: it finishes"), "{}", said(&o));
     let next = one_job(&farm, "2");
     let st = farm.wait_for(&long, "the held job to finish", all_succeeded);
     assert!(jobs(&st)[0]["started_from"].as_u64() >= Some(5), "resumed from doomed's checkpoint: {st}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(jobs(&farm.status(&next).unwrap())[0]["state"], "queued", "drained: nothing new after its job");
+    assert_eq!(jobs(&farm.status(&next).unwrap())[0]["state"], "QUEUED", "drained: nothing new after its job");
     let w = wait_worker(&farm, "keeper", "drained and idle", Duration::from_secs(5), |w| w["current_job"] == "");
-    assert_eq!((w["state"].as_str(), w["draining"].as_bool()), (Some("online"), Some(true)));
+    assert_eq!((w["state"].as_str(), w["draining"].as_bool()), (Some("ONLINE"), Some(true)));
     assert!(act(&farm, "resume", &keeper_id).status.success());
     farm.wait_for(&next, "the next job after resume", all_succeeded);
 
@@ -103,13 +103,13 @@ fn a_workers_state_tells_what_happened_to_it() {
     assert!(named(&workers(&farm, false), "doomed").is_empty(), "forgotten: off the list");
     let history = named(&workers(&farm, true), "doomed");
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0]["state"], "forgotten");
+    assert_eq!(history[0]["state"], "FORGOTTEN");
 
     // A worker registering under keeper's name replaces it: one row, the
     // old process told it is unknown (it exits with the reason).
     let second = farm.add_worker("keeper");
     let fresh = wait_worker(&farm, "keeper", "replaced by a new registration", Duration::from_secs(60), |w| w["worker_id"] != keeper_id.as_str());
-    assert_eq!(fresh["state"], "online");
+    assert_eq!(fresh["state"], "ONLINE");
     let start = Instant::now();
     let exit = loop {
         if let Some(status) = farm.workers.0[0].try_wait().unwrap() {
@@ -120,12 +120,12 @@ fn a_workers_state_tells_what_happened_to_it() {
     };
     assert!(!exit.success(), "a replaced worker stops with an error");
     let replaced = workers(&farm, true).into_iter().find(|w| w["worker_id"] == keeper_id.as_str()).unwrap();
-    assert_eq!(replaced["state"], "replaced");
+    assert_eq!(replaced["state"], "REPLACED");
 
     // SIGTERM: it says goodbye and reads stopped at once.
     let pid = farm.workers.0[second].id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let stopped = wait_worker(&farm, "keeper", "stopped", Duration::from_secs(10), |w| w["state"] == "stopped");
+    let stopped = wait_worker(&farm, "keeper", "stopped", Duration::from_secs(10), |w| w["state"] == "STOPPED");
     assert_eq!(stopped["worker_id"], fresh["worker_id"]);
     assert!(farm.workers.0[second].wait().unwrap().success(), "a stopped worker exits 0");
     let o = farm.farmctl(&["workers"]);

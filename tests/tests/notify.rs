@@ -103,7 +103,7 @@ fn a_collections_end_is_posted_signed_and_retried_until_taken() {
     let id = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().trim().to_string();
     assert!(got.lock().unwrap().is_empty(), "nothing before the collection ends");
     farm.add_worker("notified");
-    let st = farm.wait_for(&id, "both jobs to end", |s| jobs(s).iter().all(|j| j["state"] == "succeeded" || j["state"] == "failed"));
+    let st = farm.wait_for(&id, "both jobs to end", |s| jobs(s).iter().all(|j| j["state"] == "SUCCEEDED" || j["state"] == "FAILED"));
 
     // Two refusals, then taken: three tries of one delivery, each signed.
     let all = wait_deliveries(&got, 3, Duration::from_secs(30));
@@ -116,7 +116,7 @@ fn a_collections_end_is_posted_signed_and_retried_until_taken() {
     assert_eq!((summary["collection_id"].as_str(), summary["state"].as_str()), (Some(id.as_str()), Some("failed")), "{summary}");
     assert_eq!((summary["counts"]["succeeded"].as_u64(), summary["counts"]["failed"].as_u64()), (Some(1), Some(1)), "{summary}");
     let failure = &summary["failures"][0];
-    let failed = jobs(&st).iter().find(|j| j["state"] == "failed").unwrap();
+    let failed = jobs(&st).iter().find(|j| j["state"] == "FAILED").unwrap();
     assert_eq!(failure["job_id"], failed["job_id"]);
     assert!(failure["error"].as_str().unwrap().contains("beta"), "the cause, as the job page says it: {failure}");
     let page = summary["links"]["collection"].as_str().unwrap();

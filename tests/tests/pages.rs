@@ -13,7 +13,7 @@ use std::process::Command;
 
 use fantoccini::{Client, Locator};
 use serde_json::Value;
-use stylefarm_tests::browser::{browser_with, chromedriver, until};
+use stylefarm_tests::browser::{assert_contract_kept, browser_with, chromedriver, open_strict, until};
 use stylefarm_tests::scripted::ScriptedWorker;
 use stylefarm_tests::*;
 
@@ -99,7 +99,7 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
 
     let driver = chromedriver();
     let c = browser_with(&driver, &["--window-size=1920,1080"]).await;
-    c.goto(&page).await.unwrap();
+    open_strict(&c, &page).await;
     c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
     c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
     until(&c, "the farm page", "return document.querySelector('#workers') ? 1 : 0", |v| v == 1).await;
@@ -205,6 +205,9 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
     until(&c, "the lightbox", "const d = document.getElementById('lightbox'); return d && d.open ? d.querySelector('img').naturalWidth : 0", |v| v.as_u64() == Some(full)).await;
     c.execute("document.getElementById('lightbox').close()", vec![]).await.unwrap();
 
+    // Every page so far read only what the contract defines.
+    assert_contract_kept(&c).await;
+
     // A phone: no page scrolls sideways; tables become cards.
     c.set_window_size(390, 844).await.unwrap();
     let inner = c.execute("return window.innerWidth", vec![]).await.unwrap().as_u64().unwrap();
@@ -230,6 +233,7 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
             assert!(px.as_f64().unwrap() >= 10.0, "tick labels {px} px high");
         }
     }
+    assert_contract_kept(&c).await;
     let _ = c.close().await;
 
     // Dark mode, from the system's preference.

@@ -143,7 +143,7 @@ fn a_worker_behind_a_silent_network_renders_on_and_finishes_once() {
     // Watched directly, not through the proxy.
     let farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: procs, extra: Vec::new(), dashboard: None };
     let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "64x48", "--iters", "400", "--checkpoint-every", "50"]);
-    let iteration = |s: &serde_json::Value| jobs(s)[0]["iteration"].as_u64().unwrap_or(0);
+    let iteration = |s: &serde_json::Value| jobs(s)[0]["progress"]["iteration"].as_u64().unwrap_or(0);
     let before = iteration(&farm.wait_for(&id, "the render to start", |s| iteration(s) >= 3));
     paused.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(6));
@@ -152,8 +152,8 @@ fn a_worker_behind_a_silent_network_renders_on_and_finishes_once() {
     assert!(noticed.contains("heartbeat got no answer"), "the worker did not notice the silence:\n{noticed}");
     // Once the network speaks again, the heartbeats report how far the
     // render went meanwhile, and it finishes in its first attempt.
-    let after = iteration(&farm.wait_for(&id, "heartbeats again", |s| iteration(s) > before + 10 || jobs(s)[0]["state"] == "succeeded"));
-    let st = farm.wait_for(&id, "the job to succeed", |s| jobs(s)[0]["state"] == "succeeded");
+    let after = iteration(&farm.wait_for(&id, "heartbeats again", |s| iteration(s) > before + 10 || jobs(s)[0]["state"] == "SUCCEEDED"));
+    let st = farm.wait_for(&id, "the job to succeed", |s| jobs(s)[0]["state"] == "SUCCEEDED");
     assert_eq!(jobs(&st)[0]["attempts"], 1, "{st}");
     println!("iteration {before} when the network went silent, {after} when it spoke again");
 }

@@ -40,7 +40,7 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
     .await?
     .into_inner();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut sheet = sheet::collection::sheet(&c, &variant_params(url, &c).await);
+    let mut sheet = sheet::collection::sheet(&c);
     let mut written = 0;
     let mut missing = Vec::new();
     for j in c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
@@ -86,23 +86,3 @@ pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
 /// The most cells a PNG contact sheet holds (about 8000 × 8000 pixels at
 /// the cells' largest); a larger collection's sheet is the PDF's pages.
 pub const MAX_PNG_CELLS: u64 = 1024;
-
-/// Each variant's parameters (from its first job), for the sheet's labels;
-/// a variant whose job cannot be read is labelled without them.
-async fn variant_params(url: &Conn, c: &pb::Collection) -> Vec<serde_json::Value> {
-    let mut params = Vec::new();
-    for v in 0..c.variants.max(1) {
-        let Some(j) = c.jobs.iter().find(|j| j.content_index == 0 && j.style_index == 0 && j.variant_index == v) else {
-            params.push(serde_json::Value::Null);
-            continue;
-        };
-        let job_id = j.job_id.clone();
-        let detail = call(url, |mut c| {
-            let r = pb::JobRef { job_id: job_id.clone() };
-            async move { c.get_job(r).await }
-        })
-        .await;
-        params.push(detail.ok().and_then(|d| serde_json::from_str(&d.into_inner().params_json).ok()).unwrap_or(serde_json::Value::Null));
-    }
-    params
-}

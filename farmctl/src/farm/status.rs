@@ -1,30 +1,14 @@
 //! `farmctl status [ID] [--json]`: a collection's jobs, or (no ID) the
 //! farm: its workers with their state and the caller's
-//! collections. Rides out a coordinator restart.
+//! collections. Rides out a coordinator restart. `--json` prints the
+//! contract's messages as canonical proto3 JSON (a `Collection`; without
+//! ID, `{"workers": ListWorkersResponse, "collections":
+//! ListCollectionsResponse}`).
 
 use anyhow::Result;
 use stylefarm_proto as pb;
 
 use super::{call, state_name, Conn};
-
-fn job_json(j: &pb::Job) -> serde_json::Value {
-    let p = j.progress.clone().unwrap_or_default();
-    serde_json::json!({
-        "job_id": j.job_id, "content": j.content_name, "style": j.style_name, "variant": j.variant_index,
-        "state": state_name(j.state), "attempts": j.attempts, "iteration": p.iteration, "iterations": p.iterations,
-        "total_loss": p.total, "eta_seconds": p.eta_seconds, "worker": j.worker, "error": j.error,
-        "output_key": j.output_key, "started_from": j.started_from, "failures": j.failures, "requeues": j.requeues,
-    })
-}
-
-fn collection_json(c: &pb::Collection) -> serde_json::Value {
-    let n = c.counts.clone().unwrap_or_default();
-    serde_json::json!({
-        "collection_id": c.collection_id, "name": c.name, "priority": c.priority,
-        "counts": {"queued": n.queued, "running": n.running, "succeeded": n.succeeded, "failed": n.failed, "cancelled": n.cancelled},
-        "jobs": c.jobs.iter().map(job_json).collect::<Vec<_>>(),
-    })
-}
 
 pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
     let Some(id) = id else { return farm(url, json).await };
@@ -35,7 +19,9 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
     .await?
     .into_inner();
     if json {
-        println!("{}", serde_json::to_string_pretty(&collection_json(&c))?);
+        // The contract's own JSON: a Collection, as the dashboard's API
+        // and any proto3 JSON reader see it.
+        println!("{}", serde_json::to_string_pretty(&c)?);
         return Ok(());
     }
     println!("collection {} ({}), {} jobs", c.collection_id, c.name, c.jobs.len());
@@ -71,9 +57,10 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
         page_token = page.next_page_token;
     }
     if json {
+        // Two of the contract's lists, each as its message's JSON.
         let v = serde_json::json!({
-            "workers": workers.iter().map(super::workers::json).collect::<Vec<_>>(),
-            "collections": collections.iter().map(collection_json).collect::<Vec<_>>(),
+            "workers": pb::ListWorkersResponse { workers, next_page_token: String::new() },
+            "collections": pb::ListCollectionsResponse { collections, next_page_token: String::new() },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

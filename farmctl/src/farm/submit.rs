@@ -166,7 +166,7 @@ pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("submit refused: {e:#}"))?
     .into_inner();
     if a.json {
-        println!("{}", serde_json::json!({"collection_id": r.collection_id, "jobs": r.jobs}));
+        println!("{}", serde_json::to_string(&r)?);
     } else {
         eprintln!("submitted {} job{}", r.jobs, if r.jobs == 1 { "" } else { "s" });
     }

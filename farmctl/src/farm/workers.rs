@@ -100,21 +100,11 @@ fn age(seconds: f64) -> String {
     }
 }
 
-pub fn json(w: &pb::WorkerInfo) -> serde_json::Value {
-    serde_json::json!({
-        "worker_id": w.worker_id, "name": w.name, "device": w.device, "memory_bytes": w.memory_bytes, "current_job": w.current_job,
-        "state": state_of(w), "draining": w.draining, "registered_unix": w.registered_unix,
-        "last_seen_unix": w.last_seen_unix, "strikes": w.strikes, "quarantined": w.quarantined, "quarantine_reason": w.quarantine_reason,
-    })
-}
-
 pub async fn list(url: &Conn, include_gone: bool, as_json: bool) -> Result<()> {
     let workers = list_all(url, include_gone).await?;
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&workers.iter().map(json).collect::<Vec<_>>())?
-        );
+        // The contract's own JSON: a ListWorkersResponse.
+        println!("{}", serde_json::to_string_pretty(&pb::ListWorkersResponse { workers, next_page_token: String::new() })?);
         return Ok(());
     }
     let now = std::time::SystemTime::now()

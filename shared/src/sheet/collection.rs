@@ -38,13 +38,24 @@ pub fn date_time(unix: f64) -> String {
     }
 }
 
-/// The sheet of `c` (its jobs listed), with `variant_params[v]` the
-/// parameters of variant `v` (missing ones count as `null`): rows and
-/// columns labelled, failed, cancelled and unfinished jobs marked.
-pub fn sheet(c: &pb::Collection, variant_params: &[serde_json::Value]) -> Sheet {
-    let variants = c.variants.max(1) as usize;
-    let mut params = variant_params.to_vec();
-    params.resize(variants, serde_json::Value::Null);
+/// Each variant's parameters, from the collection's columns (the first
+/// style's); a variant not among them, or not JSON, is `null`.
+pub fn variant_params(c: &pb::Collection) -> Vec<serde_json::Value> {
+    let mut params = vec![serde_json::Value::Null; c.variants.max(1) as usize];
+    for col in c.columns.iter().filter(|col| col.style_index == 0) {
+        if let Some(p) = params.get_mut(col.variant_index as usize) {
+            *p = serde_json::from_str(&col.params_json).unwrap_or(serde_json::Value::Null);
+        }
+    }
+    params
+}
+
+/// The sheet of `c` (its jobs and columns listed, as GetCollection
+/// returns it): rows and columns labelled, failed, cancelled and
+/// unfinished jobs marked.
+pub fn sheet(c: &pb::Collection) -> Sheet {
+    let params = variant_params(c);
+    let variants = params.len();
     let labels = variant_labels(&params);
     let mut rows = vec![String::new(); c.contents as usize];
     let mut columns = vec![Column { style: String::new(), variant: String::new() }; c.styles as usize * variants];
@@ -106,8 +117,9 @@ mod tests {
             ],
             ..Default::default()
         };
-        let params = [json!({"optimizer": "adam", "alpha": 1}), json!({"optimizer": "adam", "alpha": 2})];
-        let s = sheet(&c, &params);
+        let column = |v: u32, params: serde_json::Value| pb::Column { style_index: 0, variant_index: v, style_name: "painting0".into(), params_json: params.to_string() };
+        let c = pb::Collection { columns: vec![column(0, json!({"optimizer": "adam", "alpha": 1})), column(1, json!({"optimizer": "adam", "alpha": 2}))], ..c };
+        let s = sheet(&c);
         assert_eq!(s.title, "c1", "an unnamed collection is titled by its id");
         assert_eq!(s.caption, "submitted 2026-12-05 11:20 UTC · 2 photos × 1 painting × 2 variants · adam");
         assert_eq!(s.rows, vec!["photo0", "photo1"]);
