@@ -502,10 +502,50 @@ async function collectionView(id, pageNo) {
   // Which states stand out: the others are dimmed.
   const showing = h("select", { id: "show", "aria-label": "show jobs that are" },
     ["every job", "queued", "running", "succeeded", "failed", "cancelled"].map((t, k) => h("option", { value: k ? t : "" }, k ? `${t} only` : t)));
+  // The same jobs as a list: searched by photo or painting, sorted.
+  const search = h("input", { id: "job-search", type: "search", placeholder: "photo or painting", "aria-label": "search jobs by photo or painting" });
+  const sortJobs = h("select", { id: "job-sort", "aria-label": "sort jobs by" },
+    [["grid", "grid order"], ["state", "state"], ["progress", "progress"], ["name", "photo, painting"]].map(([v, t]) => h("option", { value: v }, t)));
+  const view = h("select", { id: "view", "aria-label": "show the jobs as" }, h("option", { value: "grid" }, "grid"), h("option", { value: "list" }, "list"));
+  const listBody = h("tbody", {});
+  const list = h("table", { id: "job-list", class: "cards", hidden: true },
+    h("thead", {}, h("tr", {}, ["photo", "painting", "variant", "state", "progress", "attempts", "why"].map((t) => h("th", {}, t)))), listBody);
+  const stateOrder = { failed: 0, running: 1, queued: 2, cancelled: 3, succeeded: 4 };
+  const drawList = () => {
+    const q = search.value.trim().toLowerCase();
+    const rows = [...cells.values()].map((td, k) => ({ job: td._job, k, label: td.dataset.variantLabel }))
+      .filter(({ job }) => (!showing.value || stateOf(job) === showing.value) && (!q || job.content_name.toLowerCase().includes(q) || job.style_name.toLowerCase().includes(q)));
+    const progress = (j) => (j.progress && j.progress.iterations ? j.progress.iteration / j.progress.iterations : 0);
+    const by = {
+      grid: (a, b) => a.k - b.k,
+      state: (a, b) => stateOrder[stateOf(a.job)] - stateOrder[stateOf(b.job)] || a.k - b.k,
+      progress: (a, b) => progress(b.job) - progress(a.job) || a.k - b.k,
+      name: (a, b) => a.job.content_name.localeCompare(b.job.content_name) || a.job.style_name.localeCompare(b.job.style_name) || a.k - b.k,
+    }[sortJobs.value];
+    listBody.replaceChildren(...rows.sort(by).map(({ job, label }) => h("tr", { "data-job": job.job_id, "data-state": stateOf(job) },
+      h("td", { "data-label": "photo" }, h("a", { href: `#/j/${job.job_id}` }, job.content_name)),
+      h("td", { "data-label": "painting" }, job.style_name),
+      h("td", { "data-label": "variant" }, label || String(job.variant_index + 1)),
+      h("td", { "data-label": "state" }, h("span", { class: `badge ${stateOf(job)}` }, stateOf(job))),
+      h("td", { "data-label": "progress" }, job.progress ? `${job.progress.iteration}/${job.progress.iterations}` : ""),
+      h("td", { class: "num", "data-label": "attempts" }, job.attempts),
+      h("td", { "data-label": "why" }, job.error))));
+  };
   const applyShow = () => {
     for (const td of cells.values()) td.classList.toggle("dim", !!showing.value && td.dataset.state !== showing.value);
+    if (!list.hidden) drawList();
   };
   showing.addEventListener("input", applyShow);
+  search.addEventListener("input", drawList);
+  sortJobs.addEventListener("input", drawList);
+  view.addEventListener("input", () => {
+    const asList = view.value === "list";
+    list.hidden = !asList;
+    table.closest(".scroll").hidden = asList;
+    for (const el of [search, sortJobs]) el.closest("label").hidden = !asList;
+    zoom.closest("label").hidden = asList;
+    if (asList) drawList();
+  });
   // Cell size: remembered; larger on wide screens to start with.
   const zoom = h("input", { id: "zoom", type: "range", min: 80, max: 480, step: 20, "aria-label": "cell size", value: cellSize() });
   const applyZoom = () => {
@@ -539,10 +579,13 @@ async function collectionView(id, pageNo) {
       h("span", { class: "muted" }, ` ${plural(head.contents, "photo")} × ${plural(head.styles, "painting")} × ${plural(head.variants, "variant")} · submitted `, whenCell(head.created_unix))),
     h("p", { class: "muted small" }, "id ", copyable(id)),
     h("div", { class: "toolbar" }, counts, " ", live, h("span", { class: "spacer" }),
+      h("label", { class: "inline" }, h("span", {}, "as"), view),
       h("label", { class: "inline" }, h("span", {}, "show"), showing),
+      h("label", { class: "inline", hidden: true }, h("span", {}, "find"), search),
+      h("label", { class: "inline", hidden: true }, h("span", {}, "sort"), sortJobs),
       h("label", { class: "inline" }, h("span", {}, "size"), zoom),
       h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: zipName }, "Download zip"), retryFailed, cancel),
-    message, pager, h("div", { class: "scroll" }, table), pager ? pager.cloneNode(true) : null);
+    message, pager, h("div", { class: "scroll" }, table), list, pager ? pager.cloneNode(true) : null);
 
   const load = async () => {
     const r = await api(`/api/collections/${id}/grid?from_row=${page * rowsPerPage}&rows=${rowsPerPage}`);

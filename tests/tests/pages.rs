@@ -155,6 +155,23 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
     assert_eq!(c.execute(focused, vec![]).await.unwrap(), order[1]);
     c.active_element().await.unwrap().send_keys("\u{E015}").await.unwrap(); // ↓
     assert_eq!(c.execute(focused, vec![]).await.unwrap(), order[5]);
+    // The same jobs as a list: searched, filtered by state, sorted.
+    let set = |id: &str, value: &str| format!("const e = document.getElementById('{id}'); e.value = '{value}'; e.dispatchEvent(new Event('input'))");
+    let listed = "return document.getElementById('job-list').hidden ? null : [...document.querySelectorAll('#job-list tbody tr')].map(r => r.dataset.state + ' ' + r.querySelector('a').textContent)";
+    c.execute(&set("show", ""), vec![]).await.unwrap();
+    c.execute(&set("view", "list"), vec![]).await.unwrap();
+    let rows = c.execute(listed, vec![]).await.unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(8), "{rows}");
+    assert_eq!(c.execute("return document.querySelector('#grid').closest('.scroll').hidden", vec![]).await.unwrap(), true, "the grid gives way to the list");
+    c.execute(&set("job-search", "meadow"), vec![]).await.unwrap();
+    c.execute(&set("job-sort", "state"), vec![]).await.unwrap();
+    let rows = c.execute(listed, vec![]).await.unwrap();
+    assert_eq!(rows, serde_json::json!(["failed meadow", "queued meadow", "cancelled meadow", "succeeded meadow"]));
+    c.execute(&set("show", "failed"), vec![]).await.unwrap();
+    let why = c.find(Locator::Id("job-list")).await.unwrap().text().await.unwrap();
+    assert!(why.contains("the photo could not be decoded") && !why.contains("queued"), "{why}");
+    c.execute(&set("show", ""), vec![]).await.unwrap();
+    c.execute(&set("view", "grid"), vec![]).await.unwrap();
     let cancel = c.execute("const b = document.getElementById('cancel-collection'); return [b.disabled, b.title]", vec![]).await.unwrap();
     assert_eq!(cancel[0], false, "a job is still queued: {cancel}");
     c.execute("const s = document.getElementById('show'); s.value = ''; s.dispatchEvent(new Event('input')); \
