@@ -902,7 +902,7 @@ async function jobView(id) {
         message.replaceChildren(failed(e));
       }
     };
-    const variant = params ? Object.entries(params).filter(([k]) => ["alpha", "beta", "iterations", "optimizer"].includes(k)).map(([k, v]) => `${k}=${v}`).join(", ") : "";
+    const variant = params ? Object.entries(params).filter(([k]) => ["alpha", "beta", "iters", "optimizer"].includes(k)).map(([k, v]) => `${k}=${v}`).join(", ") : "";
     const title = `${j.content_name} × ${j.style_name}`;
     box.replaceChildren(
       h("p", {}, h("a", { href: `#/c/${j.collection_id}` }, "‹ collection")),

@@ -37,10 +37,26 @@ pub async fn browser(driver: &Driver) -> Client {
 
 /// A browser session with these Chromium flags besides the headless ones.
 pub async fn browser_with(driver: &Driver, flags: &[&str]) -> Client {
+    session(driver, flags, None).await
+}
+
+/// A phone's viewport: `width` CSS pixels wide (Chromium's own windows are
+/// never narrower than 500 px, so the page is shown as a phone shows it,
+/// through Chromium's device emulation).
+pub async fn phone(driver: &Driver, width: u32, height: u32) -> Client {
+    let metrics = json!({ "deviceMetrics": { "width": width, "height": height, "pixelRatio": 1.0, "mobile": true, "touch": true } });
+    session(driver, &[], Some(metrics)).await
+}
+
+async fn session(driver: &Driver, flags: &[&str], mobile: Option<Value>) -> Client {
     let mut args = vec!["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"];
     args.extend_from_slice(flags);
+    let mut options = json!({ "args": args });
+    if let Some(m) = mobile {
+        options["mobileEmulation"] = m;
+    }
     let mut caps = serde_json::Map::new();
-    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+    caps.insert("goog:chromeOptions".into(), options);
     let url = format!("http://127.0.0.1:{}", driver.1);
     let start = Instant::now();
     loop {

@@ -4,7 +4,7 @@
 //! nobody here wrote would call it.
 //!
 //! `STYLEFARM_SCREENSHOT=path.png` saves the collection page while it
-//! renders (how docs/dashboard.png was made).
+//! renders (the README's pictures come from bench/screenshots.sh).
 
 use std::process::Command;
 use std::time::{Duration, Instant};

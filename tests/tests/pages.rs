@@ -7,13 +7,14 @@
 //!
 //! Jobs are finished by a scripted worker (no rendering), so every state
 //! is on the page at once. `STYLEFARM_SCREENSHOTS=DIR` saves the pages at
-//! 1920 and 390 px wide there (how docs/dashboard_*.png were made).
+//! 1920 and 390 px wide there (the README's come from a real farm:
+//! bench/screenshots.sh).
 
 use std::process::Command;
 
 use fantoccini::{Client, Locator};
 use serde_json::Value;
-use stylefarm_tests::browser::{assert_contract_kept, browser_with, chromedriver, open_strict, until};
+use stylefarm_tests::browser::{assert_contract_kept, browser_with, chromedriver, open_strict, phone, until};
 use stylefarm_tests::scripted::ScriptedWorker;
 use stylefarm_tests::*;
 
@@ -225,12 +226,15 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
     // Every page so far read only what the contract defines.
     assert_contract_kept(&c).await;
 
+    let _ = c.close().await;
+
     // A phone: no page scrolls sideways; tables become cards.
-    c.set_window_size(390, 844).await.unwrap();
-    let inner = c.execute("return window.innerWidth", vec![]).await.unwrap().as_u64().unwrap();
-    if inner != 390 {
-        c.set_window_size(390 + (390 - inner as u32), 844).await.unwrap();
-    }
+    let c = phone(&driver, 390, 844).await;
+    open_strict(&c, &page).await;
+    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
+    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    until(&c, "the farm page", "return document.querySelector('#workers') ? 1 : 0", |v| v == 1).await;
+    assert_eq!(c.execute("return window.innerWidth", vec![]).await.unwrap(), 390, "a phone's width");
     for (route, ready) in [
         ("#/", "#workers"),
         ("#/collections", "#collections tbody tr"),

@@ -13,7 +13,7 @@ pub fn column_of(c: &pb::Collection, job: &pb::Job) -> usize {
 }
 
 /// "submitted 2026-12-05 11:20 UTC · 2 photos × 3 paintings × 2 variants ·
-/// lbfgs, 100 iterations, 384 px" (the last part: what the variants share).
+/// lbfgs, 100 iterations" (the last part: what the variants share).
 pub fn caption(c: &pb::Collection, variant_params: &[serde_json::Value]) -> String {
     let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut parts = vec![format!("submitted {}", date_time(c.created_unix))];

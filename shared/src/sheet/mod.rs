@@ -83,12 +83,14 @@ pub struct Sheet {
     columns: Vec<Column>,
     /// Row-major, `rows × columns`; `None` is a cell with no job.
     cells: Vec<Option<Cell>>,
+    /// The largest image placed, as rendered (before its thumbnail).
+    largest: Option<(u32, u32)>,
 }
 
 impl Sheet {
     pub fn new(title: impl Into<String>, caption: impl Into<String>, rows: Vec<String>, columns: Vec<Column>) -> Self {
         let cells = vec![None; rows.len() * columns.len()];
-        Self { title: title.into(), caption: caption.into(), rows, columns, cells }
+        Self { title: title.into(), caption: caption.into(), rows, columns, cells, largest: None }
     }
 
     /// Sets the cell at (`row`, `col`); an image is shrunk to `THUMB` here,
@@ -98,7 +100,13 @@ impl Sheet {
             return;
         }
         let cell = match cell {
-            Cell::Image(img) => Cell::Image(fit(&img, THUMB)),
+            Cell::Image(img) => {
+                let (w, h) = img.dimensions();
+                if self.largest.is_none_or(|(lw, lh)| w * h > lw * lh) {
+                    self.largest = Some((w, h));
+                }
+                Cell::Image(fit(&img, THUMB))
+            }
             other => other,
         };
         self.cells[row * self.columns.len() + col] = Some(cell);
@@ -209,7 +217,8 @@ impl Layout {
     fn paint(&self, sheet: &Sheet, rows: &[usize], cols: &[usize], note: &str) -> RgbImage {
         let width = self.left + cols.iter().map(|&c| self.col_widths[c] + GAP).sum::<u32>() + MARGIN;
         let height = self.top + rows.iter().map(|&r| self.row_heights[r] + GAP).sum::<u32>() + MARGIN;
-        let caption = format!("{}{note}", sheet.caption);
+        let size = sheet.largest.map(|(w, h)| format!(" · {w}×{h} px")).unwrap_or_default();
+        let caption = format!("{}{size}{note}", sheet.caption);
         let width = width.max((MARGIN as f32 * 2.0 + TITLE.width(&sheet.title).max(CAPTION.width(&caption))).ceil() as u32);
         let mut img = RgbImage::from_pixel(width, height, WHITE);
         let room = (width - 2 * MARGIN) as f32;
@@ -299,18 +308,16 @@ pub fn variant_labels(params: &[serde_json::Value]) -> Vec<String> {
 }
 
 /// What every variant shares of the parameters a reader asks about first:
-/// e.g. "lbfgs, 100 iterations, 384 px".
+/// e.g. "lbfgs, 100 iterations".
 pub fn shared_params(params: &[serde_json::Value]) -> String {
     let same = |k: &str| params.first().and_then(|p| p.get(k)).filter(|v| params.iter().all(|p| p.get(k) == Some(*v))).map(value_text);
     let mut parts = Vec::new();
     if let Some(o) = same("optimizer") {
         parts.push(o);
     }
-    if let Some(n) = same("iterations") {
+    // (A job's parameters name them "iters", as farmctl's flag does.)
+    if let Some(n) = same("iters").or_else(|| same("iterations")) {
         parts.push(format!("{n} iterations"));
-    }
-    if let Some(s) = same("max_side").filter(|s| s != "0") {
-        parts.push(format!("{s} px"));
     }
     parts.join(", ")
 }
@@ -431,7 +438,7 @@ mod tests {
 
     #[test]
     fn variants_are_labelled_by_what_sets_them_apart() {
-        let params = [json!({"optimizer": "lbfgs", "alpha": 0.01, "iterations": 100}), json!({"optimizer": "lbfgs", "alpha": 0.001, "iterations": 100})];
+        let params = [json!({"optimizer": "lbfgs", "alpha": 0.01, "iters": 100}), json!({"optimizer": "lbfgs", "alpha": 0.001, "iters": 100})];
         assert_eq!(variant_labels(&params), vec!["alpha=0.01", "alpha=0.001"]);
         assert_eq!(shared_params(&params), "lbfgs, 100 iterations");
         assert_eq!(variant_labels(&params[..1]), vec![""]);
