@@ -572,7 +572,6 @@ async function collectionView(id, pageNo) {
       ev.preventDefault();
     }
   });
-  const zipName = `${head.name.replace(/[^A-Za-z0-9._-]+/g, "_") || id}.zip`;
   show(
     h("div", { class: "title" },
       h("h1", {}, head.name),
@@ -584,7 +583,7 @@ async function collectionView(id, pageNo) {
       h("label", { class: "inline", hidden: true }, h("span", {}, "find"), search),
       h("label", { class: "inline", hidden: true }, h("span", {}, "sort"), sortJobs),
       h("label", { class: "inline" }, h("span", {}, "size"), zoom),
-      h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: zipName }, "Download zip"), retryFailed, cancel),
+      h("a", { id: "zip", class: "button", href: `/api/collections/${id}/zip`, download: true }, "Download zip"), retryFailed, cancel),
     message, pager, h("div", { class: "scroll" }, table), list, pager ? pager.cloneNode(true) : null);
 
   const load = async () => {

@@ -49,6 +49,14 @@ pub async fn channel(url: &str) -> tonic::transport::Channel {
 }
 
 /// A port nobody listens on now.
+/// A copy of fixture `fixture_name` as `DIR/NAME.png` (farmctl names an
+/// input by its file's stem).
+pub fn named_fixture(dir: &Path, name: &str, fixture_name: &str) -> String {
+    let path = dir.join(format!("{name}.png"));
+    std::fs::copy(fixture(fixture_name), &path).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

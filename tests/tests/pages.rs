@@ -33,12 +33,6 @@ fn status(farm: &Farm, id: &str) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-fn named_copy(dir: &std::path::Path, name: &str, fixture_name: &str) -> String {
-    let path = dir.join(format!("{name}.png"));
-    std::fs::copy(fixture(fixture_name), &path).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
 /// A loss log as a worker writes it: `n` records, the loss falling.
 fn losses(n: u32) -> String {
     (0..n)
@@ -65,8 +59,8 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
     let page = farm.dashboard.clone().unwrap();
     let inputs = farm.dir.path().join("inputs");
     std::fs::create_dir_all(&inputs).unwrap();
-    let (harbour, meadow) = (named_copy(&inputs, "harbour", "content.png"), named_copy(&inputs, "meadow", "init.png"));
-    let (starry, waves) = (named_copy(&inputs, "starry", "style.png"), named_copy(&inputs, "waves", "content.png"));
+    let (harbour, meadow) = (named_fixture(&inputs, "harbour", "content.png"), named_fixture(&inputs, "meadow", "init.png"));
+    let (starry, waves) = (named_fixture(&inputs, "starry", "style.png"), named_fixture(&inputs, "waves", "content.png"));
 
     // One job that resumed from a checkpoint and finished, with its loss
     // log: the chart's collection, unnamed (so named by its inputs).

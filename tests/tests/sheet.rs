@@ -27,19 +27,13 @@ fn ocr(png: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).to_lowercase()
 }
 
-fn named_copy(dir: &Path, name: &str, fixture_name: &str) -> String {
-    let path = dir.join(format!("{name}.png"));
-    std::fs::copy(fixture(fixture_name), &path).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
 #[test]
 fn a_fetched_contact_sheet_reads_back_its_labels_and_states() {
     let farm = Farm::start();
     let inputs = farm.dir.path().join("inputs");
     std::fs::create_dir_all(&inputs).unwrap();
-    let (harbour, meadow) = (named_copy(&inputs, "harbour", "content.png"), named_copy(&inputs, "meadow", "init.png"));
-    let (starry, waves) = (named_copy(&inputs, "starry", "style.png"), named_copy(&inputs, "waves", "content.png"));
+    let (harbour, meadow) = (named_fixture(&inputs, "harbour", "content.png"), named_fixture(&inputs, "meadow", "init.png"));
+    let (starry, waves) = (named_fixture(&inputs, "starry", "style.png"), named_fixture(&inputs, "waves", "content.png"));
     // 2 photos × 2 paintings × 2 variants that differ in alpha only.
     let id = farm.submit(&[
         "--name", "Autumn prints", "--content", &harbour, "--content", &meadow, "--style", &starry, "--style", &waves,

@@ -39,9 +39,13 @@ fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
 
 // ------------------------------------------------------------- session --
 
+/// The session of a browser signed in as `caller` (None: signed out).
+fn web_session(web: &Web, caller: Option<&Caller>) -> pb::WebSession {
+    pb::WebSession { auth_required: !web.state.config.tokens.disabled(), signed_in: caller.is_some(), admin: caller.is_some_and(|c| c.admin) }
+}
+
 pub(super) async fn session(AxumState(web): AxumState<Web>, headers: HeaderMap) -> Json<pb::WebSession> {
-    let caller = caller(&web, &headers).ok();
-    Json(pb::WebSession { auth_required: !web.state.config.tokens.disabled(), signed_in: caller.is_some(), admin: caller.is_some_and(|c| c.admin) })
+    Json(web_session(&web, caller(&web, &headers).ok().as_ref()))
 }
 
 /// What signing in sends: the token (the page's own body, not the farm's).
@@ -59,13 +63,11 @@ pub(super) async fn sign_in(AxumState(web): AxumState<Web>, Json(body): Json<Sig
     let secure = if web.tls { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000{secure}", body.token);
     let cookie = HeaderValue::try_from(cookie).map_err(|_| bad_request("a token is printable ASCII"))?;
-    let session = pb::WebSession { auth_required: !web.state.config.tokens.disabled(), signed_in: true, admin: who.admin };
-    Ok(([(header::SET_COOKIE, cookie)], Json(session)).into_response())
+    Ok(([(header::SET_COOKIE, cookie)], Json(web_session(&web, Some(&who)))).into_response())
 }
 
 pub(super) async fn sign_out(AxumState(web): AxumState<Web>) -> Response {
-    let session = pb::WebSession { auth_required: !web.state.config.tokens.disabled(), signed_in: false, admin: false };
-    ([(header::SET_COOKIE, format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))], Json(session)).into_response()
+    ([(header::SET_COOKIE, format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))], Json(web_session(&web, None))).into_response()
 }
 
 // ---------------------------------------------------------------- farm --
