@@ -208,6 +208,13 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
     }
     let r = http.post(format!("{page}api/jobs/{job}/cancel")).bearer_auth(OTHER).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    // An id's start names the job to its owner only; nonsense is refused.
+    let found: Value = get(&format!("api/ids/{}", &job[..8]), Some(USER)).await.unwrap().json().await.unwrap();
+    assert_eq!((found["kind"].as_str(), found["id"].as_str()), (Some("job"), Some(job.as_str())), "{found}");
+    assert_eq!(get(&format!("api/ids/{}", &job[..8]), Some(OTHER)).await.unwrap().status(), 404);
+    let r = get("api/ids/zz'--", Some(USER)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not an id"));
     // Retrying a job that has not failed is a conflict, named.
     let r = http.post(format!("{page}api/jobs/{job}/retry")).bearer_auth(USER).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), 409);
