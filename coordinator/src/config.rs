@@ -8,13 +8,15 @@ use std::path::PathBuf;
 use stylefarm_shared::image_io::ImageLimits;
 
 use crate::auth::Tokens;
-use crate::db::Rules;
+use crate::db::{Rules, Target};
 
 /// Everything the coordinator is told at start.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Holds `farm.db`.
     pub data_dir: PathBuf,
+    /// Where the farm's state is: `None` for `data_dir/farm.db`.
+    pub database: Option<Target>,
     /// Storage URL or folder; default `<data-dir>/storage`.
     pub storage: String,
     pub lease_seconds: u32,
@@ -93,6 +95,7 @@ impl Config {
         Self {
             storage: data_dir.join("storage").to_string_lossy().into_owned(),
             data_dir,
+            database: None,
             lease_seconds: Self::LEASE_SECONDS,
             heartbeat_seconds: Self::HEARTBEAT_SECONDS,
             max_failures: Self::MAX_FAILURES,
@@ -117,6 +120,11 @@ impl Config {
             tokens: Tokens::default(),
             tls: None,
         }
+    }
+
+    /// The database the farm's state is in.
+    pub fn database(&self) -> Target {
+        self.database.clone().unwrap_or_else(|| Target::Sqlite(self.data_dir.join("farm.db")))
     }
 
     pub(crate) fn rules(&self) -> Rules {

@@ -4,7 +4,8 @@
 //! call does to a job is decided by [`crate::machine::next`]; this module
 //! checks who is calling, applies the step and records the attempt.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use sql::{args, Conn, Optional, Row};
+pub use sql::Target;
 use stylefarm_proto as pb;
 
 use crate::machine::{self, Budget, Cause, Event, Refusal, State};
@@ -12,103 +13,13 @@ use crate::machine::{self, Budget, Cause, Event, Refusal, State};
 mod fleet;
 pub mod ids;
 mod notify;
+pub mod copy;
+mod schema;
+pub mod sql;
+pub mod testing;
 pub use fleet::worker_state;
 pub use notify::{Ended, Failure};
 
-/// Schema migrations, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE collections (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, priority INTEGER NOT NULL, created REAL NOT NULL,
-    contents INTEGER NOT NULL, styles INTEGER NOT NULL, variants INTEGER NOT NULL,
-    seq INTEGER NOT NULL
-);
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY, collection_id TEXT NOT NULL REFERENCES collections(id), seq INTEGER NOT NULL,
-    content_index INTEGER NOT NULL, style_index INTEGER NOT NULL, variant_index INTEGER NOT NULL,
-    content_name TEXT NOT NULL, style_name TEXT NOT NULL, content_key TEXT NOT NULL, style_key TEXT NOT NULL,
-    params_json TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
-    checkpoint_every INTEGER NOT NULL, snapshot_every INTEGER NOT NULL,
-    state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '', output_key TEXT NOT NULL DEFAULT '',
-    worker TEXT NOT NULL DEFAULT '', fencing_token INTEGER NOT NULL DEFAULT 0, lease_deadline REAL NOT NULL DEFAULT 0,
-    resume_key TEXT NOT NULL DEFAULT '', resume_iteration INTEGER NOT NULL DEFAULT 0, started_from INTEGER NOT NULL DEFAULT 0,
-    iteration INTEGER NOT NULL DEFAULT 0, iterations INTEGER NOT NULL DEFAULT 0,
-    content REAL NOT NULL DEFAULT 0, style REAL NOT NULL DEFAULT 0, tv REAL NOT NULL DEFAULT 0,
-    total REAL NOT NULL DEFAULT 0, eta REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX jobs_by_state ON jobs(state, not_before);
-CREATE INDEX jobs_by_collection ON jobs(collection_id, seq);
-CREATE TABLE attempts (
-    job_id TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL, fencing_token INTEGER NOT NULL,
-    started REAL NOT NULL, ended REAL, outcome TEXT, PRIMARY KEY (job_id, attempt)
-);
-CREATE TABLE workers (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, device TEXT NOT NULL, device_name TEXT NOT NULL,
-    memory_bytes INTEGER NOT NULL, registered REAL NOT NULL, last_seen REAL NOT NULL
-);
-CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT INTO counters VALUES ('fencing_token', 0), ('seq', 0);
-"#,
-    // Contract v2: owners, idempotent submits, failure accounting by cause,
-    // quarantine, memory-aware placement.
-    r#"
-ALTER TABLE collections ADD COLUMN owner TEXT NOT NULL DEFAULT '';
-ALTER TABLE collections ADD COLUMN idempotency_key TEXT NOT NULL DEFAULT '';
-CREATE UNIQUE INDEX collections_by_idempotency ON collections(owner, idempotency_key) WHERE idempotency_key != '';
-CREATE INDEX collections_by_owner ON collections(owner, seq);
-ALTER TABLE jobs ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN min_memory INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX attempts_by_token ON attempts(job_id, fencing_token);
-ALTER TABLE attempts ADD COLUMN resumed_from INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE workers ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE workers ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
-"#,
-    // Scale: the queue order lives on the job row, so Lease walks one
-    // partial index instead of sorting a join; counts per collection and
-    // the lease sweep read indexes too.
-    r#"
-ALTER TABLE jobs ADD COLUMN prio INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN cseq INTEGER NOT NULL DEFAULT 0;
-UPDATE jobs SET prio = -(SELECT priority FROM collections c WHERE c.id = jobs.collection_id),
-                cseq = (SELECT seq FROM collections c WHERE c.id = jobs.collection_id);
-CREATE INDEX jobs_queue ON jobs(prio, cseq, seq) WHERE state = 1;
-CREATE INDEX jobs_running ON jobs(lease_deadline) WHERE state = 2;
-CREATE INDEX jobs_by_collection_state ON jobs(collection_id, state);
-"#,
-    // The dashboard: its farm page counts attempts that ended in the last
-    // hour and day.
-    r#"
-CREATE INDEX attempts_by_end ON attempts(ended) WHERE ended IS NOT NULL;
-"#,
-    // Limits: a collection's variants and columns are stored once, not on
-    // every job (new jobs leave params_json and style_key empty); a
-    // worker's strikes remember their jobs, and a quarantine says why.
-    r#"
-CREATE TABLE variants (
-    collection_id TEXT NOT NULL, variant_index INTEGER NOT NULL, params_json TEXT NOT NULL,
-    PRIMARY KEY (collection_id, variant_index)
-);
-CREATE TABLE columns (
-    collection_id TEXT NOT NULL, style_index INTEGER NOT NULL, style_keys TEXT NOT NULL,
-    PRIMARY KEY (collection_id, style_index)
-);
-ALTER TABLE workers ADD COLUMN strike_jobs TEXT NOT NULL DEFAULT '';
-ALTER TABLE workers ADD COLUMN quarantine_reason TEXT NOT NULL DEFAULT '';
-CREATE INDEX jobs_held ON jobs(worker) WHERE state = 2;
-"#,
-    // The truth after faults: a worker's row says how it ended ('',
-    // 'stopped', 'replaced', 'forgotten') and whether it drains; a
-    // collection may ask to be announced when it ends.
-    r#"
-ALTER TABLE workers ADD COLUMN ended TEXT NOT NULL DEFAULT '';
-ALTER TABLE workers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX workers_by_name ON workers(name) WHERE ended IN ('', 'stopped');
-ALTER TABLE collections ADD COLUMN notify_url TEXT NOT NULL DEFAULT '';
-ALTER TABLE collections ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX collections_to_notify ON collections(seq) WHERE notify_url != '' AND notified = 0;
-"#,
-];
 
 /// A job's parameters and style keys: its own columns for jobs created
 /// before they were stored once per collection, else its variant's and
@@ -117,6 +28,11 @@ const JOB_PARAMS: &str = "COALESCE(NULLIF(params_json, ''),
     (SELECT v.params_json FROM variants v WHERE v.collection_id = jobs.collection_id AND v.variant_index = jobs.variant_index))";
 const JOB_STYLE_KEYS: &str = "COALESCE(NULLIF(style_key, ''),
     (SELECT c.style_keys FROM columns c WHERE c.collection_id = jobs.collection_id AND c.style_index = jobs.style_index))";
+
+/// The PostgreSQL channel job changes are announced on.
+const CHANGES_CHANNEL: &str = "stylefarm_jobs";
+/// Most bytes of job ids in one notification (the server takes 8000).
+const NOTIFY_PAYLOAD: usize = 7000;
 
 /// A sweep that starts this long after the one before found the
 /// coordinator itself behind (its runtime or its state's thread stalled):
@@ -174,7 +90,7 @@ pub enum CallError {
     #[error("job {job}: {what}")]
     Invalid { job: String, what: String },
     #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] sql::Error),
 }
 
 /// The next job to lease: the queue's order (priority, then collection,
@@ -188,8 +104,8 @@ fn lease_query() -> &'static str {
             "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
                     checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
              FROM jobs INDEXED BY jobs_queue
-             WHERE state = 1 AND not_before <= ?1 AND (?2 = 0 OR min_memory <= ?2)
-             ORDER BY prio, cseq, seq LIMIT 1"
+             WHERE state = 1 AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
+             ORDER BY prio, cseq, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
     })
 }
@@ -274,7 +190,7 @@ pub struct Answer {
 }
 
 pub struct Db {
-    conn: Connection,
+    conn: Conn,
     /// Jobs changed since the last [`Db::take_touched`]: what the state's
     /// owner announces to watchers after a commit.
     touched: Vec<String>,
@@ -283,15 +199,15 @@ pub struct Db {
     last_sweep: Option<f64>,
 }
 
-fn state_of(v: i32) -> rusqlite::Result<State> {
-    State::from_wire(v).ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(0, v as i64))
+fn state_of(v: i32) -> sql::Result<State> {
+    State::from_wire(v).ok_or_else(|| sql::Error::Type(format!("no job state {v}")))
 }
 
 const QUEUED: i32 = pb::JobState::Queued as i32;
 const RUNNING: i32 = pb::JobState::Running as i32;
 const FAILED: i32 = pb::JobState::Failed as i32;
 
-fn job_from_row(r: &Row) -> rusqlite::Result<pb::Job> {
+fn job_from_row(r: &Row) -> sql::Result<pb::Job> {
     Ok(pb::Job {
         job_id: r.get("id")?,
         collection_id: r.get("collection_id")?,
@@ -357,40 +273,62 @@ fn add(counts: &mut pb::JobCounts, state: i32, n: u32) {
 
 impl Db {
     /// Opens (creating if needed) the database and runs pending migrations.
-    pub fn open(path: &std::path::Path) -> rusqlite::Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut db = Self { conn, touched: Vec::new(), last_sweep: None };
-        db.migrate()?;
-        Ok(db)
+    pub fn open(path: &std::path::Path) -> sql::Result<Self> {
+        Self::connect(&Target::Sqlite(path.to_path_buf()))
     }
 
-    /// A read-only connection to a database [`Db::open`] created: readers
-    /// see every committed change and never block the writer (WAL).
-    pub fn open_reader(path: &std::path::Path) -> rusqlite::Result<Self> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    /// Connects to the database `target` names (creating an SQLite file if
+    /// needed) and runs pending migrations.
+    pub fn connect(target: &Target) -> sql::Result<Self> {
+        let conn = match target {
+            Target::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path)?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.pragma_update(None, "foreign_keys", "ON")?;
+                Conn::sqlite(conn)
+            }
+            Target::Postgres(url) => Conn::postgres(url)?,
+        };
+        schema::migrate(&conn)?;
         Ok(Self { conn, touched: Vec::new(), last_sweep: None })
+    }
+
+    /// A connection for reads: for SQLite a read-only one, which sees
+    /// every committed change and never blocks the writer (WAL).
+    pub fn open_reader(target: &Target) -> sql::Result<Self> {
+        let conn = match target {
+            Target::Sqlite(path) => Conn::sqlite(rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?),
+            Target::Postgres(url) => Conn::postgres(url)?,
+        };
+        Ok(Self { conn, touched: Vec::new(), last_sweep: None })
+    }
+
+    /// Whether this is PostgreSQL (where other coordinators may write too).
+    pub fn is_shared(&self) -> bool {
+        self.conn.is_postgres()
     }
 
     /// Opens one transaction that the next calls share until
     /// [`Db::commit`] (group commit: one fsync for all of them). Each call
     /// still runs in its own savepoint, so one that fails undoes only
     /// itself.
-    pub fn begin(&mut self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")
+    pub fn begin(&mut self) -> sql::Result<()> {
+        self.conn.begin()
     }
 
-    /// Commits what [`Db::begin`] opened (synchronous=FULL: on disk when
-    /// this returns).
-    pub fn commit(&mut self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("COMMIT")
+    /// Commits what [`Db::begin`] opened (on disk when this returns:
+    /// SQLite's synchronous=FULL, PostgreSQL's synchronous_commit).
+    pub fn commit(&mut self) -> sql::Result<()> {
+        self.conn.commit()
     }
 
     /// Undoes what [`Db::begin`] opened, after a failed commit.
     pub fn rollback(&mut self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
+        self.conn.rollback();
         self.touched.clear();
     }
 
@@ -402,50 +340,83 @@ impl Db {
         ids
     }
 
+    /// On PostgreSQL, announces the jobs changed since the last call to
+    /// every coordinator, inside the open transaction: `NOTIFY` is
+    /// delivered at commit, in commit order, and not at all if the
+    /// transaction rolls back. Payloads are job ids joined by commas,
+    /// under the server's 8000-byte limit.
+    pub fn notify_touched(&mut self) -> sql::Result<()> {
+        let ids = self.take_touched();
+        let mut payload = String::new();
+        for id in ids.iter().map(String::as_str).chain([""]) {
+            if (id.is_empty() && !payload.is_empty()) || payload.len() + id.len() + 1 > NOTIFY_PAYLOAD {
+                self.conn.query_row("SELECT pg_notify(?1, ?2)::text", args![CHANGES_CHANNEL, payload], |_| Ok(()))?;
+                payload.clear();
+            }
+            if !id.is_empty() {
+                if !payload.is_empty() {
+                    payload.push(',');
+                }
+                payload.push_str(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// LISTENs for other coordinators' changes ([`Db::notify_touched`]).
+    pub fn listen_for_changes(&self) -> sql::Result<()> {
+        self.conn.listen(CHANGES_CHANNEL)
+    }
+
+    /// The ids of jobs changed by commits announced within `wait`.
+    pub fn changed_jobs(&self, wait: std::time::Duration) -> sql::Result<Vec<String>> {
+        let payloads = self.conn.notifications(wait)?;
+        Ok(payloads.iter().flat_map(|p| p.split(',')).filter(|id| !id.is_empty()).map(str::to_string).collect())
+    }
+
+    /// A connection the database closed (PostgreSQL): open a new one.
+    pub fn is_broken(&self) -> bool {
+        self.conn.is_closed()
+    }
+
     /// The rows of these jobs, for watchers.
-    pub fn jobs_by_id(&self, ids: &[String]) -> rusqlite::Result<Vec<pb::Job>> {
-        let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE id = ?1")?;
+    pub fn jobs_by_id(&self, ids: &[String]) -> sql::Result<Vec<pb::Job>> {
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(j) = stmt.query_row([id], job_from_row).optional()? {
+            if let Some(j) = self.conn.query_row("SELECT * FROM jobs WHERE id = ?1", args![id], job_from_row).optional()? {
                 jobs.push(j);
             }
         }
         Ok(jobs)
     }
 
-    fn migrate(&mut self) -> rusqlite::Result<()> {
-        let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
+    /// The next value of a counter (`seq`, `fencing_token`): a row in
+    /// SQLite (one writer), a sequence in PostgreSQL (no lock between
+    /// coordinators).
+    fn next(tx: &Conn, counter: &str) -> sql::Result<u64> {
+        if tx.is_postgres() {
+            return tx.query_row(&format!("SELECT nextval('{counter}')"), args![], |r| r.get(0));
         }
-        Ok(())
-    }
-
-    fn next(tx: &Connection, counter: &str) -> rusqlite::Result<u64> {
-        tx.execute("UPDATE counters SET value = value + 1 WHERE name = ?1", [counter])?;
-        tx.query_row("SELECT value FROM counters WHERE name = ?1", [counter], |r| r.get(0))
+        tx.execute("UPDATE counters SET value = value + 1 WHERE name = ?1", args![counter])?;
+        tx.query_row("SELECT value FROM counters WHERE name = ?1", args![counter], |r| r.get(0))
     }
 
     /// The coordinator just started: running leases get a full lease
     /// length from now, so time it was down costs no job anything.
-    pub fn grant_grace(&mut self, rules: &Rules) -> rusqlite::Result<usize> {
-        self.conn.execute("UPDATE jobs SET lease_deadline = MAX(lease_deadline, ?1) WHERE state = ?2", params![now() + rules.lease_seconds, RUNNING])
+    pub fn grant_grace(&mut self, rules: &Rules) -> sql::Result<usize> {
+        self.conn.execute("UPDATE jobs SET lease_deadline = GREATEST(lease_deadline, ?1) WHERE state = ?2", args![now() + rules.lease_seconds, RUNNING])
     }
 
     /// The collection an earlier submit with this idempotency key created,
     /// and its job count.
-    pub fn submitted(&self, owner: &str, idempotency_key: &str) -> rusqlite::Result<Option<(String, u32)>> {
+    pub fn submitted(&self, owner: &str, idempotency_key: &str) -> sql::Result<Option<(String, u32)>> {
         if idempotency_key.is_empty() {
             return Ok(None);
         }
         self.conn
             .query_row(
                 "SELECT c.id, (SELECT COUNT(*) FROM jobs j WHERE j.collection_id = c.id) FROM collections c WHERE owner = ?1 AND idempotency_key = ?2",
-                params![owner, idempotency_key],
+                args![owner, idempotency_key],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -454,7 +425,7 @@ impl Db {
     /// Creates a collection and all its jobs in one transaction; returns
     /// its id and job count, or those of the collection an earlier submit
     /// with the same idempotency key created.
-    pub fn create_collection(&mut self, c: &NewCollection) -> rusqlite::Result<(String, u32)> {
+    pub fn create_collection(&mut self, c: &NewCollection) -> sql::Result<(String, u32)> {
         if let Some(existing) = self.submitted(&c.owner, &c.idempotency_key)? {
             return Ok(existing);
         }
@@ -464,7 +435,7 @@ impl Db {
         tx.execute(
             "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key, notify_url)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key, c.notify_url],
+            args![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key, c.notify_url],
         )?;
         // Every job of a variant has its parameters, every job of a column
         // its style keys: stored once here (from the first job of each),
@@ -474,13 +445,13 @@ impl Db {
             if variants.insert(j.variant_index) {
                 tx.execute(
                     "INSERT INTO variants (collection_id, variant_index, params_json) VALUES (?1, ?2, ?3)",
-                    params![c.id, j.variant_index, j.params_json],
+                    args![c.id, j.variant_index, j.params_json],
                 )?;
             }
             if columns.insert(j.style_index) {
                 tx.execute(
                     "INSERT INTO columns (collection_id, style_index, style_keys) VALUES (?1, ?2, ?3)",
-                    params![c.id, j.style_index, j.style_keys.join(STYLE_KEY_SEPARATOR)],
+                    args![c.id, j.style_index, j.style_keys.join(STYLE_KEY_SEPARATOR)],
                 )?;
             }
         }
@@ -491,7 +462,7 @@ impl Db {
                    content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations, min_memory,
                    prio, cseq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-                params![
+                args![
                     j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
                     "", "", j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
                     j.iterations, j.min_memory as i64, -(c.priority as i64), collection_seq
@@ -503,20 +474,19 @@ impl Db {
     }
 
     /// A collection with every job, and its owner.
-    pub fn collection(&self, id: &str) -> rusqlite::Result<Option<(String, pb::Collection)>> {
+    pub fn collection(&self, id: &str) -> sql::Result<Option<(String, pb::Collection)>> {
         let Some((owner, mut c)) = self.collection_header(id)? else { return Ok(None) };
-        let mut stmt = self.conn.prepare_cached("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq")?;
-        c.jobs = stmt.query_map([id], job_from_row)?.collect::<rusqlite::Result<_>>()?;
+        c.jobs = self.conn.query_map("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq", args![id], job_from_row)?;
         c.counts = Some(count(&c.jobs));
         c.columns = self.grid_columns(id)?;
         Ok(Some((owner, c)))
     }
 
     /// A collection without its jobs (counts unset), and its owner.
-    pub fn collection_header(&self, id: &str) -> rusqlite::Result<Option<(String, pb::Collection)>> {
+    pub fn collection_header(&self, id: &str) -> sql::Result<Option<(String, pb::Collection)>> {
         self
             .conn
-            .query_row("SELECT * FROM collections WHERE id = ?1", [id], |r| {
+            .query_row("SELECT * FROM collections WHERE id = ?1", args![id], |r| {
                 Ok((
                     r.get::<_, String>("owner")?,
                     pb::Collection {
@@ -538,73 +508,72 @@ impl Db {
 
     /// The jobs of rows (contents) `first..first + rows` of a collection,
     /// in submission order: one screen of the dashboard's grid.
-    pub fn grid_rows(&self, collection: &str, first: u32, rows: u32) -> rusqlite::Result<Vec<pb::Job>> {
-        let mut stmt = self.conn.prepare_cached(
+    pub fn grid_rows(&self, collection: &str, first: u32, rows: u32) -> sql::Result<Vec<pb::Job>> {
+        self.conn.query_map(
             "SELECT * FROM jobs WHERE collection_id = ?1 AND content_index >= ?2 AND content_index < ?3 ORDER BY seq",
-        )?;
-        let jobs = stmt.query_map(params![collection, first, first.saturating_add(rows)], job_from_row)?.collect();
-        jobs
+            args![collection, first, first.saturating_add(rows)],
+            job_from_row,
+        )
     }
 
     /// The collection's columns, one per style × variant: each style's name
     /// and each variant's parameters (JSON), read from its first row.
-    pub fn grid_columns(&self, collection: &str) -> rusqlite::Result<Vec<pb::Column>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT style_index, variant_index, style_name, {JOB_PARAMS} FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq"
-        ))?;
-        let columns = stmt
-            .query_map([collection], |r| Ok(pb::Column { style_index: r.get(0)?, variant_index: r.get(1)?, style_name: r.get(2)?, params_json: r.get(3)? }))?
-            .collect();
-        columns
+    pub fn grid_columns(&self, collection: &str) -> sql::Result<Vec<pb::Column>> {
+        self.conn.query_map(
+            &format!("SELECT style_index, variant_index, style_name, {JOB_PARAMS} FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq"),
+            args![collection],
+            |r| Ok(pb::Column { style_index: r.get(0)?, variant_index: r.get(1)?, style_name: r.get(2)?, params_json: r.get(3)? }),
+        )
     }
 
     /// What the dashboard's farm page shows beside the workers.
-    pub fn farm_summary(&self) -> rusqlite::Result<FarmSummary> {
+    pub fn farm_summary(&self) -> sql::Result<FarmSummary> {
         let now = now();
         let done_last_hour = self.conn.query_row(
             "SELECT COUNT(*) FROM attempts WHERE ended >= ?1 AND outcome = 'succeeded'",
-            [now - 3600.0],
+            args![now - 3600.0],
             |r| r.get::<_, i64>(0),
         )? as u64;
         // "failed (KIND): message" counts under "failed (KIND)"; the other
         // outcomes are their own cause.
-        let mut stmt = self.conn.prepare_cached(
+        let failures = self.conn.query_map(
             "SELECT CASE WHEN outcome LIKE 'failed (%' THEN substr(outcome, 1, instr(outcome, ')')) ELSE outcome END AS cause, COUNT(*)
              FROM attempts WHERE ended >= ?1 AND outcome NOT IN ('succeeded', 'released', 'cancelled')
              GROUP BY cause ORDER BY COUNT(*) DESC",
+            args![now - 86_400.0],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
         )?;
-        let failures = stmt.query_map([now - 86_400.0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?.collect::<rusqlite::Result<_>>()?;
         // Each running job's pace: iterations since its attempt began over
         // the time since (loading included).
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT j.worker, (j.iteration - j.started_from) / MAX(?1 - a.started, 1e-3)
+        let pace = self.conn.query_map(
+            "SELECT j.worker, (j.iteration - j.started_from) / GREATEST(?1 - a.started, 1e-3)
              FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.state = ?2",
+            args![now, RUNNING],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?.max(0.0))),
         )?;
-        let pace = stmt.query_map(params![now, RUNNING], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?.max(0.0))))?.collect::<rusqlite::Result<_>>()?;
         Ok(FarmSummary { done_last_hour, failures_last_day: failures, iterations_per_second: pace })
     }
 
     /// Ids of the collections `owner` submitted (every one: `None`), oldest
     /// first. The service pages with [`Db::collections_page`]; tests list.
     #[cfg(test)]
-    pub fn collection_ids(&self, owner: Option<&str>) -> rusqlite::Result<Vec<String>> {
-        let mut stmt = self.conn.prepare("SELECT id FROM collections WHERE ?1 IS NULL OR owner = ?1 ORDER BY seq")?;
-        let ids = stmt.query_map([owner], |r| r.get(0))?.collect();
-        ids
+    pub fn collection_ids(&self, owner: Option<&str>) -> sql::Result<Vec<String>> {
+        self.conn.query_map("SELECT id FROM collections WHERE CAST(?1 AS TEXT) IS NULL OR owner = ?1 ORDER BY seq", args![owner], |r| r.get(0))
     }
 
     /// One job, its attempts and its collection's owner.
-    pub fn job(&self, id: &str) -> rusqlite::Result<Option<(String, pb::JobDetail)>> {
+    pub fn job(&self, id: &str) -> sql::Result<Option<(String, pb::JobDetail)>> {
         let job = self
             .conn
-            .query_row("SELECT j.*, c.owner AS owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1", [id], |r| {
+            .query_row("SELECT j.*, c.owner AS owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1", args![id], |r| {
                 Ok((r.get::<_, String>("owner")?, job_from_row(r)?))
             })
             .optional()?;
         let Some((owner, job)) = job else { return Ok(None) };
-        let mut stmt = self.conn.prepare("SELECT attempt, worker, started, ended, outcome, resumed_from FROM attempts WHERE job_id = ?1 ORDER BY attempt")?;
-        let attempts = stmt
-            .query_map([id], |r| {
+        let attempts = self.conn.query_map(
+            "SELECT attempt, worker, started, ended, outcome, resumed_from FROM attempts WHERE job_id = ?1 ORDER BY attempt",
+            args![id],
+            |r| {
                 Ok(pb::Attempt {
                     attempt: r.get(0)?,
                     worker: r.get(1)?,
@@ -613,8 +582,8 @@ impl Db {
                     outcome: r.get::<_, Option<String>>(4)?.unwrap_or_else(|| "running".into()),
                     resumed_from: r.get(5)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         let params_json = self.job_params(id)?.unwrap_or_default();
         Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json })))
     }
@@ -630,8 +599,8 @@ impl Db {
             .query_row(
                 "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2),
                         ended, draining
-                 FROM workers WHERE id = ?1",
-                [worker],
+                 FROM workers WHERE id = ?1 FOR UPDATE",
+                args![worker],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()?;
@@ -646,10 +615,10 @@ impl Db {
         if quarantined {
             return Err(CallError::Quarantined { worker: worker.to_string(), strikes });
         }
-        tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, worker])?;
+        tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", args![t, worker])?;
         // One lease at a time: a worker that asks while it holds one lost
         // the reply, and gets the same lease again.
-        let spec_of = |r: &Row| -> rusqlite::Result<pb::JobSpec> {
+        let spec_of = |r: &Row| -> sql::Result<pb::JobSpec> {
             Ok(pb::JobSpec {
                 job_id: r.get(0)?,
                 collection_id: r.get(1)?,
@@ -665,7 +634,7 @@ impl Db {
             })
         };
         let held = if holds {
-            tx.query_row(held_query(), [worker], |r| Ok((spec_of(r)?, r.get::<_, u32>(11)?, r.get::<_, i64>(13)? as u64))).optional()?
+            tx.query_row(held_query(), args![worker], |r| Ok((spec_of(r)?, r.get::<_, u32>(11)?, r.get::<_, i64>(13)? as u64))).optional()?
         } else {
             None
         };
@@ -681,7 +650,7 @@ impl Db {
         let row = tx
             .query_row(
                 lease_query(),
-                params![t, memory],
+                args![t, memory],
                 |r| {
                     Ok((
                         spec_of(r)?,
@@ -704,11 +673,11 @@ impl Db {
         tx.execute(
             "UPDATE jobs SET state = ?1, attempts = ?2, worker = ?3, fencing_token = ?4, lease_deadline = ?5, started_from = ?6, error = ''
              WHERE id = ?7",
-            params![step.to.to_wire() as i32, attempt, worker, token as i64, t + rules.lease_seconds, resume_iteration, spec.job_id],
+            args![step.to.to_wire() as i32, attempt, worker, token as i64, t + rules.lease_seconds, resume_iteration, spec.job_id],
         )?;
         tx.execute(
             "INSERT INTO attempts (job_id, attempt, worker, fencing_token, started, resumed_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![spec.job_id, attempt, worker, token as i64, t, resume_iteration],
+            args![spec.job_id, attempt, worker, token as i64, t, resume_iteration],
         )?;
         tx.commit()?;
         self.touched.push(spec.job_id.clone());
@@ -722,7 +691,7 @@ impl Db {
             .conn
             .query_row(
                 "SELECT j.collection_id, a.attempt, a.worker FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id = ?1 AND a.fencing_token = ?2",
-                params![call.job, call.token as i64],
+                args![call.job, call.token as i64],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
@@ -735,8 +704,8 @@ impl Db {
 
     /// Why a call's (job, token) has no attempt: no such job, or a token
     /// that was never this job's.
-    fn unknown(&self, call: &Call) -> rusqlite::Result<CallError> {
-        let exists: Option<i64> = self.conn.query_row("SELECT 1 FROM jobs WHERE id = ?1", [call.job], |r| r.get(0)).optional()?;
+    fn unknown(&self, call: &Call) -> sql::Result<CallError> {
+        let exists: Option<i64> = self.conn.query_row("SELECT 1 FROM jobs WHERE id = ?1", args![call.job], |r| r.get(0)).optional()?;
         Ok(match exists {
             None => CallError::NoJob(call.job.to_string()),
             Some(_) => CallError::Stale { job: call.job.to_string(), why: String::new() },
@@ -755,18 +724,18 @@ impl Db {
         rules: &Rules,
         outcome: &str,
         reported: &[(&str, u32)],
-        apply: impl FnOnce(&Connection, State) -> rusqlite::Result<()>,
+        apply: impl FnOnce(&Conn, State) -> sql::Result<()>,
     ) -> Result<Answer, CallError> {
         let tx = self.conn.savepoint()?;
         let job: Option<(i32, i64, String, u32, u32, u32)> = tx
-            .query_row("SELECT state, fencing_token, collection_id, failures, requeues, iterations FROM jobs WHERE id = ?1", [call.job], |r| {
+            .query_row("SELECT state, fencing_token, collection_id, failures, requeues, iterations FROM jobs WHERE id = ?1 FOR UPDATE", args![call.job], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })
             .optional()?;
         let (state, current, collection, failures, requeues, total) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
         let state = state_of(state)?;
         let attempt: Option<(String, Option<String>)> = tx
-            .query_row("SELECT worker, outcome FROM attempts WHERE job_id = ?1 AND fencing_token = ?2", params![call.job, call.token as i64], |r| {
+            .query_row("SELECT worker, outcome FROM attempts WHERE job_id = ?1 AND fencing_token = ?2", args![call.job, call.token as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
@@ -801,7 +770,7 @@ impl Db {
             let not_before = if step.backoff { t + backoff(failures + 1) } else { 0.0 };
             tx.execute(
                 "UPDATE jobs SET state = ?1, failures = failures + ?2, requeues = requeues + ?3, not_before = ?4 WHERE id = ?5",
-                params![step.to.to_wire() as i32, step.spend_failure as i32, step.spend_requeue as i32, not_before, call.job],
+                args![step.to.to_wire() as i32, step.spend_failure as i32, step.spend_requeue as i32, not_before, call.job],
             )?;
         }
         apply(&tx, step.to)?;
@@ -810,7 +779,7 @@ impl Db {
             let outcome = if cancelled { "cancelled" } else { outcome };
             tx.execute(
                 "UPDATE attempts SET ended = ?1, outcome = ?2 WHERE job_id = ?3 AND fencing_token = ?4",
-                params![t, outcome, call.job, call.token as i64],
+                args![t, outcome, call.job, call.token as i64],
             )?;
         }
         let strike = match event {
@@ -822,7 +791,7 @@ impl Db {
             _ => None,
         };
         if event != Event::Lapse {
-            tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", params![t, call.worker])?;
+            tx.execute("UPDATE workers SET last_seen = ?1 WHERE id = ?2", args![t, call.worker])?;
         }
         if let Some(strike) = strike {
             Self::record(&tx, call.worker, call.job, strike, event, rules)?;
@@ -837,10 +806,10 @@ impl Db {
     /// one's last call, so it was answering while this worker was silent.
     /// Alone on the farm, or with everyone silent at once, a lapse says
     /// more about the coordinator or the network than about the worker.
-    fn silent_while_others_heard(tx: &Connection, worker: &str, rules: &Rules) -> rusqlite::Result<bool> {
+    fn silent_while_others_heard(tx: &Conn, worker: &str, rules: &Rules) -> sql::Result<bool> {
         tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM workers o WHERE o.id != ?1 AND o.last_seen > (SELECT last_seen FROM workers WHERE id = ?1) + ?2)",
-            params![worker, rules.lease_seconds / 2.0],
+            args![worker, rules.lease_seconds / 2.0],
             |r| r.get(0),
         )
     }
@@ -854,13 +823,13 @@ impl Db {
     /// different jobs. Leases that lapse on one job alone (a job whose
     /// lease no worker can even read) are the job's fault, and its requeue
     /// budget ends it.
-    fn record(tx: &Connection, worker: &str, job: &str, strike: bool, event: Event, rules: &Rules) -> rusqlite::Result<()> {
+    fn record(tx: &Conn, worker: &str, job: &str, strike: bool, event: Event, rules: &Rules) -> sql::Result<()> {
         if !strike {
-            tx.execute("UPDATE workers SET strikes = 0, strike_jobs = '' WHERE id = ?1", [worker])?;
+            tx.execute("UPDATE workers SET strikes = 0, strike_jobs = '' WHERE id = ?1", args![worker])?;
             return Ok(());
         }
         let (strikes, jobs): (u32, String) =
-            tx.query_row("SELECT strikes, strike_jobs FROM workers WHERE id = ?1", [worker], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.query_row("SELECT strikes, strike_jobs FROM workers WHERE id = ?1", args![worker], |r| Ok((r.get(0)?, r.get(1)?)))?;
         // The streak's last `quarantine_after` strikes, each `W:job` (its
         // own Fail) or `L:job` (a lapse).
         let (strikes, mut jobs) = (strikes + 1, jobs.split_whitespace().map(str::to_string).collect::<Vec<_>>());
@@ -880,9 +849,9 @@ impl Db {
             String::new()
         };
         tx.execute(
-            "UPDATE workers SET strikes = ?2, strike_jobs = ?3, quarantined = quarantined OR ?4, quarantine_reason = CASE WHEN ?4 THEN ?5 ELSE quarantine_reason END
+            "UPDATE workers SET strikes = ?2, strike_jobs = ?3, quarantined = GREATEST(quarantined, ?4), quarantine_reason = CASE WHEN CAST(?4 AS BIGINT) != 0 THEN ?5 ELSE quarantine_reason END
              WHERE id = ?1",
-            params![worker, strikes, jobs.join(" "), quarantine, reason],
+            args![worker, strikes, jobs.join(" "), quarantine, reason],
         )?;
         Ok(())
     }
@@ -899,14 +868,14 @@ impl Db {
             }
             tx.execute(
                 "UPDATE jobs SET lease_deadline = ?1, iteration = ?2, content = ?3, style = ?4, tv = ?5, total = ?6, eta = ?7 WHERE id = ?8",
-                params![deadline, p.iteration, p.content, p.style, p.tv, p.total, p.eta_seconds, call.job],
+                args![deadline, p.iteration, p.content, p.style, p.tv, p.total, p.eta_seconds, call.job],
             )?;
             if let Some(from) = r.resumed_from {
-                tx.execute("UPDATE jobs SET started_from = ?1 WHERE id = ?2", params![from, call.job])?;
-                tx.execute("UPDATE attempts SET resumed_from = ?1 WHERE job_id = ?2 AND fencing_token = ?3", params![from, call.job, call.token as i64])?;
+                tx.execute("UPDATE jobs SET started_from = ?1 WHERE id = ?2", args![from, call.job])?;
+                tx.execute("UPDATE attempts SET resumed_from = ?1 WHERE job_id = ?2 AND fencing_token = ?3", args![from, call.job, call.token as i64])?;
             }
             if let Some(key) = checkpoint_key {
-                tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", params![key, r.checkpoint_iteration, call.job])?;
+                tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", args![key, r.checkpoint_iteration, call.job])?;
             }
             Ok(())
         })
@@ -918,7 +887,7 @@ impl Db {
         self.worker_event(call, Event::Complete, rules, "succeeded", &[], |tx, _| {
             tx.execute(
                 "UPDATE jobs SET output_key = ?1, iteration = ?2, content = ?3, style = ?4, tv = ?5, total = ?6, eta = 0, error = '' WHERE id = ?7",
-                params![output_key, p.iteration, p.content, p.style, p.tv, p.total, call.job],
+                args![output_key, p.iteration, p.content, p.style, p.tv, p.total, call.job],
             )?;
             Ok(())
         })
@@ -947,11 +916,11 @@ impl Db {
             } else {
                 message.to_string()
             };
-            tx.execute("UPDATE jobs SET error = ?1 WHERE id = ?2", params![error, call.job])?;
+            tx.execute("UPDATE jobs SET error = ?1 WHERE id = ?2", args![error, call.job])?;
             if kind == pb::FailureKind::OutOfMemory {
                 tx.execute(
-                    "UPDATE jobs SET min_memory = MAX(min_memory, (SELECT memory_bytes + 1 FROM workers WHERE id = ?1 AND memory_bytes > 0)) WHERE id = ?2",
-                    params![call.worker, call.job],
+                    "UPDATE jobs SET min_memory = GREATEST(min_memory, COALESCE((SELECT memory_bytes + 1 FROM workers WHERE id = ?1 AND memory_bytes > 0), 0)) WHERE id = ?2",
+                    args![call.worker, call.job],
                 )?;
             }
             Ok(())
@@ -963,7 +932,7 @@ impl Db {
     pub fn release(&mut self, call: &Call, checkpoint: Option<(&str, u32)>, rules: &Rules) -> Result<Answer, CallError> {
         self.worker_event(call, Event::Release, rules, "released", &[], |tx, to| {
             if let (Some((key, iteration)), State::Queued) = (checkpoint, to) {
-                tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", params![key, iteration, call.job])?;
+                tx.execute("UPDATE jobs SET resume_key = ?1, resume_iteration = ?2 WHERE id = ?3", args![key, iteration, call.job])?;
             }
             Ok(())
         })
@@ -976,26 +945,28 @@ impl Db {
     /// found the coordinator itself behind (a blocked runtime, a backed-up
     /// state thread): nothing could be heard in that time, so running
     /// leases get it back before anything is expired.
-    pub fn expire_leases(&mut self, rules: &Rules) -> rusqlite::Result<Vec<String>> {
+    pub fn expire_leases(&mut self, rules: &Rules) -> sql::Result<Vec<String>> {
         let t = now();
         let stalled = self.last_sweep.map_or(0.0, |last| t - last);
         self.last_sweep = Some(t);
         if stalled > STALL_SECONDS {
-            let extended = self.conn.execute("UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE state = ?2", params![stalled, RUNNING])?;
+            let extended = self.conn.execute("UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE state = ?2", args![stalled, RUNNING])?;
             tracing::warn!(seconds = stalled, leases = extended, "the coordinator was behind; running leases get that time back");
             metrics::counter!("stylefarm_coordinator_stalls_total").increment(1);
         }
         let lapsed: Vec<(String, String, i64)> = {
-            let mut stmt = self.conn.prepare_cached("SELECT id, worker, fencing_token FROM jobs WHERE state = 2 AND lease_deadline < ?1")?;
-            let rows = stmt.query_map(params![now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
+            // Another coordinator's sweep (or a call it is applying) has
+            // the rows it locked: this one takes the rest.
+            self.conn.query_map("SELECT id, worker, fencing_token FROM jobs WHERE state = 2 AND lease_deadline < ?1 FOR UPDATE SKIP LOCKED", args![now()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
         };
         let mut touched = Vec::new();
         for (job, worker, token) in lapsed {
             let call = Call { worker: &worker, job: &job, token: token as u64 };
             let message = "its worker stopped heartbeating (lease lapsed)";
             match self.worker_event(&call, Event::Lapse, rules, "lease lapsed", &[], |tx, _| {
-                tx.execute("UPDATE jobs SET error = ?1 WHERE id = ?2", params![message, job])?;
+                tx.execute("UPDATE jobs SET error = ?1 WHERE id = ?2", args![message, job])?;
                 Ok(())
             }) {
                 Ok(a) => touched.push(a.collection),
@@ -1007,11 +978,9 @@ impl Db {
     }
 
     /// `(state name, jobs)` for every state.
-    pub fn counts(&self) -> rusqlite::Result<Vec<(&'static str, i64)>> {
+    pub fn counts(&self) -> sql::Result<Vec<(&'static str, i64)>> {
         let mut n = [0i64; 6];
-        let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, i64>(1)?)))? {
-            let (state, count) = row?;
+        for (state, count) in self.conn.query_map("SELECT state, COUNT(*) FROM jobs GROUP BY state", args![], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, i64>(1)?)))? {
             if let Some(slot) = n.get_mut(state) {
                 *slot = count;
             }
@@ -1020,11 +989,12 @@ impl Db {
     }
 
     /// How many of a collection's jobs are in each state.
-    pub fn job_counts(&self, collection: &str) -> rusqlite::Result<pb::JobCounts> {
+    pub fn job_counts(&self, collection: &str) -> sql::Result<pb::JobCounts> {
         let mut counts = pb::JobCounts::default();
-        let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE collection_id = ?1 GROUP BY state")?;
-        for row in stmt.query_map([collection], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, u32>(1)?)))? {
-            let (state, n) = row?;
+        let rows = self.conn.query_map("SELECT state, COUNT(*) FROM jobs WHERE collection_id = ?1 GROUP BY state", args![collection], |r| {
+            Ok((r.get::<_, i32>(0)?, r.get::<_, u32>(1)?))
+        })?;
+        for (state, n) in rows {
             add(&mut counts, state, n);
         }
         Ok(counts)
@@ -1034,13 +1004,12 @@ impl Db {
     /// oldest first, without their jobs but with their counts: those after
     /// sequence number `after`. Returns the page and the last one's
     /// sequence number when more may follow.
-    pub fn collections_page(&self, owner: Option<&str>, after: i64, limit: u32) -> rusqlite::Result<(Vec<pb::Collection>, Option<i64>)> {
-        let mut stmt = self.conn.prepare_cached(
+    pub fn collections_page(&self, owner: Option<&str>, after: i64, limit: u32) -> sql::Result<(Vec<pb::Collection>, Option<i64>)> {
+        let rows: Vec<(pb::Collection, i64)> = self.conn.query_map(
             "SELECT id, name, priority, created, contents, styles, variants, seq FROM collections
-             WHERE (?1 IS NULL OR owner = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows: Vec<(pb::Collection, i64)> = stmt
-            .query_map(params![owner, after, limit], |r| {
+             WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+            args![owner, after, limit],
+            |r| {
                 Ok((
                     pb::Collection {
                         collection_id: r.get(0)?,
@@ -1054,8 +1023,8 @@ impl Db {
                     },
                     r.get(7)?,
                 ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
         let mut page = Vec::with_capacity(rows.len());
         for (mut c, _) in rows {
@@ -1067,27 +1036,29 @@ impl Db {
 
     /// One page of a collection's jobs in submission order: those after
     /// sequence number `after`; and the last one's when more may follow.
-    pub fn jobs_page(&self, collection: &str, after: i64, limit: u32) -> rusqlite::Result<(Vec<pb::Job>, Option<i64>)> {
-        let mut stmt = self.conn.prepare_cached("SELECT *, seq AS page_seq FROM jobs WHERE collection_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
-        let rows: Vec<(pb::Job, i64)> =
-            stmt.query_map(params![collection, after, limit], |r| Ok((job_from_row(r)?, r.get("page_seq")?)))?.collect::<rusqlite::Result<_>>()?;
+    pub fn jobs_page(&self, collection: &str, after: i64, limit: u32) -> sql::Result<(Vec<pb::Job>, Option<i64>)> {
+        let rows: Vec<(pb::Job, i64)> = self.conn.query_map(
+            "SELECT *, seq AS page_seq FROM jobs WHERE collection_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            args![collection, after, limit],
+            |r| Ok((job_from_row(r)?, r.get("page_seq")?)),
+        )?;
         let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
         Ok((rows.into_iter().map(|(j, _)| j).collect(), next))
     }
 
     /// The owner of a collection, if it exists.
-    pub fn owner(&self, collection: &str) -> rusqlite::Result<Option<String>> {
-        self.conn.query_row("SELECT owner FROM collections WHERE id = ?1", [collection], |r| r.get(0)).optional()
+    pub fn owner(&self, collection: &str) -> sql::Result<Option<String>> {
+        self.conn.query_row("SELECT owner FROM collections WHERE id = ?1", args![collection], |r| r.get(0)).optional()
     }
 
     /// Where a job's attempts are: its collection, the collection's owner
     /// and the number of attempts so far (0: none yet). Folders are
     /// [`crate::paths::attempt`]`(collection, job, n)` for n in 1..=attempts.
-    pub fn latest_attempt(&self, job: &str) -> rusqlite::Result<Option<(String, String, u32)>> {
+    pub fn latest_attempt(&self, job: &str) -> sql::Result<Option<(String, String, u32)>> {
         self.conn
             .query_row(
                 "SELECT j.collection_id, c.owner, j.attempts FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1",
-                [job],
+                args![job],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?)),
             )
             .optional()
@@ -1095,18 +1066,16 @@ impl Db {
 
     /// Cancels every job of a collection that the state machine lets go
     /// (queued and running ones; ended ones keep their state).
-    pub fn cancel(&mut self, collection: &str) -> rusqlite::Result<usize> {
+    pub fn cancel(&mut self, collection: &str) -> sql::Result<usize> {
         let tx = self.conn.savepoint()?;
         let ids: Vec<(String, i32)> = {
-            let mut stmt = tx.prepare("SELECT id, state FROM jobs WHERE collection_id = ?1")?;
-            let rows = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
+            tx.query_map("SELECT id, state FROM jobs WHERE collection_id = ?1 FOR UPDATE", args![collection], |r| Ok((r.get(0)?, r.get(1)?)))?
         };
         let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
         let mut n = 0;
         for (id, state) in ids {
             if let Ok(step) = machine::next(state_of(state)?, Event::Cancel, budget) {
-                tx.execute("UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2", params![step.to.to_wire() as i32, id])?;
+                tx.execute("UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2", args![step.to.to_wire() as i32, id])?;
                 self.touched.push(id);
                 n += 1;
             }
@@ -1121,9 +1090,11 @@ impl Db {
     /// Retries every failed job of a collection; how many.
     pub fn retry_failed(&mut self, collection: &str) -> Result<usize, CallError> {
         let failed: Vec<String> = {
-            let mut stmt = self.conn.prepare_cached("SELECT id FROM jobs INDEXED BY jobs_by_collection_state WHERE collection_id = ?1 AND state = ?2")?;
-            let rows = stmt.query_map(params![collection, pb::JobState::Failed as i32], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
+            self.conn.query_map(
+                "SELECT id FROM jobs INDEXED BY jobs_by_collection_state WHERE collection_id = ?1 AND state = ?2",
+                args![collection, pb::JobState::Failed as i32],
+                |r| r.get(0),
+            )?
         };
         for job in &failed {
             self.act_on_job(job, Event::Retry, None)?;
@@ -1133,8 +1104,8 @@ impl Db {
 
     /// A job's parameters (JSON, every key present): its own if it has
     /// them, else its variant's.
-    pub fn job_params(&self, job: &str) -> rusqlite::Result<Option<String>> {
-        self.conn.query_row(&format!("SELECT {JOB_PARAMS} FROM jobs WHERE id = ?1"), [job], |r| r.get(0)).optional()
+    pub fn job_params(&self, job: &str) -> sql::Result<Option<String>> {
+        self.conn.query_row(&format!("SELECT {JOB_PARAMS} FROM jobs WHERE id = ?1"), args![job], |r| r.get(0)).optional()
     }
 
     /// A person's Cancel or Retry of one job; a retry with `changed`
@@ -1149,7 +1120,7 @@ impl Db {
     ) -> Result<String, CallError> {
         let tx = self.conn.savepoint()?;
         let row: Option<(i32, String)> =
-            tx.query_row("SELECT state, collection_id FROM jobs WHERE id = ?1", [job], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            tx.query_row("SELECT state, collection_id FROM jobs WHERE id = ?1", args![job], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         let (state, collection) = row.ok_or_else(|| CallError::NoJob(job.to_string()))?;
         let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
         let step = machine::next(state_of(state)?, event, budget).map_err(|refusal| CallError::Refused { job: job.to_string(), refusal })?;
@@ -1157,25 +1128,25 @@ impl Db {
             Event::Retry => {
                 tx.execute(
                     "UPDATE jobs SET state = ?1, failures = 0, requeues = 0, not_before = 0, error = '' WHERE id = ?2",
-                    params![step.to.to_wire() as i32, job],
+                    args![step.to.to_wire() as i32, job],
                 )?;
                 if let Some(p) = changed {
                     tx.execute(
                         "UPDATE jobs SET params_json = ?1, iterations = ?2, min_memory = ?3, resume_key = '', resume_iteration = 0,
                                          iteration = 0, content = 0, style = 0, tv = 0, total = 0, eta = 0
                          WHERE id = ?4",
-                        params![p.params_json, p.iterations, i64::try_from(p.min_memory).unwrap_or(i64::MAX), job],
+                        args![p.params_json, p.iterations, i64::try_from(p.min_memory).unwrap_or(i64::MAX), job],
                     )?;
                 }
                 tx.execute(
                     "UPDATE collections SET notified = 0 WHERE id = ?1 AND notify_url != ''",
-                    [&collection],
+                    args![&collection],
                 )?;
             }
             _ => {
                 tx.execute(
                     "UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2",
-                    params![step.to.to_wire() as i32, job],
+                    args![step.to.to_wire() as i32, job],
                 )?;
             }
         };
@@ -1186,13 +1157,13 @@ impl Db {
 
     /// What a retry with changes needs of a job: its parameters (every
     /// key), how many styles it blends, and its size.
-    pub fn job_for_retry(&self, job: &str) -> rusqlite::Result<Option<(String, usize, u32, u32)>> {
+    pub fn job_for_retry(&self, job: &str) -> sql::Result<Option<(String, usize, u32, u32)>> {
         self.conn
             .query_row(
                 &format!(
                     "SELECT {JOB_PARAMS}, {JOB_STYLE_KEYS}, width, height FROM jobs WHERE id = ?1"
                 ),
-                [job],
+                args![job],
                 |r| {
                     let keys: String = r.get(1)?;
                     Ok((
@@ -1286,28 +1257,42 @@ mod tests {
         (dir, db)
     }
 
+    /// Runs `test` on a fresh SQLite file, and on a fresh PostgreSQL
+    /// database when `STYLEFARM_TEST_POSTGRES` names a server
+    /// (`scripts/test.sh` starts one).
+    fn each_backend(test: impl Fn(&Target)) {
+        let dir = tempfile::tempdir().unwrap();
+        test(&Target::Sqlite(dir.path().join("farm.db")));
+        if let Some(pg) = super::testing::Postgres::from_env() {
+            let database = pg.fresh_database();
+            eprintln!("again on PostgreSQL ({})", database.describe());
+            test(&database);
+        }
+    }
+
     #[test]
     fn ids_are_found_by_their_start_and_nothing_else() {
-        let (_dir, mut db) = open();
-        create(&mut db, "abcd0000-c", 0, &[job("abcd1111-j"), job("abce2222-j")]);
-        let found = |p: &str| db.ids_starting(p, 20).unwrap().into_iter().map(|(k, id, _)| (k, id)).collect::<Vec<_>>();
-        use ids::Kind::{Collection, Job};
-        assert_eq!(found("abcd1"), vec![(Job, "abcd1111-j".to_string())]);
-        assert_eq!(found("abcd"), vec![(Collection, "abcd0000-c".to_string()), (Job, "abcd1111-j".to_string())], "both kinds");
-        assert_eq!(found("abc").len(), 3);
-        assert!(found("abcf").is_empty() && found("bcd").is_empty(), "a start, not a part");
-        assert_eq!(found("abce2222-j"), vec![(Job, "abce2222-j".to_string())], "a whole id is its own start");
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            create(&mut db, "abcd0000-c", 0, &[job("abcd1111-j"), job("abce2222-j")]);
+            let found = |p: &str| db.ids_starting(p, 20).unwrap().into_iter().map(|(k, id, _)| (k, id)).collect::<Vec<_>>();
+            use ids::Kind::{Collection, Job};
+            assert_eq!(found("abcd1"), vec![(Job, "abcd1111-j".to_string())]);
+            assert_eq!(found("abcd"), vec![(Collection, "abcd0000-c".to_string()), (Job, "abcd1111-j".to_string())], "both kinds");
+            assert_eq!(found("abc").len(), 3);
+            assert!(found("abcf").is_empty() && found("bcd").is_empty(), "a start, not a part");
+            assert_eq!(found("abce2222-j"), vec![(Job, "abce2222-j".to_string())], "a whole id is its own start");
+        });
     }
 
     #[test]
     fn survives_reopen_and_fences_stale_leases() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("farm.db");
+        each_backend(|target| {
         {
-            let mut db = Db::open(&path).unwrap();
+            let mut db = Db::connect(target).unwrap();
             create(&mut db, "c1", 0, &[job("j1")]);
         }
-        let mut db = Db::open(&path).unwrap();
+        let mut db = Db::connect(target).unwrap();
         assert_eq!(db.collection("c1").unwrap().unwrap().1.jobs.len(), 1, "nothing lost across a reopen");
         worker(&mut db, "w1", 0);
         worker(&mut db, "w2", 0);
@@ -1330,150 +1315,155 @@ mod tests {
         assert!(db.complete(&good, "k", &Default::default(), &RULES).unwrap().repeated, "a retried completion is answered OK");
         assert_eq!(state(&db, "c1", "j1").state, pb::JobState::Succeeded as i32);
         assert!(matches!(db.fail(&good, pb::FailureKind::Internal, "x", &RULES), Err(CallError::Stale { .. })), "a success is final");
+        });
     }
 
     #[test]
     fn only_registered_unquarantined_workers_lease_and_tokens_are_not_a_sequence() {
-        let (_d, mut db) = open();
-        create(&mut db, "c", 0, &[job("a"), job("b"), job("c"), job("d")]);
-        assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
-        worker(&mut db, "w", 0);
-        let l1 = db.lease("w", &RULES).unwrap().unwrap();
-        let again = db.lease("w", &RULES).unwrap().unwrap();
-        assert_eq!((&again.spec.job_id, again.token, again.attempt), (&l1.spec.job_id, l1.token, l1.attempt), "one lease at a time: the same again");
-        assert_eq!(again.spec.prefix, l1.spec.prefix);
-        worker(&mut db, "x", 0);
-        let t1 = l1.token;
-        let t2 = db.lease("x", &RULES).unwrap().unwrap().token;
-        assert!(t2 > t1 && t2 - t1 != 1 && (t2 & 0xffff_ffff) != ((t1 + 1) & 0xffff_ffff), "{t1} then {t2}");
-        db.fail(&Call { worker: "w", job: "a", token: t1 }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
-        for _ in 0..2 {
-            let l = db.lease("w", &RULES).unwrap().unwrap();
-            db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
-        }
-        assert!(matches!(
-            db.lease("w", &RULES),
-            Err(CallError::Quarantined { strikes: 3, .. })
-        ));
-        let (listed, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
-        let w = listed.iter().find(|w| w.worker_id == "w").unwrap();
-        assert!(w.quarantined && w.strikes == 3);
-        assert!(w.quarantine_reason.contains("its own failure (WORKER)"), "{}", w.quarantine_reason);
-        let j = state(&db, "c", "a");
-        assert_eq!((j.state, j.failures), (QUEUED, 0), "the worker's fault costs the job nothing");
-        assert!(j.requeues >= 1);
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            create(&mut db, "c", 0, &[job("a"), job("b"), job("c"), job("d")]);
+            assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
+            worker(&mut db, "w", 0);
+            let l1 = db.lease("w", &RULES).unwrap().unwrap();
+            let again = db.lease("w", &RULES).unwrap().unwrap();
+            assert_eq!((&again.spec.job_id, again.token, again.attempt), (&l1.spec.job_id, l1.token, l1.attempt), "one lease at a time: the same again");
+            assert_eq!(again.spec.prefix, l1.spec.prefix);
+            worker(&mut db, "x", 0);
+            let t1 = l1.token;
+            let t2 = db.lease("x", &RULES).unwrap().unwrap().token;
+            assert!(t2 > t1 && t2 - t1 != 1 && (t2 & 0xffff_ffff) != ((t1 + 1) & 0xffff_ffff), "{t1} then {t2}");
+            db.fail(&Call { worker: "w", job: "a", token: t1 }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+            for _ in 0..2 {
+                let l = db.lease("w", &RULES).unwrap().unwrap();
+                db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+            }
+            assert!(matches!(
+                db.lease("w", &RULES),
+                Err(CallError::Quarantined { strikes: 3, .. })
+            ));
+            let (listed, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
+            let w = listed.iter().find(|w| w.worker_id == "w").unwrap();
+            assert!(w.quarantined && w.strikes == 3);
+            assert!(w.quarantine_reason.contains("its own failure (WORKER)"), "{}", w.quarantine_reason);
+            let j = state(&db, "c", "a");
+            assert_eq!((j.state, j.failures), (QUEUED, 0), "the worker's fault costs the job nothing");
+            assert!(j.requeues >= 1);
+        });
     }
 
     #[test]
     fn bad_input_is_not_retried_other_failures_are_capped_and_cancel_is_final() {
-        let (_d, mut db) = open();
-        create(&mut db, "c", 0, &[job("a"), job("b")]);
-        worker(&mut db, "w", 0);
-        let l = db.lease("w", &RULES).unwrap().unwrap();
-        db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::BadInput, "not an image", &RULES).unwrap();
-        assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Failed as i32);
-        let l = db.lease("w", &RULES).unwrap().unwrap();
-        let two = Rules { max_failures: 2, ..RULES };
-        db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Internal, "boom", &two).unwrap();
-        assert_eq!(state(&db, "c", &l.spec.job_id).state, QUEUED, "retried after an internal failure");
-        assert!(db.lease("w", &RULES).unwrap().is_none(), "not before its backoff");
-        // Cancel while running: the worker's later Fail leaves it cancelled.
-        db.conn.execute("UPDATE jobs SET not_before = 0", []).unwrap();
-        let l = db.lease("w", &RULES).unwrap().unwrap();
-        db.cancel("c").unwrap();
-        let call = Call { worker: "w", job: &l.spec.job_id, token: l.token };
-        db.fail(&call, pb::FailureKind::Internal, "interrupted", &RULES).unwrap();
-        assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Cancelled as i32, "a fail after cancel does not requeue");
-        assert!(db.lease("w", &RULES).unwrap().is_none());
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            create(&mut db, "c", 0, &[job("a"), job("b")]);
+            worker(&mut db, "w", 0);
+            let l = db.lease("w", &RULES).unwrap().unwrap();
+            db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::BadInput, "not an image", &RULES).unwrap();
+            assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Failed as i32);
+            let l = db.lease("w", &RULES).unwrap().unwrap();
+            let two = Rules { max_failures: 2, ..RULES };
+            db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Internal, "boom", &two).unwrap();
+            assert_eq!(state(&db, "c", &l.spec.job_id).state, QUEUED, "retried after an internal failure");
+            assert!(db.lease("w", &RULES).unwrap().is_none(), "not before its backoff");
+            // Cancel while running: the worker's later Fail leaves it cancelled.
+            db.conn.execute("UPDATE jobs SET not_before = 0", args![]).unwrap();
+            let l = db.lease("w", &RULES).unwrap().unwrap();
+            db.cancel("c").unwrap();
+            let call = Call { worker: "w", job: &l.spec.job_id, token: l.token };
+            db.fail(&call, pb::FailureKind::Internal, "interrupted", &RULES).unwrap();
+            assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Cancelled as i32, "a fail after cancel does not requeue");
+            assert!(db.lease("w", &RULES).unwrap().is_none());
+        });
     }
 
     #[test]
     fn out_of_memory_moves_the_job_to_a_larger_device() {
-        let (_d, mut db) = open();
-        create(&mut db, "c", 0, &[job("a")]);
-        worker(&mut db, "small", 1 << 30);
-        worker(&mut db, "large", 8 << 30);
-        let l = db.lease("small", &RULES).unwrap().unwrap();
-        db.fail(&Call { worker: "small", job: "a", token: l.token }, pb::FailureKind::OutOfMemory, "CUDA_ERROR_OUT_OF_MEMORY", &RULES).unwrap();
-        db.conn.execute("UPDATE jobs SET not_before = 0", []).unwrap();
-        assert!(db.lease("small", &RULES).unwrap().is_none(), "not again on a device that ran out");
-        assert_eq!(db.lease("large", &RULES).unwrap().unwrap().spec.job_id, "a");
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            create(&mut db, "c", 0, &[job("a")]);
+            worker(&mut db, "small", 1 << 30);
+            worker(&mut db, "large", 8 << 30);
+            let l = db.lease("small", &RULES).unwrap().unwrap();
+            db.fail(&Call { worker: "small", job: "a", token: l.token }, pb::FailureKind::OutOfMemory, "CUDA_ERROR_OUT_OF_MEMORY", &RULES).unwrap();
+            db.conn.execute("UPDATE jobs SET not_before = 0", args![]).unwrap();
+            assert!(db.lease("small", &RULES).unwrap().is_none(), "not again on a device that ran out");
+            assert_eq!(db.lease("large", &RULES).unwrap().unwrap().spec.job_id, "a");
+        });
     }
 
     #[test]
     fn a_retried_submit_returns_the_first_collection() {
-        let (_d, mut db) = open();
-        let c = |id: &str| NewCollection {
-            id: id.into(),
-            owner: "u1".into(),
-            idempotency_key: "k1".into(),
-            name: "n".into(),
-            priority: 0,
-            shape: (1, 1, 1),
-            jobs: vec![job("a")],
-            notify_url: String::new(),
-        };
-        assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
-        assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
-        assert_eq!(db.collection_ids(None).unwrap().len(), 1);
-        let other = NewCollection { id: "third".into(), owner: "u2".into(), jobs: vec![job("b")], ..c("x") };
-        assert_eq!(db.create_collection(&other).unwrap().0, "third", "keys are per user");
-        assert_eq!(db.collection_ids(Some("u1")).unwrap(), ["first"]);
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            let c = |id: &str| NewCollection {
+                id: id.into(),
+                owner: "u1".into(),
+                idempotency_key: "k1".into(),
+                name: "n".into(),
+                priority: 0,
+                shape: (1, 1, 1),
+                jobs: vec![job("a")],
+                notify_url: String::new(),
+            };
+            assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
+            assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
+            assert_eq!(db.collection_ids(None).unwrap().len(), 1);
+            let other = NewCollection { id: "third".into(), owner: "u2".into(), jobs: vec![job("b")], ..c("x") };
+            assert_eq!(db.create_collection(&other).unwrap().0, "third", "keys are per user");
+            assert_eq!(db.collection_ids(Some("u1")).unwrap(), ["first"]);
+        });
     }
 
     #[test]
     fn lease_walks_an_index_and_never_sorts() {
         let (_d, db) = open();
-        let plan: Vec<String> = db
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", lease_query()))
-            .unwrap()
-            .query_map(params![0.0, 0], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query()), args![0.0, 0], |r| r.get::<_, String>(3)).unwrap();
         let plan = plan.join("; ");
         assert!(plan.contains("jobs_queue") && !plan.contains("TEMP B-TREE"), "{plan}");
         // The lease a worker already holds is found by its own index, not
         // a scan of every job.
-        let plan: Vec<String> = db.conn.prepare(&format!("EXPLAIN QUERY PLAN {}", held_query())).unwrap().query_map(["w"], |r| r.get::<_, String>(3)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+        let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", held_query()), args!["w"], |r| r.get::<_, String>(3)).unwrap();
         assert!(plan.join("; ").contains("jobs_held"), "{plan:?}");
     }
 
     #[test]
     fn pages_cover_every_item_once() {
-        let (_d, mut db) = open();
-        let jobs: Vec<NewJob> = (0..25).map(|i| job(&format!("j{i:02}"))).collect();
-        create(&mut db, "c", 0, &jobs);
-        for i in 0..5 {
-            create(&mut db, &format!("other{i}"), 0, &[job(&format!("o{i}"))]);
-        }
-        let (mut seen, mut after) = (Vec::new(), 0);
-        loop {
-            let (page, next) = db.jobs_page("c", after, 10).unwrap();
-            seen.extend(page.into_iter().map(|j| j.job_id));
-            match next {
-                Some(n) => after = n,
-                None => break,
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            let jobs: Vec<NewJob> = (0..25).map(|i| job(&format!("j{i:02}"))).collect();
+            create(&mut db, "c", 0, &jobs);
+            for i in 0..5 {
+                create(&mut db, &format!("other{i}"), 0, &[job(&format!("o{i}"))]);
             }
-        }
-        assert_eq!(seen, jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>());
-        let (mut collections, mut after) = (Vec::new(), 0);
-        loop {
-            let (page, next) = db.collections_page(None, after, 4).unwrap();
-            collections.extend(page.into_iter().map(|c| (c.collection_id, c.counts.unwrap().queued)));
-            match next {
-                Some(n) => after = n,
-                None => break,
+            let (mut seen, mut after) = (Vec::new(), 0);
+            loop {
+                let (page, next) = db.jobs_page("c", after, 10).unwrap();
+                seen.extend(page.into_iter().map(|j| j.job_id));
+                match next {
+                    Some(n) => after = n,
+                    None => break,
+                }
             }
-        }
-        assert_eq!(collections.len(), 6);
-        assert_eq!(collections[0], ("c".to_string(), 25), "counts come with each collection");
+            assert_eq!(seen, jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>());
+            let (mut collections, mut after) = (Vec::new(), 0);
+            loop {
+                let (page, next) = db.collections_page(None, after, 4).unwrap();
+                collections.extend(page.into_iter().map(|c| (c.collection_id, c.counts.unwrap().queued)));
+                match next {
+                    Some(n) => after = n,
+                    None => break,
+                }
+            }
+            assert_eq!(collections.len(), 6);
+            assert_eq!(collections[0], ("c".to_string(), 25), "counts come with each collection");
+        });
     }
 
     #[test]
     fn a_group_of_calls_commits_once_and_a_failing_one_undoes_only_itself() {
-        let (dir, mut db) = open();
+        each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
         create(&mut db, "c", 0, &[job("a"), job("b")]);
         worker(&mut db, "w", 0);
         worker(&mut db, "x", 0);
@@ -1482,88 +1472,95 @@ mod tests {
         assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
         let second = db.lease("x", &RULES).unwrap().unwrap();
         // Not visible to a reader before the commit…
-        let reader = Db::open_reader(&dir.path().join("farm.db")).unwrap();
+        let reader = Db::open_reader(target).unwrap();
         assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 0);
         db.commit().unwrap();
         // … and all of it after.
         assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 2);
         assert_ne!(first.spec.job_id, second.spec.job_id);
         assert_eq!(db.take_touched().len(), 2, "both leased jobs are announced");
+        });
     }
 
     #[test]
     fn priority_first_then_fifo() {
-        let (_d, mut db) = open();
-        create(&mut db, "low", 0, &[job("l1")]);
-        create(&mut db, "high", 5, &[job("h1"), job("h2")]);
-        let order: Vec<String> = (0..3)
-            .map(|i| {
-                // One lease a worker: three workers take the queue's first three.
-                worker(&mut db, &format!("w{i}"), 0);
-                db.lease(&format!("w{i}"), &RULES).unwrap().unwrap().spec.job_id
-            })
-            .collect();
-        assert_eq!(order, ["h1", "h2", "l1"]);
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            create(&mut db, "low", 0, &[job("l1")]);
+            create(&mut db, "high", 5, &[job("h1"), job("h2")]);
+            let order: Vec<String> = (0..3)
+                .map(|i| {
+                    // One lease a worker: three workers take the queue's first three.
+                    worker(&mut db, &format!("w{i}"), 0);
+                    db.lease(&format!("w{i}"), &RULES).unwrap().unwrap().spec.job_id
+                })
+                .collect();
+            assert_eq!(order, ["h1", "h2", "l1"]);
+        });
     }
 
     #[test]
     fn a_restart_grants_running_leases_a_full_lease_length() {
-        let (_d, mut db) = open();
-        create(&mut db, "c", 0, &[job("a")]);
-        worker(&mut db, "w", 0);
-        db.lease("w", &Rules { lease_seconds: -5.0, ..RULES }).unwrap().unwrap();
-        db.grant_grace(&RULES).unwrap();
-        assert!(db.expire_leases(&RULES).unwrap().is_empty(), "the downtime is not the worker's");
-        assert_eq!(state(&db, "c", "a").state, RUNNING);
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            create(&mut db, "c", 0, &[job("a")]);
+            worker(&mut db, "w", 0);
+            db.lease("w", &Rules { lease_seconds: -5.0, ..RULES }).unwrap().unwrap();
+            db.grant_grace(&RULES).unwrap();
+            assert!(db.expire_leases(&RULES).unwrap().is_empty(), "the downtime is not the worker's");
+            assert_eq!(state(&db, "c", "a").state, RUNNING);
+        });
     }
 
     #[test]
     fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() {
         let rules = Rules { lease_seconds: 0.3, max_failures: 3, max_requeues: 100, quarantine_after: 2 };
         let pause = |s: f64| std::thread::sleep(std::time::Duration::from_secs_f64(s));
-        let (_d, mut db) = open();
-        create(&mut db, "c", 0, &[job("a"), job("b")]);
-        worker(&mut db, "w", 0);
-        worker(&mut db, "o", 0);
-        let a = db.lease("o", &rules).unwrap().unwrap();
-        db.complete(&Call { worker: "o", job: "a", token: a.token }, "out", &pb::Progress::default(), &rules).unwrap();
-        let strikes = |db: &Db| {
-            let (ws, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
-            let w = ws.into_iter().find(|w| w.worker_id == "w").unwrap();
-            (w.strikes, w.quarantined, w.quarantine_reason)
-        };
-        assert!(db.expire_leases(&rules).unwrap().is_empty());
-        db.lease("w", &rules).unwrap().unwrap();
-        // The coordinator stalls for longer than a lease (no sweep runs):
-        // the next sweep gives the time back instead of expiring.
-        pause(STALL_SECONDS + 0.2);
-        assert!(db.expire_leases(&rules).unwrap().is_empty(), "a stall is nobody's fault");
-        assert_eq!(state(&db, "c", "b").state, RUNNING);
-        // Everyone silent (o was last heard before w): no evidence, no strike.
-        pause(0.6);
-        assert_eq!(db.expire_leases(&rules).unwrap(), vec!["c".to_string()]);
-        assert_eq!(state(&db, "c", "b").state, QUEUED);
-        assert_eq!(strikes(&db).0, 0, "a lapse nobody else was heard through is no strike");
-        // w silent while o is heard: strikes, but lapses on one job alone
-        // (a job no worker can even read) never quarantine.
-        for round in 1..=3 {
+        each_backend(|target| {
+            let mut db = Db::connect(target).unwrap();
+            create(&mut db, "c", 0, &[job("a"), job("b")]);
+            worker(&mut db, "w", 0);
+            worker(&mut db, "o", 0);
+            let a = db.lease("o", &rules).unwrap().unwrap();
+            db.complete(&Call { worker: "o", job: "a", token: a.token }, "out", &pb::Progress::default(), &rules).unwrap();
+            let strikes = |db: &Db| {
+                let (ws, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
+                let w = ws.into_iter().find(|w| w.worker_id == "w").unwrap();
+                (w.strikes, w.quarantined, w.quarantine_reason)
+            };
+            assert!(db.expire_leases(&rules).unwrap().is_empty());
+            db.lease("w", &rules).unwrap().unwrap();
+            // The coordinator stalls for longer than a lease (no sweep runs):
+            // the next sweep gives the time back instead of expiring.
+            pause(STALL_SECONDS + 0.2);
+            assert!(db.expire_leases(&rules).unwrap().is_empty(), "a stall is nobody's fault");
+            assert_eq!(state(&db, "c", "b").state, RUNNING);
+            // Everyone silent (o was last heard before w): no evidence, no strike.
+            pause(0.6);
+            assert_eq!(db.expire_leases(&rules).unwrap(), vec!["c".to_string()]);
+            assert_eq!(state(&db, "c", "b").state, QUEUED);
+            assert_eq!(strikes(&db).0, 0, "a lapse nobody else was heard through is no strike");
+            // w silent while o is heard: strikes, but lapses on one job alone
+            // (a job no worker can even read) never quarantine.
+            for round in 1..=3 {
+                db.lease("w", &rules).unwrap().unwrap();
+                pause(0.2);
+                assert!(db.lease("o", &rules).unwrap().is_none());
+                pause(0.15);
+                assert_eq!(db.expire_leases(&rules).unwrap().len(), 1);
+                assert_eq!(strikes(&db), (round, false, String::new()), "round {round}");
+            }
+            // The same on a second job: evidence against the worker.
+            db.cancel("c").unwrap();
+            create(&mut db, "d", 0, &[job("e")]);
             db.lease("w", &rules).unwrap().unwrap();
             pause(0.2);
             assert!(db.lease("o", &rules).unwrap().is_none());
             pause(0.15);
-            assert_eq!(db.expire_leases(&rules).unwrap().len(), 1);
-            assert_eq!(strikes(&db), (round, false, String::new()), "round {round}");
-        }
-        // The same on a second job: evidence against the worker.
-        db.cancel("c").unwrap();
-        create(&mut db, "d", 0, &[job("e")]);
-        db.lease("w", &rules).unwrap().unwrap();
-        pause(0.2);
-        assert!(db.lease("o", &rules).unwrap().is_none());
-        pause(0.15);
-        db.expire_leases(&rules).unwrap();
-        let (n, quarantined, reason) = strikes(&db);
-        assert!(n == 4 && quarantined, "{n} {quarantined}");
-        assert!(reason.contains("on 2 different jobs") && reason.contains("lease lapsed while other workers were heard"), "{reason}");
+            db.expire_leases(&rules).unwrap();
+            let (n, quarantined, reason) = strikes(&db);
+            assert!(n == 4 && quarantined, "{n} {quarantined}");
+            assert!(reason.contains("on 2 different jobs") && reason.contains("lease lapsed while other workers were heard"), "{reason}");
+        });
     }
 }

@@ -197,6 +197,10 @@ async fn merge(
 /// collection's; false when the stream has ended.
 fn absorb(e: Result<Arc<JobEvent>, broadcast::error::RecvError>, collection: &str, pending: &mut HashMap<String, Arc<JobEvent>>, lost: &mut bool) -> bool {
     match e {
+        Ok(e) if e.lost => {
+            *lost = true;
+            true
+        }
         Ok(e) if e.job.collection_id == collection => {
             pending.insert(e.job.job_id.clone(), e);
             true

@@ -97,7 +97,7 @@ pub enum Error {
     #[error("cannot create data dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open database {path}: {source}")]
-    Database { path: PathBuf, source: rusqlite::Error },
+    Database { path: String, source: crate::db::sql::Error },
     #[error("storage {location} does not take writes: {source}")]
     Storage { location: String, source: StorageError },
     #[error("--input-prefix {location}: {source}")]
@@ -149,9 +149,9 @@ pub async fn run_with_dashboard(
         config.public_url = http.local_addr().ok().map(|a| format!("{scheme}://{a}"));
     }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
-    let db_path = config.data_dir.join("farm.db");
-    let database_error = |source| Error::Database { path: db_path.clone(), source };
-    let mut db = Db::open(&db_path).map_err(database_error)?;
+    let target = config.database();
+    let database_error = |source| Error::Database { path: target.describe(), source };
+    let mut db = Db::connect(&target).map_err(database_error)?;
     // The time this coordinator was down is nobody's fault: running leases
     // get a full lease length from now to reach it again.
     let graced = db.grant_grace(&config.rules()).map_err(database_error)?;
@@ -174,7 +174,7 @@ pub async fn run_with_dashboard(
         let store = Store::open(prefix).map_err(|source| Error::InputPrefix { location: prefix.clone(), source })?;
         input_stores.push((prefix.trim_end_matches('/').to_string() + "/", store));
     }
-    let owner = StateHandle::start(db, db_path.clone(), 8192).map_err(Error::Thread)?;
+    let owner = StateHandle::start(db, target.clone(), 8192).map_err(Error::Thread)?;
     let watchers = Admission::watches(config.max_watchers_per_client, config.max_watchers);
     let submits = Admission::submits(config.max_submits_per_client, config.max_submits);
     let work = Work::new(config.work_threads);

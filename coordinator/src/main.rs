@@ -1,15 +1,20 @@
-//! `farm-coordinator --listen ADDR --data-dir DIR [--storage URL]`
+//! `farm-coordinator --listen ADDR --data-dir DIR [--storage URL] [--database URL]`,
+//! and `farm-coordinator migrate --from sqlite:PATH --to postgres://…`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use stylefarm_coordinator::db::Target;
 use stylefarm_coordinator::{Config, TlsFiles, Tokens};
 use stylefarm_shared::image_io::ImageLimits;
 
 #[derive(Parser)]
 #[command(name = "farm-coordinator", version, about = "Stylefarm coordinator: collections, jobs, leases")]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to serve gRPC on (port 0 picks a free one; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: std::net::SocketAddr,
@@ -18,8 +23,13 @@ struct Args {
     #[arg(long)]
     http_listen: Option<std::net::SocketAddr>,
     /// Holds farm.db (SQLite) and, by default, the storage folder.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
+    /// The farm's state: DATA_DIR/farm.db (SQLite) by default, or a
+    /// PostgreSQL URL (postgres://user:password@host/db), which any number
+    /// of coordinators may share (with one --storage).
+    #[arg(long, env = "STYLEFARM_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Shared storage: a folder or file:// / s3:// / gs:// / az:// URL (default DATA_DIR/storage).
     #[arg(long)]
     storage: Option<String>,
@@ -114,14 +124,39 @@ struct Args {
     log_format: stylefarm_shared::telemetry::LogFormat,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Copy a farm's state (collections, jobs, attempts, workers,
+    /// counters) from its SQLite file into an empty PostgreSQL database.
+    /// Stop the coordinator first; the file is only read.
+    Migrate {
+        /// sqlite:PATH (the coordinator's DATA_DIR/farm.db).
+        #[arg(long)]
+        from: String,
+        /// postgres://… (its schema is created if missing; it must hold no farm yet).
+        #[arg(long, env = "STYLEFARM_DATABASE", hide_env_values = true)]
+        to: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     stylefarm_shared::telemetry::init_logging(a.log_format);
+    if let Some(Command::Migrate { from, to }) = a.command {
+        let (from, to) = (Target::parse(&from).map_err(anyhow::Error::msg)?, Target::parse(&to).map_err(anyhow::Error::msg)?);
+        let copied = tokio::task::spawn_blocking(move || stylefarm_coordinator::db::copy::copy(&from, &to)).await??;
+        for (table, rows) in copied {
+            println!("{table}: {rows} rows");
+        }
+        return Ok(());
+    }
+    let Some(data_dir) = a.data_dir else { anyhow::bail!("--data-dir is required") };
+    let database = a.database.filter(|d| !d.is_empty()).map(|d| Target::parse(&d)).transpose().map_err(anyhow::Error::msg)?;
     if a.heartbeat_seconds == 0 || a.lease_seconds <= a.heartbeat_seconds {
         anyhow::bail!("--lease-seconds ({}) must be longer than --heartbeat-seconds ({}) > 0", a.lease_seconds, a.heartbeat_seconds);
     }
-    let storage = a.storage.unwrap_or_else(|| a.data_dir.join("storage").to_string_lossy().into_owned());
+    let storage = a.storage.unwrap_or_else(|| data_dir.join("storage").to_string_lossy().into_owned());
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
     let dashboard = match a.http_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--http-listen)"))?),
@@ -140,7 +175,8 @@ async fn main() -> anyhow::Result<()> {
         out.write_all(said.as_bytes()).and_then(|()| out.flush()).context("cannot write to stdout")?;
     }
     let config = Config {
-        data_dir: a.data_dir,
+        data_dir,
+        database,
         storage,
         lease_seconds: a.lease_seconds,
         heartbeat_seconds: a.heartbeat_seconds,

@@ -11,15 +11,25 @@
 //!
 //! Reads run on a few read-only connections on tokio's blocking threads
 //! (WAL: they see every commit and never block the writer).
+//!
+//! On PostgreSQL other coordinators write too, so changes are announced
+//! through the database instead: each group `NOTIFY`s the jobs it changed
+//! inside its transaction (delivered at commit, in commit order), and a
+//! listener thread per coordinator turns every coordinator's
+//! notifications into the same [`JobEvent`]s. A connection the database
+//! closed is opened again (the writer's before its next group, a
+//! reader's on its next read, the listener's with capped backoff —
+//! telling watchers to resynchronise, since changes may have passed
+//! unheard).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use stylefarm_proto as pb;
 use tokio::sync::{broadcast, oneshot};
 use tonic::Status;
 
-use crate::db::Db;
+use crate::db::{Db, Target};
 
 /// What the writer thread runs: a command against the database, returning
 /// how to answer its caller once the group it ran in is committed.
@@ -34,9 +44,12 @@ const MAX_GROUP: usize = 512;
 const MAX_WAITING: usize = 4096;
 
 /// A change to a job, announced after its commit.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct JobEvent {
     pub job: pb::Job,
+    /// Changes may have been missed before this one (the database's
+    /// change feed reconnected): watchers read a fresh snapshot.
+    pub lost: bool,
 }
 
 /// The handle every handler holds.
@@ -46,12 +59,14 @@ pub struct StateHandle {
     readers: Arc<Readers>,
     /// Every committed job change, in commit order.
     pub events: broadcast::Sender<Arc<JobEvent>>,
+    /// Gone when every handle is: the listener stops then.
+    _alive: Arc<()>,
 }
 
 /// Read-only connections, reused, at most [`MAX_READERS`] at a time (each
 /// holds its own page cache; a burst of snapshots must not open a hundred).
 struct Readers {
-    path: PathBuf,
+    target: Target,
     idle: Mutex<Vec<Db>>,
     permits: tokio::sync::Semaphore,
     /// Turns for whole-collection snapshots of watchers, apart: a burst of
@@ -74,20 +89,26 @@ pub enum ReadKind {
 }
 
 impl StateHandle {
-    /// Starts the writer thread over `db` (opened at `path`). It runs until
-    /// every handle is dropped.
-    pub fn start(db: Db, path: PathBuf, event_capacity: usize) -> std::io::Result<StateHandle> {
+    /// Starts the writer thread over `db` (connected to `target`), and on
+    /// PostgreSQL the listener. They run until every handle is dropped.
+    pub fn start(db: Db, target: Target, event_capacity: usize) -> std::io::Result<StateHandle> {
         let (commands, inbox) = tokio::sync::mpsc::channel::<Command>(MAX_WAITING);
         let (events, _) = broadcast::channel(event_capacity);
         let publish = events.clone();
-        std::thread::Builder::new().name("state".into()).spawn(move || own(db, inbox, publish))?;
+        let alive = Arc::new(());
+        if db.is_shared() {
+            let (target, publish, handles) = (target.clone(), events.clone(), Arc::downgrade(&alive));
+            std::thread::Builder::new().name("changes".into()).spawn(move || listen(target, publish, handles))?;
+        }
+        let writer_target = target.clone();
+        std::thread::Builder::new().name("state".into()).spawn(move || own(db, writer_target, inbox, publish))?;
         let readers = Readers {
-            path,
+            target,
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(MAX_READERS),
             snapshots: tokio::sync::Semaphore::new(MAX_SNAPSHOT_READERS),
         };
-        Ok(StateHandle { commands, readers: Arc::new(readers), events })
+        Ok(StateHandle { commands, readers: Arc::new(readers), events, _alive: alive })
     }
 
     /// Runs `f` on the writer thread inside the next group commit and
@@ -127,14 +148,16 @@ impl StateHandle {
         tokio::task::spawn_blocking(move || {
             let db = match readers.idle.lock().ok().and_then(|mut idle| idle.pop()) {
                 Some(db) => db,
-                None => Db::open_reader(&readers.path).map_err(|e| {
+                None => Db::open_reader(&readers.target).map_err(|e| {
                     tracing::error!("opening a reader: {e}");
-                    Status::internal("the coordinator's database failed (see its log)")
+                    Status::unavailable("the coordinator's database is unavailable; retry")
                 })?,
             };
             let result = f(&db);
-            if let Ok(mut idle) = readers.idle.lock() {
-                idle.push(db);
+            if !db.is_broken() {
+                if let Ok(mut idle) = readers.idle.lock() {
+                    idle.push(db);
+                }
             }
             Ok(result)
         })
@@ -145,8 +168,26 @@ impl StateHandle {
 
 /// The writer thread: group, commit, answer, announce — until every handle
 /// is gone.
-fn own(mut db: Db, mut inbox: tokio::sync::mpsc::Receiver<Command>, events: broadcast::Sender<Arc<JobEvent>>) {
+fn own(mut db: Db, target: Target, mut inbox: tokio::sync::mpsc::Receiver<Command>, events: broadcast::Sender<Arc<JobEvent>>) {
+    let shared = db.is_shared();
     while let Some(first) = inbox.blocking_recv() {
+        if db.is_broken() {
+            match Db::connect(&target) {
+                Ok(fresh) => {
+                    tracing::info!("the database is back");
+                    db = fresh;
+                }
+                Err(e) => {
+                    // This group's callers see their answer dropped
+                    // (UNAVAILABLE) and retry; the next group tries again.
+                    tracing::error!("the database is unavailable: {e}");
+                    drop(first);
+                    while inbox.try_recv().is_ok() {}
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            }
+        }
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match inbox.try_recv() {
@@ -162,15 +203,64 @@ fn own(mut db: Db, mut inbox: tokio::sync::mpsc::Receiver<Command>, events: broa
             continue;
         }
         let answers: Vec<Answer> = group.into_iter().map(|c| c(&mut db)).collect();
-        match db.commit() {
+        let committed = if shared { db.notify_touched().and_then(|()| db.commit()) } else { db.commit() };
+        match committed {
             Ok(()) => {
                 answers.into_iter().for_each(|a| a(Ok(())));
-                announce(&mut db, &events);
+                if !shared {
+                    announce(&mut db, &events);
+                }
             }
             Err(e) => {
                 db.rollback();
                 let message = e.to_string();
                 answers.into_iter().for_each(|a| a(Err(message.clone())));
+            }
+        }
+    }
+}
+
+/// Every coordinator's changes, as PostgreSQL announces them, published
+/// as [`JobEvent`]s; reconnects with capped backoff until the process
+/// ends (or every handle is gone).
+fn listen(target: Target, events: broadcast::Sender<Arc<JobEvent>>, handles: std::sync::Weak<()>) {
+    let mut pause = Duration::from_millis(100);
+    let mut first = true;
+    while handles.strong_count() > 0 {
+        let db = match Db::open_reader(&target).and_then(|db| db.listen_for_changes().map(|()| db)) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!("listening for changes: {e}; again in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if !first {
+            tracing::info!("listening for changes again; watchers resynchronise");
+            let _ = events.send(Arc::new(JobEvent { lost: true, ..Default::default() }));
+        }
+        first = false;
+        pause = Duration::from_millis(100);
+        while handles.strong_count() > 0 {
+            let ids = match db.changed_jobs(Duration::from_millis(500)) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!("the change feed broke: {e}");
+                    break;
+                }
+            };
+            if events.receiver_count() == 0 || ids.is_empty() {
+                continue;
+            }
+            match db.jobs_by_id(&ids) {
+                Ok(jobs) => jobs.into_iter().for_each(|job| {
+                    let _ = events.send(Arc::new(JobEvent { job, lost: false }));
+                }),
+                Err(e) => {
+                    tracing::warn!("reading changed jobs: {e}");
+                    break;
+                }
             }
         }
     }
@@ -185,7 +275,7 @@ fn announce(db: &mut Db, events: &broadcast::Sender<Arc<JobEvent>>) {
     match db.jobs_by_id(&ids) {
         Ok(jobs) => {
             for job in jobs {
-                let _ = events.send(Arc::new(JobEvent { job }));
+                let _ = events.send(Arc::new(JobEvent { job, lost: false }));
             }
         }
         Err(e) => tracing::error!("reading changed jobs for watchers: {e}"),

@@ -10,8 +10,13 @@ use tonic::{Code, Status};
 
 use crate::db::CallError;
 
-pub(crate) fn db_err(e: rusqlite::Error) -> Status {
+pub(crate) fn db_err(e: crate::db::sql::Error) -> Status {
     tracing::error!("database: {e}");
+    if e.is_transient() {
+        // The database went away or chose this call to break a deadlock:
+        // the same call again (here or on another coordinator) may pass.
+        return Status::unavailable("the coordinator's database is unavailable; retry");
+    }
     Status::internal("the coordinator's database failed (see its log)")
 }
 

@@ -4,7 +4,7 @@
 //! (drain, resume, forget). A row is never deleted: attempts name their
 //! worker, and `include_gone` shows every row there ever was.
 
-use rusqlite::{params, OptionalExtension, Row};
+use super::sql::{self, args, Optional, Row};
 use stylefarm_proto as pb;
 
 use super::{now, CallError, Db, Rules, RUNNING};
@@ -39,7 +39,7 @@ const INFO_COLUMNS: &str = "w.id, w.name, w.device, w.device_name, w.memory_byte
     (SELECT j.id FROM jobs j WHERE j.worker = w.id AND j.state = ?1 LIMIT 1), w.quarantine_reason, w.rowid,
     w.ended, w.draining, w.registered";
 
-fn info_of(r: &Row, t: f64, lease_seconds: f64) -> rusqlite::Result<(pb::WorkerInfo, i64)> {
+fn info_of(r: &Row, t: f64, lease_seconds: f64) -> sql::Result<(pb::WorkerInfo, i64)> {
     let (quarantined, last_seen, ended): (bool, f64, String) = (r.get(7)?, r.get(5)?, r.get(11)?);
     let state = worker_state(&ended, quarantined, t - last_seen, lease_seconds);
     Ok((
@@ -73,20 +73,22 @@ impl Db {
         rules: &Rules,
     ) -> Result<Vec<String>, CallError> {
         let earlier: Vec<String> = {
-            let mut stmt = self.conn.prepare_cached("SELECT id FROM workers INDEXED BY workers_by_name WHERE name = ?1 AND ended IN ('', 'stopped')")?;
-            let rows = stmt.query_map([&r.name], |row| row.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
+            self.conn.query_map(
+                "SELECT id FROM workers INDEXED BY workers_by_name WHERE name = ?1 AND ended IN ('', 'stopped') FOR UPDATE",
+                args![r.name],
+                |row| row.get(0),
+            )?
         };
         for old in &earlier {
             self.give_back_leases(old, "released: its worker registered again", rules)?;
             self.conn.execute(
                 "UPDATE workers SET ended = ?1 WHERE id = ?2",
-                params![REPLACED, old],
+                args![REPLACED, old],
             )?;
         }
         self.conn.execute(
             "INSERT INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), now()],
+            args![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), now()],
         )?;
         Ok(earlier)
     }
@@ -104,7 +106,7 @@ impl Db {
         self.give_back_leases(id, "released: its worker stopped", rules)?;
         self.conn.execute(
             "UPDATE workers SET ended = ?1, last_seen = ?2 WHERE id = ?3",
-            params![STOPPED, now(), id],
+            args![STOPPED, now(), id],
         )?;
         Ok(())
     }
@@ -114,7 +116,7 @@ impl Db {
     fn how_ended(&self, id: &str) -> Result<String, CallError> {
         let ended: Option<String> = self
             .conn
-            .query_row("SELECT ended FROM workers WHERE id = ?1", [id], |r| {
+            .query_row("SELECT ended FROM workers WHERE id = ?1", args![id], |r| {
                 r.get(0)
             })
             .optional()?;
@@ -130,9 +132,9 @@ impl Db {
         rules: &Rules,
     ) -> Result<(), CallError> {
         let held: Vec<(String, i64)> = {
-            let mut stmt = self.conn.prepare_cached("SELECT id, fencing_token FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2")?;
-            let rows = stmt.query_map([worker], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
+            self.conn.query_map("SELECT id, fencing_token FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2", args![worker], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
         };
         for (job, token) in held {
             let call = super::Call {
@@ -164,16 +166,15 @@ impl Db {
         limit: u32,
         include_gone: bool,
         lease_seconds: f64,
-    ) -> rusqlite::Result<(Vec<pb::WorkerInfo>, Option<i64>)> {
+    ) -> sql::Result<(Vec<pb::WorkerInfo>, Option<i64>)> {
         let t = now();
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {INFO_COLUMNS} FROM workers w
-             WHERE (?2 = 0 OR w.rowid < ?2) AND (?4 OR (w.ended IN ('', 'stopped') AND w.last_seen >= ?5))
-             ORDER BY w.rowid DESC LIMIT ?3"
-        ))?;
-        let rows = stmt
-            .query_map(
-                params![
+        let rows = self.conn.query_map(
+                &format!(
+                    "SELECT {INFO_COLUMNS} FROM workers w
+                     WHERE (CAST(?2 AS BIGINT) = 0 OR w.rowid < ?2) AND (CAST(?4 AS BIGINT) != 0 OR (w.ended IN ('', 'stopped') AND w.last_seen >= ?5))
+                     ORDER BY w.rowid DESC LIMIT ?3"
+                ),
+                args![
                     RUNNING,
                     after,
                     limit as i64 + 1,
@@ -181,8 +182,7 @@ impl Db {
                     t - GONE_AFTER_SECONDS
                 ],
                 |r| info_of(r, t, lease_seconds),
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            )?;
         let more = rows.len() > limit as usize;
         let page: Vec<(pb::WorkerInfo, i64)> = rows.into_iter().take(limit as usize).collect();
         let next = if more {
@@ -194,11 +194,11 @@ impl Db {
     }
 
     /// One worker as [`Db::workers_page`] shows it.
-    pub fn worker(&self, id: &str, lease_seconds: f64) -> rusqlite::Result<Option<pb::WorkerInfo>> {
+    pub fn worker(&self, id: &str, lease_seconds: f64) -> sql::Result<Option<pb::WorkerInfo>> {
         let t = now();
         let sql = format!("SELECT {INFO_COLUMNS} FROM workers w WHERE w.id = ?2");
         self.conn
-            .query_row(&sql, params![RUNNING, id], |r| info_of(r, t, lease_seconds))
+            .query_row(&sql, args![RUNNING, id], |r| info_of(r, t, lease_seconds))
             .optional()
             .map(|w| w.map(|(w, _)| w))
     }
@@ -210,11 +210,11 @@ impl Db {
         self.how_ended(id)?;
         if draining {
             self.conn
-                .execute("UPDATE workers SET draining = 1 WHERE id = ?1", [id])?;
+                .execute("UPDATE workers SET draining = 1 WHERE id = ?1", args![id])?;
         } else {
             self.conn.execute(
                 "UPDATE workers SET draining = 0, quarantined = 0, strikes = 0, strike_jobs = '', quarantine_reason = '' WHERE id = ?1",
-                [id],
+                args![id],
             )?;
         }
         Ok(())
@@ -254,17 +254,17 @@ impl Db {
         }
         self.conn.execute(
             "UPDATE workers SET ended = ?1 WHERE id = ?2",
-            params![FORGOTTEN, id],
+            args![FORGOTTEN, id],
         )?;
         Ok(())
     }
 
     /// The most memory a live worker seen within `since` seconds offers
     /// (None: no worker said).
-    pub fn largest_device(&self, since: f64) -> rusqlite::Result<Option<u64>> {
+    pub fn largest_device(&self, since: f64) -> sql::Result<Option<u64>> {
         let m: Option<i64> = self.conn.query_row(
             "SELECT MAX(memory_bytes) FROM workers WHERE quarantined = 0 AND ended = '' AND last_seen >= ?1 AND memory_bytes > 0",
-            [now() - since],
+            args![now() - since],
             |r| r.get(0),
         )?;
         Ok(m.map(|m| m as u64))

@@ -2,7 +2,7 @@
 //! opens `#/j/3f2a9c1e` as it opens the whole id, when exactly one job or
 //! collection the caller may see starts so.
 
-use rusqlite::params;
+use super::sql::{self, args};
 
 use super::Db;
 
@@ -31,19 +31,19 @@ impl Db {
     /// see). Ids are ASCII below DEL, so the range `[prefix, prefix + DEL)`
     /// holds exactly those that start with it, and each table's primary
     /// key answers it.
-    pub fn ids_starting(&self, prefix: &str, limit: u32) -> rusqlite::Result<Vec<Found>> {
+    pub fn ids_starting(&self, prefix: &str, limit: u32) -> sql::Result<Vec<Found>> {
         let end = format!("{prefix}\u{7f}");
         let mut found = Vec::new();
-        let mut stmt = self.conn.prepare_cached("SELECT id, owner FROM collections WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3")?;
-        for row in stmt.query_map(params![prefix, end, limit], |r| Ok((Kind::Collection, r.get(0)?, r.get(1)?)))? {
-            found.push(row?);
-        }
-        let mut stmt = self.conn.prepare_cached(
+        found.extend(self.conn.query_map(
+            "SELECT id, owner FROM collections WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+            args![prefix, end, limit],
+            |r| Ok((Kind::Collection, r.get(0)?, r.get(1)?)),
+        )?);
+        found.extend(self.conn.query_map(
             "SELECT j.id, c.owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id >= ?1 AND j.id < ?2 ORDER BY j.id LIMIT ?3",
-        )?;
-        for row in stmt.query_map(params![prefix, end, limit], |r| Ok((Kind::Job, r.get(0)?, r.get(1)?)))? {
-            found.push(row?);
-        }
+            args![prefix, end, limit],
+            |r| Ok((Kind::Job, r.get(0)?, r.get(1)?)),
+        )?);
         Ok(found)
     }
 }

@@ -4,7 +4,7 @@
 //! the mark ([`Db::act_on_job`]), so a collection that ends again is
 //! announced again.
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{self, args, Optional};
 use stylefarm_proto as pb;
 
 use super::{Db, FAILED, QUEUED, RUNNING};
@@ -36,19 +36,19 @@ pub struct Ended {
 impl Db {
     /// Collections with a notify_url that have not been announced since
     /// they last ended, and have ended (no job queued or running).
-    pub fn collections_to_notify(&self) -> rusqlite::Result<Vec<String>> {
-        let mut stmt = self.conn.prepare_cached(
+    pub fn collections_to_notify(&self) -> sql::Result<Vec<String>> {
+        self.conn.query_map(
             "SELECT c.id FROM collections c INDEXED BY collections_to_notify
              WHERE c.notify_url != '' AND c.notified = 0
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.collection_id = c.id AND j.state IN (?1, ?2))",
-        )?;
-        let rows = stmt.query_map(params![QUEUED, RUNNING], |r| r.get(0))?;
-        rows.collect()
+            args![QUEUED, RUNNING],
+            |r| r.get(0),
+        )
     }
 
     /// What the notification of collection `id` says (None: no such
     /// collection).
-    pub fn ended_collection(&self, id: &str) -> rusqlite::Result<Option<Ended>> {
+    pub fn ended_collection(&self, id: &str) -> sql::Result<Option<Ended>> {
         let Some((_, mut collection)) = self.collection_header(id)? else {
             return Ok(None);
         };
@@ -57,16 +57,15 @@ impl Db {
             .conn
             .query_row(
                 "SELECT notify_url FROM collections WHERE id = ?1",
-                [id],
+                args![id],
                 |r| r.get(0),
             )
             .optional()?;
-        let mut stmt = self.conn.prepare_cached(
+        let failures = self.conn.query_map(
             "SELECT id, content_name, style_name, variant_index, attempts, error FROM jobs INDEXED BY jobs_by_collection_state
              WHERE collection_id = ?1 AND state = ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let failures = stmt
-            .query_map(params![id, FAILED, MAX_FAILURES_LISTED], |r| {
+            args![id, FAILED, MAX_FAILURES_LISTED],
+            |r| {
                 Ok(Failure {
                     job_id: r.get(0)?,
                     content: r.get(1)?,
@@ -75,8 +74,8 @@ impl Db {
                     attempts: r.get(4)?,
                     error: r.get(5)?,
                 })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         Ok(Some(Ended {
             collection,
             notify_url: notify_url.unwrap_or_default(),
@@ -87,11 +86,11 @@ impl Db {
     /// Marks collection `id` announced (delivered, or given up on) — unless
     /// a retry re-opened it meanwhile: then it is announced when it ends
     /// again.
-    pub fn mark_notified(&mut self, id: &str) -> rusqlite::Result<bool> {
+    pub fn mark_notified(&mut self, id: &str) -> sql::Result<bool> {
         let n = self.conn.execute(
             "UPDATE collections SET notified = 1
              WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.collection_id = ?1 AND j.state IN (?2, ?3))",
-            params![id, QUEUED, RUNNING],
+            args![id, QUEUED, RUNNING],
         )?;
         Ok(n > 0)
     }

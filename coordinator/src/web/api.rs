@@ -77,7 +77,7 @@ pub(super) async fn sign_out(AxumState(web): AxumState<Web>) -> Response {
 pub(super) async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<Json<pb::FarmSummary>> {
     let (_, request) = as_grpc(&web, &headers, pb::ListWorkersRequest::default())?;
     let workers = web.farm.list_workers(request).await?.into_inner().workers;
-    let (summary, counts) = web.state.state.read(|db| Ok::<_, rusqlite::Error>((db.farm_summary()?, db.counts()?))).await?.map_err(db_err)?;
+    let (summary, counts) = web.state.state.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?))).await?.map_err(db_err)?;
     let mut jobs = pb::JobCounts::default();
     for (name, n) in counts {
         let n = n as u32;
@@ -142,7 +142,7 @@ async fn header_of(web: &Web, caller: &Caller, id: &str) -> ApiResult<pb::Collec
         let Some((owner, mut c)) = db.collection_header(&owned)? else { return Ok(None) };
         c.counts = Some(db.job_counts(&owned)?);
         c.columns = db.grid_columns(&owned)?;
-        Ok::<_, rusqlite::Error>(Some((owner, c)))
+        Ok::<_, crate::db::sql::Error>(Some((owner, c)))
     });
     Ok(caller.visible(read.await?.map_err(db_err)?, || format!("no collection {id}"))?)
 }
