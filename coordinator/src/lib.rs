@@ -151,10 +151,18 @@ pub async fn run_with_dashboard(
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
     let target = config.database();
     let database_error = |source| Error::Database { path: target.describe(), source };
-    let mut db = Db::connect(&target).map_err(database_error)?;
-    // The time this coordinator was down is nobody's fault: running leases
-    // get a full lease length from now to reach it again.
-    let graced = db.grant_grace(&config.rules()).map_err(database_error)?;
+    // Off the runtime: PostgreSQL's blocking client runs its own.
+    let (opening, rules) = (target.clone(), config.rules());
+    let (db, graced) = tokio::task::spawn_blocking(move || {
+        let mut db = Db::connect(&opening)?;
+        // The time this coordinator was down is nobody's fault: running
+        // leases get a full lease length from now to reach it again.
+        let graced = db.grant_grace(&rules)?;
+        Ok((db, graced))
+    })
+    .await
+    .map_err(|e| Error::Thread(std::io::Error::other(e)))?
+    .map_err(database_error)?;
     if graced > 0 {
         tracing::info!(jobs = graced, "running leases get {} s to reconnect", config.lease_seconds);
     }

@@ -15,6 +15,12 @@
 //! coordinator checks an output exists before a job may succeed; creating
 //! thousands of folders on this machine is not what is measured).
 //!
+//! With `--database postgres://…` the coordinators keep their state in
+//! PostgreSQL, and `--coordinators N` starts N of them on it: workers are
+//! dealt to them in turn and move to the next one when theirs stops
+//! answering, watchers follow the last one, and `--restarts` SIGKILLs
+//! (and restarts) the first — the farm's failover, measured and checked.
+//!
 //! It prints completions/s, Lease/Heartbeat/Complete and another client's
 //! GetCollection latency (p50/p99), the coordinator's CPU and peak RSS, and
 //! checks that every job ended SUCCEEDED exactly once (one acknowledged
@@ -79,6 +85,14 @@ pub struct LoadtestArgs {
     /// temporary folder, removed after).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The coordinators' --database (default: SQLite in the data folder).
+    /// A PostgreSQL database here must be empty: the run submits into it.
+    #[arg(long, env = "STYLEFARM_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+    /// Coordinators serving at once (more than one needs a PostgreSQL
+    /// --database).
+    #[arg(long, default_value_t = 1)]
+    coordinators: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -86,7 +100,10 @@ pub struct LoadtestArgs {
 
 /// What every simulated client shares.
 struct Shared {
-    url: String,
+    /// Every coordinator's URL; worker i starts on the i-th (in turn).
+    urls: Vec<String>,
+    /// The measured collection.
+    measured: String,
     store: Store,
     stall: f64,
     heartbeats: usize,
@@ -103,6 +120,8 @@ struct Shared {
     resyncs: AtomicU64,
     /// Watchers that have read their first snapshot.
     watching: AtomicU64,
+    /// Watchers whose last view had every job SUCCEEDED.
+    saw_the_end: AtomicU64,
 }
 
 /// Latencies of one call, in microseconds.
@@ -132,6 +151,9 @@ impl Latencies {
 struct Coordinator {
     child: Option<Child>,
     data: PathBuf,
+    /// Its number (its log is `coordinator-N.log`).
+    index: usize,
+    database: Option<String>,
     port: u16,
     lease_seconds: u32,
     max_jobs: usize,
@@ -146,8 +168,12 @@ impl Coordinator {
         if !exe.exists() {
             bail!("{} is missing: build the workspace's binaries (`cargo build --release --bins`)", exe.display());
         }
-        let log = std::fs::File::create(self.data.join("coordinator.log"))?;
-        let mut child = Command::new(&exe)
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.join(format!("coordinator-{}.log", self.index)))?;
+        let mut command = Command::new(&exe);
+        if let Some(database) = &self.database {
+            command.env("STYLEFARM_DATABASE", database);
+        }
+        let mut child = command
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
             .arg(&self.data)
             .args(["--lease-seconds", &self.lease_seconds.to_string(), "--heartbeat-seconds", "1"])
@@ -247,12 +273,23 @@ fn transient(s: &tonic::Status) -> bool {
 /// until the collection is done. Rides out coordinator restarts.
 async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
     let register = pb::RegisterRequest { name: format!("sim{i}"), device: "cpu".into(), ..Default::default() };
-    let mut client = pb::workers_client::WorkersClient::new(channel(&shared.url).await?);
+    let mut at = i % shared.urls.len();
+    let mut client = pb::workers_client::WorkersClient::new(channel(&shared.urls[at]).await?);
     let mut id = String::new();
+    // Its coordinator stopped answering: the next one (with one
+    // coordinator, the same one again, once it is back).
+    macro_rules! fail_over {
+        () => {{
+            at = (at + 1) % shared.urls.len();
+            client = pb::workers_client::WorkersClient::new(channel(&shared.urls[at]).await?);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }};
+    }
     while !shared.done.load(Ordering::Relaxed) {
         if id.is_empty() {
             match client.register(register.clone()).await {
                 Ok(r) => id = r.into_inner().worker_id,
+                Err(s) if transient(&s) => fail_over!(),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
             continue;
@@ -261,7 +298,7 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
         let leased = match client.lease(pb::LeaseRequest { worker_id: id.clone(), free_memory_bytes: 0 }).await {
             Ok(r) => r.into_inner(),
             Err(s) if transient(&s) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                fail_over!();
                 continue;
             }
             // Forgotten, or quarantined after its leases lapsed on an
@@ -288,13 +325,17 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
         for _ in 0..shared.heartbeats {
             let r = pb::HeartbeatRequest { worker_id: id.clone(), job_id: job.job_id.clone(), fencing_token: token, ..Default::default() };
             let t = Instant::now();
-            if client.heartbeat(r).await.is_ok() {
-                shared.heartbeat.record(t);
+            match client.heartbeat(r).await {
+                Ok(_) => shared.heartbeat.record(t),
+                Err(s) if transient(&s) => fail_over!(),
+                Err(_) => {}
             }
         }
-        // First attempts' outputs were written before the clock started;
-        // a later attempt writes its own.
-        if leased.attempt > 1 {
+        // First attempts' outputs in the measured collection were written
+        // before the clock started; a later attempt, or a job of another
+        // collection (the probe's, leased once the load is done), writes
+        // its own.
+        if leased.attempt > 1 || job.collection_id != shared.measured {
             let t = Instant::now();
             shared.store.put(&format!("{}/output.png", job.prefix), tiny_png(0)?).await?;
             shared.put.record(t);
@@ -314,8 +355,9 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
                     break;
                 }
                 // A reply lost to a restart: the same call again (it is
-                // idempotent under the token).
-                Err(s) if transient(&s) => tokio::time::sleep(Duration::from_millis(200)).await,
+                // idempotent under the token), to another coordinator if
+                // there is one.
+                Err(s) if transient(&s) => fail_over!(),
                 // The lease lapsed while the coordinator was down and the
                 // job went to another worker: not ours any more.
                 Err(_) => break,
@@ -328,19 +370,45 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
 /// One watcher: follows the collection (or holds the stream unread),
 /// reconnecting after restarts, until the run is done.
 async fn watcher(id: String, lazy: bool, skim: bool, shared: Arc<Shared>) {
+    // Every job's last state as this watcher was told it.
+    let mut view: HashMap<String, i32> = HashMap::new();
+    let mut ended = false;
     while !shared.done.load(Ordering::Relaxed) {
-        let Ok(ch) = channel(&shared.url).await else { return };
+        let Some(url) = shared.urls.last() else { return };
+        let Ok(ch) = channel(url).await else { return };
         let request = pb::CollectionRef { collection_id: id.clone() };
         let kinds: Result<Kinds, tonic::Status> = if skim {
             skim_watch(ch, request).await
         } else {
             let mut farm = pb::farm_client::FarmClient::new(ch).max_decoding_message_size(256 << 20);
-            farm.watch(request).await.map(|s| {
-                let kinds = tokio_stream::StreamExt::map(s.into_inner(), |e| {
-                    e.map(|e| if matches!(e.event, Some(pb::watch_event::Event::Snapshot(_))) { 1u8 } else { 2u8 })
-                });
-                Box::pin(kinds) as _
-            })
+            match farm.watch(request).await {
+                Ok(s) => {
+                    let mut events = s.into_inner();
+                    let mut snapshots = 0u64;
+                    while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut events).await {
+                        match e.event {
+                            Some(pb::watch_event::Event::Snapshot(c)) => {
+                                if snapshots == 0 {
+                                    shared.watching.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    shared.resyncs.fetch_add(1, Ordering::Relaxed);
+                                }
+                                snapshots += 1;
+                                view = c.jobs.into_iter().map(|j| (j.job_id, j.state)).collect();
+                            }
+                            Some(pb::watch_event::Event::Changes(c)) => view.extend(c.jobs.into_iter().map(|j| (j.job_id, j.state))),
+                            None => {}
+                        }
+                        let done = !view.is_empty() && view.values().all(|&s| s == pb::JobState::Succeeded as i32);
+                        if done && !ended {
+                            ended = true;
+                            shared.saw_the_end.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
+                Err(s) => Err(s),
+            }
         };
         let Ok(mut kinds) = kinds else {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -447,17 +515,30 @@ pub fn run(args: LoadtestArgs) -> Result<()> {
 }
 
 async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
-    let mut coordinator = Coordinator {
-        child: None,
-        data: data.to_path_buf(),
-        port: 0,
-        lease_seconds: args.lease_seconds,
-        max_jobs: args.jobs.max(args.queued).max(1),
-        cpu_before: 0.0,
-        peak_rss: 0,
-    };
-    coordinator.start()?;
-    let url = coordinator.url();
+    let database = args.database.clone().filter(|d| !d.is_empty());
+    if args.coordinators > 1 && !database.as_deref().is_some_and(|d| d.starts_with("postgres")) {
+        bail!("--coordinators {} needs a PostgreSQL --database (SQLite is one coordinator's file)", args.coordinators);
+    }
+    let mut coordinators = Vec::new();
+    for index in 0..args.coordinators.max(1) {
+        let mut c = Coordinator {
+            child: None,
+            data: data.to_path_buf(),
+            index,
+            database: database.clone(),
+            port: 0,
+            lease_seconds: args.lease_seconds,
+            max_jobs: args.jobs.max(args.queued).max(1),
+            cpu_before: 0.0,
+            peak_rss: 0,
+        };
+        c.start()?;
+        coordinators.push(c);
+    }
+    let urls: Vec<String> = coordinators.iter().map(Coordinator::url).collect();
+    // This client (submits, the probe, progress) talks to the last
+    // coordinator, which is never killed; restarts hit the first.
+    let url = urls.last().cloned().context("no coordinator")?;
     let mut farm = pb::farm_client::FarmClient::new(channel(&url).await?).max_decoding_message_size(256 << 20).max_encoding_message_size(1 << 30);
     if args.queued > 0 {
         farm.submit(collection_request("deep-queue", args.queued, -1, 1 << 20)?).await.context("submitting the deep queue")?;
@@ -469,7 +550,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
 
     prewrite_outputs(data, &id, args.jobs, &url).await?;
     let shared = Arc::new(Shared {
-        url: url.clone(),
+        urls: urls.clone(),
+        measured: id.clone(),
         store: Store::open(&data.join("storage").to_string_lossy())?,
         stall: args.stall,
         heartbeats: args.heartbeats,
@@ -483,6 +565,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         stalls: AtomicU64::new(0),
         resyncs: AtomicU64::new(0),
         watching: AtomicU64::new(0),
+        saw_the_end: AtomicU64::new(0),
     });
     let watchers: Vec<_> = (0..args.watchers).map(|_| tokio::spawn(watcher(id.clone(), args.lazy_watchers, args.skim_watchers, shared.clone()))).collect();
     // Let the watchers connect, and those that read take their first
@@ -492,7 +575,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(if args.watchers > 0 { 1000 } else { 0 })).await;
-    let (cpu_at_start, _) = coordinator.usage();
+    let cpu_of = |cs: &[Coordinator]| cs.iter().map(|c| c.cpu_before + c.usage().0).sum::<f64>();
+    let cpu_at_start = cpu_of(&coordinators);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.workers).map(|i| tokio::spawn(worker(i, shared.clone()))).collect();
 
@@ -524,9 +608,9 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             break;
         }
         if restarts_done < args.restarts && succeeded * (args.restarts + 1) >= args.jobs * (restarts_done + 1) {
-            coordinator.kill();
+            coordinators[0].kill();
             tokio::time::sleep(Duration::from_millis(500)).await;
-            coordinator.start()?;
+            coordinators[0].start()?;
             restarts_done += 1;
         }
         if Instant::now() > deadline {
@@ -534,9 +618,14 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_now, peak_now) = coordinator.usage();
-    let cpu = coordinator.cpu_before + cpu_now - cpu_at_start;
-    let peak_rss = coordinator.peak_rss.max(peak_now);
+    let cpu = cpu_of(&coordinators) - cpu_at_start;
+    let peak_rss = coordinators.iter().map(|c| c.peak_rss.max(c.usage().1)).max().unwrap_or(0);
+    // Watchers that decode are told the end a moment after it is listed.
+    let reading = if args.lazy_watchers || args.skim_watchers { 0 } else { args.watchers as u64 };
+    let waiting = Instant::now();
+    while shared.saw_the_end.load(Ordering::Relaxed) < reading && waiting.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     shared.done.store(true, Ordering::Relaxed);
     for w in workers {
         w.await??;
@@ -577,6 +666,10 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
     if jobs.len() != args.jobs {
         problems.push(format!("{} jobs listed, {} submitted", jobs.len(), args.jobs));
     }
+    let saw_the_end = shared.saw_the_end.load(Ordering::Relaxed);
+    if saw_the_end < reading {
+        problems.push(format!("{} of {reading} watchers were not told every job succeeded", reading - saw_the_end));
+    }
 
     let (lease, heartbeat, complete, probe) = (shared.lease.summary(), shared.heartbeat.summary(), shared.complete.summary(), shared.probe.summary());
     let per_second = args.jobs as f64 / elapsed;
@@ -585,7 +678,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         let ms = |(p50, p99, n): (f64, f64, usize)| serde_json::json!({"p50_ms": p50, "p99_ms": p99, "calls": n});
         let v = serde_json::json!({
             "workers": args.workers, "jobs": args.jobs, "watchers": args.watchers, "lazy_watchers": args.lazy_watchers, "skim_watchers": args.skim_watchers,
-            "queued": args.queued, "restarts": restarts_done, "stalls": shared.stalls.load(Ordering::Relaxed),
+            "queued": args.queued, "restarts": restarts_done, "coordinators": coordinators.len(),
+            "database": if database.is_some() { "postgres" } else { "sqlite" }, "watchers_saw_the_end": saw_the_end, "stalls": shared.stalls.load(Ordering::Relaxed),
             "seconds": elapsed, "completions_per_second": per_second,
             "lease": ms(lease), "heartbeat": ms(heartbeat), "complete": ms(complete), "get_collection": ms(probe),
             "coordinator_cpu_cores": cpu / elapsed, "coordinator_peak_rss_mb": peak_rss as f64 / (1 << 20) as f64,
@@ -595,7 +689,9 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "{} workers, {} jobs, {} watchers{}, {} queued behind, {} restarts, {} stalled workers",
+            "{} coordinator(s) on {}, {} workers, {} jobs, {} watchers{}, {} queued behind, {} restarts, {} stalled workers",
+            coordinators.len(),
+            if database.is_some() { "PostgreSQL" } else { "SQLite" },
             args.workers,
             args.jobs,
             args.watchers,
@@ -609,7 +705,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             println!("  {name:<14} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   ({n} calls)");
         }
         println!("  (* another client's 10-job collection, every 20 ms; † a simulated worker's own write, for attempts after the first)");
-        println!("  coordinator: {:.2} cores, peak RSS {:.0} MB", cpu / elapsed, peak_rss as f64 / (1 << 20) as f64);
+        println!("  coordinators: {:.2} cores in all, peak RSS {:.0} MB (the database's own CPU not counted)", cpu / elapsed, peak_rss as f64 / (1 << 20) as f64);
         println!("  exactly once: {}", if exactly_once { "yes".to_string() } else { format!("NO: {}", problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ")) });
     }
     if !exactly_once {

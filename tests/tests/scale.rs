@@ -254,3 +254,27 @@ fn the_load_tool_finishes_a_collection_exactly_once_through_a_restart() {
     assert_eq!(v["exactly_once"], true, "{v}");
     assert_eq!((v["jobs"].as_u64(), v["restarts"].as_u64()), (Some(500), Some(1)), "{v}");
 }
+
+/// Two coordinators on one PostgreSQL database, 20 workers dealt between
+/// them, 500 jobs; the first coordinator SIGKILLed (and restarted) twice
+/// mid-run. Every job ends SUCCEEDED exactly once (one acknowledged
+/// Complete, one succeeded attempt), none FAILED, and watchers on the
+/// survivor are told every job's end, changes reported to the other
+/// coordinator included.
+#[test]
+fn two_coordinators_on_postgres_finish_every_job_exactly_once_through_sigkills() {
+    let pg = stylefarm_coordinator::db::testing::Postgres::from_env()
+        .expect("STYLEFARM_TEST_POSTGRES is not set: run scripts/test.sh, which starts a throwaway PostgreSQL");
+    let database = pg.fresh_database();
+    let stylefarm_coordinator::db::Target::Postgres(url) = &database.target else { unreachable!() };
+    let o = Command::new(bin("farmctl"))
+        .args(["loadtest", "--workers", "20", "--jobs", "500", "--coordinators", "2", "--restarts", "2", "--watchers", "2", "--heartbeats", "10", "--lease-seconds", "2", "--json"])
+        .env("STYLEFARM_DATABASE", url)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["exactly_once"], true, "{v}");
+    assert_eq!((v["database"].as_str(), v["coordinators"].as_u64(), v["restarts"].as_u64()), (Some("postgres"), Some(2), Some(2)), "{v}");
+    assert_eq!(v["watchers_saw_the_end"].as_u64(), Some(2), "{v}");
+}
