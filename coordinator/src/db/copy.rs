@@ -63,3 +63,86 @@ pub fn copy(from: &Target, to: &Target) -> Result<Vec<(&'static str, usize)>, Co
     tx.commit().map_err(|e| CopyError::Table("commit", e))?;
     Ok(copied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Call, NewCollection, NewJob, Rules};
+    use stylefarm_proto as pb;
+
+    const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
+
+    fn job(id: &str, i: u32) -> NewJob {
+        NewJob {
+            id: id.into(),
+            content_index: i,
+            style_index: 0,
+            variant_index: 0,
+            content_name: format!("c{i}"),
+            style_name: "s".into(),
+            content_key: "inputs/c".into(),
+            style_keys: vec!["inputs/s".into()],
+            params_json: r#"{"iters": 10}"#.into(),
+            width: 8,
+            height: 8,
+            iterations: 10,
+            checkpoint_every: 5,
+            snapshot_every: 0,
+            min_memory: 0,
+        }
+    }
+
+    /// A farm with history (a success, a running lease, a queued job, two
+    /// workers) read the same after the copy, and its tokens and sequence
+    /// numbers go on growing there.
+    #[test]
+    fn a_farm_copied_to_postgres_reads_the_same_and_its_counters_go_on() {
+        let Some(pg) = crate::db::testing::Postgres::from_env() else {
+            eprintln!("STYLEFARM_TEST_POSTGRES is not set: nothing to copy to");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let from = Target::Sqlite(dir.path().join("farm.db"));
+        let mut db = Db::connect(&from).unwrap();
+        let c = NewCollection {
+            id: "c1".into(),
+            owner: "u1".into(),
+            idempotency_key: "k".into(),
+            name: "n".into(),
+            priority: 2,
+            shape: (3, 1, 1),
+            jobs: vec![job("a", 0), job("b", 1), job("q", 2)],
+            notify_url: String::new(),
+        };
+        db.create_collection(&c).unwrap();
+        for w in ["w1", "w2"] {
+            db.register_worker(w, &pb::RegisterRequest { name: w.into(), device: "cpu".into(), memory_bytes: 8 << 30, ..Default::default() }, &RULES).unwrap();
+        }
+        let done = db.lease("w1", &RULES).unwrap().unwrap();
+        db.complete(&Call { worker: "w1", job: &done.spec.job_id, token: done.token }, "out", &pb::Progress::default(), &RULES).unwrap();
+        let running = db.lease("w2", &RULES).unwrap().unwrap();
+        drop(db);
+
+        let to = pg.fresh_database();
+        let copied = copy(&from, &to).unwrap();
+        assert!(copied.contains(&("jobs", 3)) && copied.contains(&("attempts", 2)) && copied.contains(&("workers", 2)), "{copied:?}");
+        let (before, after) = (Db::connect(&from).unwrap(), Db::connect(&to).unwrap());
+        assert_eq!(before.collection("c1").unwrap(), after.collection("c1").unwrap());
+        for j in ["a", "b", "q"] {
+            assert_eq!(before.job(j).unwrap(), after.job(j).unwrap(), "job {j}");
+        }
+        assert_eq!(before.workers_page(0, 10, true, 60.0).unwrap(), after.workers_page(0, 10, true, 60.0).unwrap());
+        assert_eq!(after.submitted("u1", "k").unwrap(), Some(("c1".to_string(), 3)), "the idempotency key travels");
+        // The running lease is still its worker's; the next lease's token
+        // is above every copied one.
+        let mut after = after;
+        let hb = pb::HeartbeatRequest::default();
+        after.heartbeat(&Call { worker: "w2", job: &running.spec.job_id, token: running.token }, &hb, None, &RULES).unwrap();
+        after.register_worker("w3", &pb::RegisterRequest { name: "w3".into(), device: "cpu".into(), ..Default::default() }, &RULES).unwrap();
+        let next = after.lease("w3", &RULES).unwrap().unwrap();
+        assert!(next.token >> 32 > running.token >> 32, "{} after {}", next.token, running.token);
+        // Into a database that already holds a farm: refused by name.
+        let again = copy(&from, &to).unwrap_err();
+        assert!(again.to_string().contains("already holds a farm"), "{again}");
+    }
+}
