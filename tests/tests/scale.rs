@@ -246,7 +246,7 @@ fn watchers_share_one_snapshot_and_each_follows_to_the_end() {
 #[test]
 fn the_load_tool_finishes_a_collection_exactly_once_through_a_restart() {
     let o = Command::new(bin("farmctl"))
-        .args(["loadtest", "--workers", "20", "--jobs", "500", "--restarts", "1", "--stall", "0.02", "--lease-seconds", "2", "--json"])
+        .args(["loadtest", "--workers", "20", "--jobs", "500", "--restarts", "1", "--stall", "0.02", "--heartbeats", "5", "--lease-seconds", "2", "--json"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
