@@ -1199,7 +1199,7 @@ mod tests {
 
     const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
 
-    fn job(id: &str) -> NewJob {
+    pub(super) fn job(id: &str) -> NewJob {
         NewJob {
             id: id.into(),
             content_index: 0,

@@ -73,23 +73,7 @@ mod tests {
     const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
 
     fn job(id: &str, i: u32) -> NewJob {
-        NewJob {
-            id: id.into(),
-            content_index: i,
-            style_index: 0,
-            variant_index: 0,
-            content_name: format!("c{i}"),
-            style_name: "s".into(),
-            content_key: "inputs/c".into(),
-            style_keys: vec!["inputs/s".into()],
-            params_json: r#"{"iters": 10}"#.into(),
-            width: 8,
-            height: 8,
-            iterations: 10,
-            checkpoint_every: 5,
-            snapshot_every: 0,
-            min_memory: 0,
-        }
+        NewJob { content_index: i, content_name: format!("c{i}"), ..crate::db::tests::job(id) }
     }
 
     /// A farm with history (a success, a running lease, a queued job, two

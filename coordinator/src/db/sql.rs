@@ -245,13 +245,22 @@ impl FromValue for Value {
 /// A column by position or by name.
 pub trait Index: Copy + std::fmt::Display {
     fn position(self, names: &mut dyn Iterator<Item = &str>) -> Option<usize>;
+    /// Its place in an SQLite statement's columns (by the statement's own
+    /// lookup: no list of names built per read).
+    fn sqlite_position(self, statement: &rusqlite::Statement) -> Result<usize>;
 }
 impl Index for usize {
     fn position(self, _: &mut dyn Iterator<Item = &str>) -> Option<usize> {
         Some(self)
     }
+    fn sqlite_position(self, _: &rusqlite::Statement) -> Result<usize> {
+        Ok(self)
+    }
 }
 impl Index for &str {
+    fn sqlite_position(self, statement: &rusqlite::Statement) -> Result<usize> {
+        Ok(statement.column_index(self)?)
+    }
     fn position(self, names: &mut dyn Iterator<Item = &str>) -> Option<usize> {
         let mut at = 0;
         for n in names {
@@ -275,8 +284,7 @@ impl Row<'_> {
     pub fn get<I: Index, T: FromValue>(&self, i: I) -> Result<T> {
         let value = match self {
             Row::Sqlite(r) => {
-                let names = r.as_ref().column_names();
-                let at = i.position(&mut names.into_iter()).ok_or_else(|| Error::Type(format!("no column {i}")))?;
+                let at = i.sqlite_position(r.as_ref())?;
                 match r.get_ref(at)? {
                     rusqlite::types::ValueRef::Null => Value::Null,
                     rusqlite::types::ValueRef::Integer(v) => Value::Int(v),
