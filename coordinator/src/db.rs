@@ -404,7 +404,14 @@ impl Db {
     /// The coordinator just started: running leases get a full lease
     /// length from now, so time it was down costs no job anything.
     pub fn grant_grace(&mut self, rules: &Rules) -> sql::Result<usize> {
-        self.conn.execute("UPDATE jobs SET lease_deadline = GREATEST(lease_deadline, ?1) WHERE state = ?2", args![now() + rules.lease_seconds, RUNNING])
+        // Rows another coordinator holds are skipped: it is alive and
+        // serving those leases (waiting on its locks, in no set order,
+        // deadlocked against it and stalled both for PostgreSQL's
+        // deadlock_timeout, a second).
+        self.conn.execute(
+            "UPDATE jobs SET lease_deadline = GREATEST(lease_deadline, ?1) WHERE id IN (SELECT id FROM jobs WHERE state = ?2 FOR UPDATE SKIP LOCKED)",
+            args![now() + rules.lease_seconds, RUNNING],
+        )
     }
 
     /// The collection an earlier submit with this idempotency key created,
@@ -1510,6 +1517,34 @@ mod tests {
             assert!(db.expire_leases(&RULES).unwrap().is_empty(), "the downtime is not the worker's");
             assert_eq!(state(&db, "c", "a").state, RUNNING);
         });
+    }
+
+    /// Two coordinators on one PostgreSQL: the one that restarts must not
+    /// wait on (or deadlock against) the rows the other holds mid-call.
+    #[test]
+    fn a_restart_grants_grace_around_the_rows_another_coordinator_holds() {
+        let Some(pg) = super::testing::Postgres::from_env() else {
+            eprintln!("skipped: STYLEFARM_TEST_POSTGRES is not set (scripts/test.sh sets it)");
+            return;
+        };
+        let database = pg.fresh_database();
+        let mut survivor = Db::connect(&database).unwrap();
+        create(&mut survivor, "c", 0, &[job("a"), job("b")]);
+        worker(&mut survivor, "w", 0);
+        worker(&mut survivor, "v", 0);
+        survivor.lease("w", &RULES).unwrap().unwrap();
+        survivor.lease("v", &RULES).unwrap().unwrap();
+        // The survivor is inside a worker's call on job a: its row locked.
+        let held = survivor.conn.savepoint().unwrap();
+        held.query_row("SELECT id FROM jobs WHERE id = ?1 FOR UPDATE", args!["a"], |_| Ok(())).unwrap();
+        let (target, (tx, rx)) = (database.target.clone(), std::sync::mpsc::channel());
+        std::thread::spawn(move || {
+            let mut restarted = Db::connect(&target).unwrap();
+            let _ = tx.send(restarted.grant_grace(&RULES));
+        });
+        let graced = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the grace waited on the other coordinator's row lock");
+        assert_eq!(graced.unwrap(), 1, "job b only: job a's lease is being served");
+        drop(held);
     }
 
     #[test]

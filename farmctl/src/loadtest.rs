@@ -122,6 +122,25 @@ struct Shared {
     watching: AtomicU64,
     /// Watchers whose last view had every job SUCCEEDED.
     saw_the_end: AtomicU64,
+    /// What a coordinator's death costs a worker: from its first call that
+    /// failed UNAVAILABLE (or could not connect) to its next that succeeded.
+    outage: Latencies,
+    /// The farm's longest time without an acknowledged Complete, and when
+    /// the last one was (µs since `epoch`; 0 before the first).
+    longest_quiet_us: AtomicU64,
+    last_complete_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    /// An acknowledged Complete: ends the farm's quiet time.
+    fn completed(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let before = self.last_complete_us.swap(now, Ordering::Relaxed);
+        if before > 0 {
+            self.longest_quiet_us.fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+        }
+    }
 }
 
 /// Latencies of one call, in microseconds.
@@ -144,6 +163,11 @@ impl Latencies {
         v.sort_unstable();
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
         (at(0.5), at(0.99), v.len())
+    }
+
+    /// The longest, in milliseconds.
+    fn max(&self) -> f64 {
+        self.0.lock().ok().and_then(|v| v.iter().max().copied()).unwrap_or(0) as f64 / 1000.0
     }
 }
 
@@ -276,19 +300,33 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
     let mut at = i % shared.urls.len();
     let mut client = pb::workers_client::WorkersClient::new(channel(&shared.urls[at]).await?);
     let mut id = String::new();
+    // Since when this worker has had no coordinator answering.
+    let mut down_since: Option<Instant> = None;
     // Its coordinator stopped answering: the next one (with one
     // coordinator, the same one again, once it is back).
     macro_rules! fail_over {
         () => {{
+            down_since.get_or_insert_with(Instant::now);
             at = (at + 1) % shared.urls.len();
             client = pb::workers_client::WorkersClient::new(channel(&shared.urls[at]).await?);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }};
     }
+    // A call succeeded: the outage, if there was one, is over.
+    macro_rules! answered {
+        () => {{
+            if let Some(since) = down_since.take() {
+                shared.outage.record(since);
+            }
+        }};
+    }
     while !shared.done.load(Ordering::Relaxed) {
         if id.is_empty() {
             match client.register(register.clone()).await {
-                Ok(r) => id = r.into_inner().worker_id,
+                Ok(r) => {
+                    answered!();
+                    id = r.into_inner().worker_id
+                }
                 Err(s) if transient(&s) => fail_over!(),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -296,7 +334,10 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
         }
         let t = Instant::now();
         let leased = match client.lease(pb::LeaseRequest { worker_id: id.clone(), free_memory_bytes: 0 }).await {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                answered!();
+                r.into_inner()
+            }
             Err(s) if transient(&s) => {
                 fail_over!();
                 continue;
@@ -326,7 +367,10 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
             let r = pb::HeartbeatRequest { worker_id: id.clone(), job_id: job.job_id.clone(), fencing_token: token, ..Default::default() };
             let t = Instant::now();
             match client.heartbeat(r).await {
-                Ok(_) => shared.heartbeat.record(t),
+                Ok(_) => {
+                    answered!();
+                    shared.heartbeat.record(t)
+                }
                 Err(s) if transient(&s) => fail_over!(),
                 Err(_) => {}
             }
@@ -345,7 +389,9 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
             let t = Instant::now();
             match client.complete(r.clone()).await {
                 Ok(_) => {
+                    answered!();
                     shared.complete.record(t);
+                    shared.completed();
                     if let Ok(mut acks) = shared.acks.lock() {
                         let tokens = acks.entry(job.job_id.clone()).or_default();
                         if !tokens.contains(&token) {
@@ -566,6 +612,10 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         resyncs: AtomicU64::new(0),
         watching: AtomicU64::new(0),
         saw_the_end: AtomicU64::new(0),
+        outage: Latencies::default(),
+        longest_quiet_us: AtomicU64::new(0),
+        last_complete_us: AtomicU64::new(0),
+        epoch: Instant::now(),
     });
     let watchers: Vec<_> = (0..args.watchers).map(|_| tokio::spawn(watcher(id.clone(), args.lazy_watchers, args.skim_watchers, shared.clone()))).collect();
     // Let the watchers connect, and those that read take their first
@@ -674,6 +724,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
     }
 
     let (lease, heartbeat, complete, probe) = (shared.lease.summary(), shared.heartbeat.summary(), shared.complete.summary(), shared.probe.summary());
+    let outage = shared.outage.summary();
+    let quiet_ms = shared.longest_quiet_us.load(Ordering::Relaxed) as f64 / 1000.0;
     let per_second = args.jobs as f64 / elapsed;
     let exactly_once = problems.is_empty();
     if args.json {
@@ -686,6 +738,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             "lease": ms(lease), "heartbeat": ms(heartbeat), "complete": ms(complete), "get_collection": ms(probe),
             "coordinator_cpu_cores": cpu / elapsed, "coordinator_peak_rss_mb": peak_rss as f64 / (1 << 20) as f64,
             "watch_resyncs": shared.resyncs.load(Ordering::Relaxed),
+            "worker_outage": {"p50_ms": outage.0, "p99_ms": outage.1, "max_ms": shared.outage.max(), "outages": outage.2},
+            "longest_without_a_completion_ms": quiet_ms,
             "exactly_once": exactly_once, "problems": problems.iter().take(20).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -707,6 +761,15 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             println!("  {name:<14} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   ({n} calls)");
         }
         println!("  (* another client's 10-job collection, every 20 ms; † a simulated worker's own write, for attempts after the first)");
+        if outage.2 > 0 {
+            println!(
+                "  coordinator deaths: {} worker outages (first failed call to next answer) p50 {:.0} ms / p99 {:.0} ms / max {:.0} ms; the farm's longest time without a completion {quiet_ms:.0} ms",
+                outage.2,
+                outage.0,
+                outage.1,
+                shared.outage.max()
+            );
+        }
         println!("  coordinators: {:.2} cores in all, peak RSS {:.0} MB (the database's own CPU not counted)", cpu / elapsed, peak_rss as f64 / (1 << 20) as f64);
         println!("  exactly once: {}", if exactly_once { "yes".to_string() } else { format!("NO: {}", problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ")) });
     }

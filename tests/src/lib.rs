@@ -13,6 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stylefarm_coordinator::db::testing::{FreshDatabase, Postgres};
+use stylefarm_coordinator::db::Target;
 
 /// A binary of this workspace, from the target folder the tests run from
 /// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
@@ -87,6 +89,24 @@ pub struct Farm {
     /// The dashboard's URL (`http://127.0.0.1:PORT/`), when started with
     /// `--http-listen`.
     pub dashboard: Option<String>,
+    /// The farm's own PostgreSQL database, when the tests run on that
+    /// backend ([`test_database`]); dropped after the coordinator.
+    pub database: Option<FreshDatabase>,
+}
+
+/// Where a test farm keeps its state: the embedded SQLite file in its data
+/// folder unless `STYLEFARM_TEST_BACKEND=postgres`, which gives each farm a
+/// fresh database on the server `STYLEFARM_TEST_POSTGRES` names
+/// (`scripts/test.sh` runs the contract tests a second time so).
+pub fn test_database() -> Option<FreshDatabase> {
+    match std::env::var("STYLEFARM_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => None,
+        Ok("postgres") => {
+            let server = Postgres::from_env().expect("STYLEFARM_TEST_BACKEND=postgres needs STYLEFARM_TEST_POSTGRES (a server's URL; scripts/test.sh starts one)");
+            Some(server.fresh_database())
+        }
+        Ok(other) => panic!("STYLEFARM_TEST_BACKEND={other}: expected sqlite or postgres"),
+    }
 }
 
 /// The coordinator's --lease-seconds (heartbeats every second).
@@ -101,7 +121,8 @@ impl Farm {
     pub fn start_with(extra: &[&str]) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: Procs(Vec::new()), extra: extra.iter().map(|s| s.to_string()).collect(), dashboard: None };
+        let (url, extra) = (format!("http://127.0.0.1:{port}"), extra.iter().map(|s| s.to_string()).collect());
+        let mut farm = Farm { dir, port, url, coordinator: None, workers: Procs(Vec::new()), extra, dashboard: None, database: test_database() };
         farm.start_coordinator();
         farm
     }
@@ -110,6 +131,7 @@ impl Farm {
         let mut c = Command::new(bin("farm-coordinator"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--lease-seconds", LEASE, "--heartbeat-seconds", "1", "--data-dir"])
             .arg(self.dir.path().join("data"))
+            .args(self.database_flag())
             .args(&self.extra)
             .stdout(Stdio::piped())
             .spawn()
@@ -124,6 +146,15 @@ impl Farm {
             self.dashboard = Some(dashboard_url(&line));
         }
         self.coordinator = Some(c);
+    }
+
+    /// `--database URL` when the farm is on PostgreSQL; nothing on SQLite.
+    fn database_flag(&self) -> Vec<String> {
+        match self.database.as_ref().map(|db| &db.target) {
+            Some(Target::Postgres(url)) => vec!["--database".into(), url.clone()],
+            Some(Target::Sqlite(path)) => vec!["--database".into(), format!("sqlite:{}", path.display())],
+            None => Vec::new(),
+        }
     }
 
     pub fn kill_coordinator(&mut self) {

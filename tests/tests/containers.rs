@@ -98,7 +98,7 @@ fn a_farm_of_containers_renders_and_survives_a_killed_worker() {
         &["farm-coordinator", "--listen", &listen, "--lease-seconds", LEASE, "--heartbeat-seconds", "1", "--data-dir", "/data"],
     );
     // The host drives it with its own farmctl, as a user would.
-    let farm = Farm { dir, port, url: url.clone(), coordinator: None, workers: Procs(Vec::new()), extra: Vec::new(), dashboard: None };
+    let farm = Farm { dir, port, url: url.clone(), coordinator: None, workers: Procs(Vec::new()), extra: Vec::new(), dashboard: None, database: None };
     let health = Instant::now();
     while !farm.farmctl(&["--wait", "1", "health"]).status.success() {
         assert!(health.elapsed() < Duration::from_secs(30), "the coordinator container never served: {:?}", podman(&["logs", &format!("sf-coordinator-{tag}")]));

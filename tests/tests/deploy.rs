@@ -31,7 +31,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn manifests_are_valid_kubernetes() {
     let (ok, out) = validate(&deploy().join("k8s"));
     assert!(ok, "{out}");
-    assert!(out.contains("overlay cpu") && out.contains("overlay gpu"), "{out}");
+    assert!(out.contains("overlay cpu") && out.contains("overlay gpu") && out.contains("overlay postgres"), "{out}");
 }
 
 #[test]
@@ -40,6 +40,8 @@ fn a_typo_in_a_manifest_fails_validation() {
         ("base/worker.yaml", "  replicas: 2", "  replcas: 2", "replcas"),
         ("base/coordinator.yaml", "containerPort: 50051", "containerPort: \"fifty\"", "fifty"),
         ("overlays/gpu/worker-gpu.yaml", "nvidia.com/gpu: 1", "nvidia.com/gpu: [1]", "gpu"),
+        ("overlays/postgres/postgres.yaml", "containerPort: 5432", "containerPort: [5432]", "5432"),
+        ("overlays/postgres/coordinator.yaml", "maxSurge: 1", "maxSurj: 1", "maxSurj"),
         // Deprecated kustomize fields (kubectl 1.32 warns; a later one refuses).
         ("overlays/gpu/kustomization.yaml", "patches:\n  - path: worker-gpu.yaml", "patchesStrategicMerge:\n  - worker-gpu.yaml", "deprecated"),
     ] {
@@ -61,6 +63,44 @@ fn workers_request_one_gpu_and_have_time_to_checkpoint() {
     assert!(yaml.contains("nvidia.com/gpu: 1") && yaml.contains("--device=cuda:0"), "{yaml}");
     assert!(yaml.contains("terminationGracePeriodSeconds: 120"));
     assert!(yaml.matches("grpc:\n").count() >= 2 && yaml.contains("readinessProbe") && yaml.contains("livenessProbe"), "probes use the gRPC health service");
+}
+
+/// The documents of `kubectl kustomize OVERLAY`'s output.
+fn rendered(overlay: &str) -> Vec<String> {
+    let o = Command::new("kubectl").args(["kustomize"]).arg(deploy().join("k8s/overlays").join(overlay)).output().expect("kubectl runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().split("\n---\n").map(str::to_string).collect()
+}
+
+/// The one document of this kind and name.
+fn resource<'a>(docs: &'a [String], kind: &str, name: &str) -> Option<&'a String> {
+    let found: Vec<_> = docs.iter().filter(|d| d.lines().any(|l| l == format!("kind: {kind}")) && d.contains(&format!("\n  name: {name}\n"))).collect();
+    assert!(found.len() <= 1, "{} {kind}s named {name}", found.len());
+    found.into_iter().next()
+}
+
+/// The postgres overlay: the coordinator is a Deployment of 2 (the base's
+/// SQLite StatefulSet gone), its budget keeps one up, and the database URL
+/// it is given names the PostgreSQL Service and parses as `--database`.
+#[test]
+fn the_postgres_overlay_runs_two_coordinators_on_one_database() {
+    let docs = rendered("postgres");
+    assert!(resource(&docs, "StatefulSet", "stylefarm-coordinator").is_none(), "the SQLite coordinator is gone");
+    let coordinator = resource(&docs, "Deployment", "stylefarm-coordinator").expect("a coordinator Deployment");
+    assert!(coordinator.contains("\n  replicas: 2\n") && coordinator.contains("maxUnavailable: 0"), "{coordinator}");
+    let budget = resource(&docs, "PodDisruptionBudget", "stylefarm-coordinator").unwrap();
+    assert!(budget.contains("minAvailable: 1") && !budget.contains("maxUnavailable"), "{budget}");
+
+    let url = coordinator.lines().skip_while(|l| !l.contains("name: STYLEFARM_DATABASE")).nth(1).and_then(|l| l.trim().strip_prefix("value: ")).expect("STYLEFARM_DATABASE set");
+    assert!(coordinator.find("name: POSTGRES_PASSWORD") < coordinator.find("name: STYLEFARM_DATABASE"), "$(POSTGRES_PASSWORD) expands only after it is defined");
+    let url = url.replace("$(POSTGRES_PASSWORD)", "0123abcd");
+    let target = stylefarm_coordinator::db::sql::Target::parse(&url).expect("the URL is a --database");
+    assert!(matches!(target, stylefarm_coordinator::db::sql::Target::Postgres(_)), "{url}");
+    let host = url.split('@').nth(1).and_then(|r| r.split(':').next()).unwrap();
+    let service = resource(&docs, "Service", host).unwrap_or_else(|| panic!("no Service {host} for {url}"));
+    assert!(service.contains("port: 5432"), "{service}");
+    let postgres = resource(&docs, "StatefulSet", host).expect("PostgreSQL as a StatefulSet");
+    assert!(postgres.contains("volumeClaimTemplates") && postgres.contains("secretKeyRef"), "{postgres}");
 }
 
 /// The instructions of a Dockerfile, continuation lines joined, comments

@@ -277,4 +277,7 @@ fn two_coordinators_on_postgres_finish_every_job_exactly_once_through_sigkills()
     assert_eq!(v["exactly_once"], true, "{v}");
     assert_eq!((v["database"].as_str(), v["coordinators"].as_u64(), v["restarts"].as_u64()), (Some("postgres"), Some(2), Some(2)), "{v}");
     assert_eq!(v["watchers_saw_the_end"].as_u64(), Some(2), "{v}");
+    // The kills hit workers mid-run (so the run above went through them),
+    // and each such worker found a coordinator again.
+    assert!(v["worker_outage"]["outages"].as_u64() >= Some(1), "{v}");
 }

@@ -141,7 +141,7 @@ fn a_worker_behind_a_silent_network_renders_on_and_finishes_once() {
             .unwrap(),
     );
     // Watched directly, not through the proxy.
-    let farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: procs, extra: Vec::new(), dashboard: None };
+    let farm = Farm { dir, port, url: format!("http://127.0.0.1:{port}"), coordinator: None, workers: procs, extra: Vec::new(), dashboard: None, database: None };
     let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "64x48", "--iters", "400", "--checkpoint-every", "50"]);
     let iteration = |s: &serde_json::Value| jobs(s)[0]["progress"]["iteration"].as_u64().unwrap_or(0);
     let before = iteration(&farm.wait_for(&id, "the render to start", |s| iteration(s) >= 3));
