@@ -1,0 +1,460 @@
+//! Collections and their jobs as people see them: submitting one (all its
+//! jobs in one transaction, once per idempotency key), reading it back a
+//! page or a grid screen at a time, and a person's Cancel or Retry.
+
+use stylefarm_proto as pb;
+
+use super::sql::{self, args, Optional};
+use super::{job_from_row, now, state_of, CallError, Db, FarmSummary, JOB_PARAMS, JOB_STYLE_KEYS, QUEUED, RUNNING, STYLE_KEY_SEPARATOR};
+use crate::machine::{self, Budget, Event, State};
+
+/// A job as the database holds it, for creating rows.
+#[derive(Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub content_index: u32,
+    pub style_index: u32,
+    pub variant_index: u32,
+    pub content_name: String,
+    pub style_name: String,
+    pub content_key: String,
+    /// The styles the job reads: one, or every style of a blended collection.
+    pub style_keys: Vec<String>,
+    pub params_json: String,
+    pub width: u32,
+    pub height: u32,
+    pub iterations: u32,
+    pub checkpoint_every: u32,
+    pub snapshot_every: u32,
+    /// Estimated peak memory: only workers with at least this much (or
+    /// that did not say) lease it.
+    pub min_memory: u64,
+}
+
+/// A new collection, with who submitted it.
+pub struct NewCollection {
+    pub id: String,
+    pub owner: String,
+    /// Empty: no deduplication.
+    pub idempotency_key: String,
+    pub name: String,
+    pub priority: i32,
+    /// Contents × styles × variants.
+    pub shape: (u32, u32, u32),
+    pub jobs: Vec<NewJob>,
+    /// Where to announce its end ("": nowhere).
+    pub notify_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewParams {
+    /// Every key, as a worker receives them.
+    pub params_json: String,
+    pub iterations: u32,
+    /// Estimated peak memory at the job's size.
+    pub min_memory: u64,
+}
+
+/// Seconds before retry number `failures`: 1, 2, 4, … capped at 30.
+/// How many of `jobs` are in each state.
+fn count(jobs: &[pb::Job]) -> pb::JobCounts {
+    let mut counts = pb::JobCounts::default();
+    for j in jobs {
+        add(&mut counts, j.state, 1);
+    }
+    counts
+}
+
+/// Adds `n` jobs in wire state `state` to `counts`.
+fn add(counts: &mut pb::JobCounts, state: i32, n: u32) {
+    let slot = match State::from_wire(state) {
+        Some(State::Queued) => &mut counts.queued,
+        Some(State::Running) => &mut counts.running,
+        Some(State::Succeeded) => &mut counts.succeeded,
+        Some(State::Failed) => &mut counts.failed,
+        Some(State::Cancelled) => &mut counts.cancelled,
+        None => return,
+    };
+    *slot += n;
+}
+
+impl Db {
+    /// The collection an earlier submit with this idempotency key created,
+    /// and its job count.
+    pub fn submitted(&self, owner: &str, idempotency_key: &str) -> sql::Result<Option<(String, u32)>> {
+        if idempotency_key.is_empty() {
+            return Ok(None);
+        }
+        self.conn
+            .query_row(
+                "SELECT c.id, (SELECT COUNT(*) FROM jobs j WHERE j.collection_id = c.id) FROM collections c WHERE owner = ?1 AND idempotency_key = ?2",
+                args![owner, idempotency_key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// Creates a collection and all its jobs in one transaction; returns
+    /// its id and job count, or those of the collection an earlier submit
+    /// with the same idempotency key created.
+    pub fn create_collection(&mut self, c: &NewCollection) -> sql::Result<(String, u32)> {
+        if let Some(existing) = self.submitted(&c.owner, &c.idempotency_key)? {
+            return Ok(existing);
+        }
+        let tx = self.conn.savepoint()?;
+        let seq = Self::next(&tx, "seq")?;
+        let collection_seq = seq as i64;
+        tx.execute(
+            "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key, notify_url)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            args![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key, c.notify_url],
+        )?;
+        // Every job of a variant has its parameters, every job of a column
+        // its style keys: stored once here (from the first job of each),
+        // read by the job's indexes.
+        let (mut variants, mut columns) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+        for j in &c.jobs {
+            if variants.insert(j.variant_index) {
+                tx.execute(
+                    "INSERT INTO variants (collection_id, variant_index, params_json) VALUES (?1, ?2, ?3)",
+                    args![c.id, j.variant_index, j.params_json],
+                )?;
+            }
+            if columns.insert(j.style_index) {
+                tx.execute(
+                    "INSERT INTO columns (collection_id, style_index, style_keys) VALUES (?1, ?2, ?3)",
+                    args![c.id, j.style_index, j.style_keys.join(STYLE_KEY_SEPARATOR)],
+                )?;
+            }
+        }
+        for j in &c.jobs {
+            let seq = Self::next(&tx, "seq")?;
+            tx.execute(
+                "INSERT INTO jobs (id, collection_id, seq, content_index, style_index, variant_index, content_name, style_name,
+                   content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations, min_memory,
+                   prio, cseq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                args![
+                    j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
+                    "", "", j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
+                    j.iterations, j.min_memory as i64, -(c.priority as i64), collection_seq
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok((c.id.clone(), c.jobs.len() as u32))
+    }
+
+    /// A collection with every job, and its owner.
+    pub fn collection(&self, id: &str) -> sql::Result<Option<(String, pb::Collection)>> {
+        let Some((owner, mut c)) = self.collection_header(id)? else { return Ok(None) };
+        c.jobs = self.conn.query_map("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq", args![id], job_from_row)?;
+        c.counts = Some(count(&c.jobs));
+        c.columns = self.grid_columns(id)?;
+        Ok(Some((owner, c)))
+    }
+
+    /// A collection without its jobs (counts unset), and its owner.
+    pub fn collection_header(&self, id: &str) -> sql::Result<Option<(String, pb::Collection)>> {
+        self
+            .conn
+            .query_row("SELECT * FROM collections WHERE id = ?1", args![id], |r| {
+                Ok((
+                    r.get::<_, String>("owner")?,
+                    pb::Collection {
+                        collection_id: r.get("id")?,
+                        name: r.get("name")?,
+                        priority: r.get("priority")?,
+                        jobs: Vec::new(),
+                        contents: r.get("contents")?,
+                        styles: r.get("styles")?,
+                        variants: r.get("variants")?,
+                        created_unix: r.get("created")?,
+                        counts: None,
+                        columns: Vec::new(),
+                    },
+                ))
+            })
+            .optional()
+    }
+
+    /// The jobs of rows (contents) `first..first + rows` of a collection,
+    /// in submission order: one screen of the dashboard's grid.
+    pub fn grid_rows(&self, collection: &str, first: u32, rows: u32) -> sql::Result<Vec<pb::Job>> {
+        self.conn.query_map(
+            "SELECT * FROM jobs WHERE collection_id = ?1 AND content_index >= ?2 AND content_index < ?3 ORDER BY seq",
+            args![collection, first, first.saturating_add(rows)],
+            job_from_row,
+        )
+    }
+
+    /// The collection's columns, one per style × variant: each style's name
+    /// and each variant's parameters (JSON), read from its first row.
+    pub fn grid_columns(&self, collection: &str) -> sql::Result<Vec<pb::Column>> {
+        self.conn.query_map(
+            &format!("SELECT style_index, variant_index, style_name, {JOB_PARAMS} FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq"),
+            args![collection],
+            |r| Ok(pb::Column { style_index: r.get(0)?, variant_index: r.get(1)?, style_name: r.get(2)?, params_json: r.get(3)? }),
+        )
+    }
+
+    /// What the dashboard's farm page shows beside the workers.
+    pub fn farm_summary(&self) -> sql::Result<FarmSummary> {
+        let now = now();
+        let done_last_hour = self.conn.query_row(
+            "SELECT COUNT(*) FROM attempts WHERE ended >= ?1 AND outcome = 'succeeded'",
+            args![now - 3600.0],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        // "failed (KIND): message" counts under "failed (KIND)"; the other
+        // outcomes are their own cause.
+        let failures = self.conn.query_map(
+            "SELECT CASE WHEN outcome LIKE 'failed (%' THEN substr(outcome, 1, instr(outcome, ')')) ELSE outcome END AS cause, COUNT(*)
+             FROM attempts WHERE ended >= ?1 AND outcome NOT IN ('succeeded', 'released', 'cancelled')
+             GROUP BY cause ORDER BY COUNT(*) DESC",
+            args![now - 86_400.0],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
+        )?;
+        // Each running job's pace: iterations since its attempt began over
+        // the time since (loading included).
+        let pace = self.conn.query_map(
+            "SELECT j.worker, (j.iteration - j.started_from) / GREATEST(?1 - a.started, 1e-3)
+             FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.state = ?2",
+            args![now, RUNNING],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?.max(0.0))),
+        )?;
+        Ok(FarmSummary { done_last_hour, failures_last_day: failures, iterations_per_second: pace })
+    }
+
+    /// Ids of the collections `owner` submitted (every one: `None`), oldest
+    /// first. The service pages with [`Db::collections_page`]; tests list.
+    #[cfg(test)]
+    pub fn collection_ids(&self, owner: Option<&str>) -> sql::Result<Vec<String>> {
+        self.conn.query_map("SELECT id FROM collections WHERE CAST(?1 AS TEXT) IS NULL OR owner = ?1 ORDER BY seq", args![owner], |r| r.get(0))
+    }
+
+    /// One job, its attempts and its collection's owner.
+    pub fn job(&self, id: &str) -> sql::Result<Option<(String, pb::JobDetail)>> {
+        let job = self
+            .conn
+            .query_row("SELECT j.*, c.owner AS owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1", args![id], |r| {
+                Ok((r.get::<_, String>("owner")?, job_from_row(r)?))
+            })
+            .optional()?;
+        let Some((owner, job)) = job else { return Ok(None) };
+        let attempts = self.conn.query_map(
+            "SELECT attempt, worker, started, ended, outcome, resumed_from FROM attempts WHERE job_id = ?1 ORDER BY attempt",
+            args![id],
+            |r| {
+                Ok(pb::Attempt {
+                    attempt: r.get(0)?,
+                    worker: r.get(1)?,
+                    started_unix: r.get(2)?,
+                    ended_unix: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                    outcome: r.get::<_, Option<String>>(4)?.unwrap_or_else(|| "running".into()),
+                    resumed_from: r.get(5)?,
+                })
+            },
+        )?;
+        let params_json = self.job_params(id)?.unwrap_or_default();
+        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json })))
+    }
+
+    /// `(state name, jobs)` for every state.
+    pub fn counts(&self) -> sql::Result<Vec<(&'static str, i64)>> {
+        let mut n = [0i64; 6];
+        for (state, count) in self.conn.query_map("SELECT state, COUNT(*) FROM jobs GROUP BY state", args![], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, i64>(1)?)))? {
+            if let Some(slot) = n.get_mut(state) {
+                *slot = count;
+            }
+        }
+        Ok(State::ALL.iter().map(|s| (s.name(), n[s.to_wire() as usize])).collect())
+    }
+
+    /// How many of a collection's jobs are in each state.
+    pub fn job_counts(&self, collection: &str) -> sql::Result<pb::JobCounts> {
+        let mut counts = pb::JobCounts::default();
+        let rows = self.conn.query_map("SELECT state, COUNT(*) FROM jobs WHERE collection_id = ?1 GROUP BY state", args![collection], |r| {
+            Ok((r.get::<_, i32>(0)?, r.get::<_, u32>(1)?))
+        })?;
+        for (state, n) in rows {
+            add(&mut counts, state, n);
+        }
+        Ok(counts)
+    }
+
+    /// One page of the collections `owner` may see (every one: `None`),
+    /// oldest first, without their jobs but with their counts: those after
+    /// sequence number `after`. Returns the page and the last one's
+    /// sequence number when more may follow.
+    pub fn collections_page(&self, owner: Option<&str>, after: i64, limit: u32) -> sql::Result<(Vec<pb::Collection>, Option<i64>)> {
+        let rows: Vec<(pb::Collection, i64)> = self.conn.query_map(
+            "SELECT id, name, priority, created, contents, styles, variants, seq FROM collections
+             WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+            args![owner, after, limit],
+            |r| {
+                Ok((
+                    pb::Collection {
+                        collection_id: r.get(0)?,
+                        name: r.get(1)?,
+                        priority: r.get(2)?,
+                        created_unix: r.get(3)?,
+                        contents: r.get(4)?,
+                        styles: r.get(5)?,
+                        variants: r.get(6)?,
+                        ..Default::default()
+                    },
+                    r.get(7)?,
+                ))
+            },
+        )?;
+        let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
+        let mut page = Vec::with_capacity(rows.len());
+        for (mut c, _) in rows {
+            c.counts = Some(self.job_counts(&c.collection_id)?);
+            page.push(c);
+        }
+        Ok((page, next))
+    }
+
+    /// One page of a collection's jobs in submission order: those after
+    /// sequence number `after`; and the last one's when more may follow.
+    pub fn jobs_page(&self, collection: &str, after: i64, limit: u32) -> sql::Result<(Vec<pb::Job>, Option<i64>)> {
+        let rows: Vec<(pb::Job, i64)> = self.conn.query_map(
+            "SELECT *, seq AS page_seq FROM jobs WHERE collection_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            args![collection, after, limit],
+            |r| Ok((job_from_row(r)?, r.get("page_seq")?)),
+        )?;
+        let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
+        Ok((rows.into_iter().map(|(j, _)| j).collect(), next))
+    }
+
+    /// The owner of a collection, if it exists.
+    pub fn owner(&self, collection: &str) -> sql::Result<Option<String>> {
+        self.conn.query_row("SELECT owner FROM collections WHERE id = ?1", args![collection], |r| r.get(0)).optional()
+    }
+
+    /// Where a job's attempts are: its collection, the collection's owner
+    /// and the number of attempts so far (0: none yet). Folders are
+    /// [`crate::paths::attempt`]`(collection, job, n)` for n in 1..=attempts.
+    pub fn latest_attempt(&self, job: &str) -> sql::Result<Option<(String, String, u32)>> {
+        self.conn
+            .query_row(
+                "SELECT j.collection_id, c.owner, j.attempts FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1",
+                args![job],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?)),
+            )
+            .optional()
+    }
+
+    /// Cancels every job of a collection that the state machine lets go
+    /// (queued and running ones; ended ones keep their state).
+    pub fn cancel(&mut self, collection: &str) -> sql::Result<usize> {
+        let tx = self.conn.savepoint()?;
+        let ids: Vec<(String, i32)> = {
+            tx.query_map("SELECT id, state FROM jobs WHERE collection_id = ?1 FOR UPDATE", args![collection], |r| Ok((r.get(0)?, r.get(1)?)))?
+        };
+        let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
+        let mut n = 0;
+        for (id, state) in ids {
+            if let Ok(step) = machine::next(state_of(state)?, Event::Cancel, budget) {
+                tx.execute("UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2", args![step.to.to_wire() as i32, id])?;
+                self.touched.push(id);
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Retries every failed job of a collection; how many.
+    pub fn retry_failed(&mut self, collection: &str) -> Result<usize, CallError> {
+        let failed: Vec<String> = {
+            self.conn.query_map(
+                "SELECT id FROM jobs INDEXED BY jobs_by_collection_state WHERE collection_id = ?1 AND state = ?2",
+                args![collection, pb::JobState::Failed as i32],
+                |r| r.get(0),
+            )?
+        };
+        for job in &failed {
+            self.act_on_job(job, Event::Retry, None)?;
+        }
+        Ok(failed.len())
+    }
+
+    /// A job's parameters (JSON, every key present): its own if it has
+    /// them, else its variant's.
+    pub fn job_params(&self, job: &str) -> sql::Result<Option<String>> {
+        self.conn.query_row(&format!("SELECT {JOB_PARAMS} FROM jobs WHERE id = ?1"), args![job], |r| r.get(0)).optional()
+    }
+
+    /// A person's Cancel (queued or running → cancelled) or Retry (failed →
+    /// queued, its budgets and error cleared) of one job; a retry with `changed`
+    /// parameters also starts it from the init (a checkpoint of the old
+    /// parameters is no start for the new ones). A retry re-arms the
+    /// collection's notification. Returns the job's collection.
+    pub fn act_on_job(
+        &mut self,
+        job: &str,
+        event: Event,
+        changed: Option<&NewParams>,
+    ) -> Result<String, CallError> {
+        let tx = self.conn.savepoint()?;
+        let row: Option<(i32, String)> =
+            tx.query_row("SELECT state, collection_id FROM jobs WHERE id = ?1", args![job], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let (state, collection) = row.ok_or_else(|| CallError::NoJob(job.to_string()))?;
+        let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
+        let step = machine::next(state_of(state)?, event, budget).map_err(|refusal| CallError::Refused { job: job.to_string(), refusal })?;
+        match event {
+            Event::Retry => {
+                tx.execute(
+                    "UPDATE jobs SET state = ?1, failures = 0, requeues = 0, not_before = 0, error = '' WHERE id = ?2",
+                    args![step.to.to_wire() as i32, job],
+                )?;
+                if let Some(p) = changed {
+                    tx.execute(
+                        "UPDATE jobs SET params_json = ?1, iterations = ?2, min_memory = ?3, resume_key = '', resume_iteration = 0,
+                                         iteration = 0, content = 0, style = 0, tv = 0, total = 0, eta = 0
+                         WHERE id = ?4",
+                        args![p.params_json, p.iterations, i64::try_from(p.min_memory).unwrap_or(i64::MAX), job],
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE collections SET notified = 0 WHERE id = ?1 AND notify_url != ''",
+                    args![&collection],
+                )?;
+            }
+            _ => {
+                tx.execute(
+                    "UPDATE jobs SET state = ?1, error = 'cancelled' WHERE id = ?2",
+                    args![step.to.to_wire() as i32, job],
+                )?;
+            }
+        };
+        tx.commit()?;
+        self.touched.push(job.to_string());
+        Ok(collection)
+    }
+
+    /// What a retry with changes needs of a job: its parameters (every
+    /// key), how many styles it blends, and its size.
+    pub fn job_for_retry(&self, job: &str) -> sql::Result<Option<(String, usize, u32, u32)>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {JOB_PARAMS}, {JOB_STYLE_KEYS}, width, height FROM jobs WHERE id = ?1"
+                ),
+                args![job],
+                |r| {
+                    let keys: String = r.get(1)?;
+                    Ok((
+                        r.get(0)?,
+                        keys.split(STYLE_KEY_SEPARATOR).count(),
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
+                },
+            )
+            .optional()
+    }
+}

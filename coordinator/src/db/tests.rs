@@ -1,0 +1,399 @@
+//! The store's unit tests, each on SQLite and (given a server) PostgreSQL.
+
+use super::*;
+use super::leases::{held_query, lease_query};
+
+const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
+
+pub(super) fn job(id: &str) -> NewJob {
+    NewJob {
+        id: id.into(),
+        content_index: 0,
+        style_index: 0,
+        variant_index: 0,
+        content_name: "c".into(),
+        style_name: "s".into(),
+        content_key: "inputs/c".into(),
+        style_keys: vec!["inputs/s".into()],
+        params_json: "{}".into(),
+        width: 8,
+        height: 8,
+        iterations: 10,
+        checkpoint_every: 5,
+        snapshot_every: 0,
+        min_memory: 0,
+    }
+}
+
+fn create(db: &mut Db, id: &str, priority: i32, jobs: &[NewJob]) {
+    let c = NewCollection {
+        id: id.into(),
+        owner: String::new(),
+        idempotency_key: String::new(),
+        name: id.into(),
+        priority,
+        shape: (jobs.len() as u32, 1, 1),
+        jobs: jobs.to_vec(),
+        notify_url: String::new(),
+    };
+    db.create_collection(&c).unwrap();
+}
+
+fn worker(db: &mut Db, id: &str, memory: u64) {
+    db.register_worker(
+        id,
+        &pb::RegisterRequest {
+            name: id.into(),
+            device: "cpu".into(),
+            memory_bytes: memory,
+            ..Default::default()
+        },
+        &RULES,
+    )
+    .unwrap();
+}
+
+fn state(db: &Db, collection: &str, job: &str) -> pb::Job {
+    db.collection(collection).unwrap().unwrap().1.jobs.into_iter().find(|j| j.job_id == job).unwrap()
+}
+
+fn open() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("farm.db")).unwrap();
+    (dir, db)
+}
+
+/// Runs `test` on a fresh SQLite file, and on a fresh PostgreSQL
+/// database when `STYLEFARM_TEST_POSTGRES` names a server
+/// (`scripts/test.sh` starts one).
+fn each_backend(test: impl Fn(&Target)) {
+    let dir = tempfile::tempdir().unwrap();
+    test(&Target::Sqlite(dir.path().join("farm.db")));
+    if let Some(pg) = super::testing::Postgres::from_env() {
+        let database = pg.fresh_database();
+        eprintln!("again on PostgreSQL ({})", database.describe());
+        test(&database);
+    }
+}
+
+#[test]
+fn ids_are_found_by_their_start_and_nothing_else() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "abcd0000-c", 0, &[job("abcd1111-j"), job("abce2222-j")]);
+        let found = |p: &str| db.ids_starting(p, 20).unwrap().into_iter().map(|(k, id, _)| (k, id)).collect::<Vec<_>>();
+        use ids::Kind::{Collection, Job};
+        assert_eq!(found("abcd1"), vec![(Job, "abcd1111-j".to_string())]);
+        assert_eq!(found("abcd"), vec![(Collection, "abcd0000-c".to_string()), (Job, "abcd1111-j".to_string())], "both kinds");
+        assert_eq!(found("abc").len(), 3);
+        assert!(found("abcf").is_empty() && found("bcd").is_empty(), "a start, not a part");
+        assert_eq!(found("abce2222-j"), vec![(Job, "abce2222-j".to_string())], "a whole id is its own start");
+    });
+}
+
+#[test]
+fn survives_reopen_and_fences_stale_leases() {
+    each_backend(|target| {
+    {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "c1", 0, &[job("j1")]);
+    }
+    let mut db = Db::connect(target).unwrap();
+    assert_eq!(db.collection("c1").unwrap().unwrap().1.jobs.len(), 1, "nothing lost across a reopen");
+    worker(&mut db, "w1", 0);
+    worker(&mut db, "w2", 0);
+    let lapsing = Rules { lease_seconds: -1.0, ..RULES };
+    let first = db.lease("w1", &lapsing).unwrap().unwrap();
+    assert_eq!((first.spec.job_id.as_str(), first.attempt), ("j1", 1));
+    db.expire_leases(&RULES).unwrap();
+    let j = state(&db, "c1", "j1");
+    assert_eq!((j.state, j.failures, j.requeues), (QUEUED, 0, 1), "a lapse is requeued without spending the failure budget");
+    let second = db.lease("w2", &RULES).unwrap().unwrap();
+    assert!(second.token > first.token && second.attempt == 2);
+    let stale = Call { worker: "w1", job: "j1", token: first.token };
+    assert!(matches!(db.complete(&stale, "k", &Default::default(), &RULES), Err(CallError::Stale { .. })));
+    let hb = pb::HeartbeatRequest::default();
+    assert!(matches!(db.heartbeat(&stale, &hb, None, &RULES), Err(CallError::Stale { .. })));
+    let thief = Call { worker: "w1", job: "j1", token: second.token };
+    assert!(matches!(db.complete(&thief, "k", &Default::default(), &RULES), Err(CallError::WrongWorker { .. })), "another worker's lease");
+    let good = Call { worker: "w2", job: "j1", token: second.token };
+    assert!(!db.complete(&good, "k", &Default::default(), &RULES).unwrap().repeated);
+    assert!(db.complete(&good, "k", &Default::default(), &RULES).unwrap().repeated, "a retried completion is answered OK");
+    assert_eq!(state(&db, "c1", "j1").state, pb::JobState::Succeeded as i32);
+    assert!(matches!(db.fail(&good, pb::FailureKind::Internal, "x", &RULES), Err(CallError::Stale { .. })), "a success is final");
+    });
+}
+
+#[test]
+fn only_registered_unquarantined_workers_lease_and_tokens_are_not_a_sequence() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "c", 0, &[job("a"), job("b"), job("c"), job("d")]);
+        assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
+        worker(&mut db, "w", 0);
+        let l1 = db.lease("w", &RULES).unwrap().unwrap();
+        let again = db.lease("w", &RULES).unwrap().unwrap();
+        assert_eq!((&again.spec.job_id, again.token, again.attempt), (&l1.spec.job_id, l1.token, l1.attempt), "one lease at a time: the same again");
+        assert_eq!(again.spec.prefix, l1.spec.prefix);
+        worker(&mut db, "x", 0);
+        let t1 = l1.token;
+        let t2 = db.lease("x", &RULES).unwrap().unwrap().token;
+        assert!(t2 > t1 && t2 - t1 != 1 && (t2 & 0xffff_ffff) != ((t1 + 1) & 0xffff_ffff), "{t1} then {t2}");
+        db.fail(&Call { worker: "w", job: "a", token: t1 }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+        for _ in 0..2 {
+            let l = db.lease("w", &RULES).unwrap().unwrap();
+            db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
+        }
+        assert!(matches!(
+            db.lease("w", &RULES),
+            Err(CallError::Quarantined { strikes: 3, .. })
+        ));
+        let (listed, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
+        let w = listed.iter().find(|w| w.worker_id == "w").unwrap();
+        assert!(w.quarantined && w.strikes == 3);
+        assert!(w.quarantine_reason.contains("its own failure (WORKER)"), "{}", w.quarantine_reason);
+        let j = state(&db, "c", "a");
+        assert_eq!((j.state, j.failures), (QUEUED, 0), "the worker's fault costs the job nothing");
+        assert!(j.requeues >= 1);
+    });
+}
+
+#[test]
+fn bad_input_is_not_retried_other_failures_are_capped_and_cancel_is_final() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "c", 0, &[job("a"), job("b")]);
+        worker(&mut db, "w", 0);
+        let l = db.lease("w", &RULES).unwrap().unwrap();
+        db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::BadInput, "not an image", &RULES).unwrap();
+        assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Failed as i32);
+        let l = db.lease("w", &RULES).unwrap().unwrap();
+        let two = Rules { max_failures: 2, ..RULES };
+        db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Internal, "boom", &two).unwrap();
+        assert_eq!(state(&db, "c", &l.spec.job_id).state, QUEUED, "retried after an internal failure");
+        assert!(db.lease("w", &RULES).unwrap().is_none(), "not before its backoff");
+        // Cancel while running: the worker's later Fail leaves it cancelled.
+        db.conn.execute("UPDATE jobs SET not_before = 0", args![]).unwrap();
+        let l = db.lease("w", &RULES).unwrap().unwrap();
+        db.cancel("c").unwrap();
+        let call = Call { worker: "w", job: &l.spec.job_id, token: l.token };
+        db.fail(&call, pb::FailureKind::Internal, "interrupted", &RULES).unwrap();
+        assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Cancelled as i32, "a fail after cancel does not requeue");
+        assert!(db.lease("w", &RULES).unwrap().is_none());
+    });
+}
+
+#[test]
+fn out_of_memory_moves_the_job_to_a_larger_device() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "c", 0, &[job("a")]);
+        worker(&mut db, "small", 1 << 30);
+        worker(&mut db, "large", 8 << 30);
+        let l = db.lease("small", &RULES).unwrap().unwrap();
+        db.fail(&Call { worker: "small", job: "a", token: l.token }, pb::FailureKind::OutOfMemory, "CUDA_ERROR_OUT_OF_MEMORY", &RULES).unwrap();
+        db.conn.execute("UPDATE jobs SET not_before = 0", args![]).unwrap();
+        assert!(db.lease("small", &RULES).unwrap().is_none(), "not again on a device that ran out");
+        assert_eq!(db.lease("large", &RULES).unwrap().unwrap().spec.job_id, "a");
+    });
+}
+
+#[test]
+fn a_retried_submit_returns_the_first_collection() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        let c = |id: &str| NewCollection {
+            id: id.into(),
+            owner: "u1".into(),
+            idempotency_key: "k1".into(),
+            name: "n".into(),
+            priority: 0,
+            shape: (1, 1, 1),
+            jobs: vec![job("a")],
+            notify_url: String::new(),
+        };
+        assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
+        assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
+        assert_eq!(db.collection_ids(None).unwrap().len(), 1);
+        let other = NewCollection { id: "third".into(), owner: "u2".into(), jobs: vec![job("b")], ..c("x") };
+        assert_eq!(db.create_collection(&other).unwrap().0, "third", "keys are per user");
+        assert_eq!(db.collection_ids(Some("u1")).unwrap(), ["first"]);
+    });
+}
+
+#[test]
+fn lease_walks_an_index_and_never_sorts() {
+    let (_d, db) = open();
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query()), args![0.0, 0], |r| r.get::<_, String>(3)).unwrap();
+    let plan = plan.join("; ");
+    assert!(plan.contains("jobs_queue") && !plan.contains("TEMP B-TREE"), "{plan}");
+    // The lease a worker already holds is found by its own index, not
+    // a scan of every job.
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", held_query()), args!["w"], |r| r.get::<_, String>(3)).unwrap();
+    assert!(plan.join("; ").contains("jobs_held"), "{plan:?}");
+}
+
+#[test]
+fn pages_cover_every_item_once() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        let jobs: Vec<NewJob> = (0..25).map(|i| job(&format!("j{i:02}"))).collect();
+        create(&mut db, "c", 0, &jobs);
+        for i in 0..5 {
+            create(&mut db, &format!("other{i}"), 0, &[job(&format!("o{i}"))]);
+        }
+        let (mut seen, mut after) = (Vec::new(), 0);
+        loop {
+            let (page, next) = db.jobs_page("c", after, 10).unwrap();
+            seen.extend(page.into_iter().map(|j| j.job_id));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        assert_eq!(seen, jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>());
+        let (mut collections, mut after) = (Vec::new(), 0);
+        loop {
+            let (page, next) = db.collections_page(None, after, 4).unwrap();
+            collections.extend(page.into_iter().map(|c| (c.collection_id, c.counts.unwrap().queued)));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        assert_eq!(collections.len(), 6);
+        assert_eq!(collections[0], ("c".to_string(), 25), "counts come with each collection");
+    });
+}
+
+#[test]
+fn a_group_of_calls_commits_once_and_a_failing_one_undoes_only_itself() {
+    each_backend(|target| {
+    let mut db = Db::connect(target).unwrap();
+    create(&mut db, "c", 0, &[job("a"), job("b")]);
+    worker(&mut db, "w", 0);
+    worker(&mut db, "x", 0);
+    db.begin().unwrap();
+    let first = db.lease("w", &RULES).unwrap().unwrap();
+    assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
+    let second = db.lease("x", &RULES).unwrap().unwrap();
+    // Not visible to a reader before the commit…
+    let reader = Db::open_reader(target).unwrap();
+    assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 0);
+    db.commit().unwrap();
+    // … and all of it after.
+    assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 2);
+    assert_ne!(first.spec.job_id, second.spec.job_id);
+    assert_eq!(db.take_touched().len(), 2, "both leased jobs are announced");
+    });
+}
+
+#[test]
+fn priority_first_then_fifo() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "low", 0, &[job("l1")]);
+        create(&mut db, "high", 5, &[job("h1"), job("h2")]);
+        let order: Vec<String> = (0..3)
+            .map(|i| {
+                // One lease a worker: three workers take the queue's first three.
+                worker(&mut db, &format!("w{i}"), 0);
+                db.lease(&format!("w{i}"), &RULES).unwrap().unwrap().spec.job_id
+            })
+            .collect();
+        assert_eq!(order, ["h1", "h2", "l1"]);
+    });
+}
+
+#[test]
+fn a_restart_grants_running_leases_a_full_lease_length() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "c", 0, &[job("a")]);
+        worker(&mut db, "w", 0);
+        db.lease("w", &Rules { lease_seconds: -5.0, ..RULES }).unwrap().unwrap();
+        db.grant_grace(&RULES).unwrap();
+        assert!(db.expire_leases(&RULES).unwrap().is_empty(), "the downtime is not the worker's");
+        assert_eq!(state(&db, "c", "a").state, RUNNING);
+    });
+}
+
+/// Two coordinators on one PostgreSQL: the one that restarts must not
+/// wait on (or deadlock against) the rows the other holds mid-call.
+#[test]
+fn a_restart_grants_grace_around_the_rows_another_coordinator_holds() {
+    let Some(pg) = super::testing::Postgres::from_env() else {
+        eprintln!("skipped: STYLEFARM_TEST_POSTGRES is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let database = pg.fresh_database();
+    let mut survivor = Db::connect(&database).unwrap();
+    create(&mut survivor, "c", 0, &[job("a"), job("b")]);
+    worker(&mut survivor, "w", 0);
+    worker(&mut survivor, "v", 0);
+    survivor.lease("w", &RULES).unwrap().unwrap();
+    survivor.lease("v", &RULES).unwrap().unwrap();
+    // The survivor is inside a worker's call on job a: its row locked.
+    let held = survivor.conn.savepoint().unwrap();
+    held.query_row("SELECT id FROM jobs WHERE id = ?1 FOR UPDATE", args!["a"], |_| Ok(())).unwrap();
+    let (target, (tx, rx)) = (database.target.clone(), std::sync::mpsc::channel());
+    std::thread::spawn(move || {
+        let mut restarted = Db::connect(&target).unwrap();
+        let _ = tx.send(restarted.grant_grace(&RULES));
+    });
+    let graced = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the grace waited on the other coordinator's row lock");
+    assert_eq!(graced.unwrap(), 1, "job b only: job a's lease is being served");
+    drop(held);
+}
+
+#[test]
+fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() {
+    let rules = Rules { lease_seconds: 0.3, max_failures: 3, max_requeues: 100, quarantine_after: 2 };
+    let pause = |s: f64| std::thread::sleep(std::time::Duration::from_secs_f64(s));
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "c", 0, &[job("a"), job("b")]);
+        worker(&mut db, "w", 0);
+        worker(&mut db, "o", 0);
+        let a = db.lease("o", &rules).unwrap().unwrap();
+        db.complete(&Call { worker: "o", job: "a", token: a.token }, "out", &pb::Progress::default(), &rules).unwrap();
+        let strikes = |db: &Db| {
+            let (ws, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
+            let w = ws.into_iter().find(|w| w.worker_id == "w").unwrap();
+            (w.strikes, w.quarantined, w.quarantine_reason)
+        };
+        assert!(db.expire_leases(&rules).unwrap().is_empty());
+        db.lease("w", &rules).unwrap().unwrap();
+        // The coordinator stalls for longer than a lease (no sweep runs):
+        // the next sweep gives the time back instead of expiring.
+        pause(STALL_SECONDS + 0.2);
+        assert!(db.expire_leases(&rules).unwrap().is_empty(), "a stall is nobody's fault");
+        assert_eq!(state(&db, "c", "b").state, RUNNING);
+        // Everyone silent (o was last heard before w): no evidence, no strike.
+        pause(0.6);
+        assert_eq!(db.expire_leases(&rules).unwrap(), vec!["c".to_string()]);
+        assert_eq!(state(&db, "c", "b").state, QUEUED);
+        assert_eq!(strikes(&db).0, 0, "a lapse nobody else was heard through is no strike");
+        // w silent while o is heard: strikes, but lapses on one job alone
+        // (a job no worker can even read) never quarantine.
+        for round in 1..=3 {
+            db.lease("w", &rules).unwrap().unwrap();
+            pause(0.2);
+            assert!(db.lease("o", &rules).unwrap().is_none());
+            pause(0.15);
+            assert_eq!(db.expire_leases(&rules).unwrap().len(), 1);
+            assert_eq!(strikes(&db), (round, false, String::new()), "round {round}");
+        }
+        // The same on a second job: evidence against the worker.
+        db.cancel("c").unwrap();
+        create(&mut db, "d", 0, &[job("e")]);
+        db.lease("w", &rules).unwrap().unwrap();
+        pause(0.2);
+        assert!(db.lease("o", &rules).unwrap().is_none());
+        pause(0.15);
+        db.expire_leases(&rules).unwrap();
+        let (n, quarantined, reason) = strikes(&db);
+        assert!(n == 4 && quarantined, "{n} {quarantined}");
+        assert!(reason.contains("on 2 different jobs") && reason.contains("lease lapsed while other workers were heard"), "{reason}");
+    });
+}
