@@ -4,7 +4,7 @@
 
 use stylefarm_proto as pb;
 
-use super::sql::{self, args, Optional};
+use super::sql::{self, args, Optional, Row};
 use super::{job_from_row, now, state_of, CallError, Db, FarmSummary, JOB_PARAMS, JOB_STYLE_KEYS, QUEUED, RUNNING, STYLE_KEY_SEPARATOR};
 use crate::machine::{self, Budget, Event, State};
 
@@ -76,6 +76,21 @@ fn add(counts: &mut pb::JobCounts, state: i32, n: u32) {
         None => return,
     };
     *slot += n;
+}
+
+/// A `collections` row as the wire has it, without its jobs, counts or
+/// columns.
+fn collection_from_row(r: &Row) -> sql::Result<pb::Collection> {
+    Ok(pb::Collection {
+        collection_id: r.get("id")?,
+        name: r.get("name")?,
+        priority: r.get("priority")?,
+        contents: r.get("contents")?,
+        styles: r.get("styles")?,
+        variants: r.get("variants")?,
+        created_unix: r.get("created")?,
+        ..Default::default()
+    })
 }
 
 impl Db {
@@ -158,23 +173,7 @@ impl Db {
     pub fn collection_header(&self, id: &str) -> sql::Result<Option<(String, pb::Collection)>> {
         self
             .conn
-            .query_row("SELECT * FROM collections WHERE id = ?1", args![id], |r| {
-                Ok((
-                    r.get::<_, String>("owner")?,
-                    pb::Collection {
-                        collection_id: r.get("id")?,
-                        name: r.get("name")?,
-                        priority: r.get("priority")?,
-                        jobs: Vec::new(),
-                        contents: r.get("contents")?,
-                        styles: r.get("styles")?,
-                        variants: r.get("variants")?,
-                        created_unix: r.get("created")?,
-                        counts: None,
-                        columns: Vec::new(),
-                    },
-                ))
-            })
+            .query_row("SELECT * FROM collections WHERE id = ?1", args![id], |r| Ok((r.get::<_, String>("owner")?, collection_from_row(r)?)))
             .optional()
     }
 
@@ -289,24 +288,9 @@ impl Db {
     /// sequence number when more may follow.
     pub fn collections_page(&self, owner: Option<&str>, after: i64, limit: u32) -> sql::Result<(Vec<pb::Collection>, Option<i64>)> {
         let rows: Vec<(pb::Collection, i64)> = self.conn.query_map(
-            "SELECT id, name, priority, created, contents, styles, variants, seq FROM collections
-             WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+            "SELECT * FROM collections WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
             args![owner, after, limit],
-            |r| {
-                Ok((
-                    pb::Collection {
-                        collection_id: r.get(0)?,
-                        name: r.get(1)?,
-                        priority: r.get(2)?,
-                        created_unix: r.get(3)?,
-                        contents: r.get(4)?,
-                        styles: r.get(5)?,
-                        variants: r.get(6)?,
-                        ..Default::default()
-                    },
-                    r.get(7)?,
-                ))
-            },
+            |r| Ok((collection_from_row(r)?, r.get("seq")?)),
         )?;
         let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
         let mut page = Vec::with_capacity(rows.len());
