@@ -18,9 +18,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "farmctl", version, about = "Stylefarm: neural style transfer, from one image to a render farm")]
 struct Cli {
-    /// The coordinator the farm commands talk to.
-    #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051")]
-    coordinator: String,
+    /// The coordinator the farm commands talk to; several (comma-separated
+    /// or the flag repeated) when a farm runs several on one PostgreSQL
+    /// database: a command moves to the next when one cannot be reached.
+    #[arg(long = "coordinator", global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    coordinators: Vec<String>,
     /// Bearer token with the user scope.
     #[arg(long, global = true, env = "STYLEFARM_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -166,11 +168,7 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     stylefarm_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
-    let url = farm::Conn {
-        url: cli.coordinator.clone(),
-        security: cli.tls.with_token(cli.token.clone()),
-        wait: std::time::Duration::from_secs(cli.wait),
-    };
+    let url = farm::Conn::new(cli.coordinators.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));
     match cli.command {
         Command::Up(args) => farm::up(args),
         Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),

@@ -1,11 +1,16 @@
 //! How a client reaches the coordinator: the endpoint (TLS, optionally
-//! mutual), a bearer token in the `authorization` header, and the clap
-//! flags for both, defined once for `farmctl` and `farm-worker`. The
-//! server's side of the same rules lives in the coordinator.
+//! mutual), a bearer token in the `authorization` header, the clap flags
+//! for both, defined once for `farmctl` and `farm-worker`, and
+//! [`Failover`] across several coordinators of one farm. The server's side
+//! of the same rules lives in the coordinator.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tonic::metadata::MetadataValue;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
@@ -147,5 +152,130 @@ impl Interceptor for Bearer {
             request.metadata_mut().insert("authorization", v.clone());
         }
         Ok(request)
+    }
+}
+
+/// The coordinators of one farm (several on one PostgreSQL database, each
+/// able to answer any call), used one at a time: every call goes to the
+/// current one, and a call that cannot reach it (refused, reset, timed
+/// out: a transport error, not a gRPC refusal) makes the next one current.
+/// The caller sees that call fail UNAVAILABLE, as with one coordinator,
+/// and its retry reaches the next. With one URL it is a plain channel.
+///
+/// Not tonic's `balance_list`: it keeps routing calls to an endpoint that
+/// is down (hyperium/tonic#643), where a worker must move on.
+#[derive(Clone)]
+pub struct Failover {
+    /// Each coordinator's URL and channel (connected lazily: on first use,
+    /// and again after a broken connection).
+    coordinators: Arc<[(String, Channel)]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover").field("current", &self.current_url()).field("coordinators", &self.coordinators.len()).finish()
+    }
+}
+
+impl Failover {
+    /// Channels to each of `urls` (at least one); nothing connects yet.
+    /// Call it inside a Tokio runtime (each channel's task starts there).
+    pub fn new(security: &ClientSecurity, urls: &[String]) -> Result<Self, ClientError> {
+        if urls.is_empty() {
+            return Err(ClientError::BadUrl { url: String::new(), reason: "no coordinator URL given".into() });
+        }
+        let endpoints = urls.iter().map(|url| security.endpoint(url)).collect::<Result<Vec<_>, ClientError>>()?;
+        let coordinators: Vec<_> = urls.iter().cloned().zip(endpoints.iter().map(Endpoint::connect_lazy)).collect();
+        Ok(Self { coordinators: coordinators.into(), current: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// The URL calls go to now.
+    pub fn current_url(&self) -> &str {
+        &self.coordinators[self.current.load(Ordering::Relaxed) % self.coordinators.len()].0
+    }
+
+    /// Every URL, in the order they are tried.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.coordinators.iter().map(|(url, _)| url.as_str())
+    }
+}
+
+impl Service<http::Request<Body>> for Failover {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    /// Always ready: the channel is chosen, and waited for, in `call`
+    /// (the current one may change in between).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let n = self.coordinators.len();
+        let i = self.current.load(Ordering::Relaxed) % n;
+        let (url, mut channel) = self.coordinators[i].clone();
+        let current = self.current.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+            let answer = channel.call(request).await;
+            // Only the first of several failed calls moves on: the others
+            // were sent to the same coordinator and say nothing new.
+            if answer.is_err() && n > 1 && current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                tracing::warn!(coordinator = %url, "coordinator unreachable; calls go to the next one");
+            }
+            answer
+        })
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    /// A coordinator stand-in: gRPC health on a loopback port.
+    async fn serving() -> String {
+        let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", incoming.local_addr().unwrap());
+        let (_, health) = tonic_health::server::health_reporter();
+        tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        url
+    }
+
+    /// A loopback URL nothing listens on.
+    fn nobody() -> String {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        format!("http://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn a_call_that_cannot_reach_one_coordinator_sends_the_next_to_another() {
+        let (down, up) = (nobody(), serving().await);
+        let failover = Failover::new(&ClientSecurity::default(), &[down.clone(), up.clone()]).unwrap();
+        let mut client = HealthClient::new(failover.clone());
+        let check = || HealthCheckRequest { service: String::new() };
+        assert_eq!(failover.current_url(), down);
+        let refused = client.check(check()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "the caller retries UNAVAILABLE: {refused:?}");
+        assert_eq!(failover.current_url(), up);
+        for _ in 0..3 {
+            client.check(check()).await.expect("the next calls reach the coordinator that is up");
+        }
+        assert_eq!(failover.current_url(), up, "a coordinator that answers keeps the calls");
+        // Refusals of its own (here: an unknown service) do not move on.
+        let unknown = client.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        assert_eq!(failover.current_url(), up);
+    }
+
+    #[tokio::test]
+    async fn failover_needs_a_url_and_says_which_is_bad() {
+        assert!(Failover::new(&ClientSecurity::default(), &[]).unwrap_err().to_string().contains("no coordinator URL"));
+        let bad = Failover::new(&ClientSecurity::default(), &["http://127.0.0.1:1".into(), "not a url".into()]).unwrap_err();
+        assert!(bad.to_string().contains("`not a url`"), "{bad}");
     }
 }

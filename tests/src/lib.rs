@@ -119,10 +119,16 @@ impl Farm {
 
     /// A coordinator with `extra` flags.
     pub fn start_with(extra: &[&str]) -> Farm {
+        Self::start_on(test_database(), extra)
+    }
+
+    /// A coordinator on `database` (`None`: its data folder's SQLite file,
+    /// or whatever `--database` in `extra` names) with `extra` flags.
+    pub fn start_on(database: Option<FreshDatabase>, extra: &[&str]) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let (url, extra) = (format!("http://127.0.0.1:{port}"), extra.iter().map(|s| s.to_string()).collect());
-        let mut farm = Farm { dir, port, url, coordinator: None, workers: Procs(Vec::new()), extra, dashboard: None, database: test_database() };
+        let mut farm = Farm { dir, port, url, coordinator: None, workers: Procs(Vec::new()), extra, dashboard: None, database };
         farm.start_coordinator();
         farm
     }

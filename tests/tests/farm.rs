@@ -65,6 +65,54 @@ fn a_killed_and_restarted_coordinator_loses_no_job() {
     fetch_and_compare(&farm, &id, &[(&c1, &s), (&c2, &s)]);
 }
 
+/// Two coordinators on one PostgreSQL database and one storage: a worker
+/// and farmctl given both URLs (the worker starting on the first) carry on
+/// through the second when the first is SIGKILLed for good, and the jobs
+/// end as if nothing happened.
+#[test]
+fn a_worker_given_two_coordinators_finishes_its_jobs_through_the_other_when_one_dies() {
+    let pg = stylefarm_coordinator::db::testing::Postgres::from_env()
+        .expect("STYLEFARM_TEST_POSTGRES is not set: run scripts/test.sh, which starts a throwaway PostgreSQL");
+    let database = pg.fresh_database();
+    let stylefarm_coordinator::db::Target::Postgres(db) = database.target.clone() else { unreachable!() };
+    let mut first = Farm::start_on(Some(database), &[]);
+    let storage = first.dir.path().join("data/storage");
+    let second = Farm::start_on(None, &["--database", &db, "--storage", storage.to_str().unwrap()]);
+    first.add_worker_with("w", &["--coordinator", &second.url]);
+    let urls = [first.url.clone(), second.url.clone()];
+    let both = |args: &[&str]| Command::new(bin("farmctl")).args(["--coordinator", &urls[0], "--coordinator", &urls[1], "--wait", "30"]).args(args).output().unwrap();
+    let (c1, c2, s) = (fixture("content.png"), fixture("init.png"), fixture("style.png"));
+    let id = first.submit(&[&["--content", &c1, "--content", &c2, "--style", &s], &RENDER[..]].concat());
+    first.wait_for(&id, "a job under way", |st| jobs(st).iter().any(|j| j["progress"]["iteration"].as_u64() >= Some(6)));
+    first.kill_coordinator();
+    let killed = first.url.clone();
+
+    second.wait_for(&id, "every job to succeed", all_succeeded);
+    let watch = both(&["watch", &id]);
+    assert!(watch.status.success(), "watch, its first coordinator gone, exits 0 through the other: {}", String::from_utf8_lossy(&watch.stderr));
+    let o = both(&["status", &id, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(all_succeeded(&st), "{st}");
+    // One worker, registered once, did every job: it moved to the second
+    // coordinator instead of being replaced or starting over.
+    let workers: std::collections::BTreeSet<&str> = jobs(&st).iter().map(|j| j["worker"].as_str().unwrap()).collect();
+    assert_eq!(workers.len(), 1, "{st}");
+    for job in jobs(&st) {
+        assert!(job["attempts"].as_u64() <= Some(2), "the lease carried over or was taken again once: {job}");
+    }
+    fetch_and_compare(&second, &id, &[(&c1, &s), (&c2, &s)]);
+
+    // The first coordinator really is gone: alone, it answers nothing; the
+    // health of both names it.
+    let alone = Command::new(bin("farmctl")).args(["--coordinator", &killed, "--wait", "1", "status", &id]).output().unwrap();
+    assert!(!alone.status.success(), "{}", String::from_utf8_lossy(&alone.stdout));
+    let health = both(&["health"]);
+    let (out, err) = (String::from_utf8_lossy(&health.stdout), String::from_utf8_lossy(&health.stderr));
+    assert!(!health.status.success() && err.contains(&killed), "{out}\n{err}");
+    assert!(out.contains(&format!("{} SERVING", urls[1])), "{out}\n{err}");
+}
+
 /// A worker whose lease lapsed and was taken over cannot complete, heartbeat
 /// or record a checkpoint: its fencing token is stale.
 #[test]

@@ -24,19 +24,20 @@ use stylefarm_engine::{Device, VggWeights};
 use stylefarm_proto as pb;
 use stylefarm_proto::workers_client::WorkersClient;
 use stylefarm_shared::backoff::Backoff;
-use stylefarm_shared::client::{Bearer, ClientError, ClientSecurity};
+use stylefarm_shared::client::{Bearer, ClientError, ClientSecurity, Failover};
 use stylefarm_shared::storage::{StorageError, Store};
 use stylefarm_shared::weights;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// Everything a worker is told at start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`.
-    pub coordinator: String,
+    /// The farm's coordinators, e.g. `http://127.0.0.1:50051`: one, or
+    /// several sharing one PostgreSQL database (calls go to one at a time
+    /// and move to the next when it cannot be reached).
+    pub coordinators: Vec<String>,
     /// `cpu` or `cuda:N`: the one device this worker renders on.
     pub device: String,
     /// Shared storage; `None` takes what the coordinator announces.
@@ -76,7 +77,7 @@ pub enum Error {
     Forgotten(String),
 }
 
-type Client = WorkersClient<InterceptedService<Channel, Bearer>>;
+type Client = WorkersClient<InterceptedService<Failover, Bearer>>;
 
 /// What the worker knows for its whole life.
 struct Ctx {
@@ -103,15 +104,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let pool = engine_pool(config.threads)?;
 
     let bearer = config.security.bearer()?;
-    let endpoint = config.security.endpoint(&config.coordinator)?;
-    let mut backoff = Backoff::default();
-    let channel = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        c = backoff.retry(None, || { let e = endpoint.clone(); async move { e.connect().await } }, |_| true, |e, delay| {
-            tracing::warn!("coordinator {} not reachable ({e}); retrying in {delay:?}", config.coordinator)
-        }) => c.map_err(|e| ClientError::Unreachable { url: config.coordinator.clone(), reason: e.to_string() })?,
-    };
-    let client = WorkersClient::with_interceptor(channel, bearer).max_decoding_message_size(stylefarm_shared::client::MAX_WORKER_MESSAGE_BYTES);
+    let coordinators = Failover::new(&config.security, &config.coordinators)?;
+    let client = WorkersClient::with_interceptor(coordinators.clone(), bearer).max_decoding_message_size(stylefarm_shared::client::MAX_WORKER_MESSAGE_BYTES);
     let request = pb::RegisterRequest {
         name: config.name.clone(),
         device: config.device.clone(),
@@ -119,12 +113,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         memory_bytes: device_memory(&config.device),
         capabilities: vec!["adam".into(), "lbfgs".into()],
     };
+    // Waits for a coordinator that is not up yet (each failed try moves
+    // on to the next one given).
+    let mut backoff = Backoff::default();
     let registration = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         r = backoff.retry(None, || {
             let (mut c, r) = (client.clone(), request.clone());
             async move { c.register(r).await }
-        }, |s| s.code() == Code::Unavailable, |_, _| {}) => {
+        }, |s| s.code() == Code::Unavailable, |s, delay| {
+            tracing::warn!("coordinator not reachable ({}); retrying in {delay:?} at {}", s.message(), coordinators.current_url())
+        }) => {
             r.map_err(|s| Error::Registration(s.message().to_string()))?.into_inner()
         }
     };

@@ -1,13 +1,16 @@
-//! `farm-worker --coordinator URL --device cpu|cuda:N [--storage URL]`
+//! `farm-worker --coordinator URL[,URL…] --device cpu|cuda:N [--storage URL]`
 
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(name = "farm-worker", version, about = "Stylefarm worker: renders jobs leased from a coordinator on one device")]
 struct Args {
-    /// The coordinator, e.g. http://127.0.0.1:50051.
-    #[arg(long)]
-    coordinator: String,
+    /// The coordinator, e.g. http://127.0.0.1:50051; several (comma-separated
+    /// or the flag repeated) when a farm runs several on one PostgreSQL
+    /// database: the worker uses one and moves to the next when it cannot
+    /// be reached.
+    #[arg(long = "coordinator", required = true, value_delimiter = ',')]
+    coordinators: Vec<String>,
     /// The one device this worker uses: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -44,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     stylefarm_shared::telemetry::init_logging(a.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let config = stylefarm_worker::Config {
-        coordinator: a.coordinator,
+        coordinators: a.coordinators,
         name: a
             .name
             .unwrap_or_else(|| stylefarm_worker::default_name(&a.device)),

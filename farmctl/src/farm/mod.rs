@@ -23,6 +23,7 @@ pub use watch::watch;
 pub use workers::{workers, WorkersCommand};
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -40,17 +41,43 @@ pub type Client = FarmClient<InterceptedService<Channel, Bearer>>;
 /// (a restart, a redeploy) before it gives up (`--wait`).
 pub const RIDE_OUT_SECONDS: u64 = 90;
 
-/// Where the coordinator is and how to present ourselves to it.
+/// Where the farm's coordinators are and how to present ourselves to them.
 pub struct Conn {
-    pub url: String,
+    /// One coordinator, or several sharing one PostgreSQL database: calls
+    /// go to the one that last answered and move on when it cannot be
+    /// reached.
+    pub urls: Vec<String>,
     pub security: ClientSecurity,
     /// How long to wait for a coordinator that does not answer.
     pub wait: Duration,
+    /// Which of `urls` calls go to now.
+    current: AtomicUsize,
 }
 
-/// A `Farm` client for `conn`, with the bearer token attached.
+impl Conn {
+    pub fn new(urls: Vec<String>, security: ClientSecurity, wait: Duration) -> Self {
+        Self { urls, security, wait, current: AtomicUsize::new(0) }
+    }
+
+    /// The coordinator calls go to now.
+    pub fn url(&self) -> &str {
+        self.urls.get(self.current.load(Ordering::Relaxed) % self.urls.len().max(1)).map_or("", String::as_str)
+    }
+
+    /// The next coordinator takes the calls (the current one could not be
+    /// reached).
+    fn move_on(&self) {
+        if self.urls.len() > 1 {
+            let next = (self.current.load(Ordering::Relaxed) + 1) % self.urls.len();
+            self.current.store(next, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A `Farm` client for the current coordinator of `conn`, with the bearer
+/// token attached.
 async fn connect(conn: &Conn) -> Result<Client, ClientError> {
-    let channel = conn.security.connect(&conn.url).await?;
+    let channel = conn.security.connect(conn.url()).await?;
     let bearer = conn.security.bearer()?;
     Ok(FarmClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }
@@ -77,7 +104,8 @@ pub fn transient(s: &tonic::Status) -> bool {
 
 /// Runs `op` on a fresh client, riding out a coordinator that is down or
 /// restarting: connection failures and UNAVAILABLE are retried with capped
-/// backoff for up to `conn.wait`; any other refusal returns at once.
+/// backoff for up to `conn.wait`, each retry on the next coordinator when
+/// several are given; any other refusal returns at once.
 pub async fn call<T, F, Fut>(conn: &Conn, mut op: F) -> Result<T>
 where
     F: FnMut(Client) -> Fut,
@@ -90,6 +118,7 @@ where
     // and so does a plaintext client at a TLS port, which no wait fixes:
     // the first few are retried, then it is taken as final.
     let mut broken_connections = 0;
+    let mut tried = 0;
     loop {
         let error = match connect(conn).await {
             Ok(c) => match op(c).await {
@@ -104,11 +133,21 @@ where
             Err(e) if may_come_back(&e) => anyhow::anyhow!(e),
             Err(e) => return Err(anyhow::anyhow!(e)),
         };
+        // Another coordinator may answer at once: each is tried before
+        // the next wait.
+        let failed = conn.url().to_string();
+        conn.move_on();
+        tried += 1;
+        if tried < conn.urls.len() {
+            eprintln!("coordinator {failed} unreachable ({error:#}); trying {}", conn.url());
+            continue;
+        }
+        tried = 0;
         let delay = backoff.next_delay();
         if tokio::time::Instant::now() + delay > deadline {
             return Err(error.context(format!(
                 "the coordinator at {} did not answer within {} s (is `farmctl up` or farm-coordinator running there? --wait sets how long to wait)",
-                conn.url,
+                conn.urls.join(", "),
                 conn.wait.as_secs()
             )));
         }

@@ -71,7 +71,7 @@ pub fn up(a: UpArgs) -> Result<()> {
         let mut workers = Vec::new();
         for i in 0..a.workers {
             let config = stylefarm_worker::Config {
-                coordinator: url.clone(),
+                coordinators: vec![url.clone()],
                 device: if a.gpus { format!("cuda:{i}") } else { "cpu".to_string() },
                 storage: None,
                 name: format!("local{i}"),
