@@ -169,14 +169,7 @@ pub async fn run_with_dashboard(
     let storage_error = |source| Error::Storage { location: config.storage.clone(), source };
     let store = Store::open(&config.storage).map_err(storage_error)?;
     store.check_writable().await.map_err(storage_error)?;
-    let farm_id = match store.get(paths::FARM_MARKER).await {
-        Ok(id) => String::from_utf8_lossy(&id).trim().to_string(),
-        Err(_) => {
-            let id = uuid::Uuid::new_v4().to_string();
-            store.put(paths::FARM_MARKER, id.clone().into_bytes()).await.map_err(storage_error)?;
-            id
-        }
-    };
+    let farm_id = farm_id(&store).await.map_err(storage_error)?;
     let mut input_stores = Vec::new();
     for prefix in &config.input_prefixes {
         let store = Store::open(prefix).map_err(|source| Error::InputPrefix { location: prefix.clone(), source })?;
@@ -305,6 +298,44 @@ async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The farm's id, from the marker at the storage root. The first
+/// coordinator to start on new storage writes it, only if it is still
+/// absent, so coordinators starting together agree on one id; the others
+/// read it. A marker that cannot be read stops the start: taken as absent,
+/// it would be replaced, and every worker of the farm would then refuse
+/// the storage as another farm's.
+async fn farm_id(store: &Store) -> Result<String, stylefarm_shared::storage::StorageError> {
+    let marker = match store.get_if_exists(paths::FARM_MARKER).await? {
+        Some(marker) => marker,
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            if store.put_new(paths::FARM_MARKER, id.clone().into_bytes()).await? {
+                return Ok(id);
+            }
+            store.get(paths::FARM_MARKER).await?
+        }
+    };
+    Ok(String::from_utf8_lossy(&marker).trim().to_string())
+}
+
+#[cfg(test)]
+mod farm_id_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn coordinators_starting_together_on_new_storage_agree_on_the_farm() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let stores: Vec<Store> = (0..4).map(|_| Store::open(&dir.path().to_string_lossy()).unwrap()).collect();
+            let together = tokio::join!(farm_id(&stores[0]), farm_id(&stores[1]), farm_id(&stores[2]), farm_id(&stores[3]));
+            let ids: std::collections::BTreeSet<String> = [together.0, together.1, together.2, together.3].into_iter().map(Result::unwrap).collect();
+            assert_eq!(ids.len(), 1, "{ids:?}");
+            let marker = std::fs::read_to_string(dir.path().join(paths::FARM_MARKER)).unwrap();
+            assert_eq!(ids.first(), Some(&marker));
         }
     }
 }

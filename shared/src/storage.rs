@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use url::Url;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,30 @@ impl Store {
             reason: e.to_string(),
         })?;
         Ok(())
+    }
+
+    /// Writes `name` only if nothing is there yet: `Ok(true)` if this call
+    /// wrote it, `Ok(false)` if it was already there (left as it was). A
+    /// store that cannot write conditionally is written plainly.
+    pub async fn put_new(&self, name: &str, bytes: Vec<u8>) -> Result<bool, StorageError> {
+        let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.inner.put_opts(&self.path(name), PutPayload::from(bytes.clone()), create).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => self.put(name, bytes).await.map(|()| true),
+            Err(e) => Err(StorageError::Write { location: self.location.clone(), name: name.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    /// The object's bytes, or `None` when there is no such object (any
+    /// other failure is an error: "could not read" is not "absent").
+    pub async fn get_if_exists(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        let read = |reason: String| StorageError::Read { location: self.location.clone(), name: name.to_string(), reason };
+        match self.inner.get(&self.path(name)).await {
+            Ok(got) => got.bytes().await.map(Some).map_err(|e| read(e.to_string())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(read(e.to_string())),
+        }
     }
 
     pub async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
@@ -249,6 +273,16 @@ fn read_confined(inside: &std::path::Path, path: &std::path::Path, name: &str, l
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn put_new_writes_once_and_absent_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().to_string_lossy()).unwrap();
+        assert_eq!(store.get_if_exists("marker").await.unwrap(), None);
+        assert!(store.put_new("marker", b"first".to_vec()).await.unwrap());
+        assert!(!store.put_new("marker", b"second".to_vec()).await.unwrap(), "the second write finds the first");
+        assert_eq!(store.get_if_exists("marker").await.unwrap().as_deref(), Some(&b"first"[..]));
+    }
 
     #[tokio::test]
     async fn confined_reads_stay_inside_and_open_only_regular_files() {
