@@ -21,8 +21,9 @@ struct Cli {
     /// The coordinator the farm commands talk to; several (comma-separated
     /// or the flag repeated) when a farm runs several on one PostgreSQL
     /// database: a command moves to the next when one cannot be reached.
-    #[arg(long = "coordinator", global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
-    coordinators: Vec<String>,
+    /// (Named `coordinator`, not `coordinators`: that is loadtest's count.)
+    #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    coordinator: Vec<String>,
     /// Bearer token with the user scope.
     #[arg(long, global = true, env = "STYLEFARM_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -168,7 +169,7 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     stylefarm_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
-    let url = farm::Conn::new(cli.coordinators.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));
+    let url = farm::Conn::new(cli.coordinator.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));
     match cli.command {
         Command::Up(args) => farm::up(args),
         Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),
@@ -199,5 +200,28 @@ fn main() -> anyhow::Result<()> {
         Command::Graph(args) => graph(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Sweep(args) => sweep::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn several_coordinators_are_given_either_way_and_loadtest_keeps_its_count() {
+        for args in [&["farmctl", "--coordinator", "http://a:1,http://b:2", "status"][..], &["farmctl", "--coordinator", "http://a:1", "--coordinator", "http://b:2", "status"]] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.coordinator, ["http://a:1", "http://b:2"], "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["farmctl", "loadtest", "--coordinators", "2"]).unwrap();
+        assert!(matches!(cli.command, Command::Loadtest(_)));
+        assert_eq!(cli.coordinator, ["http://127.0.0.1:50051"]);
     }
 }
