@@ -63,6 +63,9 @@ pub struct Config {
     /// Blocking threads for image decoding and other CPU-heavy steps (by
     /// default one fewer than the cores: one is left to the runtime).
     pub work_threads: usize,
+    /// Writing connections on PostgreSQL, each committing its own groups
+    /// side by side (SQLite has one writer, whatever this says).
+    pub writers: usize,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer tokens by scope; none = no authentication.
@@ -86,6 +89,10 @@ impl Config {
     pub const MAX_WATCHERS: usize = 4096;
     pub const MAX_SUBMITS_PER_CLIENT: usize = 2;
     pub const MAX_SUBMITS: usize = 16;
+    /// Two: on 2 cores shared with the database, one coordinator's
+    /// completions/s doubled from one writer to two, and fell past that
+    /// (BENCHMARKS.md); a database on its own cores takes more.
+    pub const WRITERS: usize = 2;
     pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 
     /// The defaults `farm-coordinator` starts with (no tokens, no TLS, no
@@ -114,6 +121,7 @@ impl Config {
             max_submits_per_client: Self::MAX_SUBMITS_PER_CLIENT,
             max_submits: Self::MAX_SUBMITS,
             work_threads: crate::admission::Work::default_threads(),
+            writers: Self::WRITERS,
             max_connections_per_address: Self::MAX_CONNECTIONS_PER_ADDRESS,
             max_connections: crate::conn::Gate::default_total(),
             metrics_listen: None,

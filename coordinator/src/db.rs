@@ -114,9 +114,22 @@ pub struct Db {
     /// Jobs changed since the last [`Db::take_touched`]: what the state's
     /// owner announces to watchers after a commit.
     touched: Vec<String>,
-    /// When [`Db::expire_leases`] last ran (in memory: a restart grants
+    /// When [`Db::expire_leases`] last ran, as `f64` bits (0: never),
+    /// shared by the coordinator's writers (in memory: a restart grants
     /// its own grace).
-    last_sweep: Option<f64>,
+    last_sweep: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A writer to be, sharing a coordinator's record of sweeps.
+pub struct Twin {
+    last_sweep: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Twin {
+    /// Connects (blocking), as [`Db::connect`].
+    pub fn connect(self, target: &Target) -> sql::Result<Db> {
+        Ok(Db { last_sweep: self.last_sweep, ..Db::connect(target)? })
+    }
 }
 
 fn state_of(v: i32) -> sql::Result<State> {
@@ -176,7 +189,20 @@ impl Db {
             Target::Postgres(url) => Conn::postgres(url)?,
         };
         schema::migrate(&conn)?;
-        Ok(Self { conn, touched: Vec::new(), last_sweep: None })
+        Ok(Self { conn, touched: Vec::new(), last_sweep: Default::default() })
+    }
+
+    /// Another writing connection to this database for the same
+    /// coordinator (PostgreSQL: its writers run side by side), sharing
+    /// this one's record of sweeps.
+    pub fn another_writer(&self, target: &Target) -> sql::Result<Self> {
+        self.twin().connect(target)
+    }
+
+    /// What [`Db::another_writer`] needs of this one, to connect later on
+    /// another thread (connecting blocks).
+    pub fn twin(&self) -> Twin {
+        Twin { last_sweep: self.last_sweep.clone() }
     }
 
     /// A connection for reads: for SQLite a read-only one, which sees
@@ -189,7 +215,7 @@ impl Db {
             )?),
             Target::Postgres(url) => Conn::postgres(url)?,
         };
-        Ok(Self { conn, touched: Vec::new(), last_sweep: None })
+        Ok(Self { conn, touched: Vec::new(), last_sweep: Default::default() })
     }
 
     /// Whether this is PostgreSQL (where other coordinators may write too).

@@ -175,7 +175,7 @@ pub async fn run_with_dashboard(
         let store = Store::open(prefix).map_err(|source| Error::InputPrefix { location: prefix.clone(), source })?;
         input_stores.push((prefix.trim_end_matches('/').to_string() + "/", store));
     }
-    let owner = StateHandle::start(db, target.clone(), 8192).map_err(Error::Thread)?;
+    let owner = StateHandle::start(db, target.clone(), 8192, config.writers).map_err(Error::Thread)?;
     let watchers = Admission::watches(config.max_watchers_per_client, config.max_watchers);
     let submits = Admission::submits(config.max_submits_per_client, config.max_submits);
     let work = Work::new(config.work_threads);

@@ -107,6 +107,9 @@ struct Args {
     /// Threads that decode uploaded images and draw contact sheets (default: cores - 1).
     #[arg(long)]
     work_threads: Option<usize>,
+    /// Writing connections on PostgreSQL, committing side by side (SQLite has one).
+    #[arg(long, default_value_t = Config::WRITERS)]
+    writers: usize,
     /// Most open connections from one address (both ports together; more are closed at once).
     #[arg(long, default_value_t = Config::MAX_CONNECTIONS_PER_ADDRESS)]
     max_connections_per_address: usize,
@@ -201,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
         max_connections_per_address: a.max_connections_per_address.max(1),
         max_connections: a.max_connections.unwrap_or_else(stylefarm_coordinator::default_max_connections).max(1),
         work_threads: a.work_threads.unwrap_or_else(stylefarm_coordinator::default_work_threads).max(1),
+        writers: a.writers.max(1),
         metrics_listen: a.metrics_listen,
         tokens: Tokens {
             users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),

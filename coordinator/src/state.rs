@@ -1,26 +1,29 @@
 //! Who owns the coordinator's state, and how the handlers reach it.
 //!
-//! One thread owns the database's only writing connection (the pattern of
-//! mini-redis and tokio-console: handlers validate, send a command, await
-//! the answer). It takes every command that is waiting, runs them in one
+//! A writer thread owns a writing connection (the pattern of mini-redis
+//! and tokio-console: handlers validate, send a command, await the
+//! answer). It takes every command that is waiting, runs them in one
 //! transaction — each in its own savepoint, so a failing one undoes only
 //! itself — commits once (one fsync for the whole group: group commit) and
-//! only then answers, so an acknowledged call survives a SIGKILL. After
-//! each commit it publishes the jobs that changed on a broadcast channel:
-//! `Watch` streams are fed from it, never by re-reading the database.
+//! only then answers, so an acknowledged call survives a SIGKILL. SQLite
+//! has one writer, which after each commit publishes the jobs that changed
+//! on a broadcast channel: `Watch` streams are fed from it, never by
+//! re-reading the database.
 //!
 //! Reads run on a few read-only connections on tokio's blocking threads
 //! (WAL: they see every commit and never block the writer).
 //!
-//! On PostgreSQL other coordinators write too, so changes are announced
-//! through the database instead: each group `NOTIFY`s the jobs it changed
-//! inside its transaction (delivered at commit, in commit order), and a
-//! listener thread per coordinator turns every coordinator's
-//! notifications into the same [`JobEvent`]s. A connection the database
-//! closed is opened again (the writer's before its next group, a
-//! reader's on its next read, the listener's with capped backoff —
-//! telling watchers to resynchronise, since changes may have passed
-//! unheard).
+//! On PostgreSQL a coordinator has `--writers` of them taking groups from
+//! the same queue and committing side by side, as several coordinators do
+//! (row locks keep them apart). Since other writers and coordinators
+//! write too, changes are announced through the database instead: each
+//! group `NOTIFY`s the jobs it changed inside its transaction (delivered
+//! at commit, in commit order), and a listener thread per coordinator
+//! turns every coordinator's notifications into the same [`JobEvent`]s.
+//! A connection the database closed is opened again (a writer's before
+//! its next group, a reader's on its next read, the listener's with
+//! capped backoff — telling watchers to resynchronise, since changes may
+//! have passed unheard).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,9 +92,10 @@ pub enum ReadKind {
 }
 
 impl StateHandle {
-    /// Starts the writer thread over `db` (connected to `target`), and on
-    /// PostgreSQL the listener. They run until every handle is dropped.
-    pub fn start(db: Db, target: Target, event_capacity: usize) -> std::io::Result<StateHandle> {
+    /// Starts the writer thread over `db` (connected to `target`) and, on
+    /// PostgreSQL, `writers - 1` more and the listener. They run until
+    /// every handle is dropped.
+    pub fn start(db: Db, target: Target, event_capacity: usize, writers: usize) -> std::io::Result<StateHandle> {
         let (commands, inbox) = tokio::sync::mpsc::channel::<Command>(MAX_WAITING);
         let (events, _) = broadcast::channel(event_capacity);
         let publish = events.clone();
@@ -100,8 +104,22 @@ impl StateHandle {
             let (target, publish, handles) = (target.clone(), events.clone(), Arc::downgrade(&alive));
             std::thread::Builder::new().name("changes".into()).spawn(move || listen(target, publish, handles))?;
         }
-        let writer_target = target.clone();
-        std::thread::Builder::new().name("state".into()).spawn(move || own(db, writer_target, inbox, publish))?;
+        // SQLite takes one writer at a time; PostgreSQL's row locks let a
+        // coordinator's writers commit side by side, as several
+        // coordinators' do.
+        let writers = if db.is_shared() { writers.max(1) } else { 1 };
+        let inbox = Arc::new(Mutex::new(inbox));
+        for i in 1..writers {
+            // Each connects on its own thread (connecting blocks); one
+            // that cannot leaves the others to serve, and says so.
+            let (twin, target, inbox, publish) = (db.twin(), target.clone(), inbox.clone(), publish.clone());
+            std::thread::Builder::new().name(format!("state-{i}")).spawn(move || match twin.connect(&target) {
+                Ok(db) => own(db, target, inbox, publish),
+                Err(e) => tracing::error!("writer {i} could not connect: {e}; the others serve"),
+            })?;
+        }
+        let (target_0, inbox_0) = (target.clone(), inbox.clone());
+        std::thread::Builder::new().name("state-0".into()).spawn(move || own(db, target_0, inbox_0, publish))?;
         let readers = Readers {
             target,
             idle: Mutex::new(Vec::new()),
@@ -168,11 +186,24 @@ impl StateHandle {
 
 /// The writer thread: group, commit, answer, announce — until every handle
 /// is gone.
-fn own(mut db: Db, target: Target, mut inbox: tokio::sync::mpsc::Receiver<Command>, events: broadcast::Sender<Arc<JobEvent>>) {
+fn own(mut db: Db, target: Target, inbox: Arc<Mutex<tokio::sync::mpsc::Receiver<Command>>>, events: broadcast::Sender<Arc<JobEvent>>) {
     let shared = db.is_shared();
-    while let Some(first) = inbox.blocking_recv() {
+    loop {
+        // The next group: what is waiting, taken by one writer at a time.
+        let group = {
+            let Ok(mut inbox) = inbox.lock() else { return };
+            let Some(first) = inbox.blocking_recv() else { return };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match inbox.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
         if db.is_broken() {
-            match Db::connect(&target) {
+            match db.another_writer(&target) {
                 Ok(fresh) => {
                     tracing::info!("the database is back");
                     db = fresh;
@@ -181,18 +212,10 @@ fn own(mut db: Db, target: Target, mut inbox: tokio::sync::mpsc::Receiver<Comman
                     // This group's callers see their answer dropped
                     // (UNAVAILABLE) and retry; the next group tries again.
                     tracing::error!("the database is unavailable: {e}");
-                    drop(first);
-                    while inbox.try_recv().is_ok() {}
+                    drop(group);
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
-            }
-        }
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match inbox.try_recv() {
-                Ok(c) => group.push(c),
-                Err(_) => break,
             }
         }
         metrics::histogram!("stylefarm_commit_group_size").record(group.len() as f64);

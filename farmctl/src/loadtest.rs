@@ -93,6 +93,9 @@ pub struct LoadtestArgs {
     /// --database).
     #[arg(long, default_value_t = 1)]
     coordinators: usize,
+    /// Each coordinator's --writers on PostgreSQL (default: its own).
+    #[arg(long)]
+    writers: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -178,6 +181,7 @@ struct Coordinator {
     /// Its number (its log is `coordinator-N.log`).
     index: usize,
     database: Option<String>,
+    writers: Option<usize>,
     port: u16,
     lease_seconds: u32,
     max_jobs: usize,
@@ -196,6 +200,9 @@ impl Coordinator {
         let mut command = Command::new(&exe);
         if let Some(database) = &self.database {
             command.env("STYLEFARM_DATABASE", database);
+        }
+        if let Some(writers) = self.writers {
+            command.args(["--writers", &writers.to_string()]);
         }
         let mut child = command
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
@@ -572,6 +579,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             data: data.to_path_buf(),
             index,
             database: database.clone(),
+            writers: args.writers,
             port: 0,
             lease_seconds: args.lease_seconds,
             max_jobs: args.jobs.max(args.queued).max(1),
@@ -732,7 +740,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         let ms = |(p50, p99, n): (f64, f64, usize)| serde_json::json!({"p50_ms": p50, "p99_ms": p99, "calls": n});
         let v = serde_json::json!({
             "workers": args.workers, "jobs": args.jobs, "watchers": args.watchers, "lazy_watchers": args.lazy_watchers, "skim_watchers": args.skim_watchers,
-            "queued": args.queued, "restarts": restarts_done, "coordinators": coordinators.len(),
+            "queued": args.queued, "restarts": restarts_done, "coordinators": coordinators.len(), "writers": args.writers,
             "database": if database.is_some() { "postgres" } else { "sqlite" }, "watchers_saw_the_end": saw_the_end, "stalls": shared.stalls.load(Ordering::Relaxed),
             "seconds": elapsed, "completions_per_second": per_second,
             "lease": ms(lease), "heartbeat": ms(heartbeat), "complete": ms(complete), "get_collection": ms(probe),

@@ -436,8 +436,8 @@ impl Db {
     /// leases get it back before anything is expired.
     pub fn expire_leases(&mut self, rules: &Rules) -> sql::Result<Vec<String>> {
         let t = now();
-        let stalled = self.last_sweep.map_or(0.0, |last| t - last);
-        self.last_sweep = Some(t);
+        let last = self.last_sweep.swap(t.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        let stalled = if last == 0 { 0.0 } else { t - f64::from_bits(last) };
         if stalled > STALL_SECONDS {
             let extended = self.conn.execute("UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE state = ?2", args![stalled, RUNNING])?;
             tracing::warn!(seconds = stalled, leases = extended, "the coordinator was behind; running leases get that time back");

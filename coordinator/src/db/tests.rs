@@ -397,3 +397,26 @@ fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() 
         assert!(reason.contains("on 2 different jobs") && reason.contains("lease lapsed while other workers were heard"), "{reason}");
     });
 }
+
+#[test]
+fn a_coordinators_writers_share_one_record_of_sweeps() {
+    // Writers take sweeps in turn: one that has not swept for a while must
+    // not take the others' sweeps for a stall (and extend every lease).
+    let rules = Rules { lease_seconds: 30.0, ..RULES };
+    let pause = |s: f64| std::thread::sleep(std::time::Duration::from_secs_f64(s));
+    each_backend(|target| {
+        let mut first = Db::connect(target).unwrap();
+        let mut second = first.another_writer(target).unwrap();
+        create(&mut first, "c", 0, &[job("j")]);
+        worker(&mut first, "w", 0);
+        first.lease("w", &rules).unwrap().unwrap();
+        let deadline = |db: &Db| db.conn.query_row("SELECT lease_deadline FROM jobs WHERE id = ?1", args!["j"], |r| r.get::<_, f64>(0)).unwrap();
+        let leased_until = deadline(&first);
+        second.expire_leases(&rules).unwrap();
+        pause(STALL_SECONDS * 0.75);
+        first.expire_leases(&rules).unwrap();
+        pause(STALL_SECONDS * 0.75);
+        second.expire_leases(&rules).unwrap();
+        assert_eq!(deadline(&second), leased_until, "sweeps came every {} s: no stall", STALL_SECONDS * 0.75);
+    });
+}
