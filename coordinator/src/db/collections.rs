@@ -93,6 +93,13 @@ fn collection_from_row(r: &Row) -> sql::Result<pb::Collection> {
     })
 }
 
+/// Rows read with their sequence numbers, `limit` at most: the rows, and
+/// the last one's number when the page is full (more may follow).
+fn page_of<T>(rows: Vec<(T, i64)>, limit: u32) -> (Vec<T>, Option<i64>) {
+    let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
+    (rows.into_iter().map(|(row, _)| row).collect(), next)
+}
+
 impl Db {
     /// The collection an earlier submit with this idempotency key created,
     /// and its job count.
@@ -292,11 +299,9 @@ impl Db {
             args![owner, after, limit],
             |r| Ok((collection_from_row(r)?, r.get("seq")?)),
         )?;
-        let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
-        let mut page = Vec::with_capacity(rows.len());
-        for (mut c, _) in rows {
+        let (mut page, next) = page_of(rows, limit);
+        for c in &mut page {
             c.counts = Some(self.job_counts(&c.collection_id)?);
-            page.push(c);
         }
         Ok((page, next))
     }
@@ -309,8 +314,7 @@ impl Db {
             args![collection, after, limit],
             |r| Ok((job_from_row(r)?, r.get("page_seq")?)),
         )?;
-        let next = (rows.len() as u32 == limit).then(|| rows.last().map(|(_, seq)| *seq)).flatten();
-        Ok((rows.into_iter().map(|(j, _)| j).collect(), next))
+        Ok(page_of(rows, limit))
     }
 
     /// The owner of a collection, if it exists.
