@@ -143,7 +143,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         reset_peak_rss();
         let tensor = |seed| pixels::to_tensor(&noise_image(w, h, seed), w as usize, h as usize, args.precision.dtype(), &device);
         let (content, style) = (tensor(1)?, tensor(2)?);
-        let budget = stylefarm_shared::budget::available_memory().unwrap_or(0);
+        let budget = stylefarm_shared::budget::usable_memory().unwrap_or(0);
         let execution = Execution { tile: args.tile, keep_tiles: args.tile.map_or(0, |t| args.keep_tiles.unwrap_or_else(|| params.most_tiles_kept(t, w, h, budget))), ..Execution::default() };
         if execution.tile.is_some() && !args.json {
             println!("{s}: keeping {} tiles' activations for pass 2", execution.keep_tiles);

@@ -217,8 +217,8 @@ impl Hooks for LocalHooks<'_> {
 /// ([`stylefarm_engine::RenderParams::plan`], the rule workers follow too).
 /// Returns how to run the render.
 fn check_memory(params: &stylefarm_engine::RenderParams, asked: Execution, (w, h): (u32, u32), max_memory: Option<u64>, dry_run: bool) -> Result<Execution> {
-    use stylefarm_shared::budget::{available_memory, human, largest_fitting_side};
-    let (budget, whence) = match (max_memory, available_memory()) {
+    use stylefarm_shared::budget::{usable_memory, human, largest_fitting_side};
+    let (budget, whence) = match (max_memory, usable_memory()) {
         (Some(b), _) => (Some(b), "--max-memory"),
         (None, Some(b)) => (Some(b), "available now"),
         (None, None) => (None, "unknown"),

@@ -38,9 +38,21 @@ pub fn parse_bytes(s: &str) -> Result<u64, BudgetError> {
     Ok((value * (1u64 << shift) as f64) as u64)
 }
 
-/// The memory the kernel says is available now (`MemAvailable`), if it says.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+/// The memory a render may use now: the host's `MemAvailable`, or the
+/// headroom under the process's cgroup limit when that is lower (a pod's
+/// limit, not the node's memory). The one figure a worker registers and
+/// plans every lease from, and `farmctl render` checks against; `None` when
+/// neither is known.
+pub fn usable_memory() -> Option<u64> {
+    let host = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| meminfo_available(&info));
+    match (host, crate::cgroup::headroom()) {
+        (Some(h), Some(c)) => Some(h.min(c)),
+        (h, c) => h.or(c),
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn meminfo_available(info: &str) -> Option<u64> {
     let kib = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
     Some(kib * 1024)
 }
@@ -94,6 +106,13 @@ mod tests {
         for bad in ["", "G", "-1G", "0", "eight", "1Q"] {
             assert_eq!(parse_bytes(bad), Err(BudgetError::Malformed(bad.to_string())), "{bad}");
         }
+    }
+
+    #[test]
+    fn meminfo_is_read_in_kib() {
+        assert_eq!(meminfo_available("MemTotal:  100 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
+        assert_eq!(meminfo_available("MemTotal:  100 kB\n"), None);
+        assert!(usable_memory().is_some_and(|b| b > 0), "this Linux machine has a MemAvailable");
     }
 
     #[test]

@@ -24,6 +24,19 @@ pub fn open(spec: &str) -> Result<Device, DeviceError> {
     }
 }
 
+/// The memory a render on `device` may use now: on the CPU what the
+/// process's cgroup and the host leave ([`crate::budget::usable_memory`]), on
+/// a GPU what its driver says is free. `None` when it cannot be told.
+pub fn usable_memory(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cpu => crate::budget::usable_memory(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(gpu) => gpu.cuda_stream().context().mem_get_info().ok().map(|(free, _total)| free as u64),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +49,11 @@ mod tests {
         // Without the cuda feature (or a GPU) a CUDA device is refused by name.
         #[cfg(not(feature = "cuda"))]
         assert!(matches!(open("cuda:0"), Err(DeviceError::Unavailable(s, _)) if s == "cuda:0"));
+    }
+
+    #[test]
+    fn the_cpu_has_a_usable_memory_figure() {
+        let cpu = usable_memory(&Device::Cpu).expect("Linux says what is available");
+        assert_eq!(Some(cpu.min(crate::budget::usable_memory().unwrap())), Some(cpu), "the CPU's is the budget's figure");
     }
 }

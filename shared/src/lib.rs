@@ -12,6 +12,7 @@
 pub mod attempt_log;
 pub mod backoff;
 pub mod budget;
+pub mod cgroup;
 #[cfg(feature = "engine")]
 pub mod checkpoints;
 pub mod client;

@@ -233,7 +233,7 @@ fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -
     let stored = JobParams::from_stored(&job.params_json).map_err(EngineError::from)?;
     let params = stored.render;
     let (w, h) = (job.width as usize, job.height as usize);
-    let free = if ctx.device.is_cpu() { stylefarm_shared::budget::available_memory() } else { None };
+    let free = stylefarm_shared::device::usable_memory(&ctx.device);
     let execution = Execution { bit_depth: stored.bit_depth, ..plan(&params, (job.width, job.height), free) };
     if let Some(tile) = execution.tile {
         tracing::info!("{}x{} does not fit the {} free: rendering in tiles of {tile} px, {} kept for pass 2", w, h, free.map_or("?".into(), stylefarm_shared::budget::human), execution.keep_tiles);
@@ -586,8 +586,8 @@ impl Hooks for FarmHooks<'_> {
 /// How this worker runs the `(w, h)` render with `free` memory: untiled
 /// when it fits, else in the largest tiles that do, keeping as many tiles'
 /// activations as the rest holds ([`RenderParams::plan`]). A job never
-/// chooses its tiling; with no memory figure (a GPU's free memory is not
-/// known here) the render runs untiled.
+/// chooses its tiling; with no memory figure (a device that cannot say) the
+/// render runs untiled.
 fn plan(params: &RenderParams, (w, h): (u32, u32), free: Option<u64>) -> Execution {
     params.plan(w, h, free, None)
 }
