@@ -25,6 +25,7 @@ pub mod ids;
 mod notify;
 pub mod copy;
 mod schema;
+pub mod single;
 pub mod sql;
 pub mod testing;
 pub use collections::{NewCollection, NewJob, NewParams};
@@ -87,6 +88,9 @@ pub enum CallError {
     NotRegistered(String),
     #[error("worker {worker} is {how}; a worker that restarts registers again")]
     Gone { worker: String, how: String },
+    /// A registration under the name of a worker that is still alive.
+    #[error("a worker named {name} is still alive ({worker}, seen {seen:.1} s ago): names are unique; give this one another --name, or stop that one first (it counts as gone {lease:.0} s after its last call)")]
+    NameTaken { name: String, worker: String, seen: f64, lease: f64 },
     /// An operator's action that the worker's state does not allow.
     #[error("worker {worker}: {why}")]
     Busy { worker: String, why: String },

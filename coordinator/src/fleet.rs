@@ -57,13 +57,15 @@ impl FarmService {
                 "draining, resuming and forgetting workers takes an admin token",
             ));
         }
+        // An id, or the name the worker was given.
         let id = request.into_inner().worker_id;
         let lease = self.0.config.rules().lease_seconds;
-        let owned = id.clone();
+        let named = id.clone();
         let after = self
             .0
             .state
             .write(move |db| {
+                let owned = db.resolve_worker(&named)?;
                 match action {
                     Action::Drain => db.set_draining(&owned, true)?,
                     Action::Resume => db.set_draining(&owned, false)?,

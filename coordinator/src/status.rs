@@ -31,6 +31,7 @@ pub(crate) fn call_err(e: CallError) -> Status {
         | CallError::Refused { .. }
         | CallError::Busy { .. } => Status::failed_precondition(e.to_string()),
         CallError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        CallError::NameTaken { .. } => Status::already_exists(e.to_string()),
         CallError::Db(e) => db_err(e),
     }
 }

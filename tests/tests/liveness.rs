@@ -105,20 +105,19 @@ fn a_workers_state_tells_what_happened_to_it() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["state"], "FORGOTTEN");
 
-    // A worker registering under keeper's name replaces it: one row, the
-    // old process told it is unknown (it exits with the reason).
+    // A second worker under keeper's name, while keeper lives, is refused:
+    // keeper keeps its name (and would keep its job); the newcomer waits.
     let second = farm.add_worker("keeper");
-    let fresh = wait_worker(&farm, "keeper", "replaced by a new registration", Duration::from_secs(60), |w| w["worker_id"] != keeper_id.as_str());
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = named(&workers(&farm, true), "keeper");
+    assert_eq!(rows.len(), 1, "one keeper: {rows:?}");
+    assert_eq!((rows[0]["worker_id"].as_str(), rows[0]["state"].as_str()), (Some(keeper_id.as_str()), Some("ONLINE")));
+    assert!(farm.workers.0[0].try_wait().unwrap().is_none(), "the live keeper was not evicted");
+    // Keeper dies; once it is gone (a lease length), the waiting worker
+    // takes its name and replaces its row.
+    farm.kill_worker(0);
+    let fresh = wait_worker(&farm, "keeper", "the newcomer to take the name", Duration::from_secs(30), |w| w["worker_id"] != keeper_id.as_str());
     assert_eq!(fresh["state"], "ONLINE");
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(status) = farm.workers.0[0].try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "the replaced worker kept running");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(!exit.success(), "a replaced worker stops with an error");
     let replaced = workers(&farm, true).into_iter().find(|w| w["worker_id"] == keeper_id.as_str()).unwrap();
     assert_eq!(replaced["state"], "REPLACED");
 
@@ -131,4 +130,53 @@ fn a_workers_state_tells_what_happened_to_it() {
     let o = farm.farmctl(&["workers"]);
     let text = said(&o);
     assert!(text.contains("stopped") && !text.contains("doomed"), "{text}");
+}
+
+/// Workers started without `--name` on one host get distinct names that
+/// stay: both register and render (the second no longer replaces the
+/// first), a restarted one takes the name of the one that died, and an
+/// operator drains a worker by the name the list shows.
+#[test]
+fn unnamed_workers_on_one_host_both_render_under_names_that_stay() {
+    let mut farm = Farm::start();
+    // Their numbered slots live in the temporary folder: this test's own.
+    let tmp = farm.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let unnamed = |farm: &mut Farm| {
+        let w = Command::new(stylefarm_tests::bin("farm-worker"))
+            .args(["--coordinator", &farm.url, "--device", "cpu", "--threads", "1"])
+            .env("TMPDIR", &tmp)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        farm.workers.0.push(w);
+        farm.workers.0.len() - 1
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let (first, second) = (format!("{host}-cpu"), format!("{host}-cpu-2"));
+    unnamed(&mut farm);
+    let w2 = unnamed(&mut farm);
+    let a = wait_worker(&farm, &first, "online", Duration::from_secs(60), |w| w["state"] == "ONLINE");
+    let b = wait_worker(&farm, &second, "online", Duration::from_secs(60), |w| w["state"] == "ONLINE");
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let id = farm.submit(&["--content", &c, "--content", &fixture("init.png"), "--style", &s, "--size", "48x36", "--iters", "40"]);
+    let st = farm.wait_for(&id, "both jobs to succeed", all_succeeded);
+    let by: std::collections::BTreeSet<&str> = jobs(&st).iter().map(|j| j["worker"].as_str().unwrap()).collect();
+    let ids: std::collections::BTreeSet<&str> = [a["worker_id"].as_str().unwrap(), b["worker_id"].as_str().unwrap()].into();
+    assert_eq!(by, ids, "each unnamed worker rendered one job");
+
+    // The second dies; an unnamed worker started after it takes its name
+    // (and replaces its row once it counts as gone), not a third one.
+    farm.kill_worker(w2);
+    unnamed(&mut farm);
+    let back = wait_worker(&farm, &second, "back under its name", Duration::from_secs(60), |w| w["worker_id"] != b["worker_id"] && w["state"] == "ONLINE");
+    assert!(named(&workers(&farm, false), &format!("{host}-cpu-3")).is_empty(), "no third name");
+
+    // Drained by the name the list shows.
+    let o = act(&farm, "drain", &second);
+    assert!(o.status.success(), "{}", said(&o));
+    let drained = wait_worker(&farm, &second, "draining", Duration::from_secs(5), |w| w["draining"] == true);
+    assert_eq!(drained["worker_id"], back["worker_id"]);
+    let o = act(&farm, "drain", "nobody-by-that-name");
+    assert!(!o.status.success() && said(&o).contains("nobody-by-that-name"), "{}", said(&o));
 }

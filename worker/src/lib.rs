@@ -7,7 +7,9 @@
 //! back and returns.
 //!
 //! - [`run`]: registration and the lease loop (this file);
-//! - `job`: one attempt at one job, the session's hooks doing the I/O.
+//! - `job`: one attempt at one job, the session's hooks doing the I/O;
+//! - `name`: the name an unnamed worker takes (unique on its host, stable
+//!   across restarts).
 //!
 //! The render runs on a blocking thread inside the worker's own rayon pool
 //! (so several workers in one process each keep their share of the cores);
@@ -15,6 +17,9 @@
 //! task heartbeats on a timer, so a slow iteration never lets the lease lapse.
 
 mod job;
+mod name;
+
+pub use name::{default_name, DefaultName};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,19 +115,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         name: config.name.clone(),
         device: config.device.clone(),
         device_name: format!("{device:?}"),
-        memory_bytes: device_memory(&config.device),
+        memory_bytes: stylefarm_shared::device::usable_memory(&device).unwrap_or(0),
         capabilities: vec!["adam".into(), "lbfgs".into()],
     };
     // Waits for a coordinator that is not up yet (each failed try moves
-    // on to the next one given).
+    // on to the next one given), and for a predecessor of the same name to
+    // count as gone (a restart right after a crash), at most
+    // NAME_PATIENCE: a live worker of that name keeps it.
     let mut backoff = Backoff::default();
+    let name_patience = tokio::time::Instant::now() + NAME_PATIENCE;
     let registration = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         r = backoff.retry(None, || {
             let (mut c, r) = (client.clone(), request.clone());
             async move { c.register(r).await }
-        }, |s| s.code() == Code::Unavailable, |s, delay| {
-            tracing::warn!("coordinator not reachable ({}); retrying in {delay:?} at {}", s.message(), coordinators.current_url())
+        }, |s| s.code() == Code::Unavailable || (s.code() == Code::AlreadyExists && tokio::time::Instant::now() < name_patience), |s, delay| {
+            match s.code() {
+                Code::AlreadyExists => tracing::warn!("{}; retrying in {delay:?}", s.message()),
+                _ => tracing::warn!("coordinator not reachable ({}); retrying in {delay:?} at {}", s.message(), coordinators.current_url()),
+            }
         }) => {
             r.map_err(|s| Error::Registration(s.message().to_string()))?.into_inner()
         }
@@ -130,7 +141,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let storage = config.storage.clone().unwrap_or(registration.storage_url.clone());
     let store = Store::open(&storage)?;
     check_storage(&store, &registration.farm_id).await?;
-    tracing::info!(worker = %registration.worker_id, device = %config.device, %storage, "registered");
+    tracing::info!(worker = %registration.worker_id, name = %config.name, device = %config.device, memory = %request.memory_bytes, %storage, "registered");
     let ctx = Arc::new(Ctx {
         client,
         worker_id: registration.worker_id,
@@ -169,18 +180,10 @@ async fn deregister(ctx: &Ctx) {
     }
 }
 
-/// The name a worker registers under unless told one: the host's name and
-/// the device (`render-7-cuda-0`), so a restarted worker replaces its own
-/// row and two workers of a machine do not replace each other.
-pub fn default_name(device: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_string());
-    format!("{host}-{}", device.replace(':', "-"))
-}
+/// How long a worker waits for a live worker of its name to go before it
+/// gives up: longer than the default lease (15 s), after which a crashed
+/// predecessor counts as gone.
+const NAME_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Refuses to take jobs from storage that is not the farm's (a wrong
 /// `--storage`: every job's inputs would be missing) or that takes no
@@ -197,19 +200,6 @@ async fn check_storage(store: &Store, farm_id: &str) -> Result<(), Error> {
 /// The object at the storage root that names the farm (the coordinator
 /// writes it; see `RegisterResponse.farm_id`).
 const FARM_MARKER: &str = ".stylefarm-storage";
-
-/// Memory one render may use on `device`, for the coordinator's placement:
-/// the machine's RAM for the CPU (from /proc/meminfo), unknown (0) for a
-/// GPU until the engine can ask the driver.
-fn device_memory(device: &str) -> u64 {
-    if device != "cpu" {
-        return 0;
-    }
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())).flatten())
-        .map_or(0, |kib| kib * 1024)
-}
 
 /// The worker's own rayon pool: the engine's parallel loops run in it, so
 /// workers sharing a process (`farmctl up`) each keep their `threads`.

@@ -17,9 +17,11 @@ struct Args {
     /// Shared storage (default: what the coordinator announces).
     #[arg(long)]
     storage: Option<String>,
-    /// A name for logs and status, unique on the farm: a worker
-    /// registering under a name replaces the one before (default: the
-    /// host's name and the device, e.g. render-7-cuda-0).
+    /// A name for logs, status and `farmctl workers drain NAME`, unique on
+    /// the farm: a worker restarted under its name replaces the one that
+    /// died; while a worker of that name is alive, this one waits for it
+    /// (30 s), then stops (default: the host's name and the device,
+    /// numbered when several run on one host: render-7-cpu, render-7-cpu-2).
     #[arg(long)]
     name: Option<String>,
     /// CPU threads for the engine (default: all cores).
@@ -46,11 +48,11 @@ fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     stylefarm_shared::telemetry::init_logging(a.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Unnamed, the worker holds its numbered slot for as long as it runs.
+    let default_name = a.name.is_none().then(|| stylefarm_worker::default_name(&a.device));
     let config = stylefarm_worker::Config {
         coordinators: a.coordinators,
-        name: a
-            .name
-            .unwrap_or_else(|| stylefarm_worker::default_name(&a.device)),
+        name: a.name.or_else(|| default_name.as_ref().map(|d| d.name.clone())).unwrap_or_default(),
         device: a.device,
         storage: a.storage,
         threads: a.threads,

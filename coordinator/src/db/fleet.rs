@@ -63,23 +63,29 @@ fn info_of(r: &Row, t: f64, lease_seconds: f64) -> sql::Result<(pb::WorkerInfo, 
 }
 
 impl Db {
-    /// Registers a worker under `id`; rows under the same name that have
-    /// not been replaced or forgotten are replaced by it, a lease they
-    /// hold released at no cost to its job. Returns the replaced ids.
+    /// Registers a worker under `id`. A worker of the same name that is
+    /// still alive (not ended, and seen within a lease) keeps its name: the
+    /// registration is refused, naming it. Rows under the name that are
+    /// gone (lost, stopped) are replaced by the new one, a lease they held
+    /// released at no cost to its job. Returns the replaced ids.
     pub fn register_worker(
         &mut self,
         id: &str,
         r: &pb::RegisterRequest,
         rules: &Rules,
     ) -> Result<Vec<String>, CallError> {
-        let earlier: Vec<String> = {
+        let t = now();
+        let earlier: Vec<(String, String, f64)> = {
             self.conn.query_map(
-                "SELECT id FROM workers INDEXED BY workers_by_name WHERE name = ?1 AND ended IN ('', 'stopped') FOR UPDATE",
+                "SELECT id, ended, last_seen FROM workers INDEXED BY workers_by_name WHERE name = ?1 AND ended IN ('', 'stopped') FOR UPDATE",
                 args![r.name],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )?
         };
-        for old in &earlier {
+        if let Some((alive, _, seen)) = earlier.iter().find(|(_, ended, seen)| ended.is_empty() && t - seen <= rules.lease_seconds) {
+            return Err(CallError::NameTaken { name: r.name.clone(), worker: alive.clone(), seen: (t - seen).max(0.0), lease: rules.lease_seconds });
+        }
+        for (old, _, _) in &earlier {
             self.give_back_leases(old, "released: its worker registered again", rules)?;
             self.conn.execute(
                 "UPDATE workers SET ended = ?1 WHERE id = ?2",
@@ -88,9 +94,28 @@ impl Db {
         }
         self.conn.execute(
             "INSERT INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            args![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), now()],
+            args![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), t],
         )?;
-        Ok(earlier)
+        Ok(earlier.into_iter().map(|(id, _, _)| id).collect())
+    }
+
+    /// The id of the worker an operator names: a worker's id, or its name
+    /// (the newest registration under it that was not replaced or
+    /// forgotten). NotRegistered when neither is known.
+    pub fn resolve_worker(&self, id_or_name: &str) -> Result<String, CallError> {
+        let by_id: Option<String> = self.conn.query_row("SELECT id FROM workers WHERE id = ?1", args![id_or_name], |r| r.get(0)).optional()?;
+        if let Some(id) = by_id {
+            return Ok(id);
+        }
+        let by_name: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT id FROM workers INDEXED BY workers_by_name WHERE name = ?1 AND ended IN ('', 'stopped') ORDER BY registered DESC LIMIT 1",
+                args![id_or_name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        by_name.ok_or_else(|| CallError::NotRegistered(id_or_name.to_string()))
     }
 
     /// A worker says goodbye: STOPPED, its lease (if it still holds one)
