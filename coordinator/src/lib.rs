@@ -19,6 +19,8 @@
 //! - [`db`]: the schema and every state change, one savepoint each;
 //! - [`state`]: the one thread that owns the writing connection (group
 //!   commit) and announces every change, and the read-only connections;
+//! - [`gauges`]: the farm's gauges on `/metrics` (jobs by state, the
+//!   queue by the device memory it needs), refreshed by the sweep;
 //! - [`hub`]: one merger of those changes per watched collection, which
 //!   every `Watch` of it follows;
 //! - [`status`]: every failure mapped to a deliberate gRPC status (and its
@@ -42,6 +44,7 @@ pub mod context;
 pub mod conn;
 pub mod db;
 pub mod fleet;
+pub mod gauges;
 pub mod hub;
 pub mod limits;
 pub mod machine;
@@ -98,6 +101,8 @@ pub enum Error {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open database {path}: {source}")]
     Database { path: String, source: crate::db::sql::Error },
+    #[error(transparent)]
+    InUse(#[from] crate::db::single::LockError),
     #[error("storage {location} does not take writes: {source}")]
     Storage { location: String, source: StorageError },
     #[error("--input-prefix {location}: {source}")]
@@ -150,6 +155,11 @@ pub async fn run_with_dashboard(
     }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
     let target = config.database();
+    // Held until this returns: no second coordinator on the same file.
+    let _single_writer = match &target {
+        crate::db::Target::Sqlite(path) => Some(crate::db::single::SingleWriter::acquire(path)?),
+        crate::db::Target::Postgres(_) => None,
+    };
     let database_error = |source| Error::Database { path: target.describe(), source };
     // Off the runtime: PostgreSQL's blocking client runs its own.
     let (opening, rules) = (target.clone(), config.rules());
@@ -180,7 +190,7 @@ pub async fn run_with_dashboard(
     let submits = Admission::submits(config.max_submits_per_client, config.max_submits);
     let work = Work::new(config.work_threads);
     let hubs = hub::Hubs::new(owner.events.clone());
-    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, zips: Admission::zips(), work, hubs });
+    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, zips: Admission::zips(), work, sheets: Work::new(1), hubs });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
@@ -290,13 +300,8 @@ async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
         }
         ticks += 1;
         if ticks % 4 == 0 {
-            if let Ok(Ok(counts)) = state.state.read(|db| db.counts()).await {
-                for (name, n) in counts {
-                    metrics::gauge!("stylefarm_jobs", "state" => name).set(n as f64);
-                    if name == "queued" {
-                        metrics::gauge!("stylefarm_queue_length").set(n as f64);
-                    }
-                }
+            if let Ok(Err(e)) = state.state.read(gauges::refresh).await {
+                tracing::warn!("refreshing the gauges: {e}");
             }
         }
     }

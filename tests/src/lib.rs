@@ -4,6 +4,7 @@
 //! driven by the real farmctl.
 
 pub mod browser;
+pub mod memcg;
 pub mod scripted;
 
 use std::io::{BufRead, BufReader};

@@ -32,6 +32,7 @@ fn manifests_are_valid_kubernetes() {
     let (ok, out) = validate(&deploy().join("k8s"));
     assert!(ok, "{out}");
     assert!(out.contains("overlay cpu") && out.contains("overlay gpu") && out.contains("overlay postgres"), "{out}");
+    assert!(out.contains("overlay autoscale") && out.contains("ScaledObject stylefarm-worker: valid keda.sh/v1alpha1"), "{out}");
 }
 
 #[test]
@@ -42,6 +43,9 @@ fn a_typo_in_a_manifest_fails_validation() {
         ("overlays/gpu/worker-gpu.yaml", "nvidia.com/gpu: 1", "nvidia.com/gpu: [1]", "gpu"),
         ("overlays/postgres/postgres.yaml", "containerPort: 5432", "containerPort: [5432]", "5432"),
         ("overlays/postgres/coordinator.yaml", "maxSurge: 1", "maxSurj: 1", "maxSurj"),
+        // The custom resource is held to its own schema.
+        ("overlays/autoscale/scaledobject.yaml", "  maxReplicaCount: 16", "  maxReplicas: 16", "maxReplicas"),
+        ("overlays/autoscale/scaledobject.yaml", "        threshold: \"1\"\n", "", "threshold"),
         // Deprecated kustomize fields (kubectl 1.32 warns; a later one refuses).
         ("overlays/gpu/kustomization.yaml", "patches:\n  - path: worker-gpu.yaml", "patchesStrategicMerge:\n  - worker-gpu.yaml", "deprecated"),
     ] {
@@ -192,4 +196,19 @@ fn the_dockerfiles_lint_and_the_cuda_image_matches_the_cuda_build() {
     assert!(cuda.iter().any(|(i, a)| i == "ARG" && a.starts_with("CUDA_COMPUTE_CAP")), "CUDA_COMPUTE_CAP is a build argument");
     assert!(env.iter().any(|e| e.contains("CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}")), "and reaches the build: {env:?}");
     assert!(cuda.iter().any(|(i, a)| i == "RUN" && a.contains("--features stylefarm-worker/cuda")), "the build enables the cuda feature");
+}
+
+/// The autoscale overlay scales the worker Deployment the overlay has, on
+/// a gauge the coordinator exports for the memory limit of that
+/// Deployment's pods.
+#[test]
+fn the_autoscaler_reads_the_queue_for_the_workers_it_scales() {
+    let docs = rendered("autoscale");
+    let scaled = resource(&docs, "ScaledObject", "stylefarm-worker").expect("a ScaledObject");
+    let worker = resource(&docs, "Deployment", "stylefarm-worker").expect("the worker Deployment it scales");
+    assert!(scaled.contains("scaleTargetRef:\n    name: stylefarm-worker\n"), "{scaled}");
+    let limit_gib: u64 = worker.split("limits:\n").nth(1).and_then(|l| l.lines().find_map(|l| l.trim().strip_prefix("memory: "))).and_then(|m| m.strip_suffix("Gi")).and_then(|g| g.parse().ok()).unwrap_or_else(|| panic!("{worker}"));
+    assert!(stylefarm_coordinator::gauges::DEVICE_GIB.contains(&limit_gib), "the coordinator counts the queue for {limit_gib} GiB devices");
+    assert!(scaled.contains(&format!("stylefarm_queued_jobs_fitting{{memory_gib=\"{limit_gib}\"}}")), "the query reads the workers' own size: {scaled}");
+    assert!(scaled.contains("stylefarm_jobs{state=\"running\"}"), "jobs in progress keep their pods: {scaled}");
 }

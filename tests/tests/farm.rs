@@ -113,6 +113,27 @@ fn a_worker_given_two_coordinators_finishes_its_jobs_through_the_other_when_one_
     assert!(out.contains(&format!("{} SERVING", urls[1])), "{out}\n{err}");
 }
 
+/// A second coordinator started on a data folder another one is using
+/// stops at once, naming the folder's database and the process that holds
+/// it; the first goes on serving. Killed, the first leaves no stale lock.
+#[test]
+fn a_second_coordinator_on_the_same_data_folder_is_refused_naming_the_first() {
+    let mut farm = Farm::start();
+    let data = farm.dir.path().join("data");
+    let second = |data: &std::path::Path| Command::new(bin("farm-coordinator")).args(["--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"]).arg(data).output().unwrap();
+    let o = second(&data);
+    let said = String::from_utf8_lossy(&o.stderr);
+    let pid = farm.coordinator.as_ref().unwrap().id();
+    assert!(!o.status.success(), "{said}");
+    assert!(said.contains(&data.join("farm.db").display().to_string()) && said.contains(&format!("pid {pid} on host")), "{said}");
+    assert!(farm.farmctl(&["workers"]).status.success(), "the first still serves");
+
+    // SIGKILLed, the first leaves nothing that stops the next start.
+    farm.kill_coordinator();
+    farm.start_coordinator();
+    assert!(farm.farmctl(&["workers"]).status.success());
+}
+
 /// A worker whose lease lapsed and was taken over cannot complete, heartbeat
 /// or record a checkpoint: its fencing token is stale.
 #[test]
@@ -250,6 +271,37 @@ fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
     farm.wait_for(&next, "the next collection", all_succeeded);
     let o = farm.farmctl(&["watch", &long]);
     assert!(!o.status.success(), "watch exits non-zero for a collection that did not succeed");
+}
+
+/// What an autoscaler reads: `/metrics` counts the queued jobs a device of
+/// each memory size could take (`stylefarm_queued_jobs_fitting`), from
+/// what the queue holds.
+#[test]
+fn the_queue_is_counted_by_the_device_memory_its_jobs_need() {
+    let coord_metrics = format!("127.0.0.1:{}", free_port());
+    let farm = Farm::start_with(&["--metrics-listen", &coord_metrics]);
+    // No worker: everything stays queued.
+    let (c1, c2, s) = (fixture("content.png"), fixture("init.png"), fixture("style.png"));
+    farm.submit(&["--content", &c1, "--content", &c2, "--style", &s, "--size", "32x24"]);
+    farm.submit(&["--content", &c1, "--style", &s, "--size", "3840x2160"]);
+    let gauge = |m: &str, gib: u64| -> Option<u64> {
+        let line = format!("stylefarm_queued_jobs_fitting{{memory_gib=\"{gib}\"}} ");
+        m.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok())
+    };
+    let start = std::time::Instant::now();
+    let m = loop {
+        let m = scrape_metrics(&coord_metrics);
+        if gauge(&m, 141) == Some(3) || start.elapsed() > Duration::from_secs(10) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sizes = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 80, 96, 141];
+    let counts: Vec<u64> = sizes.iter().map(|&g| gauge(&m, g).unwrap_or_else(|| panic!("no line for {g} GiB: {m}"))).collect();
+    assert_eq!((counts[0], counts[sizes.len() - 1]), (2, 3), "the two small jobs fit 1 GiB, all three fit the largest: {counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "a larger device takes what a smaller one does: {counts:?}");
+    assert!(counts.contains(&2) && counts[1..].iter().any(|&n| n == 3), "the 4K job needs more than 1 GiB: {counts:?}");
+    assert!(m.contains("stylefarm_queue_length 3"), "{m}");
 }
 
 #[test]

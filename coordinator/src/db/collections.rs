@@ -277,6 +277,13 @@ impl Db {
         Ok(State::ALL.iter().map(|s| (s.name(), n[s.to_wire() as usize])).collect())
     }
 
+    /// The queued jobs by the least memory each needs (bytes, jobs).
+    pub fn queued_by_memory(&self) -> sql::Result<Vec<(u64, u64)>> {
+        self.conn.query_map("SELECT min_memory, COUNT(*) FROM jobs WHERE state = ?1 GROUP BY min_memory", args![QUEUED], |r| {
+            Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+        })
+    }
+
     /// How many of a collection's jobs are in each state.
     pub fn job_counts(&self, collection: &str) -> sql::Result<pb::JobCounts> {
         let mut counts = pb::JobCounts::default();
