@@ -25,8 +25,12 @@ pub(crate) struct State {
     pub(crate) submits: Arc<Admission>,
     /// Dashboard zips being built, counted against their limits.
     pub(crate) zips: Arc<Admission>,
-    /// Where image decoding and other CPU-heavy steps run.
+    /// Where a submit's image decoding and other CPU-heavy steps of a
+    /// request run.
     pub(crate) work: Work,
+    /// Where dashboard zips (their contact sheets) are drawn: a lane of
+    /// their own, so a large one never holds up a submit's decoding.
+    pub(crate) sheets: Work,
     /// One merger of committed changes per watched collection.
     pub(crate) hubs: crate::hub::Hubs,
 }

@@ -49,6 +49,31 @@ fn check_name(name: &str, role: &str) -> Result<(), Status> {
     }
 }
 
+/// The most bytes of a blended column's name: an input's name's limit.
+const MAX_BLEND_NAME_BYTES: usize = 100;
+
+/// A blended column's name: its styles' names joined by `+`, as many as fit
+/// [`MAX_BLEND_NAME_BYTES`] with the rest counted (`waves+dots+998_more`).
+/// Every job of the column carries it, so it is bounded like any name: a
+/// thousand styles' names joined whole made a 10 MB submit grow the
+/// database by gigabytes.
+fn blend_name(names: &[&str]) -> String {
+    let whole = names.join("+");
+    if whole.len() <= MAX_BLEND_NAME_BYTES {
+        return whole;
+    }
+    let mut name = String::new();
+    for (i, n) in names.iter().enumerate() {
+        let more = format!("+{}_more", names.len() - i);
+        let joined = if i == 0 { n.to_string() } else { format!("{name}+{n}") };
+        if joined.len() + format!("+{}_more", names.len() - i - 1).len() > MAX_BLEND_NAME_BYTES {
+            return if i == 0 { format!("{}_styles", names.len()) } else { format!("{name}{more}") };
+        }
+        name = joined;
+    }
+    name
+}
+
 /// An unnamed collection's name: its first photo and painting, and how
 /// many more of each ("harbour × starry_night +2 photos +1 painting").
 fn default_name(content: &str, style: &str, contents: usize, styles: usize) -> String {
@@ -275,7 +300,7 @@ impl FarmService {
         }
         // A column of the collection: one style, or (blended) all of them.
         let columns: Vec<(String, Vec<String>)> = if r.blend_styles {
-            vec![(styles.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join("+"), styles.iter().map(|s| s.key.clone()).collect())]
+            vec![(blend_name(&styles.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()), styles.iter().map(|s| s.key.clone()).collect())]
         } else {
             styles.iter().map(|s| (s.name.clone(), vec![s.key.clone()])).collect()
         };
@@ -361,6 +386,24 @@ impl FarmService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blended_name_is_bounded_and_counts_what_it_leaves_out() {
+        assert_eq!(blend_name(&["waves", "dots"]), "waves+dots");
+        let long: Vec<String> = (0..1000).map(|i| format!("{i:0>100}")).collect();
+        let names: Vec<&str> = long.iter().map(String::as_str).collect();
+        assert_eq!(blend_name(&names), "1000_styles", "not even one 100-byte name fits beside the count");
+        let short: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
+        let names: Vec<&str> = short.iter().map(String::as_str).collect();
+        let name = blend_name(&names);
+        assert!(name.len() <= MAX_BLEND_NAME_BYTES, "{name}");
+        let (kept, more) = name.rsplit_once('+').unwrap();
+        let kept = kept.split('+').count();
+        assert_eq!(more, format!("{}_more", 1000 - kept), "{name}");
+        assert!(name.starts_with("s0+s1+s2+"), "{name}");
+        // One name more would not fit.
+        assert!(format!("{}+{}+{}_more", name.rsplit_once('+').unwrap().0, names[kept], 1000 - kept - 1).len() > MAX_BLEND_NAME_BYTES);
+    }
 
     #[test]
     fn an_unnamed_collection_is_named_by_its_first_photo_and_painting() {

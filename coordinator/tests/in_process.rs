@@ -247,3 +247,44 @@ async fn one_job_can_be_cancelled_and_retried_and_a_failed_one_retried_with_chan
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The bytes of `dir`'s SQLite database, its write-ahead log included.
+fn database_bytes(dir: &std::path::Path) -> u64 {
+    ["farm.db", "farm.db-wal"].iter().map(|f| std::fs::metadata(dir.join("data").join(f)).map_or(0, |m| m.len())).sum()
+}
+
+/// A submit at the limits of what names may cost: 200 contents and one
+/// blended column of 1,000 styles with 100-byte names. The database grows
+/// by a small multiple of the request, not by the column's name on every
+/// job (which grew it 90-fold here, 1,149-fold in the attack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blended_submit_grows_the_database_by_a_small_multiple_of_its_size() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, server) = start(dir.path()).await;
+    let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap().max_decoding_message_size(64 << 20);
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(2, 2, image::Rgb([200, 100, 50])).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let input = |name: String| pb::InputImage { name, source: Some(pb::input_image::Source::Data(png.get_ref().clone())) };
+    let request = pb::SubmitRequest {
+        contents: (0..200).map(|i| input(format!("c{i}"))).collect(),
+        styles: (0..1000).map(|i| input(format!("{i:0>100}"))).collect(),
+        variants_json: vec!["{}".into()],
+        width: 16,
+        height: 16,
+        blend_styles: true,
+        ..Default::default()
+    };
+    let request_bytes = request.encoded_len() as u64;
+    farm.list_collections(pb::ListCollectionsRequest::default()).await.unwrap();
+    let before = database_bytes(dir.path());
+    let submitted = farm.submit(request).await.unwrap().into_inner();
+    let c = farm.get_collection(pb::CollectionRef { collection_id: submitted.collection_id }).await.unwrap().into_inner();
+    let grown = database_bytes(dir.path()).saturating_sub(before);
+    eprintln!("request {request_bytes} bytes, database grew {grown} bytes ({:.2}x)", grown as f64 / request_bytes as f64);
+    assert_eq!(c.jobs.len(), 200);
+    assert!(c.jobs.iter().all(|j| j.style_name.len() <= 100 && j.style_name.ends_with("_styles")), "{}", c.jobs[0].style_name);
+    assert!(grown <= 4 * request_bytes, "request {request_bytes} bytes, database grew {grown}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

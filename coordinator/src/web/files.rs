@@ -16,9 +16,9 @@ use crate::status::db_err;
 
 /// The whole collection as a zip: every finished image (named
 /// `content_style_vN.png`) and the contact sheet when the collection has at
-/// most [`crate::limits::MAX_SHEET_CELLS`] cells. Built on the blocking
-/// threads in a temporary file, not in memory, then streamed; a client
-/// builds at most two at once.
+/// most [`crate::limits::MAX_SHEET_CELLS`] cells. Built in a temporary
+/// file, not in memory, then streamed, on the zips' own lane (one thread:
+/// never the one that decodes submits); a client builds at most two at once.
 pub(super) async fn zip(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)): ConnectInfo<Peer>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
     let (who, request) = as_grpc(&web, &headers, pb::CollectionRef { collection_id: id.clone() })?;
     let c = web.farm.get_collection(request).await?.into_inner();
@@ -27,7 +27,7 @@ pub(super) async fn zip(AxumState(web): AxumState<Web>, ConnectInfo(Peer(peer)):
     let (store, dir, runtime, name) = (web.state.store.clone(), web.state.config.data_dir.clone(), tokio::runtime::Handle::current(), zip_name(&c));
     let built = web
         .state
-        .work
+        .sheets
         .run(move || {
             let _place = place;
             build_zip(&c, &store, &dir, &runtime)
