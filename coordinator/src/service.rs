@@ -78,7 +78,13 @@ impl FarmService {
                 .map_err(db_err)?;
             let (params, styles, width, height) =
                 current.ok_or_else(|| Status::not_found(format!("no job {id}")))?;
-            crate::retry::changed_params(&params, changes_json, styles, (width, height))?
+            let changed = crate::retry::changed_params(&params, changes_json, styles, (width, height))?;
+            // Priced like a submit: a job no registered worker could take
+            // is refused, not parked in the queue for good.
+            if let (Some(new), Some(largest)) = (&changed, self.largest_device().await?) {
+                crate::submit::check_fits(new.min_memory, largest, || format!("job {id} at {width}x{height} with these changes"))?;
+            }
+            changed
         };
         let owned = id.clone();
         self.0

@@ -359,7 +359,7 @@ impl FarmService {
     /// What no registered device could hold is refused now, not failed on
     /// every worker later.
     async fn check_devices(&self, variants: &[JobParams], contents: &[Input], sizes: &[(u32, u32)]) -> Result<(), Status> {
-        let Some(largest) = self.0.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)? else {
+        let Some(largest) = self.largest_device().await? else {
             return Ok(());
         };
         for (vi, params) in variants.iter().enumerate() {
@@ -367,20 +367,34 @@ impl FarmService {
                 // A worker tiles what its memory does not hold whole: the
                 // least it needs is in tiles of the farm's floor.
                 let bytes = params.render.least_peak_bytes(size.0, size.1);
-                if bytes > largest {
-                    return Err(Status::failed_precondition(format!(
-                        "{} at {}x{} (variant {vi}) needs about {:.1} GiB even in tiles of {FARM_TILE_FLOOR} px, and the largest registered device has {:.1} GiB; render it smaller",
-                        c.name,
-                        size.0,
-                        size.1,
-                        bytes as f64 / (1u64 << 30) as f64,
-                        largest as f64 / (1u64 << 30) as f64
-                    )));
-                }
+                check_fits(bytes, largest, || format!("{} at {}x{} (variant {vi})", c.name, size.0, size.1))?;
             }
         }
         Ok(())
     }
+
+    /// The most memory a worker registered in the last day offers (`None`:
+    /// none said): what a job must fit to be leased at all.
+    pub(crate) async fn largest_device(&self) -> Result<Option<u64>, Status> {
+        self.0.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)
+    }
+}
+
+/// FAILED_PRECONDITION, naming `what` and the numbers, when a render that
+/// needs `bytes` (in tiles of the farm's floor) is more than the `largest`
+/// device has: no worker would ever lease it. Submit and a retry with
+/// changes both ask.
+pub(crate) fn check_fits(bytes: u64, largest: u64, what: impl FnOnce() -> String) -> Result<(), Status> {
+    if bytes <= largest {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(Status::failed_precondition(format!(
+        "{} needs about {:.1} GiB even in tiles of {FARM_TILE_FLOOR} px, and the largest registered device has {:.1} GiB; render it smaller",
+        what(),
+        gib(bytes),
+        gib(largest)
+    )))
 }
 
 #[cfg(test)]

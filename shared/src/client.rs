@@ -121,15 +121,7 @@ impl ClientSecurity {
     /// [`crate::backoff`]).
     pub async fn connect(&self, url: &str) -> Result<Channel, ClientError> {
         let endpoint = self.endpoint(url)?;
-        endpoint.connect().await.map_err(|e| {
-            let mut reason = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                reason.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            ClientError::Unreachable { url: url.to_string(), reason }
-        })
+        endpoint.connect().await.map_err(|e| ClientError::Unreachable { url: url.to_string(), reason: error_chain(&e) })
     }
 
     /// The interceptor that adds the bearer token.
@@ -157,10 +149,15 @@ impl Interceptor for Bearer {
 
 /// The coordinators of one farm (several on one PostgreSQL database, each
 /// able to answer any call), used one at a time: every call goes to the
-/// current one, and a call that cannot reach it (refused, reset, timed
-/// out: a transport error, not a gRPC refusal) makes the next one current.
-/// The caller sees that call fail UNAVAILABLE, as with one coordinator,
-/// and its retry reaches the next. With one URL it is a plain channel.
+/// current one, and a call that cannot reach it makes the next one current.
+/// Cannot reach: refused, reset, garbage or an HTTP/2 protocol error (a
+/// transport error, not a gRPC refusal), no answer within
+/// [`FAILOVER_PATIENCE`] (a coordinator that accepts connections and says
+/// nothing), or a call its caller gave up on before any answer (a
+/// heartbeat's own shorter timeout). The caller sees that call fail
+/// UNAVAILABLE, as with one coordinator, and its retry reaches the next;
+/// so a dead or silent coordinator costs at most one patience per listed
+/// coordinator. With one URL it is a plain channel.
 ///
 /// Not tonic's `balance_list`: it keeps routing calls to an endpoint that
 /// is down (hyperium/tonic#643), where a worker must move on.
@@ -170,7 +167,14 @@ pub struct Failover {
     /// and again after a broken connection).
     coordinators: Arc<[(String, Channel)]>,
     current: Arc<AtomicUsize>,
+    patience: std::time::Duration,
 }
+
+/// How long a call through [`Failover`] with several coordinators waits for
+/// its answer to begin before the coordinator counts as unreachable: a
+/// connection's timeout. The worker's calls are small (a lease, a
+/// heartbeat); farmctl's long ones (a submit) do not go through it.
+pub const FAILOVER_PATIENCE: std::time::Duration = CONNECT_TIMEOUT;
 
 impl std::fmt::Debug for Failover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,7 +191,12 @@ impl Failover {
         }
         let endpoints = urls.iter().map(|url| security.endpoint(url)).collect::<Result<Vec<_>, ClientError>>()?;
         let coordinators: Vec<_> = urls.iter().cloned().zip(endpoints.iter().map(Endpoint::connect_lazy)).collect();
-        Ok(Self { coordinators: coordinators.into(), current: Arc::new(AtomicUsize::new(0)) })
+        Ok(Self { coordinators: coordinators.into(), current: Arc::new(AtomicUsize::new(0)), patience: FAILOVER_PATIENCE })
+    }
+
+    /// The same, waiting `patience` for an answer to begin before moving on.
+    pub fn with_patience(self, patience: std::time::Duration) -> Self {
+        Self { patience, ..self }
     }
 
     /// The URL calls go to now.
@@ -201,9 +210,31 @@ impl Failover {
     }
 }
 
+/// A call on its way to coordinator `i`: unless it is answered, dropping it
+/// (the call failed, timed out, or its caller gave up) makes the next
+/// coordinator current. Only the first of several failed calls moves on:
+/// the others were sent to the same coordinator and say nothing new.
+struct Unanswered {
+    i: usize,
+    n: usize,
+    url: String,
+    current: Arc<AtomicUsize>,
+    answered: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.answered && self.n > 1 && self.current.compare_exchange(self.i, (self.i + 1) % self.n, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(coordinator = %self.url, "coordinator unreachable; calls go to the next one");
+        }
+    }
+}
+
 impl Service<http::Request<Body>> for Failover {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
+    /// A [`Status`] (UNAVAILABLE, naming the coordinator and the cause), so
+    /// every transport failure reads as one the caller retries.
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
     /// Always ready: the channel is chosen, and waited for, in `call`
@@ -216,20 +247,42 @@ impl Service<http::Request<Body>> for Failover {
         let n = self.coordinators.len();
         let i = self.current.load(Ordering::Relaxed) % n;
         let (url, mut channel) = self.coordinators[i].clone();
-        let current = self.current.clone();
+        let pending = Unanswered { i, n, url: url.clone(), current: self.current.clone(), answered: false };
+        let patience = self.patience;
         Box::pin(async move {
-            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-            let answer = channel.call(request).await;
-            // Only the first of several failed calls moves on: the others
-            // were sent to the same coordinator and say nothing new.
-            if answer.is_err() && n > 1 && current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                tracing::warn!(coordinator = %url, "coordinator unreachable; calls go to the next one");
-            }
-            answer
+            // The whole guard moves into the call (not just the field set
+            // below), so it drops when the call ends or is dropped.
+            let mut pending = pending;
+            let unreachable = |why: String| -> Self::Error { Box::new(Status::unavailable(format!("coordinator {url} unreachable: {why}"))) };
+            let send = async {
+                std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+                channel.call(request).await
+            };
+            let answer = if n > 1 {
+                match tokio::time::timeout(patience, send).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(unreachable(format!("no answer within {patience:?}"))),
+                }
+            } else {
+                send.await
+            };
+            let response = answer.map_err(|e| unreachable(error_chain(&e)))?;
+            pending.answered = true;
+            Ok(response)
         })
     }
 }
 
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
 
 #[cfg(test)]
 mod tests {
@@ -270,6 +323,59 @@ mod tests {
         let unknown = client.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::NotFound);
         assert_eq!(failover.current_url(), up);
+    }
+
+    /// A loopback server that accepts connections and then does `what`
+    /// with each: `Garbage` writes bytes that are not HTTP/2 and closes,
+    /// `Silent` holds it open and never answers.
+    async fn misbehaving(what: Misbehaviour) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                match what {
+                    Misbehaviour::Garbage => {
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngarbage").await;
+                    }
+                    Misbehaviour::Silent => held.push(socket),
+                }
+            }
+        });
+        url
+    }
+
+    #[derive(Clone, Copy)]
+    enum Misbehaviour {
+        Garbage,
+        Silent,
+    }
+
+    /// Garbage, a coordinator that never answers, and a call its caller
+    /// gave up on each move the calls on (all as UNAVAILABLE, which callers
+    /// retry), within the patience, not after the keep-alive's 25 s.
+    #[tokio::test]
+    async fn garbage_silence_and_a_call_given_up_on_move_to_the_next_coordinator() {
+        let up = serving().await;
+        let check = || HealthCheckRequest { service: String::new() };
+        for (what, name) in [(Misbehaviour::Garbage, "garbage"), (Misbehaviour::Silent, "silent")] {
+            let bad = misbehaving(what).await;
+            let failover = Failover::new(&ClientSecurity::default(), &[bad.clone(), up.clone()]).unwrap().with_patience(std::time::Duration::from_millis(500));
+            let mut client = HealthClient::new(failover.clone());
+            let start = std::time::Instant::now();
+            let e = client.check(check()).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unavailable, "{name}: {e:?}");
+            assert!(e.message().contains(&bad), "{name}: the message names the coordinator: {}", e.message());
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "{name}: {:?}", start.elapsed());
+            assert_eq!(failover.current_url(), up, "{name}");
+            client.check(check()).await.unwrap_or_else(|e| panic!("{name}: the next call reaches the other: {e:?}"));
+        }
+        // A heartbeat gives up after its own period, before the patience.
+        let silent = misbehaving(Misbehaviour::Silent).await;
+        let failover = Failover::new(&ClientSecurity::default(), &[silent, up.clone()]).unwrap().with_patience(std::time::Duration::from_secs(60));
+        let mut client = HealthClient::new(failover.clone());
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(300), client.check(check())).await.is_err());
+        assert_eq!(failover.current_url(), up, "the abandoned call moved on");
     }
 
     #[tokio::test]

@@ -86,6 +86,7 @@ fn state(d: &pb::JobDetail) -> pb::JobState {
 
 #[test]
 fn inputs_come_only_from_uploads_farm_keys_or_an_input_prefix() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let private = tempfile::tempdir().unwrap();
     let allowed = tempfile::tempdir().unwrap();
     std::fs::write(private.path().join("secret.png"), bytes("content.png")).unwrap();
@@ -132,6 +133,7 @@ fn inputs_come_only_from_uploads_farm_keys_or_an_input_prefix() {
 
 #[test]
 fn worker_calls_are_checked_against_the_lease_and_retries_are_safe() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start();
     rt().block_on(async {
         let mut f = farm_client(&farm.url, None).await;
@@ -208,6 +210,7 @@ fn worker_calls_are_checked_against_the_lease_and_retries_are_safe() {
 
 #[test]
 fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start();
     rt().block_on(async {
         let mut f = farm_client(&farm.url, None).await;
@@ -232,7 +235,17 @@ fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
         // the worker that leases it tiles it.
         let tiled = pb::SubmitRequest { width: 4096, height: 4096, ..with(r#"{"iters": 1}"#) };
         let accepted = f.submit(tiled).await.expect("tiled, it fits the registered device").into_inner();
-        f.cancel(pb::CollectionRef { collection_id: accepted.collection_id }).await.unwrap();
+        f.cancel(pb::CollectionRef { collection_id: accepted.collection_id.clone() }).await.unwrap();
+        // A retry with changes is priced like a submit: a history no
+        // registered device could hold is refused with the numbers, not
+        // parked in the queue for good; a change that fits goes in.
+        let big_job = f.get_collection(pb::CollectionRef { collection_id: accepted.collection_id }).await.unwrap().into_inner().jobs[0].job_id.clone();
+        let retry = |changes: &str| pb::RetryJobRequest { job_id: big_job.clone(), changes_json: changes.into() };
+        let e = f.retry_job(retry(r#"{"optimizer": "lbfgs", "lbfgs_history": 1000}"#)).await.unwrap_err();
+        assert!(e.code() == Code::FailedPrecondition && e.message().contains("needs about") && e.message().contains(&big_job), "{e:?}");
+        let again = f.retry_job(retry(r#"{"iters": 2}"#)).await.expect("a change that fits").into_inner();
+        assert_eq!(pb::JobState::try_from(again.state), Ok(pb::JobState::Queued));
+        f.cancel_job(pb::JobRef { job_id: big_job.clone() }).await.unwrap();
         let spec = lease(&mut w, &worker).await.job.expect("the small job");
         assert!(spec.params_json.contains(r#""iters":3"#), "the worker gets the same schema: {}", spec.params_json);
         // The preset arrives expanded: its values, under the keys given.
@@ -245,6 +258,7 @@ fn parameters_are_one_schema_and_what_no_worker_can_run_is_refused_at_submit() {
 
 #[test]
 fn users_see_only_their_own_collections_and_errors_name_no_server_path() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start_with(&["--user-token", "alice-token", "--user-token", "bob-token", "--admin-token", "root-token", "--worker-token", "w"]);
     rt().block_on(async {
         let (mut alice, mut bob, mut root) =
@@ -280,6 +294,7 @@ fn users_see_only_their_own_collections_and_errors_name_no_server_path() {
 
 #[test]
 fn lost_leases_and_coordinator_downtime_cost_the_job_nothing() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let mut farm = Farm::start();
     let runtime = rt();
     let (job, b, lb) = runtime.block_on(async {
@@ -327,6 +342,7 @@ fn state_of(s: i32) -> pb::JobState {
 
 #[test]
 fn a_failing_worker_is_quarantined_and_one_on_the_wrong_storage_never_starts() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let farm = Farm::start();
     let runtime = rt();
     let id = runtime.block_on(async {
@@ -389,6 +405,7 @@ fn a_failing_worker_is_quarantined_and_one_on_the_wrong_storage_never_starts() {
 
 #[test]
 fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before_it() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     let a = farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
@@ -420,6 +437,7 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_one_before_it() {
 
 #[test]
 fn watch_and_status_ride_out_a_coordinator_restart() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let mut farm = Farm::start();
     let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8", "--iters", "1"]);
     let url = farm.url.clone();
@@ -463,6 +481,7 @@ fn watch_and_status_ride_out_a_coordinator_restart() {
 /// once, charged nothing, and bit-identical to a local render.
 #[test]
 fn chaos_every_job_succeeds_exactly_once_and_matches_a_local_render() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("chaos seed {seed} (CHAOS_SEED={seed} to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -519,6 +538,7 @@ fn chaos_every_job_succeeds_exactly_once_and_matches_a_local_render() {
 
 #[test]
 fn fetch_goes_on_past_an_image_it_cannot_read() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start();
     let id = rt().block_on(async {
         let mut f = farm_client(&farm.url, None).await;
@@ -553,6 +573,7 @@ fn fetch_goes_on_past_an_image_it_cannot_read() {
 
 #[test]
 fn a_loss_that_leaves_the_numbers_fails_the_job_once_by_name() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     farm.add_worker("a");
     let id = rt().block_on(async {
@@ -573,6 +594,7 @@ fn a_loss_that_leaves_the_numbers_fails_the_job_once_by_name() {
 /// several leases keeps its job: it heartbeats from the moment of the lease.
 #[test]
 fn a_slow_start_does_not_lose_the_lease() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     farm.add_worker("slow");
     let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "1200x900", "--iters", "3"]);
@@ -586,6 +608,7 @@ fn a_slow_start_does_not_lose_the_lease() {
 
 #[test]
 fn a_coordinator_that_never_answers_is_named_with_what_to_do() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let url = format!("http://127.0.0.1:{}", stylefarm_tests::free_port());
     let o = Command::new(bin("farmctl")).args(["--coordinator", &url, "--wait", "1", "status"]).env("RUST_BACKTRACE", "0").output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -597,6 +620,7 @@ fn a_coordinator_that_never_answers_is_named_with_what_to_do() {
 /// path of the farm's storage.
 #[test]
 fn every_failed_job_of_a_collection_is_retried_at_once() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start_with(&["--user-token", "alice-token", "--user-token", "bob-token", "--worker-token", "w"]);
     rt().block_on(async {
         let (mut alice, mut bob) = (farm_client(&farm.url, Some("alice-token")).await, farm_client(&farm.url, Some("bob-token")).await);

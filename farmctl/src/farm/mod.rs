@@ -102,6 +102,13 @@ pub fn transient(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable
 }
 
+/// Whether a failed call's status was made by the client from a transport
+/// failure (it carries the error as its source) rather than sent by a
+/// coordinator.
+fn from_transport(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
 /// Runs `op` on a fresh client, riding out a coordinator that is down or
 /// restarting: connection failures and UNAVAILABLE are retried with capped
 /// backoff for up to `conn.wait`, each retry on the next coordinator when
@@ -125,6 +132,14 @@ where
                 Ok(v) => return Ok(v),
                 Err(s) if transient(&s) => anyhow::anyhow!("{} ({:?})", s.message(), s.code()),
                 Err(s) if s.code() == tonic::Code::Unknown && s.message().contains("transport error") && broken_connections < 3 => {
+                    broken_connections += 1;
+                    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+                }
+                // With several coordinators, a failure of the connection
+                // itself (garbage, an HTTP/2 protocol error: a status made
+                // here, not sent by a coordinator) is that coordinator's
+                // fault: the next one is tried, a few rounds at most.
+                Err(s) if conn.urls.len() > 1 && from_transport(&s) && broken_connections < 3 * conn.urls.len() => {
                     broken_connections += 1;
                     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
                 }
