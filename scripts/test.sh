@@ -38,6 +38,9 @@ FARMCTL="${CARGO_TARGET_DIR:-target}/debug/farmctl"
 "$FARMCTL" weights fetch >/dev/null
 export STYLEFARM_WEIGHTS="$("$FARMCTL" weights path)"
 
+# Everything is installed now: a test whose need is missing fails rather
+# than skipping (tests/src/needs.rs).
+export STYLEFARM_TEST_ALL=1
 cargo test --locked --workspace "$@"
 
 # The contract tests once more with every farm on PostgreSQL (a fresh

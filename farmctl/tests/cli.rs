@@ -191,6 +191,7 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_small_render_writes_image_snapshots_and_log() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let out: PathBuf = dir.path().join("styled.png");
     let log = dir.path().join("losses.jsonl");
@@ -215,6 +216,7 @@ fn a_small_render_writes_image_snapshots_and_log() {
 
 #[test]
 fn zero_iterations_scores_and_writes_the_initial_image() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("init.png");
     let log = dir.path().join("l.jsonl");
@@ -230,6 +232,7 @@ fn zero_iterations_scores_and_writes_the_initial_image() {
 
 #[test]
 fn coarse_to_fine_renders_at_the_full_size_and_starts_from_the_coarse_result() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, scales: &[&str]| {
         let log = dir.path().join(format!("{name}.jsonl"));

@@ -78,6 +78,7 @@ fn records(bytes: &[u8]) -> Vec<Vec<u8>> {
 
 #[test]
 fn plot_events_and_graph_are_written_and_agree_with_the_log() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let o = Command::new(env!("CARGO_BIN_EXE_farmctl"))

@@ -100,16 +100,19 @@ fn kill_and_resume_is_bit_identical(optimizer: &str) {
 
 #[test]
 fn adam_render_killed_and_resumed_is_bit_identical() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     kill_and_resume_is_bit_identical("adam");
 }
 
 #[test]
 fn lbfgs_render_killed_and_resumed_is_bit_identical() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     kill_and_resume_is_bit_identical("lbfgs");
 }
 
 #[test]
 fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(render(d, "straight", "adam", &["--iters", "20"]).output().unwrap());
@@ -128,6 +131,7 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
 
 #[test]
 fn resuming_with_other_parameters_or_inputs_is_refused_by_name() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(render(d, "r", "adam", &["--iters", "5"]).output().unwrap());
@@ -145,6 +149,7 @@ fn resuming_with_other_parameters_or_inputs_is_refused_by_name() {
 
 #[test]
 fn a_checkpoint_location_that_stops_taking_writes_ends_the_render_cleanly() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Unwritable from the start: a path under a regular file.

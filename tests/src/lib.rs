@@ -5,6 +5,9 @@
 
 pub mod browser;
 pub mod memcg;
+pub mod needs;
+
+pub use needs::Need;
 pub mod scripted;
 
 use std::io::{BufRead, BufReader};
@@ -20,10 +23,15 @@ use stylefarm_coordinator::db::Target;
 /// A binary of this workspace, from the target folder the tests run from
 /// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let path = exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("tests run from target/<profile>/deps");
+    let path = bin_path(name);
     assert!(path.exists(), "{} is missing: run `cargo build --bins` before the tests", path.display());
     path
+}
+
+/// Where [`bin`] looks for `name`, whether it is there or not.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("tests run from target/<profile>/deps")
 }
 
 /// This package's folder (`tests/`), read when the test runs: cargo sets

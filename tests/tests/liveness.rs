@@ -51,6 +51,7 @@ fn one_job(farm: &Farm, iters: &str) -> String {
 
 #[test]
 fn a_workers_state_tells_what_happened_to_it() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let lease = Duration::from_secs(LEASE.parse().unwrap());
     let mut farm = Farm::start();
     farm.add_worker("keeper");
@@ -138,6 +139,7 @@ fn a_workers_state_tells_what_happened_to_it() {
 /// operator drains a worker by the name the list shows.
 #[test]
 fn unnamed_workers_on_one_host_both_render_under_names_that_stay() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let mut farm = Farm::start();
     // Their numbered slots live in the temporary folder: this test's own.
     let tmp = farm.dir.path().join("tmp");

@@ -86,6 +86,7 @@ fn signed(body: &[u8]) -> String {
 
 #[test]
 fn a_collections_end_is_posted_signed_and_retried_until_taken() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let (port, got) = receiver(2);
     let prefix = format!("http://127.0.0.1:{port}/hooks/");
     let mut farm = Farm::start_with(&["--notify-prefix", &prefix, "--notify-secret", SECRET, "--http-listen", "127.0.0.1:0"]);

@@ -55,6 +55,7 @@ const SIDEWAYS: &str = "return document.documentElement.scrollWidth > window.inn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Browser);
     let farm = Farm::start_with(&["--http-listen", "127.0.0.1:0", "--user-token", USER, "--worker-token", WORKER]);
     let page = farm.dashboard.clone().unwrap();
     let inputs = farm.dir.path().join("inputs");

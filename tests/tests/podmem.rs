@@ -17,11 +17,13 @@ const LIMIT: u64 = 5 << 29; // 2.5 GiB
 
 #[test]
 fn a_worker_in_a_cgroup_v1_pod_tiles_a_render_twice_its_limit() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     render_in_a_pod(CgroupVersion::V1);
 }
 
 #[test]
 fn a_worker_in_a_cgroup_v2_pod_tiles_a_render_twice_its_limit() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     render_in_a_pod(CgroupVersion::V2);
 }
 

@@ -45,6 +45,7 @@ fn run(params: RenderParams, steps: usize) -> (Vec<Losses>, Tensor) {
 
 #[test]
 fn losses_match_the_independent_float64_reference() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     // reference_losses.json was computed by reference_losses.py (numpy,
     // float64) from the same files at 61x47, an odd size that exercises the
     // partial pooling windows at every level.
@@ -66,6 +67,7 @@ fn losses_match_the_independent_float64_reference() {
 
 #[test]
 fn losses_are_finite_and_reproducible_for_a_seed() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let params = RenderParams { seed: 7, ..RenderParams::default() };
     let (a, image_a) = run(params.clone(), 3);
     let (b, image_b) = run(params.clone(), 3);
@@ -79,6 +81,7 @@ fn losses_are_finite_and_reproducible_for_a_seed() {
 
 #[test]
 fn a_hundred_adam_iterations_cut_the_loss_by_far() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     let (losses, _) = run(RenderParams::default(), 100);
     let (first, last) = (losses[0].total, losses[100].total);
     // Measured at 61x47 (`farmctl render --iters 100 --log`): the total falls
@@ -110,6 +113,7 @@ fn session_render(params: RenderParams) -> Vec<stylefarm_engine::LossRecord> {
 
 #[test]
 fn the_quality_bar_keeps_the_content_and_the_fast_preset_meets_it() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Weights);
     use stylefarm_engine::quality::Bar;
     // Measured figures below are at the fixtures' 61x47.
     use stylefarm_engine::{Optimizer, Preset};

@@ -24,6 +24,7 @@ fn small_collection(contents: usize) -> pb::SubmitRequest {
 
 #[test]
 fn every_acknowledged_write_survives_a_sigkill_mid_group() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let mut farm = Farm::start();
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let runtime = rt();
@@ -89,6 +90,7 @@ fn every_acknowledged_write_survives_a_sigkill_mid_group() {
 
 #[test]
 fn watches_are_limited_per_client_and_in_all() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start_with(&["--user-token", "u1", "--user-token", "u2", "--worker-token", "w", "--max-watchers-per-client", "2", "--max-watchers", "3"]);
     rt().block_on(async {
         let ch = channel(&farm.url).await;
@@ -124,6 +126,7 @@ fn watches_are_limited_per_client_and_in_all() {
 
 #[test]
 fn a_watcher_that_does_not_read_costs_bounded_memory_and_gets_merged_changes() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start();
     let pid = farm.coordinator.as_ref().unwrap().id();
     rt().block_on(async {
@@ -177,6 +180,7 @@ fn a_watcher_that_does_not_read_costs_bounded_memory_and_gets_merged_changes() {
 /// to its end.
 #[test]
 fn watchers_share_one_snapshot_and_each_follows_to_the_end() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let metrics = format!("127.0.0.1:{}", free_port());
     let farm = Farm::start_with(&["--metrics-listen", &metrics, "--user-token", "u1", "--user-token", "u2", "--max-watchers-per-client", "64"]);
     let reads = || -> u64 {
@@ -245,6 +249,7 @@ fn watchers_share_one_snapshot_and_each_follows_to_the_end() {
 
 #[test]
 fn the_load_tool_finishes_a_collection_exactly_once_through_a_restart() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let o = Command::new(bin("farmctl"))
         .args(["loadtest", "--workers", "20", "--jobs", "500", "--restarts", "1", "--stall", "0.02", "--heartbeats", "5", "--lease-seconds", "2", "--json"])
         .output()
@@ -263,6 +268,7 @@ fn the_load_tool_finishes_a_collection_exactly_once_through_a_restart() {
 /// coordinator included.
 #[test]
 fn two_coordinators_on_postgres_finish_every_job_exactly_once_through_sigkills() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Postgres);
     let pg = stylefarm_coordinator::db::testing::Postgres::from_env()
         .expect("STYLEFARM_TEST_POSTGRES is not set: run scripts/test.sh, which starts a throwaway PostgreSQL");
     let database = pg.fresh_database();

@@ -67,6 +67,7 @@ fn refused(o: &Output, needle: &str) {
 
 #[test]
 fn tokens_are_required_and_scoped() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let c = coordinator(&["--user-token", "user-secret", "--worker-token", "worker-secret"]);
     let url = format!("http://127.0.0.1:{}", c.port);
     let args = submit_args();
@@ -119,6 +120,7 @@ fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
 
 #[test]
 fn tls_serves_tls_clients_and_refuses_plaintext_and_certless_workers() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key, client_cert, client_key) = pki(dir.path());
     let s = |p: &PathBuf| p.to_string_lossy().into_owned();
@@ -175,6 +177,7 @@ fn tls_serves_tls_clients_and_refuses_plaintext_and_certless_workers() {
 
 #[test]
 fn names_and_keys_cannot_escape_and_big_requests_are_refused() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let c = coordinator(&["--max-request-mb", "1"]);
     let url = format!("http://127.0.0.1:{}", c.port);
     let png = std::fs::read(fixture("content.png")).unwrap();

@@ -29,6 +29,7 @@ fn ocr(png: &Path) -> String {
 
 #[test]
 fn a_fetched_contact_sheet_reads_back_its_labels_and_states() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights, stylefarm_tests::Need::Ocr);
     let farm = Farm::start();
     let inputs = farm.dir.path().join("inputs");
     std::fs::create_dir_all(&inputs).unwrap();

@@ -16,6 +16,7 @@ use stylefarm_tests::{bin, channel, fixture, free_port, jobs, rss_mib, small_sub
 
 #[test]
 fn a_gigabyte_download_streams_while_others_are_answered() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
     let farm = Farm::start_with(&["--http-listen", "127.0.0.1:0"]);
     let pid = farm.coordinator.as_ref().unwrap().id();
     let dashboard = farm.dashboard.clone().unwrap();
@@ -117,6 +118,7 @@ fn proxy(to: u16, paused: Arc<AtomicBool>) -> u16 {
 
 #[test]
 fn a_worker_behind_a_silent_network_renders_on_and_finishes_once() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut procs = Procs(Vec::new());
