@@ -40,10 +40,15 @@ pub const DELIVERY_HEADER: &str = "x-stylefarm-delivery";
 
 /// Refuses a notify_url this farm will not call: only URLs under an
 /// operator's `--notify-prefix` (so no user can aim the coordinator at an
-/// address inside its network).
-pub(crate) fn check_url(url: &str, prefixes: &[String]) -> Result<(), Status> {
+/// address inside its network). Both are parsed as a browser would (so
+/// `..`, `%2e%2e`, backslashes and tabs are resolved before comparing) and
+/// compared by scheme, host, port and path, the path segment by segment: a
+/// prefix `…/hooks` takes `…/hooks` and `…/hooks/x`, not `…/hooksx` nor
+/// `…/hooks/../admin`. A URL with a user name or password is refused.
+/// Returns the URL as it will be called (normalised), or "" for none.
+pub(crate) fn check_url(url: &str, prefixes: &[String]) -> Result<String, Status> {
     if url.is_empty() {
-        return Ok(());
+        return Ok(String::new());
     }
     if url.len() > MAX_NOTIFY_URL_BYTES {
         return Err(Status::invalid_argument(format!(
@@ -56,15 +61,34 @@ pub(crate) fn check_url(url: &str, prefixes: &[String]) -> Result<(), Status> {
     }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| Status::invalid_argument(format!("notify_url is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https")
-        || !prefixes.iter().any(|p| url.starts_with(p.as_str()))
-    {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Status::invalid_argument("notify_url: a user name or password in the URL is refused"));
+    }
+    let under = |prefix: &String| reqwest::Url::parse(prefix).is_ok_and(|p| is_under(&parsed, &p));
+    if !matches!(parsed.scheme(), "http" | "https") || !prefixes.iter().any(under) {
         return Err(Status::invalid_argument(format!(
-            "notify_url must start with one of this farm's --notify-prefix values: {}",
+            "notify_url must be under one of this farm's --notify-prefix values: {}",
             prefixes.join(", ")
         )));
     }
-    Ok(())
+    Ok(parsed.to_string())
+}
+
+/// Whether `url` lies under `prefix`: same scheme, host and port, no
+/// user info in either, and `prefix`'s path whole segments of its path.
+fn is_under(url: &reqwest::Url, prefix: &reqwest::Url) -> bool {
+    let same_origin = url.scheme() == prefix.scheme()
+        && url.host_str().is_some()
+        && url.host_str() == prefix.host_str()
+        && url.port_or_known_default() == prefix.port_or_known_default()
+        && prefix.username().is_empty()
+        && prefix.password().is_none();
+    let (path, base) = (url.path(), prefix.path());
+    let inside = match base.strip_suffix('/') {
+        Some(_) => path.starts_with(base),
+        None => path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/')),
+    };
+    same_origin && inside
 }
 
 /// `sha256=` and the hex HMAC-SHA256 of `body` under `secret`.
@@ -249,8 +273,9 @@ mod tests {
     #[test]
     fn only_urls_under_an_operators_prefix_are_accepted() {
         let prefixes = vec!["https://hooks.example.com/farm/".to_string()];
-        assert!(check_url("", &[]).is_ok(), "no notification asked");
-        assert!(check_url("https://hooks.example.com/farm/a1", &prefixes).is_ok());
+        assert_eq!(check_url("", &[]).unwrap(), "", "no notification asked");
+        assert_eq!(check_url("https://hooks.example.com/farm/a1", &prefixes).unwrap(), "https://hooks.example.com/farm/a1");
+        assert_eq!(check_url("https://HOOKS.example.com:443/farm/./a1", &prefixes).unwrap(), "https://hooks.example.com/farm/a1", "called as normalised");
         for (url, named) in [
             ("http://169.254.169.254/latest/meta-data", "--notify-prefix"),
             ("https://hooks.example.com/farmer", "--notify-prefix"),
@@ -275,6 +300,36 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("at most"));
+    }
+
+    /// What was POSTed outside the prefix before URLs were parsed: dot
+    /// segments plain, encoded and split by a tab, backslashes, and user
+    /// info that moved the host after a prefix written without its slash.
+    #[test]
+    fn tricks_that_leave_the_prefix_are_refused() {
+        let slash = vec!["http://127.0.0.1:8000/hooks/".to_string()];
+        let bare = vec!["http://127.0.0.1:8000/hooks".to_string()];
+        let origin = vec!["http://127.0.0.1:8000".to_string()];
+        for (url, prefixes) in [
+            ("http://127.0.0.1:8000/hooks/../admin/drop", &slash),
+            ("http://127.0.0.1:8000/hooks/%2e%2e/admin/drop", &slash),
+            ("http://127.0.0.1:8000/hooks/%2E%2e/admin", &slash),
+            ("http://127.0.0.1:8000/hooks/.\t./admin", &slash),
+            ("http://127.0.0.1:8000/hooks\\..\\admin", &slash),
+            ("http://127.0.0.1:8000/hooks@127.0.0.1:9000/steal", &bare),
+            ("http://127.0.0.1:8000@evil.test/hooks/x", &slash),
+            ("http://127.0.0.1:8000@127.0.0.1:9000/steal", &origin),
+            ("http://user:pw@127.0.0.1:8000/hooks/x", &slash),
+            ("http://127.0.0.1:8000/hooksx", &bare),
+            ("http://127.0.0.1:8000/hooks/../hooksx", &bare),
+            ("http://127.0.0.1:8001/hooks/x", &slash),
+            ("https://127.0.0.1:8000/hooks/x", &slash),
+        ] {
+            assert!(check_url(url, prefixes).is_err(), "{url} under {prefixes:?}");
+        }
+        for (url, prefixes) in [("http://127.0.0.1:8000/hooks", &bare), ("http://127.0.0.1:8000/hooks/a/b", &bare), ("http://127.0.0.1:8000/hooks/a/../b", &slash), ("http://127.0.0.1:8000/hooks/x?y=1", &slash)] {
+            assert!(check_url(url, prefixes).is_ok(), "{url} under {prefixes:?}");
+        }
     }
 
     #[test]

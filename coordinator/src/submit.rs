@@ -245,7 +245,7 @@ impl FarmService {
         let held = request.extensions().get::<std::sync::Arc<crate::admission::Permit>>().cloned();
         let mut r = request.into_inner();
         check_shape(&r)?;
-        crate::notify::check_url(&r.notify_url, &self.0.config.notify_prefixes)?;
+        r.notify_url = crate::notify::check_url(&r.notify_url, &self.0.config.notify_prefixes)?;
         let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
         if let Some((collection_id, jobs)) = self.0.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
             return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
