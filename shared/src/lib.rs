@@ -27,6 +27,7 @@ pub mod records;
 pub mod sheet;
 pub mod storage;
 pub mod telemetry;
+pub mod terminal;
 pub mod tfevents;
 pub mod size;
 #[cfg(feature = "engine")]

@@ -210,3 +210,26 @@ fn names_and_keys_cannot_escape_and_big_requests_are_refused() {
         assert_eq!(c.jobs.len(), 1);
     });
 }
+
+/// A collection's name is another user's text: printed by farmctl, its
+/// escape sequences (a window title, a clipboard write, clear screen) and
+/// bidirectional overrides are shown as `\u{…}`, never sent to the
+/// terminal as they are.
+#[test]
+fn names_print_escaped_in_the_terminal() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
+    let farm = stylefarm_tests::Farm::start();
+    let hostile = "pretty\u{1b}]0;owned\u{7}\u{1b}]52;c;ZXZpbA==\u{7}\u{1b}[2J\u{202e}gnp.exe";
+    let id = farm.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8", "--name", hostile]);
+    for args in [vec!["status", id.as_str()], vec!["status"]] {
+        let o = farm.farmctl(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{202e}'), "{args:?} printed a control character: {out:?}");
+        assert!(out.contains("pretty\\u{1b}]0;owned\\u{7}") && out.contains("\\u{202e}gnp.exe"), "{args:?}: {out}");
+    }
+    // --json keeps the name as it is (JSON escapes it on its own).
+    let o = farm.farmctl(&["status", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["name"], hostile);
+}

@@ -60,7 +60,7 @@ pub async fn logs(url: &Conn, job_id: &str, attempt: Option<u32>, follow: bool) 
         };
         // A log is rewritten whole each time: print what is new.
         if written.len() > printed {
-            print!("{}", String::from_utf8_lossy(&written[printed..]));
+            print!("{}", stylefarm_shared::terminal::shown_lines(&String::from_utf8_lossy(&written[printed..])));
             printed = written.len();
         } else if !follow && written.is_empty() {
             bail!("no {WORKER_LOG} in that attempt yet (the worker writes it at each checkpoint and when the attempt ends)");

@@ -7,6 +7,7 @@
 
 use anyhow::Result;
 use stylefarm_proto as pb;
+use stylefarm_shared::terminal::shown;
 
 use super::{call, state_name, Conn};
 
@@ -24,14 +25,14 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&c)?);
         return Ok(());
     }
-    println!("collection {} ({}), {} jobs", c.collection_id, c.name, c.jobs.len());
+    println!("collection {} ({}), {} jobs", c.collection_id, shown(&c.name), c.jobs.len());
     println!("{:<20} {:<20} {:>3} {:<10} {:>11} {:>12} {:>3}  {}", "content", "style", "var", "state", "iteration", "total loss", "try", "worker / error");
     for j in &c.jobs {
         let p = j.progress.clone().unwrap_or_default();
-        let who = if j.error.is_empty() { j.worker.clone() } else { j.error.clone() };
+        let who = shown(if j.error.is_empty() { &j.worker } else { &j.error });
         println!(
             "{:<20} {:<20} {:>3} {:<10} {:>5}/{:<5} {:>12.4e} {:>3}  {who}",
-            j.content_name, j.style_name, j.variant_index, state_name(j.state), p.iteration, p.iterations, p.total, j.attempts
+            shown(&j.content_name), shown(&j.style_name), j.variant_index, state_name(j.state), p.iteration, p.iterations, p.total, j.attempts
         );
     }
     Ok(())
@@ -77,7 +78,7 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
     for c in &collections {
         let n = c.counts.clone().unwrap_or_default();
         let all = n.queued + n.running + n.succeeded + n.failed + n.cancelled;
-        println!("  {} {:<24} {}/{all} succeeded, {} running, {} queued, {} failed", c.collection_id, c.name, n.succeeded, n.running, n.queued, n.failed);
+        println!("  {} {:<24} {}/{all} succeeded, {} running, {} queued, {} failed", c.collection_id, shown(&c.name), n.succeeded, n.running, n.queued, n.failed);
     }
     Ok(())
 }

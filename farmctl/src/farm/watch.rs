@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use stylefarm_proto as pb;
+use stylefarm_shared::terminal::shown;
 use tonic::Streaming;
 
 use super::{call, state_name, Conn};
@@ -95,9 +96,9 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
         let eta = c.jobs.iter().filter_map(|j| j.progress.as_ref()).map(|p| p.eta_seconds).fold(0f64, f64::max);
         overall.set_message(format!("{eta:.0}s"));
         for j in &c.jobs {
-            let label = format!("{} × {} v{}", j.content_name, j.style_name, j.variant_index);
+            let label = shown(&format!("{} × {} v{}", j.content_name, j.style_name, j.variant_index));
             if states.insert(j.job_id.clone(), j.state) != Some(j.state) && multi.is_hidden() {
-                eprintln!("{label}: {}{}", state_name(j.state), if j.error.is_empty() { String::new() } else { format!(" ({})", j.error) });
+                eprintln!("{label}: {}{}", state_name(j.state), if j.error.is_empty() { String::new() } else { format!(" ({})", shown(&j.error)) });
             }
             let p = j.progress.clone().unwrap_or_default();
             if j.state == pb::JobState::Running as i32 {
@@ -121,7 +122,7 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
     let ok = c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32).count();
     eprintln!("{ok} of {} jobs succeeded", c.jobs.len());
     for j in c.jobs.iter().filter(|j| j.state != pb::JobState::Succeeded as i32) {
-        eprintln!("  {} × {} v{}: {} {}", j.content_name, j.style_name, j.variant_index, state_name(j.state), j.error);
+        eprintln!("  {} × {} v{}: {} {}", shown(&j.content_name), shown(&j.style_name), j.variant_index, state_name(j.state), shown(&j.error));
     }
     Ok(ok == c.jobs.len())
 }

@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use stylefarm_proto as pb;
+use stylefarm_shared::terminal::shown;
 
 use super::{call, Conn};
 
@@ -54,7 +55,9 @@ pub async fn list_all(url: &Conn, include_gone: bool) -> Result<Vec<pb::WorkerIn
     }
 }
 
-/// One line of the list: id, device, memory, state and what it does.
+/// One line of the list: name (what drain, resume and forget take), id,
+/// device, memory, state and what it does; text from the wire escaped for
+/// the terminal.
 pub fn line(w: &pb::WorkerInfo, now: f64) -> String {
     let state = state_of(w);
     let doing = match pb::WorkerState::try_from(w.state).unwrap_or_default() {
@@ -83,11 +86,13 @@ pub fn line(w: &pb::WorkerInfo, now: f64) -> String {
         ),
     };
     format!(
-        "{:<36} {:<8} {:>6.1} GiB  {:<11} {doing}",
-        w.worker_id,
-        w.device,
+        "{:<20} {:<36} {:<8} {:>6.1} GiB  {:<11} {}",
+        shown(&w.name),
+        shown(&w.worker_id),
+        shown(&w.device),
         w.memory_bytes as f64 / (1u64 << 30) as f64,
-        state
+        state,
+        shown(&doing)
     )
 }
 
@@ -150,7 +155,7 @@ pub async fn act(url: &Conn, command: WorkersCommand) -> Result<()> {
         Action::Resume => "leases again".to_string(),
         Action::Forget => "forgotten: off the list".to_string(),
     };
-    println!("worker {} ({}): {said}", w.worker_id, state_of(&w));
+    println!("worker {} ({}): {said}", shown(&w.worker_id), state_of(&w));
     Ok(())
 }
 
