@@ -167,6 +167,7 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> anyhow::Result<()> {
+    stylefarm_shared::terminal::end_quietly_on_closed_pipe();
     stylefarm_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
     let url = farm::Conn::new(cli.coordinator.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));

@@ -5,6 +5,19 @@
 //! (OSC 52), BEL rings, and bidirectional overrides make a line read other
 //! than it is. Each such character is shown as `\u{…}` instead.
 
+/// Lets a closed pipe end the process quietly, as it does any Unix tool
+/// (`farmctl workers | head -2`): Rust ignores SIGPIPE, so a write to a
+/// closed stdout is an error, and `println!` panics on it. Sockets are
+/// unaffected (Rust sends with MSG_NOSIGNAL). Call first thing in `main`.
+pub fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition, before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// `text` with every control and bidirectional-formatting character
 /// escaped: for one-line fields (names, messages).
 pub fn shown(text: &str) -> String {
