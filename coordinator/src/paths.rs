@@ -36,6 +36,13 @@ pub fn attempt(collection: &str, job: &str, attempt: u32) -> String {
     format!("collections/{collection}/jobs/{job}/attempt-{attempt}")
 }
 
+/// The folder of a job (every attempt's folder is in it), from the key of
+/// a file one of its attempts wrote; `None` for any other key.
+pub fn job_of_attempt_key(key: &str) -> Option<&str> {
+    let (job, _) = key.rsplit_once("/attempt-")?;
+    (job.starts_with("collections/") && job.contains("/jobs/")).then_some(job)
+}
+
 /// The key of a file an attempt wrote, given the name its worker used.
 pub fn in_attempt(attempt_folder: &str, name: &str) -> String {
     format!("{attempt_folder}/{name}")
@@ -75,6 +82,8 @@ mod tests {
     fn users_read_inside_their_collection_only() {
         let key = in_attempt(&attempt("c1", "j1", 2), "output.png");
         assert_eq!(key, "collections/c1/jobs/j1/attempt-2/output.png");
+        assert_eq!(job_of_attempt_key(&key), Some("collections/c1/jobs/j1"));
+        assert_eq!(job_of_attempt_key("inputs/abc"), None);
         assert!(readable("c1", &key));
         assert!(!readable("c2", &key));
         assert!(!readable("c1", "collections/c1/../c2/jobs/j/attempt-1/output.png"));

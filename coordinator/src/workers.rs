@@ -187,7 +187,7 @@ impl Workers for WorkersService {
             Ok(_) => return Err(Status::failed_precondition(format!("the output {} is not in storage; write it before completing", r.output_name))),
             Err(e) => return Err(storage_err("check the output", e)),
         }
-        let (progress, rules) = (r.progress.unwrap_or_default(), self.rules());
+        let (progress, rules, output_key) = (r.progress.unwrap_or_default(), self.rules(), key.clone());
         let answer = self.0.state.write(move |db| db.complete(&lease.call(), &key, &progress, &rules)).await?.map_err(|e| {
             tracing::warn!(job = %r.job_id, worker = %r.worker_id, "completion refused: {e}");
             call_err(e)
@@ -195,6 +195,7 @@ impl Workers for WorkersService {
         if !answer.repeated {
             metrics::counter!("stylefarm_jobs_completed_total").increment(1);
             tracing::debug!(job = %r.job_id, worker = %r.worker_id, "completed");
+            tokio::spawn(prune_checkpoints(self.0.store.clone(), output_key));
         }
         Ok(Response::new(pb::CompleteResponse {}))
     }
@@ -242,6 +243,32 @@ impl Workers for WorkersService {
         tracing::info!(%worker, "stopped (deregistered)");
         Ok(Response::new(pb::DeregisterResponse {}))
     }
+}
+
+/// A succeeded job's checkpoints, every attempt's, are of no more use
+/// (a re-render starts from the init): removed once it succeeds. The
+/// output, logs, plots and snapshots stay. In the background; a failure
+/// is logged and leaves them.
+async fn prune_checkpoints(store: stylefarm_shared::storage::Store, output_key: String) {
+    use stylefarm_shared::records::job_files::checkpoint_iteration;
+    let Some(job) = crate::paths::job_of_attempt_key(&output_key) else { return };
+    let listed = match store.list_all(job).await {
+        Ok(listed) => listed,
+        Err(e) => return tracing::warn!("listing {job} to remove its checkpoints: {e}"),
+    };
+    let (mut removed, mut bytes) = (0u64, 0u64);
+    for (name, size) in listed {
+        let file = name.rsplit('/').next().unwrap_or_default();
+        if checkpoint_iteration(file).is_none() {
+            continue;
+        }
+        match store.delete(&format!("{job}/{name}")).await {
+            Ok(()) => (removed, bytes) = (removed + 1, bytes + size),
+            Err(e) => tracing::warn!("removing checkpoint {job}/{name}: {e}"),
+        }
+    }
+    metrics::counter!("stylefarm_checkpoint_bytes_removed_total").increment(bytes);
+    tracing::debug!(job, removed, bytes, "a succeeded job's checkpoints removed");
 }
 
 #[cfg(test)]

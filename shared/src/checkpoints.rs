@@ -20,14 +20,7 @@ pub struct CheckpointStore {
     keep: usize,
 }
 
-/// The object name of the checkpoint at `iteration`.
-pub fn name(iteration: usize) -> String {
-    format!("ckpt-{iteration:08}.safetensors")
-}
-
-fn iteration_of(name: &str) -> Option<usize> {
-    name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()
-}
+pub use crate::records::job_files::{checkpoint as name, checkpoint_iteration as iteration_of};
 
 impl CheckpointStore {
     /// `keep` ≥ 1: how many of the newest checkpoints survive pruning.

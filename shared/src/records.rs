@@ -34,6 +34,16 @@ pub mod job_files {
     pub fn snapshot(iteration: usize) -> String {
         format!("snapshot_{iteration:04}.png")
     }
+
+    /// `ckpt-00000120.safetensors`: the checkpoint at that iteration.
+    pub fn checkpoint(iteration: usize) -> String {
+        format!("ckpt-{iteration:08}.safetensors")
+    }
+
+    /// The iteration of a [`checkpoint`] name; `None` for any other file.
+    pub fn checkpoint_iteration(name: &str) -> Option<usize> {
+        name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()
+    }
 }
 
 /// One line of the loss log, newline included.

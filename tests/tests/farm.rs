@@ -49,6 +49,23 @@ fn a_killed_workers_job_is_finished_by_another_from_its_checkpoint() {
     assert!(job["worker"].as_str().unwrap().starts_with("b-"));
     eprintln!("failover took {:.1}s (lease {LEASE}s)", killed_at.elapsed().as_secs_f64());
     fetch_and_compare(&farm, &id, &[(&c, &s)]);
+    // Succeeded, the job's checkpoints (both attempts') are removed; its
+    // output and logs stay.
+    let folder = farm.dir.path().join(format!("data/storage/collections/{id}/jobs/{}", job["job_id"].as_str().unwrap()));
+    let files = || -> Vec<String> {
+        let mut names = Vec::new();
+        for attempt in std::fs::read_dir(&folder).unwrap().flatten() {
+            names.extend(std::fs::read_dir(attempt.path()).unwrap().flatten().map(|f| format!("{}/{}", attempt.file_name().to_string_lossy(), f.file_name().to_string_lossy())));
+        }
+        names
+    };
+    let start = Instant::now();
+    while files().iter().any(|f| f.contains("/ckpt-")) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = files();
+    assert!(!left.iter().any(|f| f.contains("/ckpt-")), "checkpoints left: {left:?}");
+    assert!(left.contains(&"attempt-2/output.png".to_string()) && left.contains(&"attempt-1/losses.jsonl".to_string()), "{left:?}");
 }
 
 #[test]
@@ -435,8 +452,15 @@ fn a_farm_on_s3_storage_checkpoints_resumes_and_outputs_there() {
     farm.add_worker("b");
     let st = farm.wait_for(&id, "the job to succeed", all_succeeded);
     assert!(jobs(&st)[0]["started_from"].as_u64().unwrap() >= 10, "resumed from the S3 checkpoint: {st}");
-    let listing = http(s3.endpoint.trim_start_matches("http://"), "GET", "/stylefarm?list-type=2&prefix=farm/collections/");
-    assert!(listing.contains("ckpt-") && listing.contains("output.png") && listing.contains("losses.jsonl"), "{listing}");
+    // The checkpoint it resumed from was in S3; succeeded, the job's
+    // checkpoints are removed there, its output and log stay.
+    let list = || http(s3.endpoint.trim_start_matches("http://"), "GET", "/stylefarm?list-type=2&prefix=farm/collections/");
+    let start = Instant::now();
+    while list().contains("ckpt-") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listing = list();
+    assert!(!listing.contains("ckpt-") && listing.contains("output.png") && listing.contains("losses.jsonl"), "{listing}");
     fetch_and_compare(&farm, &id, &[(&c, &s)]);
 }
 
