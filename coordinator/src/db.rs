@@ -19,6 +19,7 @@ use stylefarm_proto as pb;
 use crate::machine::{Refusal, State};
 
 mod collections;
+mod deletion;
 mod fleet;
 mod leases;
 pub mod ids;
@@ -29,6 +30,7 @@ pub mod single;
 pub mod sql;
 pub mod testing;
 pub use collections::{NewCollection, NewJob, NewParams};
+pub use deletion::Marked;
 pub use fleet::worker_state;
 pub use leases::{Answer, Call, Leased};
 pub use notify::{Ended, Failure};
@@ -84,6 +86,10 @@ pub struct Rules {
 pub enum CallError {
     #[error("no job {0}")]
     NoJob(String),
+    #[error("no collection {0}")]
+    NoCollection(String),
+    #[error("collection {collection} has {queued} queued and {running} running jobs: cancel it first, or delete it with cancel (farmctl delete --cancel)")]
+    Unfinished { collection: String, queued: u64, running: u64 },
     #[error("worker {0} is not registered; register first")]
     NotRegistered(String),
     #[error("worker {worker} is {how}; a worker that restarts registers again")]

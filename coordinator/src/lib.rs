@@ -32,6 +32,8 @@
 //!   reports;
 //! - [`watch`]: `Watch` on its own route, each message encoded once for
 //!   all of a collection's watchers;
+//! - [`deleter`]: a collection's objects removed from storage when it is
+//!   deleted, and deletions a restart interrupted finished;
 //! - [`fleet`]: the operator's actions on workers; [`retry`]: retry with
 //!   changed parameters; [`notify`]: a collection's end POSTed, signed, to
 //!   its notify_url;
@@ -43,6 +45,7 @@ pub mod config;
 pub mod context;
 pub mod conn;
 pub mod db;
+pub mod deleter;
 pub mod fleet;
 pub mod gauges;
 pub mod hub;
@@ -195,6 +198,7 @@ pub async fn run_with_dashboard(
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
     tokio::spawn(notify::run(state.clone(), background.clone()));
+    tokio::spawn(deleter::run(state.clone(), background.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FarmServer<FarmService>>().await;

@@ -22,14 +22,15 @@ pub(crate) fn db_err(e: crate::db::sql::Error) -> Status {
 
 pub(crate) fn call_err(e: CallError) -> Status {
     match e {
-        CallError::NoJob(_) | CallError::NotRegistered(_) | CallError::Gone { .. } => {
+        CallError::NoJob(_) | CallError::NoCollection(_) | CallError::NotRegistered(_) | CallError::Gone { .. } => {
             Status::not_found(e.to_string())
         }
         CallError::WrongWorker { .. } => Status::permission_denied(e.to_string()),
         CallError::Quarantined { .. }
         | CallError::Stale { .. }
         | CallError::Refused { .. }
-        | CallError::Busy { .. } => Status::failed_precondition(e.to_string()),
+        | CallError::Busy { .. }
+        | CallError::Unfinished { .. } => Status::failed_precondition(e.to_string()),
         CallError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         CallError::NameTaken { .. } => Status::already_exists(e.to_string()),
         CallError::Db(e) => db_err(e),

@@ -71,6 +71,16 @@ enum Command {
         #[arg(long)]
         job: bool,
     },
+    /// Delete a collection: its rows, and every image, log and checkpoint it
+    /// left in storage (inputs too, where no other collection uses them).
+    Delete {
+        /// The collection's id.
+        id: String,
+        /// Cancel its queued and running jobs first (without it, a
+        /// collection still at work is refused).
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Put a failed or cancelled job back in the queue, its failure budget
     /// renewed (or, with --failed COLLECTION, every failed job of a
     /// collection).
@@ -183,6 +193,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
         Command::Cancel { id, job } => farm_runtime()?.block_on(farm::cancel(&url, &id, job)),
+        Command::Delete { id, cancel } => farm_runtime()?.block_on(farm::delete(&url, &id, cancel)),
         Command::Workers { all, json, action } => {
             farm_runtime()?.block_on(farm::workers(&url, all, json, action))
         }

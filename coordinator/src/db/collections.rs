@@ -109,7 +109,7 @@ impl Db {
         }
         self.conn
             .query_row(
-                "SELECT c.id, (SELECT COUNT(*) FROM jobs j WHERE j.collection_id = c.id) FROM collections c WHERE owner = ?1 AND idempotency_key = ?2",
+                "SELECT c.id, (SELECT COUNT(*) FROM jobs j WHERE j.collection_id = c.id) FROM collections c WHERE owner = ?1 AND idempotency_key = ?2 AND deleting = 0",
                 args![owner, idempotency_key],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -180,7 +180,7 @@ impl Db {
     pub fn collection_header(&self, id: &str) -> sql::Result<Option<(String, pb::Collection)>> {
         self
             .conn
-            .query_row("SELECT * FROM collections WHERE id = ?1", args![id], |r| Ok((r.get::<_, String>("owner")?, collection_from_row(r)?)))
+            .query_row("SELECT * FROM collections WHERE id = ?1 AND deleting = 0", args![id], |r| Ok((r.get::<_, String>("owner")?, collection_from_row(r)?)))
             .optional()
     }
 
@@ -236,14 +236,14 @@ impl Db {
     /// first. The service pages with [`Db::collections_page`]; tests list.
     #[cfg(test)]
     pub fn collection_ids(&self, owner: Option<&str>) -> sql::Result<Vec<String>> {
-        self.conn.query_map("SELECT id FROM collections WHERE CAST(?1 AS TEXT) IS NULL OR owner = ?1 ORDER BY seq", args![owner], |r| r.get(0))
+        self.conn.query_map("SELECT id FROM collections WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND deleting = 0 ORDER BY seq", args![owner], |r| r.get(0))
     }
 
     /// One job, its attempts and its collection's owner.
     pub fn job(&self, id: &str) -> sql::Result<Option<(String, pb::JobDetail)>> {
         let job = self
             .conn
-            .query_row("SELECT j.*, c.owner AS owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1", args![id], |r| {
+            .query_row("SELECT j.*, c.owner AS owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id = ?1 AND c.deleting = 0", args![id], |r| {
                 Ok((r.get::<_, String>("owner")?, job_from_row(r)?))
             })
             .optional()?;
@@ -302,7 +302,7 @@ impl Db {
     /// sequence number when more may follow.
     pub fn collections_page(&self, owner: Option<&str>, after: i64, limit: u32) -> sql::Result<(Vec<pb::Collection>, Option<i64>)> {
         let rows: Vec<(pb::Collection, i64)> = self.conn.query_map(
-            "SELECT * FROM collections WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+            "SELECT * FROM collections WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND seq > ?2 AND deleting = 0 ORDER BY seq LIMIT ?3",
             args![owner, after, limit],
             |r| Ok((collection_from_row(r)?, r.get("seq")?)),
         )?;
@@ -324,9 +324,15 @@ impl Db {
         Ok(page_of(rows, limit))
     }
 
-    /// The owner of a collection, if it exists.
-    pub fn owner(&self, collection: &str) -> sql::Result<Option<String>> {
+    /// The owner of a collection, deleted or being deleted too: who may
+    /// ask to delete it (again).
+    pub fn owner_even_deleted(&self, collection: &str) -> sql::Result<Option<String>> {
         self.conn.query_row("SELECT owner FROM collections WHERE id = ?1", args![collection], |r| r.get(0)).optional()
+    }
+
+    /// The owner of a collection, if it exists (and is not being deleted).
+    pub fn owner(&self, collection: &str) -> sql::Result<Option<String>> {
+        self.conn.query_row("SELECT owner FROM collections WHERE id = ?1 AND deleting = 0", args![collection], |r| r.get(0)).optional()
     }
 
     /// Where a job's attempts are: its collection, the collection's owner

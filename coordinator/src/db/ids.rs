@@ -35,12 +35,12 @@ impl Db {
         let end = format!("{prefix}\u{7f}");
         let mut found = Vec::new();
         found.extend(self.conn.query_map(
-            "SELECT id, owner FROM collections WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+            "SELECT id, owner FROM collections WHERE id >= ?1 AND id < ?2 AND deleting = 0 ORDER BY id LIMIT ?3",
             args![prefix, end, limit],
             |r| Ok((Kind::Collection, r.get(0)?, r.get(1)?)),
         )?);
         found.extend(self.conn.query_map(
-            "SELECT j.id, c.owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id >= ?1 AND j.id < ?2 ORDER BY j.id LIMIT ?3",
+            "SELECT j.id, c.owner FROM jobs j JOIN collections c ON c.id = j.collection_id WHERE j.id >= ?1 AND j.id < ?2 AND c.deleting = 0 ORDER BY j.id LIMIT ?3",
             args![prefix, end, limit],
             |r| Ok((Kind::Job, r.get(0)?, r.get(1)?)),
         )?);

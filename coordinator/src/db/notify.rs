@@ -39,7 +39,7 @@ impl Db {
     pub fn collections_to_notify(&self) -> sql::Result<Vec<String>> {
         self.conn.query_map(
             "SELECT c.id FROM collections c INDEXED BY collections_to_notify
-             WHERE c.notify_url != '' AND c.notified = 0
+             WHERE c.notify_url != '' AND c.notified = 0 AND c.deleting = 0
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.collection_id = c.id AND j.state IN (?1, ?2))",
             args![QUEUED, RUNNING],
             |r| r.get(0),

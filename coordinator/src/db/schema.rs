@@ -103,6 +103,17 @@ ALTER TABLE collections ADD COLUMN notify_url TEXT NOT NULL DEFAULT '';
 ALTER TABLE collections ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX collections_to_notify ON collections(seq) WHERE notify_url != '' AND notified = 0;
 "#,
+    // Deleting: a collection being deleted is marked (when: deleting > 0)
+    // and hidden before its objects go, so a coordinator killed half-way
+    // finishes the delete when it starts again; the row stays as a
+    // tombstone (deleted = 1), so a repeated delete is answered OK. Inputs
+    // are found by key to tell which another collection still uses.
+    r#"
+ALTER TABLE collections ADD COLUMN deleting REAL NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX collections_being_deleted ON collections(deleting) WHERE deleting > 0 AND deleted = 0;
+CREATE INDEX jobs_by_content_key ON jobs(content_key);
+"#,
 ];
 
 /// PostgreSQL's migrations; the table `schema_version` says how many ran.
@@ -162,7 +173,15 @@ CREATE TABLE columns (
 );
 CREATE SEQUENCE seq;
 CREATE SEQUENCE fencing_token;
-"#];
+"#,
+    // As SQLite's sixth: deleting collections.
+    r#"
+ALTER TABLE collections ADD COLUMN deleting DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN deleted BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX collections_being_deleted ON collections(deleting) WHERE deleting > 0 AND deleted = 0;
+CREATE INDEX jobs_by_content_key ON jobs(content_key);
+"#,
+];
 
 /// An arbitrary key for the advisory lock migrations take.
 const MIGRATION_LOCK: i64 = 0x5354_594c_4546_4152;

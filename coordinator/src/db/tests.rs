@@ -420,3 +420,30 @@ fn a_coordinators_writers_share_one_record_of_sweeps() {
         assert_eq!(deadline(&second), leased_until, "sweeps came every {} s: no stall", STALL_SECONDS * 0.75);
     });
 }
+
+#[test]
+fn a_deleted_collection_is_hidden_then_forgotten_and_its_own_inputs_named() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        let shared = NewJob { id: "b-j".into(), content_key: "inputs/c".into(), style_keys: vec!["inputs/other".into()], ..job("b-j") };
+        create(&mut db, "a", 0, &[job("a-j")]);
+        create(&mut db, "b", 0, &[shared]);
+        // Queued work refuses a plain delete; nothing changed.
+        assert!(matches!(db.mark_deleted("a", false), Err(CallError::Unfinished { queued: 1, running: 0, .. })));
+        assert!(db.owner("a").unwrap().is_some());
+        assert!(matches!(db.mark_deleted("nope", false), Err(CallError::NoCollection(_))));
+        // With cancel: hidden at once, the job cancelled before it ran, so
+        // no worker can still write.
+        assert_eq!(db.mark_deleted("a", true).unwrap(), Marked::Deleting);
+        assert!(db.owner("a").unwrap().is_none() && db.collection("a").unwrap().is_none());
+        assert_eq!(db.owner_even_deleted("a").unwrap().as_deref(), Some(""));
+        assert_eq!(db.deletions_due().unwrap().into_iter().map(|(id, _)| id).collect::<Vec<_>>(), ["a"]);
+        assert!(!db.writers_may_remain("a").unwrap());
+        assert_eq!(db.inputs_only_of("a").unwrap(), ["inputs/s"], "b reads inputs/c");
+        assert_eq!(db.mark_deleted("a", false).unwrap(), Marked::Deleting, "a repeat while it goes");
+        db.forget_collection("a").unwrap();
+        assert!(db.deletions_due().unwrap().is_empty());
+        assert_eq!(db.mark_deleted("a", false).unwrap(), Marked::AlreadyDeleted);
+        assert!(db.collection("b").unwrap().is_some(), "b untouched");
+    });
+}

@@ -3,6 +3,7 @@
 //! speak only the gRPC contract in `farm.proto`.
 
 mod cancel;
+mod delete;
 mod fetch;
 mod health;
 mod logs;
@@ -17,6 +18,7 @@ pub use fetch::fetch;
 pub use health::health;
 pub use logs::logs;
 pub use status::status;
+pub use delete::delete;
 pub use submit::{expand, submit, SubmitArgs};
 pub use up::{up, UpArgs};
 pub use watch::watch;
