@@ -18,6 +18,7 @@ pub mod checkpoints;
 pub mod client;
 #[cfg(feature = "engine")]
 pub mod device;
+pub mod host;
 pub mod image_io;
 pub mod memory;
 #[cfg(feature = "engine")]

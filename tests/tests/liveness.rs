@@ -154,7 +154,7 @@ fn unnamed_workers_on_one_host_both_render_under_names_that_stay() {
         farm.workers.0.push(w);
         farm.workers.0.len() - 1
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let host = stylefarm_shared::host::name().expect("this Linux host has a name");
     let (first, second) = (format!("{host}-cpu"), format!("{host}-cpu-2"));
     unnamed(&mut farm);
     let w2 = unnamed(&mut farm);

@@ -20,7 +20,7 @@ pub struct DefaultName {
 
 /// The first free slot's name for `device` on this host.
 pub fn default_name(device: &str) -> DefaultName {
-    default_name_in(&std::env::temp_dir().join("stylefarm-worker-slots"), &host_name(), device)
+    default_name_in(&std::env::temp_dir().join("stylefarm-worker-slots"), &stylefarm_shared::host::name().unwrap_or_else(|| "worker".into()), device)
 }
 
 /// [`default_name`] with its slots in `dir`. Where slots cannot be taken
@@ -42,15 +42,6 @@ pub fn default_name_in(dir: &Path, host: &str, device: &str) -> DefaultName {
 
 fn slot_path(dir: &Path, device: &str, slot: u32) -> PathBuf {
     dir.join(format!("{}-{slot}.lock", device.replace(':', "-")))
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_string())
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ impl SingleWriter {
         }
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
-        write!(file, "pid {} on host {}", std::process::id(), host_name()).and_then(|_| file.flush()).map_err(io)?;
+        write!(file, "pid {} on host {}", std::process::id(), stylefarm_shared::host::name().unwrap_or_else(|| "unknown".into())).and_then(|_| file.flush()).map_err(io)?;
         Ok(SingleWriter { _file: file })
     }
 }
@@ -56,10 +56,6 @@ fn lock_path(database: &Path) -> PathBuf {
     let mut name = database.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     database.with_file_name(name)
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]
@@ -74,7 +70,7 @@ mod tests {
         let refused = SingleWriter::acquire(&db).unwrap_err();
         let message = refused.to_string();
         assert!(matches!(refused, LockError::Held { .. }), "{message}");
-        assert!(message.contains(&db.display().to_string()) && message.contains(&format!("pid {}", std::process::id())) && message.contains(&host_name()), "{message}");
+        assert!(message.contains(&db.display().to_string()) && message.contains(&format!("pid {}", std::process::id())) && message.contains(&stylefarm_shared::host::name().unwrap_or_else(|| "unknown".into())), "{message}");
         drop(first);
         let again = SingleWriter::acquire(&db).expect("a released lock is free again");
         assert!(std::fs::read_to_string(dir.path().join("farm.db.lock")).unwrap().starts_with("pid "));
