@@ -21,7 +21,8 @@ struct Cli {
     /// The coordinator the farm commands talk to; several (comma-separated
     /// or the flag repeated) when a farm runs several on one PostgreSQL
     /// database: a command moves to the next when one cannot be reached.
-    /// (Named `coordinator`, not `coordinators`: that is loadtest's count.)
+    // (The field is `coordinator`, not `coordinators`: that id is
+    // loadtest's count, and two arguments of one id break the parser.)
     #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
     coordinator: Vec<String>,
     /// Bearer token with the user scope.
