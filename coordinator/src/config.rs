@@ -43,6 +43,9 @@ pub struct Config {
     /// The key notifications are signed with (HMAC-SHA256); required with
     /// `notify_prefixes`.
     pub notify_secret: Option<String>,
+    /// Collections that ended more than this many days ago are deleted
+    /// (`--keep-finished-days`); none: kept until someone deletes them.
+    pub keep_finished_days: Option<f64>,
     /// The dashboard's address as people reach it, for the links in
     /// notifications (default: the address it listens on).
     pub public_url: Option<String>,
@@ -115,6 +118,7 @@ impl Config {
             input_prefixes: Vec::new(),
             notify_prefixes: Vec::new(),
             notify_secret: None,
+            keep_finished_days: None,
             public_url: None,
             max_watchers_per_client: Self::MAX_WATCHERS_PER_CLIENT,
             max_watchers: Self::MAX_WATCHERS,

@@ -60,10 +60,33 @@ pub(crate) async fn pass(state: &State, id: &str, marked: f64) -> Result<Removed
     Ok(removed)
 }
 
-/// Finishes every deletion marked and not done, now and every few
-/// seconds, until `stop`.
+/// Marks for deletion the collections that ended more than `days` ago
+/// (`--keep-finished-days`), a batch per sweep.
+async fn expire(state: &State, days: f64) {
+    let before = crate::db::now() - days * 86_400.0;
+    let ended = match state.state.read(move |db| db.ended_before(before, 100)).await {
+        Ok(Ok(ended)) => ended,
+        Ok(Err(e)) => return tracing::warn!("looking for collections past --keep-finished-days: {e}"),
+        Err(_) => return,
+    };
+    for id in ended {
+        let owned = id.clone();
+        match state.state.write(move |db| db.mark_deleted(&owned, false)).await {
+            Ok(Ok(_)) => tracing::info!(collection = %id, days, "ended more than --keep-finished-days ago: deleting"),
+            Ok(Err(e)) => tracing::warn!(collection = %id, "retention: {e}"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Finishes every deletion marked and not done (and, with
+/// `--keep-finished-days`, starts those retention asks for), now and
+/// every few seconds, until `stop`.
 pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
     loop {
+        if let Some(days) = state.config.keep_finished_days {
+            expire(&state, days).await;
+        }
         match state.state.read(|db| db.deletions_due()).await {
             Ok(Ok(due)) => {
                 for (id, marked) in due {

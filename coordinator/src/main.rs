@@ -116,6 +116,11 @@ struct Args {
     /// Most open connections in all (default: half the file descriptors this process may open).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Delete collections that ended (nothing queued or running) more than
+    /// this many days ago, with everything they left in storage (default:
+    /// keep them until someone deletes them).
+    #[arg(long, value_parser = positive_days)]
+    keep_finished_days: Option<f64>,
     /// Most jobs one collection may have.
     #[arg(long, default_value_t = Config::MAX_JOBS)]
     max_jobs: usize,
@@ -125,6 +130,14 @@ struct Args {
     /// human | json (one object per line, on stderr).
     #[arg(long, default_value = "human")]
     log_format: stylefarm_shared::telemetry::LogFormat,
+}
+
+/// `--keep-finished-days`: a number of days above zero (fractions allowed).
+fn positive_days(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(d) if d.is_finite() && d > 0.0 => Ok(d),
+        _ => Err(format!("`{s}` is not a number of days above 0 (e.g. 30, or 0.5 for twelve hours)")),
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -189,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
         input_prefixes: a.input_prefixes,
         notify_prefixes: a.notify_prefixes,
         notify_secret: a.notify_secret.filter(|s| !s.is_empty()),
+        keep_finished_days: a.keep_finished_days,
         public_url: a.public_url,
         limits: ImageLimits {
             max_pixels: a.max_input_megapixels << 20,

@@ -129,3 +129,26 @@ fn a_delete_cut_short_by_a_sigkill_is_finished_by_the_next_start() {
     assert!(all_succeeded(&farm.status(&kept).unwrap()));
     assert!(farm.farmctl(&["delete", &doomed]).status.success(), "and a repeat is OK");
 }
+
+/// `--keep-finished-days`: a collection that ended longer ago than that is
+/// deleted with everything it left; one still at work is kept. Nonsense
+/// is refused by name.
+#[test]
+fn collections_past_keep_finished_days_go_and_running_ones_stay() {
+    require!(Need::Binaries, Need::Weights);
+    let refused = Command::new(bin("farm-coordinator")).args(["--keep-finished-days", "0"]).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("not a number of days above 0"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    // 0.00005 days: 4.3 s.
+    let mut farm = Farm::start_with(&["--keep-finished-days", "0.00005"]);
+    farm.add_worker("w");
+    let ended = small(&farm, "content.png", "style.png", "2");
+    farm.wait_for(&ended, "it to succeed", all_succeeded);
+    let busy = small(&farm, "init.png", "style.png", "100000");
+    farm.wait_for(&busy, "the long one to run", |s| jobs(s)[0]["state"] == "RUNNING");
+    let root = storage(&farm);
+    wait_until("the ended collection to be deleted", Duration::from_secs(30), || farm.status(&ended).is_none() && files(&root.join(format!("collections/{ended}"))).is_empty());
+    let still = farm.status(&busy).expect("the running collection is kept");
+    assert_eq!(jobs(&still)[0]["state"], "RUNNING");
+    assert!(farm.farmctl(&["delete", &busy, "--cancel"]).status.success());
+}

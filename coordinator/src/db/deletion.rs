@@ -49,6 +49,21 @@ impl Db {
         Ok(Marked::Deleting)
     }
 
+    /// Up to `limit` collections that have ended (no job queued or running)
+    /// and whose last attempt ended (or which were created, if none ran)
+    /// before `before` (unix seconds): what retention deletes.
+    pub fn ended_before(&self, before: f64, limit: u32) -> super::sql::Result<Vec<String>> {
+        self.conn.query_map(
+            "SELECT c.id FROM collections c
+             WHERE c.deleting = 0 AND c.created < ?1
+               AND NOT EXISTS (SELECT 1 FROM jobs j INDEXED BY jobs_by_collection_state WHERE j.collection_id = c.id AND j.state IN (?2, ?3))
+               AND COALESCE((SELECT MAX(a.ended) FROM jobs j JOIN attempts a ON a.job_id = j.id WHERE j.collection_id = c.id), c.created) < ?1
+             ORDER BY c.seq LIMIT ?4",
+            args![before, QUEUED, RUNNING, limit],
+            |r| r.get(0),
+        )
+    }
+
     /// Collections marked for deletion and not finished, with when they
     /// were marked: what a (re)started coordinator finishes.
     pub fn deletions_due(&self) -> super::sql::Result<Vec<(String, f64)>> {
