@@ -46,6 +46,8 @@ const JOB_STYLE_KEYS: &str = "COALESCE(NULLIF(style_key, ''),
 
 /// The PostgreSQL channel job changes are announced on.
 const CHANGES_CHANNEL: &str = "stylefarm_jobs";
+/// The payload of a coordinator's ping on it (ids are UUIDs: never this).
+const PING: &str = "ping";
 /// Most bytes of job ids in one notification (the server takes 8000).
 const NOTIFY_PAYLOAD: usize = 7000;
 
@@ -289,10 +291,18 @@ impl Db {
         self.conn.listen(CHANGES_CHANNEL)
     }
 
-    /// The ids of jobs changed by commits announced within `wait`.
-    pub fn changed_jobs(&self, wait: std::time::Duration) -> sql::Result<Vec<String>> {
+    /// The ids of jobs changed by commits announced within `wait`, and
+    /// whether anything at all (a ping included) arrived.
+    pub fn changed_jobs(&self, wait: std::time::Duration) -> sql::Result<(Vec<String>, bool)> {
         let payloads = self.conn.notifications(wait)?;
-        Ok(payloads.iter().flat_map(|p| p.split(',')).filter(|id| !id.is_empty()).map(str::to_string).collect())
+        let ids = payloads.iter().filter(|p| p.as_str() != PING).flat_map(|p| p.split(',')).filter(|id| !id.is_empty()).map(str::to_string).collect();
+        Ok((ids, !payloads.is_empty()))
+    }
+
+    /// Announces a coordinator alive on the change channel (a payload no
+    /// job id can be): every listener hears it.
+    pub fn ping_listeners(&self) -> sql::Result<()> {
+        self.conn.batch(&format!("NOTIFY {CHANGES_CHANNEL}, '{PING}'"))
     }
 
     /// A connection the database closed (PostgreSQL): open a new one.

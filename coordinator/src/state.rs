@@ -101,8 +101,10 @@ impl StateHandle {
         let publish = events.clone();
         let alive = Arc::new(());
         if db.is_shared() {
-            let (target, publish, handles) = (target.clone(), events.clone(), Arc::downgrade(&alive));
-            std::thread::Builder::new().name("changes".into()).spawn(move || listen(target, publish, handles))?;
+            let (listening, publish, handles) = (listener_target(&target), events.clone(), Arc::downgrade(&alive));
+            std::thread::Builder::new().name("changes".into()).spawn(move || listen(listening, publish, handles))?;
+            let (pinging, handles) = (target.clone(), Arc::downgrade(&alive));
+            std::thread::Builder::new().name("changes-ping".into()).spawn(move || ping(pinging, handles))?;
         }
         // SQLite takes one writer at a time; PostgreSQL's row locks let a
         // coordinator's writers commit side by side, as several
@@ -243,9 +245,47 @@ fn own(mut db: Db, target: Target, inbox: Arc<Mutex<tokio::sync::mpsc::Receiver<
     }
 }
 
+/// How often each coordinator announces itself on the change channel, and
+/// how long a listener may hear nothing before it takes its connection for
+/// dead: a connection that died silently (no reset: a NAT or firewall
+/// dropped it) would otherwise look like a farm where nothing changes,
+/// freezing every Watch on this coordinator.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const LISTEN_PATIENCE: Duration = Duration::from_secs(3 * PING_EVERY.as_secs());
+
+/// Where the listener connects: the farm's database, or, for tests only,
+/// `STYLEFARM_TEST_LISTENER_DATABASE` (the same database through a proxy
+/// that can go silent).
+fn listener_target(target: &Target) -> Target {
+    match std::env::var("STYLEFARM_TEST_LISTENER_DATABASE") {
+        Ok(url) if !url.is_empty() => Target::Postgres(url),
+        _ => target.clone(),
+    }
+}
+
+/// Announces this coordinator on the change channel every [`PING_EVERY`],
+/// on a connection of its own, so every listener (its own and the other
+/// coordinators') hears something while its connection is alive.
+fn ping(target: Target, handles: std::sync::Weak<()>) {
+    let mut db = None;
+    while handles.strong_count() > 0 {
+        if db.is_none() {
+            db = Db::open_reader(&target).ok();
+        }
+        if let Some(d) = &db {
+            if let Err(e) = d.ping_listeners() {
+                tracing::debug!("announcing on the change channel: {e}");
+                db = None;
+            }
+        }
+        std::thread::sleep(PING_EVERY);
+    }
+}
+
 /// Every coordinator's changes, as PostgreSQL announces them, published
 /// as [`JobEvent`]s; reconnects with capped backoff until the process
-/// ends (or every handle is gone).
+/// ends (or every handle is gone), and when it has heard nothing, not even
+/// the coordinators' pings, for [`LISTEN_PATIENCE`].
 fn listen(target: Target, events: broadcast::Sender<Arc<JobEvent>>, handles: std::sync::Weak<()>) {
     let mut pause = Duration::from_millis(100);
     let mut first = true;
@@ -265,14 +305,21 @@ fn listen(target: Target, events: broadcast::Sender<Arc<JobEvent>>, handles: std
         }
         first = false;
         pause = Duration::from_millis(100);
+        let mut heard = std::time::Instant::now();
         while handles.strong_count() > 0 {
-            let ids = match db.changed_jobs(Duration::from_millis(500)) {
-                Ok(ids) => ids,
+            let (ids, any) = match db.changed_jobs(Duration::from_millis(500)) {
+                Ok(changes) => changes,
                 Err(e) => {
                     tracing::warn!("the change feed broke: {e}");
                     break;
                 }
             };
+            if any {
+                heard = std::time::Instant::now();
+            } else if heard.elapsed() > LISTEN_PATIENCE {
+                tracing::warn!("the change feed went silent (no ping for {LISTEN_PATIENCE:?}): connecting again");
+                break;
+            }
             if events.receiver_count() == 0 || ids.is_empty() {
                 continue;
             }

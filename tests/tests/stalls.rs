@@ -159,3 +159,101 @@ fn a_worker_behind_a_silent_network_renders_on_and_finishes_once() {
     assert_eq!(jobs(&st)[0]["attempts"], 1, "{st}");
     println!("iteration {before} when the network went silent, {after} when it spoke again");
 }
+
+/// Forwards TCP to `to` like [`proxy`]; calling the returned freeze
+/// silences the connections open at that moment for good (they stay open
+/// and forward nothing, as a NAT that dropped them would), while new ones
+/// pass.
+fn freezing_proxy(to: u16) -> (u16, impl Fn()) {
+    use std::sync::atomic::AtomicU64;
+    let frozen_below = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (below, counted) = (frozen_below.clone(), accepted.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let generation = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+            for (mut from, mut into) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                let below = below.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 16 << 10];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while generation <= below.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        if into.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (port, move || frozen_below.store(accepted.load(Ordering::SeqCst), Ordering::SeqCst))
+}
+
+/// Two coordinators on one PostgreSQL; B's change feed (its LISTEN
+/// connection) dies silently — no reset, nothing more arrives. A Watch on B
+/// of a collection whose end is written through A still ends: B's listener
+/// hears no ping within its patience, connects again and its watchers
+/// resynchronise. (Before, B's Watch waited for ever while GetCollection
+/// said the collection had ended.)
+#[test]
+fn a_watch_outlives_a_change_feed_that_died_silently() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Postgres);
+    let pg = stylefarm_coordinator::db::testing::Postgres::from_env().unwrap();
+    let database = pg.fresh_database();
+    let stylefarm_coordinator::db::Target::Postgres(url) = database.target.clone() else { unreachable!() };
+    let port_of = |u: &str| u.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()).and_then(|p| p.parse::<u16>().ok()).unwrap();
+    let pg_port = port_of(&url);
+    let (through, freeze) = freezing_proxy(pg_port);
+    let listener_url = url.replacen(&format!(":{pg_port}/"), &format!(":{through}/"), 1);
+
+    let a = stylefarm_tests::Farm::start_on(Some(database), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let b_port = free_port();
+    let mut procs = Procs(Vec::new());
+    let mut b = Command::new(bin("farm-coordinator"))
+        .args(["--listen", &format!("127.0.0.1:{b_port}"), "--lease-seconds", "3", "--heartbeat-seconds", "1", "--database", &url, "--storage"])
+        .arg(a.dir.path().join("data/storage"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("STYLEFARM_TEST_LISTENER_DATABASE", &listener_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(b.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    procs.0.push(b);
+    let b_url = format!("http://127.0.0.1:{b_port}");
+
+    // No worker: the job waits until it is cancelled through A.
+    let id = a.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8"]);
+    let mut watch = Command::new(bin("farmctl")).args(["--coordinator", &b_url, "watch", &id]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    freeze();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.farmctl(&["cancel", &id]).status.success());
+    let start = Instant::now();
+    let ended = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = watch.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ended.is_some(), "the watch on B never heard that the collection ended");
+    eprintln!("B's watch ended {:.1} s after the cancel", start.elapsed().as_secs_f64());
+}
