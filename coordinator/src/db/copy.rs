@@ -18,6 +18,8 @@ pub enum CopyError {
     Table(&'static str, sql::Error),
     #[error("migrate copies from sqlite:PATH to postgres://…")]
     Direction,
+    #[error("{0} is not a Stylefarm database (it has no collections, jobs and workers tables); nothing was copied or written")]
+    NotAFarm(String),
 }
 
 /// Copies every table of `from` (SQLite) into `to` (PostgreSQL, empty) in
@@ -28,7 +30,16 @@ pub fn copy(from: &Target, to: &Target) -> Result<Vec<(&'static str, usize)>, Co
     if !path.exists() {
         return Err(CopyError::Open(from.describe(), sql::Error::Type("no such file".into())));
     }
-    let source = Db::connect(from).map_err(|e| CopyError::Open(from.describe(), e))?;
+    // Read only: the source is never written, not even migrated (a farm
+    // of an older schema lacks newer columns, which take their defaults).
+    let source = Db::open_reader(from).map_err(|e| CopyError::Open(from.describe(), e))?;
+    let farm_tables: i64 = source
+        .conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('collections', 'jobs', 'workers')", args![], |r| r.get(0))
+        .map_err(|e| CopyError::Open(from.describe(), e))?;
+    if farm_tables != 3 {
+        return Err(CopyError::NotAFarm(from.describe()));
+    }
     let target = Db::connect(to).map_err(|e| CopyError::Open(to.describe(), e))?;
     let count = |table: &str| target.conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), args![], |r| r.get::<_, i64>(0));
     let (collections, workers) = (count("collections"), count("workers"));
@@ -71,6 +82,32 @@ mod tests {
     use stylefarm_proto as pb;
 
     const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
+
+    /// An empty file and another program's SQLite database are refused by
+    /// name before the target is touched, and neither is written: migrate
+    /// only reads its source (it used to create the farm's tables in it).
+    #[test]
+    fn a_source_that_is_not_a_farm_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let foreign = dir.path().join("foreign.db");
+        rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine');").unwrap();
+        let before = std::fs::read(&foreign).unwrap();
+        let nowhere = Target::Postgres("postgres://nobody@127.0.0.1:1/none".into());
+        for path in [&empty, &foreign] {
+            let e = copy(&Target::Sqlite(path.clone()), &nowhere).unwrap_err();
+            assert!(matches!(e, CopyError::NotAFarm(_)) && e.to_string().contains("not a Stylefarm database"), "{e}");
+        }
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "the empty file stays empty");
+        assert_eq!(std::fs::read(&foreign).unwrap(), before, "the foreign database is unchanged");
+        // A farm's file, its coordinator stopped (no -wal or -shm left),
+        // opens read-only and passes: only the target fails here.
+        let farm = dir.path().join("farm.db");
+        drop(Db::open(&farm).unwrap());
+        let e = copy(&Target::Sqlite(farm.clone()), &nowhere).unwrap_err();
+        assert!(matches!(&e, CopyError::Open(what, _) if what.contains("postgres")), "{e}");
+    }
 
     fn job(id: &str, i: u32) -> NewJob {
         NewJob { content_index: i, content_name: format!("c{i}"), ..crate::db::tests::job(id) }
