@@ -104,7 +104,7 @@ struct Args {
     /// Most submits being read at once in all.
     #[arg(long, default_value_t = Config::MAX_SUBMITS)]
     max_submits: usize,
-    /// Threads that decode uploaded images and draw contact sheets (default: cores - 1).
+    /// Threads that decode uploaded images (default: cores - 1; dashboard zips draw on one of their own).
     #[arg(long)]
     work_threads: Option<usize>,
     /// Writing connections on PostgreSQL, committing side by side (SQLite has one).
