@@ -5,17 +5,21 @@
 //! (OSC 52), BEL rings, and bidirectional overrides make a line read other
 //! than it is. Each such character is shown as `\u{…}` instead.
 
-/// Lets a closed pipe end the process quietly, as it does any Unix tool
-/// (`farmctl workers | head -2`): Rust ignores SIGPIPE, so a write to a
-/// closed stdout is an error, and `println!` panics on it. Sockets are
-/// unaffected (Rust sends with MSG_NOSIGNAL). Call first thing in `main`.
+/// Lets a closed stdout end the process quietly, as it does any Unix tool
+/// (`farmctl workers | head -2`): Rust ignores SIGPIPE, so `println!` to a
+/// closed pipe panics. This turns that one panic into exit status 141 (what
+/// a shell reports for a death by SIGPIPE) with nothing printed. SIGPIPE
+/// itself stays ignored: sockets are written with `writev`, which would
+/// raise it whenever a peer closes a connection.
 pub fn end_quietly_on_closed_pipe() {
-    #[cfg(unix)]
-    // SAFETY: restoring a signal's default disposition, before any other
-    // thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info)
+    }));
 }
 
 /// `text` with every control and bidirectional-formatting character

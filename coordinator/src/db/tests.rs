@@ -445,5 +445,10 @@ fn a_deleted_collection_is_hidden_then_forgotten_and_its_own_inputs_named() {
         assert!(db.deletions_due().unwrap().is_empty());
         assert_eq!(db.mark_deleted("a", false).unwrap(), Marked::AlreadyDeleted);
         assert!(db.collection("b").unwrap().is_some(), "b untouched");
+        // Retention: b's job is queued, so b has not ended, however old.
+        assert!(db.ended_before(now() + 3600.0, 10).unwrap().is_empty());
+        db.cancel("b").unwrap();
+        assert_eq!(db.ended_before(now() + 3600.0, 10).unwrap(), ["b"], "ended (cancelled before it ran): its creation counts");
+        assert!(db.ended_before(now() - 3600.0, 10).unwrap().is_empty(), "not before it was created");
     });
 }
