@@ -303,7 +303,11 @@ fn transient(s: &tonic::Status) -> bool {
 /// One simulated worker: lease, heartbeat, write the output, complete —
 /// until the collection is done. Rides out coordinator restarts.
 async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
-    let register = pb::RegisterRequest { name: format!("sim{i}"), device: "cpu".into(), ..Default::default() };
+    // Each incarnation its own name: one that comes back after dying (a
+    // simulated stall) is a new worker, not one waiting a lease length for
+    // its old name (a live name is refused).
+    let mut incarnation = 0u32;
+    let register = |incarnation: u32| pb::RegisterRequest { name: format!("sim{i}-{incarnation}"), device: "cpu".into(), ..Default::default() };
     let mut at = i % shared.urls.len();
     let mut client = pb::workers_client::WorkersClient::new(channel(&shared.urls[at]).await?);
     let mut id = String::new();
@@ -329,7 +333,8 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
     }
     while !shared.done.load(Ordering::Relaxed) {
         if id.is_empty() {
-            match client.register(register.clone()).await {
+            incarnation += 1;
+            match client.register(register(incarnation)).await {
                 Ok(r) => {
                     answered!();
                     id = r.into_inner().worker_id

@@ -36,8 +36,11 @@ fn every_acknowledged_write_survives_a_sigkill_mid_group() {
             let (url, acked) = (farm.url.clone(), acked.clone());
             tasks.push(tokio::spawn(async move {
                 let mut w = pb::workers_client::WorkersClient::new(channel(&url).await);
-                loop {
-                    let r = pb::RegisterRequest { name: format!("w{i}"), device: "cpu".into(), ..Default::default() };
+                // Each registration its own name: a name whose worker is
+                // alive is refused (ALREADY_EXISTS), and every write here
+                // must be one that is acknowledged.
+                for n in 0.. {
+                    let r = pb::RegisterRequest { name: format!("w{i}-{n}"), device: "cpu".into(), ..Default::default() };
                     match w.register(r).await {
                         Ok(r) => acked.lock().unwrap().push(r.into_inner().worker_id),
                         Err(_) => return,
