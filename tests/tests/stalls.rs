@@ -87,13 +87,23 @@ fn a_gigabyte_download_streams_while_others_are_answered() {
 /// Forwards TCP between clients and `to`, byte for byte, except while
 /// `paused`: then it holds what it read, and forwards nothing either way.
 fn proxy(to: u16, paused: Arc<AtomicBool>) -> u16 {
+    forwarding(to, move |_| paused.load(Ordering::SeqCst)).0
+}
+
+/// Forwards TCP between clients and `to`; a connection (numbered from 1 in
+/// the order accepted) forwards nothing while `hold(its number)` is true.
+/// Returns the port and how many connections it has accepted.
+fn forwarding(to: u16, hold: impl Fn(u64) -> bool + Send + Sync + 'static) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (hold, accepted) = (Arc::new(hold), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let counted = accepted.clone();
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
+            let number = counted.fetch_add(1, Ordering::SeqCst) + 1;
             let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
             for (mut from, mut into) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
-                let paused = paused.clone();
+                let hold = hold.clone();
                 std::thread::spawn(move || {
                     use std::io::{Read, Write};
                     let mut buf = [0u8; 16 << 10];
@@ -102,7 +112,7 @@ fn proxy(to: u16, paused: Arc<AtomicBool>) -> u16 {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
-                        while paused.load(Ordering::SeqCst) {
+                        while hold(number) {
                             std::thread::sleep(Duration::from_millis(20));
                         }
                         if into.write_all(&buf[..n]).is_err() {
@@ -113,7 +123,7 @@ fn proxy(to: u16, paused: Arc<AtomicBool>) -> u16 {
             }
         }
     });
-    port
+    (port, accepted)
 }
 
 #[test]
@@ -167,35 +177,8 @@ fn a_worker_behind_a_silent_network_renders_on_and_finishes_once() {
 fn freezing_proxy(to: u16) -> (u16, impl Fn()) {
     use std::sync::atomic::AtomicU64;
     let frozen_below = Arc::new(AtomicU64::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (below, counted) = (frozen_below.clone(), accepted.clone());
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let generation = counted.fetch_add(1, Ordering::SeqCst) + 1;
-            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
-            for (mut from, mut into) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
-                let below = below.clone();
-                std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let mut buf = [0u8; 16 << 10];
-                    loop {
-                        let n = match from.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        while generation <= below.load(Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        if into.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-    });
+    let below = frozen_below.clone();
+    let (port, accepted) = forwarding(to, move |number| number <= below.load(Ordering::SeqCst));
     (port, move || frozen_below.store(accepted.load(Ordering::SeqCst), Ordering::SeqCst))
 }
 
