@@ -151,11 +151,9 @@ impl Farm for FarmService {
         caller.visible(found.map(|owner| (owner, ())), || format!("no collection {id}"))?;
         let owned = id.clone();
         let marked = self.0.state.write(move |db| db.mark_deleted(&owned, r.cancel)).await?.map_err(call_err)?;
-        if marked == crate::db::Marked::AlreadyDeleted {
+        let crate::db::Marked::Deleting(since) = marked else {
             return Ok(Response::new(pb::DeleteCollectionResponse { objects: 0, bytes: 0, finished: true }));
-        }
-        let owned = id.clone();
-        let since = self.0.state.read(move |db| db.deletions_due()).await?.map_err(db_err)?.into_iter().find(|(c, _)| *c == owned).map_or(0.0, |(_, t)| t);
+        };
         let removed = crate::deleter::pass(&self.0, &id, since).await?;
         tracing::info!(collection = %id, objects = removed.objects, bytes = removed.bytes, finished = removed.finished, "deleted");
         Ok(Response::new(pb::DeleteCollectionResponse { objects: removed.objects, bytes: removed.bytes, finished: removed.finished }))

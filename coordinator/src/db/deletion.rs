@@ -14,8 +14,9 @@ use super::{now, CallError, Db, QUEUED, RUNNING, STYLE_KEY_SEPARATOR};
 /// What [`Db::mark_deleted`] found.
 #[derive(Debug, PartialEq)]
 pub enum Marked {
-    /// Hidden now (or already being deleted): its objects are to go.
-    Deleting,
+    /// Hidden now (or already being deleted), since this time (unix
+    /// seconds): its objects are to go.
+    Deleting(f64),
     /// Deleted before: nothing to do.
     AlreadyDeleted,
 }
@@ -30,7 +31,7 @@ impl Db {
         match row {
             None => return Err(CallError::NoCollection(id.to_string())),
             Some((_, 1)) => return Ok(Marked::AlreadyDeleted),
-            Some((since, _)) if since > 0.0 => return Ok(Marked::Deleting),
+            Some((since, _)) if since > 0.0 => return Ok(Marked::Deleting(since)),
             Some(_) => {}
         }
         let (queued, running): (i64, i64) = self.conn.query_row(
@@ -45,8 +46,9 @@ impl Db {
             }
             self.cancel(id)?;
         }
-        self.conn.execute("UPDATE collections SET deleting = ?1 WHERE id = ?2", args![now(), id])?;
-        Ok(Marked::Deleting)
+        let since = now();
+        self.conn.execute("UPDATE collections SET deleting = ?1 WHERE id = ?2", args![since, id])?;
+        Ok(Marked::Deleting(since))
     }
 
     /// Up to `limit` collections that have ended (no job queued or running)
