@@ -1,6 +1,7 @@
 //! A real browser for the dashboard's tests: headless Chromium from
 //! Debian's packages, driven over WebDriver by chromedriver on loopback.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,11 +10,14 @@ use serde_json::{json, Value};
 
 use crate::free_port;
 
-/// chromedriver on a free port, killed on drop.
+/// chromedriver on a free port, in a process group of its own; on drop
+/// the whole group is killed, the Chromium it started included (a session
+/// a failed or finished test left open would otherwise outlive the suite).
 pub struct Driver(Child, u16);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -23,6 +27,7 @@ pub fn chromedriver() -> Driver {
     let port = free_port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
