@@ -156,9 +156,11 @@ fn unnamed_workers_on_one_host_both_render_under_names_that_stay() {
     };
     let host = stylefarm_shared::host::name().expect("this Linux host has a name");
     let (first, second) = (format!("{host}-cpu"), format!("{host}-cpu-2"));
+    // One after the other: two started at once race for the first slot,
+    // and the test must know which process holds which name.
     unnamed(&mut farm);
-    let w2 = unnamed(&mut farm);
     let a = wait_worker(&farm, &first, "online", Duration::from_secs(60), |w| w["state"] == "ONLINE");
+    let w2 = unnamed(&mut farm);
     let b = wait_worker(&farm, &second, "online", Duration::from_secs(60), |w| w["state"] == "ONLINE");
     let (c, s) = (fixture("content.png"), fixture("style.png"));
     let id = farm.submit(&["--content", &c, "--content", &fixture("init.png"), "--style", &s, "--size", "48x36", "--iters", "40"]);
