@@ -255,6 +255,11 @@ impl Db {
         self.touched.clear();
     }
 
+    /// Whether a job was changed since the last [`Db::take_touched`].
+    pub fn touched_any(&self) -> bool {
+        !self.touched.is_empty()
+    }
+
     /// The jobs changed since the last call, each once.
     pub fn take_touched(&mut self) -> Vec<String> {
         let mut ids = std::mem::take(&mut self.touched);

@@ -12,7 +12,11 @@
 //! Batches are numbered. A snapshot read after batch `n` was sent already
 //! holds every change of batches up to `n`, so watchers that need a
 //! snapshot while no newer batch has been sent share one read
-//! ([`Subscription::snapshot`]) and skip batches up to `n`.
+//! ([`Subscription::snapshot`]) and skip batches up to `n` — but only a
+//! read that holds every change made before they subscribed: one begun
+//! after they subscribed, or one since which nothing was committed. (A
+//! change committed before a watcher came may still wait in the merger's
+//! window, unsent; an older read would hide it from that watcher.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,9 +70,20 @@ pub struct Channel {
     batches: broadcast::Sender<Arc<Batch>>,
     /// Batches sent so far; raised just before each is sent.
     sent: AtomicU64,
-    /// The snapshot read while `sent` was the number kept with it, or being
-    /// read: watchers that find the same number share it.
-    snapshot: Mutex<Option<(u64, Arc<OnceCell<Arc<Snapshot>>>)>>,
+    /// Subscriptions so far: each takes the next number as its ticket.
+    subscribed: AtomicU64,
+    /// The snapshot being read or read, and when it began.
+    snapshot: Mutex<Option<Kept>>,
+}
+
+/// A shared snapshot read and the counts when it began. A watcher shares
+/// it when no batch was sent since, and it began after the watcher
+/// subscribed or nothing was committed since.
+struct Kept {
+    sent: u64,
+    subscribed: u64,
+    changes: u64,
+    read: Arc<OnceCell<Arc<Snapshot>>>,
 }
 
 /// A collection as one Watch message, encoded once for every watcher that
@@ -87,13 +102,18 @@ pub struct Snapshot {
 pub struct Subscription {
     pub batches: broadcast::Receiver<Arc<Batch>>,
     channel: Arc<Channel>,
+    /// Its number among the channel's subscriptions (the first is 1).
+    ticket: u64,
 }
 
 impl Subscription {
     /// A snapshot that holds every change of the batches numbered up to
     /// the `u64` returned (later batches hold the rest and reach this
-    /// subscription): one `read` per collection while no batch is sent.
-    pub async fn snapshot<F, Fut, E>(&self, read: F) -> Result<(Arc<Snapshot>, u64), E>
+    /// subscription) and every change committed before this subscription
+    /// was made: one `read` per collection while no batch is sent and
+    /// nothing is committed (`changes`: [`crate::state::StateHandle::changes`]
+    /// now).
+    pub async fn snapshot<F, Fut, E>(&self, changes: u64, read: F) -> Result<(Arc<Snapshot>, u64), E>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Snapshot, E>>,
@@ -104,11 +124,12 @@ impl Subscription {
         let cell = {
             let mut kept = self.channel.snapshot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match kept.as_ref() {
-                Some((n, cell)) if *n == seq => cell.clone(),
+                Some(k) if k.sent == seq && (k.subscribed >= self.ticket || k.changes == changes) => k.read.clone(),
                 _ => {
-                    let cell = Arc::new(OnceCell::new());
-                    *kept = Some((seq, cell.clone()));
-                    cell
+                    let read = Arc::new(OnceCell::new());
+                    let subscribed = self.channel.subscribed.load(Ordering::SeqCst);
+                    *kept = Some(Kept { sent: seq, subscribed, changes, read: read.clone() });
+                    read
                 }
             }
         };
@@ -133,13 +154,14 @@ impl Hubs {
     pub fn subscribe(&self, collection: &str) -> Subscription {
         let mut mergers = self.mergers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = mergers.get(collection) {
-            return Subscription { batches: channel.batches.subscribe(), channel: channel.clone() };
+            let ticket = channel.subscribed.fetch_add(1, Ordering::SeqCst) + 1;
+            return Subscription { batches: channel.batches.subscribe(), channel: channel.clone(), ticket };
         }
         let (batches, first) = broadcast::channel(BACKLOG);
-        let channel = Arc::new(Channel { batches, sent: AtomicU64::new(0), snapshot: Mutex::new(None) });
+        let channel = Arc::new(Channel { batches, sent: AtomicU64::new(0), subscribed: AtomicU64::new(1), snapshot: Mutex::new(None) });
         mergers.insert(collection.to_string(), channel.clone());
         tokio::spawn(merge(collection.to_string(), self.events.subscribe(), channel.clone(), self.mergers.clone()));
-        Subscription { batches: first, channel }
+        Subscription { batches: first, channel, ticket: 1 }
     }
 }
 
@@ -211,5 +233,46 @@ fn absorb(e: Result<Arc<JobEvent>, broadcast::error::RecvError>, collection: &st
             true
         }
         Err(broadcast::error::RecvError::Closed) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::{Hubs, Snapshot};
+
+    /// Reads a snapshot through `sub`, counting the reads made.
+    async fn read(sub: &super::Subscription, changes: u64, reads: &AtomicU32) -> u64 {
+        let (_, seq) = sub
+            .snapshot(changes, || async {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(Snapshot { owner: String::new(), grpc: bytes::Bytes::new(), jobs: Vec::new() })
+            })
+            .await
+            .unwrap();
+        seq
+    }
+
+    #[tokio::test]
+    async fn a_watcher_shares_a_snapshot_read_that_holds_every_change_before_it_came() {
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let hubs = Hubs::new(events);
+        let reads = AtomicU32::new(0);
+        let count = || reads.load(Ordering::SeqCst);
+        let (a, b) = (hubs.subscribe("c"), hubs.subscribe("c"));
+        assert_eq!((read(&a, 7, &reads).await, read(&b, 7, &reads).await), (0, 0));
+        assert_eq!(count(), 1, "two watchers share one read");
+        let c = hubs.subscribe("c");
+        read(&c, 7, &reads).await;
+        assert_eq!(count(), 1, "nothing was committed since the read began: a later watcher shares it");
+        let late = hubs.subscribe("c");
+        read(&late, 8, &reads).await;
+        assert_eq!(count(), 2, "a commit since the read began: a watcher that came after it reads again");
+        read(&b, 9, &reads).await;
+        assert_eq!(count(), 2, "a read begun after a watcher subscribed holds what it needs, commits or not");
+        let other = hubs.subscribe("d");
+        read(&other, 8, &reads).await;
+        assert_eq!(count(), 3, "each collection has its own");
     }
 }

@@ -25,6 +25,7 @@
 //! capped backoff — telling watchers to resynchronise, since changes may
 //! have passed unheard).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +63,10 @@ pub struct StateHandle {
     readers: Arc<Readers>,
     /// Every committed job change, in commit order.
     pub events: broadcast::Sender<Arc<JobEvent>>,
+    /// Commits that changed jobs answered here and change notices heard
+    /// from the other coordinators, counted: raised before a commit's
+    /// callers are answered (see [`StateHandle::changes`]).
+    changes: Arc<AtomicU64>,
     /// Gone when every handle is: the listener stops then.
     _alive: Arc<()>,
 }
@@ -99,10 +104,11 @@ impl StateHandle {
         let (commands, inbox) = tokio::sync::mpsc::channel::<Command>(MAX_WAITING);
         let (events, _) = broadcast::channel(event_capacity);
         let publish = events.clone();
+        let changes = Arc::new(AtomicU64::new(0));
         let alive = Arc::new(());
         if db.is_shared() {
-            let (listening, publish, handles) = (listener_target(&target), events.clone(), Arc::downgrade(&alive));
-            std::thread::Builder::new().name("changes".into()).spawn(move || listen(listening, publish, handles))?;
+            let (listening, publish, handles, heard) = (listener_target(&target), events.clone(), Arc::downgrade(&alive), changes.clone());
+            std::thread::Builder::new().name("changes".into()).spawn(move || listen(listening, publish, heard, handles))?;
             let (pinging, handles) = (target.clone(), Arc::downgrade(&alive));
             std::thread::Builder::new().name("changes-ping".into()).spawn(move || ping(pinging, handles))?;
         }
@@ -114,21 +120,31 @@ impl StateHandle {
         for i in 1..writers {
             // Each connects on its own thread (connecting blocks); one
             // that cannot leaves the others to serve, and says so.
-            let (twin, target, inbox, publish) = (db.twin(), target.clone(), inbox.clone(), publish.clone());
+            let (twin, target, inbox, publish, counted) = (db.twin(), target.clone(), inbox.clone(), publish.clone(), changes.clone());
             std::thread::Builder::new().name(format!("state-{i}")).spawn(move || match twin.connect(&target) {
-                Ok(db) => own(db, target, inbox, publish),
+                Ok(db) => own(db, target, inbox, publish, counted),
                 Err(e) => tracing::error!("writer {i} could not connect: {e}; the others serve"),
             })?;
         }
-        let (target_0, inbox_0) = (target.clone(), inbox.clone());
-        std::thread::Builder::new().name("state-0".into()).spawn(move || own(db, target_0, inbox_0, publish))?;
+        let (target_0, inbox_0, counted) = (target.clone(), inbox.clone(), changes.clone());
+        std::thread::Builder::new().name("state-0".into()).spawn(move || own(db, target_0, inbox_0, publish, counted))?;
         let readers = Readers {
             target,
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(MAX_READERS),
             snapshots: tokio::sync::Semaphore::new(MAX_SNAPSHOT_READERS),
         };
-        Ok(StateHandle { commands, readers: Arc::new(readers), events, _alive: alive })
+        Ok(StateHandle { commands, readers: Arc::new(readers), events, changes, _alive: alive })
+    }
+
+    /// How many job changes this coordinator has committed or heard of so
+    /// far (commits and notices, not jobs).
+    /// A caller answered after a commit finds the count already raised by
+    /// it, so a read begun when the count was `n` holds every change made
+    /// by calls answered while it was still `n` (the other coordinators'
+    /// changes count once their notice arrives, milliseconds later).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     /// Runs `f` on the writer thread inside the next group commit and
@@ -188,7 +204,7 @@ impl StateHandle {
 
 /// The writer thread: group, commit, answer, announce — until every handle
 /// is gone.
-fn own(mut db: Db, target: Target, inbox: Arc<Mutex<tokio::sync::mpsc::Receiver<Command>>>, events: broadcast::Sender<Arc<JobEvent>>) {
+fn own(mut db: Db, target: Target, inbox: Arc<Mutex<tokio::sync::mpsc::Receiver<Command>>>, events: broadcast::Sender<Arc<JobEvent>>, changes: Arc<AtomicU64>) {
     let shared = db.is_shared();
     loop {
         // The next group: what is waiting, taken by one writer at a time.
@@ -228,9 +244,13 @@ fn own(mut db: Db, target: Target, inbox: Arc<Mutex<tokio::sync::mpsc::Receiver<
             continue;
         }
         let answers: Vec<Answer> = group.into_iter().map(|c| c(&mut db)).collect();
+        let changed_jobs = db.touched_any();
         let committed = if shared { db.notify_touched().and_then(|()| db.commit()) } else { db.commit() };
         match committed {
             Ok(()) => {
+                if changed_jobs {
+                    changes.fetch_add(1, Ordering::SeqCst);
+                }
                 answers.into_iter().for_each(|a| a(Ok(())));
                 if !shared {
                     announce(&mut db, &events);
@@ -286,7 +306,7 @@ fn ping(target: Target, handles: std::sync::Weak<()>) {
 /// as [`JobEvent`]s; reconnects with capped backoff until the process
 /// ends (or every handle is gone), and when it has heard nothing, not even
 /// the coordinators' pings, for [`LISTEN_PATIENCE`].
-fn listen(target: Target, events: broadcast::Sender<Arc<JobEvent>>, handles: std::sync::Weak<()>) {
+fn listen(target: Target, events: broadcast::Sender<Arc<JobEvent>>, changes: Arc<AtomicU64>, handles: std::sync::Weak<()>) {
     let mut pause = Duration::from_millis(100);
     let mut first = true;
     while handles.strong_count() > 0 {
@@ -300,6 +320,7 @@ fn listen(target: Target, events: broadcast::Sender<Arc<JobEvent>>, handles: std
             }
         };
         if !first {
+            changes.fetch_add(1, Ordering::SeqCst);
             tracing::info!("listening for changes again; watchers resynchronise");
             let _ = events.send(Arc::new(JobEvent { lost: true, ..Default::default() }));
         }
@@ -319,6 +340,9 @@ fn listen(target: Target, events: broadcast::Sender<Arc<JobEvent>>, handles: std
             } else if heard.elapsed() > LISTEN_PATIENCE {
                 tracing::warn!("the change feed went silent (no ping for {LISTEN_PATIENCE:?}): connecting again");
                 break;
+            }
+            if !ids.is_empty() {
+                changes.fetch_add(1, Ordering::SeqCst);
             }
             if events.receiver_count() == 0 || ids.is_empty() {
                 continue;

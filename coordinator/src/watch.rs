@@ -204,7 +204,7 @@ pub(crate) async fn watch(farm: &Arc<State>, request: Request<pb::CollectionRef>
 async fn snapshot(farm: &Arc<State>, subscription: &Subscription, caller: &Caller, id: &str) -> Result<(Arc<Snapshot>, u64), Status> {
     let not_found = || Status::not_found(format!("no collection {id}"));
     let (snapshot, seq) = subscription
-        .snapshot(|| async {
+        .snapshot(farm.state.changes(), || async {
             metrics::counter!("stylefarm_watch_snapshot_reads_total").increment(1);
             let owned = id.to_string();
             let read = farm.state.read_as(ReadKind::Snapshot, move |db| db.collection(&owned)).await?.map_err(db_err)?;

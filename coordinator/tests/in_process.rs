@@ -288,3 +288,38 @@ async fn a_blended_submit_grows_the_database_by_a_small_multiple_of_its_size() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The state of `job` in a Watch's first message (its snapshot).
+async fn first_seen(farm: &mut pb::farm_client::FarmClient<tonic::transport::Channel>, collection: &str, job: &str) -> i32 {
+    let mut stream = farm.watch(pb::CollectionRef { collection_id: collection.into() }).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().expect("a snapshot first");
+    let Some(pb::watch_event::Event::Snapshot(c)) = first.event else { panic!("the first message is not a snapshot: {first:?}") };
+    c.jobs.iter().find(|j| j.job_id == job).expect("the job is in its collection's snapshot").state
+}
+
+/// A Watch that starts after a change never reports the state before it,
+/// even while another watcher of the collection keeps its merger (and its
+/// shared snapshot) alive: retried then watched, cancelled then watched,
+/// 50 times each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_started_after_a_change_sees_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, server) = start(dir.path()).await;
+    let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
+    let id = submit(&mut farm, 1).await;
+    let job = farm.get_collection(pb::CollectionRef { collection_id: id.clone() }).await.unwrap().into_inner().jobs[0].job_id.clone();
+    farm.cancel_job(pb::JobRef { job_id: job.clone() }).await.unwrap();
+    // Someone keeps the collection's page open all along.
+    let mut page = farm.watch(pb::CollectionRef { collection_id: id.clone() }).await.unwrap().into_inner();
+    let page_reader = tokio::spawn(async move { while let Ok(Some(_)) = page.message().await {} });
+    let (queued, cancelled) = (pb::JobState::Queued as i32, pb::JobState::Cancelled as i32);
+    for round in 0..50 {
+        farm.retry_job(pb::RetryJobRequest { job_id: job.clone(), changes_json: String::new() }).await.unwrap();
+        assert_eq!(first_seen(&mut farm, &id, &job).await, queued, "round {round}: watched right after the retry");
+        farm.cancel_job(pb::JobRef { job_id: job.clone() }).await.unwrap();
+        assert_eq!(first_seen(&mut farm, &id, &job).await, cancelled, "round {round}: watched right after the cancel");
+    }
+    page_reader.abort();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
