@@ -11,12 +11,11 @@ pub const DEVICE_GIB: [u64; 14] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 80, 96
 
 /// Sets every gauge from the database.
 pub fn refresh(db: &Db) -> crate::db::sql::Result<()> {
-    for (name, n) in db.counts()? {
-        metrics::gauge!("stylefarm_jobs", "state" => name).set(n as f64);
-        if name == "queued" {
-            metrics::gauge!("stylefarm_queue_length").set(n as f64);
-        }
+    let counts = db.counts()?;
+    for state in crate::machine::State::ALL {
+        metrics::gauge!("stylefarm_jobs", "state" => state.name()).set(counts.of(state.to_wire()) as f64);
     }
+    metrics::gauge!("stylefarm_queue_length").set(counts.queued as f64);
     let queued = db.queued_by_memory()?;
     for (gib, n) in DEVICE_GIB.iter().zip(fitting(&queued, &DEVICE_GIB)) {
         metrics::gauge!("stylefarm_queued_jobs_fitting", "memory_gib" => gib.to_string()).set(n as f64);

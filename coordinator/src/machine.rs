@@ -33,13 +33,7 @@ impl State {
 
     /// Its lowercase name, as logs and metrics label it.
     pub fn name(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::Running => "running",
-            State::Succeeded => "succeeded",
-            State::Failed => "failed",
-            State::Cancelled => "cancelled",
-        }
+        self.to_wire().label()
     }
 
     /// Nothing moves a job out of these.
@@ -49,7 +43,7 @@ impl State {
 
     /// The job will not run again unless someone acts.
     pub fn has_ended(self) -> bool {
-        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+        self.to_wire().has_ended()
     }
 
     pub fn to_wire(self) -> pb::JobState {

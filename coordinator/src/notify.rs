@@ -111,14 +111,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 fn summary(ended: &Ended, delivery: &str, public_url: Option<&str>) -> Value {
     let c = &ended.collection;
     let counts = c.counts.clone().unwrap_or_default();
-    let jobs = counts.queued + counts.running + counts.succeeded + counts.failed + counts.cancelled;
-    let state = if counts.failed > 0 {
-        "failed"
-    } else if counts.cancelled > 0 {
-        "cancelled"
-    } else {
-        "succeeded"
-    };
+    let (jobs, state) = (counts.total(), counts.state().label());
     let links = public_url.map(|base| {
         let base = base.trim_end_matches('/');
         json!({ "collection": format!("{base}/#/c/{}", c.collection_id), "zip": format!("{base}/api/collections/{}/zip", c.collection_id) })

@@ -285,6 +285,28 @@ impl Farm for FarmService {
     ) -> Result<Response<pb::WorkerInfo>, Status> {
         self.act_on_worker(request, Action::Forget).await
     }
+
+    async fn resolve_id(&self, request: Request<pb::IdPrefix>) -> Result<Response<pb::IdMatch>, Status> {
+        let caller = Caller::of(&request);
+        let prefix = request.into_inner().prefix.to_ascii_lowercase();
+        if !(4..=36).contains(&prefix.len()) || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is not an id or the start of one: 4 to 36 of 0-9 a-f and -",
+                stylefarm_shared::terminal::shown(&prefix)
+            )));
+        }
+        let owned = prefix.clone();
+        let found = self.0.state.read(move |db| db.ids_starting(&owned, 20)).await?.map_err(db_err)?;
+        let mut seen: Vec<_> = found.into_iter().filter(|(_, _, owner)| caller.may_see(owner)).collect();
+        match seen.len() {
+            0 => Err(Status::not_found(format!("no collection or job you can see has an id starting with {prefix}"))),
+            1 => {
+                let (kind, id, _) = seen.remove(0);
+                Ok(Response::new(pb::IdMatch { kind: kind.as_str().into(), id }))
+            }
+            n => Err(Status::invalid_argument(format!("{prefix} starts {n} ids{}; give more of it", if n >= 20 { " or more" } else { "" }))),
+        }
+    }
 }
 
 /// Sends an object in chunks of up to 1 MiB.

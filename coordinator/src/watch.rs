@@ -30,7 +30,6 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
 use crate::hub::{Batch, Snapshot, Subscription, WatchChanges};
-use crate::machine::State as JobState;
 use crate::admission::Permit as WatchPermit;
 use crate::context::State;
 use crate::status::db_err;
@@ -226,7 +225,7 @@ fn encode_snapshot(owner: String, collection: pb::Collection) -> Snapshot {
 }
 
 fn has_ended(state: i32) -> bool {
-    JobState::from_wire(state).is_some_and(|s| s.has_ended())
+    pb::JobState::try_from(state).is_ok_and(|s| s.has_ended())
 }
 
 /// Which of a snapshot's jobs have not ended, as one watcher has heard.

@@ -170,13 +170,10 @@ function progressBar(done, total) {
   return h("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": total, "aria-valuenow": done, "aria-label": `${done} of ${total} jobs ended` }, fill);
 }
 
-// A collection's state in one word, from its counts.
+// A collection's state in one word, as the coordinator gives it
+// (Collection.state; the rule lives there, for every client alike).
 function collectionState(c) {
-  if (c.running > 0) return "running";
-  if (c.queued > 0) return "queued";
-  if (c.failed > 0) return "failed";
-  if (c.cancelled > 0 && !c.succeeded) return "cancelled";
-  return "succeeded";
+  return (c.state || "").replace(/^COLLECTION_STATE_/, "").toLowerCase() || "unknown";
 }
 
 function every(ms, f) {
@@ -316,14 +313,14 @@ async function collectionsView() {
       if (state.value === "active") return k.queued + k.running > 0;
       if (state.value === "failed") return k.failed > 0;
       if (state.value === "cancelled") return k.cancelled > 0;
-      if (state.value === "succeeded") return collectionState(k) === "succeeded" && k.succeeded > 0;
+      if (state.value === "succeeded") return collectionState(c) === "succeeded";
       return true;
     };
     const by = {
       newest: (a, b) => b.created_unix - a.created_unix,
       oldest: (a, b) => a.created_unix - b.created_unix,
       name: (a, b) => a.name.localeCompare(b.name),
-      state: (a, b) => order[collectionState(a.counts)] - order[collectionState(b.counts)] || b.created_unix - a.created_unix,
+      state: (a, b) => order[collectionState(a)] - order[collectionState(b)] || b.created_unix - a.created_unix,
     }[sort.value];
     const shown = all.filter(wanted).sort(by);
     summary.textContent = shown.length === all.length ? plural(all.length, "collection") : `${shown.length} of ${plural(all.length, "collection")}`;
@@ -331,12 +328,12 @@ async function collectionsView() {
       const k = c.counts;
       const total = k.queued + k.running + k.succeeded + k.failed + k.cancelled;
       const done = k.succeeded + k.failed + k.cancelled;
-      return h("tr", { "data-id": c.collection_id, "data-state": collectionState(k) },
+      return h("tr", { "data-id": c.collection_id, "data-state": collectionState(c) },
         h("td", { "data-label": "name" }, h("a", { class: "collection-link", href: `#/c/${c.collection_id}`, title: c.collection_id }, c.name),
           h("div", { class: "muted small" }, h("code", {}, c.collection_id.slice(0, 8)))),
         h("td", { "data-label": "shape" }, `${plural(c.contents, "photo")} × ${plural(c.styles, "painting")} × ${plural(c.variants, "variant")}`),
         h("td", { "data-label": "jobs" },
-          h("span", { class: `badge ${collectionState(k)}` }, collectionState(k)), " ", countsLine(k),
+          h("span", { class: `badge ${collectionState(c)}` }, collectionState(c)), " ", countsLine(k),
           progressBar(done, total)),
         h("td", { "data-label": "submitted" }, whenCell(c.created_unix)));
     }));

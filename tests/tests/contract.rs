@@ -278,6 +278,15 @@ fn users_see_only_their_own_collections_and_errors_name_no_server_path() {
         assert_eq!(bob.fetch(pb::FetchRequest { collection_id: id.clone(), key: inside.clone() }).await.unwrap_err().code(), Code::NotFound);
         assert_eq!(bob.get_job(pb::JobRef { job_id: job.clone() }).await.unwrap_err().code(), Code::NotFound);
         assert!(bob.list_collections(pb::ListCollectionsRequest::default()).await.unwrap().into_inner().collections.is_empty());
+        let start = |id: &str| pb::IdPrefix { prefix: id[..8].into() };
+        assert_eq!(bob.resolve_id(start(&id)).await.unwrap_err().code(), Code::NotFound, "another user's id does not resolve");
+        assert_eq!(bob.resolve_id(start(&job)).await.unwrap_err().code(), Code::NotFound);
+        let e = bob.delete_collection(pb::DeleteCollectionRequest { collection_id: id.clone(), cancel: true }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "another user's collection is not deleted: {e:?}");
+        let found = alice.resolve_id(start(&job)).await.unwrap().into_inner();
+        assert_eq!((found.kind.as_str(), found.id.as_str()), ("job", job.as_str()));
+        let e = alice.resolve_id(pb::IdPrefix { prefix: "abc".into() }).await.unwrap_err();
+        assert!(e.code() == Code::InvalidArgument && e.message().contains("4 to 36"), "{e:?}");
         let bobs = bob.submit(request()).await.unwrap().into_inner().collection_id;
         assert_ne!(bobs, id, "idempotency keys are per user");
 

@@ -320,6 +320,57 @@ fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_next_heartbeat() {
     assert!(!o.status.success(), "watch exits non-zero for a collection that did not succeed");
 }
 
+/// farmctl takes the start of an id as the page does, and says what an
+/// id names when it names the wrong kind; `status ID` lists each job by
+/// the start of its id with the collection's one state.
+#[test]
+fn farmctl_takes_the_start_of_an_id_and_status_lists_jobs_by_it() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
+    let farm = Farm::start();
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let id = farm.submit(&["--content", &c, "--content", &fixture("init.png"), "--style", &s, "--size", "16x12", "--iters", "3"]);
+    let said = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let run = |args: &[&str]| {
+        let o = farm.farmctl(args);
+        assert!(o.status.success(), "farmctl {args:?}: {}", said(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let json = |prefix: &str| -> Value { serde_json::from_str(&run(&["status", prefix, "--json"])).unwrap() };
+    let st = json(&id[..6]);
+    assert_eq!((st["collection_id"].as_str(), st["state"].as_str()), (Some(id.as_str()), Some("COLLECTION_STATE_QUEUED")), "{st}");
+    let job_ids: Vec<String> = jobs(&st).iter().map(|j| j["job_id"].as_str().unwrap().to_string()).collect();
+
+    let table = run(&["status", &id[..8]]);
+    assert!(table.lines().next().is_some_and(|l| l.contains("2 jobs, queued")), "{table}");
+    for j in &job_ids {
+        assert!(table.lines().any(|l| l.starts_with(&j[..8]) && l.contains("queued")), "job {j} by its start: {table}");
+    }
+
+    // A job's start names the job: cancel infers it, retry takes it.
+    let out = run(&["cancel", &job_ids[0][..8]]);
+    assert!(out.contains(&format!("job {} is cancelled", job_ids[0])), "{out}");
+    let st = json(&id[..8]);
+    assert_eq!((jobs(&st)[0]["state"].as_str(), st["state"].as_str()), (Some("CANCELLED"), Some("COLLECTION_STATE_QUEUED")), "{st}");
+    run(&["cancel", &id[..8]]);
+    assert_eq!(json(&id[..8])["state"], "COLLECTION_STATE_CANCELLED");
+    let out = run(&["retry", &job_ids[1][..8]]);
+    assert!(out.contains(&job_ids[1]) && out.contains("queued"), "{out}");
+    let listed = run(&["status"]);
+    assert!(listed.lines().any(|l| l.contains(&id) && l.contains("queued")), "the farm's list gives each collection's state: {listed}");
+
+    // The wrong kind, too short, unknown: refused by name, at once.
+    for (args, says) in [
+        (vec!["watch", &job_ids[0][..8]], "is a job's id"),
+        (vec!["cancel", "--job", &id[..8]], "is a collection's id"),
+        (vec!["logs", &id[..8]], "is a collection's id"),
+        (vec!["status", "abc"], "4 to 36"),
+        (vec!["status", "ffffffff-ffff"], "no collection or job you can see"),
+    ] {
+        let o = farm.farmctl(&args);
+        assert!(!o.status.success() && said(&o).contains(says), "farmctl {args:?}: {}", said(&o));
+    }
+}
+
 /// What an autoscaler reads: `/metrics` counts the queued jobs a device of
 /// each memory size could take (`stylefarm_queued_jobs_fitting`), from
 /// what the queue holds.

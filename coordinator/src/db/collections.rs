@@ -6,7 +6,7 @@ use stylefarm_proto as pb;
 
 use super::sql::{self, args, Optional, Row};
 use super::{job_from_row, now, state_of, CallError, Db, FarmSummary, JOB_PARAMS, JOB_STYLE_KEYS, QUEUED, RUNNING, STYLE_KEY_SEPARATOR};
-use crate::machine::{self, Budget, Event, State};
+use crate::machine::{self, Budget, Event};
 
 /// A job as the database holds it, for creating rows.
 #[derive(Clone)]
@@ -60,22 +60,9 @@ pub struct NewParams {
 fn count(jobs: &[pb::Job]) -> pb::JobCounts {
     let mut counts = pb::JobCounts::default();
     for j in jobs {
-        add(&mut counts, j.state, 1);
+        counts.add(pb::JobState::try_from(j.state).unwrap_or_default(), 1);
     }
     counts
-}
-
-/// Adds `n` jobs in wire state `state` to `counts`.
-fn add(counts: &mut pb::JobCounts, state: i32, n: u32) {
-    let slot = match State::from_wire(state) {
-        Some(State::Queued) => &mut counts.queued,
-        Some(State::Running) => &mut counts.running,
-        Some(State::Succeeded) => &mut counts.succeeded,
-        Some(State::Failed) => &mut counts.failed,
-        Some(State::Cancelled) => &mut counts.cancelled,
-        None => return,
-    };
-    *slot += n;
 }
 
 /// A `collections` row as the wire has it, without its jobs, counts or
@@ -171,7 +158,7 @@ impl Db {
     pub fn collection(&self, id: &str) -> sql::Result<Option<(String, pb::Collection)>> {
         let Some((owner, mut c)) = self.collection_header(id)? else { return Ok(None) };
         c.jobs = self.conn.query_map("SELECT * FROM jobs WHERE collection_id = ?1 ORDER BY seq", args![id], job_from_row)?;
-        c.counts = Some(count(&c.jobs));
+        c.set_counts(count(&c.jobs));
         c.columns = self.grid_columns(id)?;
         Ok(Some((owner, c)))
     }
@@ -266,15 +253,13 @@ impl Db {
         Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json })))
     }
 
-    /// `(state name, jobs)` for every state.
-    pub fn counts(&self) -> sql::Result<Vec<(&'static str, i64)>> {
-        let mut n = [0i64; 6];
-        for (state, count) in self.conn.query_map("SELECT state, COUNT(*) FROM jobs GROUP BY state", args![], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, i64>(1)?)))? {
-            if let Some(slot) = n.get_mut(state) {
-                *slot = count;
-            }
+    /// The farm's jobs by state.
+    pub fn counts(&self) -> sql::Result<pb::JobCounts> {
+        let mut counts = pb::JobCounts::default();
+        for (state, n) in self.conn.query_map("SELECT state, COUNT(*) FROM jobs GROUP BY state", args![], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, u32>(1)?)))? {
+            counts.add(pb::JobState::try_from(state).unwrap_or_default(), n);
         }
-        Ok(State::ALL.iter().map(|s| (s.name(), n[s.to_wire() as usize])).collect())
+        Ok(counts)
     }
 
     /// The queued jobs by the least memory each needs (bytes, jobs).
@@ -291,7 +276,7 @@ impl Db {
             Ok((r.get::<_, i32>(0)?, r.get::<_, u32>(1)?))
         })?;
         for (state, n) in rows {
-            add(&mut counts, state, n);
+            counts.add(pb::JobState::try_from(state).unwrap_or_default(), n);
         }
         Ok(counts)
     }
@@ -308,7 +293,8 @@ impl Db {
         )?;
         let (mut page, next) = page_of(rows, limit);
         for c in &mut page {
-            c.counts = Some(self.job_counts(&c.collection_id)?);
+            let counts = self.job_counts(&c.collection_id)?;
+            c.set_counts(counts);
         }
         Ok((page, next))
     }

@@ -52,7 +52,7 @@ impl Db {
         let Some((_, mut collection)) = self.collection_header(id)? else {
             return Ok(None);
         };
-        collection.counts = Some(self.job_counts(id)?);
+        collection.set_counts(self.job_counts(id)?);
         let notify_url: Option<String> = self
             .conn
             .query_row(

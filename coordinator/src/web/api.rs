@@ -78,18 +78,6 @@ pub(super) async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> 
     let (_, request) = as_grpc(&web, &headers, pb::ListWorkersRequest::default())?;
     let workers = web.farm.list_workers(request).await?.into_inner().workers;
     let (summary, counts) = web.state.state.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?))).await?.map_err(db_err)?;
-    let mut jobs = pb::JobCounts::default();
-    for (name, n) in counts {
-        let n = n as u32;
-        match name {
-            "queued" => jobs.queued = n,
-            "running" => jobs.running = n,
-            "succeeded" => jobs.succeeded = n,
-            "failed" => jobs.failed = n,
-            "cancelled" => jobs.cancelled = n,
-            _ => {}
-        }
-    }
     let running: std::collections::HashSet<&str> = workers.iter().filter(|w| !w.current_job.is_empty()).map(|w| w.worker_id.as_str()).collect();
     let pace = summary
         .iterations_per_second
@@ -98,7 +86,7 @@ pub(super) async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> 
         .map(|(worker_id, iterations_per_second)| pb::WorkerPace { worker_id, iterations_per_second })
         .collect();
     let failures_last_day = summary.failures_last_day.into_iter().map(|(cause, n)| pb::FailureCause { cause, count: n as u32 }).collect();
-    Ok(Json(pb::FarmSummary { workers, jobs: Some(jobs), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now() }))
+    Ok(Json(pb::FarmSummary { workers, jobs: Some(counts), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now() }))
 }
 
 /// An operator's action on a worker: drain, resume or forget (the `Farm`
@@ -140,7 +128,7 @@ async fn header_of(web: &Web, caller: &Caller, id: &str) -> ApiResult<pb::Collec
     let owned = id.to_string();
     let read = web.state.state.read(move |db| {
         let Some((owner, mut c)) = db.collection_header(&owned)? else { return Ok(None) };
-        c.counts = Some(db.job_counts(&owned)?);
+        c.set_counts(db.job_counts(&owned)?);
         c.columns = db.grid_columns(&owned)?;
         Ok::<_, crate::db::sql::Error>(Some((owner, c)))
     });
@@ -296,22 +284,8 @@ pub(super) async fn submit(
 /// `prefix` (at least 4 characters, as git asks); 404 when none does, 400
 /// naming how many when several do.
 pub(super) async fn resolve_id(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(prefix): Path<String>) -> ApiResult<Json<pb::IdMatch>> {
-    let who = caller(&web, &headers)?;
-    let prefix = prefix.to_ascii_lowercase();
-    if !(4..=36).contains(&prefix.len()) || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(bad_request(format!("{prefix:?} is not an id or the start of one: 4 to 36 of 0-9 a-f and -")));
-    }
-    let owned = prefix.clone();
-    let found = web.state.state.read(move |db| db.ids_starting(&owned, 20)).await?.map_err(db_err)?;
-    let mut seen: Vec<_> = found.into_iter().filter(|(_, _, owner)| who.may_see(owner)).collect();
-    match seen.len() {
-        0 => Err(ApiError(StatusCode::NOT_FOUND, format!("no collection or job you can see has an id starting with {prefix}"))),
-        1 => {
-            let (kind, id, _) = seen.remove(0);
-            Ok(Json(pb::IdMatch { kind: kind.as_str().into(), id }))
-        }
-        n => Err(bad_request(format!("{prefix} starts {n} ids{}; give more of it", if n >= 20 { " or more" } else { "" }))),
-    }
+    let (_, request) = as_grpc(&web, &headers, pb::IdPrefix { prefix })?;
+    Ok(Json(web.farm.resolve_id(request).await?.into_inner()))
 }
 
 /// A job, its attempts and its parameters.

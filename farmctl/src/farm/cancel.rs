@@ -1,5 +1,5 @@
-//! `farmctl cancel ID [--job]` ends a collection's remaining jobs (or, with
-//! `--job`, one job); `farmctl retry JOB` puts a failed job back in the
+//! `farmctl cancel ID` ends a collection's remaining jobs, or one job when
+//! ID is a job's (`--job` insists on that); `farmctl retry JOB` puts a failed job back in the
 //! queue with its failure budget renewed (a cancelled one too; with `--set
 //! KEY=VALUE`, with those parameters changed), and `farmctl retry --failed
 //! COLLECTION` every failed job of a collection.
@@ -7,17 +7,19 @@
 use anyhow::Result;
 use stylefarm_proto as pb;
 
-use super::{call, state_name, Conn};
+use super::{call, resolve, resolve_any, Conn, Kind};
 
 pub async fn cancel(url: &Conn, id: &str, job: bool) -> Result<()> {
-    if job {
+    let (kind, whole) = if job { (Kind::Job, resolve(url, id, Kind::Job).await?) } else { resolve_any(url, id).await? };
+    let id = whole.as_str();
+    if kind == Kind::Job {
         let j = call(url, |mut c| {
             let r = pb::JobRef { job_id: id.into() };
             async move { c.cancel_job(r).await }
         })
         .await?
         .into_inner();
-        println!("job {} is {} (a running job stops at its next heartbeat)", j.job_id, state_name(j.state));
+        println!("job {} is {} (a running job stops at its next heartbeat)", j.job_id, pb::JobState::label_of(j.state));
         return Ok(());
     }
     let c = call(url, |mut c| {
@@ -53,6 +55,8 @@ pub fn changes_json(pairs: &[String]) -> Result<String> {
 
 pub async fn retry(url: &Conn, job: &str, set: &[String]) -> Result<()> {
     let changes = changes_json(set)?;
+    let job = resolve(url, job, Kind::Job).await?;
+    let job = job.as_str();
     let j = call(url, |mut c| {
         let r = pb::RetryJobRequest {
             job_id: job.into(),
@@ -67,11 +71,13 @@ pub async fn retry(url: &Conn, job: &str, set: &[String]) -> Result<()> {
     } else {
         format!(" with {changes}, from the start")
     };
-    println!("job {} is {} again{with}", j.job_id, state_name(j.state));
+    println!("job {} is {} again{with}", j.job_id, pb::JobState::label_of(j.state));
     Ok(())
 }
 
 pub async fn retry_failed(url: &Conn, collection: &str) -> Result<()> {
+    let collection = resolve(url, collection, Kind::Collection).await?;
+    let collection = collection.as_str();
     let c = call(url, |mut c| {
         let r = pb::CollectionRef { collection_id: collection.into() };
         async move { c.retry_failed(r).await }

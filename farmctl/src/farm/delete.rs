@@ -5,9 +5,11 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 use stylefarm_shared::budget::human;
 
-use super::{call, Conn};
+use super::{call, resolve, Conn, Kind};
 
 pub async fn delete(url: &Conn, id: &str, cancel: bool) -> Result<()> {
+    let id = resolve(url, id, Kind::Collection).await?;
+    let id = id.as_str();
     let r = call(url, |mut c| {
         let r = pb::DeleteCollectionRequest { collection_id: id.into(), cancel };
         async move { c.delete_collection(r).await }

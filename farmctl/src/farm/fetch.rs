@@ -33,6 +33,8 @@ pub async fn download(url: &Conn, id: &str, key: &str) -> Result<Vec<u8>> {
 /// that cannot be fetched is reported, marked and skipped; the others are
 /// still written, and the command fails at the end naming what is missing.
 pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
+    let id = super::resolve(url, id, super::Kind::Collection).await?;
+    let id = id.as_str();
     let c = call(url, |mut c| {
         let r = pb::CollectionRef { collection_id: id.into() };
         async move { c.get_collection(r).await }

@@ -35,6 +35,8 @@ fn log_key(job: &pb::JobDetail, files: &pb::ListJobFilesResponse, attempt: Optio
 }
 
 pub async fn logs(url: &Conn, job_id: &str, attempt: Option<u32>, follow: bool) -> Result<()> {
+    let job_id = super::resolve(url, job_id, super::Kind::Job).await?;
+    let job_id = job_id.as_str();
     let mut printed = 0;
     loop {
         let job = call(url, |mut c| {

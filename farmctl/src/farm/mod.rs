@@ -173,19 +173,47 @@ where
     }
 }
 
+/// What an id argument names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Collection,
+    Job,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Collection => "collection",
+            Kind::Job => "job",
+        }
+    }
+}
+
+/// The whole id and the kind of what `arg` names: an id, or a unique start
+/// of one (at least 4 characters), as the page takes them
+/// (`Farm.ResolveId`).
+pub async fn resolve_any(url: &Conn, arg: &str) -> Result<(Kind, String)> {
+    let found = call(url, |mut c| {
+        let r = pb::IdPrefix { prefix: arg.into() };
+        async move { c.resolve_id(r).await }
+    })
+    .await?
+    .into_inner();
+    let kind = if found.kind == Kind::Job.as_str() { Kind::Job } else { Kind::Collection };
+    Ok((kind, found.id))
+}
+
+/// The whole id of the `want` that `arg` names (see [`resolve_any`]); an
+/// error naming what it is when it names something else.
+pub async fn resolve(url: &Conn, arg: &str, want: Kind) -> Result<String> {
+    match resolve_any(url, arg).await? {
+        (kind, id) if kind == want => Ok(id),
+        (kind, id) => anyhow::bail!("{arg} is a {}'s id ({id}), not a {}'s", kind.as_str(), want.as_str()),
+    }
+}
+
 /// A refused call as an error a user can read.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 
-/// A job state as `status` and `watch` print it.
-pub fn state_name(s: i32) -> &'static str {
-    match pb::JobState::try_from(s) {
-        Ok(pb::JobState::Queued) => "queued",
-        Ok(pb::JobState::Running) => "running",
-        Ok(pb::JobState::Succeeded) => "succeeded",
-        Ok(pb::JobState::Failed) => "failed",
-        Ok(pb::JobState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
-}

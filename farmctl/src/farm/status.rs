@@ -1,6 +1,6 @@
-//! `farmctl status [ID] [--json]`: a collection's jobs, or (no ID) the
-//! farm: its workers with their state and the caller's
-//! collections. Rides out a coordinator restart. `--json` prints the
+//! `farmctl status [ID] [--json]`: a collection's jobs (each by the start
+//! of its id, which every command taking a job takes), or (no ID) the
+//! farm: its workers with their state and the caller's collections. Rides out a coordinator restart. `--json` prints the
 //! contract's messages as canonical proto3 JSON (a `Collection`; without
 //! ID, `{"workers": ListWorkersResponse, "collections":
 //! ListCollectionsResponse}`).
@@ -9,10 +9,12 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 use stylefarm_shared::terminal::shown;
 
-use super::{call, state_name, Conn};
+use super::{call, Conn};
 
 pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
     let Some(id) = id else { return farm(url, json).await };
+    let id = super::resolve(url, id, super::Kind::Collection).await?;
+    let id = id.as_str();
     let c = call(url, |mut c| {
         let r = pb::CollectionRef { collection_id: id.into() };
         async move { c.get_collection(r).await }
@@ -25,14 +27,15 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&c)?);
         return Ok(());
     }
-    println!("collection {} ({}), {} jobs", c.collection_id, shown(&c.name), c.jobs.len());
-    println!("{:<20} {:<20} {:>3} {:<10} {:>11} {:>12} {:>3}  {}", "content", "style", "var", "state", "iteration", "total loss", "try", "worker / error");
+    let state = pb::CollectionState::try_from(c.state).unwrap_or_default().label();
+    println!("collection {} ({}), {} jobs, {state}", c.collection_id, shown(&c.name), c.jobs.len());
+    println!("{:<8}  {:<20} {:<20} {:>3} {:<10} {:>11} {:>12} {:>3}  {}", "job", "content", "style", "var", "state", "iteration", "total loss", "try", "worker / error");
     for j in &c.jobs {
         let p = j.progress.clone().unwrap_or_default();
         let who = shown(if j.error.is_empty() { &j.worker } else { &j.error });
         println!(
-            "{:<20} {:<20} {:>3} {:<10} {:>5}/{:<5} {:>12.4e} {:>3}  {who}",
-            shown(&j.content_name), shown(&j.style_name), j.variant_index, state_name(j.state), p.iteration, p.iterations, p.total, j.attempts
+            "{:<8}  {:<20} {:<20} {:>3} {:<10} {:>5}/{:<5} {:>12.4e} {:>3}  {who}",
+            short_id(&j.job_id), shown(&j.content_name), shown(&j.style_name), j.variant_index, pb::JobState::label_of(j.state), p.iteration, p.iterations, p.total, j.attempts
         );
     }
     Ok(())
@@ -77,8 +80,14 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
     println!("{} collections", collections.len());
     for c in &collections {
         let n = c.counts.clone().unwrap_or_default();
-        let all = n.queued + n.running + n.succeeded + n.failed + n.cancelled;
-        println!("  {} {:<24} {}/{all} succeeded, {} running, {} queued, {} failed", c.collection_id, shown(&c.name), n.succeeded, n.running, n.queued, n.failed);
+        let state = pb::CollectionState::try_from(c.state).unwrap_or_default().label();
+        println!("  {} {:<24} {state:<9} {}/{} succeeded, {} running, {} queued, {} failed", c.collection_id, shown(&c.name), n.succeeded, n.total(), n.running, n.queued, n.failed);
     }
     Ok(())
+}
+
+/// The first eight characters of an id: what `status` shows of a job (any
+/// unique start of an id names it to every command).
+pub fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }

@@ -10,7 +10,7 @@ use stylefarm_proto as pb;
 use stylefarm_shared::terminal::shown;
 use tonic::Streaming;
 
-use super::{call, state_name, Conn};
+use super::{call, Conn};
 
 /// Opens the Watch stream, waiting out a coordinator that is down.
 async fn open(url: &Conn, id: &str) -> Result<Streaming<pb::WatchEvent>> {
@@ -29,11 +29,13 @@ fn refused(s: &tonic::Status) -> bool {
 }
 
 fn all_ended(c: &pb::Collection) -> bool {
-    c.jobs.iter().all(|j| j.state >= pb::JobState::Succeeded as i32)
+    c.jobs.iter().all(|j| pb::JobState::try_from(j.state).is_ok_and(|s| s.has_ended()))
 }
 
 /// Streams progress until every job has ended; Ok(true) if all succeeded.
 pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
+    let id = super::resolve(url, id, super::Kind::Collection).await?;
+    let id = id.as_str();
     let mut stream = open(url, id).await?;
     let multi = MultiProgress::new();
     let overall = multi.add(ProgressBar::new(0));
@@ -98,7 +100,7 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
         for j in &c.jobs {
             let label = shown(&format!("{} × {} v{}", j.content_name, j.style_name, j.variant_index));
             if states.insert(j.job_id.clone(), j.state) != Some(j.state) && multi.is_hidden() {
-                eprintln!("{label}: {}{}", state_name(j.state), if j.error.is_empty() { String::new() } else { format!(" ({})", shown(&j.error)) });
+                eprintln!("{label}: {}{}", pb::JobState::label_of(j.state), if j.error.is_empty() { String::new() } else { format!(" ({})", shown(&j.error)) });
             }
             let p = j.progress.clone().unwrap_or_default();
             if j.state == pb::JobState::Running as i32 {
@@ -122,7 +124,7 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
     let ok = c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32).count();
     eprintln!("{ok} of {} jobs succeeded", c.jobs.len());
     for j in c.jobs.iter().filter(|j| j.state != pb::JobState::Succeeded as i32) {
-        eprintln!("  {} × {} v{}: {} {}", shown(&j.content_name), shown(&j.style_name), j.variant_index, state_name(j.state), shown(&j.error));
+        eprintln!("  {} × {} v{}: {} {}", shown(&j.content_name), shown(&j.style_name), j.variant_index, pb::JobState::label_of(j.state), shown(&j.error));
     }
     Ok(ok == c.jobs.len())
 }
