@@ -55,6 +55,7 @@ pub struct ParamFlags {
     /// Seed of the init noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// VGG's pooling: avg (the recipe's, smoother) or max.
     #[arg(long, value_enum, default_value = "avg")]
     pub pooling: PoolingArg,
     /// Content layers, `name[:weight]`, comma-separated.
@@ -82,13 +83,6 @@ pub struct ParamFlags {
     /// `histogram` (the paintings recoloured to the photo's colours first).
     #[arg(long, value_enum)]
     pub preserve_colors: Option<PreserveColorsArg>,
-    /// Evaluate the losses in tiles of N pixels a side (rounded up to 16):
-    /// the same render in the memory of one tile and its halo. Without it,
-    /// `render` tiles on its own when the untiled render would not fit
-    /// --max-memory. Not for `submit`: a farm worker tiles as its own
-    /// memory requires.
-    #[arg(long)]
-    pub tile: Option<usize>,
     /// Bits per channel of the output PNG: 8, or 16 to keep what rounding
     /// to 8 bits would lose (snapshots stay 8-bit).
     #[arg(long, default_value_t = 8, value_parser = parse_bit_depth)]
@@ -137,10 +131,11 @@ impl ParamFlags {
         })
     }
 
-    /// How these flags say to run the render: `--tile` and `--bit-depth`
-    /// (the kept tiles are `farmctl render`'s to set from its budget).
-    pub fn execution(&self) -> Execution {
-        Execution { tile: self.tile, keep_tiles: 0, bit_depth: self.bit_depth }
+    /// How these flags and `tile` (`farmctl render --tile`) say to run the
+    /// render (the kept tiles are `farmctl render`'s to set from its
+    /// budget).
+    pub fn execution(&self, tile: Option<usize>) -> Execution {
+        Execution { tile, keep_tiles: 0, bit_depth: self.bit_depth }
     }
 }
 
@@ -246,8 +241,8 @@ mod tests {
     fn colour_preservation_and_bit_depth_flags() {
         let p = params(&["--preserve-colors", "luminance", "--bit-depth", "16"]).unwrap();
         assert_eq!(p.preserve_colors, Some(PreserveColors::Luminance));
-        let flags = Cli::try_parse_from(["farmctl", "--bit-depth", "16", "--tile", "256"]).unwrap().params;
-        assert_eq!(flags.execution(), Execution { tile: Some(256), keep_tiles: 0, bit_depth: 16 });
+        let flags = Cli::try_parse_from(["farmctl", "--bit-depth", "16"]).unwrap().params;
+        assert_eq!(flags.execution(Some(256)), Execution { tile: Some(256), keep_tiles: 0, bit_depth: 16 });
         assert_eq!(params(&["--preserve-colors", "histogram"]).unwrap().preserve_colors, Some(PreserveColors::Histogram));
         let e = params(&["--bit-depth", "12"]).unwrap_err().to_string();
         assert!(e.contains("8 or 16"), "{e}");

