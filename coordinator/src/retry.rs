@@ -19,7 +19,7 @@ pub(crate) fn changed_params(
     styles: usize,
     (width, height): (u32, u32),
 ) -> Result<Option<NewParams>, Status> {
-    let bad = |why: String| Status::invalid_argument(format!("changes_json: {why}"));
+    let bad = |why: String| Status::invalid_argument(format!("the retry's changes: {why}"));
     if changes_json.len() > MAX_VARIANT_JSON_BYTES {
         return Err(bad(format!(
             "{} bytes; at most {MAX_VARIANT_JSON_BYTES}",

@@ -335,7 +335,7 @@ impl RenderParams {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "parameters".to_string() } else { key };
-            ParamError::Schema { key, reason: e.into_inner().to_string() }
+            ParamError::Schema { key, reason: crate::error::plain(&e.into_inner().to_string()) }
         })
     }
 
@@ -388,6 +388,28 @@ mod tests {
         let json = serde_json::to_string(&RenderParams::default()).unwrap();
         assert!(!json.contains("preserve_colors"), "{json}");
         assert_eq!(RenderParams::from_json(&json).unwrap(), RenderParams::default());
+    }
+
+    /// A value of the wrong kind is refused in a user's words, naming the
+    /// key and what it takes, never Rust's type names.
+    #[test]
+    fn a_wrong_value_says_what_the_key_takes() {
+        let said = |json: &str| RenderParams::from_json(json).unwrap_err().to_string();
+        let table = [
+            (r#"{"beta": "abc"}"#, "parameter `beta`: \"abc\" is not a number"),
+            (r#"{"optimizer": "sgd"}"#, "parameter `optimizer`: sgd is not adam or lbfgs"),
+            (r#"{"iters": -3}"#, "parameter `iters`: -3 is not a whole number, 0 or more"),
+            (r#"{"seed": true}"#, "parameter `seed`: true is not a whole number, 0 or more"),
+        ];
+        for (json, want) in table {
+            assert_eq!(said(json), want, "{json}");
+        }
+        let unknown = said(r#"{"betta": 5}"#);
+        assert!(unknown.contains("betta is not a parameter") && unknown.contains("beta"), "{unknown}");
+        for json in [r#"{"beta": "abc"}"#, r#"{"iters": 1.5}"#, r#"{"betta": 5}"#, r#"{"lr": [1]}"#] {
+            let e = said(json);
+            assert!(!["f64", "u64", "usize", "invalid type", "`, expected"].iter().any(|w| e.contains(w)), "{json}: {e}");
+        }
     }
 
     #[test]
