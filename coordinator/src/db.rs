@@ -67,8 +67,9 @@ pub struct FarmSummary {
     pub iterations_per_second: Vec<(String, f64)>,
 }
 
+/// The farm's time ([`crate::clock`]): on a shared database, its clock.
 pub fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    crate::clock::now()
 }
 
 /// The rules the database applies, from the coordinator's configuration.
@@ -130,18 +131,27 @@ pub struct Db {
     /// shared by the coordinator's writers (in memory: a restart grants
     /// its own grace).
     last_sweep: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// This coordinator, as the others see it in the `coordinators` table
+    /// (PostgreSQL): a fresh id per process start.
+    me: std::sync::Arc<str>,
 }
 
-/// A writer to be, sharing a coordinator's record of sweeps.
+/// A writer to be, sharing a coordinator's record of sweeps and its id.
 pub struct Twin {
     last_sweep: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    me: std::sync::Arc<str>,
 }
 
 impl Twin {
     /// Connects (blocking), as [`Db::connect`].
     pub fn connect(self, target: &Target) -> sql::Result<Db> {
-        Ok(Db { last_sweep: self.last_sweep, ..Db::connect(target)? })
+        Ok(Db { last_sweep: self.last_sweep, me: self.me, ..Db::connect(target)? })
     }
+}
+
+/// A new coordinator id.
+fn coordinator_id() -> std::sync::Arc<str> {
+    uuid::Uuid::new_v4().to_string().into()
 }
 
 fn state_of(v: i32) -> sql::Result<State> {
@@ -201,7 +211,7 @@ impl Db {
             Target::Postgres(url) => Conn::postgres(url)?,
         };
         schema::migrate(&conn)?;
-        Ok(Self { conn, touched: Vec::new(), last_sweep: Default::default() })
+        Ok(Self { conn, touched: Vec::new(), last_sweep: Default::default(), me: coordinator_id() })
     }
 
     /// Another writing connection to this database for the same
@@ -214,7 +224,7 @@ impl Db {
     /// What [`Db::another_writer`] needs of this one, to connect later on
     /// another thread (connecting blocks).
     pub fn twin(&self) -> Twin {
-        Twin { last_sweep: self.last_sweep.clone() }
+        Twin { last_sweep: self.last_sweep.clone(), me: self.me.clone() }
     }
 
     /// A connection for reads: for SQLite a read-only one, which sees
@@ -227,7 +237,46 @@ impl Db {
             )?),
             Target::Postgres(url) => Conn::postgres(url)?,
         };
-        Ok(Self { conn, touched: Vec::new(), last_sweep: Default::default() })
+        Ok(Self { conn, touched: Vec::new(), last_sweep: Default::default(), me: coordinator_id() })
+    }
+
+    /// On a shared database, measures how far its clock is from this
+    /// machine's and sets the farm's clock by it ([`crate::clock`]);
+    /// returns the offset in seconds (0 on SQLite: its own clock).
+    pub fn sync_clock(&self) -> sql::Result<f64> {
+        if !self.is_shared() {
+            return Ok(0.0);
+        }
+        let before = crate::clock::local();
+        let database: f64 = self.conn.query_row("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8", args![], |r| r.get(0))?;
+        let after = crate::clock::local();
+        let offset = database - (before + after) / 2.0;
+        crate::clock::set_offset(offset);
+        Ok(offset)
+    }
+
+    /// When a coordinator other than this process (another one, or this
+    /// one before a restart) last swept leases, in the farm's time: the
+    /// farm served its workers until then. None on SQLite (one
+    /// coordinator) or when none has been recorded.
+    pub fn others_last_heard(&self) -> sql::Result<Option<f64>> {
+        if !self.is_shared() {
+            return Ok(None);
+        }
+        self.conn.query_row("SELECT MAX(seen) FROM coordinators WHERE id != ?1", args![&*self.me], |r| r.get(0))
+    }
+
+    /// Records that this coordinator is alive at `t` (PostgreSQL), and
+    /// forgets coordinators unheard for an hour.
+    fn heard(&self, t: f64) -> sql::Result<()> {
+        if self.is_shared() {
+            self.conn.execute(
+                "INSERT INTO coordinators (id, seen) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET seen = EXCLUDED.seen",
+                args![&*self.me, t],
+            )?;
+            self.conn.execute("DELETE FROM coordinators WHERE seen < ?1", args![t - 3600.0])?;
+        }
+        Ok(())
     }
 
     /// Whether this is PostgreSQL (where other coordinators may write too).
@@ -337,9 +386,27 @@ impl Db {
         tx.query_row("SELECT value FROM counters WHERE name = ?1", args![counter], |r| r.get(0))
     }
 
-    /// The coordinator just started: running leases get a full lease
-    /// length from now, so time it was down costs no job anything.
+    /// The coordinator just started: the time the farm was down costs no
+    /// job anything. Where the coordinators' sweeps are recorded
+    /// (PostgreSQL), running leases get back exactly the time since any
+    /// coordinator last swept — nothing while another one served the
+    /// workers, so a coordinator restarting again and again never keeps a
+    /// dead worker's lease alive; otherwise a full lease length from now.
     pub fn grant_grace(&mut self, rules: &Rules) -> sql::Result<usize> {
+        let t = now();
+        let last = self.others_last_heard()?;
+        self.heard(t)?;
+        self.last_sweep.store(t.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(last) = last {
+            let down = t - last;
+            if down <= STALL_SECONDS {
+                return Ok(0);
+            }
+            return self.conn.execute(
+                "UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE id IN (SELECT id FROM jobs WHERE state = ?2 FOR UPDATE SKIP LOCKED)",
+                args![down, RUNNING],
+            );
+        }
         // Rows another coordinator holds are skipped: it is alive and
         // serving those leases (waiting on its locks, in no set order,
         // deadlocked against it and stalled both for PostgreSQL's

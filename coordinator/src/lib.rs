@@ -41,6 +41,7 @@
 //!   the same handlers and follows the same mergers.
 pub mod admission;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod conn;
@@ -168,6 +169,11 @@ pub async fn run_with_dashboard(
     let (opening, rules) = (target.clone(), config.rules());
     let (db, graced) = tokio::task::spawn_blocking(move || {
         let mut db = Db::connect(&opening)?;
+        // On a shared database the farm's clock is the database's.
+        let offset = db.sync_clock()?;
+        if offset.abs() > 1.0 {
+            tracing::warn!(seconds = offset, "this machine's clock is off the database's; the farm keeps the database's time");
+        }
         // The time this coordinator was down is nobody's fault: running
         // leases get a full lease length from now to reach it again.
         let graced = db.grant_grace(&rules)?;

@@ -293,6 +293,10 @@ fn ping(target: Target, handles: std::sync::Weak<()>) {
             db = Db::open_reader(&target).ok();
         }
         if let Some(d) = &db {
+            // The farm's clock, kept to the database's.
+            if let Err(e) = d.sync_clock() {
+                tracing::debug!("reading the database's clock: {e}");
+            }
             if let Err(e) = d.ping_listeners() {
                 tracing::debug!("announcing on the change channel: {e}");
                 db = None;

@@ -201,23 +201,8 @@ fn a_watch_outlives_a_change_feed_that_died_silently() {
 
     let a = stylefarm_tests::Farm::start_on(Some(database), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let b_port = free_port();
     let mut procs = Procs(Vec::new());
-    let mut b = Command::new(bin("farm-coordinator"))
-        .args(["--listen", &format!("127.0.0.1:{b_port}"), "--lease-seconds", "3", "--heartbeat-seconds", "1", "--database", &url, "--storage"])
-        .arg(a.dir.path().join("data/storage"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("STYLEFARM_TEST_LISTENER_DATABASE", &listener_url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(b.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(line.contains("listening on"), "{line}");
-    procs.0.push(b);
-    let b_url = format!("http://127.0.0.1:{b_port}");
+    let b_url = second_coordinator(&a, &url, dir.path(), &[("STYLEFARM_TEST_LISTENER_DATABASE", &listener_url)], &mut procs);
 
     // No worker: the job waits until it is cancelled through A.
     let id = a.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8"]);
@@ -239,4 +224,59 @@ fn a_watch_outlives_a_change_feed_that_died_silently() {
     };
     assert!(ended.is_some(), "the watch on B never heard that the collection ended");
     eprintln!("B's watch ended {:.1} s after the cancel", start.elapsed().as_secs_f64());
+}
+
+/// Starts a second coordinator on `database_url` beside `a`, sharing its
+/// storage, with `env` set; its URL. It is killed with `procs`.
+fn second_coordinator(a: &Farm, database_url: &str, dir: &std::path::Path, env: &[(&str, &str)], procs: &mut Procs) -> String {
+    let port = free_port();
+    let mut b = Command::new(bin("farm-coordinator"));
+    b.args(["--listen", &format!("127.0.0.1:{port}"), "--lease-seconds", stylefarm_tests::LEASE, "--heartbeat-seconds", "1", "--database", database_url, "--storage"])
+        .arg(a.dir.path().join("data/storage"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut b = b.spawn().unwrap();
+    let mut line = String::new();
+    BufRead::read_line(&mut BufReader::new(b.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    procs.0.push(b);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Two coordinators on one PostgreSQL, B's clock 8 s ahead of A's (the
+/// lease is 3 s). A worker leases and heartbeats through A while B sweeps:
+/// B tells time by the database's clock, so it expires nothing that is
+/// alive. (Before, B took A's leases for lapsed at once and requeued the
+/// job under its worker, whose heartbeats were then refused.)
+#[test]
+fn a_coordinator_whose_clock_is_off_expires_no_live_lease() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Postgres);
+    let pg = stylefarm_coordinator::db::testing::Postgres::from_env().unwrap();
+    let database = pg.fresh_database();
+    let stylefarm_coordinator::db::Target::Postgres(url) = database.target.clone() else { unreachable!() };
+    let a = Farm::start_on(Some(database), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = Procs(Vec::new());
+    let b_url = second_coordinator(&a, &url, dir.path(), &[("STYLEFARM_TEST_CLOCK_SKEW_SECONDS", "8")], &mut procs);
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let mut farm = pb::farm_client::FarmClient::new(channel(&a.url).await);
+        let mut b_farm = pb::farm_client::FarmClient::new(channel(&b_url).await);
+        let mut w = pb::workers_client::WorkersClient::new(channel(&a.url).await);
+        farm.submit(small_submit(1, 100)).await.unwrap();
+        let me = w.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
+        let lease = w.lease(pb::LeaseRequest { worker_id: me.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
+        let job = lease.job.expect("the queued job is leased").job_id;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(8) {
+            let beat = pb::HeartbeatRequest { worker_id: me.clone(), job_id: job.clone(), fencing_token: lease.fencing_token, ..Default::default() };
+            let answer = w.heartbeat(beat).await;
+            assert!(answer.is_ok(), "a heartbeat {:.1} s into the lease was refused: {answer:?}", start.elapsed().as_secs_f64());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let seen = b_farm.get_job(pb::JobRef { job_id: job.clone() }).await.unwrap().into_inner().job.unwrap();
+        assert_eq!((seen.state, seen.attempts, seen.requeues), (pb::JobState::Running as i32, 1, 0), "{seen:?}");
+    });
 }

@@ -433,11 +433,17 @@ impl Db {
     /// A sweep that runs more than [`STALL_SECONDS`] after the last one
     /// found the coordinator itself behind (a blocked runtime, a backed-up
     /// state thread): nothing could be heard in that time, so running
-    /// leases get it back before anything is expired.
+    /// leases get it back before anything is expired — only the time no
+    /// other coordinator swept either (one that did served the workers).
     pub fn expire_leases(&mut self, rules: &Rules) -> sql::Result<Vec<String>> {
         let t = now();
         let last = self.last_sweep.swap(t.to_bits(), std::sync::atomic::Ordering::Relaxed);
-        let stalled = if last == 0 { 0.0 } else { t - f64::from_bits(last) };
+        let mine = (last != 0).then(|| f64::from_bits(last));
+        // The farm was served until the later of this coordinator's last
+        // sweep and any other's (never stalled before its first sweep).
+        let served_until = mine.map(|m| self.others_last_heard().map(|o| o.map_or(m, |o| m.max(o)))).transpose()?;
+        self.heard(t)?;
+        let stalled = served_until.map_or(0.0, |s| t - s);
         if stalled > STALL_SECONDS {
             let extended = self.conn.execute("UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE state = ?2", args![stalled, RUNNING])?;
             tracing::warn!(seconds = stalled, leases = extended, "the coordinator was behind; running leases get that time back");

@@ -181,6 +181,11 @@ ALTER TABLE collections ADD COLUMN deleted BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX collections_being_deleted ON collections(deleting) WHERE deleting > 0 AND deleted = 0;
 CREATE INDEX jobs_by_content_key ON jobs(content_key);
 "#,
+    // The coordinators sharing the database, as each last swept leases:
+    // a restarted or stalled one grants no grace while others served.
+    r#"
+CREATE TABLE coordinators (id TEXT COLLATE "C" PRIMARY KEY, seen DOUBLE PRECISION NOT NULL);
+"#,
 ];
 
 /// An arbitrary key for the advisory lock migrations take.

@@ -452,3 +452,49 @@ fn a_deleted_collection_is_hidden_then_forgotten_and_its_own_inputs_named() {
         assert!(db.ended_before(now() - 3600.0, 10).unwrap().is_empty(), "not before it was created");
     });
 }
+
+/// Two coordinators on one PostgreSQL. One that restarts while the other
+/// sweeps gives running leases nothing back, and one that stalls while the
+/// other sweeps gives back nothing either: the other served the workers
+/// (before, each restart or stall stretched every lease in the farm). When
+/// no coordinator swept for a while, the leases get that time back.
+#[test]
+fn a_restart_or_a_stall_gives_back_only_the_time_no_coordinator_served() {
+    let Some(pg) = super::testing::Postgres::from_env() else {
+        eprintln!("skipped: STYLEFARM_TEST_POSTGRES is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let database = pg.fresh_database();
+    let deadline = |db: &Db| -> f64 { db.conn.query_row("SELECT lease_deadline FROM jobs WHERE id = ?1", args!["a"], |r| r.get(0)).unwrap() };
+    let pause = |s: f64| std::thread::sleep(std::time::Duration::from_secs_f64(s));
+    let mut a = Db::connect(&database.target).unwrap();
+    create(&mut a, "c", 0, &[job("a")]);
+    worker(&mut a, "w", 0);
+    a.lease("w", &RULES).unwrap().unwrap();
+    let mut b = Db::connect(&database.target).unwrap();
+    b.grant_grace(&RULES).unwrap();
+    b.expire_leases(&RULES).unwrap();
+    let leased = deadline(&a);
+
+    // A restarts while B serves: no grace.
+    let mut a = Db::connect(&database.target).unwrap();
+    assert_eq!(a.grant_grace(&RULES).unwrap(), 0, "B served the workers");
+    assert_eq!(deadline(&a), leased);
+
+    // A stalls past STALL_SECONDS while B sweeps (every half second, as
+    // a live coordinator does): nothing back.
+    for _ in 0..5 {
+        pause(0.5);
+        b.expire_leases(&RULES).unwrap();
+    }
+    a.expire_leases(&RULES).unwrap();
+    assert!((deadline(&a) - leased).abs() < 0.01, "B swept during A's stall: {} then {}", leased, deadline(&a));
+
+    // Nobody sweeps for a while (both down), then A starts again: the
+    // leases get the farm's downtime back.
+    pause(STALL_SECONDS + 0.3);
+    let mut a = Db::connect(&database.target).unwrap();
+    assert_eq!(a.grant_grace(&RULES).unwrap(), 1);
+    let given = deadline(&a) - leased;
+    assert!(given > STALL_SECONDS && given < STALL_SECONDS + 5.0, "the downtime back: {given:.2} s");
+}
