@@ -33,7 +33,7 @@ pub use collections::{NewCollection, NewJob, NewParams};
 pub use deletion::Marked;
 pub use fleet::worker_state;
 pub use leases::{Answer, Call, Leased};
-pub use notify::{Ended, Failure};
+pub use notify::{Claim, Ended, Failure, Tried};
 
 
 /// A job's parameters and style keys: its own columns for jobs created
@@ -55,6 +55,10 @@ const NOTIFY_PAYLOAD: usize = 7000;
 /// coordinator itself behind (its runtime or its state's thread stalled):
 /// running leases get that time back.
 const STALL_SECONDS: f64 = 2.0;
+
+/// `jobs.prio` of a paused collection's jobs: past every priority a
+/// collection may have (an `i32`), where the lease stops looking.
+const PAUSED_PRIO: i64 = 1 << 40;
 
 /// The farm at a glance (the dashboard's farm page).
 #[derive(Debug, Clone, Default)]

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Final states are final for workers: only a person's Retry re-opens a
-//! failed or cancelled job (a succeeded one never moves).
+//! failed or cancelled job, and a person's Rerender (a retry with changed
+//! parameters) any ended one, a succeeded one included.
 
 use stylefarm_proto as pb;
 
@@ -96,10 +97,13 @@ pub enum Event {
     Cancel,
     /// A person asks for a failed or cancelled job to run again.
     Retry,
+    /// A person asks for an ended job, a succeeded one included, to be
+    /// rendered again with changed parameters.
+    Rerender,
 }
 
 impl Event {
-    pub const ALL: [Event; 10] = [
+    pub const ALL: [Event; 11] = [
         Event::Lease,
         Event::Heartbeat,
         Event::Complete,
@@ -110,6 +114,7 @@ impl Event {
         Event::Lapse,
         Event::Cancel,
         Event::Retry,
+        Event::Rerender,
     ];
 }
 
@@ -153,6 +158,10 @@ pub enum Refusal {
     Final(State),
     #[error("the job is {0:?}, not failed or cancelled")]
     NotFailed(State),
+    #[error("the job is {0:?}: it has not ended")]
+    NotEnded(State),
+    #[error("the job succeeded; to render it again, change a parameter (farmctl retry JOB --set KEY=VALUE)")]
+    SucceededAsIs,
 }
 
 /// The one rule book: what `event` does to a job in `state`.
@@ -175,6 +184,9 @@ pub fn next(state: State, event: Event, budget: Budget) -> Result<Step, Refusal>
             Ok(Step { to, spend_failure: false, spend_requeue: true, backoff: false })
         }
         (S::Failed | S::Cancelled, E::Retry) => Ok(Step::to(S::Queued)),
+        (S::Succeeded | S::Failed | S::Cancelled, E::Rerender) => Ok(Step::to(S::Queued)),
+        (S::Queued | S::Running, E::Rerender) => Err(Refusal::NotEnded(state)),
+        (S::Succeeded, E::Retry) => Err(Refusal::SucceededAsIs),
         // The attempt of a cancelled job may still report in: it ends, and
         // the job stays cancelled (a heartbeat is told to stop). Its
         // completion is refused: the job is not wanted.
@@ -202,13 +214,13 @@ mod tests {
         let fail = |to, backoff| Ok(Step { to, spend_failure: true, spend_requeue: false, backoff });
         let requeue = Ok(Step { to: S::Queued, spend_failure: false, spend_requeue: true, backoff: false });
         #[rustfmt::skip]
-        let table: [(S, [Result<Step, Refusal>; 10]); 5] = [
-            //            Lease                          Heartbeat                     Complete                      Fail(Bad)                     Fail(Job)                     Fail(NotJob)                  Release                       Lapse                         Cancel                  Retry
-            (S::Queued,    [ok(S::Running),               Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), ok(S::Cancelled), Err(Refusal::NotFailed(S::Queued))]),
-            (S::Running,   [Err(Refusal::NotQueued(S::Running)), ok(S::Running),           ok(S::Succeeded),             fail(S::Failed, false),       fail(S::Queued, true),        requeue,                      ok(S::Queued),                requeue,                      ok(S::Cancelled), Err(Refusal::NotFailed(S::Running))]),
-            (S::Succeeded, [Err(Refusal::NotQueued(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded))]),
-            (S::Failed,    [Err(Refusal::NotQueued(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::Final(S::Failed)), ok(S::Queued)]),
-            (S::Cancelled, [Err(Refusal::NotQueued(S::Cancelled)), ok(S::Cancelled),       Err(Refusal::Final(S::Cancelled)), ok(S::Cancelled),         ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             Err(Refusal::Final(S::Cancelled)), ok(S::Queued)]),
+        let table: [(S, [Result<Step, Refusal>; 11]); 5] = [
+            //            Lease                          Heartbeat                     Complete                      Fail(Bad)                     Fail(Job)                     Fail(NotJob)                  Release                       Lapse                         Cancel                  Retry                  Rerender
+            (S::Queued,    [ok(S::Running),               Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), Err(Refusal::NotRunning(S::Queued)), ok(S::Cancelled), Err(Refusal::NotFailed(S::Queued)), Err(Refusal::NotEnded(S::Queued))]),
+            (S::Running,   [Err(Refusal::NotQueued(S::Running)), ok(S::Running),           ok(S::Succeeded),             fail(S::Failed, false),       fail(S::Queued, true),        requeue,                      ok(S::Queued),                requeue,                      ok(S::Cancelled), Err(Refusal::NotFailed(S::Running)), Err(Refusal::NotEnded(S::Running))]),
+            (S::Succeeded, [Err(Refusal::NotQueued(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::Final(S::Succeeded)), Err(Refusal::SucceededAsIs), ok(S::Queued)]),
+            (S::Failed,    [Err(Refusal::NotQueued(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::NotRunning(S::Failed)), Err(Refusal::Final(S::Failed)), ok(S::Queued), ok(S::Queued)]),
+            (S::Cancelled, [Err(Refusal::NotQueued(S::Cancelled)), ok(S::Cancelled),       Err(Refusal::Final(S::Cancelled)), ok(S::Cancelled),         ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             ok(S::Cancelled),             Err(Refusal::Final(S::Cancelled)), ok(S::Queued), ok(S::Queued)]),
         ];
         for (state, row) in table {
             for (event, want) in E::ALL.into_iter().zip(row) {
@@ -219,13 +231,10 @@ mod tests {
 
     #[test]
     fn final_states_never_move_but_by_a_persons_retry() {
-        assert_eq!(
-            next(S::Succeeded, E::Retry, FRESH),
-            Err(Refusal::Final(S::Succeeded)),
-            "a success is never redone"
-        );
+        assert_eq!(next(S::Succeeded, E::Retry, FRESH), Err(Refusal::SucceededAsIs), "a success is not redone as it was");
+        assert_eq!(next(S::Succeeded, E::Rerender, FRESH), Ok(Step::to(S::Queued)), "only with changes");
         for state in S::ALL.into_iter().filter(|s| s.is_final()) {
-            for event in E::ALL.into_iter().filter(|&e| e != E::Retry) {
+            for event in E::ALL.into_iter().filter(|&e| e != E::Retry && e != E::Rerender) {
                 if let Ok(step) = next(state, event, FRESH) {
                     assert_eq!(step.to, state, "{state:?} × {event:?} left a final state");
                 }

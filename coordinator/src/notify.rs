@@ -8,19 +8,18 @@
 //! restarts mid-delivery delivers again (a receiver dedupes on
 //! `X-Stylefarm-Delivery`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use stylefarm_shared::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::context::State;
-use crate::db::Ended;
+use crate::db::{Ended, Tried};
 use crate::limits::MAX_NOTIFY_URL_BYTES;
 
 /// How often the coordinator looks for collections that ended.
@@ -30,10 +29,19 @@ const POLL: Duration = Duration::from_secs(1);
 const TRIES: u32 = 9;
 /// One POST, connection included.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries in flight at once; more wait for the next poll.
+/// How long a claimed try is this coordinator's alone: past it (the
+/// coordinator died mid-try), another one tries, under the same delivery.
+const CLAIM: Duration = Duration::from_secs(30);
+/// Deliveries in flight at once on one coordinator; more wait for the
+/// next poll.
 const IN_FLIGHT: usize = 16;
+/// Of those, at most this many for one user, and for one receiver.
+const IN_FLIGHT_EACH: usize = 4;
+/// Due notifications read per poll.
+const DUE_PER_POLL: u32 = 256;
 
-/// The header carrying `sha256=<hex HMAC of the body>`.
+/// The header carrying `t=<unix seconds>,sha256=<hex HMAC of
+/// TIMESTAMP.URL.BODY>` ([`signed_bytes`]).
 pub const SIGNATURE_HEADER: &str = "x-stylefarm-signature";
 /// The header carrying the notification's id, the same on its retries.
 pub const DELIVERY_HEADER: &str = "x-stylefarm-delivery";
@@ -132,7 +140,58 @@ fn summary(ended: &Ended, delivery: &str, public_url: Option<&str>) -> Value {
     })
 }
 
-/// Sends every due notification until `stop`.
+/// Deliveries one coordinator runs at once, and at most per user and per
+/// receiver (scheme, host and port): one user's slow receiver never takes
+/// every slot.
+#[derive(Default)]
+struct Slots {
+    taken: HashMap<String, usize>,
+    all: usize,
+}
+
+impl Slots {
+    /// Takes a slot under each of `keys`, unless one of them (or all) is
+    /// full.
+    fn take(&mut self, keys: &[String]) -> bool {
+        if self.all >= IN_FLIGHT || keys.iter().any(|k| self.taken.get(k).copied().unwrap_or(0) >= IN_FLIGHT_EACH) {
+            return false;
+        }
+        self.all += 1;
+        for k in keys {
+            *self.taken.entry(k.clone()).or_default() += 1;
+        }
+        true
+    }
+
+    fn give_back(&mut self, keys: &[String]) {
+        self.all = self.all.saturating_sub(1);
+        for k in keys {
+            if let Some(n) = self.taken.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.taken.remove(k);
+                }
+            }
+        }
+    }
+}
+
+/// Which slots a notification takes: its user's (when tokens name users)
+/// and its receiver's.
+fn slot_keys(owner: &str, url: &str) -> Vec<String> {
+    let receiver = reqwest::Url::parse(url).map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))).unwrap_or_default();
+    let mut keys = vec![format!("receiver {receiver}")];
+    if !owner.is_empty() {
+        keys.push(format!("user {owner}"));
+    }
+    keys
+}
+
+/// Sends every due notification until `stop`: each poll, the due ones are
+/// claimed in the database one try at a time (so among several
+/// coordinators, and across restarts, one sends each try, under one
+/// delivery id), and a delivery that must wait for its next try holds no
+/// slot while it waits.
 pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
     let Some(secret) = state.config.notify_secret.clone() else {
         return;
@@ -148,57 +207,61 @@ pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
             return;
         }
     };
-    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let slots: Arc<Mutex<Slots>> = Arc::default();
+    let flying: Arc<Mutex<HashSet<String>>> = Arc::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
         }
-        let due = match state.state.read(|db| db.collections_to_notify()).await {
-            Ok(Ok(ids)) => ids,
+        let now = crate::db::now();
+        let due = match state.state.read(move |db| db.collections_to_notify(now, DUE_PER_POLL)).await {
+            Ok(Ok(due)) => due,
             Ok(Err(e)) => {
                 tracing::warn!("notifications: reading the database: {e}");
                 continue;
             }
             Err(_) => continue,
         };
-        for id in due {
+        for (id, owner, url) in due {
+            let keys = slot_keys(&owner, &url);
             {
-                let mut flying = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                if flying.len() >= IN_FLIGHT || !flying.insert(id.clone()) {
+                let mut flying = flying.lock().unwrap_or_else(|p| p.into_inner());
+                if flying.contains(&id) || !slots.lock().unwrap_or_else(|p| p.into_inner()).take(&keys) {
                     continue;
                 }
+                flying.insert(id.clone());
             }
-            let (state, client, secret, in_flight, stop) = (
-                state.clone(),
-                client.clone(),
-                secret.clone(),
-                in_flight.clone(),
-                stop.clone(),
-            );
+            let (state, client, secret, slots, flying, stop) = (state.clone(), client.clone(), secret.clone(), slots.clone(), flying.clone(), stop.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = deliver(&state, &client, secret.as_bytes(), &id) => {}
+                    _ = try_once(&state, &client, secret.as_bytes(), &id) => {}
                 }
-                in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                slots.lock().unwrap_or_else(|p| p.into_inner()).give_back(&keys);
+                flying.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             });
         }
     }
 }
 
-/// One collection's notification: POSTed until a 2xx, a refusal (a 4xx
-/// other than 408 and 429) or [`TRIES`]; then marked sent.
-async fn deliver(state: &State, client: &reqwest::Client, secret: &[u8], id: &str) {
+/// One try of collection `id`'s notification, if this coordinator claims
+/// it: POSTed once; a 2xx, a refusal (a 4xx other than 408 and 429) or
+/// the last of [`TRIES`] ends it, anything else schedules the next try
+/// after 1, 2, 4 … 60 s.
+async fn try_once(state: &State, client: &reqwest::Client, secret: &[u8], id: &str) {
+    let (owned, fresh, now) = (id.to_string(), uuid::Uuid::new_v4().to_string(), crate::db::now());
+    let claimed = state.state.write(move |db| db.claim_notification(&owned, now, now + CLAIM.as_secs_f64(), &fresh)).await;
+    let claim = match claimed {
+        Ok(Ok(Some(claim))) => claim,
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(collection = id, "notification: claiming it: {e}");
+            return;
+        }
+    };
     let owned = id.to_string();
-    let ended = match state
-        .state
-        .read(move |db| db.ended_collection(&owned))
-        .await
-    {
+    let ended = match state.state.read(move |db| db.ended_collection(&owned)).await {
         Ok(Ok(Some(e))) => e,
         Ok(Ok(None)) | Err(_) => return,
         Ok(Err(e)) => {
@@ -206,57 +269,55 @@ async fn deliver(state: &State, client: &reqwest::Client, secret: &[u8], id: &st
             return;
         }
     };
-    let delivery = uuid::Uuid::new_v4().to_string();
+    let delivery = claim.delivery.clone();
     let body = summary(&ended, &delivery, state.config.public_url.as_deref()).to_string();
-    let signed = signature(secret, body.as_bytes());
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let mut outcome = String::from("not delivered");
-    for attempt in 1..=TRIES {
-        let sent = client
-            .post(&ended.notify_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, &signed)
-            .header(DELIVERY_HEADER, &delivery)
-            .body(body.clone())
-            .send()
-            .await;
-        let retry = match sent {
-            Ok(r) if r.status().is_success() => {
-                outcome = format!("delivered ({})", r.status());
-                break;
-            }
-            Ok(r) => {
-                let s = r.status();
-                outcome = format!("refused with {s}");
-                s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429
-            }
-            Err(e) => {
-                outcome = format!("not reached: {e}");
-                true
-            }
-        };
-        if !retry || attempt == TRIES {
-            break;
+    let timestamp = crate::db::now().floor() as u64;
+    let signed = signature(secret, &signed_bytes(timestamp, &ended.notify_url, body.as_bytes()));
+    let sent = client
+        .post(&ended.notify_url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, format!("t={timestamp},{signed}"))
+        .header(DELIVERY_HEADER, &delivery)
+        .body(body)
+        .send()
+        .await;
+    let (outcome, retry) = match sent {
+        Ok(r) if r.status().is_success() => (format!("delivered ({})", r.status()), false),
+        Ok(r) => {
+            let s = r.status();
+            (format!("refused with {s}"), s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429)
         }
-        let delay = backoff.next_delay();
-        tracing::info!(
-            collection = id,
-            attempt,
-            "notification {outcome}; again in {delay:?}"
-        );
-        tokio::time::sleep(delay).await;
-    }
-    let delivered = outcome.starts_with("delivered");
-    metrics::counter!("stylefarm_notifications_total", "outcome" => if delivered { "delivered" } else { "failed" }).increment(1);
-    if delivered {
-        tracing::info!(collection = id, %delivery, "notification {outcome}");
+        Err(e) => (format!("not reached: {e}"), true),
+    };
+    let tries = claim.tries + 1;
+    let tried = if retry && tries < TRIES {
+        let delay = Duration::from_secs(1u64 << (tries - 1).min(6)).min(Duration::from_secs(60));
+        tracing::info!(collection = id, %delivery, tries, "notification {outcome}; again in {delay:?}");
+        Tried::Again(crate::db::now() + delay.as_secs_f64())
     } else {
-        tracing::warn!(collection = id, %delivery, "notification given up: {outcome}");
-    }
+        let delivered = outcome.starts_with("delivered");
+        metrics::counter!("stylefarm_notifications_total", "outcome" => if delivered { "delivered" } else { "failed" }).increment(1);
+        if delivered {
+            tracing::info!(collection = id, %delivery, "notification {outcome}");
+        } else {
+            tracing::warn!(collection = id, %delivery, tries, "notification given up: {outcome}");
+        }
+        Tried::Done
+    };
     let owned = id.to_string();
-    if let Ok(Err(e)) = state.state.write(move |db| db.mark_notified(&owned)).await {
-        tracing::warn!(collection = id, "notification: marking it sent: {e}");
+    if let Ok(Err(e)) = state.state.write(move |db| db.notification_tried(&owned, &delivery, tried)).await {
+        tracing::warn!(collection = id, "notification: recording the try: {e}");
     }
+}
+
+/// What the signature covers: the time it was made, the URL it was sent
+/// to and the body, as `TIMESTAMP.URL.BODY` — so a receiver that checks
+/// its own URL and the time refuses one replayed to another receiver or
+/// later.
+pub fn signed_bytes(timestamp: u64, url: &str, body: &[u8]) -> Vec<u8> {
+    let mut bytes = format!("{timestamp}.{url}.").into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 #[cfg(test)]

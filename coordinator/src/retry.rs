@@ -112,7 +112,7 @@ mod tests {
             (r#"{"preset": "fast"}"#, "preset"),
             (r#"{"tile": 512}"#, "tile"),
             ("[1, 2]", "not a JSON object"),
-            ("{", "changes_json"),
+            ("{", "the retry's changes"),
         ] {
             let e = changed_params(&current(), changes, 1, (32, 32)).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{changes}");

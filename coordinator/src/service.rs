@@ -86,6 +86,9 @@ impl FarmService {
             }
             changed
         };
+        // A retry with changes may render an ended job again, a succeeded
+        // one included.
+        let event = if event == crate::machine::Event::Retry && changed.is_some() { crate::machine::Event::Rerender } else { event };
         let owned = id.clone();
         self.0
             .state
@@ -244,6 +247,20 @@ impl Farm for FarmService {
             tracing::info!(job = %id, changes = %r.changes_json, "retried with changes");
         }
         Ok(job)
+    }
+
+    async fn update_collection(&self, request: Request<pb::UpdateCollectionRequest>) -> Result<Response<pb::Collection>, Status> {
+        let caller = Caller::of(&request);
+        let r = request.into_inner();
+        let id = r.collection_id.clone();
+        self.check_visible(&caller, &id).await?;
+        let (owned, paused, priority) = (id.clone(), r.paused, r.priority);
+        let found = self.0.state.write(move |db| db.update_collection(&owned, paused, priority)).await?.map_err(db_err)?;
+        if !found {
+            return Err(Status::not_found(format!("no collection {id}")));
+        }
+        tracing::info!(collection = %id, ?paused, ?priority, "collection updated");
+        Ok(Response::new(self.visible(&caller, &id).await?))
     }
 
     async fn retry_failed(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {

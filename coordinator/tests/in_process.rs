@@ -323,3 +323,67 @@ async fn a_watch_started_after_a_change_sees_the_change() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A collection is paused (its queued jobs wait, another's are leased),
+/// resumed and moved up the queue by its priority after submit; a
+/// succeeded job renders again with changes (not as it was), as a plain
+/// client of farm.proto sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_is_paused_resumed_and_reprioritised_and_a_success_rendered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, server) = start(dir.path()).await;
+    let mut farm = pb::farm_client::FarmClient::connect(url.clone()).await.unwrap();
+    let mut workers = pb::workers_client::WorkersClient::connect(url).await.unwrap();
+    let me = workers.register(pb::RegisterRequest { name: "w".into(), device: "cpu".into(), ..Default::default() }).await.unwrap().into_inner().worker_id;
+    let (first, second) = (submit(&mut farm, 2).await, submit(&mut farm, 1).await);
+    let update = |id: &str, paused: Option<bool>, priority: Option<i32>| pb::UpdateCollectionRequest { collection_id: id.into(), paused, priority };
+    let collection_of = |lease: &pb::LeaseResponse| lease.job.as_ref().map(|j| j.collection_id.clone());
+    let lease_one = |workers: &mut pb::workers_client::WorkersClient<tonic::transport::Channel>| {
+        let r = pb::LeaseRequest { worker_id: me.clone(), free_memory_bytes: 0 };
+        let mut w = workers.clone();
+        async move { w.lease(r).await.unwrap().into_inner() }
+    };
+    let finish = |lease: &pb::LeaseResponse| {
+        let job = lease.job.clone().unwrap();
+        // The output a worker would have written, where the farm's storage is.
+        let folder = dir.path().join(format!("data/storage/collections/{}/jobs/{}/attempt-{}", job.collection_id, job.job_id, lease.attempt));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("output.png"), b"png").unwrap();
+        pb::CompleteRequest { worker_id: me.clone(), job_id: job.job_id, fencing_token: lease.fencing_token, output_name: "output.png".into(), progress: None }
+    };
+
+    let paused = farm.update_collection(update(&first, Some(true), None)).await.unwrap().into_inner();
+    assert!(paused.paused && paused.state == pb::CollectionState::Paused as i32, "{paused:?}");
+    let lease = lease_one(&mut workers).await;
+    assert_eq!(collection_of(&lease), Some(second.clone()), "the older collection is paused: the newer one's job goes first");
+    workers.complete(finish(&lease)).await.unwrap();
+    assert!(lease_one(&mut workers).await.job.is_none(), "only the paused collection's jobs are left, and they wait");
+
+    let third = submit(&mut farm, 1).await;
+    let resumed = farm.update_collection(update(&first, Some(false), None)).await.unwrap().into_inner();
+    assert!(!resumed.paused && resumed.state == pb::CollectionState::Queued as i32, "{resumed:?}");
+    let raised = farm.update_collection(update(&third, None, Some(5))).await.unwrap().into_inner();
+    assert_eq!(raised.priority, 5);
+    let lease = lease_one(&mut workers).await;
+    assert_eq!(collection_of(&lease), Some(third.clone()), "raised after submit, the newest collection goes first");
+    workers.complete(finish(&lease)).await.unwrap();
+    let lease = lease_one(&mut workers).await;
+    assert_eq!(collection_of(&lease), Some(first.clone()), "resumed");
+    assert_eq!(farm.update_collection(update("no-such", Some(true), None)).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    // A success is rendered again only with changes.
+    let done = farm.get_collection(pb::CollectionRef { collection_id: third.clone() }).await.unwrap().into_inner().jobs[0].clone();
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    let again = |changes: &str| pb::RetryJobRequest { job_id: done.job_id.clone(), changes_json: changes.into() };
+    let e = farm.retry_job(again("")).await.unwrap_err();
+    assert!(e.code() == tonic::Code::FailedPrecondition && e.message().contains("change a parameter"), "{e:?}");
+    let queued = farm.retry_job(again(r#"{"iters": 2}"#)).await.unwrap().into_inner();
+    assert_eq!((queued.state, queued.output_key.as_str()), (pb::JobState::Queued as i32, ""), "{queued:?}");
+    workers.complete(finish(&lease)).await.unwrap();
+    let rerun = lease_one(&mut workers).await;
+    let spec = rerun.job.clone().unwrap();
+    assert_eq!((spec.job_id.as_str(), rerun.attempt), (done.job_id.as_str(), 2), "a new attempt beside the first");
+    assert!(spec.params_json.contains(r#""iters":2"#), "{}", spec.params_json);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -74,6 +74,26 @@ enum Command {
         #[arg(long, short)]
         output: std::path::PathBuf,
     },
+    /// Pause a collection: its queued jobs wait (running ones finish their
+    /// attempt) until `resume`.
+    Pause {
+        /// The collection: its id or a unique start of it.
+        id: String,
+    },
+    /// Resume a paused collection.
+    Resume {
+        /// The collection: its id or a unique start of it.
+        id: String,
+    },
+    /// Set a collection's priority: its queued jobs (and any requeued
+    /// later) run before those of collections with a lower one.
+    Priority {
+        /// The collection: its id or a unique start of it.
+        id: String,
+        /// The new priority (higher runs first; the default is 0).
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
     /// Cancel a collection's remaining jobs, or one job when ID is a job's.
     Cancel {
         /// The collection or the job: its id or a unique start of it.
@@ -93,8 +113,8 @@ enum Command {
         cancel: bool,
     },
     /// Put a failed or cancelled job back in the queue, its failure budget
-    /// renewed (or, with --failed COLLECTION, every failed job of a
-    /// collection).
+    /// renewed, or render any ended job again with --set changes (or, with
+    /// --failed COLLECTION, every failed job of a collection).
     Retry {
         /// The job: its id or a unique start of it.
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]
@@ -212,6 +232,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Fetch { id, output } => farm_runtime()?.block_on(farm::fetch(&url, &id, &output)),
         Command::Cancel { id, job } => farm_runtime()?.block_on(farm::cancel(&url, &id, job)),
+        Command::Pause { id } => farm_runtime()?.block_on(farm::update(&url, &id, Some(true), None)),
+        Command::Resume { id } => farm_runtime()?.block_on(farm::update(&url, &id, Some(false), None)),
+        Command::Priority { id, priority } => farm_runtime()?.block_on(farm::update(&url, &id, None, Some(priority))),
         Command::Delete { id, cancel } => farm_runtime()?.block_on(farm::delete(&url, &id, cancel)),
         Command::Workers { all, json, action } => {
             farm_runtime()?.block_on(farm::workers(&url, all, json, action))

@@ -94,15 +94,21 @@ impl CollectionState {
             CollectionState::Failed => "failed",
             CollectionState::Succeeded => "succeeded",
             CollectionState::Cancelled => "cancelled",
+            CollectionState::Paused => "paused",
             CollectionState::Unspecified => "unknown",
         }
     }
 }
 
 impl crate::Collection {
-    /// Sets its counts and the state they give.
+    /// Sets its counts and the state they give (paused: set `paused`
+    /// first).
     pub fn set_counts(&mut self, counts: JobCounts) {
-        self.state = counts.state() as i32;
+        let state = match counts.state() {
+            CollectionState::Queued if self.paused => CollectionState::Paused,
+            state => state,
+        };
+        self.state = state as i32;
         self.counts = Some(counts);
     }
 }
@@ -130,6 +136,11 @@ mod tests {
             assert_eq!(c.state(), want, "{c:?}");
         }
         assert_eq!(counts(1, 2, 3, 4, 5).total(), 15);
+        let mut paused = crate::Collection { paused: true, ..Default::default() };
+        paused.set_counts(counts(2, 0, 1, 0, 0));
+        assert_eq!(paused.state, C::Paused as i32, "paused and waiting");
+        paused.set_counts(counts(2, 1, 1, 0, 0));
+        assert_eq!(paused.state, C::Running as i32, "paused, its running jobs finish");
         assert_eq!(counts(1, 2, 3, 4, 5).ended(), 12);
     }
 

@@ -78,10 +78,23 @@ fn wait_deliveries(got: &Mutex<Vec<Delivery>>, n: usize, limit: Duration) -> Vec
     }
 }
 
-fn signed(body: &[u8]) -> String {
+/// Checks a delivery's signature as the README tells a receiver to:
+/// `t=TIMESTAMP,sha256=HEX`, HEX the HMAC-SHA256 of `TIMESTAMP.URL.BODY`
+/// with the URL it was sent to; the timestamp within a minute of now.
+fn check_signature(d: &Delivery, url: &str) {
+    let (t, hex) = d.signature.strip_prefix("t=").and_then(|rest| rest.split_once(",sha256=")).unwrap_or_else(|| panic!("not t=…,sha256=…: {}", d.signature));
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
+    mac.update(format!("{t}.{url}.").as_bytes());
+    mac.update(&d.body);
+    let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, want, "signed over the time, this URL and the body");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(t.parse::<u64>().unwrap()) < 60, "a fresh timestamp: {t}");
+    let mut other = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    other.update(format!("{t}.{url}-elsewhere.").as_bytes());
+    other.update(&d.body);
+    let elsewhere: String = other.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_ne!(hex, elsewhere, "replayed to another URL, it does not verify");
 }
 
 #[test]
@@ -110,7 +123,7 @@ fn a_collections_end_is_posted_signed_and_retried_until_taken() {
     let all = wait_deliveries(&got, 3, Duration::from_secs(30));
     for d in &all {
         assert_eq!(d.path, "/hooks/render-done");
-        assert_eq!(d.signature, signed(&d.body), "signed with HMAC-SHA256 of the body");
+        check_signature(d, &format!("{prefix}render-done"));
         assert_eq!(d.id, all[0].id, "one delivery id for all its tries");
     }
     let summary: Value = serde_json::from_slice(&all[2].body).unwrap();
@@ -135,4 +148,55 @@ fn a_collections_end_is_posted_signed_and_retried_until_taken() {
     let again: Value = serde_json::from_slice(&all[3].body).unwrap();
     assert_ne!(all[3].id, all[0].id);
     assert_eq!((again["state"].as_str(), again["counts"]["succeeded"].as_u64(), again["failures"].as_array().map(Vec::len)), (Some("succeeded"), Some(2), Some(0)), "{again}");
+}
+
+/// Accepts connections and never answers: a receiver as slow as can be.
+fn black_hole() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.extend(stream.ok());
+        }
+    });
+    port
+}
+
+/// One user's twenty collections aimed at a receiver that never answers
+/// take at most a few of the coordinator's delivery slots: another user's
+/// notification goes out at the next poll. (Before, they held all sixteen
+/// for minutes, retries and waits included.)
+#[test]
+fn one_users_slow_receiver_does_not_hold_up_anothers_notification() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries);
+    let (slow, (fast, got)) = (black_hole(), receiver(0));
+    let (slow_prefix, fast_prefix) = (format!("http://127.0.0.1:{slow}/"), format!("http://127.0.0.1:{fast}/"));
+    let farm = Farm::start_with(&[
+        "--notify-prefix", &slow_prefix, "--notify-prefix", &fast_prefix, "--notify-secret", SECRET,
+        "--user-token", "alice", "--user-token", "bob",
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = |token: &'static str| {
+            let url = farm.url.clone();
+            async move { stylefarm_proto::farm_client::FarmClient::with_interceptor(stylefarm_tests::channel(&url).await, stylefarm_tests::with_token(token)) }
+        };
+        let (mut alice, mut bob) = (client("alice").await, client("bob").await);
+        for i in 0..20 {
+            let r = stylefarm_proto::SubmitRequest { notify_url: format!("{slow_prefix}alice-{i}"), ..stylefarm_tests::small_submit(1, 1) };
+            let id = alice.submit(r).await.unwrap().into_inner().collection_id;
+            alice.cancel(stylefarm_proto::CollectionRef { collection_id: id }).await.unwrap();
+        }
+        // Alice's deliveries are under way, hanging.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = stylefarm_proto::SubmitRequest { notify_url: format!("{fast_prefix}bob"), ..stylefarm_tests::small_submit(1, 1) };
+        let id = bob.submit(r).await.unwrap().into_inner().collection_id;
+        bob.cancel(stylefarm_proto::CollectionRef { collection_id: id.clone() }).await.unwrap();
+        let start = Instant::now();
+        let all = wait_deliveries(&got, 1, Duration::from_secs(8));
+        eprintln!("bob's notification arrived {:.1} s after his collection ended", start.elapsed().as_secs_f64());
+        let summary: Value = serde_json::from_slice(&all[0].body).unwrap();
+        assert_eq!((summary["collection_id"].as_str(), summary["state"].as_str()), (Some(id.as_str()), Some("cancelled")), "{summary}");
+    });
 }

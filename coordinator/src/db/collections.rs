@@ -76,8 +76,19 @@ fn collection_from_row(r: &Row) -> sql::Result<pb::Collection> {
         styles: r.get("styles")?,
         variants: r.get("variants")?,
         created_unix: r.get("created")?,
+        paused: r.get::<_, i64>("paused")? != 0,
         ..Default::default()
     })
+}
+
+/// The queue order of a collection's jobs (`jobs.prio`, ascending): its
+/// priority, highest first, or past every leasable job when paused.
+pub(super) fn queue_prio(priority: i32, paused: bool) -> i64 {
+    if paused {
+        super::PAUSED_PRIO
+    } else {
+        -i64::from(priority)
+    }
 }
 
 /// Rows read with their sequence numbers, `limit` at most: the rows, and
@@ -146,7 +157,7 @@ impl Db {
                 args![
                     j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
                     "", "", j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
-                    j.iterations, j.min_memory as i64, -(c.priority as i64), collection_seq
+                    j.iterations, j.min_memory as i64, queue_prio(c.priority, false), collection_seq
                 ],
             )?;
         }
@@ -369,15 +380,35 @@ impl Db {
         Ok(failed.len())
     }
 
+    /// Pauses or resumes collection `id` and/or sets its priority; its jobs
+    /// take their new place in the queue at once (a paused one's past
+    /// every leasable job: the lease never reaches them). False: no such
+    /// collection.
+    pub fn update_collection(&mut self, id: &str, paused: Option<bool>, priority: Option<i32>) -> sql::Result<bool> {
+        let tx = self.conn.savepoint()?;
+        let row: Option<(i32, i64)> = tx
+            .query_row("SELECT priority, paused FROM collections WHERE id = ?1 AND deleting = 0", args![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((was_priority, was_paused)) = row else {
+            return Ok(false);
+        };
+        let (priority, paused) = (priority.unwrap_or(was_priority), paused.unwrap_or(was_paused != 0));
+        tx.execute("UPDATE collections SET priority = ?1, paused = ?2 WHERE id = ?3", args![priority, i64::from(paused), id])?;
+        tx.execute("UPDATE jobs SET prio = ?1 WHERE collection_id = ?2", args![queue_prio(priority, paused), id])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// A job's parameters (JSON, every key present): its own if it has
     /// them, else its variant's.
     pub fn job_params(&self, job: &str) -> sql::Result<Option<String>> {
         self.conn.query_row(&format!("SELECT {JOB_PARAMS} FROM jobs WHERE id = ?1"), args![job], |r| r.get(0)).optional()
     }
 
-    /// A person's Cancel (queued or running → cancelled) or Retry (failed →
-    /// queued, its budgets and error cleared) of one job; a retry with `changed`
-    /// parameters also starts it from the init (a checkpoint of the old
+    /// A person's Cancel (queued or running → cancelled), Retry (failed →
+    /// queued, its budgets and error cleared) or Rerender (any ended job,
+    /// with `changed` parameters) of one job; `changed` parameters also
+    /// start it from the init (a checkpoint of the old
     /// parameters is no start for the new ones). A retry re-arms the
     /// collection's notification. Returns the job's collection.
     pub fn act_on_job(
@@ -393,21 +424,23 @@ impl Db {
         let budget = Budget { failures: 0, max_failures: 1, requeues: 0, max_requeues: 0 };
         let step = machine::next(state_of(state)?, event, budget).map_err(|refusal| CallError::Refused { job: job.to_string(), refusal })?;
         match event {
-            Event::Retry => {
+            Event::Retry | Event::Rerender => {
                 tx.execute(
                     "UPDATE jobs SET state = ?1, failures = 0, requeues = 0, not_before = 0, error = '' WHERE id = ?2",
                     args![step.to.to_wire() as i32, job],
                 )?;
                 if let Some(p) = changed {
+                    // (A re-rendered success's earlier output stays in its
+                    // attempt's folder; the job's is the next one's.)
                     tx.execute(
                         "UPDATE jobs SET params_json = ?1, iterations = ?2, min_memory = ?3, resume_key = '', resume_iteration = 0,
-                                         iteration = 0, content = 0, style = 0, tv = 0, total = 0, eta = 0
+                                         iteration = 0, content = 0, style = 0, tv = 0, total = 0, eta = 0, output_key = ''
                          WHERE id = ?4",
                         args![p.params_json, p.iterations, i64::try_from(p.min_memory).unwrap_or(i64::MAX), job],
                     )?;
                 }
                 tx.execute(
-                    "UPDATE collections SET notified = 0 WHERE id = ?1 AND notify_url != ''",
+                    "UPDATE collections SET notified = 0, notify_delivery = '', notify_tries = 0, notify_next = 0 WHERE id = ?1 AND notify_url != ''",
                     args![&collection],
                 )?;
             }

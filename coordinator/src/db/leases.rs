@@ -6,7 +6,7 @@
 use stylefarm_proto as pb;
 
 use super::sql::{self, args, Conn, Optional, Row};
-use super::{backoff, now, state_of, CallError, Db, Rules, JOB_PARAMS, JOB_STYLE_KEYS, RUNNING, STALL_SECONDS, STYLE_KEY_SEPARATOR};
+use super::{backoff, now, state_of, CallError, Db, Rules, JOB_PARAMS, JOB_STYLE_KEYS, PAUSED_PRIO, RUNNING, STALL_SECONDS, STYLE_KEY_SEPARATOR};
 use crate::machine::{self, Budget, Cause, Event, State};
 
 /// The next job to lease: the queue's order (priority, then collection,
@@ -20,7 +20,7 @@ pub(super) fn lease_query() -> &'static str {
             "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
                     checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
              FROM jobs INDEXED BY jobs_queue
-             WHERE state = 1 AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
+             WHERE state = 1 AND prio < {PAUSED_PRIO} AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
              ORDER BY prio, cseq, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
     })
@@ -72,7 +72,7 @@ fn outcome_prefix(event: Event) -> &'static str {
         Event::Release => "released",
         Event::Lapse => "lease lapsed",
         Event::Heartbeat | Event::Cancel => "cancelled",
-        Event::Lease | Event::Retry => "",
+        Event::Lease | Event::Retry | Event::Rerender => "",
     }
 }
 

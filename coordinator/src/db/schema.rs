@@ -114,6 +114,16 @@ ALTER TABLE collections ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX collections_being_deleted ON collections(deleting) WHERE deleting > 0 AND deleted = 0;
 CREATE INDEX jobs_by_content_key ON jobs(content_key);
 "#,
+    // Notifications claimed in the database: one delivery id per ending,
+    // kept across coordinators and restarts; tries and the next one
+    // scheduled here, so no slot is held while a delivery waits. And
+    // paused collections.
+    r#"
+ALTER TABLE collections ADD COLUMN notify_delivery TEXT NOT NULL DEFAULT '';
+ALTER TABLE collections ADD COLUMN notify_tries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN notify_next REAL NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// PostgreSQL's migrations; the table `schema_version` says how many ran.
@@ -185,6 +195,14 @@ CREATE INDEX jobs_by_content_key ON jobs(content_key);
     // a restarted or stalled one grants no grace while others served.
     r#"
 CREATE TABLE coordinators (id TEXT COLLATE "C" PRIMARY KEY, seen DOUBLE PRECISION NOT NULL);
+"#,
+    // As SQLite's seventh: notifications claimed in the database, paused
+    // collections.
+    r#"
+ALTER TABLE collections ADD COLUMN notify_delivery TEXT NOT NULL DEFAULT '';
+ALTER TABLE collections ADD COLUMN notify_tries BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN notify_next DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN paused BIGINT NOT NULL DEFAULT 0;
 "#,
 ];
 

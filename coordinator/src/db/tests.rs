@@ -25,18 +25,22 @@ pub(super) fn job(id: &str) -> NewJob {
     }
 }
 
-fn create(db: &mut Db, id: &str, priority: i32, jobs: &[NewJob]) {
-    let c = NewCollection {
+/// A collection `id` of `jobs`, one per content, nobody's.
+fn collection(id: &str, jobs: &[NewJob]) -> NewCollection {
+    NewCollection {
         id: id.into(),
         owner: String::new(),
         idempotency_key: String::new(),
         name: id.into(),
-        priority,
+        priority: 0,
         shape: (jobs.len() as u32, 1, 1),
         jobs: jobs.to_vec(),
         notify_url: String::new(),
-    };
-    db.create_collection(&c).unwrap();
+    }
+}
+
+fn create(db: &mut Db, id: &str, priority: i32, jobs: &[NewJob]) {
+    db.create_collection(&NewCollection { priority, ..collection(id, jobs) }).unwrap();
 }
 
 fn worker(db: &mut Db, id: &str, memory: u64) {
@@ -497,4 +501,35 @@ fn a_restart_or_a_stall_gives_back_only_the_time_no_coordinator_served() {
     assert_eq!(a.grant_grace(&RULES).unwrap(), 1);
     let given = deadline(&a) - leased;
     assert!(given > STALL_SECONDS && given < STALL_SECONDS + 5.0, "the downtime back: {given:.2} s");
+}
+
+/// A notification's try is claimed by one coordinator at a time, under one
+/// delivery id that every later try keeps, whoever makes it; a stale
+/// claimer cannot end a delivery that is not its own.
+#[test]
+fn one_coordinator_claims_each_try_of_a_notification_under_one_delivery_id() {
+    each_backend(|target| {
+        let mut a = Db::connect(target).unwrap();
+        let c = NewCollection { notify_url: "http://hooks/x".into(), ..collection("c", &[job("j")]) };
+        a.create_collection(&c).unwrap();
+        let mut b = Db::connect(target).unwrap();
+        let t = now();
+        assert!(a.collections_to_notify(t, 10).unwrap().is_empty(), "not before it has ended");
+        a.conn.execute("UPDATE jobs SET state = ?1", args![pb::JobState::Cancelled as i32]).unwrap();
+        assert_eq!(a.collections_to_notify(t, 10).unwrap(), [("c".to_string(), String::new(), "http://hooks/x".to_string())]);
+
+        let first = a.claim_notification("c", t, t + 30.0, "d1").unwrap();
+        assert_eq!(first, Some(Claim { delivery: "d1".into(), tries: 0 }));
+        assert_eq!(b.claim_notification("c", t, t + 30.0, "d2").unwrap(), None, "claimed by a");
+        assert!(b.collections_to_notify(t, 10).unwrap().is_empty(), "not due while claimed");
+        assert!(a.notification_tried("c", "d1", Tried::Again(t - 1.0)).unwrap());
+        let second = b.claim_notification("c", t, t + 30.0, "d3").unwrap();
+        assert_eq!(second, Some(Claim { delivery: "d1".into(), tries: 1 }), "the next try keeps the delivery id, on any coordinator");
+        assert!(!a.notification_tried("c", "d2", Tried::Done).unwrap(), "not a's delivery to end");
+        // A claim that lapsed (its coordinator died mid-try) is taken again.
+        assert!(b.claim_notification("c", t + 31.0, t + 61.0, "d4").unwrap().is_some());
+        assert!(b.notification_tried("c", "d1", Tried::Done).unwrap());
+        assert!(a.collections_to_notify(t + 100.0, 10).unwrap().is_empty(), "done: not sent again");
+        assert_eq!(a.claim_notification("c", t + 100.0, t + 130.0, "d5").unwrap(), None);
+    });
 }

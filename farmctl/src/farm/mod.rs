@@ -1,5 +1,6 @@
 //! The farm commands: `up`, `submit`, `status`, `watch`, `fetch`, `cancel`
-//! (and `retry`), `logs`, `workers`, one file each. Apart from `up` (which runs a farm in this process) they
+//! (and `retry`), `pause`/`resume`/`priority`, `delete`, `logs`, `workers`,
+//! one file each. Apart from `up` (which runs a farm in this process) they
 //! speak only the gRPC contract in `farm.proto`.
 
 mod cancel;
@@ -10,6 +11,7 @@ mod logs;
 mod status;
 mod submit;
 mod up;
+mod update;
 mod watch;
 mod workers;
 
@@ -21,6 +23,7 @@ pub use status::status;
 pub use delete::delete;
 pub use submit::{expand, submit, SubmitArgs};
 pub use up::{up, UpArgs};
+pub use update::update;
 pub use watch::watch;
 pub use workers::{workers, WorkersCommand};
 
