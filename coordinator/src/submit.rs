@@ -104,7 +104,7 @@ fn check_shape(r: &pb::SubmitRequest) -> Result<(), Status> {
         return over(format!("{} variants; at most {MAX_VARIANTS} in one submit", r.variants_json.len()));
     }
     if let Some((i, v)) = r.variants_json.iter().enumerate().find(|(_, v)| v.len() > MAX_VARIANT_JSON_BYTES) {
-        return over(format!("variant {i} is {} bytes of JSON; at most {MAX_VARIANT_JSON_BYTES}", v.len()));
+        return over(format!("variant v{i} is {} bytes of JSON; at most {MAX_VARIANT_JSON_BYTES}", v.len()));
     }
     Ok(())
 }
@@ -265,7 +265,7 @@ impl FarmService {
             return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
         }
         // Parameters first: cheap, and the most common mistake.
-        let variants = variants_json.iter().enumerate().map(|(i, v)| check_variant(&format!("variant {i}"), v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
+        let variants = variants_json.iter().enumerate().map(|(i, v)| check_variant(&format!("variant v{i}"), v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
         if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
             return Err(Status::invalid_argument(format!(
                 "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
@@ -434,7 +434,7 @@ mod tests {
             (pb::SubmitRequest { contents: vec![image.clone(); MAX_INPUTS + 1], ..Default::default() }, "contents"),
             (pb::SubmitRequest { styles: vec![image.clone(); MAX_INPUTS + 1], ..Default::default() }, "styles"),
             (pb::SubmitRequest { variants_json: vec!["{}".into(); MAX_VARIANTS + 1], ..Default::default() }, "variants"),
-            (pb::SubmitRequest { variants_json: vec![" ".repeat(MAX_VARIANT_JSON_BYTES + 1)], ..Default::default() }, "variant 0"),
+            (pb::SubmitRequest { variants_json: vec![" ".repeat(MAX_VARIANT_JSON_BYTES + 1)], ..Default::default() }, "variant v0"),
             (pb::SubmitRequest { name: "n".repeat(MAX_COLLECTION_NAME_BYTES + 1), ..Default::default() }, "name"),
             (pb::SubmitRequest { idempotency_key: "k".repeat(201), ..Default::default() }, "idempotency_key"),
         ];

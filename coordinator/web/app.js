@@ -151,16 +151,6 @@ function copyable(id) {
   return h("span", { class: "id" }, h("code", {}, id), button);
 }
 
-// Each variant's label: the parameters whose values differ between the
-// variants ("alpha=0.01"); empty when there is one, as on the contact
-// sheet.
-function variantLabels(paramsList) {
-  const keys = [];
-  for (const p of paramsList) for (const k of Object.keys(p || {})) if (!keys.includes(k)) keys.push(k);
-  const text = (v) => (v === undefined ? "-" : typeof v === "string" ? v : JSON.stringify(v));
-  const differ = keys.filter((k) => paramsList.some((p) => text((p || {})[k]) !== text((paramsList[0] || {})[k])));
-  return paramsList.map((p) => differ.map((k) => `${k}=${text((p || {})[k])}`).join(", "));
-}
 
 // A bar of `done` of `total` (its width set through the CSSOM: the page's
 // content security policy refuses style attributes).
@@ -481,16 +471,9 @@ async function collectionView(id, pageNo) {
     h("a", { id: "next-page", href: `#/c/${id}/p/${Math.min(pages - 1, page + 1)}`, class: page === pages - 1 ? "disabled" : "" }, "next ›")) : null;
   setButtons(head.counts);
   const cells = new Map();
-  // Each variant by what sets it apart (the first style's columns hold
-  // every variant, in order).
-  const params = (text) => {
-    try {
-      return JSON.parse(text);
-    } catch (_) {
-      return null;
-    }
-  };
-  const labels = variantLabels(head.columns.filter((c) => c.style_index === 0).map((c) => params(c.params_json)));
+  // Each variant's label, as the coordinator gives it (Column.label).
+  const labels = [];
+  for (const c of head.columns) labels[c.variant_index] = c.label;
   const table = h("table", { id: "grid", "aria-label": `${head.name}: photos by painting` },
     h("thead", {}, h("tr", {}, h("th", {}, ""), head.columns.map((c) =>
       h("th", { class: "col", scope: "col" }, c.style_name, labels[c.variant_index] ? h("div", { class: "muted variant" }, labels[c.variant_index]) : null)))));
@@ -522,7 +505,7 @@ async function collectionView(id, pageNo) {
     listBody.replaceChildren(...rows.sort(by).map(({ job, label }) => h("tr", { "data-job": job.job_id, "data-state": stateOf(job) },
       h("td", { "data-label": "photo" }, h("a", { href: `#/j/${job.job_id}` }, job.content_name)),
       h("td", { "data-label": "painting" }, job.style_name),
-      h("td", { "data-label": "variant" }, label || String(job.variant_index + 1)),
+      h("td", { "data-label": "variant" }, label || `v${job.variant_index}`),
       h("td", { "data-label": "state" }, h("span", { class: `badge ${stateOf(job)}` }, stateOf(job))),
       h("td", { "data-label": "progress" }, job.progress ? `${job.progress.iteration}/${job.progress.iterations}` : ""),
       h("td", { class: "num", "data-label": "attempts" }, job.attempts),
@@ -902,7 +885,7 @@ async function jobView(id) {
     const title = `${j.content_name} × ${j.style_name}`;
     box.replaceChildren(
       h("p", {}, h("a", { href: `#/c/${j.collection_id}` }, "‹ collection")),
-      h("h1", {}, title, h("span", { class: "muted" }, ` · variant ${j.variant_index + 1}`)),
+      h("h1", {}, title, d.variant_label ? h("span", { class: "muted" }, ` · ${d.variant_label}`) : null),
       h("p", { class: "muted small" }, variant, variant ? " · " : "", "id ", copyable(j.job_id)),
       h("div", { class: "toolbar" },
         h("span", { id: "job-state", class: `badge ${state}` }, state),

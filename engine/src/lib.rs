@@ -42,7 +42,7 @@
 //! - [`session`]: a whole render (coarse-to-fine, resume, hooks for the
 //!   caller's I/O), the one driver `farmctl render` and the worker share.
 
-pub use stylefarm_params::{arch, execution, geometry, losses, memory, params};
+pub use stylefarm_params::{arch, execution, geometry, losses, memory, params, variants};
 pub mod checkpoint;
 pub mod colors;
 pub mod error;

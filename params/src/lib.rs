@@ -13,7 +13,8 @@
 //! - [`losses`]: the losses of an image and the lines of the loss log;
 //! - [`params`]: the render parameters, their defaults and validation;
 //! - [`execution`]: how a render is run, and a farm job's parameters;
-//! - [`memory`]: a render's peak memory, and the plan that fits a budget.
+//! - [`memory`]: a render's peak memory, and the plan that fits a budget;
+//! - [`variants`]: the keys a variant may set, and each variant's label.
 
 pub mod arch;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod geometry;
 pub mod losses;
 pub mod memory;
 pub mod params;
+pub mod variants;
 
 pub use error::{ParamError, Result};
 pub use execution::{Execution, JobParams};

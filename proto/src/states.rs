@@ -101,6 +101,13 @@ impl CollectionState {
 }
 
 impl crate::Collection {
+    /// Variant `variant`'s label, as its columns carry it (`Column.label`:
+    /// the coordinator's one rule); "" when none is listed (ListCollections
+    /// carries no columns).
+    pub fn variant_label(&self, variant: u32) -> &str {
+        self.columns.iter().find(|c| c.variant_index == variant).map_or("", |c| c.label.as_str())
+    }
+
     /// Sets its counts and the state they give (paused: set `paused`
     /// first).
     pub fn set_counts(&mut self, counts: JobCounts) {

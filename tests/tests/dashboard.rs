@@ -145,7 +145,7 @@ async fn a_browser_watches_a_collection_render_cancels_a_job_and_submits_another
     c.find(Locator::Id("iters")).await.unwrap().send_keys("5").await.unwrap();
     c.find(Locator::Id("submit-button")).await.unwrap().click().await.unwrap();
     until(&c, "the refusal of optimizer=sgd", "return document.querySelector('#submit-error').textContent", |v| {
-        v.as_str().is_some_and(|s| s.contains("variant 1") && s.contains("sgd"))
+        v.as_str().is_some_and(|s| s.contains("variant v1") && s.contains("sgd"))
     })
     .await;
     let variants = c.find(Locator::Id("variants")).await.unwrap();
@@ -259,7 +259,7 @@ async fn the_api_checks_tokens_owners_and_input_like_the_grpc_service() {
         (json!({ "contents": [{ "name": "a", "data": "aGVsbG8=" }], "styles": [{ "name": "b", "data": "aGVsbG8=" }], "max_side": 32 }), "content a"),
         (json!({ "contents": [], "styles": [], "max_side": 32 }), "at least one content"),
         (json!({ "contents": [], "styles": [], "variants_json": [3] }), "expected a string"),
-        (json!({ "contents": [{ "name": "a", "data": "aGVsbG8=" }], "styles": [{ "name": "b", "data": "aGVsbG8=" }], "variants_json": ["3"] }), "variant 0"),
+        (json!({ "contents": [{ "name": "a", "data": "aGVsbG8=" }], "styles": [{ "name": "b", "data": "aGVsbG8=" }], "variants_json": ["3"] }), "variant v0"),
     ];
     for (body, needle) in bad {
         let r = http.post(format!("{page}api/collections")).bearer_auth(USER).json(&body).send().await.unwrap();

@@ -185,7 +185,7 @@ fn no_single_client_takes_the_farm_down() {
         let status = r.status();
         let text = r.text().await.unwrap();
         assert_eq!(status, 400, "{text}");
-        assert!(text.contains("variant 0 is") && text.contains("at most 16384"), "{text}");
+        assert!(text.contains("variant v0 is") && text.contains("at most 16384"), "{text}");
         let mut alice = as_user(&ch, ALICE);
         let mut many = small_collection("many-layers");
         many.variants_json = vec![r#"{"content_layers": [{"layer": "conv4_2", "weight": 1}, {"layer": "conv4_2", "weight": 1}]}"#.into()];

@@ -183,6 +183,12 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
         return b && t && t.textContent === 'harbour × starry' && document.querySelector('td.cell') ? [b.disabled, b.title, r.disabled, r.title] : null", |v| v.is_array()).await;
     assert_eq!(buttons, serde_json::json!([true, "nothing to cancel: every job has ended", true, "no job has failed"]));
 
+    // A job's page names its variant by the collection's label for it.
+    let autumn_status = status(&farm, &autumn);
+    let second = jobs(&autumn_status).iter().find(|j| j["variant_index"] == 1).unwrap()["job_id"].as_str().unwrap().to_string();
+    c.goto(&format!("{page}#/j/{second}")).await.unwrap();
+    until(&c, "the job's variant label", "const t = document.querySelector('h1'); return t ? t.textContent : null", |v| v.as_str().is_some_and(|s| s.ends_with(" · alpha=0.25"))).await;
+
     // An id's start opens what it names, as git takes a commit's.
     c.goto(&format!("{page}#/j/{}", &job_id[..8])).await.unwrap();
     until(&c, "the whole id", "return location.hash", |v| v.as_str() == Some(&format!("#/j/{job_id}"))).await;

@@ -195,11 +195,26 @@ impl Db {
     /// The collection's columns, one per style × variant: each style's name
     /// and each variant's parameters (JSON), read from its first row.
     pub fn grid_columns(&self, collection: &str) -> sql::Result<Vec<pb::Column>> {
-        self.conn.query_map(
+        let mut columns = self.conn.query_map(
             &format!("SELECT style_index, variant_index, style_name, {JOB_PARAMS} FROM jobs WHERE collection_id = ?1 AND content_index = 0 ORDER BY seq"),
             args![collection],
-            |r| Ok(pb::Column { style_index: r.get(0)?, variant_index: r.get(1)?, style_name: r.get(2)?, params_json: r.get(3)? }),
-        )
+            |r| Ok(pb::Column { style_index: r.get(0)?, variant_index: r.get(1)?, style_name: r.get(2)?, params_json: r.get(3)?, label: String::new() }),
+        )?;
+        // Each variant's label, from the first style's columns (a variant's
+        // parameters are the same in every column).
+        let mut params = Vec::new();
+        for c in columns.iter().filter(|c| c.style_index == 0) {
+            let at = c.variant_index as usize;
+            if params.len() <= at {
+                params.resize(at + 1, serde_json::Value::Null);
+            }
+            params[at] = serde_json::from_str(&c.params_json).unwrap_or(serde_json::Value::Null);
+        }
+        let labels = stylefarm_params::variants::labels(&params);
+        for c in &mut columns {
+            c.label = labels.get(c.variant_index as usize).cloned().unwrap_or_default();
+        }
+        Ok(columns)
     }
 
     /// What the dashboard's farm page shows beside the workers.
@@ -261,7 +276,13 @@ impl Db {
             },
         )?;
         let params_json = self.job_params(id)?.unwrap_or_default();
-        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json })))
+        let variant_label = self
+            .grid_columns(&job.collection_id)?
+            .into_iter()
+            .find(|c| c.variant_index == job.variant_index)
+            .map(|c| c.label)
+            .unwrap_or_default();
+        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json, variant_label })))
     }
 
     /// The farm's jobs by state.

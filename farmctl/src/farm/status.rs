@@ -29,13 +29,13 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
     }
     let state = pb::CollectionState::try_from(c.state).unwrap_or_default().label();
     println!("collection {} ({}), {} jobs, {state}", c.collection_id, shown(&c.name), c.jobs.len());
-    println!("{:<8}  {:<20} {:<20} {:>3} {:<10} {:>11} {:>12} {:>3}  {}", "job", "content", "style", "var", "state", "iteration", "total loss", "try", "worker / error");
+    println!("{:<8}  {:<20} {:<20} {:<16} {:<10} {:>11} {:>12} {:>3}  {}", "job", "content", "style", "variant", "state", "iteration", "total loss", "try", "worker / error");
     for j in &c.jobs {
         let p = j.progress.clone().unwrap_or_default();
         let who = shown(if j.error.is_empty() { &j.worker } else { &j.error });
         println!(
-            "{:<8}  {:<20} {:<20} {:>3} {:<10} {:>5}/{:<5} {:>12.4e} {:>3}  {who}",
-            short_id(&j.job_id), shown(&j.content_name), shown(&j.style_name), j.variant_index, pb::JobState::label_of(j.state), p.iteration, p.iterations, p.total, j.attempts
+            "{:<8}  {:<20} {:<20} {:<16} {:<10} {:>5}/{:<5} {:>12.4e} {:>3}  {who}",
+            short_id(&j.job_id), shown(&j.content_name), shown(&j.style_name), shown(c.variant_label(j.variant_index)), pb::JobState::label_of(j.state), p.iteration, p.iterations, p.total, j.attempts
         );
     }
     Ok(())

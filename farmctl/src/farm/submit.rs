@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use stylefarm_engine::variants::{VARIANT_KEYS, VARIANT_KEYS_TEXT};
 use stylefarm_engine::{Init, JobParams, Preset};
 use stylefarm_proto as pb;
 
@@ -19,12 +20,11 @@ pub struct SubmitArgs {
     /// Style images: files or globs.
     #[arg(long, required = true)]
     style: Vec<String>,
-    /// Parameter variants, each `key=value,...` over the flags below
-    /// (keys: preset, alpha, beta, tv_weight, lr, iters, optimizer,
-    /// pooling, noise_ratio, seed, init, lbfgs_history, coarse_iters).
-    /// Repeat for more variants: `--variant preset=recipe --variant
-    /// preset=fast` renders both.
-    #[arg(long)]
+    /// Parameter variants, each `key=value,...` over the flags below; a
+    /// list in brackets (`scales=[0.25,0.5]`, `style_layers=[conv1_1:1,
+    /// conv4_1:2]`). Repeat for more variants: `--variant preset=recipe
+    /// --variant preset=fast` renders both.
+    #[arg(long, long_help = variant_help())]
     variant: Vec<String>,
     /// The collection's name, for people (default: its first content and
     /// style, as "harbour × starry").
@@ -89,13 +89,43 @@ fn upload(path: &Path) -> Result<pb::InputImage> {
     Ok(pb::InputImage { name, source: Some(pb::input_image::Source::Data(data)) })
 }
 
+/// `--variant`'s long help: what it takes, and every key, from the one
+/// list.
+fn variant_help() -> String {
+    format!(
+        "Parameter variants, each `key=value,...` over the flags below; a list in brackets (`scales=[0.25,0.5]`, \
+         `style_layers=[conv1_1:1,conv4_1:2]`). Repeat for more variants: `--variant preset=recipe --variant preset=fast` \
+         renders both.\n\nKeys: {VARIANT_KEYS_TEXT}."
+    )
+}
+
+/// A variant's `key=value` pairs: split at commas outside brackets and
+/// quotes, so a list (`scales=[0.25,0.5]`) is one value.
+fn split_pairs(spec: &str) -> Vec<&str> {
+    let (mut pairs, mut depth, mut quoted, mut start) = (Vec::new(), 0i32, false, 0);
+    for (i, ch) in spec.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            '[' | '{' if !quoted => depth += 1,
+            ']' | '}' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                pairs.push(&spec[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pairs.push(&spec[start..]);
+    pairs
+}
+
 /// Applies `key=value,…` to the parameters the flags give. A
 /// `preset=NAME` in the variant swaps the flags' preset first (the flags
 /// given still apply over it), then the other keys apply.
 fn variant(flags: &ParamFlags, spec: &str) -> Result<JobParams> {
     let mut pairs = Vec::new();
     let mut flags = flags.clone();
-    for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
+    for pair in split_pairs(spec).into_iter().filter(|p| !p.trim().is_empty()) {
         let (k, val) = pair.split_once('=').with_context(|| format!("--variant `{spec}`: `{pair}` is not key=value"))?;
         match k.trim() {
             "preset" => flags.preset = Preset::parse(val.trim()).with_context(|| format!("--variant `{spec}`"))?,
@@ -109,13 +139,20 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<JobParams> {
     }
     for (key, val) in pairs {
         let key = key.as_str();
-        // Keys left out of the serialised parameters at their defaults are
-        // still parameters.
-        let known = obj.contains_key(key) || matches!(key, "preserve_colors" | "bit_depth" | "tile");
-        if !known || matches!(key, "content_layers" | "style_layers" | "style_blend" | "scales") {
-            bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set");
+        if !VARIANT_KEYS.contains(&key) {
+            bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set (they are: {VARIANT_KEYS_TEXT})");
         }
-        let parsed = serde_json::from_str(val.trim()).unwrap_or_else(|_| serde_json::Value::String(val.trim().to_string()));
+        let val = val.trim();
+        let parsed = match serde_json::from_str(val) {
+            Ok(v) => v,
+            // Layers as the flags write them: `conv1_1:0.5` or, several,
+            // `[conv1_1:0.5,conv4_1:1]`.
+            Err(_) if matches!(key, "content_layers" | "style_layers") => {
+                let layers = crate::flags::parse_layers(&format!("--variant {key}"), val.trim_start_matches('[').trim_end_matches(']'))?;
+                serde_json::to_value(layers)?
+            }
+            Err(_) => serde_json::Value::String(val.to_string()),
+        };
         obj.insert(key.to_string(), parsed);
     }
     // A job's parameters: `tile` is refused there, by name and why.
@@ -176,4 +213,39 @@ pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
     }
     println!("{}", r.collection_id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        params: ParamFlags,
+    }
+
+    fn flags() -> ParamFlags {
+        Cli::try_parse_from(["farmctl"]).unwrap().params
+    }
+
+    /// Every key of the one list is taken, lists in brackets as one value
+    /// and layers as the flags write them; anything else is refused
+    /// naming the keys there are.
+    #[test]
+    fn a_variant_sets_every_key_a_job_may_set() {
+        let v = variant(&flags(), "scales=[0.25,0.5],coarse_iters=50,style_layers=[conv1_1:1,conv4_1:2],seed=3").unwrap();
+        assert_eq!((v.render.scales.as_slice(), v.render.coarse_iters, v.render.seed), (&[0.25, 0.5][..], Some(50), 3));
+        assert_eq!(v.render.style_layers.iter().map(|l| (l.layer.as_str(), l.weight)).collect::<Vec<_>>(), [("conv1_1", 1.0), ("conv4_1", 2.0)]);
+        let v = variant(&flags(), "content_layers=conv3_2,preserve_colors=luminance,bit_depth=16,optimizer=lbfgs").unwrap();
+        assert_eq!((v.render.content_layers[0].layer.as_str(), v.bit_depth), ("conv3_2", 16));
+        assert!(variant(&flags(), "style_blend=[0.7,0.3]").is_ok());
+        for bad in ["tile=512", "betta=1"] {
+            let e = format!("{:#}", variant(&flags(), bad).unwrap_err());
+            assert!(e.contains(bad.split('=').next().unwrap()) && e.contains("scales, coarse_iters"), "{bad}: {e}");
+        }
+        assert_eq!(split_pairs(r#"a=1,b=[1,2],c="x,y",d={"e":1,"f":2}"#), ["a=1", "b=[1,2]", r#"c="x,y""#, r#"d={"e":1,"f":2}"#]);
+    }
 }

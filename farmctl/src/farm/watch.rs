@@ -93,12 +93,12 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
         }
         let Some(c) = last.as_ref() else { continue };
         overall.set_length(c.jobs.len() as u64);
-        let done = c.jobs.iter().filter(|j| j.state >= pb::JobState::Succeeded as i32).count();
+        let done = c.jobs.iter().filter(|j| pb::JobState::try_from(j.state).is_ok_and(|s| s.has_ended())).count();
         overall.set_position(done as u64);
         let eta = c.jobs.iter().filter_map(|j| j.progress.as_ref()).map(|p| p.eta_seconds).fold(0f64, f64::max);
         overall.set_message(format!("{eta:.0}s"));
         for j in &c.jobs {
-            let label = shown(&format!("{} × {} v{}", j.content_name, j.style_name, j.variant_index));
+            let label = shown(&job_label(c, j));
             if states.insert(j.job_id.clone(), j.state) != Some(j.state) && multi.is_hidden() {
                 eprintln!("{label}: {}{}", pb::JobState::label_of(j.state), if j.error.is_empty() { String::new() } else { format!(" ({})", shown(&j.error)) });
             }
@@ -124,7 +124,16 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
     let ok = c.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32).count();
     eprintln!("{ok} of {} jobs succeeded", c.jobs.len());
     for j in c.jobs.iter().filter(|j| j.state != pb::JobState::Succeeded as i32) {
-        eprintln!("  {} × {} v{}: {} {}", shown(&j.content_name), shown(&j.style_name), j.variant_index, pb::JobState::label_of(j.state), shown(&j.error));
+        eprintln!("  {}: {} {}", shown(&job_label(&c, j)), pb::JobState::label_of(j.state), shown(&j.error));
     }
     Ok(ok == c.jobs.len())
+}
+
+/// "photo × painting (alpha=0.001)": a job as people read it, its
+/// variant by the collection's label for it.
+fn job_label(c: &pb::Collection, j: &pb::Job) -> String {
+    match c.variant_label(j.variant_index) {
+        "" => format!("{} × {}", j.content_name, j.style_name),
+        label => format!("{} × {} ({label})", j.content_name, j.style_name),
+    }
 }

@@ -5,7 +5,7 @@
 
 use stylefarm_proto as pb;
 
-use super::{shared_params, variant_labels, Cell, Column, Sheet};
+use super::{shared_params, Cell, Column, Sheet};
 
 /// The column of `job` on the sheet: its style's variants side by side.
 pub fn column_of(c: &pb::Collection, job: &pb::Job) -> usize {
@@ -56,7 +56,8 @@ pub fn variant_params(c: &pb::Collection) -> Vec<serde_json::Value> {
 pub fn sheet(c: &pb::Collection) -> Sheet {
     let params = variant_params(c);
     let variants = params.len();
-    let labels = variant_labels(&params);
+    // Each variant's label as the coordinator gave it (Column.label).
+    let labels: Vec<String> = (0..variants as u32).map(|v| c.variant_label(v).to_string()).collect();
     let mut rows = vec![String::new(); c.contents as usize];
     let mut columns = vec![Column { style: String::new(), variant: String::new() }; c.styles as usize * variants];
     for j in &c.jobs {
@@ -117,8 +118,9 @@ mod tests {
             ],
             ..Default::default()
         };
-        let column = |v: u32, params: serde_json::Value| pb::Column { style_index: 0, variant_index: v, style_name: "painting0".into(), params_json: params.to_string() };
-        let c = pb::Collection { columns: vec![column(0, json!({"optimizer": "adam", "alpha": 1})), column(1, json!({"optimizer": "adam", "alpha": 2}))], ..c };
+        // The labels as the coordinator gives them (Column.label).
+        let column = |v: u32, params: serde_json::Value, label: &str| pb::Column { style_index: 0, variant_index: v, style_name: "painting0".into(), params_json: params.to_string(), label: label.into() };
+        let c = pb::Collection { columns: vec![column(0, json!({"optimizer": "adam", "alpha": 1}), "alpha=1"), column(1, json!({"optimizer": "adam", "alpha": 2}), "alpha=2")], ..c };
         let s = sheet(&c);
         assert_eq!(s.title, "c1", "an unnamed collection is titled by its id");
         assert_eq!(s.caption, "submitted 2026-12-05 11:20 UTC · 2 photos × 1 painting × 2 variants · adam");

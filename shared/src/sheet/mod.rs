@@ -278,35 +278,6 @@ fn paint_mark(img: &mut RgbImage, cell: &Cell, x: u32, y: u32, w: u32, h: u32) {
     }
 }
 
-/// The label of each variant: the parameters whose values differ between
-/// the variants (`key=value`, joined by ", "), in the first variant's key
-/// order; every label is empty when there is one variant or none differ.
-pub fn variant_labels(params: &[serde_json::Value]) -> Vec<String> {
-    let keys: Vec<&String> = match params.first().and_then(|p| p.as_object()) {
-        Some(first) => first.keys().collect(),
-        None => return vec![String::new(); params.len()],
-    };
-    let mut keys = keys;
-    for p in params.iter().skip(1).filter_map(|p| p.as_object()) {
-        for k in p.keys() {
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
-    }
-    let differ: Vec<&String> = keys.into_iter().filter(|k| params.iter().any(|p| p.get(k.as_str()) != params[0].get(k.as_str()))).collect();
-    params
-        .iter()
-        .map(|p| {
-            differ
-                .iter()
-                .map(|k| format!("{k}={}", p.get(k.as_str()).map(value_text).unwrap_or_else(|| "-".into())))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .collect()
-}
-
 /// What every variant shares of the parameters a reader asks about first:
 /// e.g. "lbfgs, 100 iterations".
 pub fn shared_params(params: &[serde_json::Value]) -> String {
@@ -437,13 +408,9 @@ mod tests {
     }
 
     #[test]
-    fn variants_are_labelled_by_what_sets_them_apart() {
+    fn what_every_variant_shares_is_said_once() {
         let params = [json!({"optimizer": "lbfgs", "alpha": 0.01, "iters": 100}), json!({"optimizer": "lbfgs", "alpha": 0.001, "iters": 100})];
-        assert_eq!(variant_labels(&params), vec!["alpha=0.01", "alpha=0.001"]);
         assert_eq!(shared_params(&params), "lbfgs, 100 iterations");
-        assert_eq!(variant_labels(&params[..1]), vec![""]);
-        let apart = [json!({"a": 1}), json!({"a": 1, "b": "x"})];
-        assert_eq!(variant_labels(&apart), vec!["b=-", "b=x"]);
     }
 
     #[test]
