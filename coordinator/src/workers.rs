@@ -38,33 +38,11 @@ fn check_progress(p: &Option<pb::Progress>) -> Result<(), Status> {
     Ok(())
 }
 
-/// A worker's failure message as a job's owner may read it: the farm's
-/// storage location and data folder become `<storage>`, and any other
-/// absolute path or URL (a worker's own --storage, a temp folder) `<path>`.
-/// The full message stays in the coordinator's log.
+/// A worker's failure message as a job's owner may read it
+/// ([`stylefarm_shared::redact::paths`]); the full message stays in the
+/// coordinator's log.
 pub(crate) fn redact_paths(message: &str, locations: &[&str]) -> String {
-    let mut out = message.to_string();
-    for location in locations.iter().filter(|l| l.len() > 1) {
-        out = out.replace(location.trim_end_matches('/'), "<storage>");
-    }
-    let mut redacted = String::with_capacity(out.len());
-    for (i, word) in out.split(' ').enumerate() {
-        if i > 0 {
-            redacted.push(' ');
-        }
-        let bare = word.trim_start_matches(['`', '\'', '"', '(', '[']);
-        let path = (bare.starts_with('/') && bare.len() > 1) || bare.contains("://");
-        if path {
-            // Keep the quotes and punctuation around it.
-            let trail: usize = bare.chars().rev().take_while(|c| "`'\")]:,;".contains(*c)).map(char::len_utf8).sum();
-            redacted.push_str(&word[..word.len() - bare.len()]);
-            redacted.push_str("<path>");
-            redacted.push_str(&bare[bare.len() - trail..]);
-        } else {
-            redacted.push_str(word);
-        }
-    }
-    redacted
+    stylefarm_shared::redact::paths(message, locations)
 }
 
 /// What a worker says of itself at Register, within [`crate::limits`].
@@ -269,23 +247,4 @@ async fn prune_checkpoints(store: stylefarm_shared::storage::Store, output_key: 
     }
     metrics::counter!("stylefarm_checkpoint_bytes_removed_total").increment(bytes);
     tracing::debug!(job, removed, bytes, "a succeeded job's checkpoints removed");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failure_messages_show_no_storage_or_host_paths() {
-        let cases = [
-            ("cannot read inputs/ab from /srv/farm/storage: permission denied", "cannot read inputs/ab from <storage>: permission denied"),
-            ("cannot write out.png to s3://bucket/farm/x: 503", "cannot write out.png to <storage>/x: 503"),
-            ("open `/tmp/worker-7/scratch/a.ckpt`: disk full", "open `<path>`: disk full"),
-            ("the loss became inf at iteration 3; try a smaller beta", "the loss became inf at iteration 3; try a smaller beta"),
-            ("read (file:///etc/x) failed", "read (<path>) failed"),
-        ];
-        for (given, shown) in cases {
-            assert_eq!(redact_paths(given, &["/srv/farm/storage", "s3://bucket/farm/"]), shown);
-        }
-    }
 }

@@ -25,6 +25,7 @@ pub mod memory;
 pub mod pictures;
 pub mod plot;
 pub mod records;
+pub mod redact;
 pub mod sheet;
 pub mod storage;
 pub mod telemetry;

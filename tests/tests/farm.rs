@@ -613,3 +613,34 @@ fn each_attempt_keeps_its_log() {
     let log = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(log.contains(" WARN failed: ") && log.contains("try a smaller beta"), "{log}");
 }
+
+/// An attempt's log is its owner's to read: the farm's paths in it are
+/// redacted as in failure messages (a worker that could not read an input
+/// logged the storage's absolute path).
+#[test]
+fn an_attempts_log_shows_no_path_of_the_farm() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
+    let mut farm = Farm::start();
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let id = farm.submit(&["--content", &c, "--style", &s, "--size", "16x12", "--iters", "3"]);
+    // The inputs go missing before any worker reads them.
+    let storage = farm.dir.path().join("data/storage");
+    std::fs::remove_dir_all(storage.join("inputs")).unwrap();
+    farm.add_worker("reader");
+    // (Not the job's fault: it is requeued, and its first attempt's log
+    // says why it ended.)
+    let st = farm.wait_for(&id, "a first attempt", |s| jobs(s)[0]["attempts"].as_u64() >= Some(1));
+    let job = jobs(&st)[0]["job_id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    let log = loop {
+        let o = farm.farmctl(&["logs", &job, "--attempt", "1"]);
+        let log = String::from_utf8_lossy(&o.stdout).to_string();
+        if o.status.success() && log.contains(" WARN failed: ") {
+            break log;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no log of the failed attempt: {log}{}", String::from_utf8_lossy(&o.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let data = farm.dir.path().to_string_lossy().into_owned();
+    assert!(!log.contains(&data) && log.contains("<storage>"), "the farm's paths are redacted: {log}");
+}

@@ -126,10 +126,12 @@ pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
     save_log(ctx, rt, &job, token);
 }
 
-/// Writes what the attempt logged so far to its folder's `worker.log`
-/// (best effort: a log that cannot be written never fails a render).
+/// Writes what the attempt logged so far to its folder's `worker.log`,
+/// paths redacted (best effort: a log that cannot be written never fails
+/// a render).
 fn save_log(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64) {
-    let text = stylefarm_shared::attempt_log::text(&job.job_id, token);
+    // Its owner reads it: the farm's paths out, as from failure messages.
+    let text = stylefarm_shared::redact::paths(&stylefarm_shared::attempt_log::text(&job.job_id, token), &[ctx.store.location()]);
     if !text.is_empty() {
         let _ = rt.block_on(ctx.store.sub(&job.prefix).put(stylefarm_shared::records::job_files::WORKER_LOG, text.into_bytes()));
     }

@@ -22,6 +22,8 @@ use text::{Style, Weight};
 pub const THUMB: u32 = 240;
 
 const MARGIN: u32 = 24;
+/// The widest a whole-sheet picture gets (where one column is not wider).
+pub const MAX_WIDTH: u32 = 8192;
 const GAP: u32 = 10;
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
 const INK: Rgb<u8> = Rgb([29, 31, 35]);
@@ -116,10 +118,19 @@ impl Sheet {
         self.cells[row * self.columns.len() + col].as_ref()
     }
 
-    /// The whole sheet as one picture.
+    /// The whole sheet as one picture; columns beyond [`MAX_WIDTH`] wrap
+    /// into bands stacked below each other, each with its labels (a
+    /// 1,000-column row is not a picture 170,000 px wide).
     pub fn to_image(&self) -> RgbImage {
         let layout = Layout::of(self);
-        layout.paint(self, &(0..self.rows.len()).collect::<Vec<_>>(), &(0..self.columns.len()).collect::<Vec<_>>(), "")
+        let rows: Vec<usize> = (0..self.rows.len()).collect();
+        let bands = chunks(&layout.col_widths, MAX_WIDTH.saturating_sub(layout.left + MARGIN));
+        let parts: Vec<RgbImage> = bands
+            .iter()
+            .enumerate()
+            .map(|(i, cols)| layout.paint(self, &rows, cols, &if bands.len() > 1 { format!(" · part {} of {}", i + 1, bands.len()) } else { String::new() }))
+            .collect();
+        stack(parts)
     }
 
     /// The sheet as pages of at most `max_width` × `max_height` pixels
@@ -146,6 +157,21 @@ impl Sheet {
     pub fn to_pdf(&self) -> Vec<u8> {
         pdf::write(&self.title, &self.pages(pdf::PAGE_PX.0, pdf::PAGE_PX.1))
     }
+}
+
+/// Pictures one below the other, on white, as wide as the widest.
+fn stack(parts: Vec<RgbImage>) -> RgbImage {
+    if parts.len() == 1 {
+        return parts.into_iter().next().unwrap_or_default();
+    }
+    let width = parts.iter().map(|p| p.width()).max().unwrap_or(1);
+    let mut img = RgbImage::from_pixel(width, parts.iter().map(|p| p.height()).sum::<u32>().max(1), WHITE);
+    let mut y = 0;
+    for p in &parts {
+        image::imageops::replace(&mut img, p, 0, y as i64);
+        y += p.height();
+    }
+    img
 }
 
 /// Splits `sizes` (with a gap after each) into runs that fit `room`, each
@@ -300,11 +326,27 @@ fn value_text(v: &serde_json::Value) -> String {
     }
 }
 
+/// Longest file name `output_name` writes, in bytes (file systems take
+/// 255).
+pub const MAX_OUTPUT_NAME: usize = 200;
+
 /// The file name of a job's finished image in a fetched or zipped
 /// collection, `content_style_vN.png` (names were checked at submit; any
-/// other character still becomes `_`, and no name starts with a dot).
+/// other character still becomes `_`, and no name starts with a dot). A
+/// name longer than [`MAX_OUTPUT_NAME`] (long blended style names) is cut
+/// and told apart by the start of a hash of the whole: the same for the
+/// same job, different for different ones.
 pub fn output_name(content: &str, style: &str, variant: u32) -> String {
-    format!("{}_{}_v{variant}.png", safe_name(content), safe_name(style))
+    let stem = format!("{}_{}", safe_name(content), safe_name(style));
+    let tail = format!("_v{variant}.png");
+    if stem.len() + tail.len() <= MAX_OUTPUT_NAME {
+        return format!("{stem}{tail}");
+    }
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(stem.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    // (ASCII only, after safe_name: any byte is a boundary.)
+    let keep = MAX_OUTPUT_NAME - tail.len() - hash.len() - 1;
+    format!("{}-{hash}{tail}", &stem[..keep])
 }
 
 /// `name` as a file name: letters, digits, `.`, `_` and `-` kept, anything
@@ -417,6 +459,27 @@ mod tests {
     fn output_names_are_safe_file_names() {
         assert_eq!(output_name("cat", "starry_night+great_wave", 2), "cat_starry_night_great_wave_v2.png");
         assert_eq!(output_name(".hidden", "s", 0), "hidden_s_v0.png");
+        // Three 90-character styles blended: cut, and told apart.
+        let long = ["a".repeat(90), "b".repeat(90), "c".repeat(90)].join("+");
+        let (one, other) = (output_name("cat", &long, 0), output_name("cat", &format!("{long}d"), 0));
+        assert!(one.len() <= MAX_OUTPUT_NAME && other.len() <= MAX_OUTPUT_NAME, "{one}");
+        assert!(one.starts_with("cat_aaaa") && one.ends_with("_v0.png"), "{one}");
+        assert_ne!(one, other, "names cut the same are told apart");
+        assert_eq!(one, output_name("cat", &long, 0), "stable");
+    }
+
+    #[test]
+    fn a_row_wider_than_a_picture_wraps_into_bands_with_their_labels() {
+        let cols: Vec<Column> = (0..1000).map(|i| Column { style: format!("s{i}"), variant: String::new() }).collect();
+        let mut s = Sheet::new("wide", "caption", vec!["photo".into()], cols);
+        for c in 0..1000 {
+            s.set(0, c, Cell::Image(RgbImage::from_pixel(160, 120, Rgb([0, 0, 200]))));
+        }
+        let img = s.to_image();
+        let one_band = Layout::of(&s).top + 120 + GAP + MARGIN;
+        assert!(img.width() <= MAX_WIDTH, "{} px wide", img.width());
+        let bands = img.height() / one_band;
+        assert!(bands >= 1000 * 170 / MAX_WIDTH, "1000 columns of 170 px in bands of {MAX_WIDTH} px: {} px high", img.height());
     }
 
     #[test]
