@@ -195,6 +195,29 @@ impl Farm {
         self.workers.0.len() - 1
     }
 
+    /// Starts another coordinator on `database_url` (this farm's
+    /// PostgreSQL database) sharing this farm's storage, with `extra`
+    /// flags and `env` set, its data folder in `dir`; its URL. It is
+    /// killed with `procs`.
+    pub fn second_coordinator(&self, database_url: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)], procs: &mut Procs) -> String {
+        let port = free_port();
+        let mut b = Command::new(bin("farm-coordinator"));
+        b.args(["--listen", &format!("127.0.0.1:{port}"), "--lease-seconds", LEASE, "--heartbeat-seconds", "1", "--database", database_url, "--storage"])
+            .arg(self.dir.path().join("data/storage"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut b = b.spawn().unwrap();
+        let mut line = String::new();
+        BufRead::read_line(&mut BufReader::new(b.stdout.take().unwrap()), &mut line).unwrap();
+        assert!(line.contains("listening on"), "{line}");
+        procs.0.push(b);
+        format!("http://127.0.0.1:{port}")
+    }
+
     pub fn kill_worker(&mut self, i: usize) {
         self.workers.0[i].kill().unwrap();
         self.workers.0[i].wait().unwrap();

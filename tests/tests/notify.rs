@@ -200,3 +200,48 @@ fn one_users_slow_receiver_does_not_hold_up_anothers_notification() {
         assert_eq!((summary["collection_id"].as_str(), summary["state"].as_str()), (Some(id.as_str()), Some("cancelled")), "{summary}");
     });
 }
+
+/// Two coordinators on one PostgreSQL, both sending notifications: each
+/// collection's end is POSTed once, under one delivery id. (Before, each
+/// coordinator sent its own: 10 POSTs with 10 ids for 5 collections.)
+#[test]
+fn two_coordinators_announce_each_collection_once() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Postgres);
+    let (port, got) = receiver(0);
+    let prefix = format!("http://127.0.0.1:{port}/hooks/");
+    let pg = stylefarm_coordinator::db::testing::Postgres::from_env().unwrap();
+    let database = pg.fresh_database();
+    let stylefarm_coordinator::db::Target::Postgres(url) = database.target.clone() else { unreachable!() };
+    let notify = ["--notify-prefix", prefix.as_str(), "--notify-secret", SECRET];
+    let a = Farm::start_on(Some(database), &notify);
+    let (dir, mut procs) = (tempfile::tempdir().unwrap(), stylefarm_tests::Procs(Vec::new()));
+    let b_url = a.second_coordinator(&url, dir.path(), &notify, &[], &mut procs);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ids: Vec<String> = rt.block_on(async {
+        let (mut to_a, mut to_b) = (
+            stylefarm_proto::farm_client::FarmClient::new(stylefarm_tests::channel(&a.url).await),
+            stylefarm_proto::farm_client::FarmClient::new(stylefarm_tests::channel(&b_url).await),
+        );
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let r = stylefarm_proto::SubmitRequest { notify_url: format!("{prefix}c{i}"), ..stylefarm_tests::small_submit(1, 1) };
+            let farm = if i % 2 == 0 { &mut to_a } else { &mut to_b };
+            let id = farm.submit(r).await.unwrap().into_inner().collection_id;
+            farm.cancel(stylefarm_proto::CollectionRef { collection_id: id.clone() }).await.unwrap();
+            ids.push(id);
+        }
+        ids
+    });
+    wait_deliveries(&got, 5, Duration::from_secs(20));
+    // Both coordinators poll every second: give a second delivery time
+    // to show.
+    std::thread::sleep(Duration::from_secs(3));
+    let all = got.lock().unwrap().clone();
+    let mut announced: Vec<String> = all.iter().map(|d| serde_json::from_slice::<Value>(&d.body).unwrap()["collection_id"].as_str().unwrap().to_string()).collect();
+    announced.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(announced, want, "each collection once: {} POSTs", all.len());
+    let delivery_ids: std::collections::BTreeSet<&str> = all.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(delivery_ids.len(), 5, "one delivery id each");
+}

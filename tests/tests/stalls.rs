@@ -202,7 +202,7 @@ fn a_watch_outlives_a_change_feed_that_died_silently() {
     let a = stylefarm_tests::Farm::start_on(Some(database), &[]);
     let dir = tempfile::tempdir().unwrap();
     let mut procs = Procs(Vec::new());
-    let b_url = second_coordinator(&a, &url, dir.path(), &[("STYLEFARM_TEST_LISTENER_DATABASE", &listener_url)], &mut procs);
+    let b_url = a.second_coordinator(&url, dir.path(), &[], &[("STYLEFARM_TEST_LISTENER_DATABASE", &listener_url)], &mut procs);
 
     // No worker: the job waits until it is cancelled through A.
     let id = a.submit(&["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "8x8"]);
@@ -226,26 +226,6 @@ fn a_watch_outlives_a_change_feed_that_died_silently() {
     eprintln!("B's watch ended {:.1} s after the cancel", start.elapsed().as_secs_f64());
 }
 
-/// Starts a second coordinator on `database_url` beside `a`, sharing its
-/// storage, with `env` set; its URL. It is killed with `procs`.
-fn second_coordinator(a: &Farm, database_url: &str, dir: &std::path::Path, env: &[(&str, &str)], procs: &mut Procs) -> String {
-    let port = free_port();
-    let mut b = Command::new(bin("farm-coordinator"));
-    b.args(["--listen", &format!("127.0.0.1:{port}"), "--lease-seconds", stylefarm_tests::LEASE, "--heartbeat-seconds", "1", "--database", database_url, "--storage"])
-        .arg(a.dir.path().join("data/storage"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut b = b.spawn().unwrap();
-    let mut line = String::new();
-    BufRead::read_line(&mut BufReader::new(b.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(line.contains("listening on"), "{line}");
-    procs.0.push(b);
-    format!("http://127.0.0.1:{port}")
-}
-
 /// Two coordinators on one PostgreSQL, B's clock 8 s ahead of A's (the
 /// lease is 3 s). A worker leases and heartbeats through A while B sweeps:
 /// B tells time by the database's clock, so it expires nothing that is
@@ -260,7 +240,7 @@ fn a_coordinator_whose_clock_is_off_expires_no_live_lease() {
     let a = Farm::start_on(Some(database), &[]);
     let dir = tempfile::tempdir().unwrap();
     let mut procs = Procs(Vec::new());
-    let b_url = second_coordinator(&a, &url, dir.path(), &[("STYLEFARM_TEST_CLOCK_SKEW_SECONDS", "8")], &mut procs);
+    let b_url = a.second_coordinator(&url, dir.path(), &[], &[("STYLEFARM_TEST_CLOCK_SKEW_SECONDS", "8")], &mut procs);
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let mut farm = pb::farm_client::FarmClient::new(channel(&a.url).await);
         let mut b_farm = pb::farm_client::FarmClient::new(channel(&b_url).await);
