@@ -53,6 +53,7 @@ pub mod hub;
 pub mod limits;
 pub mod machine;
 pub mod notify;
+pub mod paging;
 pub mod paths;
 pub mod retry;
 pub mod service;

@@ -5,8 +5,11 @@
 //! deliberate status ([`crate::status`]). Submit is long enough for its
 //! own module ([`crate::submit`]), Watch has its own route
 //! ([`crate::watch`]), retry with changes its parser ([`crate::retry`]),
-//! the operator's actions on workers theirs ([`crate::fleet`]); the
-//! `Workers` service is [`crate::workers`].
+//! the operator's actions on workers theirs ([`crate::fleet`]): free
+//! functions over the one context ([`crate::context::State`]) that this
+//! service calls and that never call it back (`tests/tests/modules.rs`
+//! checks there is no import circle); the `Workers` service is
+//! [`crate::workers`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,21 +23,10 @@ use tonic::{Request, Response, Status};
 use crate::auth::Caller;
 use crate::context::State;
 use crate::fleet::Action;
+use crate::paging::{page_after, page_token};
 use crate::paths;
 use crate::state::ReadKind;
 use crate::status::{call_err, db_err, storage_err};
-
-/// A page token: the sequence number of the last item handed out.
-pub(crate) fn page_after(token: &str) -> Result<i64, Status> {
-    if token.is_empty() {
-        return Ok(0);
-    }
-    token.parse::<i64>().map_err(|_| Status::invalid_argument(format!("page_token `{token}` was not handed out by this call")))
-}
-
-pub(crate) fn page_token(next: Option<i64>) -> String {
-    next.map(|n| n.to_string()).unwrap_or_default()
-}
 
 /// The `Farm` service (users).
 #[derive(Clone)]
@@ -81,7 +73,7 @@ impl FarmService {
             let changed = crate::retry::changed_params(&params, changes_json, styles, (width, height))?;
             // Priced like a submit: a job no registered worker could take
             // is refused, not parked in the queue for good.
-            if let (Some(new), Some(largest)) = (&changed, self.largest_device().await?) {
+            if let (Some(new), Some(largest)) = (&changed, crate::submit::largest_device(&self.0).await?) {
                 crate::submit::check_fits(new.min_memory, largest, || format!("job {id} at {width}x{height} with these changes"))?;
             }
             changed
@@ -111,7 +103,7 @@ impl FarmService {
 #[tonic::async_trait]
 impl Farm for FarmService {
     async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
-        self.submit_collection(request).await
+        crate::submit::submit_collection(&self.0, request).await
     }
 
     async fn get_collection(&self, request: Request<pb::CollectionRef>) -> Result<Response<pb::Collection>, Status> {
@@ -278,7 +270,7 @@ impl Farm for FarmService {
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         Ok(Response::new(
-            self.list_worker_page(request.into_inner()).await?,
+            crate::fleet::list_worker_page(&self.0, request.into_inner()).await?,
         ))
     }
 
@@ -286,21 +278,21 @@ impl Farm for FarmService {
         &self,
         request: Request<pb::WorkerRef>,
     ) -> Result<Response<pb::WorkerInfo>, Status> {
-        self.act_on_worker(request, Action::Drain).await
+        crate::fleet::act_on_worker(&self.0, request, Action::Drain).await
     }
 
     async fn resume_worker(
         &self,
         request: Request<pb::WorkerRef>,
     ) -> Result<Response<pb::WorkerInfo>, Status> {
-        self.act_on_worker(request, Action::Resume).await
+        crate::fleet::act_on_worker(&self.0, request, Action::Resume).await
     }
 
     async fn forget_worker(
         &self,
         request: Request<pb::WorkerRef>,
     ) -> Result<Response<pb::WorkerInfo>, Status> {
-        self.act_on_worker(request, Action::Forget).await
+        crate::fleet::act_on_worker(&self.0, request, Action::Forget).await
     }
 
     async fn resolve_id(&self, request: Request<pb::IdPrefix>) -> Result<Response<pb::IdMatch>, Status> {

@@ -28,7 +28,7 @@ use crate::auth::Caller;
 use crate::db::{NewCollection, NewJob};
 use crate::limits::*;
 use crate::paths;
-use crate::service::FarmService;
+use crate::context::State;
 use crate::status::{db_err, storage_err};
 
 /// How long reading one input named by URL may take.
@@ -173,211 +173,208 @@ fn lease_reply_bytes(job: &NewJob, collection_id: &str) -> usize {
     pb::LeaseResponse { job: Some(spec), fencing_token: u64::MAX, attempt: u32::MAX }.encoded_len()
 }
 
-impl FarmService {
-    /// Step 4 for one image: read (if named by URL), then decode and hash
-    /// on the blocking threads.
-    async fn input(&self, image: pb::InputImage, role: &str) -> Result<Input, Status> {
-        let name = if image.name.is_empty() { role.to_string() } else { image.name };
-        check_name(&name, role)?;
-        let (bytes, stored_key) = match image.source {
-            Some(pb::input_image::Source::Data(d)) => (d, None),
-            Some(pb::input_image::Source::Url(url)) => self.read_input_url(&url, role, &name).await?,
-            None => return Err(Status::invalid_argument(format!("{role} {name} has neither data nor url"))),
-        };
-        let (limits, label) = (self.0.config.limits, name.clone());
-        let (size, digest, bytes) = self
-            .0
-            .work
-            .run(move || {
-                let img = decode_rgb(&bytes, &label, limits)?;
-                Ok::<_, stylefarm_shared::image_io::ImageError>((img.dimensions(), format!("{:x}", Sha256::digest(&bytes)), bytes))
-            })
-            .await?
-            .map_err(|e| Status::invalid_argument(format!("{role} {e}")))?;
-        let key = paths::input(&digest);
-        let already = stored_key.as_deref() == Some(key.as_str());
-        Ok(Input { name, key, bytes: (!already).then_some(bytes), size })
-    }
+/// Step 4 for one image: read (if named by URL), then decode and hash
+/// on the blocking threads.
+async fn input(farm: &State, image: pb::InputImage, role: &str) -> Result<Input, Status> {
+    let name = if image.name.is_empty() { role.to_string() } else { image.name };
+    check_name(&name, role)?;
+    let (bytes, stored_key) = match image.source {
+        Some(pb::input_image::Source::Data(d)) => (d, None),
+        Some(pb::input_image::Source::Url(url)) => read_input_url(farm, &url, role, &name).await?,
+        None => return Err(Status::invalid_argument(format!("{role} {name} has neither data nor url"))),
+    };
+    let (limits, label) = (farm.config.limits, name.clone());
+    let (size, digest, bytes) = farm
+        .work
+        .run(move || {
+            let img = decode_rgb(&bytes, &label, limits)?;
+            Ok::<_, stylefarm_shared::image_io::ImageError>((img.dimensions(), format!("{:x}", Sha256::digest(&bytes)), bytes))
+        })
+        .await?
+        .map_err(|e| Status::invalid_argument(format!("{role} {e}")))?;
+    let key = paths::input(&digest);
+    let already = stored_key.as_deref() == Some(key.as_str());
+    Ok(Input { name, key, bytes: (!already).then_some(bytes), size })
+}
 
-    /// Reads an input named by URL: a content-addressed key of the farm's
-    /// own storage, or a URL under an operator's `--input-prefix`, read
-    /// confined to it (no link out, regular files only, within
-    /// [`INPUT_READ_PATIENCE`]). Every other URL gets the same refusal,
-    /// whatever exists there; the size is checked before a byte is read.
-    /// Returns the bytes and, for a farm key, the key.
-    async fn read_input_url(&self, url: &str, role: &str, name: &str) -> Result<(Vec<u8>, Option<String>), Status> {
-        let refuse = || {
-            Status::invalid_argument(format!(
-                "{role} {name}: inputs are uploaded bytes, an uploaded input's key (inputs/<sha256>) or a URL under one of the coordinator's --input-prefix locations"
-            ))
-        };
-        let path = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let clean = !url.contains(['\0', '\\', '%']) && !path.contains("//") && !path.split('/').any(|p| p == ".." || p == ".");
-        if !clean {
-            return Err(refuse());
+/// Reads an input named by URL: a content-addressed key of the farm's
+/// own storage, or a URL under an operator's `--input-prefix`, read
+/// confined to it (no link out, regular files only, within
+/// [`INPUT_READ_PATIENCE`]). Every other URL gets the same refusal,
+/// whatever exists there; the size is checked before a byte is read.
+/// Returns the bytes and, for a farm key, the key.
+async fn read_input_url(farm: &State, url: &str, role: &str, name: &str) -> Result<(Vec<u8>, Option<String>), Status> {
+    let refuse = || {
+        Status::invalid_argument(format!(
+            "{role} {name}: inputs are uploaded bytes, an uploaded input's key (inputs/<sha256>) or a URL under one of the coordinator's --input-prefix locations"
+        ))
+    };
+    let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let clean = !url.contains(['\0', '\\', '%']) && !path.contains("//") && !path.split('/').any(|p| p == ".." || p == ".");
+    if !clean {
+        return Err(refuse());
+    }
+    let (store, key, farm_key) = if paths::is_input(url) {
+        (&farm.store, url.to_string(), true)
+    } else {
+        let found = farm.input_stores.iter().find_map(|(prefix, store)| {
+            url.strip_prefix(prefix.as_str()).filter(|rest| !rest.is_empty() && !rest.starts_with('/')).map(|rest| (store, rest.to_string()))
+        });
+        let (store, rest) = found.ok_or_else(refuse)?;
+        (store, rest, false)
+    };
+    let limit = max_input_bytes(&farm.config.limits);
+    let bytes = store.get_confined(&key, limit, INPUT_READ_PATIENCE).await.map_err(|e| match e {
+        ConfinedReadError::Missing(_) => Status::invalid_argument(format!("{role} {name}: `{url}` does not exist or is not a regular file")),
+        ConfinedReadError::TooLarge { size, limit, .. } => {
+            Status::invalid_argument(format!("{role} {name}: {size} bytes is over the input limit of {limit} bytes"))
         }
-        let (store, key, farm_key) = if paths::is_input(url) {
-            (&self.0.store, url.to_string(), true)
-        } else {
-            let found = self.0.input_stores.iter().find_map(|(prefix, store)| {
-                url.strip_prefix(prefix.as_str()).filter(|rest| !rest.is_empty() && !rest.starts_with('/')).map(|rest| (store, rest.to_string()))
-            });
-            let (store, rest) = found.ok_or_else(refuse)?;
-            (store, rest, false)
-        };
-        let limit = max_input_bytes(&self.0.config.limits);
-        let bytes = store.get_confined(&key, limit, INPUT_READ_PATIENCE).await.map_err(|e| match e {
-            ConfinedReadError::Missing(_) => Status::invalid_argument(format!("{role} {name}: `{url}` does not exist or is not a regular file")),
-            ConfinedReadError::TooLarge { size, limit, .. } => {
-                Status::invalid_argument(format!("{role} {name}: {size} bytes is over the input limit of {limit} bytes"))
+        ConfinedReadError::TimedOut { seconds, .. } => Status::unavailable(format!("{role} {name}: `{url}` was not read within {seconds} s; try again later")),
+        ConfinedReadError::Storage(e) => storage_err(&format!("read {role} {name}"), e),
+    })?;
+    Ok((bytes.to_vec(), farm_key.then_some(key)))
+}
+
+/// `Farm.Submit`.
+pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+    let caller = Caller::of(&request);
+    let client = client_of(&caller, &request);
+    // The dashboard takes the place before it parses the body.
+    let held = request.extensions().get::<std::sync::Arc<crate::admission::Permit>>().cloned();
+    let mut r = request.into_inner();
+    check_shape(&r)?;
+    r.notify_url = crate::notify::check_url(&r.notify_url, &farm.config.notify_prefixes)?;
+    let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
+    if let Some((collection_id, jobs)) = farm.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
+        return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
+    }
+    if r.contents.is_empty() || r.styles.is_empty() {
+        return Err(Status::invalid_argument("a collection needs at least one content and one style image"));
+    }
+    let _place = match held {
+        Some(place) => place,
+        None => std::sync::Arc::new(farm.submits.admit(&client)?),
+    };
+    let variants_json = if r.variants_json.is_empty() { vec!["{}".to_string()] } else { std::mem::take(&mut r.variants_json) };
+    // Blended: each job reads every style; otherwise one style a job.
+    let (style_columns, styles_per_job) = if r.blend_styles { (1, r.styles.len()) } else { (r.styles.len(), 1) };
+    let jobs_total = r.contents.len() * style_columns * variants_json.len();
+    if jobs_total > farm.config.max_jobs {
+        return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", farm.config.max_jobs)));
+    }
+    // Parameters first: cheap, and the most common mistake.
+    let variants = variants_json.iter().enumerate().map(|(i, v)| check_variant(&format!("variant v{i}"), v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
+    if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
+        return Err(Status::invalid_argument(format!(
+            "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
+            r.width, r.height
+        )));
+    }
+    if r.max_side > MAX_RENDER_SIDE {
+        return Err(Status::invalid_argument(format!("max_side {} is over {MAX_RENDER_SIDE}", r.max_side)));
+    }
+    let mut contents = Vec::new();
+    for c in std::mem::take(&mut r.contents) {
+        contents.push(input(farm, c, "content").await?);
+    }
+    let mut styles = Vec::new();
+    for s in std::mem::take(&mut r.styles) {
+        styles.push(input(farm, s, "style").await?);
+    }
+    let mut sizes = Vec::new();
+    for c in &contents {
+        sizes.push(if r.max_side > 0 { fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))? } else { (r.width, r.height) });
+    }
+    check_devices(farm, &variants, &contents, &sizes).await?;
+    // Everything is valid: store the inputs (content-addressed, so a
+    // retry rewrites the same objects), then create the jobs at once.
+    let mut stored = std::collections::BTreeSet::new();
+    for input in contents.iter_mut().chain(styles.iter_mut()) {
+        if let Some(bytes) = input.bytes.take() {
+            if stored.insert(input.key.clone()) {
+                farm.store.put(&input.key, bytes).await.map_err(|e| storage_err("store the inputs", e))?;
             }
-            ConfinedReadError::TimedOut { seconds, .. } => Status::unavailable(format!("{role} {name}: `{url}` was not read within {seconds} s; try again later")),
-            ConfinedReadError::Storage(e) => storage_err(&format!("read {role} {name}"), e),
-        })?;
-        Ok((bytes.to_vec(), farm_key.then_some(key)))
+        }
     }
-
-    /// `Farm.Submit`.
-    pub(crate) async fn submit_collection(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
-        let caller = Caller::of(&request);
-        let client = client_of(&caller, &request);
-        // The dashboard takes the place before it parses the body.
-        let held = request.extensions().get::<std::sync::Arc<crate::admission::Permit>>().cloned();
-        let mut r = request.into_inner();
-        check_shape(&r)?;
-        r.notify_url = crate::notify::check_url(&r.notify_url, &self.0.config.notify_prefixes)?;
-        let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
-        if let Some((collection_id, jobs)) = self.0.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
-            return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
+    // A column of the collection: one style, or (blended) all of them.
+    let columns: Vec<(String, Vec<String>)> = if r.blend_styles {
+        vec![(blend_name(&styles.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()), styles.iter().map(|s| s.key.clone()).collect())]
+    } else {
+        styles.iter().map(|s| (s.name.clone(), vec![s.key.clone()])).collect()
+    };
+    let collection_id = uuid::Uuid::new_v4().to_string();
+    let checkpoint_every = if r.checkpoint_every == 0 { farm.config.default_checkpoint_every } else { r.checkpoint_every };
+    let params_json: Vec<String> = variants.iter().map(JobParams::to_json).collect();
+    let mut jobs = Vec::new();
+    for (ci, (c, &(width, height))) in contents.iter().zip(&sizes).enumerate() {
+        for (si, (style_name, style_keys)) in columns.iter().enumerate() {
+            for (vi, params) in variants.iter().enumerate() {
+                jobs.push(NewJob {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    content_index: ci as u32,
+                    style_index: si as u32,
+                    variant_index: vi as u32,
+                    content_name: c.name.clone(),
+                    style_name: style_name.clone(),
+                    content_key: c.key.clone(),
+                    style_keys: style_keys.clone(),
+                    params_json: params_json[vi].clone(),
+                    width,
+                    height,
+                    iterations: params.render.iterations as u32,
+                    checkpoint_every,
+                    snapshot_every: r.snapshot_every,
+                    min_memory: params.render.least_peak_bytes(width, height),
+                });
+            }
         }
-        if r.contents.is_empty() || r.styles.is_empty() {
-            return Err(Status::invalid_argument("a collection needs at least one content and one style image"));
-        }
-        let _place = match held {
-            Some(place) => place,
-            None => std::sync::Arc::new(self.0.submits.admit(&client)?),
-        };
-        let variants_json = if r.variants_json.is_empty() { vec!["{}".to_string()] } else { std::mem::take(&mut r.variants_json) };
-        // Blended: each job reads every style; otherwise one style a job.
-        let (style_columns, styles_per_job) = if r.blend_styles { (1, r.styles.len()) } else { (r.styles.len(), 1) };
-        let jobs_total = r.contents.len() * style_columns * variants_json.len();
-        if jobs_total > self.0.config.max_jobs {
-            return Err(Status::resource_exhausted(format!("{jobs_total} jobs is more than the limit of {}", self.0.config.max_jobs)));
-        }
-        // Parameters first: cheap, and the most common mistake.
-        let variants = variants_json.iter().enumerate().map(|(i, v)| check_variant(&format!("variant v{i}"), v, styles_per_job)).collect::<Result<Vec<_>, _>>()?;
-        if r.max_side == 0 && (r.width == 0 || r.height == 0 || r.width > MAX_RENDER_SIDE || r.height > MAX_RENDER_SIDE) {
+    }
+    // What is accepted, a worker can receive: the first job of each
+    // variant is the largest (every job of a variant has the same
+    // parameters and as many style keys).
+    if let Some(bytes) = jobs.iter().take(variants.len()).map(|j| lease_reply_bytes(j, &collection_id)).max() {
+        if bytes > MAX_WORKER_MESSAGE_BYTES {
             return Err(Status::invalid_argument(format!(
-                "size {}x{} is not a render size (1..{MAX_RENDER_SIDE} a side), and no max_side was given",
-                r.width, r.height
+                "a job of this collection would reach its worker as {bytes} bytes, over the {MAX_WORKER_MESSAGE_BYTES} a worker reads; use fewer styles per job"
             )));
         }
-        if r.max_side > MAX_RENDER_SIDE {
-            return Err(Status::invalid_argument(format!("max_side {} is over {MAX_RENDER_SIDE}", r.max_side)));
-        }
-        let mut contents = Vec::new();
-        for c in std::mem::take(&mut r.contents) {
-            contents.push(self.input(c, "content").await?);
-        }
-        let mut styles = Vec::new();
-        for s in std::mem::take(&mut r.styles) {
-            styles.push(self.input(s, "style").await?);
-        }
-        let mut sizes = Vec::new();
-        for c in &contents {
-            sizes.push(if r.max_side > 0 { fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))? } else { (r.width, r.height) });
-        }
-        self.check_devices(&variants, &contents, &sizes).await?;
-        // Everything is valid: store the inputs (content-addressed, so a
-        // retry rewrites the same objects), then create the jobs at once.
-        let mut stored = std::collections::BTreeSet::new();
-        for input in contents.iter_mut().chain(styles.iter_mut()) {
-            if let Some(bytes) = input.bytes.take() {
-                if stored.insert(input.key.clone()) {
-                    self.0.store.put(&input.key, bytes).await.map_err(|e| storage_err("store the inputs", e))?;
-                }
-            }
-        }
-        // A column of the collection: one style, or (blended) all of them.
-        let columns: Vec<(String, Vec<String>)> = if r.blend_styles {
-            vec![(blend_name(&styles.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()), styles.iter().map(|s| s.key.clone()).collect())]
-        } else {
-            styles.iter().map(|s| (s.name.clone(), vec![s.key.clone()])).collect()
-        };
-        let collection_id = uuid::Uuid::new_v4().to_string();
-        let checkpoint_every = if r.checkpoint_every == 0 { self.0.config.default_checkpoint_every } else { r.checkpoint_every };
-        let params_json: Vec<String> = variants.iter().map(JobParams::to_json).collect();
-        let mut jobs = Vec::new();
-        for (ci, (c, &(width, height))) in contents.iter().zip(&sizes).enumerate() {
-            for (si, (style_name, style_keys)) in columns.iter().enumerate() {
-                for (vi, params) in variants.iter().enumerate() {
-                    jobs.push(NewJob {
-                        id: uuid::Uuid::new_v4().to_string(),
-                        content_index: ci as u32,
-                        style_index: si as u32,
-                        variant_index: vi as u32,
-                        content_name: c.name.clone(),
-                        style_name: style_name.clone(),
-                        content_key: c.key.clone(),
-                        style_keys: style_keys.clone(),
-                        params_json: params_json[vi].clone(),
-                        width,
-                        height,
-                        iterations: params.render.iterations as u32,
-                        checkpoint_every,
-                        snapshot_every: r.snapshot_every,
-                        min_memory: params.render.least_peak_bytes(width, height),
-                    });
-                }
-            }
-        }
-        // What is accepted, a worker can receive: the first job of each
-        // variant is the largest (every job of a variant has the same
-        // parameters and as many style keys).
-        if let Some(bytes) = jobs.iter().take(variants.len()).map(|j| lease_reply_bytes(j, &collection_id)).max() {
-            if bytes > MAX_WORKER_MESSAGE_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "a job of this collection would reach its worker as {bytes} bytes, over the {MAX_WORKER_MESSAGE_BYTES} a worker reads; use fewer styles per job"
-                )));
-            }
-        }
-        let name = if r.name.is_empty() { default_name(&contents[0].name, &columns[0].0, contents.len(), columns.len()) } else { r.name };
-        let new = NewCollection {
-            id: collection_id,
-            owner: caller.owner,
-            idempotency_key: r.idempotency_key,
-            name,
-            priority: r.priority,
-            shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
-            jobs,
-            notify_url: r.notify_url,
-        };
-        let (collection_id, jobs) = self.0.state.write(move |db| db.create_collection(&new)).await?.map_err(db_err)?;
-        Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
     }
+    let name = if r.name.is_empty() { default_name(&contents[0].name, &columns[0].0, contents.len(), columns.len()) } else { r.name };
+    let new = NewCollection {
+        id: collection_id,
+        owner: caller.owner,
+        idempotency_key: r.idempotency_key,
+        name,
+        priority: r.priority,
+        shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
+        jobs,
+        notify_url: r.notify_url,
+    };
+    let (collection_id, jobs) = farm.state.write(move |db| db.create_collection(&new)).await?.map_err(db_err)?;
+    Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
+}
 
-    /// What no registered device could hold is refused now, not failed on
-    /// every worker later.
-    async fn check_devices(&self, variants: &[JobParams], contents: &[Input], sizes: &[(u32, u32)]) -> Result<(), Status> {
-        let Some(largest) = self.largest_device().await? else {
-            return Ok(());
-        };
-        for (vi, params) in variants.iter().enumerate() {
-            for (c, &size) in contents.iter().zip(sizes) {
-                // A worker tiles what its memory does not hold whole: the
-                // least it needs is in tiles of the farm's floor.
-                let bytes = params.render.least_peak_bytes(size.0, size.1);
-                check_fits(bytes, largest, || format!("{} at {}x{} (variant {vi})", c.name, size.0, size.1))?;
-            }
+/// What no registered device could hold is refused now, not failed on
+/// every worker later.
+async fn check_devices(farm: &State, variants: &[JobParams], contents: &[Input], sizes: &[(u32, u32)]) -> Result<(), Status> {
+    let Some(largest) = largest_device(farm).await? else {
+        return Ok(());
+    };
+    for (vi, params) in variants.iter().enumerate() {
+        for (c, &size) in contents.iter().zip(sizes) {
+            // A worker tiles what its memory does not hold whole: the
+            // least it needs is in tiles of the farm's floor.
+            let bytes = params.render.least_peak_bytes(size.0, size.1);
+            check_fits(bytes, largest, || format!("{} at {}x{} (variant {vi})", c.name, size.0, size.1))?;
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// The most memory a worker registered in the last day offers (`None`:
-    /// none said): what a job must fit to be leased at all.
-    pub(crate) async fn largest_device(&self) -> Result<Option<u64>, Status> {
-        self.0.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)
-    }
+/// The most memory a worker registered in the last day offers (`None`:
+/// none said): what a job must fit to be leased at all.
+pub(crate) async fn largest_device(farm: &State) -> Result<Option<u64>, Status> {
+    farm.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)
 }
 
 /// FAILED_PRECONDITION, naming `what` and the numbers, when a render that
