@@ -23,16 +23,16 @@ struct Cli {
     /// database: a command moves to the next when one cannot be reached.
     // (The field is `coordinator`, not `coordinators`: that id is
     // loadtest's count, and two arguments of one id break the parser.)
-    #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051", value_delimiter = ',', help_heading = CONNECTION)]
     coordinator: Vec<String>,
     /// Bearer token with the user scope.
-    #[arg(long, global = true, env = "STYLEFARM_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "STYLEFARM_TOKEN", hide_env_values = true, help_heading = CONNECTION)]
     token: Option<String>,
     /// Seconds the farm commands wait for a coordinator that does not
     /// answer (a restart) before giving up.
-    #[arg(long, global = true, env = "STYLEFARM_WAIT", default_value_t = farm::RIDE_OUT_SECONDS)]
+    #[arg(long, global = true, env = "STYLEFARM_WAIT", default_value_t = farm::RIDE_OUT_SECONDS, help_heading = CONNECTION)]
     wait: u64,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = CONNECTION)]
     tls: stylefarm_shared::client::TlsFlags,
     #[command(subcommand)]
     command: Command,
@@ -212,6 +212,10 @@ fn farm_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
+/// The heading the connection flags are listed under in every command's
+/// help, apart from the command's own.
+const CONNECTION: &str = "Connection (the farm commands)";
+
 fn main() -> anyhow::Result<()> {
     stylefarm_shared::terminal::end_quietly_on_closed_pipe();
     stylefarm_shared::memory::keep_freed_memory();
@@ -285,6 +289,21 @@ mod tests {
                 out.push(format!("{path} {}: (the command itself)", sub.get_name()));
             }
             undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    /// The connection flags are listed apart, under their own heading, in
+    /// every command's help (a local render's own flags come first).
+    #[test]
+    fn connection_flags_are_listed_apart() {
+        for name in ["render", "status"] {
+            let mut cmd = Cli::command();
+            cmd.build(); // (global flags reach the subcommands here)
+            let text = cmd.find_subcommand_mut(name).unwrap().render_long_help().to_string();
+            let apart = text.find(super::CONNECTION).unwrap_or_else(|| panic!("{name}: no heading: {text}"));
+            for flag in ["--coordinator <", "--token <", "--wait <", "--tls-ca <"] {
+                assert!(text.find(flag).is_some_and(|at| at > apart), "{name}: {flag} under the heading: {text}");
+            }
         }
     }
 
