@@ -214,20 +214,25 @@ pub fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
         .collect()
 }
 
+/// The flags `args` give, parsed as a command of these flags alone (for
+/// the tests of the commands that take them).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub fn parse_flags(args: &[&str]) -> std::result::Result<ParamFlags, clap::Error> {
     use clap::Parser;
-
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         params: ParamFlags,
     }
+    Cli::try_parse_from(std::iter::once("farmctl").chain(args.iter().copied())).map(|cli| cli.params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn params(args: &[&str]) -> Result<RenderParams> {
-        let cli = Cli::try_parse_from(std::iter::once("farmctl").chain(args.iter().copied()))?;
-        cli.params.to_params()
+        parse_flags(args)?.to_params()
     }
 
     #[test]
@@ -241,7 +246,7 @@ mod tests {
     fn colour_preservation_and_bit_depth_flags() {
         let p = params(&["--preserve-colors", "luminance", "--bit-depth", "16"]).unwrap();
         assert_eq!(p.preserve_colors, Some(PreserveColors::Luminance));
-        let flags = Cli::try_parse_from(["farmctl", "--bit-depth", "16"]).unwrap().params;
+        let flags = parse_flags(&["--bit-depth", "16"]).unwrap();
         assert_eq!(flags.execution(Some(256)), Execution { tile: Some(256), keep_tiles: 0, bit_depth: 16 });
         assert_eq!(params(&["--preserve-colors", "histogram"]).unwrap().preserve_colors, Some(PreserveColors::Histogram));
         let e = params(&["--bit-depth", "12"]).unwrap_err().to_string();

@@ -267,7 +267,9 @@ fn bad_submissions_are_refused_by_name_and_lose_nothing() {
     let st = farm.status(&good).unwrap();
     assert_eq!(jobs(&st).len(), 1);
     let o = farm.farmctl(&["status", "no-such-collection"]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no collection"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not an id"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = farm.farmctl(&["status", "0000aaaa"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no collection or job you can see"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

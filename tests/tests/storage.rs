@@ -75,7 +75,7 @@ fn a_deleted_collection_leaves_nothing_of_its_own_and_touches_nothing_else() {
     let again = farm.farmctl(&["delete", &a]);
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains(" 0 objects"), "a repeat is OK: {}", String::from_utf8_lossy(&again.stderr));
     let unknown = farm.farmctl(&["delete", "no-such-collection"]);
-    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no collection no-such-collection"));
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no-such-collection"), "{}", String::from_utf8_lossy(&unknown.stderr));
 
     // Still at work: refused, naming what to do; --cancel deletes it.
     let c = small(&farm, "init.png", "style.png", "2000");

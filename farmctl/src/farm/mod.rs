@@ -216,9 +216,19 @@ pub async fn resolve_any(url: &Conn, arg: &str) -> Result<(Kind, String)> {
     Ok((kind, found.id))
 }
 
+/// Whether `arg` is a whole id (a UUID), which needs no lookup.
+fn is_whole_id(arg: &str) -> bool {
+    uuid::Uuid::try_parse(arg).is_ok_and(|u| u.hyphenated().to_string() == arg)
+}
+
 /// The whole id of the `want` that `arg` names (see [`resolve_any`]); an
-/// error naming what it is when it names something else.
+/// error naming what it is when it names something else. A whole id is
+/// taken as it is (the call it is for says if there is no such thing; a
+/// repeated delete of a deleted collection stays OK).
 pub async fn resolve(url: &Conn, arg: &str, want: Kind) -> Result<String> {
+    if is_whole_id(arg) {
+        return Ok(arg.to_string());
+    }
     match resolve_any(url, arg).await? {
         (kind, id) if kind == want => Ok(id),
         (kind, id) => anyhow::bail!("{arg} is a {}'s id ({id}), not a {}'s", kind.as_str(), want.as_str()),

@@ -217,18 +217,10 @@ pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        params: ParamFlags,
-    }
-
     fn flags() -> ParamFlags {
-        Cli::try_parse_from(["farmctl"]).unwrap().params
+        crate::flags::parse_flags(&[]).unwrap()
     }
 
     /// Every key of the one list is taken, lists in brackets as one value
