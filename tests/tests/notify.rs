@@ -132,6 +132,7 @@ fn a_collections_end_is_posted_signed_and_retried_until_taken() {
     let failure = &summary["failures"][0];
     let failed = jobs(&st).iter().find(|j| j["state"] == "FAILED").unwrap();
     assert_eq!(failure["job_id"], failed["job_id"]);
+    assert_eq!(failure["variant"], "beta=1e+300", "the variant by its label, as everywhere: {failure}");
     assert!(failure["error"].as_str().unwrap().contains("beta"), "the cause, as the job page says it: {failure}");
     let page = summary["links"]["collection"].as_str().unwrap();
     assert!(page.starts_with(farm.dashboard.as_deref().unwrap().trim_end_matches('/')) && page.ends_with(&format!("#/c/{id}")), "{page}");

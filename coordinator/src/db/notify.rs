@@ -20,6 +20,8 @@ pub struct Failure {
     pub content: String,
     pub style: String,
     pub variant_index: u32,
+    /// Its variant's label, as the collection's columns carry it.
+    pub variant: String,
     pub attempts: u32,
     /// Why, as the job page shows it.
     pub error: String,
@@ -134,11 +136,19 @@ impl Db {
                     content: r.get(1)?,
                     style: r.get(2)?,
                     variant_index: r.get(3)?,
+                    variant: String::new(),
                     attempts: r.get(4)?,
                     error: r.get(5)?,
                 })
             },
         )?;
+        let mut failures = failures;
+        if !failures.is_empty() {
+            let columns = self.grid_columns(id)?;
+            for f in &mut failures {
+                f.variant = columns.iter().find(|c| c.variant_index == f.variant_index).map(|c| c.label.clone()).unwrap_or_default();
+            }
+        }
         Ok(Some(Ended {
             collection,
             notify_url: notify_url.unwrap_or_default(),
