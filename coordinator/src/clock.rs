@@ -32,11 +32,6 @@ pub fn set_offset(seconds: f64) {
     }
 }
 
-/// The offset in use, in seconds.
-pub fn offset() -> f64 {
-    OFFSET_MICROS.load(Ordering::Relaxed) as f64 / 1e6
-}
-
 fn skew() -> f64 {
     static SKEW: OnceLock<f64> = OnceLock::new();
     *SKEW.get_or_init(|| std::env::var("STYLEFARM_TEST_CLOCK_SKEW_SECONDS").ok().and_then(|s| s.parse().ok()).filter(|s: &f64| s.is_finite()).unwrap_or(0.0))

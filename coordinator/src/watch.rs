@@ -218,14 +218,10 @@ async fn snapshot(farm: &Arc<State>, subscription: &Subscription, caller: &Calle
 }
 
 fn encode_snapshot(owner: String, collection: pb::Collection) -> Snapshot {
-    let mut jobs: Vec<(String, bool)> = collection.jobs.iter().map(|j| (j.job_id.clone(), has_ended(j.state))).collect();
+    let mut jobs: Vec<(String, bool)> = collection.jobs.iter().map(|j| (j.job_id.clone(), pb::JobState::ended(j.state))).collect();
     jobs.sort_unstable();
     let event = pb::WatchEvent { event: Some(pb::watch_event::Event::Snapshot(collection)) };
     Snapshot { owner, grpc: event.encode_to_vec().into(), jobs }
-}
-
-fn has_ended(state: i32) -> bool {
-    pb::JobState::try_from(state).is_ok_and(|s| s.has_ended())
 }
 
 /// Which of a snapshot's jobs have not ended, as one watcher has heard.
@@ -245,7 +241,7 @@ impl Open {
     /// The places of `jobs` in the snapshot's list, and whether each ended.
     fn places(&self, jobs: &[Arc<crate::state::JobEvent>]) -> Vec<(usize, bool)> {
         let find = |job_id: &str| self.snapshot.jobs.binary_search_by(|(id, _)| id.as_str().cmp(job_id)).ok();
-        jobs.iter().filter_map(|e| find(&e.job.job_id).map(|i| (i, has_ended(e.job.state)))).collect()
+        jobs.iter().filter_map(|e| find(&e.job.job_id).map(|i| (i, pb::JobState::ended(e.job.state)))).collect()
     }
 
     fn heard(&mut self, places: &[(usize, bool)]) {

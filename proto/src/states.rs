@@ -29,6 +29,12 @@ impl JobState {
     pub fn has_ended(self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
     }
+
+    /// [`JobState::has_ended`] of a wire value (a `Job.state`); false for
+    /// a value this contract does not define.
+    pub fn ended(state: i32) -> bool {
+        JobState::try_from(state).is_ok_and(JobState::has_ended)
+    }
 }
 
 impl JobCounts {

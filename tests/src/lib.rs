@@ -118,6 +118,15 @@ pub fn test_database() -> Option<FreshDatabase> {
     }
 }
 
+/// A fresh database on the PostgreSQL server `STYLEFARM_TEST_POSTGRES`
+/// names, and its URL (for a second coordinator): for tests that
+/// `require!(Need::Postgres)`.
+pub fn postgres_database() -> (FreshDatabase, String) {
+    let database = Postgres::from_env().expect("STYLEFARM_TEST_POSTGRES names a server (scripts/test.sh starts one)").fresh_database();
+    let Target::Postgres(url) = database.target.clone() else { unreachable!("a PostgreSQL database has a URL") };
+    (database, url)
+}
+
 /// The coordinator's --lease-seconds (heartbeats every second).
 pub const LEASE: &str = "3";
 

@@ -210,9 +210,7 @@ fn two_coordinators_announce_each_collection_once() {
     stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Postgres);
     let (port, got) = receiver(0);
     let prefix = format!("http://127.0.0.1:{port}/hooks/");
-    let pg = stylefarm_coordinator::db::testing::Postgres::from_env().unwrap();
-    let database = pg.fresh_database();
-    let stylefarm_coordinator::db::Target::Postgres(url) = database.target.clone() else { unreachable!() };
+    let (database, url) = stylefarm_tests::postgres_database();
     let notify = ["--notify-prefix", prefix.as_str(), "--notify-secret", SECRET];
     let a = Farm::start_on(Some(database), &notify);
     let (dir, mut procs) = (tempfile::tempdir().unwrap(), stylefarm_tests::Procs(Vec::new()));

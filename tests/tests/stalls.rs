@@ -191,9 +191,7 @@ fn freezing_proxy(to: u16) -> (u16, impl Fn()) {
 #[test]
 fn a_watch_outlives_a_change_feed_that_died_silently() {
     stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Postgres);
-    let pg = stylefarm_coordinator::db::testing::Postgres::from_env().unwrap();
-    let database = pg.fresh_database();
-    let stylefarm_coordinator::db::Target::Postgres(url) = database.target.clone() else { unreachable!() };
+    let (database, url) = stylefarm_tests::postgres_database();
     let port_of = |u: &str| u.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()).and_then(|p| p.parse::<u16>().ok()).unwrap();
     let pg_port = port_of(&url);
     let (through, freeze) = freezing_proxy(pg_port);
@@ -234,9 +232,7 @@ fn a_watch_outlives_a_change_feed_that_died_silently() {
 #[test]
 fn a_coordinator_whose_clock_is_off_expires_no_live_lease() {
     stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Postgres);
-    let pg = stylefarm_coordinator::db::testing::Postgres::from_env().unwrap();
-    let database = pg.fresh_database();
-    let stylefarm_coordinator::db::Target::Postgres(url) = database.target.clone() else { unreachable!() };
+    let (database, url) = stylefarm_tests::postgres_database();
     let a = Farm::start_on(Some(database), &[]);
     let dir = tempfile::tempdir().unwrap();
     let mut procs = Procs(Vec::new());

@@ -29,7 +29,7 @@ fn refused(s: &tonic::Status) -> bool {
 }
 
 fn all_ended(c: &pb::Collection) -> bool {
-    c.jobs.iter().all(|j| pb::JobState::try_from(j.state).is_ok_and(|s| s.has_ended()))
+    c.jobs.iter().all(|j| pb::JobState::ended(j.state))
 }
 
 /// Streams progress until every job has ended; Ok(true) if all succeeded.
@@ -93,7 +93,7 @@ pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
         }
         let Some(c) = last.as_ref() else { continue };
         overall.set_length(c.jobs.len() as u64);
-        let done = c.jobs.iter().filter(|j| pb::JobState::try_from(j.state).is_ok_and(|s| s.has_ended())).count();
+        let done = c.jobs.iter().filter(|j| pb::JobState::ended(j.state)).count();
         overall.set_position(done as u64);
         let eta = c.jobs.iter().filter_map(|j| j.progress.as_ref()).map(|p| p.eta_seconds).fold(0f64, f64::max);
         overall.set_message(format!("{eta:.0}s"));
