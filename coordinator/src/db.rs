@@ -26,6 +26,7 @@ pub mod ids;
 mod notify;
 pub mod copy;
 mod schema;
+mod usage;
 pub mod single;
 pub mod sql;
 pub mod testing;
@@ -192,6 +193,7 @@ fn job_from_row(r: &Row) -> sql::Result<pb::Job> {
         started_from: r.get("started_from")?,
         failures: r.get("failures")?,
         requeues: r.get("requeues")?,
+        worker_name: r.get("worker_name")?,
     })
 }
 

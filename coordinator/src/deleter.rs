@@ -49,6 +49,8 @@ pub(crate) async fn pass(state: &State, id: &str, marked: f64) -> Result<Removed
             removed.objects += 1;
             removed.bytes += size;
         }
+        let owned = key.clone();
+        state.state.write(move |db| db.forget_stored_input(&owned)).await?.map_err(db_err)?;
     }
     let owned = id.to_string();
     let writers = state.state.read(move |db| db.writers_may_remain(&owned)).await?.map_err(db_err)?;

@@ -1,7 +1,9 @@
 //! The farm's gauges on `/metrics`, refreshed every two seconds by the
-//! lease sweep: jobs by state, and the queued jobs each size of device
-//! could take, which is what an autoscaler reads
-//! (`deploy/k8s/overlays/autoscale` scales workers on it).
+//! lease sweep: jobs by state, the queued jobs each size of device could
+//! take, which is what an autoscaler reads (`deploy/k8s/overlays/autoscale`
+//! scales workers on it), and the bytes stored, in all and by owner (per
+//! collection they are in `status` and on the page: a series per
+//! collection would grow without bound).
 
 use crate::db::Db;
 
@@ -19,6 +21,10 @@ pub fn refresh(db: &Db) -> crate::db::sql::Result<()> {
     let queued = db.queued_by_memory()?;
     for (gib, n) in DEVICE_GIB.iter().zip(fitting(&queued, &DEVICE_GIB)) {
         metrics::gauge!("stylefarm_queued_jobs_fitting", "memory_gib" => gib.to_string()).set(n as f64);
+    }
+    metrics::gauge!("stylefarm_stored_bytes").set(db.stored_bytes()? as f64);
+    for (owner, bytes) in db.stored_bytes_by_owner()? {
+        metrics::gauge!("stylefarm_stored_bytes_by_owner", "owner" => owner).set(bytes as f64);
     }
     Ok(())
 }

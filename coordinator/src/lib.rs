@@ -33,7 +33,8 @@
 //! - [`watch`]: `Watch` on its own route, each message encoded once for
 //!   all of a collection's watchers;
 //! - [`deleter`]: a collection's objects removed from storage when it is
-//!   deleted, and deletions a restart interrupted finished;
+//!   deleted, and deletions a restart interrupted finished; [`usage`]:
+//!   the bytes each collection stores, measured by listing storage;
 //! - [`fleet`]: the operator's actions on workers; [`retry`]: retry with
 //!   changed parameters; [`notify`]: a collection's end POSTed, signed, to
 //!   its notify_url;
@@ -60,6 +61,7 @@ pub mod service;
 pub mod state;
 pub mod status;
 pub mod submit;
+pub mod usage;
 pub mod watch;
 pub mod web;
 pub mod workers;
@@ -206,6 +208,7 @@ pub async fn run_with_dashboard(
     tokio::spawn(expire_leases(state.clone(), background.clone()));
     tokio::spawn(notify::run(state.clone(), background.clone()));
     tokio::spawn(deleter::run(state.clone(), background.clone()));
+    tokio::spawn(usage::run(state.clone(), background.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FarmServer<FarmService>>().await;

@@ -31,6 +31,13 @@ pub fn collection(collection: &str) -> String {
     format!("collections/{collection}/")
 }
 
+/// The collection whose folder holds `key`; `None` for a key outside
+/// every collection's folder.
+pub fn collection_of_key(key: &str) -> Option<&str> {
+    let (id, _) = key.strip_prefix("collections/")?.split_once('/')?;
+    (!id.is_empty()).then_some(id)
+}
+
 /// The folder of one attempt at a job.
 pub fn attempt(collection: &str, job: &str, attempt: u32) -> String {
     format!("collections/{collection}/jobs/{job}/attempt-{attempt}")
@@ -84,6 +91,9 @@ mod tests {
         assert_eq!(key, "collections/c1/jobs/j1/attempt-2/output.png");
         assert_eq!(job_of_attempt_key(&key), Some("collections/c1/jobs/j1"));
         assert_eq!(job_of_attempt_key("inputs/abc"), None);
+        assert_eq!(collection_of_key(&in_attempt(&attempt("c1", "j1", 2), "output.png")), Some("c1"));
+        assert_eq!(collection_of_key("inputs/abc"), None);
+        assert_eq!(collection_of_key("collections//x"), None);
         assert!(readable("c1", &key));
         assert!(!readable("c2", &key));
         assert!(!readable("c1", "collections/c1/../c2/jobs/j/attempt-1/output.png"));

@@ -117,8 +117,9 @@ impl Farm for FarmService {
         let after = page_after(&r.page_token)?;
         let limit = if r.page_size == 0 { 100 } else { r.page_size.min(1000) };
         let owner = (!caller.admin).then_some(caller.owner);
-        let (collections, next) = self.0.state.read(move |db| db.collections_page(owner.as_deref(), after, limit)).await?.map_err(db_err)?;
-        Ok(Response::new(pb::ListCollectionsResponse { collections, next_page_token: page_token(next) }))
+        let read = self.0.state.read(move |db| Ok::<_, crate::db::sql::Error>((db.collections_page(owner.as_deref(), after, limit)?, db.stored_bytes()?)));
+        let ((collections, next), stored_bytes) = read.await?.map_err(db_err)?;
+        Ok(Response::new(pb::ListCollectionsResponse { collections, next_page_token: page_token(next), stored_bytes }))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {

@@ -51,6 +51,7 @@ pub(crate) fn changed_part(job: &pb::Job) -> pb::Job {
         attempts: job.attempts,
         progress: job.progress.clone(),
         worker: job.worker.clone(),
+        worker_name: job.worker_name.clone(),
         error: job.error.clone(),
         output_key: job.output_key.clone(),
         started_from: job.started_from,

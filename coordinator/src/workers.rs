@@ -173,7 +173,7 @@ impl Workers for WorkersService {
         if !answer.repeated {
             metrics::counter!("stylefarm_jobs_completed_total").increment(1);
             tracing::debug!(job = %r.job_id, worker = %r.worker_id, "completed");
-            tokio::spawn(prune_checkpoints(self.0.store.clone(), output_key));
+            tokio::spawn(prune_checkpoints(self.0.clone(), output_key));
         }
         Ok(Response::new(pb::CompleteResponse {}))
     }
@@ -226,9 +226,10 @@ impl Workers for WorkersService {
 /// A succeeded job's checkpoints, every attempt's, are of no more use
 /// (a re-render starts from the init): removed once it succeeds. The
 /// output, logs, plots and snapshots stay. In the background; a failure
-/// is logged and leaves them.
-async fn prune_checkpoints(store: stylefarm_shared::storage::Store, output_key: String) {
+/// is logged and leaves them. The collection is then measured again.
+async fn prune_checkpoints(state: std::sync::Arc<crate::context::State>, output_key: String) {
     use stylefarm_shared::records::job_files::checkpoint_iteration;
+    let store = &state.store;
     let Some(job) = crate::paths::job_of_attempt_key(&output_key) else { return };
     let listed = match store.list_all(job).await {
         Ok(listed) => listed,
@@ -247,4 +248,9 @@ async fn prune_checkpoints(store: stylefarm_shared::storage::Store, output_key: 
     }
     metrics::counter!("stylefarm_checkpoint_bytes_removed_total").increment(bytes);
     tracing::debug!(job, removed, bytes, "a succeeded job's checkpoints removed");
+    if let Some(collection) = crate::paths::collection_of_key(job).map(str::to_string) {
+        if let Ok(Err(e)) = state.state.write(move |db| db.usage_stale(&collection)).await {
+            tracing::warn!("asking for a new measure of what a collection stores: {e}");
+        }
+    }
 }

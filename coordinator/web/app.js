@@ -105,10 +105,14 @@ function ago(unix) {
   return s < 1 ? "now" : `${duration(s)} ago`;
 }
 
-function bytes(n) {
+// A byte count (a number, or a uint64 as the contract's JSON sends it: a
+// string) as people read it.
+function bytes(count) {
+  const n = Number(count);
   if (n < 1024) return `${n} B`;
   if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n < 1 << 30) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  return `${(n / (1 << 30)).toFixed(1)} GiB`;
 }
 
 function countsLine(c) {
@@ -127,10 +131,19 @@ function when(unix) {
   return new Date(unix * 1000).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
 
+// "5s ago" that counts on by itself: every element with data-ago (unix
+// seconds) is rewritten each second, on every view.
+function agoSpan(unix, prefix = "", attrs = {}) {
+  return h("span", { ...attrs, dataset: { ago: unix, prefix } }, prefix + ago(unix));
+}
+setInterval(() => {
+  for (const el of document.querySelectorAll("[data-ago]")) el.textContent = el.dataset.prefix + ago(Number(el.dataset.ago));
+}, 1000);
+
 // A <time> with the date, and how long ago in grey.
 function whenCell(unix) {
   if (!unix) return h("span", { class: "muted" }, "—");
-  return h("time", { datetime: new Date(unix * 1000).toISOString() }, when(unix), h("span", { class: "muted" }, ` · ${ago(unix)}`));
+  return h("time", { datetime: new Date(unix * 1000).toISOString() }, when(unix), agoSpan(unix, " · ", { class: "muted" }));
 }
 
 // An id in full, with a button that copies it.
@@ -209,14 +222,19 @@ async function who() {
 async function farmView() {
   const box = h("div", {});
   show(h("h1", {}, "Farm"), box);
+  teardown.push(() => offline(false));
   const draw = async () => {
     let f;
     try {
       f = await api("/api/farm");
     } catch (e) {
-      box.replaceChildren(failed(e));
+      // Unreachable: the banner says so and the page keeps what it showed,
+      // reading again every few seconds; an answer that refuses is shown.
+      if (e instanceof ApiError) box.replaceChildren(failed(e));
+      else offline(true);
       return;
     }
+    offline(false);
     const j = f.jobs;
     const pace = new Map(f.pace.map((p) => [p.worker_id, p.iterations_per_second]));
     const stat = (id, label, value) => h("div", { class: "stat" }, h("span", { id, class: "value" }, value), h("span", { class: "label" }, label));
@@ -251,7 +269,7 @@ async function farmView() {
         h("td", { "data-label": "device" }, w.device, w.device_name ? h("span", { class: "muted" }, ` ${w.device_name}`) : null),
         h("td", { "data-label": "job" }, w.current_job ? h("a", { href: `#/j/${w.current_job}`, title: w.current_job }, w.current_job.slice(0, 8)) : h("span", { class: "muted" }, "idle")),
         h("td", { class: "num", "data-label": "iterations/s" }, pace.has(w.worker_id) ? pace.get(w.worker_id).toFixed(2) : ""),
-        h("td", { "data-label": "last heard" }, ago(w.last_seen_unix)),
+        h("td", { "data-label": "last heard" }, agoSpan(w.last_seen_unix)),
         stateCell(w),
         actions(w)));
     box.replaceChildren(
@@ -259,7 +277,8 @@ async function farmView() {
         stat("queue", "queued", j.queued || 0),
         stat("running", "running", j.running || 0),
         stat("done-hour", "done in the last hour", f.done_last_hour),
-        stat("failed-total", "failed jobs", j.failed || 0)),
+        stat("failed-total", "failed jobs", j.failed || 0),
+        stat("stored", "stored", bytes(f.stored_bytes))),
       h("h2", {}, "Workers"),
       f.workers.length === 0 ? h("p", { class: "muted" }, "No worker has registered.") :
         h("table", { id: "workers", class: "cards" },
@@ -293,6 +312,7 @@ async function collectionsView() {
   let limit = 100;
   let all = [];
   let more_left = false;
+  let stored = 0;
   const order = { running: 0, queued: 1, failed: 2, cancelled: 3, succeeded: 4 };
   const draw = () => {
     sessionStorage.setItem("stylefarm.collections", JSON.stringify({ q: search.value, state: state.value, sort: sort.value }));
@@ -313,7 +333,8 @@ async function collectionsView() {
       state: (a, b) => order[collectionState(a)] - order[collectionState(b)] || b.created_unix - a.created_unix,
     }[sort.value];
     const shown = all.filter(wanted).sort(by);
-    summary.textContent = shown.length === all.length ? plural(all.length, "collection") : `${shown.length} of ${plural(all.length, "collection")}`;
+    summary.textContent = (shown.length === all.length ? plural(all.length, "collection") : `${shown.length} of ${plural(all.length, "collection")}`) +
+      ` · ${bytes(stored)} stored in all`;
     table.replaceChildren(...shown.map((c) => {
       const k = c.counts;
       const total = k.queued + k.running + k.succeeded + k.failed + k.cancelled;
@@ -325,12 +346,13 @@ async function collectionsView() {
         h("td", { "data-label": "jobs" },
           h("span", { class: `badge ${collectionState(c)}` }, collectionState(c)), " ", countsLine(k),
           progressBar(done, total)),
+        h("td", { class: "num stored", "data-label": "stored" }, bytes(c.stored_bytes)),
         h("td", { "data-label": "submitted" }, whenCell(c.created_unix)));
     }));
     more.hidden = !more_left;
     if (!all.length) box.replaceChildren(h("p", { class: "muted" }, "No collections yet. ", h("a", { href: "#/submit" }, "Submit one.")));
     else if (!box.contains(table)) box.replaceChildren(h("table", { id: "collections", class: "cards" },
-      h("thead", {}, h("tr", {}, ["name", "shape", "jobs", "submitted"].map((t) => h("th", {}, t)))), table), more);
+      h("thead", {}, h("tr", {}, ["name", "shape", "jobs", "stored", "submitted"].map((t) => h("th", {}, t)))), table), more);
   };
   const load = async () => {
     try {
@@ -339,15 +361,19 @@ async function collectionsView() {
       do {
         const r = await api(`/api/collections?page_size=100&page_token=${encodeURIComponent(token)}`);
         got.push(...r.collections);
+        stored = r.stored_bytes;
         token = r.next_page_token;
       } while (token && got.length < limit);
       all = got;
       more_left = !!token;
+      offline(false);
       draw();
     } catch (e) {
-      box.replaceChildren(failed(e));
+      if (e instanceof ApiError) box.replaceChildren(failed(e));
+      else offline(true);
     }
   };
+  teardown.push(() => offline(false));
   for (const el of [search, state, sort]) el.addEventListener("input", draw);
   await load();
   every(5000, load);
@@ -398,7 +424,9 @@ function fillCell(td, job) {
   }
   // Without a picture, the frame says what became of the job.
   if (!td.querySelector("img.thumb")) {
-    td.querySelector(".frame").replaceChildren(h("span", { class: `mark ${state}` }, state === "running" ? "starting" : state,
+    // Running: "starting" until its first report, then how far it is.
+    const mark = state !== "running" ? state : p.iterations > 0 ? `running ${Math.floor((100 * p.iteration) / p.iterations)}%` : "starting";
+    td.querySelector(".frame").replaceChildren(h("span", { class: `mark ${state}` }, mark,
       state === "failed" && job.error ? h("small", {}, job.error) : null));
   }
   const pct = p.iterations > 0 ? Math.min(100, (100 * p.iteration) / p.iterations) : (state === "succeeded" ? 100 : 0);
@@ -438,14 +466,48 @@ async function collectionView(id, pageNo) {
   const pages = Math.max(1, Math.ceil(head.contents / rowsPerPage));
   const page = Math.min(Math.max(0, pageNo), pages - 1);
   const counts = h("span", { id: "counts" }, countsLine(head.counts));
+  const stored = h("span", { id: "stored" }, `${bytes(head.stored_bytes)} stored`);
   // Buttons that cannot act are disabled, and say why.
-  const setButtons = (k) => {
+  const setButtons = (c) => {
+    const k = c.counts;
     const open = k.queued + k.running;
     cancel.disabled = open === 0;
     cancel.title = open === 0 ? "nothing to cancel: every job has ended" : `cancel the ${plural(open, "unfinished job")}`;
     retryFailed.disabled = !(k.failed > 0);
     retryFailed.title = k.failed > 0 ? `queue the ${plural(k.failed, "failed job")} again` : "no job has failed";
+    pause.textContent = c.paused ? "Resume" : "Pause";
+    pause.title = c.paused ? "let its queued jobs start again" : "start none of its queued jobs until resumed (running ones finish)";
+    pause.dataset.paused = c.paused ? "yes" : "no";
+    if (document.activeElement !== priority) priority.value = c.priority;
+    remove.title = open ? `cancel the ${plural(open, "unfinished job")}, then delete the collection and everything it stored` : "delete the collection and everything it stored";
+    counts.textContent = countsLine(k);
+    stored.textContent = `${bytes(c.stored_bytes)} stored`;
   };
+  // Pause, resume or a new priority: an UpdateCollectionRequest.
+  const update = async (changes) => {
+    try {
+      const c = await api(`/api/collections/${id}`, { method: "PATCH", json: changes });
+      head.counts = c.counts;
+      setButtons(c);
+      message.replaceChildren();
+    } catch (e) {
+      message.replaceChildren(failed(e));
+    }
+  };
+  const pause = h("button", { id: "pause-collection", onclick: () => update({ paused: pause.dataset.paused !== "yes" }) }, "Pause");
+  const priority = h("input", { id: "priority", type: "number", step: 1, value: head.priority, "aria-label": "priority (higher runs first)" });
+  const setPriority = h("button", { id: "set-priority", title: "order its queued jobs against other collections'", onclick: () => update({ priority: Number(priority.value) }) }, "Set");
+  const remove = h("button", { id: "delete-collection", class: "danger", onclick: async () => {
+      const k = head.counts;
+      const open = k.queued + k.running;
+      if (!confirm(open ? `Cancel the unfinished jobs of ${head.name} and delete it with everything it stored?` : `Delete ${head.name} and everything it stored?`)) return;
+      try {
+        await api(`/api/collections/${id}?cancel=${open > 0}`, { method: "DELETE" });
+        location.hash = "#/collections";
+      } catch (e) {
+        message.replaceChildren(failed(e));
+      }
+    } }, "Delete");
   const live = h("span", { id: "live", class: "muted" }, "connecting…");
   const message = h("div", {});
   const cancel = h("button", { id: "cancel-collection", class: "danger", onclick: async () => {
@@ -459,8 +521,8 @@ async function collectionView(id, pageNo) {
   const retryFailed = h("button", { id: "retry-failed", onclick: async () => {
       try {
         const c = await api(`/api/collections/${id}/retry-failed`, { json: {} });
-        counts.textContent = countsLine(c.counts);
-        setButtons(c.counts);
+        head.counts = c.counts;
+        setButtons(c);
       } catch (e) {
         message.replaceChildren(failed(e));
       }
@@ -469,7 +531,7 @@ async function collectionView(id, pageNo) {
     h("a", { id: "prev-page", href: `#/c/${id}/p/${Math.max(0, page - 1)}`, class: page === 0 ? "disabled" : "" }, "‹ previous"),
     h("span", { id: "page-info" }, ` rows ${page * rowsPerPage + 1}–${Math.min(head.contents, (page + 1) * rowsPerPage)} of ${head.contents} `),
     h("a", { id: "next-page", href: `#/c/${id}/p/${Math.min(pages - 1, page + 1)}`, class: page === pages - 1 ? "disabled" : "" }, "next ›")) : null;
-  setButtons(head.counts);
+  setButtons(head);
   const cells = new Map();
   // Each variant's label, as the coordinator gives it (Column.label).
   const labels = [];
@@ -556,7 +618,8 @@ async function collectionView(id, pageNo) {
     h("div", { class: "title" },
       h("h1", {}, head.name),
       h("span", { class: "muted" }, ` ${plural(head.contents, "photo")} × ${plural(head.styles, "painting")} × ${plural(head.variants, "variant")} · submitted `, whenCell(head.created_unix))),
-    h("p", { class: "muted small" }, "id ", copyable(id)),
+    h("p", { class: "muted small" }, "id ", copyable(id), " · ", stored),
+    h("div", { class: "toolbar" }, pause, h("label", { class: "inline" }, h("span", {}, "priority"), priority), setPriority, h("span", { class: "spacer" }), remove),
     h("div", { class: "toolbar" }, counts, " ", live, h("span", { class: "spacer" }),
       h("label", { class: "inline" }, h("span", {}, "as"), view),
       h("label", { class: "inline" }, h("span", {}, "show"), showing),
@@ -596,8 +659,8 @@ async function collectionView(id, pageNo) {
       countsDue = null;
       try {
         const c = await api(`/api/collections/${id}`);
-        counts.textContent = countsLine(c.counts);
-        setButtons(c.counts);
+        head.counts = c.counts;
+        setButtons(c);
       } catch (_) { /* the next change tries again */ }
     }, delay);
   };
@@ -804,8 +867,9 @@ function paramValue(text) {
 }
 
 // The job's parameters; with `retry`, each an editable field and a
-// "Retry with changes" button that sends the fields changed.
-function paramsTable(params, retry) {
+// "Retry with changes" button that sends the fields changed ("Render
+// again with changes" for a job that succeeded).
+function paramsTable(params, retry, succeeded = false) {
   if (!params) return h("p", { class: "muted" }, "Unknown.");
   const fields = [];
   const rows = Object.entries(params).map(([k, v]) => {
@@ -816,13 +880,15 @@ function paramsTable(params, retry) {
   });
   const table = h("table", { id: "params" }, h("tbody", {}, rows));
   if (!retry) return table;
-  const send = h("button", { id: "retry-with-changes", type: "submit" }, "Retry with changes");
+  const send = h("button", { id: "retry-with-changes", type: "submit" }, succeeded ? "Render again with changes" : "Retry with changes");
   return h("form", { id: "retry-form", onsubmit: (ev) => {
     ev.preventDefault();
     const changes = {};
     for (const [k, input, was] of fields) if (input.value.trim() !== was) changes[k] = paramValue(input.value.trim());
     retry(changes);
-  } }, h("p", { class: "muted" }, "Change any value and retry: the job starts again from the beginning with the new values; its earlier attempts stay listed."), table, send);
+  } }, h("p", { class: "muted" }, succeeded ?
+    "Change any value and render again: the job starts from the beginning with the new values; its earlier attempts stay listed, and the image the last one made stays in storage." :
+    "Change any value and retry: the job starts again from the beginning with the new values; its earlier attempts stay listed."), table, send);
 }
 
 async function jobView(id) {
@@ -900,12 +966,12 @@ async function jobView(id) {
           h("img", { id: "job-image", src: image, alt: `${title}, the render` })) : h("p", { class: "muted" }, "No image yet.")),
         h("div", { class: "curve" }, h("h2", {}, "Losses"), lossChart(records, params, d.attempts))),
       h("h2", {}, "Parameters"),
-      paramsTable(params, state === "failed" || state === "cancelled" ? retryWithChanges : null),
+      paramsTable(params, ended ? retryWithChanges : null, state === "succeeded"),
       h("h2", {}, "Attempts"),
       h("table", { id: "attempts", class: "cards" },
         h("thead", {}, h("tr", {}, ["#", "worker", "started", "took", "resumed from", "outcome"].map((t) => h("th", {}, t)))),
         h("tbody", {}, d.attempts.map((a) => h("tr", {},
-          h("td", { "data-label": "attempt" }, a.attempt), h("td", { "data-label": "worker" }, a.worker),
+          h("td", { "data-label": "attempt" }, a.attempt), h("td", { "data-label": "worker", class: "worker", title: a.worker }, a.worker_name || a.worker),
           h("td", { "data-label": "started" }, h("time", { datetime: new Date(a.started_unix * 1000).toISOString() }, when(a.started_unix))),
           h("td", { "data-label": "took" }, a.ended_unix ? duration(a.ended_unix - a.started_unix) || "under a second" : `running for ${duration(Date.now() / 1000 - a.started_unix) || "a moment"}`),
           h("td", { class: "num", "data-label": "resumed from" }, a.resumed_from ? `iteration ${a.resumed_from}` : "the start"),
@@ -1059,6 +1125,7 @@ function submitView() {
 async function route() {
   for (const undo of teardown) undo();
   teardown = [];
+  offline(false);
   const hash = location.hash.replace(/^#/, "") || "/";
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", hash === a.getAttribute("href").slice(1));
   let s;

@@ -126,6 +126,15 @@ impl crate::Collection {
     }
 }
 
+impl crate::Job {
+    /// Who holds (or last held) it, as people know the worker: the name it
+    /// registered under, or its registration id when the name is unknown
+    /// (a job leased before the coordinator kept names).
+    pub fn worker_shown(&self) -> &str {
+        if self.worker_name.is_empty() { &self.worker } else { &self.worker_name }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{CollectionState as C, JobCounts};

@@ -83,19 +83,31 @@ pub fn largest_fitting_side(params: &RenderParams, (w, h): (u32, u32), budget: u
     Some(lo)
 }
 
-/// Bytes as people read them: `1.7 GiB`, `719 MiB`.
+/// Bytes as people read them: `1.7 GiB`, `719 MiB`, `12.5 KiB`, `800 B`.
 pub fn human(bytes: u64) -> String {
     let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
+    if bytes >= 1 << 30 {
         format!("{:.1} GiB", b / (1u64 << 30) as f64)
-    } else {
+    } else if bytes >= 1 << 20 {
         format!("{:.0} MiB", b / (1u64 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_in_the_unit_that_suits_them() {
+        assert_eq!(human(800), "800 B");
+        assert_eq!(human(12_800), "12.5 KiB");
+        assert_eq!(human(719 << 20), "719 MiB");
+        assert_eq!(human(1_825_361_101), "1.7 GiB");
+    }
 
     #[test]
     fn amounts_parse_and_nonsense_is_named() {

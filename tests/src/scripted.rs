@@ -93,6 +93,19 @@ impl ScriptedWorker {
         self.client.release(r).await.unwrap();
     }
 
+    /// Reports progress: `iteration` of `iterations` (a heartbeat, no
+    /// preview written).
+    pub async fn progress(&mut self, job: &Leased, iteration: u32, iterations: u32) {
+        let r = pb::HeartbeatRequest {
+            worker_id: self.id.clone(),
+            job_id: job.spec.job_id.clone(),
+            fencing_token: job.token,
+            progress: Some(pb::Progress { iteration, iterations, total: 1.0, ..Default::default() }),
+            ..Default::default()
+        };
+        self.client.heartbeat(r).await.unwrap();
+    }
+
     /// Tells the coordinator the attempt resumed from `iteration`.
     pub async fn resumed(&mut self, job: &Leased, iteration: u32) {
         let r = pb::HeartbeatRequest {

@@ -437,12 +437,120 @@ async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_th
     iters.send_keys("4").await.unwrap();
     c.find(Locator::Id("retry-with-changes")).await.unwrap().click().await.unwrap();
     until(&c, "the retried job to succeed on its page", "return document.querySelector('#job-state').textContent", |v| v == "succeeded").await;
-    let params = until(&c, "the new parameters shown", "return [...document.querySelectorAll('#params tr')].map(r => r.textContent).join(' ')", |v| {
+    // Succeeded: its parameters as fields again, to render it anew.
+    let params = until(&c, "the new parameters shown", "return [...document.querySelectorAll('#params tr')].map(r => r.textContent + (r.querySelector('input') ? r.querySelector('input').value : '')).join(' ')", |v| {
         v.as_str().is_some_and(|s| s.contains("beta1000"))
     })
     .await;
+    let again = c.find(Locator::Id("retry-with-changes")).await.unwrap().text().await.unwrap();
+    assert_eq!(again, "Render again with changes");
     assert!(!params.as_str().unwrap().contains("1e300"), "{params}");
     assert_contract_kept(&c).await;
     let attempts = c.execute("return document.querySelectorAll('#attempts tbody tr').length", vec![]).await.unwrap();
     assert_eq!(attempts, 2, "the failed attempt stays listed");
+}
+
+/// What a person does with a collection after submitting it, on the page:
+/// a running cell shows how far it is from its first heartbeat (no
+/// preview yet); "submitted … ago" counts on by itself; pause, resume and
+/// a new priority reach the farm (farmctl sees them); a job's attempts
+/// name their worker as it registered; the farm page rides out a
+/// coordinator outage under a banner, keeping what it showed; the list
+/// shows what each collection stores and the farm in all; and Delete
+/// removes the collection (another user's token cannot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_is_paused_reprioritised_and_deleted_from_the_page_which_rides_out_an_outage() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Browser);
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut farm = Farm::start_with(&["--http-listen", &http, "--user-token", USER, "--user-token", OTHER, "--worker-token", WORKER]);
+    let page = farm.dashboard.clone().unwrap();
+    let id = submit_as(&farm, USER, &["--content", &fixture("content.png"), "--content", &fixture("init.png"), "--style", &fixture("style.png"), "--size", "16x12", "--iters", "60"]);
+    let storage = farm.dir.path().join("data/storage");
+    let mut w = stylefarm_tests::scripted::ScriptedWorker::register(&farm.url, Some(WORKER), &storage, "night-shift").await;
+    let job = w.lease().await;
+    let job_id = job.spec.job_id.clone();
+    let driver = chromedriver();
+    let c = browser(&driver).await;
+    open_strict(&c, &page).await;
+    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
+    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
+    c.goto(&format!("{page}#/c/{id}")).await.unwrap();
+    until(&c, "the page live", "return document.querySelector('#live') && document.querySelector('#live').textContent", |v| v == "live").await;
+
+    // Its first heartbeat, no preview: the cell says how far, not "starting".
+    let cell = format!("td.cell[data-job='{job_id}']");
+    w.progress(&job, 15, 60).await;
+    let progress = format!("const td = document.querySelector(\"{cell}\"); return [td.querySelector('.frame').textContent, td.querySelector('.state').textContent]");
+    let shown = until(&c, "the cell's progress", &progress, |v| v[1] == "15/60").await;
+    assert_eq!(shown[0], "running 25%", "{shown}");
+
+    // "submitted … ago" ticks without the page being drawn again.
+    let ago = "const el = document.querySelector('.title [data-ago]'); el.dataset.mark = el.dataset.mark || 'kept'; return [el.textContent, el.dataset.mark]";
+    let first = c.execute(ago, vec![]).await.unwrap();
+    let later = until(&c, "the submit time to tick", ago, |v| v[0] != first[0]).await;
+    assert_eq!(later[1], "kept", "the same element, rewritten: {first} → {later}");
+
+    // Pause and resume, then a new priority: farmctl sees each.
+    let status = |farm: &Farm| -> Value {
+        let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", USER, "status", &id, "--json"]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    c.find(Locator::Id("pause-collection")).await.unwrap().click().await.unwrap();
+    until(&c, "the button to offer Resume", "return document.querySelector('#pause-collection').textContent", |v| v == "Resume").await;
+    assert_eq!(status(&farm)["paused"], true);
+    c.find(Locator::Id("pause-collection")).await.unwrap().click().await.unwrap();
+    until(&c, "the button to offer Pause", "return document.querySelector('#pause-collection').textContent", |v| v == "Pause").await;
+    assert_eq!(status(&farm)["paused"], false);
+    let priority = c.find(Locator::Id("priority")).await.unwrap();
+    priority.clear().await.unwrap();
+    priority.send_keys("7").await.unwrap();
+    c.find(Locator::Id("set-priority")).await.unwrap().click().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&farm)["priority"] != 7 {
+        assert!(Instant::now() < deadline, "the priority never reached the farm: {}", status(&farm));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The attempt names its worker as it registered (its id in the title).
+    c.goto(&format!("{page}#/j/{job_id}")).await.unwrap();
+    let named = until(&c, "the attempt's worker", "const td = document.querySelector('#attempts td.worker'); return td ? [td.textContent, td.title] : null", |v| !v.is_null()).await;
+    assert_eq!(named[0], "night-shift");
+    assert_eq!(named[1].as_str(), Some(w.id.as_str()));
+
+    // The farm page through an outage: a banner, and what it showed stays.
+    c.goto(&format!("{page}#/")).await.unwrap();
+    until(&c, "the farm page", "return !!document.querySelector('#workers tr.worker[data-name=night-shift]')", |v| v == true).await;
+    farm.kill_coordinator();
+    let outage = "return [!!document.querySelector('#offline'), !!document.querySelector('#workers'), document.querySelector('main').textContent.includes('Failed to fetch')]";
+    let during = until(&c, "the banner over the farm page", outage, |v| v[0] == true).await;
+    assert_eq!(during, json!([true, true, false]), "the workers stay shown and no bare error replaces them");
+    farm.start_coordinator();
+    until(&c, "the banner gone after the restart", "return !!document.querySelector('#offline')", |v| v == false).await;
+
+    // What it stores, per collection and in all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&farm)["stored_bytes"] == "0" {
+        assert!(Instant::now() < deadline, "never measured");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.goto(&format!("{page}#/collections")).await.unwrap();
+    let row = format!("const r = document.querySelector(\"tr[data-id='{id}'] td.stored\"); return r ? [r.textContent, document.querySelector('#collections-summary').textContent] : null");
+    let listed = until(&c, "the list with bytes stored", &row, |v| !v.is_null() && v[0] != "0 B").await;
+    assert!(listed[0].as_str().unwrap().ends_with("KiB") || listed[0].as_str().unwrap().ends_with(" B"), "{listed}");
+    assert!(listed[1].as_str().unwrap().contains("stored in all"), "{listed}");
+
+    // Another user cannot delete it; its owner can, from the page.
+    let refused = reqwest::Client::new().delete(format!("{page}api/collections/{id}?cancel=true")).bearer_auth(OTHER).send().await.unwrap();
+    assert_eq!(refused.status(), 404, "another user's collection is not found");
+    c.goto(&format!("{page}#/c/{id}")).await.unwrap();
+    c.wait().for_element(Locator::Id("delete-collection")).await.unwrap();
+    c.execute("window.confirm = () => true", vec![]).await.unwrap();
+    c.find(Locator::Id("delete-collection")).await.unwrap().click().await.unwrap();
+    until(&c, "the list after the delete", "return location.hash", |v| v == "#/collections").await;
+    let o = Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", USER, "status", &id]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(&id[..8]), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_contract_kept(&c).await;
+    let _ = c.close().await;
 }

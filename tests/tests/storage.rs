@@ -2,13 +2,16 @@
 //! and every object it left (its inputs too, where no other collection
 //! uses them), refuses one still at work unless `--cancel`, answers a
 //! repeat OK, and a coordinator SIGKILLed half-way through finishes the
-//! delete when it starts again, touching nothing else.
+//! delete when it starts again, touching nothing else. What each
+//! collection stores, and the farm in all, is what `status` and
+//! `/metrics` say, to the byte.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stylefarm_tests::{all_succeeded, bin, fixture, jobs, require, Farm, Need};
+use serde_json::Value;
+use stylefarm_tests::{all_succeeded, bin, fixture, free_port, jobs, require, scrape_metrics, Farm, Need};
 
 /// Every file below `dir` (relative paths), none if it is gone.
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -36,6 +39,29 @@ fn small(farm: &Farm, content: &str, style: &str, iters: &str) -> String {
     farm.submit(&["--content", &fixture(content), "--style", &fixture(style), "--size", "16x12", "--iters", iters, "--checkpoint-every", "2"])
 }
 
+/// The bytes of every file below `dir`.
+fn size_of(dir: &Path) -> u64 {
+    files(dir).iter().map(|f| std::fs::metadata(dir.join(f)).unwrap().len()).sum()
+}
+
+/// A uint64 of the contract's JSON (a string).
+fn uint64(v: &Value) -> u64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a uint64: {v}"))
+}
+
+/// `farmctl status --json` of the farm: the storage in all.
+fn stored_in_all(farm: &Farm) -> u64 {
+    let o = farm.farmctl(&["status", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    uint64(&v["collections"]["stored_bytes"])
+}
+
+/// The value of a gauge without labels on `/metrics`.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    scrape_metrics(metrics).lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -47,7 +73,8 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_deleted_collection_leaves_nothing_of_its_own_and_touches_nothing_else() {
     require!(Need::Binaries, Need::Weights);
-    let mut farm = Farm::start();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut farm = Farm::start_with(&["--metrics-listen", &metrics]);
     farm.add_worker("w");
     // A and B share the photo; only A uses style.png.
     let a = small(&farm, "content.png", "style.png", "4");
@@ -58,6 +85,19 @@ fn a_deleted_collection_leaves_nothing_of_its_own_and_touches_nothing_else() {
     let before_b = files(&root.join(format!("collections/{b}")));
     let inputs_before = files(&root.join("inputs"));
     assert_eq!(inputs_before.len(), 3, "{inputs_before:?}");
+
+    // What A stores: its folder (the succeeded job's checkpoints gone) and
+    // its photo and painting; the farm: every folder, each input once.
+    let photo_and_painting = ["content.png", "style.png"].iter().map(|f| std::fs::metadata(fixture(f)).unwrap().len()).sum::<u64>();
+    let a_stores = || size_of(&root.join(format!("collections/{a}"))) + photo_and_painting;
+    let in_all = || size_of(&root.join("collections")) + size_of(&root.join("inputs"));
+    wait_until("A's and the farm's bytes stored to be measured", Duration::from_secs(30), || {
+        uint64(&farm.status(&a).unwrap()["stored_bytes"]) == a_stores() && stored_in_all(&farm) == in_all() && gauge(&metrics, "stylefarm_stored_bytes") == Some(in_all() as f64)
+    });
+    assert!(files(&root.join(format!("collections/{a}"))).iter().all(|f| !f.to_string_lossy().contains("checkpoint")), "a succeeded job keeps no checkpoint");
+    let said = String::from_utf8_lossy(&farm.farmctl(&["status", &a]).stdout).into_owned();
+    assert!(said.lines().next().unwrap().ends_with(&format!("{} stored", stylefarm_shared::budget::human(a_stores()))), "{said}");
+    eprintln!("A stores {} bytes; the farm {} in all", a_stores(), in_all());
 
     let start = Instant::now();
     let o = farm.farmctl(&["delete", &a]);
@@ -72,6 +112,7 @@ fn a_deleted_collection_leaves_nothing_of_its_own_and_touches_nothing_else() {
     assert_eq!(files(&root.join(format!("collections/{b}"))), before_b, "B untouched");
     assert!(farm.status(&a).is_none(), "A is NOT_FOUND");
     assert!(all_succeeded(&farm.status(&b).unwrap()));
+    wait_until("the farm's total to drop by what A stored", Duration::from_secs(10), || stored_in_all(&farm) == in_all());
     let again = farm.farmctl(&["delete", &a]);
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).contains(" 0 objects"), "a repeat is OK: {}", String::from_utf8_lossy(&again.stderr));
     let unknown = farm.farmctl(&["delete", "no-such-collection"]);

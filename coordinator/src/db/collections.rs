@@ -77,6 +77,8 @@ fn collection_from_row(r: &Row) -> sql::Result<pb::Collection> {
         variants: r.get("variants")?,
         created_unix: r.get("created")?,
         paused: r.get::<_, i64>("paused")? != 0,
+        stored_bytes: (r.get::<_, i64>("folder_bytes")? + r.get::<_, i64>("input_bytes")?).max(0)
+            as u64,
         ..Default::default()
     })
 }
@@ -262,7 +264,7 @@ impl Db {
             .optional()?;
         let Some((owner, job)) = job else { return Ok(None) };
         let attempts = self.conn.query_map(
-            "SELECT attempt, worker, started, ended, outcome, resumed_from FROM attempts WHERE job_id = ?1 ORDER BY attempt",
+            "SELECT attempt, worker, started, ended, outcome, resumed_from, worker_name FROM attempts WHERE job_id = ?1 ORDER BY attempt",
             args![id],
             |r| {
                 Ok(pb::Attempt {
@@ -272,6 +274,7 @@ impl Db {
                     ended_unix: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
                     outcome: r.get::<_, Option<String>>(4)?.unwrap_or_else(|| "running".into()),
                     resumed_from: r.get(5)?,
+                    worker_name: r.get(6)?,
                 })
             },
         )?;

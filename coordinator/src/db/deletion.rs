@@ -9,7 +9,7 @@
 use stylefarm_proto as pb;
 
 use super::sql::{args, Optional};
-use super::{now, CallError, Db, QUEUED, RUNNING, STYLE_KEY_SEPARATOR};
+use super::{now, CallError, Db, QUEUED, RUNNING};
 
 /// What [`Db::mark_deleted`] found.
 #[derive(Debug, PartialEq)]
@@ -79,15 +79,7 @@ impl Db {
     /// The input keys collection `id` reads that no other collection
     /// (being deleted or not) reads: those its delete may remove.
     pub fn inputs_only_of(&self, id: &str) -> super::sql::Result<Vec<String>> {
-        let mut keys: Vec<String> = self.conn.query_map("SELECT DISTINCT content_key FROM jobs WHERE collection_id = ?1", args![id], |r| r.get(0))?;
-        let styles: Vec<String> = self.conn.query_map(
-            "SELECT style_keys FROM columns WHERE collection_id = ?1 UNION SELECT style_key FROM jobs WHERE collection_id = ?1 AND style_key != ''",
-            args![id],
-            |r| r.get(0),
-        )?;
-        keys.extend(styles.iter().flat_map(|k| k.split(STYLE_KEY_SEPARATOR)).map(str::to_string));
-        keys.sort();
-        keys.dedup();
+        let keys = self.inputs_of(id)?;
         let mut only = Vec::new();
         for key in keys {
             let elsewhere: bool = self.conn.query_row(
@@ -123,7 +115,7 @@ impl Db {
         tx.execute("DELETE FROM jobs WHERE collection_id = ?1", args![id])?;
         tx.execute("DELETE FROM variants WHERE collection_id = ?1", args![id])?;
         tx.execute("DELETE FROM columns WHERE collection_id = ?1", args![id])?;
-        tx.execute("UPDATE collections SET deleted = 1 WHERE id = ?1", args![id])?;
+        tx.execute("UPDATE collections SET deleted = 1, folder_bytes = 0, input_bytes = 0 WHERE id = ?1", args![id])?;
         tx.commit()
     }
 }

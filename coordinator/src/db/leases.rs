@@ -84,16 +84,16 @@ impl Db {
     pub fn lease(&mut self, worker: &str, rules: &Rules) -> Result<Option<Leased>, CallError> {
         let tx = self.conn.savepoint()?;
         let t = now();
-        let w: Option<(i64, bool, u32, bool, String, bool)> = tx
+        let w: Option<(i64, bool, u32, bool, String, bool, String)> = tx
             .query_row(
                 "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2),
-                        ended, draining
+                        ended, draining, name
                  FROM workers WHERE id = ?1 FOR UPDATE",
                 args![worker],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .optional()?;
-        let (memory, quarantined, strikes, holds, ended, draining) =
+        let (memory, quarantined, strikes, holds, ended, draining, name) =
             w.ok_or_else(|| CallError::NotRegistered(worker.to_string()))?;
         if !ended.is_empty() {
             return Err(CallError::Gone {
@@ -160,13 +160,14 @@ impl Db {
         let attempt = attempts + 1;
         spec.prefix = crate::paths::attempt(&spec.collection_id, &spec.job_id, attempt);
         tx.execute(
-            "UPDATE jobs SET state = ?1, attempts = ?2, worker = ?3, fencing_token = ?4, lease_deadline = ?5, started_from = ?6, error = ''
+            "UPDATE jobs SET state = ?1, attempts = ?2, worker = ?3, fencing_token = ?4, lease_deadline = ?5, started_from = ?6, error = '',
+                             worker_name = ?8
              WHERE id = ?7",
-            args![step.to.to_wire() as i32, attempt, worker, token as i64, t + rules.lease_seconds, resume_iteration, spec.job_id],
+            args![step.to.to_wire() as i32, attempt, worker, token as i64, t + rules.lease_seconds, resume_iteration, spec.job_id, name],
         )?;
         tx.execute(
-            "INSERT INTO attempts (job_id, attempt, worker, fencing_token, started, resumed_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            args![spec.job_id, attempt, worker, token as i64, t, resume_iteration],
+            "INSERT INTO attempts (job_id, attempt, worker, fencing_token, started, resumed_from, worker_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            args![spec.job_id, attempt, worker, token as i64, t, resume_iteration, name],
         )?;
         tx.commit()?;
         self.touched.push(spec.job_id.clone());

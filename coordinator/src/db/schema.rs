@@ -124,6 +124,21 @@ ALTER TABLE collections ADD COLUMN notify_tries INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE collections ADD COLUMN notify_next REAL NOT NULL DEFAULT 0;
 ALTER TABLE collections ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Names that stay: a job and an attempt keep the name of the worker
+    // that held the lease beside its registration id. Bytes stored: each
+    // collection's folder and inputs as last measured, and each input
+    // once (what "in all" adds).
+    r#"
+ALTER TABLE jobs ADD COLUMN worker_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE attempts ADD COLUMN worker_name TEXT NOT NULL DEFAULT '';
+UPDATE jobs SET worker_name = COALESCE((SELECT name FROM workers w WHERE w.id = jobs.worker), '') WHERE worker != '';
+UPDATE attempts SET worker_name = COALESCE((SELECT name FROM workers w WHERE w.id = attempts.worker), '');
+ALTER TABLE collections ADD COLUMN folder_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN input_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN measured REAL NOT NULL DEFAULT 0;
+CREATE INDEX collections_unmeasured ON collections(seq) WHERE measured = 0 AND deleting = 0;
+CREATE TABLE stored_inputs (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+"#,
 ];
 
 /// PostgreSQL's migrations; the table `schema_version` says how many ran.
@@ -204,6 +219,19 @@ ALTER TABLE collections ADD COLUMN notify_tries BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE collections ADD COLUMN notify_next DOUBLE PRECISION NOT NULL DEFAULT 0;
 ALTER TABLE collections ADD COLUMN paused BIGINT NOT NULL DEFAULT 0;
 "#,
+    // As SQLite's eighth: workers' names on jobs and attempts, bytes
+    // stored.
+    r#"
+ALTER TABLE jobs ADD COLUMN worker_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE attempts ADD COLUMN worker_name TEXT NOT NULL DEFAULT '';
+UPDATE jobs SET worker_name = COALESCE((SELECT name FROM workers w WHERE w.id = jobs.worker), '') WHERE worker != '';
+UPDATE attempts SET worker_name = COALESCE((SELECT name FROM workers w WHERE w.id = attempts.worker), '');
+ALTER TABLE collections ADD COLUMN folder_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN input_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE collections ADD COLUMN measured DOUBLE PRECISION NOT NULL DEFAULT 0;
+CREATE INDEX collections_unmeasured ON collections(seq) WHERE measured = 0 AND deleting = 0;
+CREATE TABLE stored_inputs (key TEXT COLLATE "C" PRIMARY KEY, bytes BIGINT NOT NULL);
+"#,
 ];
 
 /// An arbitrary key for the advisory lock migrations take.
@@ -242,4 +270,4 @@ pub fn migrate(conn: &Conn) -> Result<()> {
 }
 
 /// The tables a farm's state is in, parents first (what `migrate` copies).
-pub const TABLES: &[&str] = &["collections", "variants", "columns", "jobs", "attempts", "workers"];
+pub const TABLES: &[&str] = &["collections", "variants", "columns", "jobs", "attempts", "workers", "stored_inputs"];

@@ -533,3 +533,55 @@ fn one_coordinator_claims_each_try_of_a_notification_under_one_delivery_id() {
         assert_eq!(a.claim_notification("c", t + 100.0, t + 130.0, "d5").unwrap(), None);
     });
 }
+
+/// Bytes stored: a new collection is due for measuring, then not until
+/// something changes (a stale mark, an attempt that ends); the farm's
+/// total counts a shared input once and a deleted collection not at all;
+/// a job's worker is shown by the name it registered under.
+#[test]
+fn what_collections_store_is_measured_when_due_and_an_input_counted_once() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        create(&mut db, "a", 0, &[job("a-j")]);
+        let b_job = NewJob { content_key: "inputs/c".into(), style_keys: vec!["inputs/t".into()], ..job("b-j") };
+        create(&mut db, "b", 0, &[b_job]);
+        let t = now();
+        let mut due = db.usage_due(t, t - 60.0, 10).unwrap();
+        due.sort();
+        assert_eq!(due, ["a", "b"], "never measured");
+        assert_eq!(db.inputs_of("b").unwrap(), ["inputs/c", "inputs/t"]);
+        db.record_usage("a", 1000, &[("inputs/c".into(), 300), ("inputs/s".into(), 20)], t).unwrap();
+        db.record_usage("b", 50, &[("inputs/c".into(), 300), ("inputs/t".into(), 7)], t).unwrap();
+        assert!(db.usage_due(t + 1.0, t - 60.0, 10).unwrap().is_empty(), "measured, nothing since");
+        assert_eq!(db.collection("a").unwrap().unwrap().1.stored_bytes, 1320);
+        assert_eq!(db.collection("b").unwrap().unwrap().1.stored_bytes, 357);
+        assert_eq!(db.stored_bytes().unwrap(), 1000 + 50 + 300 + 20 + 7, "inputs/c once");
+        assert_eq!(db.stored_bytes_by_owner().unwrap(), [(String::new(), 1320 + 357)]);
+
+        // A lease: running collections are due once their measure is old;
+        // the job carries its worker's name.
+        db.register_worker("w-1a2b", &pb::RegisterRequest { name: "gpu-box".into(), device: "cpu".into(), ..Default::default() }, &RULES).unwrap();
+        let l = db.lease("w-1a2b", &RULES).unwrap().unwrap();
+        let running = db.collection(&l.spec.collection_id).unwrap().unwrap().1.jobs[0].clone();
+        assert_eq!((running.worker.as_str(), running.worker_name.as_str(), running.worker_shown()), ("w-1a2b", "gpu-box", "gpu-box"));
+        assert!(db.usage_due(t + 1.0, t - 60.0, 10).unwrap().is_empty(), "measured recently");
+        assert_eq!(db.usage_due(t + 1.0, t + 1.0, 10).unwrap(), [l.spec.collection_id.clone()], "running, measured long enough ago");
+        // An attempt that ends makes its collection due.
+        let ended_after = now();
+        db.complete(&Call { worker: "w-1a2b", job: &l.spec.job_id, token: l.token }, "out", &pb::Progress::default(), &RULES).unwrap();
+        assert_eq!(db.usage_due(ended_after, t - 60.0, 10).unwrap(), [l.spec.collection_id.clone()]);
+        let (_, detail) = db.job(&l.spec.job_id).unwrap().unwrap();
+        assert_eq!(detail.attempts[0].worker_name, "gpu-box");
+        // A stale mark makes it due again.
+        db.usage_stale("b").unwrap();
+        assert!(db.usage_due(now(), t - 60.0, 10).unwrap().contains(&"b".to_string()));
+
+        // Deleted: its folder counts no more; an input it alone read goes
+        // when the deleter forgets it.
+        db.cancel("b").unwrap();
+        db.mark_deleted("b", false).unwrap();
+        db.forget_collection("b").unwrap();
+        db.forget_stored_input("inputs/t").unwrap();
+        assert_eq!(db.stored_bytes().unwrap(), 1000 + 300 + 20);
+    });
+}

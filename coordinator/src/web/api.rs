@@ -77,7 +77,8 @@ pub(super) async fn sign_out(AxumState(web): AxumState<Web>) -> Response {
 pub(super) async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<Json<pb::FarmSummary>> {
     let (_, request) = as_grpc(&web, &headers, pb::ListWorkersRequest::default())?;
     let workers = web.farm.list_workers(request).await?.into_inner().workers;
-    let (summary, counts) = web.state.state.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?))).await?.map_err(db_err)?;
+    let read = web.state.state.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?, db.stored_bytes()?)));
+    let (summary, counts, stored_bytes) = read.await?.map_err(db_err)?;
     let running: std::collections::HashSet<&str> = workers.iter().filter(|w| !w.current_job.is_empty()).map(|w| w.worker_id.as_str()).collect();
     let pace = summary
         .iterations_per_second
@@ -86,7 +87,7 @@ pub(super) async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> 
         .map(|(worker_id, iterations_per_second)| pb::WorkerPace { worker_id, iterations_per_second })
         .collect();
     let failures_last_day = summary.failures_last_day.into_iter().map(|(cause, n)| pb::FailureCause { cause, count: n as u32 }).collect();
-    Ok(Json(pb::FarmSummary { workers, jobs: Some(counts), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now() }))
+    Ok(Json(pb::FarmSummary { workers, jobs: Some(counts), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now(), stored_bytes }))
 }
 
 /// An operator's action on a worker: drain, resume or forget (the `Farm`
@@ -242,6 +243,38 @@ pub(super) async fn cancel_collection(AxumState(web): AxumState<Web>, headers: H
     let mut c = web.farm.cancel(request).await?.into_inner();
     c.jobs.clear();
     Ok(Json(c))
+}
+
+/// Pauses or resumes a collection, or sets its priority: the body is an
+/// `UpdateCollectionRequest` (its collection is the route's).
+pub(super) async fn update_collection(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<pb::Collection>> {
+    let mut message: pb::UpdateCollectionRequest = from_json(&body).map_err(|e| bad_request(format!("the update's JSON is not an UpdateCollectionRequest: {e}")))?;
+    if !message.collection_id.is_empty() && message.collection_id != id {
+        return Err(bad_request(format!("the body names collection {} but the route collection {id}", message.collection_id)));
+    }
+    message.collection_id = id;
+    let (_, request) = as_grpc(&web, &headers, message)?;
+    let mut c = web.farm.update_collection(request).await?.into_inner();
+    c.jobs.clear();
+    Ok(Json(c))
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteQuery {
+    #[serde(default)]
+    cancel: bool,
+}
+
+/// Deletes a collection and what it stored (`?cancel=true`: cancels its
+/// unfinished jobs first), as `DeleteCollection` does.
+pub(super) async fn delete_collection(
+    AxumState(web): AxumState<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<Json<pb::DeleteCollectionResponse>> {
+    let (_, request) = as_grpc(&web, &headers, pb::DeleteCollectionRequest { collection_id: id, cancel: q.cancel })?;
+    Ok(Json(web.farm.delete_collection(request).await?.into_inner()))
 }
 
 pub(super) async fn retry_failed(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>, Json(_): Json<Value>) -> ApiResult<Json<pb::Collection>> {

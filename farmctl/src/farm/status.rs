@@ -1,12 +1,15 @@
 //! `farmctl status [ID] [--json]`: a collection's jobs (each by the start
-//! of its id, which every command taking a job takes), or (no ID) the
-//! farm: its workers with their state and the caller's collections. Rides out a coordinator restart. `--json` prints the
+//! of its id, which every command taking a job takes) and the bytes it
+//! stores, or (no ID) the farm: its workers with their state, the
+//! caller's collections and the storage in all. Rides out a coordinator
+//! restart. `--json` prints the
 //! contract's messages as canonical proto3 JSON (a `Collection`; without
 //! ID, `{"workers": ListWorkersResponse, "collections":
 //! ListCollectionsResponse}`).
 
 use anyhow::Result;
 use stylefarm_proto as pb;
+use stylefarm_shared::budget::human;
 use stylefarm_shared::terminal::shown;
 
 use super::{call, Conn};
@@ -28,11 +31,11 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
         return Ok(());
     }
     let state = pb::CollectionState::try_from(c.state).unwrap_or_default().label();
-    println!("collection {} ({}), {} jobs, {state}", c.collection_id, shown(&c.name), c.jobs.len());
+    println!("collection {} ({}), {} jobs, {state}, {} stored", c.collection_id, shown(&c.name), c.jobs.len(), human(c.stored_bytes));
     println!("{:<8}  {:<20} {:<20} {:<16} {:<10} {:>11} {:>12} {:>3}  {}", "job", "content", "style", "variant", "state", "iteration", "total loss", "try", "worker / error");
     for j in &c.jobs {
         let p = j.progress.clone().unwrap_or_default();
-        let who = shown(if j.error.is_empty() { &j.worker } else { &j.error });
+        let who = shown(if j.error.is_empty() { j.worker_shown() } else { &j.error });
         println!(
             "{:<8}  {:<20} {:<20} {:<16} {:<10} {:>5}/{:<5} {:>12.4e} {:>3}  {who}",
             short_id(&j.job_id), shown(&j.content_name), shown(&j.style_name), shown(c.variant_label(j.variant_index)), pb::JobState::label_of(j.state), p.iteration, p.iterations, p.total, j.attempts
@@ -46,6 +49,7 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
     let workers = super::workers::list_all(url, false).await?;
     let mut collections = Vec::new();
     let mut page_token = String::new();
+    let mut stored;
     loop {
         let r = pb::ListCollectionsRequest { page_size: 1000, page_token: page_token.clone() };
         let page = call(url, |mut c| {
@@ -55,6 +59,7 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
         .await?
         .into_inner();
         collections.extend(page.collections);
+        stored = page.stored_bytes;
         if page.next_page_token.is_empty() {
             break;
         }
@@ -64,7 +69,7 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
         // Two of the contract's lists, each as its message's JSON.
         let v = serde_json::json!({
             "workers": pb::ListWorkersResponse { workers, next_page_token: String::new() },
-            "collections": pb::ListCollectionsResponse { collections, next_page_token: String::new() },
+            "collections": pb::ListCollectionsResponse { collections, next_page_token: String::new(), stored_bytes: stored },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -77,11 +82,18 @@ async fn farm(url: &Conn, json: bool) -> Result<()> {
     for w in &workers {
         println!("  {}", super::workers::line(w, now));
     }
-    println!("{} collections", collections.len());
+    println!(
+        "{} collections, {} stored in all",
+        collections.len(),
+        human(stored)
+    );
     for c in &collections {
         let n = c.counts.clone().unwrap_or_default();
         let state = pb::CollectionState::try_from(c.state).unwrap_or_default().label();
-        println!("  {} {:<24} {state:<9} {}/{} succeeded, {} running, {} queued, {} failed", c.collection_id, shown(&c.name), n.succeeded, n.total(), n.running, n.queued, n.failed);
+        println!(
+            "  {} {:<24} {state:<9} {}/{} succeeded, {} running, {} queued, {} failed, {} stored",
+            c.collection_id, shown(&c.name), n.succeeded, n.total(), n.running, n.queued, n.failed, human(c.stored_bytes)
+        );
     }
     Ok(())
 }
