@@ -1,13 +1,14 @@
 //! The worker daemon. It pins one device, then loops: lease a job, render
 //! it with the engine's [`stylefarm_engine::Session`], checkpoint into
-//! storage under its attempt's prefix (`…/attempt-<token>/`), heartbeat
+//! storage under its attempt's prefix (`…/attempt-<n>/`), heartbeat
 //! progress, and complete. A job that comes with a checkpoint from an earlier
 //! attempt resumes from it. When `shutdown` is cancelled (SIGTERM in the
 //! binary, Ctrl-C in `farmctl up`) it checkpoints at once, gives the lease
 //! back and returns.
 //!
 //! - [`run`]: registration and the lease loop (this file);
-//! - `job`: one attempt at one job, the session's hooks doing the I/O;
+//! - `job`: one attempt at one job (its modules: the lease, the session's
+//!   hooks doing the I/O, failures and whose fault they are);
 //! - `name`: the name an unnamed worker takes (unique on its host, stable
 //!   across restarts).
 //!
