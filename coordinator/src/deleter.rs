@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::command::Command;
 use crate::context::State;
 use crate::paths;
 use crate::status::{db_err, storage_err};
@@ -49,14 +50,12 @@ pub(crate) async fn pass(state: &State, id: &str, marked: f64) -> Result<Removed
             removed.objects += 1;
             removed.bytes += size;
         }
-        let owned = key.clone();
-        state.state.write(move |db| db.forget_stored_input(&owned)).await?.map_err(db_err)?;
+        state.state.run(|reply| Command::ForgetStoredInput { key, reply }).await?.map_err(db_err)?;
     }
     let owned = id.to_string();
     let writers = state.state.read(move |db| db.writers_may_remain(&owned)).await?.map_err(db_err)?;
     if !writers || crate::db::now() > marked + state.config.rules().lease_seconds {
-        let owned = id.to_string();
-        state.state.write(move |db| db.forget_collection(&owned)).await?.map_err(db_err)?;
+        state.state.run(|reply| Command::ForgetCollection { id: id.to_string(), reply }).await?.map_err(db_err)?;
         removed.finished = true;
     }
     Ok(removed)
@@ -72,8 +71,7 @@ async fn expire(state: &State, days: f64) {
         Err(_) => return,
     };
     for id in ended {
-        let owned = id.clone();
-        match state.state.write(move |db| db.mark_deleted(&owned, false)).await {
+        match state.state.run(|reply| Command::MarkDeleted { id: id.clone(), cancel: false, reply }).await {
             Ok(Ok(_)) => tracing::info!(collection = %id, days, "ended more than --keep-finished-days ago: deleting"),
             Ok(Err(e)) => tracing::warn!(collection = %id, "retention: {e}"),
             Err(_) => {}

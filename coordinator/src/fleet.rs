@@ -1,26 +1,16 @@
 //! The operator's actions on workers (`Farm.DrainWorker`, `ResumeWorker`,
-//! `ForgetWorker`) and the list they act on. Workers are the farm's, not a
-//! user's: with tokens configured, acting on one takes an admin token.
+//! `ForgetWorker`), the list they act on, and the farm at a glance (the
+//! dashboard's farm page). Workers are the farm's, not a user's: with
+//! tokens configured, acting on one takes an admin token.
 
 use stylefarm_proto as pb;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
-use crate::db::CallError;
+use crate::command::{Command, WorkerAction};
 use crate::context::State;
 use crate::paging::{page_after, page_token};
 use crate::status::{call_err, db_err};
-
-/// What an operator does to a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
-    /// Finish the job it holds, lease no more.
-    Drain,
-    /// Lease again (lifts a drain and a quarantine).
-    Resume,
-    /// Off the list (a lost or stopped worker).
-    Forget,
-}
 
 pub(crate) async fn list_worker_page(
     farm: &State,
@@ -45,10 +35,29 @@ pub(crate) async fn list_worker_page(
     })
 }
 
+/// The farm at a glance: the workers (the list's first page) with the
+/// pace of each one rendering, the farm's jobs by state, attempts that
+/// succeeded in the last hour, the last day's failures by cause, and the
+/// bytes stored.
+pub(crate) async fn summary(farm: &State) -> Result<pb::FarmSummary, Status> {
+    let workers = list_worker_page(farm, pb::ListWorkersRequest::default()).await?.workers;
+    let read = farm.state.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?, db.stored_bytes()?)));
+    let (summary, counts, stored_bytes) = read.await?.map_err(db_err)?;
+    let running: std::collections::HashSet<&str> = workers.iter().filter(|w| !w.current_job.is_empty()).map(|w| w.worker_id.as_str()).collect();
+    let pace = summary
+        .iterations_per_second
+        .into_iter()
+        .filter(|(worker, _)| running.contains(worker.as_str()))
+        .map(|(worker_id, iterations_per_second)| pb::WorkerPace { worker_id, iterations_per_second })
+        .collect();
+    let failures_last_day = summary.failures_last_day.into_iter().map(|(cause, n)| pb::FailureCause { cause, count: n as u32 }).collect();
+    Ok(pb::FarmSummary { workers, jobs: Some(counts), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now(), stored_bytes })
+}
+
 /// Applies `action` to the worker the request names; the worker after.
 pub(crate) async fn act_on_worker(farm: &State,
     request: Request<pb::WorkerRef>,
-    action: Action,
+    action: WorkerAction,
 ) -> Result<Response<pb::WorkerInfo>, Status> {
     if !Caller::of(&request).admin {
         return Err(Status::permission_denied(
@@ -57,22 +66,9 @@ pub(crate) async fn act_on_worker(farm: &State,
     }
     // An id, or the name the worker was given.
     let id = request.into_inner().worker_id;
-    let lease = farm.config.rules().lease_seconds;
-    let named = id.clone();
-    let after = farm
-        .state
-        .write(move |db| {
-            let owned = db.resolve_worker(&named)?;
-            match action {
-                Action::Drain => db.set_draining(&owned, true)?,
-                Action::Resume => db.set_draining(&owned, false)?,
-                Action::Forget => db.forget_worker(&owned, lease)?,
-            }
-            db.worker(&owned, lease)?
-                .ok_or_else(|| CallError::NotRegistered(owned.clone()))
-        })
-        .await?
-        .map_err(call_err)?;
+    let lease_seconds = farm.config.rules().lease_seconds;
+    let act = |reply| Command::ActOnWorker { worker: id.clone(), action, lease_seconds, reply };
+    let after = farm.state.run(act).await?.map_err(call_err)?;
     tracing::info!(worker = %id, ?action, "operator action");
     Ok(Response::new(after))
 }

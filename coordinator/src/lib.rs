@@ -25,9 +25,12 @@
 //!   every `Watch` of it follows;
 //! - [`status`]: every failure mapped to a deliberate gRPC status (and its
 //!   HTTP twin);
-//! - [`service`]: the `Farm` handlers, which validate and hand over to
-//!   `state`; [`submit`] is `Submit`'s, limits first, images decoded off
-//!   the runtime;
+//! - [`command`]: every change to the farm's state, by name — the one list
+//!   of what the writer thread runs;
+//! - [`service`]: the `Farm` service, which hands each call to its
+//!   handler: [`collections`], [`jobs`], [`fleet`] (free functions over
+//!   the one context, which validate and send `state` a command) and
+//!   [`submit`] (limits first, images decoded off the runtime);
 //! - [`workers`]: the `Workers` handlers, which check everything a worker
 //!   reports;
 //! - [`watch`]: `Watch` on its own route, each message encoded once for
@@ -43,6 +46,8 @@
 pub mod admission;
 pub mod auth;
 pub mod clock;
+pub mod collections;
+pub mod command;
 pub mod config;
 pub mod context;
 pub mod conn;
@@ -51,6 +56,7 @@ pub mod deleter;
 pub mod fleet;
 pub mod gauges;
 pub mod hub;
+pub mod jobs;
 pub mod limits;
 pub mod machine;
 pub mod notify;
@@ -304,7 +310,7 @@ async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let rules = state.config.rules();
-        match state.state.write(move |db| db.expire_leases(&rules)).await {
+        match state.state.run(|reply| command::Command::ExpireLeases { rules, reply }).await {
             Ok(Ok(touched)) if !touched.is_empty() => {
                 metrics::counter!("stylefarm_lease_expiries_total").increment(touched.len() as u64);
                 tracing::warn!(jobs = touched.len(), "leases lapsed; jobs requeued");

@@ -18,6 +18,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::command::Command;
 use crate::context::State;
 use crate::db::{Ended, Tried};
 use crate::limits::MAX_NOTIFY_URL_BYTES;
@@ -251,7 +252,7 @@ pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
 /// after 1, 2, 4 … 60 s.
 async fn try_once(state: &State, client: &reqwest::Client, secret: &[u8], id: &str) {
     let (owned, fresh, now) = (id.to_string(), uuid::Uuid::new_v4().to_string(), crate::db::now());
-    let claimed = state.state.write(move |db| db.claim_notification(&owned, now, now + CLAIM.as_secs_f64(), &fresh)).await;
+    let claimed = state.state.run(|reply| Command::ClaimNotification { id: owned, now, until: now + CLAIM.as_secs_f64(), delivery: fresh, reply }).await;
     let claim = match claimed {
         Ok(Ok(Some(claim))) => claim,
         Ok(Ok(None)) | Err(_) => return,
@@ -304,8 +305,7 @@ async fn try_once(state: &State, client: &reqwest::Client, secret: &[u8], id: &s
         }
         Tried::Done
     };
-    let owned = id.to_string();
-    if let Ok(Err(e)) = state.state.write(move |db| db.notification_tried(&owned, &delivery, tried)).await {
+    if let Ok(Err(e)) = state.state.run(|reply| Command::NotificationTried { id: id.to_string(), delivery, tried, reply }).await {
         tracing::warn!(collection = id, "notification: recording the try: {e}");
     }
 }

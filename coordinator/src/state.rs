@@ -1,8 +1,9 @@
 //! Who owns the coordinator's state, and how the handlers reach it.
 //!
 //! A writer thread owns a writing connection (the pattern of mini-redis
-//! and tokio-console: handlers validate, send a command, await the
-//! answer). It takes every command that is waiting, runs them in one
+//! and tokio-console: handlers validate, send a command — one of
+//! [`crate::command::Command`], the named list of every change — and
+//! await the answer). It takes every command that is waiting, runs them in one
 //! transaction — each in its own savepoint, so a failing one undoes only
 //! itself — commits once (one fsync for the whole group: group commit) and
 //! only then answers, so an acknowledged call survives a SIGKILL. SQLite
@@ -33,12 +34,8 @@ use stylefarm_proto as pb;
 use tokio::sync::{broadcast, oneshot};
 use tonic::Status;
 
+use crate::command::{Command, Reply, Settle};
 use crate::db::{Db, Target};
-
-/// What the writer thread runs: a command against the database, returning
-/// how to answer its caller once the group it ran in is committed.
-type Command = Box<dyn FnOnce(&mut Db) -> Answer + Send>;
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Most commands one commit takes.
 const MAX_GROUP: usize = 512;
@@ -147,17 +144,13 @@ impl StateHandle {
         self.changes.load(Ordering::SeqCst)
     }
 
-    /// Runs `f` on the writer thread inside the next group commit and
-    /// returns its result once that group is on disk.
-    pub async fn write<R: Send + 'static>(&self, f: impl FnOnce(&mut Db) -> R + Send + 'static) -> Result<R, Status> {
+    /// Runs the command `make` builds (given where its result goes) on the
+    /// writer thread inside the next group commit, and returns its result
+    /// once that group is on disk:
+    /// `state.run(|reply| Command::CancelCollection { id, reply })`.
+    pub async fn run<R: Send + 'static>(&self, make: impl FnOnce(Reply<R>) -> Command) -> Result<R, Status> {
         let (tx, rx) = oneshot::channel();
-        let command: Command = Box::new(move |db| {
-            let result = f(db);
-            Box::new(move |committed| {
-                let _ = tx.send(committed.map(|()| result));
-            })
-        });
-        self.commands.send(command).await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
+        self.commands.send(make(tx)).await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;
         match rx.await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -243,7 +236,7 @@ fn own(mut db: Db, target: Target, inbox: Arc<Mutex<tokio::sync::mpsc::Receiver<
             db.rollback();
             continue;
         }
-        let answers: Vec<Answer> = group.into_iter().map(|c| c(&mut db)).collect();
+        let answers: Vec<Settle> = group.into_iter().map(|c| c.apply(&mut db)).collect();
         let changed_jobs = db.touched_any();
         let committed = if shared { db.notify_touched().and_then(|()| db.commit()) } else { db.commit() };
         match committed {

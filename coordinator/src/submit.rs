@@ -28,6 +28,7 @@ use crate::auth::Caller;
 use crate::db::{NewCollection, NewJob};
 use crate::limits::*;
 use crate::paths;
+use crate::command::Command;
 use crate::context::State;
 use crate::status::{db_err, storage_err};
 
@@ -350,7 +351,7 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
         jobs,
         notify_url: r.notify_url,
     };
-    let (collection_id, jobs) = farm.state.write(move |db| db.create_collection(&new)).await?.map_err(db_err)?;
+    let (collection_id, jobs) = farm.state.run(|reply| Command::CreateCollection { collection: new, reply }).await?.map_err(db_err)?;
     Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::command::Command;
 use crate::context::State;
 use crate::paths;
 
@@ -62,8 +63,8 @@ async fn pass(state: &State, ended_since: f64) -> f64 {
         let at = crate::db::now();
         match measure(state, &id).await {
             Ok((folder, inputs)) => {
-                let owned = id.clone();
-                if let Ok(Err(e)) = state.state.write(move |db| db.record_usage(&owned, folder, &inputs, at)).await {
+                let record = |reply| Command::RecordUsage { id: id.clone(), folder_bytes: folder, inputs, at, reply };
+                if let Ok(Err(e)) = state.state.run(record).await {
                     tracing::warn!(collection = %id, "recording what it stores: {e}");
                 }
             }

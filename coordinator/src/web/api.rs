@@ -1,9 +1,11 @@
 //! The dashboard's JSON API: each handler checks what only HTTP carries
-//! (the route's id, a query, the body's shape), calls the `Farm` service's
-//! own handler where there is one, and answers with a message of
-//! `farm.proto` as its canonical JSON (the proto's field names, every
-//! field present): the page and a script read the contract's own shapes,
-//! never a second one written here. The routes and their messages are
+//! (the route's id, a query, the body's shape), calls the `Farm` service
+//! (or, for what only the page reads — the farm summary, a collection's
+//! header, a screen of its grid — the same handler modules it calls:
+//! `collections`, `jobs`, `fleet`; never the database), and answers with a
+//! message of `farm.proto` as its canonical JSON (the proto's field names,
+//! every field present): the page and a script read the contract's own
+//! shapes, never a second one written here. The routes and their messages are
 //! listed in farm.proto's dashboard section.
 
 use std::sync::Arc;
@@ -24,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 use super::{as_grpc, bad_request, caller, ApiError, ApiResult, Peer, Web, COOKIE, MAX_GRID_ROWS};
 use crate::auth::Caller;
 use crate::hub::Batch;
-use crate::status::db_err;
 use crate::watch::WATCH_SEND_PATIENCE;
 
 /// A message from its JSON; an error names where in the body it is
@@ -72,22 +73,11 @@ pub(super) async fn sign_out(AxumState(web): AxumState<Web>) -> Response {
 
 // ---------------------------------------------------------------- farm --
 
-/// Workers with their pace, the farm's jobs by state, jobs done in the
-/// last hour and the last day's failures by cause.
+/// The farm at a glance ([`crate::fleet::summary`]): any signed-in user
+/// may read it.
 pub(super) async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<Json<pb::FarmSummary>> {
-    let (_, request) = as_grpc(&web, &headers, pb::ListWorkersRequest::default())?;
-    let workers = web.farm.list_workers(request).await?.into_inner().workers;
-    let read = web.state.state.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?, db.stored_bytes()?)));
-    let (summary, counts, stored_bytes) = read.await?.map_err(db_err)?;
-    let running: std::collections::HashSet<&str> = workers.iter().filter(|w| !w.current_job.is_empty()).map(|w| w.worker_id.as_str()).collect();
-    let pace = summary
-        .iterations_per_second
-        .into_iter()
-        .filter(|(worker, _)| running.contains(worker.as_str()))
-        .map(|(worker_id, iterations_per_second)| pb::WorkerPace { worker_id, iterations_per_second })
-        .collect();
-    let failures_last_day = summary.failures_last_day.into_iter().map(|(cause, n)| pb::FailureCause { cause, count: n as u32 }).collect();
-    Ok(Json(pb::FarmSummary { workers, jobs: Some(counts), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now(), stored_bytes }))
+    caller(&web, &headers)?;
+    Ok(Json(crate::fleet::summary(&web.state).await?))
 }
 
 /// An operator's action on a worker: drain, resume or forget (the `Farm`
@@ -123,23 +113,10 @@ pub(super) async fn list_collections(AxumState(web): AxumState<Web>, headers: He
     Ok(Json(web.farm.list_collections(request).await?.into_inner()))
 }
 
-/// A collection the caller may see, with its counts and columns but
-/// without its jobs; NOT_FOUND otherwise.
-async fn header_of(web: &Web, caller: &Caller, id: &str) -> ApiResult<pb::Collection> {
-    let owned = id.to_string();
-    let read = web.state.state.read(move |db| {
-        let Some((owner, mut c)) = db.collection_header(&owned)? else { return Ok(None) };
-        c.set_counts(db.job_counts(&owned)?);
-        c.columns = db.grid_columns(&owned)?;
-        Ok::<_, crate::db::sql::Error>(Some((owner, c)))
-    });
-    Ok(caller.visible(read.await?.map_err(db_err)?, || format!("no collection {id}"))?)
-}
-
 /// The collection's header: its shape, counts and columns.
 pub(super) async fn collection(AxumState(web): AxumState<Web>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<pb::Collection>> {
     let who = caller(&web, &headers)?;
-    Ok(Json(header_of(&web, &who, &id).await?))
+    Ok(Json(crate::collections::header(&web.state, &who, &id).await?))
 }
 
 #[derive(Deserialize)]
@@ -158,9 +135,7 @@ pub(super) async fn grid(AxumState(web): AxumState<Web>, headers: HeaderMap, Pat
     if rows == 0 || rows > MAX_GRID_ROWS {
         return Err(bad_request(format!("rows must be 1..={MAX_GRID_ROWS}, not {rows}")));
     }
-    web.farm.check_visible(&who, &id).await?;
-    let (owned, from) = (id.clone(), q.from_row);
-    let jobs = web.state.state.read(move |db| db.grid_rows(&owned, from, rows)).await?.map_err(db_err)?;
+    let jobs = crate::collections::grid(&web.state, &who, &id, q.from_row, rows).await?;
     Ok(Json(pb::ListJobsResponse { jobs, next_page_token: String::new() }))
 }
 
@@ -178,7 +153,7 @@ pub(super) async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let who = caller(&web, &headers)?;
-    web.farm.check_visible(&who, &id).await?;
+    crate::collections::check_visible(&web.state, &who, &id).await?;
     // Who the limit counts against: the user, or (no tokens) the address,
     // as for Watch.
     let client = if who.owner.is_empty() { peer.ip().to_string() } else { who.owner.clone() };

@@ -12,7 +12,6 @@ use stylefarm_proto::farm_server::Farm;
 
 use super::{as_grpc, bad_request, caller, ApiError, ApiResult, Peer, Web};
 use crate::paths;
-use crate::status::db_err;
 
 /// The whole collection as a zip: every finished image (named
 /// `content_style_vN.png`) and the contact sheet when the collection has at
@@ -110,10 +109,7 @@ fn zip_time(unix: f64) -> zip::DateTime {
 /// A job's folders, newest attempt first, if the caller may see the job.
 async fn attempt_folders(web: &Web, headers: &HeaderMap, id: &str) -> ApiResult<Vec<String>> {
     let who = caller(web, headers)?;
-    let owned = id.to_string();
-    let found = web.state.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)?;
-    let (collection, attempts) = who.visible(found.map(|(c, owner, n)| (owner, (c, n))), || format!("no job {id}"))?;
-    Ok((1..=attempts.max(1)).rev().map(|n| paths::attempt(&collection, id, n)).collect())
+    Ok(crate::jobs::attempt_folders(&web.state, &who, id).await?)
 }
 
 /// The job's latest preview (the newest attempt that wrote one); 404 until
