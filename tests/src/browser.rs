@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 use crate::free_port;
@@ -96,6 +96,15 @@ pub async fn open_strict(c: &Client, page: &str) {
     c.goto(page).await.unwrap();
     c.execute("localStorage.setItem('stylefarm.strict', '1')", vec![]).await.unwrap();
     c.refresh().await.unwrap();
+}
+
+/// Opens `page` in strict mode (see [`open_strict`]) and signs in with
+/// `token` through the page's own form, returning once it is signed in.
+pub async fn sign_in_strict(c: &Client, page: &str, token: &str) {
+    open_strict(c, page).await;
+    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
+    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    until(c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
 }
 
 /// The page has read no field the contract's messages lack since it was

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
-use stylefarm_tests::browser::{assert_contract_kept, browser, chromedriver, open_strict, until};
+use stylefarm_tests::browser::{assert_contract_kept, browser, chromedriver, open_strict, sign_in_strict, until};
 use serde_json::{json, Value};
 use stylefarm_tests::*;
 
@@ -312,10 +312,7 @@ async fn the_page_resyncs_after_a_coordinator_restart() {
     let id = submit_as(&farm, USER, &["--content", &content, "--content", &fixture("init.png"), "--style", &style, "--size", "16x12", "--iters", "5"]);
     let driver = chromedriver();
     let c = browser(&driver).await;
-    open_strict(&c, &page).await;
-    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
-    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
-    until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
+    sign_in_strict(&c, &page, USER).await;
     c.goto(&format!("{page}#/c/{id}")).await.unwrap();
     until(&c, "two queued cells, live", "return [document.querySelectorAll('td.cell[data-state=queued]').length, document.querySelector('#live').textContent]", |v| {
         v[0] == 2 && v[1] == "live"
@@ -393,10 +390,7 @@ async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_th
     );
     let driver = chromedriver();
     let c = browser(&driver).await;
-    open_strict(&c, &page).await;
-    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(ADMIN).await.unwrap();
-    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
-    until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
+    sign_in_strict(&c, &page, ADMIN).await;
 
     // A user may look at workers, not act on them.
     let worker_id = until(&c, "w1 online on the farm page", "const r = document.querySelector('tr.worker[data-name=w1]'); return r ? [r.dataset.worker, r.querySelector('.worker-state').textContent] : null", |v| v[1] == "online").await[0]
@@ -471,10 +465,7 @@ async fn a_collection_is_paused_reprioritised_and_deleted_from_the_page_which_ri
     let job_id = job.spec.job_id.clone();
     let driver = chromedriver();
     let c = browser(&driver).await;
-    open_strict(&c, &page).await;
-    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
-    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
-    until(&c, "signed in", "return !document.querySelector('#token')", |v| v == true).await;
+    sign_in_strict(&c, &page, USER).await;
     c.goto(&format!("{page}#/c/{id}")).await.unwrap();
     until(&c, "the page live", "return document.querySelector('#live') && document.querySelector('#live').textContent", |v| v == "live").await;
 

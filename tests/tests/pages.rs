@@ -14,7 +14,7 @@ use std::process::Command;
 
 use fantoccini::{Client, Locator};
 use serde_json::Value;
-use stylefarm_tests::browser::{assert_contract_kept, browser_with, chromedriver, open_strict, phone, until};
+use stylefarm_tests::browser::{assert_contract_kept, browser_with, chromedriver, phone, sign_in_strict, until};
 use stylefarm_tests::scripted::ScriptedWorker;
 use stylefarm_tests::*;
 
@@ -95,9 +95,7 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
 
     let driver = chromedriver();
     let c = browser_with(&driver, &["--window-size=1920,1080"]).await;
-    open_strict(&c, &page).await;
-    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
-    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    sign_in_strict(&c, &page, USER).await;
     until(&c, "the farm page", "return document.querySelector('#workers') ? 1 : 0", |v| v == 1).await;
 
     // A favicon.
@@ -231,9 +229,7 @@ async fn the_pages_read_at_a_glance_from_a_phone_to_a_wide_screen() {
 
     // A phone: no page scrolls sideways; tables become cards.
     let c = phone(&driver, 390, 844).await;
-    open_strict(&c, &page).await;
-    c.wait().for_element(Locator::Id("token")).await.unwrap().send_keys(USER).await.unwrap();
-    c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    sign_in_strict(&c, &page, USER).await;
     until(&c, "the farm page", "return document.querySelector('#workers') ? 1 : 0", |v| v == 1).await;
     assert_eq!(c.execute("return window.innerWidth", vec![]).await.unwrap(), 390, "a phone's width");
     for (route, ready) in [
