@@ -157,7 +157,9 @@ impl Db {
         rules: &Rules,
     ) -> Result<(), CallError> {
         let held: Vec<(String, i64)> = {
-            self.conn.query_map("SELECT id, fencing_token FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2", args![worker], |r| {
+            // The state as a literal, as the partial index's own condition.
+            let held = format!("SELECT id, fencing_token FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = {}", super::RUNNING);
+            self.conn.query_map(&held, args![worker], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
         };

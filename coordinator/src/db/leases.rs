@@ -6,7 +6,7 @@
 use stylefarm_proto as pb;
 
 use super::sql::{self, args, Conn, Optional, Row};
-use super::{backoff, now, state_of, CallError, Db, Rules, JOB_PARAMS, JOB_STYLE_KEYS, PAUSED_PRIO, RUNNING, STALL_SECONDS, STYLE_KEY_SEPARATOR};
+use super::{backoff, now, state_of, CallError, Db, Rules, JOB_PARAMS, JOB_STYLE_KEYS, PAUSED_PRIO, QUEUED, RUNNING, STALL_SECONDS, STYLE_KEY_SEPARATOR};
 use crate::machine::{self, Budget, Cause, Event, State};
 
 /// The next job to lease: the queue's order (priority, then collection,
@@ -20,7 +20,7 @@ pub(super) fn lease_query() -> &'static str {
             "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
                     checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
              FROM jobs INDEXED BY jobs_queue
-             WHERE state = 1 AND prio < {PAUSED_PRIO} AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
+             WHERE state = {QUEUED} AND prio < {PAUSED_PRIO} AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
              ORDER BY prio, cseq, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
     })
@@ -34,7 +34,7 @@ pub(super) fn held_query() -> &'static str {
         format!(
             "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
                     checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state, fencing_token
-             FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2 LIMIT 1"
+             FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = {RUNNING} LIMIT 1"
         )
     })
 }
@@ -84,11 +84,14 @@ impl Db {
     pub fn lease(&mut self, worker: &str, rules: &Rules) -> Result<Option<Leased>, CallError> {
         let tx = self.conn.savepoint()?;
         let t = now();
+        let worker_row = format!(
+            "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = {RUNNING}),
+                    ended, draining, name
+             FROM workers WHERE id = ?1 FOR UPDATE"
+        );
         let w: Option<(i64, bool, u32, bool, String, bool, String)> = tx
             .query_row(
-                "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = 2),
-                        ended, draining, name
-                 FROM workers WHERE id = ?1 FOR UPDATE",
+                &worker_row,
                 args![worker],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
@@ -453,7 +456,8 @@ impl Db {
         let lapsed: Vec<(String, String, i64)> = {
             // Another coordinator's sweep (or a call it is applying) has
             // the rows it locked: this one takes the rest.
-            self.conn.query_map("SELECT id, worker, fencing_token FROM jobs WHERE state = 2 AND lease_deadline < ?1 FOR UPDATE SKIP LOCKED", args![now()], |r| {
+            let lapsed = format!("SELECT id, worker, fencing_token FROM jobs WHERE state = {RUNNING} AND lease_deadline < ?1 FOR UPDATE SKIP LOCKED");
+            self.conn.query_map(&lapsed, args![now()], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
         };

@@ -22,9 +22,12 @@ impl Db {
             |r| r.get(0),
         )?;
         let running: Vec<String> = self.conn.query_map(
-            // 2: RUNNING, as the partial index's own condition reads.
-            "SELECT DISTINCT j.collection_id FROM jobs j INDEXED BY jobs_running JOIN collections c ON c.id = j.collection_id
-             WHERE j.state = 2 AND c.measured < ?1",
+            // The state as a literal, as the partial index's own condition.
+            &format!(
+                "SELECT DISTINCT j.collection_id FROM jobs j INDEXED BY jobs_running JOIN collections c ON c.id = j.collection_id
+                 WHERE j.state = {} AND c.measured < ?1",
+                super::RUNNING
+            ),
             args![running_before],
             |r| r.get(0),
         )?;
