@@ -214,6 +214,25 @@ pub fn parse_layers(flag: &str, s: &str) -> Result<Vec<LayerWeight>> {
         .collect()
 }
 
+/// One `KEY=VALUE` of `--variant` or `--set` as a parameter: the key with
+/// `-` read as `_` (`tv-weight` is `tv_weight`, as the flags spell it)
+/// and the value as JSON where it reads as JSON (`1e4`, `true`,
+/// `[0.25,0.5]`), layers as the flags write them for the layer keys
+/// (`conv1_1:0.5`, `[conv1_1:0.5,conv4_1:1]`), else a string (`adam`).
+/// `context` names where the pair came from in an error.
+pub fn key_value(context: &str, pair: &str) -> Result<(String, serde_json::Value)> {
+    let (key, text) = pair.split_once('=').with_context(|| format!("{context}: `{pair}` is not KEY=VALUE"))?;
+    let (key, text) = (key.trim().replace('-', "_"), text.trim());
+    let value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) if matches!(key.as_str(), "content_layers" | "style_layers") => {
+            serde_json::to_value(parse_layers(&format!("{context} {key}"), text.trim_start_matches('[').trim_end_matches(']'))?)?
+        }
+        Err(_) => serde_json::Value::String(text.to_string()),
+    };
+    Ok((key, value))
+}
+
 /// The flags `args` give, parsed as a command of these flags alone (for
 /// the tests of the commands that take them).
 #[cfg(test)]
@@ -230,6 +249,19 @@ pub fn parse_flags(args: &[&str]) -> std::result::Result<ParamFlags, clap::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pair_reads_the_same_for_set_and_variant() {
+        let read = |pair: &str| key_value("--set", pair).unwrap();
+        assert_eq!(read("tv-weight=1e-3"), ("tv_weight".into(), serde_json::json!(0.001)), "a flag's spelling of the key");
+        assert_eq!(read("optimizer=adam"), ("optimizer".into(), serde_json::json!("adam")));
+        assert_eq!(read("scales=[0.25,0.5]"), ("scales".into(), serde_json::json!([0.25, 0.5])));
+        let (key, layers) = read("style_layers=[conv1_1:0.5,conv4_1]");
+        assert_eq!(key, "style_layers");
+        assert_eq!(layers, serde_json::to_value(parse_layers("", "conv1_1:0.5,conv4_1").unwrap()).unwrap(), "layers as the flags write them");
+        let e = key_value("--set", "beta").unwrap_err().to_string();
+        assert!(e.contains("--set") && e.contains("KEY=VALUE"), "{e}");
+    }
 
     fn params(args: &[&str]) -> Result<RenderParams> {
         parse_flags(args)?.to_params()

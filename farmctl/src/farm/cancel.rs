@@ -33,22 +33,16 @@ pub async fn cancel(url: &Conn, id: &str, job: bool) -> Result<()> {
     Ok(())
 }
 
-/// `--set KEY=VALUE` pairs as RetryJobRequest.changes_json: a VALUE that
-/// reads as JSON (`1e4`, `true`, `[…]`) is that, anything else a string
-/// (`optimizer=adam`); a KEY's `-` is `_` (`tv-weight` = `tv_weight`, as
-/// farmctl render's flags).
+/// `--set KEY=VALUE` pairs as RetryJobRequest.changes_json, each read as
+/// a `--variant` pair is ([`crate::flags::key_value`]).
 pub fn changes_json(pairs: &[String]) -> Result<String> {
     if pairs.is_empty() {
         return Ok(String::new());
     }
     let mut changes = serde_json::Map::new();
     for pair in pairs {
-        let Some((key, value)) = pair.split_once('=') else {
-            anyhow::bail!("--set {pair}: write KEY=VALUE, e.g. --set beta=1000");
-        };
-        let value = serde_json::from_str(value.trim())
-            .unwrap_or_else(|_| serde_json::Value::String(value.trim().to_string()));
-        changes.insert(key.trim().replace('-', "_"), value);
+        let (key, value) = crate::flags::key_value("--set", pair).map_err(|e| anyhow::anyhow!("{e}; write KEY=VALUE, e.g. --set beta=1000"))?;
+        changes.insert(key, value);
     }
     Ok(serde_json::Value::Object(changes).to_string())
 }

@@ -126,10 +126,10 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<JobParams> {
     let mut pairs = Vec::new();
     let mut flags = flags.clone();
     for pair in split_pairs(spec).into_iter().filter(|p| !p.trim().is_empty()) {
-        let (k, val) = pair.split_once('=').with_context(|| format!("--variant `{spec}`: `{pair}` is not key=value"))?;
-        match k.trim() {
-            "preset" => flags.preset = Preset::parse(val.trim()).with_context(|| format!("--variant `{spec}`"))?,
-            key => pairs.push((key.to_string(), val)),
+        let (key, value) = crate::flags::key_value(&format!("--variant `{spec}`"), pair)?;
+        match (key.as_str(), &value) {
+            ("preset", serde_json::Value::String(name)) => flags.preset = Preset::parse(name).with_context(|| format!("--variant `{spec}`"))?,
+            _ => pairs.push((key, value)),
         }
     }
     let mut v = serde_json::to_value(flags.to_params()?)?;
@@ -137,23 +137,11 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<JobParams> {
     if flags.bit_depth != 8 {
         obj.insert("bit_depth".into(), flags.bit_depth.into());
     }
-    for (key, val) in pairs {
-        let key = key.as_str();
-        if !VARIANT_KEYS.contains(&key) {
+    for (key, value) in pairs {
+        if !VARIANT_KEYS.contains(&key.as_str()) {
             bail!("--variant `{spec}`: `{key}` is not a parameter a variant can set (they are: {VARIANT_KEYS_TEXT})");
         }
-        let val = val.trim();
-        let parsed = match serde_json::from_str(val) {
-            Ok(v) => v,
-            // Layers as the flags write them: `conv1_1:0.5` or, several,
-            // `[conv1_1:0.5,conv4_1:1]`.
-            Err(_) if matches!(key, "content_layers" | "style_layers") => {
-                let layers = crate::flags::parse_layers(&format!("--variant {key}"), val.trim_start_matches('[').trim_end_matches(']'))?;
-                serde_json::to_value(layers)?
-            }
-            Err(_) => serde_json::Value::String(val.to_string()),
-        };
-        obj.insert(key.to_string(), parsed);
+        obj.insert(key, value);
     }
     // A job's parameters: `tile` is refused there, by name and why.
     JobParams::from_json(&v.to_string()).with_context(|| format!("--variant `{spec}`"))
