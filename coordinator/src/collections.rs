@@ -23,14 +23,14 @@ use crate::status::{call_err, db_err, storage_err};
 /// The collection `id` with its jobs, if the caller may see it.
 pub(crate) async fn get(state: &State, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
     let owned = id.to_string();
-    let found = state.state.read(move |db| db.collection(&owned)).await?.map_err(db_err)?;
+    let found = state.db.read(move |db| db.collection(&owned)).await?.map_err(db_err)?;
     caller.visible(found, || format!("no collection {id}"))
 }
 
 /// NOT_FOUND unless the caller may see collection `id`.
 pub(crate) async fn check_visible(state: &State, caller: &Caller, id: &str) -> Result<(), Status> {
     let owned = id.to_string();
-    let found = state.state.read(move |db| db.owner(&owned)).await?.map_err(db_err)?;
+    let found = state.db.read(move |db| db.owner(&owned)).await?.map_err(db_err)?;
     caller.visible(found.map(|owner| (owner, ())), || format!("no collection {id}"))
 }
 
@@ -39,7 +39,7 @@ pub(crate) async fn check_visible(state: &State, caller: &Caller, id: &str) -> R
 /// not read whole to draw it).
 pub(crate) async fn header(state: &State, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
     let owned = id.to_string();
-    let read = state.state.read(move |db| {
+    let read = state.db.read(move |db| {
         let Some((owner, mut c)) = db.collection_header(&owned)? else { return Ok(None) };
         c.set_counts(db.job_counts(&owned)?);
         c.columns = db.grid_columns(&owned)?;
@@ -53,7 +53,7 @@ pub(crate) async fn header(state: &State, caller: &Caller, id: &str) -> Result<p
 pub(crate) async fn grid(state: &State, caller: &Caller, id: &str, from_row: u32, rows: u32) -> Result<Vec<pb::Job>, Status> {
     check_visible(state, caller, id).await?;
     let owned = id.to_string();
-    state.state.read(move |db| db.grid_rows(&owned, from_row, rows)).await?.map_err(db_err)
+    state.db.read(move |db| db.grid_rows(&owned, from_row, rows)).await?.map_err(db_err)
 }
 
 /// A page of the collections the caller may see (an admin: every one),
@@ -62,7 +62,7 @@ pub(crate) async fn list(state: &State, caller: &Caller, r: pb::ListCollectionsR
     let after = page_after(&r.page_token)?;
     let limit = if r.page_size == 0 { 100 } else { r.page_size.min(1000) };
     let owner = (!caller.admin).then_some(caller.owner.clone());
-    let read = state.state.read(move |db| Ok::<_, crate::db::sql::Error>((db.collections_page(owner.as_deref(), after, limit)?, db.stored_bytes()?)));
+    let read = state.db.read(move |db| Ok::<_, crate::db::sql::Error>((db.collections_page(owner.as_deref(), after, limit)?, db.stored_bytes()?)));
     let ((collections, next), stored_bytes) = read.await?.map_err(db_err)?;
     Ok(pb::ListCollectionsResponse { collections, next_page_token: page_token(next), stored_bytes })
 }
@@ -70,14 +70,14 @@ pub(crate) async fn list(state: &State, caller: &Caller, r: pb::ListCollectionsR
 /// Cancels every unfinished job of collection `id`; the collection after.
 pub(crate) async fn cancel(state: &State, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
     check_visible(state, caller, id).await?;
-    state.state.run(|reply| Command::CancelCollection { id: id.to_string(), reply }).await?.map_err(db_err)?;
+    state.db.run(|reply| Command::CancelCollection { id: id.to_string(), reply }).await?.map_err(db_err)?;
     get(state, caller, id).await
 }
 
 /// Queues every failed job of collection `id` again; the collection after.
 pub(crate) async fn retry_failed(state: &State, caller: &Caller, id: &str) -> Result<pb::Collection, Status> {
     check_visible(state, caller, id).await?;
-    let retried = state.state.run(|reply| Command::RetryFailed { id: id.to_string(), reply }).await?.map_err(call_err)?;
+    let retried = state.db.run(|reply| Command::RetryFailed { id: id.to_string(), reply }).await?.map_err(call_err)?;
     tracing::info!(collection = %id, jobs = retried, "failed jobs retried");
     get(state, caller, id).await
 }
@@ -88,7 +88,7 @@ pub(crate) async fn update(state: &State, caller: &Caller, r: pb::UpdateCollecti
     let id = r.collection_id.clone();
     check_visible(state, caller, &id).await?;
     let (owned, paused, priority) = (id.clone(), r.paused, r.priority);
-    let found = state.state.run(|reply| Command::UpdateCollection { id: owned, paused, priority, reply }).await?.map_err(db_err)?;
+    let found = state.db.run(|reply| Command::UpdateCollection { id: owned, paused, priority, reply }).await?.map_err(db_err)?;
     if !found {
         return Err(Status::not_found(format!("no collection {id}")));
     }
@@ -101,9 +101,9 @@ pub(crate) async fn update(state: &State, caller: &Caller, r: pb::UpdateCollecti
 pub(crate) async fn delete(state: &State, caller: &Caller, r: pb::DeleteCollectionRequest) -> Result<pb::DeleteCollectionResponse, Status> {
     let id = r.collection_id;
     let owned = id.clone();
-    let found = state.state.read(move |db| db.owner_even_deleted(&owned)).await?.map_err(db_err)?;
+    let found = state.db.read(move |db| db.owner_even_deleted(&owned)).await?.map_err(db_err)?;
     caller.visible(found.map(|owner| (owner, ())), || format!("no collection {id}"))?;
-    let marked = state.state.run(|reply| Command::MarkDeleted { id: id.clone(), cancel: r.cancel, reply }).await?.map_err(call_err)?;
+    let marked = state.db.run(|reply| Command::MarkDeleted { id: id.clone(), cancel: r.cancel, reply }).await?.map_err(call_err)?;
     let crate::db::Marked::Deleting(since) = marked else {
         return Ok(pb::DeleteCollectionResponse { objects: 0, bytes: 0, finished: true });
     };

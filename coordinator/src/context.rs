@@ -12,7 +12,8 @@ use crate::state::StateHandle;
 
 /// What every handler shares.
 pub(crate) struct State {
-    pub(crate) state: StateHandle,
+    /// The state's owner: reads, and the commands that change it.
+    pub(crate) db: StateHandle,
     pub(crate) store: Store,
     /// The farm's identity, also in storage at [`crate::paths::FARM_MARKER`].
     pub(crate) farm_id: String,

@@ -43,19 +43,19 @@ pub(crate) async fn pass(state: &State, id: &str, marked: f64) -> Result<Removed
         removed.bytes += size;
     }
     let owned = id.to_string();
-    let inputs = state.state.read(move |db| db.inputs_only_of(&owned)).await?.map_err(db_err)?;
+    let inputs = state.db.read(move |db| db.inputs_only_of(&owned)).await?.map_err(db_err)?;
     for key in inputs {
         if let Some(size) = state.store.size(&key).await.map_err(|e| storage_err("read an input", e))? {
             state.store.delete(&key).await.map_err(|e| storage_err("delete an input", e))?;
             removed.objects += 1;
             removed.bytes += size;
         }
-        state.state.run(|reply| Command::ForgetStoredInput { key, reply }).await?.map_err(db_err)?;
+        state.db.run(|reply| Command::ForgetStoredInput { key, reply }).await?.map_err(db_err)?;
     }
     let owned = id.to_string();
-    let writers = state.state.read(move |db| db.writers_may_remain(&owned)).await?.map_err(db_err)?;
+    let writers = state.db.read(move |db| db.writers_may_remain(&owned)).await?.map_err(db_err)?;
     if !writers || crate::db::now() > marked + state.config.rules().lease_seconds {
-        state.state.run(|reply| Command::ForgetCollection { id: id.to_string(), reply }).await?.map_err(db_err)?;
+        state.db.run(|reply| Command::ForgetCollection { id: id.to_string(), reply }).await?.map_err(db_err)?;
         removed.finished = true;
     }
     Ok(removed)
@@ -65,13 +65,13 @@ pub(crate) async fn pass(state: &State, id: &str, marked: f64) -> Result<Removed
 /// (`--keep-finished-days`), a batch per sweep.
 async fn expire(state: &State, days: f64) {
     let before = crate::db::now() - days * 86_400.0;
-    let ended = match state.state.read(move |db| db.ended_before(before, 100)).await {
+    let ended = match state.db.read(move |db| db.ended_before(before, 100)).await {
         Ok(Ok(ended)) => ended,
         Ok(Err(e)) => return tracing::warn!("looking for collections past --keep-finished-days: {e}"),
         Err(_) => return,
     };
     for id in ended {
-        match state.state.run(|reply| Command::MarkDeleted { id: id.clone(), cancel: false, reply }).await {
+        match state.db.run(|reply| Command::MarkDeleted { id: id.clone(), cancel: false, reply }).await {
             Ok(Ok(_)) => tracing::info!(collection = %id, days, "ended more than --keep-finished-days ago: deleting"),
             Ok(Err(e)) => tracing::warn!(collection = %id, "retention: {e}"),
             Err(_) => {}
@@ -87,7 +87,7 @@ pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
         if let Some(days) = state.config.keep_finished_days {
             expire(&state, days).await;
         }
-        match state.state.read(|db| db.deletions_due()).await {
+        match state.db.read(|db| db.deletions_due()).await {
             Ok(Ok(due)) => {
                 for (id, marked) in due {
                     match pass(&state, &id, marked).await {

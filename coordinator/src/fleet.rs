@@ -24,11 +24,7 @@ pub(crate) async fn list_worker_page(
         r.page_size.min(max)
     };
     let lease = farm.config.rules().lease_seconds;
-    let (workers, next) = farm
-        .state
-        .read(move |db| db.workers_page(after, limit, r.include_gone, lease))
-        .await?
-        .map_err(db_err)?;
+    let (workers, next) = farm.db.read(move |db| db.workers_page(after, limit, r.include_gone, lease)).await?.map_err(db_err)?;
     Ok(pb::ListWorkersResponse {
         workers,
         next_page_token: page_token(next),
@@ -41,7 +37,7 @@ pub(crate) async fn list_worker_page(
 /// bytes stored.
 pub(crate) async fn summary(farm: &State) -> Result<pb::FarmSummary, Status> {
     let workers = list_worker_page(farm, pb::ListWorkersRequest::default()).await?.workers;
-    let read = farm.state.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?, db.stored_bytes()?)));
+    let read = farm.db.read(|db| Ok::<_, crate::db::sql::Error>((db.farm_summary()?, db.counts()?, db.stored_bytes()?)));
     let (summary, counts, stored_bytes) = read.await?.map_err(db_err)?;
     let running: std::collections::HashSet<&str> = workers.iter().filter(|w| !w.current_job.is_empty()).map(|w| w.worker_id.as_str()).collect();
     let pace = summary
@@ -68,7 +64,7 @@ pub(crate) async fn act_on_worker(farm: &State,
     let id = request.into_inner().worker_id;
     let lease_seconds = farm.config.rules().lease_seconds;
     let act = |reply| Command::ActOnWorker { worker: id.clone(), action, lease_seconds, reply };
-    let after = farm.state.run(act).await?.map_err(call_err)?;
+    let after = farm.db.run(act).await?.map_err(call_err)?;
     tracing::info!(worker = %id, ?action, "operator action");
     Ok(Response::new(after))
 }

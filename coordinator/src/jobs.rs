@@ -18,7 +18,7 @@ use crate::status::{call_err, db_err, storage_err};
 /// Job `id`, its attempts and its parameters, if the caller may see it.
 pub(crate) async fn get(state: &State, caller: &Caller, id: &str) -> Result<pb::JobDetail, Status> {
     let owned = id.to_string();
-    let found = state.state.read(move |db| db.job(&owned)).await?.map_err(db_err)?;
+    let found = state.db.read(move |db| db.job(&owned)).await?.map_err(db_err)?;
     caller.visible(found, || format!("no job {id}"))
 }
 
@@ -27,14 +27,14 @@ pub(crate) async fn list(state: &State, caller: &Caller, r: pb::ListJobsRequest)
     let after = page_after(&r.page_token)?;
     let limit = if r.page_size == 0 { 1000 } else { r.page_size.min(10_000) };
     crate::collections::check_visible(state, caller, &r.collection_id).await?;
-    let (jobs, next) = state.state.read(move |db| db.jobs_page(&r.collection_id, after, limit)).await?.map_err(db_err)?;
+    let (jobs, next) = state.db.read(move |db| db.jobs_page(&r.collection_id, after, limit)).await?.map_err(db_err)?;
     Ok(pb::ListJobsResponse { jobs, next_page_token: page_token(next) })
 }
 
 /// The files of job `id`'s latest attempt (none before it first ran).
 pub(crate) async fn files(state: &State, caller: &Caller, id: &str) -> Result<pb::ListJobFilesResponse, Status> {
     let owned = id.to_string();
-    let found = state.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)?;
+    let found = state.db.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)?;
     let (collection, attempt) = caller.visible(found.map(|(c, owner, n)| (owner, (c, n))), || format!("no job {id}"))?;
     if attempt == 0 {
         return Ok(pb::ListJobFilesResponse { attempt, files: Vec::new() });
@@ -49,7 +49,7 @@ pub(crate) async fn files(state: &State, caller: &Caller, id: &str) -> Result<pb
 /// it ran), if the caller may see it: where its files and previews are.
 pub(crate) async fn attempt_folders(state: &State, caller: &Caller, id: &str) -> Result<Vec<String>, Status> {
     let owned = id.to_string();
-    let found = state.state.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)?;
+    let found = state.db.read(move |db| db.latest_attempt(&owned)).await?.map_err(db_err)?;
     let (collection, attempts) = caller.visible(found.map(|(c, owner, n)| (owner, (c, n))), || format!("no job {id}"))?;
     Ok((1..=attempts.max(1)).rev().map(|n| paths::attempt(&collection, id, n)).collect())
 }
@@ -63,7 +63,7 @@ pub(crate) async fn act(state: &State, caller: &Caller, id: &str, event: Event, 
         None
     } else {
         let owned = id.to_string();
-        let current = state.state.read(move |db| db.job_for_retry(&owned)).await?.map_err(db_err)?;
+        let current = state.db.read(move |db| db.job_for_retry(&owned)).await?.map_err(db_err)?;
         let (params, styles, width, height) = current.ok_or_else(|| Status::not_found(format!("no job {id}")))?;
         let changed = crate::retry::changed_params(&params, changes_json, styles, (width, height))?;
         // Priced like a submit: a job no registered worker could take is
@@ -74,7 +74,7 @@ pub(crate) async fn act(state: &State, caller: &Caller, id: &str, event: Event, 
         changed
     };
     let event = if event == Event::Retry && changed.is_some() { Event::Rerender } else { event };
-    state.state.run(|reply| Command::ActOnJob { id: id.to_string(), event, changed, reply }).await?.map_err(call_err)?;
+    state.db.run(|reply| Command::ActOnJob { id: id.to_string(), event, changed, reply }).await?.map_err(call_err)?;
     if !changes_json.trim().is_empty() {
         tracing::info!(job = %id, changes = %changes_json, "retried with changes");
     }
@@ -89,7 +89,7 @@ pub(crate) async fn resolve_id(state: &State, caller: &Caller, prefix: &str) -> 
         return Err(Status::invalid_argument(format!("{:?} is not an id or the start of one: 4 to 36 of 0-9 a-f and -", stylefarm_shared::terminal::shown(&prefix))));
     }
     let owned = prefix.clone();
-    let found = state.state.read(move |db| db.ids_starting(&owned, 20)).await?.map_err(db_err)?;
+    let found = state.db.read(move |db| db.ids_starting(&owned, 20)).await?.map_err(db_err)?;
     let mut seen: Vec<_> = found.into_iter().filter(|(_, _, owner)| caller.may_see(owner)).collect();
     match seen.len() {
         0 => Err(Status::not_found(format!("no collection or job you can see has an id starting with {prefix}"))),

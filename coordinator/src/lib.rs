@@ -208,7 +208,7 @@ pub async fn run_with_dashboard(
     let submits = Admission::submits(config.max_submits_per_client, config.max_submits);
     let work = Work::new(config.work_threads);
     let hubs = hub::Hubs::new(owner.events.clone());
-    let state = Arc::new(State { state: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, zips: Admission::zips(), work, sheets: Work::new(1), hubs });
+    let state = Arc::new(State { db: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, zips: Admission::zips(), work, sheets: Work::new(1), hubs });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
@@ -310,7 +310,7 @@ async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let rules = state.config.rules();
-        match state.state.run(|reply| command::Command::ExpireLeases { rules, reply }).await {
+        match state.db.run(|reply| command::Command::ExpireLeases { rules, reply }).await {
             Ok(Ok(touched)) if !touched.is_empty() => {
                 metrics::counter!("stylefarm_lease_expiries_total").increment(touched.len() as u64);
                 tracing::warn!(jobs = touched.len(), "leases lapsed; jobs requeued");
@@ -320,7 +320,7 @@ async fn expire_leases(state: Arc<State>, stop: CancellationToken) {
         }
         ticks += 1;
         if ticks % 4 == 0 {
-            if let Ok(Err(e)) = state.state.read(gauges::refresh).await {
+            if let Ok(Err(e)) = state.db.read(gauges::refresh).await {
                 tracing::warn!("refreshing the gauges: {e}");
             }
         }

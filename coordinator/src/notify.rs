@@ -216,7 +216,7 @@ pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
             _ = tokio::time::sleep(POLL) => {}
         }
         let now = crate::db::now();
-        let due = match state.state.read(move |db| db.collections_to_notify(now, DUE_PER_POLL)).await {
+        let due = match state.db.read(move |db| db.collections_to_notify(now, DUE_PER_POLL)).await {
             Ok(Ok(due)) => due,
             Ok(Err(e)) => {
                 tracing::warn!("notifications: reading the database: {e}");
@@ -252,7 +252,7 @@ pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
 /// after 1, 2, 4 … 60 s.
 async fn try_once(state: &State, client: &reqwest::Client, secret: &[u8], id: &str) {
     let (owned, fresh, now) = (id.to_string(), uuid::Uuid::new_v4().to_string(), crate::db::now());
-    let claimed = state.state.run(|reply| Command::ClaimNotification { id: owned, now, until: now + CLAIM.as_secs_f64(), delivery: fresh, reply }).await;
+    let claimed = state.db.run(|reply| Command::ClaimNotification { id: owned, now, until: now + CLAIM.as_secs_f64(), delivery: fresh, reply }).await;
     let claim = match claimed {
         Ok(Ok(Some(claim))) => claim,
         Ok(Ok(None)) | Err(_) => return,
@@ -262,7 +262,7 @@ async fn try_once(state: &State, client: &reqwest::Client, secret: &[u8], id: &s
         }
     };
     let owned = id.to_string();
-    let ended = match state.state.read(move |db| db.ended_collection(&owned)).await {
+    let ended = match state.db.read(move |db| db.ended_collection(&owned)).await {
         Ok(Ok(Some(e))) => e,
         Ok(Ok(None)) | Err(_) => return,
         Ok(Err(e)) => {
@@ -305,7 +305,7 @@ async fn try_once(state: &State, client: &reqwest::Client, secret: &[u8], id: &s
         }
         Tried::Done
     };
-    if let Ok(Err(e)) = state.state.run(|reply| Command::NotificationTried { id: id.to_string(), delivery, tried, reply }).await {
+    if let Ok(Err(e)) = state.db.run(|reply| Command::NotificationTried { id: id.to_string(), delivery, tried, reply }).await {
         tracing::warn!(collection = id, "notification: recording the try: {e}");
     }
 }

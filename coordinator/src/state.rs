@@ -147,7 +147,7 @@ impl StateHandle {
     /// Runs the command `make` builds (given where its result goes) on the
     /// writer thread inside the next group commit, and returns its result
     /// once that group is on disk:
-    /// `state.run(|reply| Command::CancelCollection { id, reply })`.
+    /// `db.run(|reply| Command::CancelCollection { id, reply })`.
     pub async fn run<R: Send + 'static>(&self, make: impl FnOnce(Reply<R>) -> Command) -> Result<R, Status> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.map_err(|_| Status::unavailable("the coordinator is stopping"))?;

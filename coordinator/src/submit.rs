@@ -246,7 +246,7 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
     check_shape(&r)?;
     r.notify_url = crate::notify::check_url(&r.notify_url, &farm.config.notify_prefixes)?;
     let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
-    if let Some((collection_id, jobs)) = farm.state.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
+    if let Some((collection_id, jobs)) = farm.db.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
         return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
     }
     if r.contents.is_empty() || r.styles.is_empty() {
@@ -351,7 +351,7 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
         jobs,
         notify_url: r.notify_url,
     };
-    let (collection_id, jobs) = farm.state.run(|reply| Command::CreateCollection { collection: new, reply }).await?.map_err(db_err)?;
+    let (collection_id, jobs) = farm.db.run(|reply| Command::CreateCollection { collection: new, reply }).await?.map_err(db_err)?;
     Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
 }
 
@@ -375,7 +375,7 @@ async fn check_devices(farm: &State, variants: &[JobParams], contents: &[Input],
 /// The most memory a worker registered in the last day offers (`None`:
 /// none said): what a job must fit to be leased at all.
 pub(crate) async fn largest_device(farm: &State) -> Result<Option<u64>, Status> {
-    farm.state.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)
+    farm.db.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)
 }
 
 /// FAILED_PRECONDITION, naming `what` and the numbers, when a render that

@@ -32,7 +32,7 @@ async fn measure(state: &State, id: &str) -> Result<(u64, Vec<(String, u64)>), S
     let folder = state.store.list_all(&paths::collection(id)).await.map_err(|e| e.to_string())?;
     let folder_bytes = folder.iter().map(|(_, size)| size).sum();
     let owned = id.to_string();
-    let keys = match state.state.read(move |db| db.inputs_of(&owned)).await {
+    let keys = match state.db.read(move |db| db.inputs_of(&owned)).await {
         Ok(Ok(keys)) => keys,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(e) => return Err(e.message().to_string()),
@@ -51,7 +51,7 @@ async fn measure(state: &State, id: &str) -> Result<(u64, Vec<(String, u64)>), S
 /// asks about attempts ended since).
 async fn pass(state: &State, ended_since: f64) -> f64 {
     let began = crate::db::now();
-    let due = match state.state.read(move |db| db.usage_due(ended_since, began - RUNNING_EVERY, PER_PASS)).await {
+    let due = match state.db.read(move |db| db.usage_due(ended_since, began - RUNNING_EVERY, PER_PASS)).await {
         Ok(Ok(due)) => due,
         Ok(Err(e)) => {
             tracing::warn!("looking for collections to measure: {e}");
@@ -64,7 +64,7 @@ async fn pass(state: &State, ended_since: f64) -> f64 {
         match measure(state, &id).await {
             Ok((folder, inputs)) => {
                 let record = |reply| Command::RecordUsage { id: id.clone(), folder_bytes: folder, inputs, at, reply };
-                if let Ok(Err(e)) = state.state.run(record).await {
+                if let Ok(Err(e)) = state.db.run(record).await {
                     tracing::warn!(collection = %id, "recording what it stores: {e}");
                 }
             }

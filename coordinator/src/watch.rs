@@ -204,10 +204,10 @@ pub(crate) async fn watch(farm: &Arc<State>, request: Request<pb::CollectionRef>
 async fn snapshot(farm: &Arc<State>, subscription: &Subscription, caller: &Caller, id: &str) -> Result<(Arc<Snapshot>, u64), Status> {
     let not_found = || Status::not_found(format!("no collection {id}"));
     let (snapshot, seq) = subscription
-        .snapshot(farm.state.changes(), || async {
+        .snapshot(farm.db.changes(), || async {
             metrics::counter!("stylefarm_watch_snapshot_reads_total").increment(1);
             let owned = id.to_string();
-            let read = farm.state.read_as(ReadKind::Snapshot, move |db| db.collection(&owned)).await?.map_err(db_err)?;
+            let read = farm.db.read_as(ReadKind::Snapshot, move |db| db.collection(&owned)).await?.map_err(db_err)?;
             let (owner, collection) = read.ok_or_else(not_found)?;
             // Encoding a large collection takes milliseconds: off the
             // async threads.

@@ -87,7 +87,7 @@ impl WorkersService {
     async fn key_in_attempt(&self, lease: &LeaseRef, field: &str, name: &str) -> Result<String, Status> {
         check_file_name(field, name)?;
         let l = lease.clone();
-        let folder = self.0.state.read(move |db| db.attempt_folder(&l.call())).await?.map_err(call_err)?;
+        let folder = self.0.db.read(move |db| db.attempt_folder(&l.call())).await?.map_err(call_err)?;
         Ok(paths::in_attempt(&folder, name))
     }
 }
@@ -100,7 +100,7 @@ impl Workers for WorkersService {
         let base: String = r.name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(60).collect();
         let id = format!("{}-{}", if base.is_empty() { "worker" } else { &base }, &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let (owned, rules) = (id.clone(), self.rules());
-        let replaced = self.0.state.run(|reply| Command::RegisterWorker { id: owned, request: r, rules, reply }).await?.map_err(call_err)?;
+        let replaced = self.0.db.run(|reply| Command::RegisterWorker { id: owned, request: r, rules, reply }).await?.map_err(call_err)?;
         if !replaced.is_empty() {
             tracing::info!(worker = %id, ?replaced, "registered again under its name: the earlier rows are replaced");
         }
@@ -117,7 +117,7 @@ impl Workers for WorkersService {
     async fn lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let r = request.into_inner();
         let (worker, rules) = (r.worker_id.clone(), self.rules());
-        let leased = self.0.state.run(|reply| Command::Lease { worker, rules, reply }).await?.map_err(call_err)?;
+        let leased = self.0.db.run(|reply| Command::Lease { worker, rules, reply }).await?.map_err(call_err)?;
         Ok(Response::new(match leased {
             Some(l) => {
                 metrics::counter!("stylefarm_leases_total").increment(1);
@@ -134,7 +134,7 @@ impl Workers for WorkersService {
         let lease = LeaseRef::new(&r.worker_id, &r.job_id, r.fencing_token);
         let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
         let rules = self.rules();
-        let answer = self.0.state.run(|reply| Command::Heartbeat { lease, request: r, checkpoint, rules, reply }).await?.map_err(call_err)?;
+        let answer = self.0.db.run(|reply| Command::Heartbeat { lease, request: r, checkpoint, rules, reply }).await?.map_err(call_err)?;
         Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled }))
     }
 
@@ -149,7 +149,7 @@ impl Workers for WorkersService {
             Err(e) => return Err(storage_err("check the output", e)),
         }
         let (progress, rules, output_key) = (r.progress.unwrap_or_default(), self.rules(), key.clone());
-        let answer = self.0.state.run(|reply| Command::Complete { lease, output_key: key, progress, rules, reply }).await?.map_err(|e| {
+        let answer = self.0.db.run(|reply| Command::Complete { lease, output_key: key, progress, rules, reply }).await?.map_err(|e| {
             tracing::warn!(job = %r.job_id, worker = %r.worker_id, "completion refused: {e}");
             call_err(e)
         })?;
@@ -169,7 +169,7 @@ impl Workers for WorkersService {
         let message = redact_paths(&logged, &[self.0.store.location(), &self.0.config.data_dir.to_string_lossy()]);
         let lease = LeaseRef::new(&r.worker_id, &r.job_id, r.fencing_token);
         let rules = self.rules();
-        let answer = self.0.state.run(|reply| Command::Fail { lease, kind, message, rules, reply }).await?.map_err(call_err)?;
+        let answer = self.0.db.run(|reply| Command::Fail { lease, kind, message, rules, reply }).await?.map_err(call_err)?;
         if !answer.repeated {
             metrics::counter!("stylefarm_job_failures_total", "kind" => kind.as_str_name()).increment(1);
             tracing::warn!(job = %r.job_id, worker = %r.worker_id, kind = kind.as_str_name(), "attempt failed: {logged}");
@@ -183,7 +183,7 @@ impl Workers for WorkersService {
         let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
         let (iteration, rules) = (r.checkpoint_iteration, self.rules());
         let checkpoint = checkpoint.map(|key| (key, iteration));
-        let answer = self.0.state.run(|reply| Command::Release { lease, checkpoint, rules, reply }).await?.map_err(call_err)?;
+        let answer = self.0.db.run(|reply| Command::Release { lease, checkpoint, rules, reply }).await?.map_err(call_err)?;
         if !answer.repeated {
             metrics::counter!("stylefarm_releases_total").increment(1);
             tracing::info!(job = %r.job_id, worker = %r.worker_id, iteration = r.checkpoint_iteration, "released");
@@ -197,7 +197,7 @@ impl Workers for WorkersService {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let (worker, rules) = (request.into_inner().worker_id, self.rules());
         let id = worker.clone();
-        self.0.state.run(|reply| Command::DeregisterWorker { worker: id, rules, reply }).await?.map_err(call_err)?;
+        self.0.db.run(|reply| Command::DeregisterWorker { worker: id, rules, reply }).await?.map_err(call_err)?;
         tracing::info!(%worker, "stopped (deregistered)");
         Ok(Response::new(pb::DeregisterResponse {}))
     }
@@ -229,7 +229,7 @@ async fn prune_checkpoints(state: std::sync::Arc<crate::context::State>, output_
     metrics::counter!("stylefarm_checkpoint_bytes_removed_total").increment(bytes);
     tracing::debug!(job, removed, bytes, "a succeeded job's checkpoints removed");
     if let Some(collection) = crate::paths::collection_of_key(job).map(str::to_string) {
-        if let Ok(Err(e)) = state.state.run(|reply| Command::UsageStale { id: collection, reply }).await {
+        if let Ok(Err(e)) = state.db.run(|reply| Command::UsageStale { id: collection, reply }).await {
             tracing::warn!("asking for a new measure of what a collection stores: {e}");
         }
     }
