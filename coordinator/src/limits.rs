@@ -7,13 +7,10 @@
 //! collection, input megapixels, watchers, submits) live in
 //! [`crate::Config`]; these are fixed.
 
+pub use stylefarm_proto::limits::{MAX_CAPABILITIES, MAX_INPUTS, MAX_VARIANTS};
 pub use stylefarm_shared::client::MAX_WORKER_MESSAGE_BYTES;
 pub use stylefarm_shared::size::MAX_RENDER_SIDE;
 
-/// Content images, and style images, in one submit.
-pub const MAX_INPUTS: usize = 100_000;
-/// Variants in one submit.
-pub const MAX_VARIANTS: usize = 1_000;
 /// One variant's JSON: every key set, lists at their longest, fits many
 /// times over.
 pub const MAX_VARIANT_JSON_BYTES: usize = 16 << 10;
@@ -22,8 +19,13 @@ pub const MAX_COLLECTION_NAME_BYTES: usize = 200;
 /// A worker's name and its device's name, as Register gives them.
 pub const MAX_WORKER_NAME_BYTES: usize = 100;
 pub const MAX_DEVICE_NAME_BYTES: usize = 200;
-/// Capabilities a worker lists, each at most [`MAX_CAPABILITY_BYTES`].
-pub const MAX_CAPABILITIES: usize = 16;
+/// Rows of a collection's grid one dashboard request may ask for.
+pub const MAX_GRID_ROWS: u32 = 500;
+/// A blended column's name (`waves+dots+998_more`), an input's name's
+/// limit: every job carries it, so a submit of many long names stays
+/// small in the database.
+pub const MAX_BLEND_NAME_BYTES: usize = 100;
+/// Each capability a worker lists ([`MAX_CAPABILITIES`] of them).
 pub const MAX_CAPABILITY_BYTES: usize = 32;
 /// A Workers call's request (progress, names, a message): small.
 pub const MAX_WORKER_REQUEST_BYTES: usize = 1 << 20;
@@ -68,6 +70,7 @@ mod tests {
                 stylefarm_params::arch::VGG19.len()
             ),
             format!("at most {} scales", stylefarm_params::params::MAX_SCALES),
+            format!("at most {MAX_GRID_ROWS})"),
         ];
         let missing: Vec<&String> = stated.iter().filter(|s| !proto.contains(s.as_str())).collect();
         assert!(missing.is_empty(), "farm.proto does not state: {missing:?}");

@@ -50,9 +50,6 @@ fn check_name(name: &str, role: &str) -> Result<(), Status> {
     }
 }
 
-/// The most bytes of a blended column's name: an input's name's limit.
-const MAX_BLEND_NAME_BYTES: usize = 100;
-
 /// A blended column's name: its styles' names joined by `+`, as many as fit
 /// [`MAX_BLEND_NAME_BYTES`] with the rest counted (`waves+dots+998_more`).
 /// Every job of the column carries it, so it is bounded like any name: a

@@ -14,6 +14,8 @@ use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic::Status;
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
+use crate::limits::{MAX_CAPABILITIES, MAX_INPUTS, MAX_VARIANTS};
+
 /// How many times one field may occur at the top level of a request from
 /// a client the farm does not trust; a request type not listed has no cap
 /// (replies the farm itself sends, and messages without repeated fields).
@@ -22,17 +24,17 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 pub fn max_occurrences<U: 'static>() -> Option<usize> {
     let t = TypeId::of::<U>();
     if t == TypeId::of::<crate::SubmitRequest>() {
-        // contents, styles ≤ 100000; variants_json ≤ 1000.
-        Some(MAX_OCCURRENCES)
+        // contents and styles, each; variants_json are fewer.
+        Some(MAX_INPUTS.max(MAX_VARIANTS))
     } else if t == TypeId::of::<crate::RegisterRequest>() {
-        Some(16)
+        Some(MAX_CAPABILITIES)
     } else {
         None
     }
 }
 
-/// The most occurrences of one field in a capped request.
-pub const MAX_OCCURRENCES: usize = 100_000;
+/// The most occurrences of one field in any capped request.
+pub const MAX_OCCURRENCES: usize = MAX_INPUTS;
 
 /// [`ProstCodec`] with [`max_occurrences`] checked before decoding.
 #[derive(Debug)]

@@ -46,8 +46,7 @@ use crate::service::FarmService;
 /// The cookie that keeps a browser's token.
 const COOKIE: &str = "stylefarm_token";
 
-/// Most rows of the grid one request may ask for.
-const MAX_GRID_ROWS: u32 = 500;
+use crate::limits::MAX_GRID_ROWS;
 
 /// The page and its assets, compiled in.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
