@@ -553,8 +553,7 @@ async fn prewrite_outputs(data: &Path, collection: &str, jobs: usize, url: &str)
     let png = tiny_png(0)?;
     tokio::task::spawn_blocking(move || -> Result<()> {
         for id in ids {
-            // The coordinator's layout: collections/<c>/jobs/<j>/attempt-<n>.
-            let folder = storage.join(format!("collections/{collection}/jobs/{id}/attempt-1"));
+            let folder = storage.join(stylefarm_shared::layout::attempt(&collection, &id, 1));
             std::fs::create_dir_all(&folder)?;
             std::fs::write(folder.join("output.png"), &png)?;
         }

@@ -20,6 +20,7 @@ pub mod client;
 pub mod device;
 pub mod host;
 pub mod image_io;
+pub mod layout;
 pub mod memory;
 #[cfg(feature = "engine")]
 pub mod pictures;

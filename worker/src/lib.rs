@@ -31,6 +31,7 @@ use stylefarm_proto as pb;
 use stylefarm_proto::workers_client::WorkersClient;
 use stylefarm_shared::backoff::Backoff;
 use stylefarm_shared::client::{Bearer, ClientError, ClientSecurity, Failover};
+use stylefarm_shared::layout::FARM_MARKER;
 use stylefarm_shared::storage::{StorageError, Store};
 use stylefarm_shared::weights;
 use tokio_util::sync::CancellationToken;
@@ -198,9 +199,6 @@ async fn check_storage(store: &Store, farm_id: &str) -> Result<(), Error> {
     store.check_writable().await.map_err(|e| wrong(format!("it takes no writes: {e}")))
 }
 
-/// The object at the storage root that names the farm (the coordinator
-/// writes it; see `RegisterResponse.farm_id`).
-const FARM_MARKER: &str = ".stylefarm-storage";
 
 /// The worker's own rayon pool: the engine's parallel loops run in it, so
 /// workers sharing a process (`farmctl up`) each keep their `threads`.

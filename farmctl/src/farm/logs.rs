@@ -27,10 +27,10 @@ fn log_key(job: &pb::JobDetail, files: &pb::ListJobFilesResponse, attempt: Optio
     }
     let Some(any) = files.files.first() else { bail!("attempt {latest} has written nothing yet") };
     let folder = any.key.strip_suffix(&any.name).unwrap_or(&any.key).trim_end_matches('/');
-    let folder = match folder.rsplit_once("/attempt-") {
-        Some((job_folder, _)) => format!("{job_folder}/attempt-{n}"),
-        None => bail!("the coordinator named a file outside an attempt folder: {}", any.key),
+    let Some(job_folder) = stylefarm_shared::layout::job_of_attempt_key(folder) else {
+        bail!("the coordinator named a file outside an attempt folder: {}", any.key)
     };
+    let folder = stylefarm_shared::layout::attempt_in(job_folder, n);
     Ok((collection, format!("{folder}/{WORKER_LOG}"), n))
 }
 
