@@ -142,12 +142,12 @@ pub struct Db {
 }
 
 /// A writer to be, sharing a coordinator's record of sweeps and its id.
-pub struct Twin {
+pub struct WriterSeed {
     last_sweep: std::sync::Arc<std::sync::atomic::AtomicU64>,
     me: std::sync::Arc<str>,
 }
 
-impl Twin {
+impl WriterSeed {
     /// Connects (blocking), as [`Db::connect`].
     pub fn connect(self, target: &Target) -> sql::Result<Db> {
         Ok(Db { last_sweep: self.last_sweep, me: self.me, ..Db::connect(target)? })
@@ -224,13 +224,13 @@ impl Db {
     /// coordinator (PostgreSQL: its writers run side by side), sharing
     /// this one's record of sweeps.
     pub fn another_writer(&self, target: &Target) -> sql::Result<Self> {
-        self.twin().connect(target)
+        self.writer_seed().connect(target)
     }
 
     /// What [`Db::another_writer`] needs of this one, to connect later on
     /// another thread (connecting blocks).
-    pub fn twin(&self) -> Twin {
-        Twin { last_sweep: self.last_sweep.clone(), me: self.me.clone() }
+    pub fn writer_seed(&self) -> WriterSeed {
+        WriterSeed { last_sweep: self.last_sweep.clone(), me: self.me.clone() }
     }
 
     /// A connection for reads: for SQLite a read-only one, which sees

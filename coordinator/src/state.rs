@@ -117,8 +117,8 @@ impl StateHandle {
         for i in 1..writers {
             // Each connects on its own thread (connecting blocks); one
             // that cannot leaves the others to serve, and says so.
-            let (twin, target, inbox, publish, counted) = (db.twin(), target.clone(), inbox.clone(), publish.clone(), changes.clone());
-            std::thread::Builder::new().name(format!("state-{i}")).spawn(move || match twin.connect(&target) {
+            let (seed, target, inbox, publish, counted) = (db.writer_seed(), target.clone(), inbox.clone(), publish.clone(), changes.clone());
+            std::thread::Builder::new().name(format!("state-{i}")).spawn(move || match seed.connect(&target) {
                 Ok(db) => own(db, target, inbox, publish, counted),
                 Err(e) => tracing::error!("writer {i} could not connect: {e}; the others serve"),
             })?;

@@ -222,7 +222,7 @@ fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let defaulted = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue);
-    let mut url = farm::Conn::new(cli.coordinator.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));
+    let mut url = farm::Coordinators::new(cli.coordinator.clone(), cli.tls.with_token(cli.token.clone()), std::time::Duration::from_secs(cli.wait));
     url.guessed = defaulted("coordinator") && defaulted("wait");
     match cli.command {
         Command::Up(args) => farm::up(args),

@@ -87,7 +87,7 @@ pub enum Error {
 type Client = WorkersClient<InterceptedService<Failover, Bearer>>;
 
 /// What the worker knows for its whole life.
-struct Ctx {
+struct Worker {
     client: Client,
     worker_id: String,
     store: Store,
@@ -144,7 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let store = Store::open(&storage)?;
     check_storage(&store, &registration.farm_id).await?;
     tracing::info!(worker = %registration.worker_id, name = %config.name, device = %config.device, memory = %request.memory_bytes, %storage, "registered");
-    let ctx = Arc::new(Ctx {
+    let ctx = Arc::new(Worker {
         client,
         worker_id: registration.worker_id,
         store,
@@ -165,7 +165,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
 /// Says goodbye, so the farm shows this worker STOPPED rather than lost;
 /// a coordinator that does not answer in a few seconds is not waited for.
-async fn deregister(ctx: &Ctx) {
+async fn deregister(ctx: &Worker) {
     let mut client = ctx.client.clone();
     let request = pb::DeregisterRequest {
         worker_id: ctx.worker_id.clone(),
@@ -213,7 +213,7 @@ fn engine_pool(threads: Option<usize>) -> Result<rayon::ThreadPool, Error> {
 /// Leases and renders one job at a time until shutdown, or until the
 /// coordinator says it no longer knows this worker (replaced by a newer
 /// registration under its name, or forgotten).
-async fn lease_loop(ctx: Arc<Ctx>) -> Result<(), Error> {
+async fn lease_loop(ctx: Arc<Worker>) -> Result<(), Error> {
     let mut backoff = Backoff::default();
     while !ctx.shutdown.is_cancelled() {
         let request = pb::LeaseRequest { worker_id: ctx.worker_id.clone(), free_memory_bytes: 0 };

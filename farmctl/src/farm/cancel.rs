@@ -7,9 +7,9 @@
 use anyhow::Result;
 use stylefarm_proto as pb;
 
-use super::{call, resolve, resolve_any, Conn, Kind};
+use super::{call, resolve, resolve_any, Coordinators, Kind};
 
-pub async fn cancel(url: &Conn, id: &str, job: bool) -> Result<()> {
+pub async fn cancel(url: &Coordinators, id: &str, job: bool) -> Result<()> {
     let (kind, whole) = if job { (Kind::Job, resolve(url, id, Kind::Job).await?) } else { resolve_any(url, id).await? };
     let id = whole.as_str();
     if kind == Kind::Job {
@@ -47,7 +47,7 @@ pub fn changes_json(pairs: &[String]) -> Result<String> {
     Ok(serde_json::Value::Object(changes).to_string())
 }
 
-pub async fn retry(url: &Conn, job: &str, set: &[String]) -> Result<()> {
+pub async fn retry(url: &Coordinators, job: &str, set: &[String]) -> Result<()> {
     let changes = changes_json(set)?;
     let job = resolve(url, job, Kind::Job).await?;
     let job = job.as_str();
@@ -69,7 +69,7 @@ pub async fn retry(url: &Conn, job: &str, set: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub async fn retry_failed(url: &Conn, collection: &str) -> Result<()> {
+pub async fn retry_failed(url: &Coordinators, collection: &str) -> Result<()> {
     let collection = resolve(url, collection, Kind::Collection).await?;
     let collection = collection.as_str();
     let c = call(url, |mut c| {

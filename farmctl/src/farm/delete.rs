@@ -5,9 +5,9 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 use stylefarm_shared::budget::human;
 
-use super::{call, resolve, Conn, Kind};
+use super::{call, resolve, Coordinators, Kind};
 
-pub async fn delete(url: &Conn, id: &str, cancel: bool) -> Result<()> {
+pub async fn delete(url: &Coordinators, id: &str, cancel: bool) -> Result<()> {
     let id = resolve(url, id, Kind::Collection).await?;
     let id = id.as_str();
     let r = call(url, |mut c| {

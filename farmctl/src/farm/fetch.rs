@@ -6,10 +6,10 @@ use anyhow::{bail, Context, Result};
 use stylefarm_proto as pb;
 use stylefarm_shared::sheet::{self, Cell};
 
-use super::{call, Conn};
+use super::{call, Coordinators};
 
 /// Reads one object of a collection, chunk by chunk.
-pub async fn download(url: &Conn, id: &str, key: &str) -> Result<Vec<u8>> {
+pub async fn download(url: &Coordinators, id: &str, key: &str) -> Result<Vec<u8>> {
     let mut chunks = call(url, |mut c| {
         let r = pb::FetchRequest { collection_id: id.into(), key: key.into() };
         async move { c.fetch(r).await }
@@ -32,7 +32,7 @@ pub async fn download(url: &Conn, id: &str, key: &str) -> Result<Vec<u8>> {
 /// by painting and variant, cells that did not succeed marked. An image
 /// that cannot be fetched is reported, marked and skipped; the others are
 /// still written, and the command fails at the end naming what is missing.
-pub async fn fetch(url: &Conn, id: &str, dir: &Path) -> Result<()> {
+pub async fn fetch(url: &Coordinators, id: &str, dir: &Path) -> Result<()> {
     let id = super::resolve(url, id, super::Kind::Collection).await?;
     let id = id.as_str();
     let c = call(url, |mut c| {

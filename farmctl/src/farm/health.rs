@@ -8,13 +8,13 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::Conn;
+use super::Coordinators;
 
 /// `service`: empty for the whole server, or `stylefarm.v2.Farm` /
 /// `stylefarm.v2.Workers`.
 /// Prints each coordinator's status (prefixed by its URL when there are
 /// several).
-pub async fn health(conn: &Conn, service: &str) -> Result<()> {
+pub async fn health(conn: &Coordinators, service: &str) -> Result<()> {
     if let [url] = &conn.urls[..] {
         let status = check(conn, url, service).await?;
         println!("{}", status.as_str_name());
@@ -45,7 +45,7 @@ pub async fn health(conn: &Conn, service: &str) -> Result<()> {
 }
 
 /// One coordinator's answer.
-async fn check(conn: &Conn, url: &str, service: &str) -> Result<ServingStatus> {
+async fn check(conn: &Coordinators, url: &str, service: &str) -> Result<ServingStatus> {
     let channel = conn.security.connect(url).await.with_context(|| format!("cannot reach the coordinator at {url}"))?;
     let reply = HealthClient::new(channel)
         .check(HealthCheckRequest { service: service.to_string() })

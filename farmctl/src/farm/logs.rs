@@ -10,7 +10,7 @@ use stylefarm_proto as pb;
 use stylefarm_shared::records::job_files::WORKER_LOG;
 
 use super::fetch::download;
-use super::{call, Conn};
+use super::{call, Coordinators};
 
 /// The key of `worker.log` in attempt `n` of a job, from the key of any
 /// file of its latest attempt (`…/attempt-<latest>/<file>`), and the
@@ -34,7 +34,7 @@ fn log_key(job: &pb::JobDetail, files: &pb::ListJobFilesResponse, attempt: Optio
     Ok((collection, format!("{folder}/{WORKER_LOG}"), n))
 }
 
-pub async fn logs(url: &Conn, job_id: &str, attempt: Option<u32>, follow: bool) -> Result<()> {
+pub async fn logs(url: &Coordinators, job_id: &str, attempt: Option<u32>, follow: bool) -> Result<()> {
     let job_id = super::resolve(url, job_id, super::Kind::Job).await?;
     let job_id = job_id.as_str();
     let mut printed = 0;

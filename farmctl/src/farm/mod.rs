@@ -47,7 +47,7 @@ pub type Client = FarmClient<InterceptedService<Channel, Bearer>>;
 pub const RIDE_OUT_SECONDS: u64 = 90;
 
 /// Where the farm's coordinators are and how to present ourselves to them.
-pub struct Conn {
+pub struct Coordinators {
     /// One coordinator, or several sharing one PostgreSQL database: calls
     /// go to the one that last answered and move on when it cannot be
     /// reached.
@@ -63,7 +63,7 @@ pub struct Conn {
     pub guessed: bool,
 }
 
-impl Conn {
+impl Coordinators {
     pub fn new(urls: Vec<String>, security: ClientSecurity, wait: Duration) -> Self {
         Self { urls, security, wait, current: AtomicUsize::new(0), guessed: false }
     }
@@ -85,7 +85,7 @@ impl Conn {
 
 /// A `Farm` client for the current coordinator of `conn`, with the bearer
 /// token attached.
-async fn connect(conn: &Conn) -> Result<Client, ClientError> {
+async fn connect(conn: &Coordinators) -> Result<Client, ClientError> {
     let channel = conn.security.connect(conn.url()).await?;
     let bearer = conn.security.bearer()?;
     Ok(FarmClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
@@ -122,7 +122,7 @@ fn from_transport(s: &tonic::Status) -> bool {
 /// restarting: connection failures and UNAVAILABLE are retried with capped
 /// backoff for up to `conn.wait`, each retry on the next coordinator when
 /// several are given; any other refusal returns at once.
-pub async fn call<T, F, Fut>(conn: &Conn, mut op: F) -> Result<T>
+pub async fn call<T, F, Fut>(conn: &Coordinators, mut op: F) -> Result<T>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -205,7 +205,7 @@ impl Kind {
 /// The whole id and the kind of what `arg` names: an id, or a unique start
 /// of one (at least 4 characters), as the page takes them
 /// (`Farm.ResolveId`).
-pub async fn resolve_any(url: &Conn, arg: &str) -> Result<(Kind, String)> {
+pub async fn resolve_any(url: &Coordinators, arg: &str) -> Result<(Kind, String)> {
     let found = call(url, |mut c| {
         let r = pb::IdPrefix { prefix: arg.into() };
         async move { c.resolve_id(r).await }
@@ -225,7 +225,7 @@ fn is_whole_id(arg: &str) -> bool {
 /// error naming what it is when it names something else. A whole id is
 /// taken as it is (the call it is for says if there is no such thing; a
 /// repeated delete of a deleted collection stays OK).
-pub async fn resolve(url: &Conn, arg: &str, want: Kind) -> Result<String> {
+pub async fn resolve(url: &Coordinators, arg: &str, want: Kind) -> Result<String> {
     if is_whole_id(arg) {
         return Ok(arg.to_string());
     }

@@ -12,9 +12,9 @@ use stylefarm_proto as pb;
 use stylefarm_shared::budget::human;
 use stylefarm_shared::terminal::shown;
 
-use super::{call, Conn};
+use super::{call, Coordinators};
 
-pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
+pub async fn status(url: &Coordinators, id: Option<&str>, json: bool) -> Result<()> {
     let Some(id) = id else { return farm(url, json).await };
     let id = super::resolve(url, id, super::Kind::Collection).await?;
     let id = id.as_str();
@@ -45,7 +45,7 @@ pub async fn status(url: &Conn, id: Option<&str>, json: bool) -> Result<()> {
 }
 
 /// The farm at a glance: workers, then collections.
-async fn farm(url: &Conn, json: bool) -> Result<()> {
+async fn farm(url: &Coordinators, json: bool) -> Result<()> {
     let workers = super::workers::list_all(url, false).await?;
     let mut collections = Vec::new();
     let mut page_token = String::new();

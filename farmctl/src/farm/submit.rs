@@ -9,7 +9,7 @@ use stylefarm_engine::variants::{VARIANT_KEYS, VARIANT_KEYS_TEXT};
 use stylefarm_engine::{Init, JobParams, Preset};
 use stylefarm_proto as pb;
 
-use super::{call, Conn};
+use super::{call, Coordinators};
 use crate::flags::ParamFlags;
 
 #[derive(Args)]
@@ -147,7 +147,7 @@ fn variant(flags: &ParamFlags, spec: &str) -> Result<JobParams> {
     JobParams::from_json(&v.to_string()).with_context(|| format!("--variant `{spec}`"))
 }
 
-pub async fn submit(url: &Conn, a: SubmitArgs) -> Result<()> {
+pub async fn submit(url: &Coordinators, a: SubmitArgs) -> Result<()> {
     let base = JobParams { render: a.params.to_params()?, bit_depth: a.params.bit_depth };
     if base.render.init == Init::Image {
         bail!("--init `{}`: a collection takes blend, content, noise or recolored", a.params.init.as_deref().unwrap_or_default());

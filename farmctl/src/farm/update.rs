@@ -5,11 +5,11 @@
 use anyhow::Result;
 use stylefarm_proto as pb;
 
-use super::{call, resolve, Conn, Kind};
+use super::{call, resolve, Coordinators, Kind};
 
 /// Applies `paused` and/or `priority` to collection `id` (its id or a
 /// unique start of it) and says what it is now.
-pub async fn update(url: &Conn, id: &str, paused: Option<bool>, priority: Option<i32>) -> Result<()> {
+pub async fn update(url: &Coordinators, id: &str, paused: Option<bool>, priority: Option<i32>) -> Result<()> {
     let id = resolve(url, id, Kind::Collection).await?;
     let c = call(url, |mut c| {
         let r = pb::UpdateCollectionRequest { collection_id: id.clone(), paused, priority };

@@ -10,10 +10,10 @@ use stylefarm_proto as pb;
 use stylefarm_shared::terminal::shown;
 use tonic::Streaming;
 
-use super::{call, Conn};
+use super::{call, Coordinators};
 
 /// Opens the Watch stream, waiting out a coordinator that is down.
-async fn open(url: &Conn, id: &str) -> Result<Streaming<pb::WatchEvent>> {
+async fn open(url: &Coordinators, id: &str) -> Result<Streaming<pb::WatchEvent>> {
     Ok(call(url, |mut c| {
         let r = pb::CollectionRef { collection_id: id.into() };
         async move { c.watch(r).await }
@@ -33,7 +33,7 @@ fn all_ended(c: &pb::Collection) -> bool {
 }
 
 /// Streams progress until every job has ended; Ok(true) if all succeeded.
-pub async fn watch(url: &Conn, id: &str) -> Result<bool> {
+pub async fn watch(url: &Coordinators, id: &str) -> Result<bool> {
     let id = super::resolve(url, id, super::Kind::Collection).await?;
     let id = id.as_str();
     let mut stream = open(url, id).await?;

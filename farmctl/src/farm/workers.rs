@@ -7,7 +7,7 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 use stylefarm_shared::terminal::shown;
 
-use super::{call, Conn};
+use super::{call, Coordinators};
 
 /// What `farmctl workers` does.
 #[derive(clap::Subcommand)]
@@ -41,7 +41,7 @@ pub fn state_of(w: &pb::WorkerInfo) -> String {
 
 /// Every worker, a page at a time; `include_gone` adds those gone for
 /// more than an hour, replaced and forgotten.
-pub async fn list_all(url: &Conn, include_gone: bool) -> Result<Vec<pb::WorkerInfo>> {
+pub async fn list_all(url: &Coordinators, include_gone: bool) -> Result<Vec<pb::WorkerInfo>> {
     let mut workers = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -114,7 +114,7 @@ fn age(seconds: f64) -> String {
     }
 }
 
-pub async fn list(url: &Conn, include_gone: bool, as_json: bool) -> Result<()> {
+pub async fn list(url: &Coordinators, include_gone: bool, as_json: bool) -> Result<()> {
     let workers = list_all(url, include_gone).await?;
     if as_json {
         // The contract's own JSON: a ListWorkersResponse.
@@ -131,7 +131,7 @@ pub async fn list(url: &Conn, include_gone: bool, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn act(url: &Conn, command: WorkersCommand) -> Result<()> {
+pub async fn act(url: &Coordinators, command: WorkersCommand) -> Result<()> {
     /// The action, apart from its worker (copied into every retried call).
     #[derive(Clone, Copy)]
     enum Action {
@@ -170,7 +170,7 @@ pub async fn act(url: &Conn, command: WorkersCommand) -> Result<()> {
 
 /// `farmctl workers`: the list, or an action on one.
 pub async fn workers(
-    url: &Conn,
+    url: &Coordinators,
     include_gone: bool,
     as_json: bool,
     command: Option<WorkersCommand>,

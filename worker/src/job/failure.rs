@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 
 use super::folder::save_log;
 use super::lease;
-use crate::Ctx;
+use crate::Worker;
 
 /// Why an attempt failed, as the coordinator is told: the cause decides
 /// whether the job is retried and who pays for it.
@@ -85,7 +85,7 @@ pub(super) enum Ended {
 }
 
 /// Logs how the attempt ended and tells the coordinator of a failure.
-pub(super) fn report(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, outcome: Result<Ended, JobError>, started: Instant) {
+pub(super) fn report(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, token: u64, outcome: Result<Ended, JobError>, started: Instant) {
     let (kind, message) = match outcome {
         Ok(Ended::Completed) => {
             metrics::histogram!("stylefarm_render_seconds", "device" => ctx.device_label.clone()).record(started.elapsed().as_secs_f64());

@@ -8,12 +8,12 @@ use stylefarm_proto as pb;
 use stylefarm_shared::backoff::Backoff;
 use tokio::runtime::Handle;
 
-use crate::Ctx;
+use crate::Worker;
 
 /// Writes what the attempt logged so far to its folder's `worker.log`,
 /// paths redacted (best effort: a log that cannot be written never fails
 /// a render).
-pub(super) fn save_log(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64) {
+pub(super) fn save_log(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, token: u64) {
     // Its owner reads it: the farm's paths out, as from failure messages.
     let text = stylefarm_shared::redact::paths(&stylefarm_shared::attempt_log::text(&job.job_id, token), &[ctx.store.location()]);
     if !text.is_empty() {

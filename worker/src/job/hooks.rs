@@ -21,8 +21,8 @@ use tonic::Code;
 
 use super::failure::{Ended, JobError};
 use super::folder::{retry_storage, save_log};
-use super::lease::{self, Beat};
-use crate::Ctx;
+use super::lease::{self, LeaseState};
+use crate::Worker;
 
 /// Why the session was told to stop.
 pub(super) enum Stop {
@@ -34,11 +34,11 @@ pub(super) enum Stop {
 
 /// The farm's side of a session.
 pub(super) struct FarmHooks<'a> {
-    pub(super) ctx: &'a Ctx,
+    pub(super) ctx: &'a Worker,
     pub(super) rt: &'a Handle,
     pub(super) job: &'a pb::JobSpec,
     pub(super) token: u64,
-    pub(super) beat: &'a Beat,
+    pub(super) beat: &'a LeaseState,
     /// The attempt's folder: outputs, records, snapshots, checkpoints.
     pub(super) job_store: Store,
     pub(super) checkpoints: CheckpointStore,

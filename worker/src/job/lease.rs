@@ -1,5 +1,5 @@
 //! The lease as the worker holds it: what the render thread and the
-//! heartbeat task share ([`Beat`]), the heartbeat on its own timer, the one
+//! heartbeat task share ([`LeaseState`]), the heartbeat on its own timer, the one
 //! reading of "this lease is no longer ours", and the calls that end a
 //! lease (complete, release, fail), each retried while the coordinator is
 //! unavailable.
@@ -13,11 +13,11 @@ use stylefarm_shared::backoff::Backoff;
 use tokio::runtime::Handle;
 use tonic::Code;
 
-use crate::Ctx;
+use crate::Worker;
 
 /// Shared between the render thread and the heartbeat task.
 #[derive(Default)]
-pub(super) struct Beat {
+pub(super) struct LeaseState {
     pub(super) progress: Mutex<pb::Progress>,
     pub(super) cancelled: AtomicBool,
     pub(super) stale: AtomicBool,
@@ -27,7 +27,7 @@ pub(super) struct Beat {
     pub(super) resumed_from: std::sync::atomic::AtomicU32,
 }
 
-impl Beat {
+impl LeaseState {
     pub(super) fn new() -> Self {
         Self { resumed_from: u32::MAX.into(), ..Default::default() }
     }
@@ -46,7 +46,7 @@ pub(super) fn lost(status: &tonic::Status) -> bool {
 
 /// Heartbeats on a timer until the attempt ends, whatever the render
 /// thread is doing.
-pub(super) fn spawn_heartbeat(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: Arc<Beat>) {
+pub(super) fn spawn_heartbeat(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, token: u64, beat: Arc<LeaseState>) {
     let (mut client, worker_id, job_id, period) = (ctx.client.clone(), ctx.worker_id.clone(), job.job_id.clone(), ctx.heartbeat);
     // In the attempt's span: its warnings belong to the attempt's log.
     rt.spawn(tracing::Instrument::instrument(async move {
@@ -89,7 +89,7 @@ async fn while_unavailable<T, F: std::future::Future<Output = Result<T, tonic::S
 
 /// Reports the job done; the coordinator may be restarting, so
 /// unavailability is retried for a minute.
-pub(super) fn complete(ctx: &Ctx, rt: &Handle, r: pb::CompleteRequest) -> Result<(), tonic::Status> {
+pub(super) fn complete(ctx: &Worker, rt: &Handle, r: pb::CompleteRequest) -> Result<(), tonic::Status> {
     let call = || {
         let (mut c, r) = (ctx.client.clone(), r.clone());
         async move { c.complete(r).await }
@@ -98,7 +98,7 @@ pub(super) fn complete(ctx: &Ctx, rt: &Handle, r: pb::CompleteRequest) -> Result
 }
 
 /// Gives the job back (shutdown), retried for ten seconds.
-pub(super) fn release(ctx: &Ctx, rt: &Handle, r: pb::ReleaseRequest) -> Result<(), tonic::Status> {
+pub(super) fn release(ctx: &Worker, rt: &Handle, r: pb::ReleaseRequest) -> Result<(), tonic::Status> {
     let call = || {
         let (mut c, r) = (ctx.client.clone(), r.clone());
         async move { c.release(r).await }
@@ -109,7 +109,7 @@ pub(super) fn release(ctx: &Ctx, rt: &Handle, r: pb::ReleaseRequest) -> Result<(
 /// Reports a failure. Fail is idempotent under the token: retried for a
 /// minute while the coordinator is unreachable, so the job is not left to
 /// its lease lapsing.
-pub(super) fn fail(ctx: &Ctx, rt: &Handle, r: pb::FailRequest) -> Result<(), tonic::Status> {
+pub(super) fn fail(ctx: &Worker, rt: &Handle, r: pb::FailRequest) -> Result<(), tonic::Status> {
     let call = || {
         let (mut c, r) = (ctx.client.clone(), r.clone());
         async move { c.fail(r).await }

@@ -26,17 +26,17 @@ use stylefarm_shared::records::job_files;
 use stylefarm_shared::tfevents::EventWriter;
 use tokio::runtime::Handle;
 
-use crate::Ctx;
+use crate::Worker;
 use failure::{Ended, JobError};
 use folder::{retry_storage, save_log};
 use hooks::{FarmHooks, Stop};
-use lease::Beat;
+use lease::LeaseState;
 
 /// Runs one attempt to its end; every failure is reported to the
 /// coordinator (nothing is returned: the lease loop just goes on).
-pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
+pub(crate) fn run(ctx: &Worker, rt: &Handle, job: pb::JobSpec, token: u64) {
     let started = Instant::now();
-    let beat = Arc::new(Beat::new());
+    let beat = Arc::new(LeaseState::new());
     lease::spawn_heartbeat(ctx, rt, &job, token, beat.clone());
     let outcome = attempt(ctx, rt, &job, token, &beat);
     beat.done.store(true, Ordering::SeqCst);
@@ -45,7 +45,7 @@ pub(crate) fn run(ctx: &Ctx, rt: &Handle, job: pb::JobSpec, token: u64) {
     save_log(ctx, rt, &job, token);
 }
 
-fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -> Result<Ended, JobError> {
+fn attempt(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &LeaseState) -> Result<Ended, JobError> {
     let stored = JobParams::from_stored(&job.params_json).map_err(EngineError::from)?;
     let params = stored.render;
     let (w, h) = (job.width as usize, job.height as usize);
@@ -112,7 +112,7 @@ fn attempt(ctx: &Ctx, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Beat) -
 /// Resumes from `key`, or — when that checkpoint does not read or verify —
 /// from the newest sound one beside it; a checkpoint of another render is
 /// never used. The render starts over if none fits.
-fn resume(ctx: &Ctx, rt: &Handle, key: &str, session: &mut Session) {
+fn resume(ctx: &Worker, rt: &Handle, key: &str, session: &mut Session) {
     let recorded = rt.block_on(ctx.store.get(key)).map_err(|e| e.to_string()).and_then(|b| Checkpoint::decode(&b, &ctx.device).map_err(|e| e.to_string()));
     let checkpoint = match recorded {
         Ok(ck) => Some(ck),
