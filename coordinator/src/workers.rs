@@ -135,7 +135,7 @@ impl Workers for WorkersService {
         let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
         let rules = self.rules();
         let answer = self.0.db.run(|reply| Command::Heartbeat { lease, request: r, checkpoint, rules, reply }).await?.map_err(call_err)?;
-        Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled }))
+        Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled, release: answer.release && !answer.cancelled }))
     }
 
     async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {

@@ -646,3 +646,44 @@ fn an_attempts_log_shows_no_path_of_the_farm() {
     let data = farm.dir.path().to_string_lossy().into_owned();
     assert!(!log.contains(&data) && log.contains("<storage>"), "the farm's paths are redacted: {log}");
 }
+
+/// Pausing a collection takes its running job back at a checkpoint, at no
+/// cost to the job (no failure, no requeue charged); it waits while the
+/// collection is paused and, resumed, finishes from that checkpoint on
+/// another attempt, to an image equal to an uninterrupted render's to the
+/// bit.
+#[test]
+fn a_paused_collections_running_job_is_given_back_at_a_checkpoint_and_resumes_to_the_same_image() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
+    let mut farm = Farm::start();
+    farm.add_worker("w");
+    let (c, s) = (fixture("content.png"), fixture("style.png"));
+    let render = ["--size", "48x36", "--iters", "400"];
+    let id = farm.submit(&[&["--content", &c, "--style", &s, "--checkpoint-every", "10"], &render[..]].concat());
+    farm.wait_for(&id, "the job past a checkpoint", |st| jobs(st)[0]["state"] == "RUNNING" && jobs(st)[0]["progress"]["iteration"].as_u64() >= Some(20));
+    let paused_at = Instant::now();
+    assert!(farm.farmctl(&["pause", &id]).status.success());
+    let back = farm.wait_for(&id, "the job given back", |st| jobs(st)[0]["state"] == "QUEUED");
+    let given_back = paused_at.elapsed();
+    let job = jobs(&back)[0].clone();
+    assert_eq!((job["attempts"].as_u64(), job["failures"].as_u64(), job["requeues"].as_u64()), (Some(1), Some(0), Some(0)), "a release costs nothing: {job}");
+    assert!(job["progress"]["iteration"].as_u64() < Some(400), "given back before it finished: {job}");
+    std::thread::sleep(Duration::from_secs(2));
+    let still = farm.status(&id).unwrap();
+    assert_eq!((jobs(&still)[0]["state"].as_str(), jobs(&still)[0]["attempts"].as_u64()), (Some("QUEUED"), Some(1)), "nothing starts while paused");
+
+    assert!(farm.farmctl(&["resume", &id]).status.success());
+    let done = farm.wait_for(&id, "the job to finish after the resume", all_succeeded);
+    let job = &jobs(&done)[0];
+    assert_eq!(job["attempts"].as_u64(), Some(2), "{job}");
+    assert!(job["started_from"].as_u64() >= Some(10), "the second attempt resumed from the checkpoint: {job}");
+    eprintln!("paused at iteration ≥ 20: given back in {given_back:?}; resumed from iteration {}", job["started_from"]);
+
+    let out = farm.dir.path().join("fetched");
+    assert!(farm.farmctl(&["fetch", &id, "-o", &out.to_string_lossy()]).status.success());
+    let local = farm.dir.path().join("uninterrupted.png");
+    let o = Command::new(bin("farmctl")).args(["render", "-q", "--no-extras", "--content", &c, "--style", &s]).args(render).arg("-o").arg(&local).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let farmed = std::fs::read(out.join("content_style_v0.png")).unwrap();
+    assert!(farmed == std::fs::read(&local).unwrap(), "the paused and resumed render differs from an uninterrupted one");
+}

@@ -59,6 +59,9 @@ pub struct Answer {
     pub collection: String,
     /// The job was cancelled (heartbeats tell the worker to stop).
     pub cancelled: bool,
+    /// The job's collection is paused: its worker is told to checkpoint
+    /// and give the job back (which costs the job nothing).
+    pub release: bool,
     /// The call repeated one that had already been applied: nothing changed.
     pub repeated: bool,
 }
@@ -220,12 +223,13 @@ impl Db {
         apply: impl FnOnce(&Conn, State) -> sql::Result<()>,
     ) -> Result<Answer, CallError> {
         let tx = self.conn.savepoint()?;
-        let job: Option<(i32, i64, String, u32, u32, u32)> = tx
-            .query_row("SELECT state, fencing_token, collection_id, failures, requeues, iterations FROM jobs WHERE id = ?1 FOR UPDATE", args![call.job], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        let job: Option<(i32, i64, String, u32, u32, u32, i64)> = tx
+            .query_row("SELECT state, fencing_token, collection_id, failures, requeues, iterations, prio FROM jobs WHERE id = ?1 FOR UPDATE", args![call.job], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
             })
             .optional()?;
-        let (state, current, collection, failures, requeues, total) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
+        let (state, current, collection, failures, requeues, total, prio) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
+        let release = prio >= PAUSED_PRIO;
         let state = state_of(state)?;
         let attempt: Option<(String, Option<String>)> = tx
             .query_row("SELECT worker, outcome FROM attempts WHERE job_id = ?1 AND fencing_token = ?2", args![call.job, call.token as i64], |r| {
@@ -244,7 +248,7 @@ impl Db {
             // first time; anything else is too late.
             let same = !outcome_prefix(event).is_empty() && ended.starts_with(outcome_prefix(event));
             if same || (cancelled && event == Event::Heartbeat) {
-                return Ok(Answer { collection, cancelled, repeated: true });
+                return Ok(Answer { collection, cancelled, release, repeated: true });
             }
             return Err(CallError::Stale { job: call.job.to_string(), why: format!(" (that attempt ended: {ended})") });
         }
@@ -291,7 +295,7 @@ impl Db {
         }
         tx.commit()?;
         self.touched.push(call.job.to_string());
-        Ok(Answer { collection, cancelled, repeated: false })
+        Ok(Answer { collection, cancelled, release, repeated: false })
     }
 
     /// Whether a lapsed lease is evidence against its worker: the

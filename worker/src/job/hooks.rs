@@ -1,7 +1,8 @@
 //! The farm's side of a render session (the engine's `Hooks`): the loss
 //! log, plot, TensorBoard events, snapshots and previews written into the
 //! attempt's folder, checkpoints saved and reported, and the session told
-//! to stop when the job is cancelled, the lease is lost or the worker
+//! to stop when the job is cancelled, the lease is lost, the coordinator
+//! asks for the job back (its collection was paused) or the worker
 //! shuts down. A checkpoint that cannot be written is logged and skipped:
 //! the render goes on.
 
@@ -27,6 +28,8 @@ use crate::Worker;
 /// Why the session was told to stop.
 pub(super) enum Stop {
     Shutdown,
+    /// The coordinator asked for the job back (its collection was paused).
+    Release,
     Cancelled,
     /// The lease is no longer ours (taken over, or a checkpoint refused).
     Lost(String),
@@ -188,6 +191,8 @@ impl Hooks for FarmHooks<'_> {
                 Some(Stop::Cancelled)
             } else if self.beat.stale.load(Ordering::SeqCst) {
                 Some(Stop::Lost("the lease was taken over".into()))
+            } else if self.beat.release.load(Ordering::SeqCst) {
+                Some(Stop::Release)
             } else if self.ctx.shutdown.is_cancelled() {
                 Some(Stop::Shutdown)
             } else {
@@ -254,6 +259,7 @@ impl Hooks for FarmHooks<'_> {
         save_log(self.ctx, self.rt, self.job, self.token);
         match self.rt.block_on(self.ctx.client.clone().heartbeat(r)) {
             Ok(r) if r.get_ref().cancelled => self.stopped = Some(Stop::Cancelled),
+            Ok(r) if r.get_ref().release => self.stopped = Some(Stop::Release),
             Err(s) if lease::lost(&s) => self.stopped = Some(Stop::Lost(s.message().to_string())),
             _ => {}
         }

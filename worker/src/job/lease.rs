@@ -20,6 +20,9 @@ use crate::Worker;
 pub(super) struct LeaseState {
     pub(super) progress: Mutex<pb::Progress>,
     pub(super) cancelled: AtomicBool,
+    /// The coordinator asked for the job back (its collection was paused):
+    /// checkpoint and release.
+    pub(super) release: AtomicBool,
     pub(super) stale: AtomicBool,
     pub(super) done: AtomicBool,
     /// The iteration the attempt resumed from, once known (`u32::MAX`
@@ -66,6 +69,7 @@ pub(super) fn spawn_heartbeat(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, toke
             let patience = (period * 2).max(Duration::from_secs(2));
             match tokio::time::timeout(patience, client.heartbeat(r)).await {
                 Ok(Ok(resp)) if resp.get_ref().cancelled => beat.cancelled.store(true, Ordering::SeqCst),
+                Ok(Ok(resp)) if resp.get_ref().release => beat.release.store(true, Ordering::SeqCst),
                 Ok(Err(s)) if lost(&s) => beat.stale.store(true, Ordering::SeqCst),
                 Ok(Err(s)) => tracing::warn!("heartbeat failed ({}); rendering on", s.message()),
                 Err(_) => tracing::warn!("heartbeat got no answer within {patience:?}; rendering on"),

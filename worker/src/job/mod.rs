@@ -101,7 +101,9 @@ fn attempt(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &Leas
             hooks.complete(&last)
         }
         Outcome::Stopped => match hooks.stopped.take() {
-            Some(Stop::Shutdown) => hooks.release(&session),
+            // Shutdown, or the coordinator asked for the job back: a
+            // checkpoint where the render is, and the lease given back.
+            Some(Stop::Shutdown | Stop::Release) => hooks.release(&session),
             Some(Stop::Cancelled) => Ok(Ended::Abandoned("cancelled".into())),
             Some(Stop::Lost(why)) => Ok(Ended::Abandoned(why)),
             None => Err(JobError::Internal("the render stopped with no reason given".into())),
@@ -142,10 +144,16 @@ fn resume(ctx: &Worker, rt: &Handle, key: &str, session: &mut Session) {
 /// when it fits, else in the largest tiles that do, keeping as many tiles'
 /// activations as the rest holds ([`RenderParams::plan`]). A job never
 /// chooses its tiling; with no memory figure (a device that cannot say) the
-/// render runs untiled.
+/// render runs untiled. It plans against all but [`RESERVE`] of `free`:
+/// the memory model is an estimate (within 10% of what is measured, by
+/// `params/src/memory.rs`' tests), and a pod at its limit is killed, not
+/// slowed.
 fn plan(params: &RenderParams, (w, h): (u32, u32), free: Option<u64>) -> Execution {
-    params.plan(w, h, free, None)
+    params.plan(w, h, free.map(|f| f - f / RESERVE), None)
 }
+
+/// The share of the free memory a plan leaves unused: one part in this many.
+const RESERVE: u64 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -160,7 +168,7 @@ mod tests {
         assert_eq!(plan(&params, (3840, 2160), Some(u64::MAX)), Execution::default(), "it fits: untiled");
         let small = plan(&params, (3840, 2160), Some(4 << 30));
         let tile = small.tile.expect("4 GiB does not hold 4K untiled");
-        assert!(tile > 64 && params.peak_bytes(&small, 3840, 2160) <= 4 << 30, "the largest tile that fits, not the job's: {tile}");
+        assert!(tile > 64 && params.peak_bytes(&small, 3840, 2160) <= (4 << 30) / 10 * 9, "the largest tile that fits with the reserve left, not the job's: {tile}");
         assert!(small.keep_tiles < 1_000_000);
     }
 }
