@@ -290,9 +290,16 @@ pub const RENDER: [&str; 6] = ["--size", "32x24", "--iters", "60", "--checkpoint
 
 /// The same image rendered by `farmctl render` on this machine, no farm.
 pub fn local_render(dir: &Path, content: &str, style: &str) -> Vec<u8> {
+    local_render_with(dir, content, style, &["--size", "32x24", "--iters", "60"])
+}
+
+/// [`local_render`] with render flags `args` (size, iterations, …).
+pub fn local_render_with(dir: &Path, content: &str, style: &str, args: &[&str]) -> Vec<u8> {
     let out = dir.join(format!("local_{}_{}.png", Path::new(content).file_stem().unwrap().to_string_lossy(), Path::new(style).file_stem().unwrap().to_string_lossy()));
     let o = Command::new(bin("farmctl"))
-        .args(["render", "-q", "--no-extras", "--size", "32x24", "--iters", "60", "--content", content, "--style", style, "-o"])
+        .args(["render", "-q", "--no-extras", "--content", content, "--style", style])
+        .args(args)
+        .arg("-o")
         .arg(&out)
         .output()
         .unwrap();
@@ -302,6 +309,11 @@ pub fn local_render(dir: &Path, content: &str, style: &str) -> Vec<u8> {
 
 /// Fetches the collection and checks each image against a local render.
 pub fn fetch_and_compare(farm: &Farm, id: &str, pairs: &[(&str, &str)]) {
+    fetch_and_compare_with(farm, id, pairs, &["--size", "32x24", "--iters", "60"])
+}
+
+/// [`fetch_and_compare`] for jobs submitted with render flags `args`.
+pub fn fetch_and_compare_with(farm: &Farm, id: &str, pairs: &[(&str, &str)], args: &[&str]) {
     let out = farm.dir.path().join("fetched");
     let o = farm.farmctl(&["fetch", id, "-o", &out.to_string_lossy()]);
     assert!(o.status.success(), "fetch: {}", String::from_utf8_lossy(&o.stderr));
@@ -310,7 +322,7 @@ pub fn fetch_and_compare(farm: &Farm, id: &str, pairs: &[(&str, &str)]) {
     for (c, s) in pairs {
         let name = format!("{}_{}_v0.png", Path::new(c).file_stem().unwrap().to_string_lossy(), Path::new(s).file_stem().unwrap().to_string_lossy());
         let farmed = std::fs::read(out.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(farmed == local_render(farm.dir.path(), c, s), "{name} differs from the same render done locally");
+        assert!(farmed == local_render_with(farm.dir.path(), c, s, args), "{name} differs from the same render done locally");
     }
 }
 

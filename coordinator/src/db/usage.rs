@@ -93,10 +93,12 @@ impl Db {
     }
 
     /// Each owner's collections' folders and inputs (an input counted for
-    /// every owner whose collections read it), for `/metrics`.
+    /// every owner whose collections read it), for `/metrics`. Deleted
+    /// collections count 0 (their bytes are zeroed), so an owner whose
+    /// every collection went is listed at 0, not left at its last figure.
     pub fn stored_bytes_by_owner(&self) -> sql::Result<Vec<(String, u64)>> {
         self.conn.query_map(
-            "SELECT owner, CAST(COALESCE(SUM(folder_bytes + input_bytes), 0) AS BIGINT) FROM collections WHERE deleted = 0 GROUP BY owner ORDER BY owner",
+            "SELECT owner, CAST(COALESCE(SUM(folder_bytes + input_bytes), 0) AS BIGINT) FROM collections GROUP BY owner ORDER BY owner",
             args![],
             |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)),
         )
