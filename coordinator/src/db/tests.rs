@@ -566,6 +566,13 @@ fn what_collections_store_is_measured_when_due_and_an_input_counted_once() {
         assert_eq!((running.worker.as_str(), running.worker_name.as_str(), running.worker_shown()), ("w-1a2b", "gpu-box", "gpu-box"));
         assert!(db.usage_due(t + 1.0, t - 60.0, 10).unwrap().is_empty(), "measured recently");
         assert_eq!(db.usage_due(t + 1.0, t + 1.0, 10).unwrap(), [l.spec.collection_id.clone()], "running, measured long enough ago");
+        // Paused: the running job's heartbeat asks for it back; resumed, not.
+        let call = Call { worker: "w-1a2b", job: &l.spec.job_id, token: l.token };
+        let beat = pb::HeartbeatRequest { progress: Some(pb::Progress { iteration: 1, iterations: 10, ..Default::default() }), ..Default::default() };
+        db.update_collection(&l.spec.collection_id, Some(true), None).unwrap();
+        assert!(db.heartbeat(&call, &beat, None, &RULES).unwrap().release, "a paused collection's job is asked back");
+        db.update_collection(&l.spec.collection_id, Some(false), None).unwrap();
+        assert!(!db.heartbeat(&call, &beat, None, &RULES).unwrap().release);
         // An attempt that ends makes its collection due.
         let ended_after = now();
         db.complete(&Call { worker: "w-1a2b", job: &l.spec.job_id, token: l.token }, "out", &pb::Progress::default(), &RULES).unwrap();
