@@ -83,6 +83,9 @@ fn a_deleted_collection_leaves_nothing_of_its_own_and_touches_nothing_else() {
     farm.wait_for(&b, "B to succeed", all_succeeded);
     let root = storage(&farm);
     let before_b = files(&root.join(format!("collections/{b}")));
+    // The folder is whole once the job reads SUCCEEDED: the worker writes
+    // its log before it reports the job done.
+    assert!(before_b.iter().any(|f| f.ends_with("worker.log")), "B's log is there when B succeeds: {before_b:?}");
     let inputs_before = files(&root.join("inputs"));
     assert_eq!(inputs_before.len(), 3, "{inputs_before:?}");
 

@@ -131,7 +131,12 @@ impl FarmHooks<'_> {
 
     /// Reports the job done; the coordinator may be restarting, so
     /// unavailability is retried for a minute.
+    /// The attempt's log is written first, so the folder is whole once the
+    /// job reads SUCCEEDED (what a user fetches, and what the coordinator
+    /// measures as stored, does not change after).
     pub(super) fn complete(&self, last: &LossRecord) -> Result<Ended, JobError> {
+        tracing::info!(seconds = self.clock.elapsed().as_secs_f64(), "completed");
+        save_log(self.ctx, self.rt, self.job, self.token);
         let r = pb::CompleteRequest {
             worker_id: self.ctx.worker_id.clone(),
             job_id: self.job.job_id.clone(),
@@ -160,6 +165,8 @@ impl FarmHooks<'_> {
             }
             None => (String::new(), 0),
         };
+        tracing::info!(iteration, "checkpointed; giving the job back");
+        save_log(self.ctx, self.rt, self.job, self.token);
         let r = pb::ReleaseRequest {
             worker_id: self.ctx.worker_id.clone(),
             job_id: self.job.job_id.clone(),

@@ -40,9 +40,14 @@ pub(crate) fn run(ctx: &Worker, rt: &Handle, job: pb::JobSpec, token: u64) {
     lease::spawn_heartbeat(ctx, rt, &job, token, beat.clone());
     let outcome = attempt(ctx, rt, &job, token, &beat);
     beat.done.store(true, Ordering::SeqCst);
+    // A completed, released or failed attempt wrote its log before telling
+    // the coordinator (its folder is whole once the job's state says so);
+    // an abandoned one tells nobody, so its log is written here.
+    let abandoned = matches!(outcome, Ok(Ended::Abandoned(_)));
     failure::report(ctx, rt, &job, token, outcome, started);
-    // The attempt's log, whole, however it ended.
-    save_log(ctx, rt, &job, token);
+    if abandoned {
+        save_log(ctx, rt, &job, token);
+    }
 }
 
 fn attempt(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, token: u64, beat: &LeaseState) -> Result<Ended, JobError> {
