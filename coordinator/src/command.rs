@@ -10,7 +10,7 @@ use stylefarm_proto as pb;
 use tokio::sync::oneshot;
 
 use crate::db::sql;
-use crate::db::{Answer, Call, CallError, Claim, Db, Leased, Marked, NewCollection, NewParams, Rules, Tried};
+use crate::db::{Answer, Call, CallError, Claim, Db, Leased, Marked, NewCollection, Rules, Tried};
 use crate::machine::Event;
 
 /// Where a command's result goes once its group committed (`Err`: the
@@ -67,8 +67,10 @@ pub enum Command {
     /// The last step of a delete: its rows go, a tombstone stays.
     ForgetCollection { id: String, reply: Reply<sql::Result<()>> },
     // ------------------------------------------------------------- jobs --
-    /// Cancel, retry, or re-render with changed parameters, one job.
-    ActOnJob { id: String, event: Event, changed: Option<NewParams>, reply: Reply<Result<String, CallError>> },
+    /// Cancel, retry, or re-render with changed parameters (`changes_json`,
+    /// the job's keys a person changes; the changed job must fit `largest`,
+    /// the largest registered device), one job.
+    ActOnJob { id: String, event: Event, changes_json: String, largest: Option<u64>, reply: Reply<Result<String, CallError>> },
     // ------------------------------------------------ workers and leases --
     /// A worker registers (the ids of the dead ones it replaced).
     RegisterWorker { id: String, request: pb::RegisterRequest, rules: Rules, reply: Reply<Result<Vec<String>, CallError>> },
@@ -122,7 +124,7 @@ impl Command {
             Command::UpdateCollection { id, paused, priority, reply } => settle(reply, db.update_collection(&id, paused, priority)),
             Command::MarkDeleted { id, cancel, reply } => settle(reply, db.mark_deleted(&id, cancel)),
             Command::ForgetCollection { id, reply } => settle(reply, db.forget_collection(&id)),
-            Command::ActOnJob { id, event, changed, reply } => settle(reply, db.act_on_job(&id, event, changed.as_ref())),
+            Command::ActOnJob { id, event, changes_json, largest, reply } => settle(reply, act_on_job(db, &id, event, &changes_json, largest)),
             Command::RegisterWorker { id, request, rules, reply } => settle(reply, db.register_worker(&id, &request, &rules)),
             Command::ActOnWorker { worker, action, lease_seconds, reply } => settle(reply, act_on_worker(db, &worker, action, lease_seconds)),
             Command::DeregisterWorker { worker, rules, reply } => settle(reply, db.deregister_worker(&worker, &rules)),
@@ -141,6 +143,15 @@ impl Command {
             Command::ForgetStoredInput { key, reply } => settle(reply, db.forget_stored_input(&key)),
         }
     }
+}
+
+/// Cancel or retry job `id`; a retry with changes reads the job's
+/// parameters in the same transaction that writes the changed ones, so two
+/// retries at once cannot both build on the old ones.
+fn act_on_job(db: &mut Db, id: &str, event: Event, changes_json: &str, largest: Option<u64>) -> Result<String, CallError> {
+    let changed = crate::retry::changed_job(db, id, changes_json, largest)?;
+    let event = if event == Event::Retry && changed.is_some() { Event::Rerender } else { event };
+    db.act_on_job(id, event, changed.as_ref())
 }
 
 /// Drain, resume or forget the worker `named` (an id, or the name it was

@@ -119,6 +119,9 @@ pub enum CallError {
     /// What the worker reported cannot be true of the job.
     #[error("job {job}: {what}")]
     Invalid { job: String, what: String },
+    /// What was asked for needs more memory than any registered device has.
+    #[error("{0}")]
+    WontFit(String),
     #[error("database: {0}")]
     Db(#[from] sql::Error),
 }

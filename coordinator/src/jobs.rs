@@ -59,22 +59,12 @@ pub(crate) async fn attempt_folders(state: &State, caller: &Caller, id: &str) ->
 /// job again, a succeeded one included.
 pub(crate) async fn act(state: &State, caller: &Caller, id: &str, event: Event, changes_json: &str) -> Result<pb::Job, Status> {
     get(state, caller, id).await?;
-    let changed = if changes_json.is_empty() {
-        None
-    } else {
-        let owned = id.to_string();
-        let current = state.db.read(move |db| db.job_for_retry(&owned)).await?.map_err(db_err)?;
-        let (params, styles, width, height) = current.ok_or_else(|| Status::not_found(format!("no job {id}")))?;
-        let changed = crate::retry::changed_params(&params, changes_json, styles, (width, height))?;
-        // Priced like a submit: a job no registered worker could take is
-        // refused, not parked in the queue for good.
-        if let (Some(new), Some(largest)) = (&changed, crate::submit::largest_device(state).await?) {
-            crate::submit::check_fits(new.min_memory, largest, || format!("job {id} at {width}x{height} with these changes"))?;
-        }
-        changed
-    };
-    let event = if event == Event::Retry && changed.is_some() { Event::Rerender } else { event };
-    state.db.run(|reply| Command::ActOnJob { id: id.to_string(), event, changed, reply }).await?.map_err(call_err)?;
+    // Changes are priced like a submit: a job no registered worker could
+    // take is refused, not parked in the queue for good. The job's own
+    // parameters are read, changed and written in one transaction.
+    let largest = if changes_json.trim().is_empty() { None } else { crate::submit::largest_device(state).await? };
+    let changes_json = changes_json.to_string();
+    state.db.run(|reply| Command::ActOnJob { id: id.to_string(), event, changes_json: changes_json.clone(), largest, reply }).await?.map_err(call_err)?;
     if !changes_json.trim().is_empty() {
         tracing::info!(job = %id, changes = %changes_json, "retried with changes");
     }

@@ -6,9 +6,24 @@
 use serde_json::{Map, Value};
 use tonic::Status;
 
-use crate::db::NewParams;
+use crate::db::{CallError, Db, NewParams};
 use crate::limits::MAX_VARIANT_JSON_BYTES;
-use crate::submit::check_variant;
+use crate::submit::{check_fits, check_variant};
+
+/// Job `job`'s parameters after `changes_json` (`None`: no change asked),
+/// read from the database; refused when the changed job would not fit
+/// `largest`, the largest registered device (as a submit's would be).
+pub(crate) fn changed_job(db: &Db, job: &str, changes_json: &str, largest: Option<u64>) -> Result<Option<NewParams>, CallError> {
+    if changes_json.trim().is_empty() {
+        return Ok(None);
+    }
+    let (params, styles, width, height) = db.job_for_retry(job)?.ok_or_else(|| CallError::NoJob(job.to_string()))?;
+    let changed = changed_params(&params, changes_json, styles, (width, height)).map_err(|s| CallError::Invalid { job: job.to_string(), what: s.message().to_string() })?;
+    if let (Some(new), Some(largest)) = (&changed, largest) {
+        check_fits(new.min_memory, largest, || format!("job {job} at {width}x{height} with these changes")).map_err(|s| CallError::WontFit(s.message().to_string()))?;
+    }
+    Ok(changed)
+}
 
 /// The job's parameters after `changes_json` (`None`: no change asked).
 /// `current_json` holds every key; `styles` is how many styles the job

@@ -461,8 +461,6 @@ async fn a_collection_is_paused_reprioritised_and_deleted_from_the_page_which_ri
     let id = submit_as(&farm, USER, &["--content", &fixture("content.png"), "--content", &fixture("init.png"), "--style", &fixture("style.png"), "--size", "16x12", "--iters", "60"]);
     let storage = farm.dir.path().join("data/storage");
     let mut w = stylefarm_tests::scripted::ScriptedWorker::register(&farm.url, Some(WORKER), &storage, "night-shift").await;
-    let job = w.lease().await;
-    let job_id = job.spec.job_id.clone();
     let driver = chromedriver();
     let c = browser(&driver).await;
     sign_in_strict(&c, &page, USER).await;
@@ -470,6 +468,10 @@ async fn a_collection_is_paused_reprioritised_and_deleted_from_the_page_which_ri
     until(&c, "the page live", "return document.querySelector('#live') && document.querySelector('#live').textContent", |v| v == "live").await;
 
     // Its first heartbeat, no preview: the cell says how far, not "starting".
+    // (Leased only now: a browser that starts slowly would outlast the
+    // lease of a job leased before it.)
+    let job = w.lease().await;
+    let job_id = job.spec.job_id.clone();
     let cell = format!("td.cell[data-job='{job_id}']");
     w.progress(&job, 15, 60).await;
     let progress = format!("const td = document.querySelector(\"{cell}\"); return [td.querySelector('.frame').textContent, td.querySelector('.state').textContent]");
