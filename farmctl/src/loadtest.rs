@@ -40,6 +40,7 @@ use clap::Args;
 use rand::Rng;
 use stylefarm_proto as pb;
 use stylefarm_shared::storage::Store;
+use stylefarm_shared::client::{ClientSecurity, Failover};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -308,18 +309,21 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
     // its old name (a live name is refused).
     let mut incarnation = 0u32;
     let register = |incarnation: u32| pb::RegisterRequest { name: format!("sim{i}-{incarnation}"), device: "cpu".into(), ..Default::default() };
-    let mut at = i % shared.urls.len();
-    let mut client = pb::workers_client::WorkersClient::new(channel(&shared.urls[at]).await?);
+    // Its coordinators, starting at its own (the workers spread over them);
+    // a call that cannot reach one sends the next to another, as a real
+    // worker's do (one rule: `Rotation`).
+    let n = shared.urls.len();
+    let urls: Vec<String> = shared.urls.iter().cycle().skip(i % n).take(n).cloned().collect();
+    let mut client = pb::workers_client::WorkersClient::new(Failover::new(&ClientSecurity::default(), &urls)?);
     let mut id = String::new();
     // Since when this worker has had no coordinator answering.
     let mut down_since: Option<Instant> = None;
-    // Its coordinator stopped answering: the next one (with one
-    // coordinator, the same one again, once it is back).
+    // Its coordinator stopped answering: a pause before the next call,
+    // which goes to the next coordinator (with one, the same one again,
+    // once it is back).
     macro_rules! fail_over {
         () => {{
             down_since.get_or_insert_with(Instant::now);
-            at = (at + 1) % shared.urls.len();
-            client = pb::workers_client::WorkersClient::new(channel(&shared.urls[at]).await?);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }};
     }

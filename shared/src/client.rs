@@ -1,8 +1,10 @@
 //! How a client reaches the coordinator: the endpoint (TLS, optionally
 //! mutual), a bearer token in the `authorization` header, the clap flags
-//! for both, defined once for `farmctl` and `farm-worker`, and
-//! [`Failover`] across several coordinators of one farm. The server's side
-//! of the same rules lives in the coordinator.
+//! for both, defined once for `farmctl` and `farm-worker`, and failover
+//! across several coordinators of one farm: [`Rotation`], the one rule of
+//! which coordinator calls go to (the worker's [`Failover`] channel and
+//! farmctl's retrying calls both follow it). The server's side of the same
+//! rules lives in the coordinator.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,7 +151,47 @@ impl Interceptor for Bearer {
 
 /// The coordinators of one farm (several on one PostgreSQL database, each
 /// able to answer any call), used one at a time: every call goes to the
-/// current one, and a call that cannot reach it makes the next one current.
+/// current one, and a call that could not reach it makes the next one
+/// current — once: other calls that failed on the same one at the same
+/// time say nothing new and move nothing. Clones share which is current.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    urls: Arc<[String]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Rotation {
+    /// `urls`, the first current.
+    pub fn new(urls: &[String]) -> Self {
+        Self { urls: urls.into(), current: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Which coordinator calls go to now (an index into [`Self::urls`]).
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.urls.len().max(1)
+    }
+
+    /// The URL calls go to now ("" when none was given).
+    pub fn url(&self) -> &str {
+        self.urls.get(self.current()).map_or("", String::as_str)
+    }
+
+    /// Every URL, in the order they are tried.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Coordinator `i` could not be reached: the next one becomes current,
+    /// unless another call already moved on from `i`. Whether this call
+    /// moved it (false too with a single coordinator).
+    pub fn unreachable(&self, i: usize) -> bool {
+        let n = self.urls.len();
+        n > 1 && self.current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
+/// A channel over a [`Rotation`]: every call goes to the current
+/// coordinator, and a call that cannot reach it makes the next one current.
 /// Cannot reach: refused, reset, garbage or an HTTP/2 protocol error (a
 /// transport error, not a gRPC refusal), no answer within
 /// [`FAILOVER_PATIENCE`] (a coordinator that accepts connections and says
@@ -163,10 +205,10 @@ impl Interceptor for Bearer {
 /// is down (hyperium/tonic#643), where a worker must move on.
 #[derive(Clone)]
 pub struct Failover {
-    /// Each coordinator's URL and channel (connected lazily: on first use,
-    /// and again after a broken connection).
-    coordinators: Arc<[(String, Channel)]>,
-    current: Arc<AtomicUsize>,
+    /// Each coordinator's channel, in the rotation's order (connected
+    /// lazily: on first use, and again after a broken connection).
+    channels: Arc<[Channel]>,
+    rotation: Rotation,
     patience: std::time::Duration,
 }
 
@@ -178,7 +220,7 @@ pub const FAILOVER_PATIENCE: std::time::Duration = CONNECT_TIMEOUT;
 
 impl std::fmt::Debug for Failover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Failover").field("current", &self.current_url()).field("coordinators", &self.coordinators.len()).finish()
+        f.debug_struct("Failover").field("current", &self.current_url()).field("coordinators", &self.channels.len()).finish()
     }
 }
 
@@ -190,8 +232,8 @@ impl Failover {
             return Err(ClientError::BadUrl { url: String::new(), reason: "no coordinator URL given".into() });
         }
         let endpoints = urls.iter().map(|url| security.endpoint(url)).collect::<Result<Vec<_>, ClientError>>()?;
-        let coordinators: Vec<_> = urls.iter().cloned().zip(endpoints.iter().map(Endpoint::connect_lazy)).collect();
-        Ok(Self { coordinators: coordinators.into(), current: Arc::new(AtomicUsize::new(0)), patience: FAILOVER_PATIENCE })
+        let channels: Vec<_> = endpoints.iter().map(Endpoint::connect_lazy).collect();
+        Ok(Self { channels: channels.into(), rotation: Rotation::new(urls), patience: FAILOVER_PATIENCE })
     }
 
     /// The same, waiting `patience` for an answer to begin before moving on.
@@ -201,31 +243,23 @@ impl Failover {
 
     /// The URL calls go to now.
     pub fn current_url(&self) -> &str {
-        &self.coordinators[self.current.load(Ordering::Relaxed) % self.coordinators.len()].0
-    }
-
-    /// Every URL, in the order they are tried.
-    pub fn urls(&self) -> impl Iterator<Item = &str> {
-        self.coordinators.iter().map(|(url, _)| url.as_str())
+        self.rotation.url()
     }
 }
 
 /// A call on its way to coordinator `i`: unless it is answered, dropping it
-/// (the call failed, timed out, or its caller gave up) makes the next
-/// coordinator current. Only the first of several failed calls moves on:
-/// the others were sent to the same coordinator and say nothing new.
+/// (the call failed, timed out, or its caller gave up) tells the rotation
+/// that `i` could not be reached.
 struct Unanswered {
     i: usize,
-    n: usize,
-    url: String,
-    current: Arc<AtomicUsize>,
+    rotation: Rotation,
     answered: bool,
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if !self.answered && self.n > 1 && self.current.compare_exchange(self.i, (self.i + 1) % self.n, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            tracing::warn!(coordinator = %self.url, "coordinator unreachable; calls go to the next one");
+        if !self.answered && self.rotation.unreachable(self.i) {
+            tracing::warn!(coordinator = %self.rotation.urls()[self.i], "coordinator unreachable; calls go to the next one");
         }
     }
 }
@@ -244,10 +278,10 @@ impl Service<http::Request<Body>> for Failover {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let n = self.coordinators.len();
-        let i = self.current.load(Ordering::Relaxed) % n;
-        let (url, mut channel) = self.coordinators[i].clone();
-        let pending = Unanswered { i, n, url: url.clone(), current: self.current.clone(), answered: false };
+        let n = self.channels.len();
+        let i = self.rotation.current();
+        let (url, mut channel) = (self.rotation.urls()[i].clone(), self.channels[i].clone());
+        let pending = Unanswered { i, rotation: self.rotation.clone(), answered: false };
         let patience = self.patience;
         Box::pin(async move {
             // The whole guard moves into the call (not just the field set
@@ -376,6 +410,23 @@ mod tests {
         let mut client = HealthClient::new(failover.clone());
         assert!(tokio::time::timeout(std::time::Duration::from_millis(300), client.check(check())).await.is_err());
         assert_eq!(failover.current_url(), up, "the abandoned call moved on");
+    }
+
+    #[test]
+    fn a_rotation_moves_on_once_per_unreachable_coordinator() {
+        let urls: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let r = Rotation::new(&urls);
+        let seen_by_other_caller = r.clone();
+        assert_eq!((r.current(), r.url()), (0, "a"));
+        assert!(r.unreachable(0), "the first call that failed on a moves on");
+        assert!(!seen_by_other_caller.unreachable(0), "a second failure on a says nothing new");
+        assert_eq!(seen_by_other_caller.url(), "b", "clones share which is current");
+        assert!(r.unreachable(1) && r.unreachable(2));
+        assert_eq!(r.url(), "a", "after the last, the first again");
+        let one = Rotation::new(&urls[..1]);
+        assert!(!one.unreachable(0));
+        assert_eq!(one.url(), "a");
+        assert_eq!(Rotation::new(&[]).url(), "");
     }
 
     #[tokio::test]

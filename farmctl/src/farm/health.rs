@@ -15,7 +15,7 @@ use super::Coordinators;
 /// Prints each coordinator's status (prefixed by its URL when there are
 /// several).
 pub async fn health(conn: &Coordinators, service: &str) -> Result<()> {
-    if let [url] = &conn.urls[..] {
+    if let [url] = &conn.urls()[..] {
         let status = check(conn, url, service).await?;
         println!("{}", status.as_str_name());
         if status != ServingStatus::Serving {
@@ -24,7 +24,7 @@ pub async fn health(conn: &Coordinators, service: &str) -> Result<()> {
         return Ok(());
     }
     let mut not_serving = Vec::new();
-    for url in &conn.urls {
+    for url in conn.urls() {
         match check(conn, url, service).await {
             Ok(status) => {
                 println!("{url} {}", status.as_str_name());

@@ -28,14 +28,13 @@ pub use watch::watch;
 pub use workers::{workers, WorkersCommand};
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
 use stylefarm_proto as pb;
 use stylefarm_proto::farm_client::FarmClient;
 use stylefarm_shared::backoff::Backoff;
-use stylefarm_shared::client::{Bearer, ClientError, ClientSecurity};
+use stylefarm_shared::client::{Bearer, ClientError, ClientSecurity, Rotation};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -49,14 +48,12 @@ pub const RIDE_OUT_SECONDS: u64 = 90;
 /// Where the farm's coordinators are and how to present ourselves to them.
 pub struct Coordinators {
     /// One coordinator, or several sharing one PostgreSQL database: calls
-    /// go to the one that last answered and move on when it cannot be
-    /// reached.
-    pub urls: Vec<String>,
+    /// go to the current one and move on when it cannot be reached (the
+    /// worker's rule too).
+    pub rotation: Rotation,
     pub security: ClientSecurity,
     /// How long to wait for a coordinator that does not answer.
     pub wait: Duration,
-    /// Which of `urls` calls go to now.
-    current: AtomicUsize,
     /// Neither the coordinator nor the wait was given (flag or
     /// environment): nobody at the default address is most likely a
     /// forgotten `--coordinator`, said at once rather than after `wait`.
@@ -65,21 +62,17 @@ pub struct Coordinators {
 
 impl Coordinators {
     pub fn new(urls: Vec<String>, security: ClientSecurity, wait: Duration) -> Self {
-        Self { urls, security, wait, current: AtomicUsize::new(0), guessed: false }
+        Self { rotation: Rotation::new(&urls), security, wait, guessed: false }
     }
 
     /// The coordinator calls go to now.
     pub fn url(&self) -> &str {
-        self.urls.get(self.current.load(Ordering::Relaxed) % self.urls.len().max(1)).map_or("", String::as_str)
+        self.rotation.url()
     }
 
-    /// The next coordinator takes the calls (the current one could not be
-    /// reached).
-    fn move_on(&self) {
-        if self.urls.len() > 1 {
-            let next = (self.current.load(Ordering::Relaxed) + 1) % self.urls.len();
-            self.current.store(next, Ordering::Relaxed);
-        }
+    /// Every coordinator, in the order they are tried.
+    pub fn urls(&self) -> &[String] {
+        self.rotation.urls()
     }
 }
 
@@ -136,6 +129,7 @@ where
     let mut broken_connections = 0;
     let mut tried = 0;
     loop {
+        let at = conn.rotation.current();
         let error = match connect(conn).await {
             Ok(c) => match op(c).await {
                 Ok(v) => return Ok(v),
@@ -148,7 +142,7 @@ where
                 // itself (garbage, an HTTP/2 protocol error: a status made
                 // here, not sent by a coordinator) is that coordinator's
                 // fault: the next one is tried, a few rounds at most.
-                Err(s) if conn.urls.len() > 1 && from_transport(&s) && broken_connections < 3 * conn.urls.len() => {
+                Err(s) if conn.urls().len() > 1 && from_transport(&s) && broken_connections < 3 * conn.urls().len() => {
                     broken_connections += 1;
                     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
                 }
@@ -165,10 +159,10 @@ where
         };
         // Another coordinator may answer at once: each is tried before
         // the next wait.
-        let failed = conn.url().to_string();
-        conn.move_on();
+        let failed = conn.urls()[at].clone();
+        conn.rotation.unreachable(at);
         tried += 1;
-        if tried < conn.urls.len() {
+        if tried < conn.urls().len() {
             eprintln!("coordinator {failed} unreachable ({error:#}); trying {}", conn.url());
             continue;
         }
@@ -177,7 +171,7 @@ where
         if tokio::time::Instant::now() + delay > deadline {
             return Err(error.context(format!(
                 "the coordinator at {} did not answer within {} s (is `farmctl up` or farm-coordinator running there? --wait sets how long to wait)",
-                conn.urls.join(", "),
+                conn.urls().join(", "),
                 conn.wait.as_secs()
             )));
         }
