@@ -53,6 +53,18 @@ impl Drop for Containers {
 }
 
 impl Containers {
+    /// The last lines each container logged, for a failure's message.
+    fn logs(&self) -> String {
+        self.0
+            .iter()
+            .map(|name| {
+                let o = podman(&["logs", "--tail", "40", name]);
+                format!("--- {name}:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// `podman run -d` of the image on the host network with the farm's
     /// folder at `/data`.
     fn start(&mut self, name: &str, data: &Path, command: &[&str]) {
@@ -116,11 +128,11 @@ fn a_farm_of_containers_renders_and_survives_a_killed_worker() {
     let on_a = |st: &serde_json::Value| {
         jobs(st).iter().find(|j| j["worker"].as_str().is_some_and(|w| w.starts_with("a-")) && j["state"] == "RUNNING" && j["progress"]["iteration"].as_u64() >= Some(12)).map(|j| j["job_id"].clone())
     };
-    let st = farm.wait_for(&id, "a job on worker a past iteration 12", |st| on_a(st).is_some());
+    let st = wait_for(&farm, &containers, &id, "a job on worker a past iteration 12", |st| on_a(st).is_some());
     let victim = on_a(&st).unwrap();
     ok(&podman(&["kill", "-s", "KILL", &a]), "killing worker a");
 
-    let st = farm.wait_for(&id, "every job to succeed", all_succeeded);
+    let st = wait_for(&farm, &containers, &id, "every job to succeed", all_succeeded);
     let job = jobs(&st).iter().find(|j| j["job_id"] == victim).unwrap();
     assert_eq!(job["attempts"], 2, "{job}");
     assert!(job["started_from"].as_u64().unwrap() >= 10, "the second attempt resumed from a checkpoint: {job}");
@@ -133,4 +145,16 @@ fn a_farm_of_containers_renders_and_survives_a_killed_worker() {
     let pngs = std::fs::read_dir(&out).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "png")).count();
     assert_eq!(pngs, 5, "four renders and the contact sheet");
     eprintln!("container farm test took {:.0}s in all", started.elapsed().as_secs_f64());
+}
+
+/// [`Farm::wait_for`], but a timeout shows what each container logged.
+fn wait_for(farm: &Farm, containers: &Containers, id: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = farm.status(id).filter(|s| pred(s)) {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(240), "timed out waiting for {what}: {:?}\n{}", farm.status(id), containers.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
