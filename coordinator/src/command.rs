@@ -6,12 +6,15 @@
 //! list of what can change the farm: nothing else reaches the writing
 //! connection.
 
+use std::sync::Arc;
+
 use stylefarm_proto as pb;
 use tokio::sync::oneshot;
 
 use crate::db::sql;
 use crate::db::{Answer, Call, CallError, Claim, Db, Leased, Marked, NewCollection, Rules, Tried};
 use crate::machine::Event;
+use crate::schedule::Policy;
 
 /// Where a command's result goes once its group committed (`Err`: the
 /// commit failed, with why).
@@ -53,7 +56,7 @@ pub enum WorkerAction {
 pub enum Command {
     // ------------------------------------------------------ collections --
     /// Submit: a collection and its jobs, queued (its id and job count).
-    CreateCollection { collection: NewCollection, reply: Reply<sql::Result<(String, u32)>> },
+    CreateCollection { collection: NewCollection, reply: Reply<Result<(String, u32), CallError>> },
     /// Cancel every unfinished job of a collection (how many).
     CancelCollection { id: String, reply: Reply<sql::Result<usize>> },
     /// Queue every failed job of a collection again (how many).
@@ -79,8 +82,9 @@ pub enum Command {
     ActOnWorker { worker: String, action: WorkerAction, lease_seconds: f64, reply: Reply<Result<pb::WorkerInfo, CallError>> },
     /// A worker says goodbye.
     DeregisterWorker { worker: String, rules: Rules, reply: Reply<Result<(), CallError>> },
-    /// The next job for a worker, if any fits.
-    Lease { worker: String, rules: Rules, reply: Reply<Result<Option<Leased>, CallError>> },
+    /// The next job for a worker, if any fits: the job of the user whose
+    /// turn it is under `policy`.
+    Lease { worker: String, rules: Rules, policy: Arc<Policy>, reply: Reply<Result<Option<Leased>, CallError>> },
     /// Progress, and a checkpoint's key when one was written.
     Heartbeat { lease: LeaseRef, request: pb::HeartbeatRequest, checkpoint: Option<String>, rules: Rules, reply: Reply<Result<Answer, CallError>> },
     /// The job is done; its output is at `output_key`.
@@ -128,7 +132,7 @@ impl Command {
             Command::RegisterWorker { id, request, rules, reply } => settle(reply, db.register_worker(&id, &request, &rules)),
             Command::ActOnWorker { worker, action, lease_seconds, reply } => settle(reply, act_on_worker(db, &worker, action, lease_seconds)),
             Command::DeregisterWorker { worker, rules, reply } => settle(reply, db.deregister_worker(&worker, &rules)),
-            Command::Lease { worker, rules, reply } => settle(reply, db.lease(&worker, &rules)),
+            Command::Lease { worker, rules, policy, reply } => settle(reply, db.lease(&worker, &rules, &policy)),
             Command::Heartbeat { lease, request, checkpoint, rules, reply } => settle(reply, db.heartbeat(&lease.call(), &request, checkpoint.as_deref(), &rules)),
             Command::Complete { lease, output_key, progress, rules, reply } => settle(reply, db.complete(&lease.call(), &output_key, &progress, &rules)),
             Command::Fail { lease, kind, message, rules, reply } => settle(reply, db.fail(&lease.call(), kind, &message, &rules)),

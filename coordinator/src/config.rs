@@ -4,10 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use stylefarm_shared::image_io::ImageLimits;
 
 use crate::auth::Tokens;
+use crate::schedule::Policy;
 use crate::db::{Rules, Target};
 
 /// Everything the coordinator is told at start.
@@ -29,6 +31,9 @@ pub struct Config {
     /// Attempts lost in a row to one worker before it gets no more jobs.
     pub quarantine_after: u32,
     pub limits: ImageLimits,
+    /// How users share the workers: weights and quotas (`--share`,
+    /// `--max-running`, `--max-queued`).
+    pub policy: Arc<Policy>,
     pub default_checkpoint_every: u32,
     /// Largest gRPC message accepted (uploads carry images).
     pub max_message_bytes: usize,
@@ -112,6 +117,7 @@ impl Config {
             max_requeues: Self::MAX_REQUEUES,
             quarantine_after: Self::QUARANTINE_AFTER,
             limits: ImageLimits::default(),
+            policy: Arc::default(),
             default_checkpoint_every: Self::CHECKPOINT_EVERY,
             max_message_bytes: Self::MAX_REQUEST_MB << 20,
             max_jobs: Self::MAX_JOBS,

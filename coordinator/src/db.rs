@@ -119,6 +119,9 @@ pub enum CallError {
     /// What the worker reported cannot be true of the job.
     #[error("job {job}: {what}")]
     Invalid { job: String, what: String },
+    /// A submit that would queue more of its user's jobs than allowed.
+    #[error("at most {max} jobs may be queued per user (--max-queued); {queued} of yours are and this collection adds {adding}: wait for some to end, or cancel some")]
+    OverQuota { queued: u64, adding: u64, max: u64 },
     /// What was asked for needs more memory than any registered device has.
     #[error("{0}")]
     WontFit(String),

@@ -63,6 +63,7 @@ pub mod notify;
 pub mod paging;
 pub mod paths;
 pub mod retry;
+pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod status;

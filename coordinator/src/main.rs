@@ -2,10 +2,12 @@
 //! and `farm-coordinator migrate --from sqlite:PATH --to postgres://…`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use stylefarm_coordinator::db::Target;
+use stylefarm_coordinator::schedule::Policy;
 use stylefarm_coordinator::{Config, TlsFiles, Tokens};
 use stylefarm_shared::image_io::ImageLimits;
 
@@ -74,10 +76,10 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// A token that may use the Farm service (submit, watch, cancel…). Repeat, or comma-separate in the variable.
+    /// A token that may use the Farm service (submit, watch, cancel…); NAME=TOKEN names its user (for --share and the quotas). Repeat, or comma-separate in the variable.
     #[arg(long = "user-token", env = "STYLEFARM_USER_TOKENS", value_delimiter = ',', hide_env_values = true)]
     user_tokens: Vec<String>,
-    /// A token that may use the Farm service and sees every user's collections.
+    /// A token that may use the Farm service and sees every user's collections (NAME=TOKEN names it).
     #[arg(long = "admin-token", env = "STYLEFARM_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
     admin_tokens: Vec<String>,
     /// A token that may use the Workers service (lease, heartbeat…).
@@ -121,6 +123,15 @@ struct Args {
     /// keep them until someone deletes them).
     #[arg(long, value_parser = positive_days)]
     keep_finished_days: Option<f64>,
+    /// A user's weight in sharing the workers: NAME=W, NAME as in --user-token NAME=TOKEN (every user weighs 1 unless named). Repeat.
+    #[arg(long = "share")]
+    shares: Vec<String>,
+    /// Most workers one user's jobs may hold at once: NAME=N, or '*=N' for every user not named. Repeat.
+    #[arg(long)]
+    max_running: Vec<String>,
+    /// Most jobs one user may have queued (a submit past it is refused): NAME=N, or '*=N'. Repeat.
+    #[arg(long)]
+    max_queued: Vec<String>,
     /// Most jobs one collection may have.
     #[arg(long, default_value_t = Config::MAX_JOBS)]
     max_jobs: usize,
@@ -172,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
     if a.heartbeat_seconds == 0 || a.lease_seconds <= a.heartbeat_seconds {
         anyhow::bail!("--lease-seconds ({}) must be longer than --heartbeat-seconds ({}) > 0", a.lease_seconds, a.heartbeat_seconds);
     }
+    let tokens = Tokens::from_flags(&a.user_tokens, &a.admin_tokens, &a.worker_tokens).map_err(anyhow::Error::msg)?;
+    let policy = Policy::from_flags(&a.shares, &a.max_running, &a.max_queued, |name| tokens.owner_named(name).map(str::to_string)).map_err(anyhow::Error::msg)?;
     let storage = a.storage.unwrap_or_else(|| data_dir.join("storage").to_string_lossy().into_owned());
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
     let dashboard = match a.http_listen {
@@ -220,11 +233,8 @@ async fn main() -> anyhow::Result<()> {
         work_threads: a.work_threads.unwrap_or_else(stylefarm_coordinator::default_work_threads).max(1),
         writers: a.writers.max(1),
         metrics_listen: a.metrics_listen,
-        tokens: Tokens {
-            users: a.user_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
-            admins: a.admin_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
-            workers: a.worker_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
-        },
+        policy: Arc::new(policy),
+        tokens,
         tls: a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca }),
     };
     stylefarm_coordinator::run_with_dashboard(config, listener, dashboard, stylefarm_shared::telemetry::stop_signal()).await?;

@@ -33,6 +33,7 @@ pub(crate) fn call_err(e: CallError) -> Status {
         | CallError::Unfinished { .. }
         | CallError::WontFit(_) => Status::failed_precondition(e.to_string()),
         CallError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        CallError::OverQuota { .. } => Status::resource_exhausted(e.to_string()),
         CallError::NameTaken { .. } => Status::already_exists(e.to_string()),
         CallError::Db(e) => db_err(e),
     }

@@ -30,7 +30,7 @@ use crate::limits::*;
 use crate::paths;
 use crate::command::Command;
 use crate::context::State;
-use crate::status::{db_err, storage_err};
+use crate::status::{call_err, db_err, storage_err};
 
 /// How long reading one input named by URL may take.
 const INPUT_READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -338,6 +338,7 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
         }
     }
     let name = if r.name.is_empty() { default_name(&contents[0].name, &columns[0].0, contents.len(), columns.len()) } else { r.name };
+    let max_queued = farm.config.policy.max_queued(&caller.owner);
     let new = NewCollection {
         id: collection_id,
         owner: caller.owner,
@@ -347,8 +348,9 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
         shape: (contents.len() as u32, columns.len() as u32, variants.len() as u32),
         jobs,
         notify_url: r.notify_url,
+        max_queued,
     };
-    let (collection_id, jobs) = farm.db.run(|reply| Command::CreateCollection { collection: new, reply }).await?.map_err(db_err)?;
+    let (collection_id, jobs) = farm.db.run(|reply| Command::CreateCollection { collection: new, reply }).await?.map_err(call_err)?;
     Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
 }
 

@@ -116,8 +116,8 @@ impl Workers for WorkersService {
 
     async fn lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let r = request.into_inner();
-        let (worker, rules) = (r.worker_id.clone(), self.rules());
-        let leased = self.0.db.run(|reply| Command::Lease { worker, rules, reply }).await?.map_err(call_err)?;
+        let (worker, rules, policy) = (r.worker_id.clone(), self.rules(), self.0.config.policy.clone());
+        let leased = self.0.db.run(|reply| Command::Lease { worker, rules, policy, reply }).await?.map_err(call_err)?;
         Ok(Response::new(match leased {
             Some(l) => {
                 metrics::counter!("stylefarm_leases_total").increment(1);

@@ -44,6 +44,8 @@ pub struct NewCollection {
     pub jobs: Vec<NewJob>,
     /// Where to announce its end ("": nowhere).
     pub notify_url: String,
+    /// Most jobs its owner may have queued, these included (`--max-queued`).
+    pub max_queued: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,11 +121,17 @@ impl Db {
     /// Creates a collection and all its jobs in one transaction; returns
     /// its id and job count, or those of the collection an earlier submit
     /// with the same idempotency key created.
-    pub fn create_collection(&mut self, c: &NewCollection) -> sql::Result<(String, u32)> {
+    pub fn create_collection(&mut self, c: &NewCollection) -> Result<(String, u32), CallError> {
         if let Some(existing) = self.submitted(&c.owner, &c.idempotency_key)? {
             return Ok(existing);
         }
         let tx = self.conn.savepoint()?;
+        if let Some(max) = c.max_queued {
+            let queued: i64 = tx.query_row(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM jobs INDEXED BY jobs_fair WHERE state = {QUEUED} AND owner = ?1"), args![c.owner], |r| r.get(0))?;
+            if queued as u64 + c.jobs.len() as u64 > max {
+                return Err(CallError::OverQuota { queued: queued as u64, adding: c.jobs.len() as u64, max });
+            }
+        }
         let seq = Self::next(&tx, "seq")?;
         let collection_seq = seq as i64;
         tx.execute(
@@ -154,12 +162,12 @@ impl Db {
             tx.execute(
                 "INSERT INTO jobs (id, collection_id, seq, content_index, style_index, variant_index, content_name, style_name,
                    content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations, min_memory,
-                   prio, cseq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                   prio, cseq, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                 args![
                     j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
                     "", "", j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
-                    j.iterations, j.min_memory as i64, queue_prio(c.priority, false), collection_seq
+                    j.iterations, j.min_memory as i64, queue_prio(c.priority, false), collection_seq, c.owner
                 ],
             )?;
         }

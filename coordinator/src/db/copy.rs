@@ -79,6 +79,7 @@ pub fn copy(from: &Target, to: &Target) -> Result<Vec<(&'static str, usize)>, Co
 mod tests {
     use super::*;
     use crate::db::{Call, NewCollection, NewJob, Rules};
+    use crate::schedule::Policy;
     use stylefarm_proto as pb;
 
     const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
@@ -134,14 +135,15 @@ mod tests {
             shape: (3, 1, 1),
             jobs: vec![job("a", 0), job("b", 1), job("q", 2)],
             notify_url: String::new(),
+            max_queued: None,
         };
         db.create_collection(&c).unwrap();
         for w in ["w1", "w2"] {
             db.register_worker(w, &pb::RegisterRequest { name: w.into(), device: "cpu".into(), memory_bytes: 8 << 30, ..Default::default() }, &RULES).unwrap();
         }
-        let done = db.lease("w1", &RULES).unwrap().unwrap();
+        let done = db.lease("w1", &RULES, &Policy::default()).unwrap().unwrap();
         db.complete(&Call { worker: "w1", job: &done.spec.job_id, token: done.token }, "out", &pb::Progress::default(), &RULES).unwrap();
-        let running = db.lease("w2", &RULES).unwrap().unwrap();
+        let running = db.lease("w2", &RULES, &Policy::default()).unwrap().unwrap();
         drop(db);
 
         let to = pg.fresh_database();
@@ -160,7 +162,7 @@ mod tests {
         let hb = pb::HeartbeatRequest::default();
         after.heartbeat(&Call { worker: "w2", job: &running.spec.job_id, token: running.token }, &hb, None, &RULES).unwrap();
         after.register_worker("w3", &pb::RegisterRequest { name: "w3".into(), device: "cpu".into(), ..Default::default() }, &RULES).unwrap();
-        let next = after.lease("w3", &RULES).unwrap().unwrap();
+        let next = after.lease("w3", &RULES, &Policy::default()).unwrap().unwrap();
         assert!(next.token >> 32 > running.token >> 32, "{} after {}", next.token, running.token);
         // Into a database that already holds a farm: refused by name.
         let again = copy(&from, &to).unwrap_err();

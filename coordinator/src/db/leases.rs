@@ -3,27 +3,57 @@
 //! checks who is calling under which fencing token, lets
 //! [`machine::next`] decide the step, applies it and records the attempt.
 
+use std::collections::HashMap;
+
 use stylefarm_proto as pb;
 
 use super::sql::{self, args, Conn, Optional, Row};
 use super::{backoff, now, state_of, CallError, Db, Rules, JOB_PARAMS, JOB_STYLE_KEYS, PAUSED_PRIO, QUEUED, RUNNING, STALL_SECONDS, STYLE_KEY_SEPARATOR};
 use crate::machine::{self, Budget, Cause, Event, State};
+use crate::schedule::{self, Policy, Waiting};
 
-/// The next job to lease: the queue's order (priority, then collection,
-/// then job, all on the row) walked along the partial index `jobs_queue`,
-/// skipping jobs in their retry backoff or needing more memory than the
-/// worker has. Its cost does not grow with the queue.
+/// The next job of one user (`?3`) to lease: their queue's order
+/// (priority, then collection, then job, all on the row) walked along the
+/// partial index `jobs_fair`, skipping jobs in their retry backoff or
+/// needing more memory than the worker has. Its cost does not grow with
+/// the queue.
 pub(super) fn lease_query() -> &'static str {
     static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     QUERY.get_or_init(|| {
         format!(
             "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
                     checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
-             FROM jobs INDEXED BY jobs_queue
-             WHERE state = {QUEUED} AND prio < {PAUSED_PRIO} AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
+             FROM jobs INDEXED BY jobs_fair
+             WHERE state = {QUEUED} AND owner = ?3 AND prio < {PAUSED_PRIO} AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
              ORDER BY prio, cseq, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
     })
+}
+
+/// The users with queued work (not paused) and the head of each one's
+/// queue: `jobs_fair` walked one owner at a time (a loose index scan), so
+/// the cost grows with the users, not the queue.
+pub(super) fn waiting_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| {
+        let queued = format!("state = {QUEUED} AND prio < {PAUSED_PRIO}");
+        format!(
+            "WITH RECURSIVE owners(owner) AS (
+                 SELECT MIN(owner) FROM jobs WHERE {queued}
+                 UNION ALL
+                 SELECT (SELECT MIN(j.owner) FROM jobs j WHERE j.{queued} AND j.owner > owners.owner) FROM owners WHERE owners.owner IS NOT NULL
+             )
+             SELECT o.owner, h.prio, h.cseq, h.seq FROM owners o
+             JOIN jobs h ON h.id = (SELECT id FROM jobs INDEXED BY jobs_fair WHERE {queued} AND owner = o.owner ORDER BY prio, cseq, seq LIMIT 1)
+             WHERE o.owner IS NOT NULL"
+        )
+    })
+}
+
+/// Each user's running jobs (as many rows as busy workers at most).
+fn running_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| format!("SELECT owner, CAST(COUNT(*) AS BIGINT) FROM jobs INDEXED BY jobs_held WHERE state = {RUNNING} GROUP BY owner"))
 }
 
 /// A running job's spec again, for a worker that asks to lease while it
@@ -84,7 +114,7 @@ impl Db {
     /// that fits the worker's memory, under a fresh fencing token: a
     /// counter in the high half (so tokens only grow) and 32 random bits
     /// in the low half (so none can be guessed).
-    pub fn lease(&mut self, worker: &str, rules: &Rules) -> Result<Option<Leased>, CallError> {
+    pub fn lease(&mut self, worker: &str, rules: &Rules, policy: &Policy) -> Result<Option<Leased>, CallError> {
         let tx = self.conn.savepoint()?;
         let t = now();
         let worker_row = format!(
@@ -142,20 +172,19 @@ impl Db {
             tx.commit()?;
             return Ok(None);
         }
-        let row = tx
-            .query_row(
-                lease_query(),
-                args![t, memory],
-                |r| {
-                    Ok((
-                        spec_of(r)?,
-                        r.get::<_, u32>(10)?,
-                        r.get::<_, u32>(11)?,
-                        state_of(r.get(12)?)?,
-                    ))
-                },
-            )
-            .optional()?;
+        // Whose turn it is (fair shares, quotas), then the first of their
+        // jobs this worker can take.
+        let waiting = tx.query_map(waiting_query(), args![], |r| Ok(Waiting { owner: r.get(0)?, head: (r.get(1)?, r.get(2)?, r.get(3)?) }))?;
+        let running: HashMap<String, u32> = tx.query_map(running_query(), args![], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u32)))?.into_iter().collect();
+        let mut row = None;
+        for owner in schedule::order(&waiting, &running, policy) {
+            row = tx
+                .query_row(lease_query(), args![t, memory, owner], |r| Ok((spec_of(r)?, r.get::<_, u32>(10)?, r.get::<_, u32>(11)?, state_of(r.get(12)?)?)))
+                .optional()?;
+            if row.is_some() {
+                break;
+            }
+        }
         let Some((mut spec, resume_iteration, attempts, state)) = row else {
             tx.commit()?;
             return Ok(None);

@@ -139,6 +139,13 @@ ALTER TABLE collections ADD COLUMN measured REAL NOT NULL DEFAULT 0;
 CREATE INDEX collections_unmeasured ON collections(seq) WHERE measured = 0 AND deleting = 0;
 CREATE TABLE stored_inputs (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 "#,
+    // Fair shares: each job carries its collection's owner, and the queue
+    // is also walked per owner (whose turn it is comes first).
+    r#"
+ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+UPDATE jobs SET owner = COALESCE((SELECT owner FROM collections c WHERE c.id = jobs.collection_id), '');
+CREATE INDEX jobs_fair ON jobs(owner, prio, cseq, seq) WHERE state = 1;
+"#,
 ];
 
 /// PostgreSQL's migrations; the table `schema_version` says how many ran.
@@ -231,6 +238,12 @@ ALTER TABLE collections ADD COLUMN input_bytes BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE collections ADD COLUMN measured DOUBLE PRECISION NOT NULL DEFAULT 0;
 CREATE INDEX collections_unmeasured ON collections(seq) WHERE measured = 0 AND deleting = 0;
 CREATE TABLE stored_inputs (key TEXT COLLATE "C" PRIMARY KEY, bytes BIGINT NOT NULL);
+"#,
+    // As SQLite's ninth: fair shares.
+    r#"
+ALTER TABLE jobs ADD COLUMN owner TEXT COLLATE "C" NOT NULL DEFAULT '';
+UPDATE jobs SET owner = COALESCE((SELECT owner FROM collections c WHERE c.id = jobs.collection_id), '');
+CREATE INDEX jobs_fair ON jobs(owner, prio, cseq, seq) WHERE state = 1;
 "#,
 ];
 

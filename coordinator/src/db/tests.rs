@@ -1,7 +1,8 @@
 //! The store's unit tests, each on SQLite and (given a server) PostgreSQL.
 
 use super::*;
-use super::leases::{held_query, lease_query};
+use super::leases::{held_query, lease_query, waiting_query};
+use crate::schedule::Policy;
 
 const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
 
@@ -36,6 +37,7 @@ fn collection(id: &str, jobs: &[NewJob]) -> NewCollection {
         shape: (jobs.len() as u32, 1, 1),
         jobs: jobs.to_vec(),
         notify_url: String::new(),
+        max_queued: None,
     }
 }
 
@@ -107,12 +109,12 @@ fn survives_reopen_and_fences_stale_leases() {
     worker(&mut db, "w1", 0);
     worker(&mut db, "w2", 0);
     let lapsing = Rules { lease_seconds: -1.0, ..RULES };
-    let first = db.lease("w1", &lapsing).unwrap().unwrap();
+    let first = db.lease("w1", &lapsing, &Policy::default()).unwrap().unwrap();
     assert_eq!((first.spec.job_id.as_str(), first.attempt), ("j1", 1));
     db.expire_leases(&RULES).unwrap();
     let j = state(&db, "c1", "j1");
     assert_eq!((j.state, j.failures, j.requeues), (QUEUED, 0, 1), "a lapse is requeued without spending the failure budget");
-    let second = db.lease("w2", &RULES).unwrap().unwrap();
+    let second = db.lease("w2", &RULES, &Policy::default()).unwrap().unwrap();
     assert!(second.token > first.token && second.attempt == 2);
     let stale = Call { worker: "w1", job: "j1", token: first.token };
     assert!(matches!(db.complete(&stale, "k", &Default::default(), &RULES), Err(CallError::Stale { .. })));
@@ -133,23 +135,23 @@ fn only_registered_unquarantined_workers_lease_and_tokens_are_not_a_sequence() {
     each_backend(|target| {
         let mut db = Db::connect(target).unwrap();
         create(&mut db, "c", 0, &[job("a"), job("b"), job("c"), job("d")]);
-        assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
+        assert!(matches!(db.lease("ghost", &RULES, &Policy::default()), Err(CallError::NotRegistered(_))));
         worker(&mut db, "w", 0);
-        let l1 = db.lease("w", &RULES).unwrap().unwrap();
-        let again = db.lease("w", &RULES).unwrap().unwrap();
+        let l1 = db.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
+        let again = db.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
         assert_eq!((&again.spec.job_id, again.token, again.attempt), (&l1.spec.job_id, l1.token, l1.attempt), "one lease at a time: the same again");
         assert_eq!(again.spec.prefix, l1.spec.prefix);
         worker(&mut db, "x", 0);
         let t1 = l1.token;
-        let t2 = db.lease("x", &RULES).unwrap().unwrap().token;
+        let t2 = db.lease("x", &RULES, &Policy::default()).unwrap().unwrap().token;
         assert!(t2 > t1 && t2 - t1 != 1 && (t2 & 0xffff_ffff) != ((t1 + 1) & 0xffff_ffff), "{t1} then {t2}");
         db.fail(&Call { worker: "w", job: "a", token: t1 }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
         for _ in 0..2 {
-            let l = db.lease("w", &RULES).unwrap().unwrap();
+            let l = db.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
             db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Worker, "storage is read-only", &RULES).unwrap();
         }
         assert!(matches!(
-            db.lease("w", &RULES),
+            db.lease("w", &RULES, &Policy::default()),
             Err(CallError::Quarantined { strikes: 3, .. })
         ));
         let (listed, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
@@ -168,22 +170,22 @@ fn bad_input_is_not_retried_other_failures_are_capped_and_cancel_is_final() {
         let mut db = Db::connect(target).unwrap();
         create(&mut db, "c", 0, &[job("a"), job("b")]);
         worker(&mut db, "w", 0);
-        let l = db.lease("w", &RULES).unwrap().unwrap();
+        let l = db.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
         db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::BadInput, "not an image", &RULES).unwrap();
         assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Failed as i32);
-        let l = db.lease("w", &RULES).unwrap().unwrap();
+        let l = db.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
         let two = Rules { max_failures: 2, ..RULES };
         db.fail(&Call { worker: "w", job: &l.spec.job_id, token: l.token }, pb::FailureKind::Internal, "boom", &two).unwrap();
         assert_eq!(state(&db, "c", &l.spec.job_id).state, QUEUED, "retried after an internal failure");
-        assert!(db.lease("w", &RULES).unwrap().is_none(), "not before its backoff");
+        assert!(db.lease("w", &RULES, &Policy::default()).unwrap().is_none(), "not before its backoff");
         // Cancel while running: the worker's later Fail leaves it cancelled.
         db.conn.execute("UPDATE jobs SET not_before = 0", args![]).unwrap();
-        let l = db.lease("w", &RULES).unwrap().unwrap();
+        let l = db.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
         db.cancel("c").unwrap();
         let call = Call { worker: "w", job: &l.spec.job_id, token: l.token };
         db.fail(&call, pb::FailureKind::Internal, "interrupted", &RULES).unwrap();
         assert_eq!(state(&db, "c", &l.spec.job_id).state, pb::JobState::Cancelled as i32, "a fail after cancel does not requeue");
-        assert!(db.lease("w", &RULES).unwrap().is_none());
+        assert!(db.lease("w", &RULES, &Policy::default()).unwrap().is_none());
     });
 }
 
@@ -194,11 +196,11 @@ fn out_of_memory_moves_the_job_to_a_larger_device() {
         create(&mut db, "c", 0, &[job("a")]);
         worker(&mut db, "small", 1 << 30);
         worker(&mut db, "large", 8 << 30);
-        let l = db.lease("small", &RULES).unwrap().unwrap();
+        let l = db.lease("small", &RULES, &Policy::default()).unwrap().unwrap();
         db.fail(&Call { worker: "small", job: "a", token: l.token }, pb::FailureKind::OutOfMemory, "CUDA_ERROR_OUT_OF_MEMORY", &RULES).unwrap();
         db.conn.execute("UPDATE jobs SET not_before = 0", args![]).unwrap();
-        assert!(db.lease("small", &RULES).unwrap().is_none(), "not again on a device that ran out");
-        assert_eq!(db.lease("large", &RULES).unwrap().unwrap().spec.job_id, "a");
+        assert!(db.lease("small", &RULES, &Policy::default()).unwrap().is_none(), "not again on a device that ran out");
+        assert_eq!(db.lease("large", &RULES, &Policy::default()).unwrap().unwrap().spec.job_id, "a");
     });
 }
 
@@ -215,6 +217,7 @@ fn a_retried_submit_returns_the_first_collection() {
             shape: (1, 1, 1),
             jobs: vec![job("a")],
             notify_url: String::new(),
+            max_queued: None,
         };
         assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
         assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
@@ -228,9 +231,13 @@ fn a_retried_submit_returns_the_first_collection() {
 #[test]
 fn lease_walks_an_index_and_never_sorts() {
     let (_d, db) = open();
-    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query()), args![0.0, 0], |r| r.get::<_, String>(3)).unwrap();
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query()), args![0.0, 0, "user-a"], |r| r.get::<_, String>(3)).unwrap();
     let plan = plan.join("; ");
-    assert!(plan.contains("jobs_queue") && !plan.contains("TEMP B-TREE"), "{plan}");
+    assert!(plan.contains("jobs_fair") && !plan.contains("TEMP B-TREE"), "{plan}");
+    // Whose turn it is: the users with queued work, one index probe each.
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", waiting_query()), args![], |r| r.get::<_, String>(3)).unwrap();
+    let plan = plan.join("; ");
+    assert!(plan.contains("jobs_fair") && !plan.contains("TEMP B-TREE") && !plan.contains("SCAN j") && !plan.contains("SCAN jobs"), "{plan}");
     // The lease a worker already holds is found by its own index, not
     // a scan of every job.
     let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", held_query()), args!["w"], |r| r.get::<_, String>(3)).unwrap();
@@ -278,9 +285,9 @@ fn a_group_of_calls_commits_once_and_a_failing_one_undoes_only_itself() {
     worker(&mut db, "w", 0);
     worker(&mut db, "x", 0);
     db.begin().unwrap();
-    let first = db.lease("w", &RULES).unwrap().unwrap();
-    assert!(matches!(db.lease("ghost", &RULES), Err(CallError::NotRegistered(_))));
-    let second = db.lease("x", &RULES).unwrap().unwrap();
+    let first = db.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
+    assert!(matches!(db.lease("ghost", &RULES, &Policy::default()), Err(CallError::NotRegistered(_))));
+    let second = db.lease("x", &RULES, &Policy::default()).unwrap().unwrap();
     // Not visible to a reader before the commit…
     let reader = Db::open_reader(target).unwrap();
     assert_eq!(reader.collection("c").unwrap().unwrap().1.counts.unwrap().running, 0);
@@ -302,7 +309,7 @@ fn priority_first_then_fifo() {
             .map(|i| {
                 // One lease a worker: three workers take the queue's first three.
                 worker(&mut db, &format!("w{i}"), 0);
-                db.lease(&format!("w{i}"), &RULES).unwrap().unwrap().spec.job_id
+                db.lease(&format!("w{i}"), &RULES, &Policy::default()).unwrap().unwrap().spec.job_id
             })
             .collect();
         assert_eq!(order, ["h1", "h2", "l1"]);
@@ -315,7 +322,7 @@ fn a_restart_grants_running_leases_a_full_lease_length() {
         let mut db = Db::connect(target).unwrap();
         create(&mut db, "c", 0, &[job("a")]);
         worker(&mut db, "w", 0);
-        db.lease("w", &Rules { lease_seconds: -5.0, ..RULES }).unwrap().unwrap();
+        db.lease("w", &Rules { lease_seconds: -5.0, ..RULES }, &Policy::default()).unwrap().unwrap();
         db.grant_grace(&RULES).unwrap();
         assert!(db.expire_leases(&RULES).unwrap().is_empty(), "the downtime is not the worker's");
         assert_eq!(state(&db, "c", "a").state, RUNNING);
@@ -335,8 +342,8 @@ fn a_restart_grants_grace_around_the_rows_another_coordinator_holds() {
     create(&mut survivor, "c", 0, &[job("a"), job("b")]);
     worker(&mut survivor, "w", 0);
     worker(&mut survivor, "v", 0);
-    survivor.lease("w", &RULES).unwrap().unwrap();
-    survivor.lease("v", &RULES).unwrap().unwrap();
+    survivor.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
+    survivor.lease("v", &RULES, &Policy::default()).unwrap().unwrap();
     // The survivor is inside a worker's call on job a: its row locked.
     let held = survivor.conn.savepoint().unwrap();
     held.query_row("SELECT id FROM jobs WHERE id = ?1 FOR UPDATE", args!["a"], |_| Ok(())).unwrap();
@@ -359,7 +366,7 @@ fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() 
         create(&mut db, "c", 0, &[job("a"), job("b")]);
         worker(&mut db, "w", 0);
         worker(&mut db, "o", 0);
-        let a = db.lease("o", &rules).unwrap().unwrap();
+        let a = db.lease("o", &rules, &Policy::default()).unwrap().unwrap();
         db.complete(&Call { worker: "o", job: "a", token: a.token }, "out", &pb::Progress::default(), &rules).unwrap();
         let strikes = |db: &Db| {
             let (ws, _) = db.workers_page(0, 10, false, RULES.lease_seconds).unwrap();
@@ -367,7 +374,7 @@ fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() 
             (w.strikes, w.quarantined, w.quarantine_reason)
         };
         assert!(db.expire_leases(&rules).unwrap().is_empty());
-        db.lease("w", &rules).unwrap().unwrap();
+        db.lease("w", &rules, &Policy::default()).unwrap().unwrap();
         // The coordinator stalls for longer than a lease (no sweep runs):
         // the next sweep gives the time back instead of expiring.
         pause(STALL_SECONDS + 0.2);
@@ -381,9 +388,9 @@ fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() 
         // w silent while o is heard: strikes, but lapses on one job alone
         // (a job no worker can even read) never quarantine.
         for round in 1..=3 {
-            db.lease("w", &rules).unwrap().unwrap();
+            db.lease("w", &rules, &Policy::default()).unwrap().unwrap();
             pause(0.2);
-            assert!(db.lease("o", &rules).unwrap().is_none());
+            assert!(db.lease("o", &rules, &Policy::default()).unwrap().is_none());
             pause(0.15);
             assert_eq!(db.expire_leases(&rules).unwrap().len(), 1);
             assert_eq!(strikes(&db), (round, false, String::new()), "round {round}");
@@ -391,9 +398,9 @@ fn a_stalled_coordinator_blames_nobody_and_lapses_on_one_job_never_quarantine() 
         // The same on a second job: evidence against the worker.
         db.cancel("c").unwrap();
         create(&mut db, "d", 0, &[job("e")]);
-        db.lease("w", &rules).unwrap().unwrap();
+        db.lease("w", &rules, &Policy::default()).unwrap().unwrap();
         pause(0.2);
-        assert!(db.lease("o", &rules).unwrap().is_none());
+        assert!(db.lease("o", &rules, &Policy::default()).unwrap().is_none());
         pause(0.15);
         db.expire_leases(&rules).unwrap();
         let (n, quarantined, reason) = strikes(&db);
@@ -413,7 +420,7 @@ fn a_coordinators_writers_share_one_record_of_sweeps() {
         let mut second = first.another_writer(target).unwrap();
         create(&mut first, "c", 0, &[job("j")]);
         worker(&mut first, "w", 0);
-        first.lease("w", &rules).unwrap().unwrap();
+        first.lease("w", &rules, &Policy::default()).unwrap().unwrap();
         let deadline = |db: &Db| db.conn.query_row("SELECT lease_deadline FROM jobs WHERE id = ?1", args!["j"], |r| r.get::<_, f64>(0)).unwrap();
         let leased_until = deadline(&first);
         second.expire_leases(&rules).unwrap();
@@ -474,7 +481,7 @@ fn a_restart_or_a_stall_gives_back_only_the_time_no_coordinator_served() {
     let mut a = Db::connect(&database.target).unwrap();
     create(&mut a, "c", 0, &[job("a")]);
     worker(&mut a, "w", 0);
-    a.lease("w", &RULES).unwrap().unwrap();
+    a.lease("w", &RULES, &Policy::default()).unwrap().unwrap();
     let mut b = Db::connect(&database.target).unwrap();
     b.grant_grace(&RULES).unwrap();
     b.expire_leases(&RULES).unwrap();
@@ -561,7 +568,7 @@ fn what_collections_store_is_measured_when_due_and_an_input_counted_once() {
         // A lease: running collections are due once their measure is old;
         // the job carries its worker's name.
         db.register_worker("w-1a2b", &pb::RegisterRequest { name: "gpu-box".into(), device: "cpu".into(), ..Default::default() }, &RULES).unwrap();
-        let l = db.lease("w-1a2b", &RULES).unwrap().unwrap();
+        let l = db.lease("w-1a2b", &RULES, &Policy::default()).unwrap().unwrap();
         let running = db.collection(&l.spec.collection_id).unwrap().unwrap().1.jobs[0].clone();
         assert_eq!((running.worker.as_str(), running.worker_name.as_str(), running.worker_shown()), ("w-1a2b", "gpu-box", "gpu-box"));
         assert!(db.usage_due(t + 1.0, t - 60.0, 10).unwrap().is_empty(), "measured recently");
@@ -590,5 +597,60 @@ fn what_collections_store_is_measured_when_due_and_an_input_counted_once() {
         db.forget_collection("b").unwrap();
         db.forget_stored_input("inputs/t").unwrap();
         assert_eq!(db.stored_bytes().unwrap(), 1000 + 300 + 20);
+    });
+}
+
+/// The lease follows the sharing rule: a user who holds every worker
+/// yields the next free one to a newcomer; weights and running quotas
+/// hold; a submit past `--max-queued` is refused with the numbers and
+/// adds nothing.
+#[test]
+fn leases_go_to_the_user_furthest_below_their_share_and_quotas_hold() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        let owned = |owner: &str, id: &str, jobs: usize| NewCollection { owner: owner.into(), ..collection(id, &(0..jobs).map(|i| job(&format!("{id}-{i}"))).collect::<Vec<_>>()) };
+        db.create_collection(&owned("ana", "a", 20)).unwrap();
+        for w in ["w0", "w1", "w2", "w3"] {
+            worker(&mut db, w, 0);
+        }
+        let even = Policy::default();
+        let mut held = std::collections::HashMap::new();
+        for w in ["w0", "w1", "w2"] {
+            held.insert(w, db.lease(w, &RULES, &even).unwrap().unwrap());
+        }
+        assert!(held.values().all(|l| l.spec.collection_id == "a"), "alone on the farm, ana has it all");
+        // bo's later, lower-priority work goes first at the next lease.
+        db.create_collection(&NewCollection { priority: -5, ..owned("bo", "b", 3) }).unwrap();
+        assert_eq!(db.lease("w3", &RULES, &even).unwrap().unwrap().spec.collection_id, "b");
+        // w0 frees: 2 of ana's and 1 of bo's run; even shares of 4 are 2
+        // each, so bo again.
+        let done = |db: &mut Db, w: &str, l: Leased| db.complete(&Call { worker: w, job: &l.spec.job_id, token: l.token }, "out.png", &pb::Progress::default(), &RULES).unwrap();
+        done(&mut db, "w0", held.remove("w0").unwrap());
+        let l = db.lease("w0", &RULES, &even).unwrap().unwrap();
+        assert_eq!(l.spec.collection_id, "b");
+        // The same moment with ana weighing 3 (a share of 3 of 4): ana.
+        done(&mut db, "w0", l);
+        let heavy = Policy { shares: [("ana".to_string(), 3.0)].into(), ..Policy::default() };
+        let l = db.lease("w0", &RULES, &heavy).unwrap().unwrap();
+        assert_eq!(l.spec.collection_id, "a");
+        // ana at a running quota of 2 (w1, w2): with bo allowed none,
+        // a free worker gets nothing.
+        done(&mut db, "w0", l);
+        let capped = Policy { max_running: [("ana".to_string(), 2), ("bo".to_string(), 0)].into(), ..Policy::default() };
+        assert!(db.lease("w0", &RULES, &capped).unwrap().is_none(), "ana holds 2, bo may hold none");
+        let capped_ana = Policy { max_running: [("ana".to_string(), 2)].into(), ..Policy::default() };
+        assert_eq!(db.lease("w0", &RULES, &capped_ana).unwrap().unwrap().spec.collection_id, "b", "the next free worker: bo (ana at her quota)");
+
+        // --max-queued: ana has 16 queued (20 less 4 leased); 3 more fit
+        // 19, 4 do not.
+        let queued_jobs = |db: &Db| db.conn.query_row(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM jobs WHERE state = {QUEUED}"), args![], |r| r.get::<_, i64>(0)).unwrap();
+        let queued_before = queued_jobs(&db);
+        match db.create_collection(&NewCollection { max_queued: Some(19), ..owned("ana", "a2", 4) }) {
+            Err(CallError::OverQuota { queued, adding, max }) => assert_eq!((queued, adding, max), (16, 4, 19)),
+            other => panic!("over quota: {other:?}"),
+        }
+        assert!(db.collection("a2").unwrap().is_none() && queued_jobs(&db) == queued_before, "nothing of it stays");
+        db.create_collection(&NewCollection { max_queued: Some(19), ..owned("ana", "a3", 3) }).unwrap();
+        db.create_collection(&NewCollection { max_queued: Some(3), ..owned("cy", "c", 3) }).unwrap();
     });
 }
