@@ -40,7 +40,8 @@ use clap::Args;
 use rand::Rng;
 use stylefarm_proto as pb;
 use stylefarm_shared::storage::Store;
-use stylefarm_shared::client::{ClientSecurity, Failover};
+use stylefarm_shared::client::{Bearer, ClientSecurity, Failover};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -97,15 +98,100 @@ pub struct LoadtestArgs {
     /// Each coordinator's --writers on PostgreSQL (default: its own).
     #[arg(long)]
     writers: Option<usize>,
+    /// A second user (`b`; the load is user `a`'s) queues this many jobs
+    /// once a tenth of the load is done, the farm full: how long until
+    /// b's first job starts, and each user's share of the busy workers
+    /// while both have work.
+    #[arg(long, default_value_t = 0)]
+    second_user_jobs: usize,
+    /// The second user's weight (`--share b=W`; the first weighs 1).
+    #[arg(long, default_value_t = 1.0)]
+    second_user_share: f64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// The run's tokens: the coordinator knows them (named users `a` and `b`),
+/// and every client sends its own.
+const TOKEN_A: &str = "loadtest-user-a";
+const TOKEN_B: &str = "loadtest-user-b";
+const TOKEN_WORKER: &str = "loadtest-worker";
+
+type FarmClient = pb::farm_client::FarmClient<InterceptedService<Channel, Bearer>>;
+
+/// A `Farm` client of user `token` on `ch`.
+fn farm_client(ch: Channel, token: &str) -> Result<FarmClient> {
+    let bearer = ClientSecurity { token: Some(token.into()), ..Default::default() }.bearer()?;
+    Ok(pb::farm_client::FarmClient::with_interceptor(ch, bearer).max_decoding_message_size(256 << 20).max_encoding_message_size(1 << 30))
+}
+
+/// Two users sharing the farm: every lease (+1) and every end (−1) of a
+/// job, by collection, in the order they happened (kept only in a run
+/// with a second user), read once the run is over.
+#[derive(Default)]
+struct TwoUsers(Mutex<Vec<(Instant, String, i8)>>);
+
+/// What the second user saw.
+struct Sharing {
+    /// Leases granted to the first user between b's submit and b's first.
+    leases_before_first: usize,
+    /// From b's submit to b's first lease.
+    first_started: Duration,
+    /// b's share of the busy workers averaged over each window of 50
+    /// leases, from the first lease at which b held 90% of its share to
+    /// b's last queued job: the lowest and highest.
+    share_range: Option<(f64, f64)>,
+}
+
+impl TwoUsers {
+    fn record(&self, on: bool, collection: &str, change: i8) {
+        if let (true, Ok(mut events)) = (on, self.0.lock()) {
+            events.push((Instant::now(), collection.to_string(), change));
+        }
+    }
+
+    /// What user b (collection `b`, `jobs` of them, queued at `queued`)
+    /// saw; `target` is b's share.
+    fn sharing(&self, b: &str, jobs: usize, queued: Instant, target: f64) -> Option<Sharing> {
+        let events = self.0.lock().ok()?.clone();
+        let mut running = [0i64; 2];
+        let (mut before, mut first, mut b_leased) = (0, None, 0);
+        let mut fraction = Vec::new();
+        for (at, collection, change) in events {
+            let user = usize::from(collection == b);
+            running[user] += change as i64;
+            if change < 0 {
+                continue;
+            }
+            // (b's jobs may be leased between the submit's commit and its
+            // answer, the moment called `queued`.)
+            if user == 1 {
+                first.get_or_insert(at.saturating_duration_since(queued));
+                b_leased += 1;
+            } else if at < queued {
+                continue;
+            } else if first.is_none() {
+                before += 1;
+            }
+            if b_leased < jobs {
+                fraction.push(running[1].max(0) as f64 / (running[0] + running[1]).max(1) as f64);
+            }
+        }
+        let settled = fraction.iter().position(|x| *x >= target * 0.9);
+        let means: Vec<f64> = settled.map(|s| fraction[s..].windows(50).map(|w| w.iter().sum::<f64>() / 50.0).collect()).unwrap_or_default();
+        let share_range = (!means.is_empty()).then(|| (means.iter().copied().fold(f64::INFINITY, f64::min), means.iter().copied().fold(f64::NEG_INFINITY, f64::max)));
+        Some(Sharing { leases_before_first: before, first_started: first?, share_range })
+    }
 }
 
 /// What every simulated client shares.
 struct Shared {
     /// Every coordinator's URL; worker i starts on the i-th (in turn).
     urls: Vec<String>,
+    /// The second user, in a run with one.
+    two: TwoUsers,
+    second_user_jobs: usize,
     /// The measured collection.
     measured: String,
     store: Store,
@@ -186,6 +272,8 @@ struct Coordinator {
     port: u16,
     lease_seconds: u32,
     max_jobs: usize,
+    /// `--share b=W`.
+    second_user_share: f64,
     /// CPU seconds and peak RSS of earlier lives (restarts).
     cpu_before: f64,
     peak_rss: u64,
@@ -211,6 +299,8 @@ impl Coordinator {
             .args(["--lease-seconds", &self.lease_seconds.to_string(), "--heartbeat-seconds", "1"])
             .args(["--max-jobs", &self.max_jobs.to_string(), "--max-request-mb", "1024", "--max-watchers-per-client", "100000"])
             .args(["--max-watchers", "100000", "--max-connections-per-address", "100000", "--max-connections", "100000"])
+            .args(["--user-token", &format!("a={TOKEN_A}"), "--user-token", &format!("b={TOKEN_B}"), "--worker-token", TOKEN_WORKER])
+            .args(["--share", &format!("b={}", self.second_user_share)])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -314,7 +404,8 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
     // worker's do (one rule: `Rotation`).
     let n = shared.urls.len();
     let urls: Vec<String> = shared.urls.iter().cycle().skip(i % n).take(n).cloned().collect();
-    let mut client = pb::workers_client::WorkersClient::new(Failover::new(&ClientSecurity::default(), &urls)?);
+    let security = ClientSecurity { token: Some(TOKEN_WORKER.into()), ..Default::default() };
+    let mut client = pb::workers_client::WorkersClient::with_interceptor(Failover::new(&security, &urls)?, security.bearer()?);
     let mut id = String::new();
     // Since when this worker has had no coordinator answering.
     let mut down_since: Option<Instant> = None;
@@ -372,6 +463,8 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
             continue;
         };
         let token = leased.fencing_token;
+        let two_users = shared.second_user_jobs > 0;
+        shared.two.record(two_users, &job.collection_id, 1);
         if rand::rng().random_bool(shared.stall.clamp(0.0, 1.0)) {
             // This worker dies with its job: it never heartbeats again, and
             // comes back as a new worker.
@@ -408,6 +501,7 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
                     answered!();
                     shared.complete.record(t);
                     shared.completed();
+                    shared.two.record(two_users, &job.collection_id, -1);
                     if let Ok(mut acks) = shared.acks.lock() {
                         let tokens = acks.entry(job.job_id.clone()).or_default();
                         if !tokens.contains(&token) {
@@ -422,7 +516,10 @@ async fn worker(i: usize, shared: Arc<Shared>) -> Result<()> {
                 Err(s) if transient(&s) => fail_over!(),
                 // The lease lapsed while the coordinator was down and the
                 // job went to another worker: not ours any more.
-                Err(_) => break,
+                Err(_) => {
+                    shared.two.record(two_users, &job.collection_id, -1);
+                    break;
+                }
             }
         }
     }
@@ -442,7 +539,7 @@ async fn watcher(id: String, lazy: bool, skim: bool, shared: Arc<Shared>) {
         let kinds: Result<Kinds, tonic::Status> = if skim {
             skim_watch(ch, request).await
         } else {
-            let mut farm = pb::farm_client::FarmClient::new(ch).max_decoding_message_size(256 << 20);
+            let Ok(mut farm) = farm_client(ch, TOKEN_A) else { return };
             match farm.watch(request).await {
                 Ok(s) => {
                     let mut events = s.into_inner();
@@ -531,7 +628,9 @@ async fn skim_watch(ch: Channel, request: pb::CollectionRef) -> Result<Kinds, to
     let mut grpc = tonic::client::Grpc::new(ch).max_decoding_message_size(256 << 20);
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!("/{}/Watch", pb::farm_server::SERVICE_NAME)).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let stream = grpc.server_streaming(tonic::Request::new(request), path, Skim).await?.into_inner();
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadtest-user-a"));
+    let stream = grpc.server_streaming(request, path, Skim).await?.into_inner();
     Ok(Box::pin(stream))
 }
 
@@ -540,7 +639,7 @@ async fn skim_watch(ch: Channel, request: pb::CollectionRef) -> Result<Kinds, to
 /// folders and files for the simulated workers (on a 2-core VM, 200 such
 /// writes at once take ~120 ms each and would set the pace).
 async fn prewrite_outputs(data: &Path, collection: &str, jobs: usize, url: &str) -> Result<()> {
-    let mut farm = pb::farm_client::FarmClient::new(channel(url).await?).max_decoding_message_size(256 << 20);
+    let mut farm = farm_client(channel(url).await?, TOKEN_A)?;
     let mut ids = Vec::with_capacity(jobs);
     let mut page_token = String::new();
     loop {
@@ -590,7 +689,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             writers: args.writers,
             port: 0,
             lease_seconds: args.lease_seconds,
-            max_jobs: args.jobs.max(args.queued).max(1),
+            max_jobs: args.jobs.max(args.queued).max(args.second_user_jobs).max(1),
+            second_user_share: args.second_user_share,
             cpu_before: 0.0,
             peak_rss: 0,
         };
@@ -601,7 +701,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
     // This client (submits, the probe, progress) talks to the last
     // coordinator, which is never killed; restarts hit the first.
     let url = urls.last().cloned().context("no coordinator")?;
-    let mut farm = pb::farm_client::FarmClient::new(channel(&url).await?).max_decoding_message_size(256 << 20).max_encoding_message_size(1 << 30);
+    let mut farm = farm_client(channel(&url).await?, TOKEN_A)?;
     if args.queued > 0 {
         farm.submit(collection_request("deep-queue", args.queued, -1, 1 << 20)?).await.context("submitting the deep queue")?;
     }
@@ -613,6 +713,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
     prewrite_outputs(data, &id, args.jobs, &url).await?;
     let shared = Arc::new(Shared {
         urls: urls.clone(),
+        two: TwoUsers::default(),
+        second_user_jobs: args.second_user_jobs,
         measured: id.clone(),
         store: Store::open(&data.join("storage").to_string_lossy())?,
         stall: args.stall,
@@ -650,6 +752,8 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
     // every 20 ms, timed; the load's progress from ListCollections'
     // counts; restarts when the load is that far along.
     let mut restarts_done = 0;
+    // The second user's collection and when its submit was answered.
+    let mut second: Option<(String, Instant)> = None;
     let deadline = started + Duration::from_secs(600);
     let mut tick = 0u64;
     loop {
@@ -668,12 +772,17 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         let succeeded = match listed {
             Ok(l) => l.into_inner().collections.iter().find(|c| c.collection_id == id).and_then(|c| c.counts.clone()).map_or(0, |n| n.succeeded as usize),
             Err(_) => {
-                farm = pb::farm_client::FarmClient::new(channel(&url).await?).max_decoding_message_size(256 << 20);
+                farm = farm_client(channel(&url).await?, TOKEN_A)?;
                 continue;
             }
         };
         if succeeded >= args.jobs {
             break;
+        }
+        if args.second_user_jobs > 0 && second.is_none() && succeeded * 10 >= args.jobs {
+            let mut b = farm_client(channel(&url).await?, TOKEN_B)?;
+            let submitted = b.submit(collection_request("second user", args.second_user_jobs, 0, 1 << 26)?).await.context("the second user's submit")?;
+            second = Some((submitted.into_inner().collection_id, Instant::now()));
         }
         if restarts_done < args.restarts && succeeded * (args.restarts + 1) >= args.jobs * (restarts_done + 1) {
             coordinators[0].kill();
@@ -704,7 +813,7 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
 
     // Exactly once: every job SUCCEEDED, one acknowledged token each, one
     // succeeded attempt each.
-    let mut farm = pb::farm_client::FarmClient::new(channel(&url).await?).max_decoding_message_size(256 << 20);
+    let mut farm = farm_client(channel(&url).await?, TOKEN_A)?;
     let mut problems = Vec::new();
     let mut page_token = String::new();
     let mut jobs = Vec::new();
@@ -739,6 +848,11 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
         problems.push(format!("{} of {reading} watchers were not told every job succeeded", reading - saw_the_end));
     }
 
+    let b_share = args.second_user_share / (1.0 + args.second_user_share);
+    let sharing = second.as_ref().and_then(|(b, queued)| shared.two.sharing(b, args.second_user_jobs, *queued, b_share));
+    if args.second_user_jobs > 0 && sharing.is_none() {
+        problems.push("the second user's jobs never started".into());
+    }
     let (lease, heartbeat, complete, probe) = (shared.lease.summary(), shared.heartbeat.summary(), shared.complete.summary(), shared.probe.summary());
     let outage = shared.outage.summary();
     let quiet_ms = shared.longest_quiet_us.load(Ordering::Relaxed) as f64 / 1000.0;
@@ -756,6 +870,11 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
             "watch_resyncs": shared.resyncs.load(Ordering::Relaxed),
             "worker_outage": {"p50_ms": outage.0, "p99_ms": outage.1, "max_ms": shared.outage.max(), "outages": outage.2},
             "longest_without_a_completion_ms": quiet_ms,
+            "second_user": sharing.as_ref().map(|s| serde_json::json!({
+                "jobs": args.second_user_jobs, "share": b_share, "leases_to_others_before_its_first": s.leases_before_first,
+                "first_started_ms": s.first_started.as_secs_f64() * 1000.0,
+                "share_over_50_leases": s.share_range.map(|(lo, hi)| [lo, hi]),
+            })),
             "exactly_once": exactly_once, "problems": problems.iter().take(20).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -784,6 +903,15 @@ async fn drive(args: LoadtestArgs, data: &Path) -> Result<()> {
                 outage.0,
                 outage.1,
                 shared.outage.max()
+            );
+        }
+        if let Some(s) = &sharing {
+            println!(
+                "  a second user's {} jobs, queued with a tenth of the load done: its first started {:.0} ms after the submit's answer, {} leases to the first user before it; its share of the busy workers over every 50 leases while it had jobs queued: {} (its share: {b_share:.2})",
+                args.second_user_jobs,
+                s.first_started.as_secs_f64() * 1000.0,
+                s.leases_before_first,
+                s.share_range.map_or("not measured (it never had 50 leases' worth queued)".to_string(), |(lo, hi)| format!("{lo:.3} to {hi:.3}")),
             );
         }
         println!("  coordinators: {:.2} cores in all, peak RSS {:.0} MB (the database's own CPU not counted)", cpu / elapsed, peak_rss as f64 / (1 << 20) as f64);
