@@ -45,6 +45,7 @@
 //!   the same handlers and follows the same mergers.
 pub mod admission;
 pub mod auth;
+pub mod checks;
 pub mod clock;
 pub mod collections;
 pub mod command;

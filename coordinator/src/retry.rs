@@ -8,7 +8,7 @@ use tonic::Status;
 
 use crate::db::{CallError, Db, NewParams};
 use crate::limits::MAX_VARIANT_JSON_BYTES;
-use crate::submit::{check_fits, check_variant};
+use crate::checks::{check_fits, check_variant};
 
 /// Job `job`'s parameters after `changes_json` (`None`: no change asked),
 /// read from the database; refused when the changed job would not fit

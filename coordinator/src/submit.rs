@@ -16,8 +16,7 @@
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use stylefarm_params::memory::FARM_TILE_FLOOR;
-use stylefarm_params::{Init, JobParams};
+use stylefarm_params::JobParams;
 use stylefarm_proto as pb;
 use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
 use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
@@ -25,6 +24,7 @@ use stylefarm_shared::storage::ConfinedReadError;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
+use crate::checks::{check_fits, check_variant};
 use crate::db::{NewCollection, NewJob};
 use crate::limits::*;
 use crate::paths;
@@ -119,25 +119,6 @@ struct Input {
 /// The bytes a decodable image of the configured limits can take at most,
 /// checked before anything is read from storage: 8 bytes a pixel is more
 /// than any format here needs for a real photo.
-/// Parses and checks one variant's parameters (`what` names it in an
-/// error): the schema (unknown keys by name), the values, and what no
-/// worker can run.
-pub(crate) fn check_variant(
-    what: &str,
-    json: &str,
-    styles_per_job: usize,
-) -> Result<JobParams, Status> {
-    let job = JobParams::from_json(json)
-        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
-    job.render
-        .validate(styles_per_job)
-        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
-    if job.render.init == Init::Image {
-        return Err(Status::invalid_argument(format!("{what}: init \"image\" needs an image, and a farm job has none; use blend, content or noise")));
-    }
-    Ok(job)
-}
-
 fn max_input_bytes(limits: &ImageLimits) -> u64 {
     limits.max_pixels.saturating_mul(8).max(1 << 20)
 }
@@ -377,22 +358,6 @@ pub(crate) async fn largest_device(farm: &State) -> Result<Option<u64>, Status> 
     farm.db.read(|db| db.largest_device(24.0 * 3600.0)).await?.map_err(db_err)
 }
 
-/// FAILED_PRECONDITION, naming `what` and the numbers, when a render that
-/// needs `bytes` (in tiles of the farm's floor) is more than the `largest`
-/// device has: no worker would ever lease it. Submit and a retry with
-/// changes both ask.
-pub(crate) fn check_fits(bytes: u64, largest: u64, what: impl FnOnce() -> String) -> Result<(), Status> {
-    if bytes <= largest {
-        return Ok(());
-    }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    Err(Status::failed_precondition(format!(
-        "{} needs about {:.1} GiB even in tiles of {FARM_TILE_FLOOR} px, and the largest registered device has {:.1} GiB; render it smaller",
-        what(),
-        gib(bytes),
-        gib(largest)
-    )))
-}
 
 #[cfg(test)]
 mod tests {

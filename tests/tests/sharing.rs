@@ -18,11 +18,12 @@ fn farmctl_as(farm: &Farm, token: &str, args: &[&str]) -> std::process::Output {
     Command::new(bin("farmctl")).args(["--coordinator", &farm.url, "--token", token]).args(args).output().unwrap()
 }
 
-/// A collection of `contents` tiny jobs, submitted as `token`.
-fn submit(farm: &Farm, token: &str, contents: usize) -> std::process::Output {
-    let mut args = vec!["submit".to_string(), "--style".into(), fixture("style.png"), "--size".into(), "8x8".into(), "--iters".into(), "2".into()];
-    for _ in 0..contents {
-        args.extend(["--content".into(), fixture("content.png")]);
+/// A collection of `jobs` tiny jobs (one photo, one painting, a seed
+/// each), submitted as `token`.
+fn submit(farm: &Farm, token: &str, jobs: usize) -> std::process::Output {
+    let mut args = vec!["submit".to_string(), "--content".into(), fixture("content.png"), "--style".into(), fixture("style.png"), "--size".into(), "8x8".into(), "--iters".into(), "2".into()];
+    for seed in 0..jobs {
+        args.extend(["--variant".into(), format!("seed={seed}")]);
     }
     farmctl_as(farm, token, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
@@ -66,7 +67,7 @@ async fn the_next_free_worker_goes_to_the_user_below_their_share_and_quotas_refu
     collection_id(&submit(&farm, ANA, 5));
     let listed = farmctl_as(&farm, BO, &["status", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed["collections"].as_array().map(Vec::len), Some(2), "the refused submit left nothing: {listed}");
+    assert_eq!(listed["collections"]["collections"].as_array().map(Vec::len), Some(2), "the refused submit left nothing: {listed}");
     let _ = (j3, bo);
 }
 
