@@ -33,14 +33,8 @@ pub async fn download(url: &Coordinators, id: &str, key: &str) -> Result<Vec<u8>
 /// that cannot be fetched is reported, marked and skipped; the others are
 /// still written, and the command fails at the end naming what is missing.
 pub async fn fetch(url: &Coordinators, id: &str, dir: &Path) -> Result<()> {
-    let id = super::resolve(url, id, super::Kind::Collection).await?;
-    let id = id.as_str();
-    let c = call(url, |mut c| {
-        let r = pb::CollectionRef { collection_id: id.into() };
-        async move { c.get_collection(r).await }
-    })
-    .await?
-    .into_inner();
+    let c = super::collection(url, id).await?;
+    let id = c.collection_id.as_str();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut sheet = sheet::collection::sheet(&c);
     let mut written = 0;

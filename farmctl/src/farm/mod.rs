@@ -180,6 +180,19 @@ where
     }
 }
 
+/// The collection `arg` names (a whole id, or a unique start of one),
+/// read whole.
+pub async fn collection(conn: &Coordinators, arg: &str) -> Result<pb::Collection> {
+    let id = resolve(conn, arg, Kind::Collection).await?;
+    let r = pb::CollectionRef { collection_id: id };
+    Ok(call(conn, |mut c| {
+        let r = r.clone();
+        async move { c.get_collection(r).await }
+    })
+    .await?
+    .into_inner())
+}
+
 /// What an id argument names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -16,14 +16,7 @@ use super::{call, Coordinators};
 
 pub async fn status(url: &Coordinators, id: Option<&str>, json: bool) -> Result<()> {
     let Some(id) = id else { return farm(url, json).await };
-    let id = super::resolve(url, id, super::Kind::Collection).await?;
-    let id = id.as_str();
-    let c = call(url, |mut c| {
-        let r = pb::CollectionRef { collection_id: id.into() };
-        async move { c.get_collection(r).await }
-    })
-    .await?
-    .into_inner();
+    let c = super::collection(url, id).await?;
     if json {
         // The contract's own JSON: a Collection, as the dashboard's API
         // and any proto3 JSON reader see it.
