@@ -30,30 +30,38 @@ pub(super) fn lease_query() -> &'static str {
     })
 }
 
-/// The users with queued work (not paused) and the head of each one's
-/// queue: `jobs_fair` walked one owner at a time (a loose index scan), so
-/// the cost grows with the users, not the queue.
+/// The users with queued work (not paused): `jobs_fair` walked one owner
+/// at a time (a loose index scan), so the cost grows with the users, not
+/// the queue.
 pub(super) fn waiting_query() -> &'static str {
     static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     QUERY.get_or_init(|| {
         let queued = format!("state = {QUEUED} AND prio < {PAUSED_PRIO}");
         format!(
             "WITH RECURSIVE owners(owner) AS (
-                 SELECT MIN(owner) FROM jobs WHERE {queued}
+                 SELECT (SELECT owner FROM jobs INDEXED BY jobs_fair WHERE {queued} ORDER BY owner LIMIT 1)
                  UNION ALL
-                 SELECT (SELECT MIN(j.owner) FROM jobs j WHERE j.{queued} AND j.owner > owners.owner) FROM owners WHERE owners.owner IS NOT NULL
+                 SELECT (SELECT j.owner FROM jobs j INDEXED BY jobs_fair WHERE j.{queued} AND j.owner > owners.owner ORDER BY j.owner LIMIT 1)
+                 FROM owners WHERE owners.owner IS NOT NULL
              )
-             SELECT o.owner, h.prio, h.cseq, h.seq FROM owners o
-             JOIN jobs h ON h.id = (SELECT id FROM jobs INDEXED BY jobs_fair WHERE {queued} AND owner = o.owner ORDER BY prio, cseq, seq LIMIT 1)
-             WHERE o.owner IS NOT NULL"
+             SELECT owner FROM owners WHERE owner IS NOT NULL"
         )
     })
 }
 
-/// Each user's running jobs (as many rows as busy workers at most).
-fn running_query() -> &'static str {
+/// The head of one user's (`?1`) queue: where their next job stands.
+pub(super) fn head_query() -> &'static str {
     static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    QUERY.get_or_init(|| format!("SELECT owner, CAST(COUNT(*) AS BIGINT) FROM jobs INDEXED BY jobs_held WHERE state = {RUNNING} GROUP BY owner"))
+    QUERY.get_or_init(|| {
+        format!("SELECT prio, cseq, seq FROM jobs INDEXED BY jobs_fair WHERE state = {QUEUED} AND owner = ?1 AND prio < {PAUSED_PRIO} ORDER BY prio, cseq, seq LIMIT 1")
+    })
+}
+
+/// Each user's running jobs, from the index `jobs_running_by_owner` alone
+/// (as many entries as busy workers at most).
+pub(super) fn running_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| format!("SELECT owner, CAST(COUNT(*) AS BIGINT) FROM jobs INDEXED BY jobs_running_by_owner WHERE state = {RUNNING} GROUP BY owner"))
 }
 
 /// A running job's spec again, for a worker that asks to lease while it
@@ -174,8 +182,20 @@ impl Db {
         }
         // Whose turn it is (fair shares, quotas), then the first of their
         // jobs this worker can take.
-        let waiting = tx.query_map(waiting_query(), args![], |r| Ok(Waiting { owner: r.get(0)?, head: (r.get(1)?, r.get(2)?, r.get(3)?) }))?;
-        let running: HashMap<String, u32> = tx.query_map(running_query(), args![], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u32)))?.into_iter().collect();
+        let owners: Vec<String> = tx.query_map(waiting_query(), args![], |r| r.get(0))?;
+        // One user waiting with no running quota: their turn whatever
+        // runs, so nothing more is read (the common case costs one probe).
+        let contested = owners.len() > 1 || owners.iter().any(|o| policy.max_running(o).is_some());
+        let mut waiting = Vec::with_capacity(owners.len());
+        for owner in owners {
+            let head = if contested { tx.query_row(head_query(), args![owner], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? } else { (0, 0, 0) };
+            waiting.push(Waiting { owner, head });
+        }
+        let running: HashMap<String, u32> = if contested {
+            tx.query_map(running_query(), args![], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u32)))?.into_iter().collect()
+        } else {
+            HashMap::new()
+        };
         let mut row = None;
         for owner in schedule::order(&waiting, &running, policy) {
             row = tx

@@ -140,11 +140,13 @@ CREATE INDEX collections_unmeasured ON collections(seq) WHERE measured = 0 AND d
 CREATE TABLE stored_inputs (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 "#,
     // Fair shares: each job carries its collection's owner, and the queue
-    // is also walked per owner (whose turn it is comes first).
+    // is also walked per owner (whose turn it is comes first); running
+    // jobs are counted per owner from an index alone.
     r#"
 ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 UPDATE jobs SET owner = COALESCE((SELECT owner FROM collections c WHERE c.id = jobs.collection_id), '');
 CREATE INDEX jobs_fair ON jobs(owner, prio, cseq, seq) WHERE state = 1;
+CREATE INDEX jobs_running_by_owner ON jobs(owner) WHERE state = 2;
 "#,
 ];
 
@@ -244,6 +246,7 @@ CREATE TABLE stored_inputs (key TEXT COLLATE "C" PRIMARY KEY, bytes BIGINT NOT N
 ALTER TABLE jobs ADD COLUMN owner TEXT COLLATE "C" NOT NULL DEFAULT '';
 UPDATE jobs SET owner = COALESCE((SELECT owner FROM collections c WHERE c.id = jobs.collection_id), '');
 CREATE INDEX jobs_fair ON jobs(owner, prio, cseq, seq) WHERE state = 1;
+CREATE INDEX jobs_running_by_owner ON jobs(owner) WHERE state = 2;
 "#,
 ];
 
