@@ -629,7 +629,9 @@ async fn skim_watch(ch: Channel, request: pb::CollectionRef) -> Result<Kinds, to
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!("/{}/Watch", pb::farm_server::SERVICE_NAME)).map_err(|e| tonic::Status::internal(e.to_string()))?;
     let mut request = tonic::Request::new(request);
-    request.metadata_mut().insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadtest-user-a"));
+    if let Ok(bearer) = format!("Bearer {TOKEN_A}").parse() {
+        request.metadata_mut().insert("authorization", bearer);
+    }
     let stream = grpc.server_streaming(request, path, Skim).await?.into_inner();
     Ok(Box::pin(stream))
 }
