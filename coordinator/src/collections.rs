@@ -79,6 +79,7 @@ pub(crate) async fn retry_failed(state: &State, caller: &Caller, id: &str) -> Re
     check_visible(state, caller, id).await?;
     let retried = state.db.run(|reply| Command::RetryFailed { id: id.to_string(), reply }).await?.map_err(call_err)?;
     tracing::info!(collection = %id, jobs = retried, "failed jobs retried");
+    state.preempt_now.notify_one();
     get(state, caller, id).await
 }
 
@@ -93,6 +94,7 @@ pub(crate) async fn update(state: &State, caller: &Caller, r: pb::UpdateCollecti
         return Err(Status::not_found(format!("no collection {id}")));
     }
     tracing::info!(collection = %id, ?paused, ?priority, "collection updated");
+    state.preempt_now.notify_one();
     get(state, caller, &id).await
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::db::sql;
 use crate::db::{Answer, Call, CallError, Claim, Db, Leased, Marked, NewCollection, Rules, Tried};
 use crate::machine::Event;
-use crate::schedule::Policy;
+use crate::schedule::{Policy, Preemption};
 
 /// Where a command's result goes once its group committed (`Err`: the
 /// commit failed, with why).
@@ -95,6 +95,9 @@ pub enum Command {
     Release { lease: LeaseRef, checkpoint: Option<(String, u32)>, rules: Rules, reply: Reply<Result<Answer, CallError>> },
     /// Requeue what lapsed (the jobs touched).
     ExpireLeases { rules: Rules, reply: Reply<sql::Result<Vec<String>>> },
+    /// Mark the running jobs that queued work outranks, to be given back
+    /// at their next checkpoint (those marked, with why).
+    Preempt { policy: Arc<Policy>, rules: Rules, min_run: f64, reply: Reply<sql::Result<Vec<Preemption>>> },
     // ---------------------------------------------------- notifications --
     /// Claim the next try of a collection's notification until `until`.
     ClaimNotification { id: String, now: f64, until: f64, delivery: String, reply: Reply<sql::Result<Option<Claim>>> },
@@ -140,6 +143,7 @@ impl Command {
                 settle(reply, db.release(&lease.call(), checkpoint.as_ref().map(|(k, i)| (k.as_str(), *i)), &rules))
             }
             Command::ExpireLeases { rules, reply } => settle(reply, db.expire_leases(&rules)),
+            Command::Preempt { policy, rules, min_run, reply } => settle(reply, db.preempt(&policy, &rules, min_run)),
             Command::ClaimNotification { id, now, until, delivery, reply } => settle(reply, db.claim_notification(&id, now, until, &delivery)),
             Command::NotificationTried { id, delivery, tried, reply } => settle(reply, db.notification_tried(&id, &delivery, tried)),
             Command::RecordUsage { id, folder_bytes, inputs, at, reply } => settle(reply, db.record_usage(&id, folder_bytes, &inputs, at)),

@@ -34,6 +34,10 @@ pub struct Config {
     /// How users share the workers: weights and quotas (`--share`,
     /// `--max-running`, `--max-queued`).
     pub policy: Arc<Policy>,
+    /// Running jobs are preempted (taken back at a checkpoint) for work
+    /// that outranks them, each at most once in this many seconds
+    /// (`--min-run`); `None`: never (`--no-preemption`).
+    pub min_run: Option<f64>,
     pub default_checkpoint_every: u32,
     /// Largest gRPC message accepted (uploads carry images).
     pub max_message_bytes: usize,
@@ -102,6 +106,8 @@ impl Config {
     /// (BENCHMARKS.md); a database on its own cores takes more.
     pub const WRITERS: usize = 2;
     pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+    /// A job is preempted at most once a minute: nothing thrashes.
+    pub const MIN_RUN_SECONDS: f64 = 60.0;
 
     /// The defaults `farm-coordinator` starts with (no tokens, no TLS, no
     /// metrics; storage in `data_dir/storage`): one place for them, used by
@@ -118,6 +124,7 @@ impl Config {
             quarantine_after: Self::QUARANTINE_AFTER,
             limits: ImageLimits::default(),
             policy: Arc::default(),
+            min_run: Some(Self::MIN_RUN_SECONDS),
             default_checkpoint_every: Self::CHECKPOINT_EVERY,
             max_message_bytes: Self::MAX_REQUEST_MB << 20,
             max_jobs: Self::MAX_JOBS,

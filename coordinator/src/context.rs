@@ -34,5 +34,8 @@ pub(crate) struct State {
     pub(crate) sheets: Work,
     /// One merger of committed changes per watched collection.
     pub(crate) hubs: crate::hub::Hubs,
+    /// Wakes the preemption pass ([`crate::preemption`]) after a change
+    /// that can make queued work outrank running work.
+    pub(crate) preempt_now: tokio::sync::Notify,
 }
 

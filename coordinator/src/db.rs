@@ -24,6 +24,7 @@ mod fleet;
 mod leases;
 pub mod ids;
 mod notify;
+mod preempt;
 pub mod copy;
 mod schema;
 mod usage;

@@ -68,6 +68,7 @@ pub(crate) async fn act(state: &State, caller: &Caller, id: &str, event: Event, 
     if !changes_json.trim().is_empty() {
         tracing::info!(job = %id, changes = %changes_json, "retried with changes");
     }
+    state.preempt_now.notify_one();
     get(state, caller, id).await?.job.ok_or_else(|| Status::not_found(format!("no job {id}")))
 }
 

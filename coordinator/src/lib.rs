@@ -15,6 +15,9 @@
 //! - [`conn`]: connections on both ports capped per address and in all,
 //!   and closed when silent;
 //! - [`machine`]: the job state machine, one pure function;
+//! - [`schedule`]: who gets a free worker and which running job to take
+//!   back for whom (fair shares, priorities, quotas), pure functions;
+//!   [`preemption`]: the pass that applies the second;
 //! - [`paths`]: the storage layout, the one place a key is formed;
 //! - [`db`]: the schema and every state change, one savepoint each;
 //! - [`state`]: the one thread that owns the writing connection (group
@@ -63,6 +66,7 @@ pub mod machine;
 pub mod notify;
 pub mod paging;
 pub mod paths;
+pub mod preemption;
 pub mod retry;
 pub mod schedule;
 pub mod service;
@@ -210,13 +214,14 @@ pub async fn run_with_dashboard(
     let submits = Admission::submits(config.max_submits_per_client, config.max_submits);
     let work = Work::new(config.work_threads);
     let hubs = hub::Hubs::new(owner.events.clone());
-    let state = Arc::new(State { db: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, zips: Admission::zips(), work, sheets: Work::new(1), hubs });
+    let state = Arc::new(State { db: owner, store, farm_id, input_stores, config: config.clone(), watchers, submits, zips: Admission::zips(), work, sheets: Work::new(1), hubs, preempt_now: Default::default() });
 
     let background = CancellationToken::new();
     tokio::spawn(expire_leases(state.clone(), background.clone()));
     tokio::spawn(notify::run(state.clone(), background.clone()));
     tokio::spawn(deleter::run(state.clone(), background.clone()));
     tokio::spawn(usage::run(state.clone(), background.clone()));
+    tokio::spawn(preemption::run(state.clone(), background.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FarmServer<FarmService>>().await;

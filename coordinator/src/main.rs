@@ -132,6 +132,12 @@ struct Args {
     /// Most jobs one user may have queued (a submit past it is refused): NAME=N, or '*=N'. Repeat.
     #[arg(long)]
     max_queued: Vec<String>,
+    /// A running job is preempted (checkpointed and given back, at no cost to it) when queued work outranks it: a higher-priority job of its user, or a user 2+ workers further below their share. At most once per this many seconds per job.
+    #[arg(long, value_name = "SECONDS", default_value_t = Config::MIN_RUN_SECONDS, value_parser = non_negative_seconds)]
+    min_run: f64,
+    /// Never preempt: a job keeps its worker until it ends.
+    #[arg(long)]
+    no_preemption: bool,
     /// Most jobs one collection may have.
     #[arg(long, default_value_t = Config::MAX_JOBS)]
     max_jobs: usize,
@@ -148,6 +154,13 @@ fn positive_days(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(d) if d.is_finite() && d > 0.0 => Ok(d),
         _ => Err(format!("`{s}` is not a number of days above 0 (e.g. 30, or 0.5 for twelve hours)")),
+    }
+}
+
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(d) if d.is_finite() && d >= 0.0 => Ok(d),
+        _ => Err(format!("`{s}` is not a number of seconds (0 or more)")),
     }
 }
 
@@ -234,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
         writers: a.writers.max(1),
         metrics_listen: a.metrics_listen,
         policy: Arc::new(policy),
+        min_run: (!a.no_preemption).then_some(a.min_run),
         tokens,
         tls: a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key, client_ca: a.tls_client_ca }),
     };

@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use stylefarm_proto::labels::Labels;
+
 /// Where a job stands in its user's queue, lowest first: the collection's
 /// priority (negated, so the highest first; paused collections sort past
 /// every other), the collection's order, the job's.
@@ -114,6 +116,153 @@ pub fn order(waiting: &[Waiting], running: &HashMap<String, u32>, policy: &Polic
     offered.into_iter().map(|w| w.owner.clone()).collect()
 }
 
+/// Queued work of one user at one priority needing one pool, as
+/// preemption sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub owner: String,
+    /// Where its first job stands.
+    pub head: QueueKey,
+    pub jobs: u32,
+    /// The least memory one of them needs (0: any worker).
+    pub min_memory: u64,
+    /// The labels a worker needs to take them.
+    pub require: Labels,
+}
+
+/// A worker, as preemption sees it: what jobs it can take.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Slot {
+    /// Its memory (0: not said; offered any job).
+    pub memory: u64,
+    pub labels: Labels,
+}
+
+/// A running job, as preemption sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    pub job: String,
+    pub owner: String,
+    /// Where it stood in its user's queue.
+    pub key: QueueKey,
+    /// The labels it requires (it is queued again with them).
+    pub require: Labels,
+    /// Seconds since it was last preempted (infinite: never).
+    pub since_preempted: f64,
+    /// The worker it runs on.
+    pub worker: Slot,
+    /// Already asked to give the job back (preempted, or its collection
+    /// paused): its worker is as good as free.
+    pub leaving: bool,
+}
+
+/// A running job to take back at its next checkpoint, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preemption {
+    pub job: String,
+    /// Whose queued job gets the worker.
+    pub for_owner: String,
+    pub why: String,
+}
+
+/// `worker` can take a job of `group`, as the lease reads it: enough
+/// memory (0: a worker that did not say) and every label required.
+fn fits(worker: &Slot, group: &Queued) -> bool {
+    (worker.memory == 0 || group.min_memory <= worker.memory) && worker.labels.satisfy(&group.require)
+}
+
+/// Each user's queue head, from their groups with jobs left.
+fn heads(groups: &[Queued]) -> Vec<Waiting> {
+    let mut heads: Vec<Waiting> = Vec::new();
+    for g in groups.iter().filter(|g| g.jobs > 0) {
+        match heads.iter_mut().find(|w| w.owner == g.owner) {
+            Some(w) => w.head = w.head.min(g.head),
+            None => heads.push(Waiting { owner: g.owner.clone(), head: g.head }),
+        }
+    }
+    heads
+}
+
+/// Which group `worker`, freed, would lease from, by [`order`]: the first
+/// user offered with a job it can take, their best such group.
+fn next_lease(groups: &[Queued], held: &HashMap<String, u32>, policy: &Policy, worker: &Slot) -> Option<usize> {
+    order(&heads(groups), held, policy).into_iter().find_map(|owner| {
+        groups.iter().enumerate().filter(|(_, g)| g.owner == owner && g.jobs > 0 && fits(worker, g)).min_by_key(|(_, g)| g.head).map(|(i, _)| i)
+    })
+}
+
+/// The worker goes to `group`'s user: one job fewer queued, one more held.
+fn hand_out(groups: &mut [Queued], held: &mut HashMap<String, u32>, group: usize) {
+    groups[group].jobs -= 1;
+    *held.entry(groups[group].owner.clone()).or_default() += 1;
+}
+
+/// `job`, queued again where it stood.
+fn requeued(job: &Running) -> Queued {
+    Queued { owner: job.owner.clone(), head: job.key, jobs: 1, min_memory: 0, require: job.require.clone() }
+}
+
+/// Which running jobs to take back at their next checkpoint so that
+/// queued work that outranks them runs now, not when some job happens to
+/// end. A running job is outranked when the worker it frees would go, by
+/// the lease's own rule ([`order`]), to another job that is either its
+/// user's at a higher priority, or another user's who is at least 2
+/// workers further below their share than its user (so the swap cannot
+/// be undone by the next pass: both end nearer their shares, never
+/// crossed). Priority ranks one user's work; between users, shares
+/// decide.
+///
+/// Workers about to be free (`idle`, and those of `leaving` jobs) are
+/// handed out first, as the lease would: nothing is preempted for work an
+/// idle worker will take. A job preempted less than `min_run` seconds ago
+/// stays. Of the outranked, the lowest-ranked goes first: its user the
+/// furthest above their share, then the lowest priority, the newest.
+pub fn preempt(queued: &[Queued], running: &[Running], idle: &[Slot], policy: &Policy, min_run: f64) -> Vec<Preemption> {
+    let mut groups: Vec<Queued> = queued.iter().filter(|g| g.jobs > 0).cloned().collect();
+    let mut held: HashMap<String, u32> = HashMap::new();
+    for job in running.iter().filter(|r| !r.leaving) {
+        *held.entry(job.owner.clone()).or_default() += 1;
+    }
+    let leaving: Vec<&Running> = running.iter().filter(|r| r.leaving).collect();
+    groups.extend(leaving.iter().map(|r| requeued(r)));
+    for worker in idle.iter().chain(leaving.iter().map(|r| &r.worker)) {
+        if let Some(g) = next_lease(&groups, &held, policy, worker) {
+            hand_out(&mut groups, &mut held, g);
+        }
+    }
+    let mut candidates: Vec<&Running> = running.iter().filter(|r| !r.leaving && r.since_preempted >= min_run).collect();
+    let mut taken = Vec::new();
+    loop {
+        let busy = held.values().sum::<u32>() as f64;
+        let shares = fair_shares(&heads(&groups), &held, policy, busy);
+        let below = |o: &str| shares.get(o).copied().unwrap_or(0.0) - held.get(o).copied().unwrap_or(0) as f64;
+        candidates.sort_by(|a, b| below(&a.owner).total_cmp(&below(&b.owner)).then(b.key.cmp(&a.key)));
+        let found = candidates.iter().enumerate().find_map(|(i, job)| {
+            let mut after = groups.clone();
+            after.push(requeued(job));
+            let mut held_after = held.clone();
+            *held_after.entry(job.owner.clone()).or_default() -= 1;
+            let to = &after[next_lease(&after, &held_after, policy, &job.worker)?];
+            let why = if to.owner == job.owner {
+                (to.head.0 < job.key.0).then(|| format!("a queued job of the same user at priority {} outranks this one's {}", -to.head.0, -job.key.0))
+            } else {
+                let (theirs, ours) = (below(&to.owner), below(&job.owner));
+                (theirs - ours >= 2.0).then(|| format!("another user is {theirs:.1} workers below their share; this job's user is {:.1} {}", ours.abs(), if ours < 0.0 { "above theirs" } else { "below theirs" }))
+            };
+            why.map(|why| (i, to.owner.clone(), why))
+        });
+        let Some((i, for_owner, why)) = found else { break };
+        let job = candidates.remove(i);
+        *held.entry(job.owner.clone()).or_default() -= 1;
+        groups.push(requeued(job));
+        if let Some(g) = next_lease(&groups, &held, policy, &job.worker) {
+            hand_out(&mut groups, &mut held, g);
+        }
+        taken.push(Preemption { job: job.job.clone(), for_owner, why });
+    }
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +344,133 @@ mod tests {
         let p = Policy { max_running_each: Some(2), max_running: [("vip".to_string(), 10)].into(), max_queued_each: Some(100), ..Policy::default() };
         assert_eq!((p.max_running("someone"), p.max_running("vip")), (Some(2), Some(10)));
         assert_eq!((p.max_queued("someone"), Policy::default().max_queued("someone")), (Some(100), None));
+    }
+
+    fn queued(groups: &[(&str, QueueKey, u32, u64)]) -> Vec<Queued> {
+        groups.iter().map(|(o, head, jobs, min_memory)| Queued { owner: o.to_string(), head: *head, jobs: *jobs, min_memory: *min_memory, require: Labels::default() }).collect()
+    }
+
+    fn slot(memory: u64) -> Slot {
+        Slot { memory, labels: Labels::default() }
+    }
+
+    /// Running jobs `(job, owner, key)`, long past any `--min-run`, on
+    /// 8 GiB workers.
+    fn runs(jobs: &[(&str, &str, QueueKey)]) -> Vec<Running> {
+        jobs.iter()
+            .map(|(job, o, key)| Running {
+                job: job.to_string(),
+                owner: o.to_string(),
+                key: *key,
+                require: Labels::default(),
+                since_preempted: f64::INFINITY,
+                worker: slot(8 << 30),
+                leaving: false,
+            })
+            .collect()
+    }
+
+    fn full_of_a() -> Vec<Running> {
+        runs(&[("a1", "a", (0, 1, 1)), ("a2", "a", (0, 1, 2)), ("a3", "a", (0, 1, 3)), ("a4", "a", (0, 1, 4))])
+    }
+
+    #[test]
+    fn a_running_job_is_taken_back_only_for_work_the_lease_would_give_its_worker() {
+        let recent = |mut r: Vec<Running>, seconds: f64| {
+            r.iter_mut().for_each(|j| j.since_preempted = seconds);
+            r
+        };
+        let leaving = |mut r: Vec<Running>, job: &str| {
+            r.iter_mut().filter(|j| j.job == job).for_each(|j| j.leaving = true);
+            r
+        };
+        let a100 = Labels::parse(&["pool=a100"]).unwrap();
+        let needs_a100 = |mut q: Vec<Queued>| {
+            q.iter_mut().for_each(|g| g.require = a100.clone());
+            q
+        };
+        let on_a100 = |mut r: Vec<Running>, job: &str| {
+            r.iter_mut().filter(|j| j.job == job).for_each(|j| j.worker.labels = a100.clone());
+            r
+        };
+        // (queued, running, idle workers, policy) → the jobs taken back.
+        let table: &[(&str, Vec<Queued>, Vec<Running>, Vec<Slot>, Policy, &[&str])] = &[
+            ("a holds the farm, b queues one: a's newest goes", queued(&[("b", (0, 2, 1), 1, 0)]), full_of_a(), vec![], Policy::default(), &["a4"]),
+            ("… b queues four: until they hold 2 each", queued(&[("b", (0, 2, 1), 4, 0)]), full_of_a(), vec![], Policy::default(), &["a4", "a3"]),
+            // a 3, b 1 of 4: b's share is 1.
+            ("weights 3:1: b gets its one", queued(&[("b", (0, 2, 1), 9, 0)]), full_of_a(), vec![], policy(&[("a", 3.0)], &[]), &["a4"]),
+            (
+                "a rush job of a's own takes back a's lowest-priority, newest job",
+                queued(&[("a", (-5, 2, 1), 1, 0)]),
+                runs(&[("a1", "a", (0, 1, 1)), ("a2", "a", (-1, 1, 2)), ("a3", "a", (0, 1, 3))]),
+                vec![],
+                Policy::default(),
+                &["a3"],
+            ),
+            ("a's older job at the same priority waits its turn", queued(&[("a", (0, 0, 1), 5, 0)]), full_of_a(), vec![], Policy::default(), &[]),
+            (
+                "b's rush job, b at its share: b's own job goes, not a's",
+                queued(&[("b", (-10, 3, 1), 1, 0)]),
+                runs(&[("a1", "a", (0, 1, 1)), ("a2", "a", (0, 1, 2)), ("b1", "b", (0, 2, 1)), ("b2", "b", (0, 2, 2))]),
+                vec![],
+                Policy::default(),
+                &["b2"],
+            ),
+            (
+                "one worker from the share (a 2.5, b 1.5 of 4 … a holds 3): no swap, it would swap back",
+                queued(&[("b", (0, 2, 1), 5, 0)]),
+                runs(&[("a1", "a", (0, 1, 1)), ("a2", "a", (0, 1, 2)), ("b1", "b", (0, 2, 1))]),
+                vec![],
+                Policy::default(),
+                &[],
+            ),
+            ("an idle worker will take b's job", queued(&[("b", (0, 2, 1), 1, 0)]), full_of_a(), vec![slot(8 << 30)], Policy::default(), &[]),
+            ("… unless b's job does not fit it", queued(&[("b", (0, 2, 1), 1, 4 << 30)]), full_of_a(), vec![slot(1 << 30)], Policy::default(), &["a4"]),
+            ("b's job fits none of a's workers", queued(&[("b", (0, 2, 1), 1, 16 << 30)]), full_of_a(), vec![], Policy::default(), &[]),
+            ("a job already leaving frees the worker b needs", queued(&[("b", (0, 2, 1), 1, 0)]), leaving(full_of_a(), "a2"), vec![], Policy::default(), &[]),
+            ("preempted within --min-run: stays", queued(&[("b", (0, 2, 1), 1, 0)]), recent(full_of_a(), 10.0), vec![], Policy::default(), &[]),
+            ("preempted longer ago: may go again", queued(&[("b", (0, 2, 1), 1, 0)]), recent(full_of_a(), 61.0), vec![], Policy::default(), &["a4"]),
+            ("b's job needs pool=a100, which none of a's workers has", needs_a100(queued(&[("b", (0, 2, 1), 1, 0)])), full_of_a(), vec![], Policy::default(), &[]),
+            ("… one has it: that one's job goes, not the newest", needs_a100(queued(&[("b", (0, 2, 1), 1, 0)])), on_a100(full_of_a(), "a2"), vec![], Policy::default(), &["a2"]),
+            ("an idle worker outside the pool does not count", needs_a100(queued(&[("b", (0, 2, 1), 1, 0)])), on_a100(full_of_a(), "a2"), vec![slot(0)], Policy::default(), &["a2"]),
+            ("b at its running quota: nothing for b", queued(&[("b", (0, 2, 1), 1, 0)]), full_of_a(), vec![], policy(&[], &[("b", 0)]), &[]),
+            ("nobody waits", queued(&[]), full_of_a(), vec![], Policy::default(), &[]),
+        ];
+        for (what, q, r, idle, p, expected) in table {
+            let taken: Vec<String> = preempt(q, r, idle, p, 60.0).into_iter().map(|t| t.job).collect();
+            assert_eq!(taken, expected.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_preemption_says_for_whom_and_why() {
+        let taken = preempt(&queued(&[("b", (0, 2, 1), 1, 0)]), &full_of_a(), &[], &Policy::default(), 60.0);
+        assert_eq!(taken[0].for_owner, "b");
+        assert!(taken[0].why.contains("2.0 workers below their share") && taken[0].why.contains("2.0 above"), "{}", taken[0].why);
+        let taken = preempt(&queued(&[("a", (-5, 2, 1), 1, 0)]), &full_of_a(), &[], &Policy::default(), 60.0);
+        assert_eq!((taken[0].for_owner.as_str(), taken[0].why.as_str()), ("a", "a queued job of the same user at priority 5 outranks this one's 0"));
+    }
+
+    /// Passes repeated as the farm changes never undo each other: after
+    /// every pass is applied (each job taken back goes to whom the lease
+    /// gives it), the next pass takes nothing.
+    #[test]
+    fn a_second_pass_takes_nothing_back() {
+        for (a_weight, b_jobs, workers) in [(1.0, 3, 4), (1.0, 50, 9), (3.0, 50, 12), (0.5, 2, 5), (2.0, 7, 7)] {
+            let p = policy(&[("a", a_weight)], &[]);
+            let mut running: Vec<Running> = (0..workers).map(|i| runs(&[(&format!("a{i}"), "a", (0, 1, i as i64))]).remove(0)).collect();
+            let mut q = queued(&[("a", (0, 1, 100), 100, 0), ("b", (0, 2, 1), b_jobs, 0)]);
+            let taken = preempt(&q, &running, &[], &p, 60.0);
+            assert!(!taken.is_empty());
+            for t in &taken {
+                let i = running.iter().position(|r| r.job == t.job).unwrap();
+                let freed = running.remove(i);
+                let g = q.iter().position(|g| g.owner == t.for_owner).unwrap();
+                q[g].jobs -= 1;
+                running.push(Running { job: format!("{}-for-{}", freed.job, t.for_owner), owner: t.for_owner.clone(), key: q[g].head, since_preempted: f64::INFINITY, leaving: false, ..freed });
+            }
+            assert_eq!(preempt(&q, &running, &[], &p, 60.0), vec![], "weights {a_weight}:1, {b_jobs} queued for b, {workers} workers");
+        }
     }
 
     /// Leasing one job at a time by the rule, with jobs that all take as

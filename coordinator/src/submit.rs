@@ -18,6 +18,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use stylefarm_params::JobParams;
 use stylefarm_proto as pb;
+use stylefarm_proto::labels::Labels;
 use stylefarm_shared::image_io::{decode_rgb, ImageLimits};
 use stylefarm_shared::size::{fit_max_side, MAX_RENDER_SIDE};
 use stylefarm_shared::storage::ConfinedReadError;
@@ -223,6 +224,7 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
     let mut r = request.into_inner();
     check_shape(&r)?;
     r.notify_url = crate::notify::check_url(&r.notify_url, &farm.config.notify_prefixes)?;
+    let require = Labels::parse(&r.require).map_err(|e| Status::invalid_argument(format!("require: {e}")))?;
     let (owner, key) = (caller.owner.clone(), r.idempotency_key.clone());
     if let Some((collection_id, jobs)) = farm.db.read(move |db| db.submitted(&owner, &key)).await?.map_err(db_err)? {
         return Ok(Response::new(pb::SubmitResponse { collection_id, jobs }));
@@ -265,6 +267,9 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
         sizes.push(if r.max_side > 0 { fit_max_side(c.size, r.max_side).map_err(|e| Status::invalid_argument(e.to_string()))? } else { (r.width, r.height) });
     }
     check_devices(farm, &variants, &contents, &sizes).await?;
+    if !r.wait_for_pool {
+        check_pool(farm, &require).await?;
+    }
     // Everything is valid: store the inputs (content-addressed, so a
     // retry rewrites the same objects), then create the jobs at once.
     let mut stored = std::collections::BTreeSet::new();
@@ -330,8 +335,10 @@ pub(crate) async fn submit_collection(farm: &State, request: Request<pb::SubmitR
         jobs,
         notify_url: r.notify_url,
         max_queued,
+        require: require.written(),
     };
     let (collection_id, jobs) = farm.db.run(|reply| Command::CreateCollection { collection: new, reply }).await?.map_err(call_err)?;
+    farm.preempt_now.notify_one();
     Ok(Response::new(pb::SubmitResponse { collection_id, jobs }))
 }
 
@@ -350,6 +357,24 @@ async fn check_devices(farm: &State, variants: &[JobParams], contents: &[Input],
         }
     }
     Ok(())
+}
+
+/// A requirement no worker ever registered with is refused now (a typo
+/// would wait forever), naming what is missing.
+async fn check_pool(farm: &State, require: &Labels) -> Result<(), Status> {
+    if require.is_empty() {
+        return Ok(());
+    }
+    let registered: Vec<Labels> = farm.db.read(|db| db.worker_label_sets()).await?.map_err(db_err)?;
+    if registered.iter().any(|labels| labels.satisfy(require)) {
+        return Ok(());
+    }
+    let missing = registered.iter().map(|l| l.missing(require)).min_by_key(Vec::len).unwrap_or_else(|| require.iter().collect());
+    Err(Status::failed_precondition(format!(
+        "no worker has ever registered with {} (the nearest lacks {}); start one with --label, or submit with --wait-for-pool to queue anyway",
+        require.iter().collect::<Vec<_>>().join(" "),
+        missing.join(" ")
+    )))
 }
 
 /// The most memory a worker registered in the last day offers (`None`:

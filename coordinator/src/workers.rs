@@ -66,6 +66,7 @@ fn check_registration(r: &pb::RegisterRequest) -> Result<(), Status> {
         let shown: String = r.device.chars().take(40).collect();
         return Err(Status::invalid_argument(format!("device `{shown}` is not cpu or cuda:N")));
     }
+    stylefarm_proto::labels::Labels::parse(&r.labels).map_err(|e| Status::invalid_argument(format!("labels: {e}")))?;
     Ok(())
 }
 
@@ -135,7 +136,8 @@ impl Workers for WorkersService {
         let checkpoint = if r.checkpoint_name.is_empty() { None } else { Some(self.key_in_attempt(&lease, "checkpoint_name", &r.checkpoint_name).await?) };
         let rules = self.rules();
         let answer = self.0.db.run(|reply| Command::Heartbeat { lease, request: r, checkpoint, rules, reply }).await?.map_err(call_err)?;
-        Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled, release: answer.release && !answer.cancelled }))
+        let release_reason = answer.release.filter(|_| !answer.cancelled).unwrap_or_default();
+        Ok(Response::new(pb::HeartbeatResponse { cancelled: answer.cancelled, release: !release_reason.is_empty(), release_reason }))
     }
 
     async fn complete(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {

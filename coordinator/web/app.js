@@ -223,6 +223,8 @@ async function farmView() {
   const box = h("div", {});
   show(h("h1", {}, "Farm"), box);
   teardown.push(() => offline(false));
+  // Workers shown: those with this label (a click on a label sets it).
+  let only = "";
   const draw = async () => {
     let f;
     try {
@@ -263,10 +265,15 @@ async function farmView() {
         w.draining || w.quarantined ? h("button", { class: "resume", title: "lease again", onclick: act(w, "resume") }, "Resume") : null,
         gone && !w.current_job ? h("button", { class: "forget", title: "take it off the list", onclick: act(w, "forget") }, "Forget") : null);
     };
-    const rows = f.workers.map((w) =>
+    const pick = (label) => () => { only = only === label ? "" : label; draw(); };
+    const labelsCell = (w) => h("td", { "data-label": "labels" },
+      (w.labels || []).map((l) => h("button", { class: `label${l === only ? " on" : ""}`, title: `show only workers with ${l}`, onclick: pick(l) }, l)));
+    const shown = f.workers.filter((w) => !only || (w.labels || []).includes(only));
+    const rows = shown.map((w) =>
       h("tr", { class: `worker ${stateOf(w)}`, "data-worker": w.worker_id, "data-name": w.name },
         h("td", { "data-label": "name" }, w.name),
         h("td", { "data-label": "device" }, w.device, w.device_name ? h("span", { class: "muted" }, ` ${w.device_name}`) : null),
+        labelsCell(w),
         h("td", { "data-label": "job" }, w.current_job ? h("a", { href: `#/j/${w.current_job}`, title: w.current_job }, w.current_job.slice(0, 8)) : h("span", { class: "muted" }, "idle")),
         h("td", { class: "num", "data-label": "iterations/s" }, pace.has(w.worker_id) ? pace.get(w.worker_id).toFixed(2) : ""),
         h("td", { "data-label": "last heard" }, agoSpan(w.last_seen_unix)),
@@ -280,9 +287,10 @@ async function farmView() {
         stat("failed-total", "failed jobs", j.failed || 0),
         stat("stored", "stored", bytes(f.stored_bytes))),
       h("h2", {}, "Workers"),
+      only ? h("p", { id: "worker-filter" }, `Workers with ${only} (${shown.length} of ${f.workers.length}) · `, h("button", { class: "link", onclick: pick(only) }, "show all")) : null,
       f.workers.length === 0 ? h("p", { class: "muted" }, "No worker has registered.") :
         h("table", { id: "workers", class: "cards" },
-          h("thead", {}, h("tr", {}, ["name", "device", "job", "iterations/s", "last heard", "state", ""].map((t) => h("th", {}, t)))),
+          h("thead", {}, h("tr", {}, ["name", "device", "labels", "job", "iterations/s", "last heard", "state", ""].map((t) => h("th", {}, t)))),
           h("tbody", {}, rows)),
       h("h2", {}, "Failures in the last day, by cause"),
       f.failures_last_day.length === 0 ? h("p", { id: "failures", class: "muted" }, "None.") :

@@ -164,6 +164,12 @@ impl From<PoolingArg> for Pooling {
 }
 
 /// `--bit-depth`: 8 or 16.
+/// A label `KEY=VALUE` (`--require`, `workers --label`), checked as the
+/// coordinator checks it.
+pub fn label(s: &str) -> std::result::Result<String, String> {
+    stylefarm_proto::labels::check(s).map(|()| s.to_string())
+}
+
 pub fn parse_bit_depth(s: &str) -> Result<u8> {
     match s.trim() {
         "8" => Ok(8),

@@ -134,6 +134,10 @@ enum Command {
         /// Also workers gone for more than an hour, replaced and forgotten.
         #[arg(long)]
         all: bool,
+        /// Only workers with this label (KEY=VALUE, as farm-worker --label;
+        /// device=cpu and model=… are set by each worker). Repeat: all of them.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = flags::label)]
+        labels: Vec<String>,
         /// Print farm.proto's ListWorkersResponse as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -240,8 +244,8 @@ fn main() -> anyhow::Result<()> {
         Command::Resume { id } => farm_runtime()?.block_on(farm::update(&url, &id, Some(false), None)),
         Command::Priority { id, priority } => farm_runtime()?.block_on(farm::update(&url, &id, None, Some(priority))),
         Command::Delete { id, cancel } => farm_runtime()?.block_on(farm::delete(&url, &id, cancel)),
-        Command::Workers { all, json, action } => {
-            farm_runtime()?.block_on(farm::workers(&url, all, json, action))
+        Command::Workers { all, labels, json, action } => {
+            farm_runtime()?.block_on(farm::workers(&url, all, &labels, json, action))
         }
         Command::Retry { job, failed, set } => match (job, failed) {
             (_, Some(collection)) => {

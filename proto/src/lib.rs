@@ -5,6 +5,7 @@
 //! server (the coordinator's `auth`).
 
 pub mod codec;
+pub mod labels;
 pub mod limits;
 pub mod states;
 

@@ -34,20 +34,30 @@ impl Leased {
 impl ScriptedWorker {
     /// Registers as `name` with `token` (or none) at `url`.
     pub async fn register(url: &str, token: Option<&str>, storage: &Path, name: &str) -> Self {
+        Self::register_with(url, token, storage, name, &[]).await.unwrap()
+    }
+
+    /// [`ScriptedWorker::register`] with `labels`; the refusal, if any.
+    pub async fn register_with(url: &str, token: Option<&str>, storage: &Path, name: &str, labels: &[&str]) -> Result<Self, tonic::Status> {
         let channel = Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap();
         let interceptor: Interceptor = match token {
             Some(t) => Box::new(crate::with_token(t)),
             None => Box::new(Ok),
         };
         let mut client = pb::workers_client::WorkersClient::with_interceptor(channel, interceptor);
-        let r = pb::RegisterRequest { name: name.into(), device: "cpu".into(), ..Default::default() };
-        let id = client.register(r).await.unwrap().into_inner().worker_id;
-        Self { client, id, storage: storage.to_path_buf() }
+        let r = pb::RegisterRequest { name: name.into(), device: "cpu".into(), labels: labels.iter().map(|l| l.to_string()).collect(), ..Default::default() };
+        let id = client.register(r).await?.into_inner().worker_id;
+        Ok(Self { client, id, storage: storage.to_path_buf() })
     }
 
     pub async fn lease(&mut self) -> Leased {
+        self.try_lease().await.expect("a job to lease")
+    }
+
+    /// A lease, if there is a job for this worker.
+    pub async fn try_lease(&mut self) -> Option<Leased> {
         let r = self.client.lease(pb::LeaseRequest { worker_id: self.id.clone(), free_memory_bytes: 0 }).await.unwrap().into_inner();
-        Leased { spec: r.job.expect("a job to lease"), token: r.fencing_token }
+        r.job.map(|spec| Leased { spec, token: r.fencing_token })
     }
 
     /// Writes `files` (name, bytes) into the attempt's folder.
@@ -94,8 +104,8 @@ impl ScriptedWorker {
     }
 
     /// Reports progress: `iteration` of `iterations` (a heartbeat, no
-    /// preview written).
-    pub async fn progress(&mut self, job: &Leased, iteration: u32, iterations: u32) {
+    /// preview written); the coordinator's answer.
+    pub async fn progress(&mut self, job: &Leased, iteration: u32, iterations: u32) -> pb::HeartbeatResponse {
         let r = pb::HeartbeatRequest {
             worker_id: self.id.clone(),
             job_id: job.spec.job_id.clone(),
@@ -103,7 +113,7 @@ impl ScriptedWorker {
             progress: Some(pb::Progress { iteration, iterations, total: 1.0, ..Default::default() }),
             ..Default::default()
         };
-        self.client.heartbeat(r).await.unwrap();
+        self.client.heartbeat(r).await.unwrap().into_inner()
     }
 
     /// Tells the coordinator the attempt resumed from `iteration`.

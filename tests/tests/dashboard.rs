@@ -381,13 +381,14 @@ fn wait_as_admin(farm: &Farm, id: &str, what: &str, pred: impl Fn(&Value) -> boo
 async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_the_page() {
     stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights, stylefarm_tests::Need::Browser);
     let mut farm = farm_with_dashboard(&["--admin-token", ADMIN]);
-    farm.add_worker_with("w1", &["--token", WORKER]);
+    farm.add_worker_with("w1", &["--token", WORKER, "--label", "pool=a100"]);
     let page = farm.dashboard.clone().unwrap();
     let id = submit_as(
         &farm,
         ADMIN,
         &["--content", &fixture("content.png"), "--style", &fixture("style.png"), "--size", "16x12", "--iters", "4", "--beta", "1e300"],
     );
+    let _w2 = stylefarm_tests::scripted::ScriptedWorker::register(&farm.url, Some(WORKER), &farm.dir.path().join("data/storage"), "w2").await;
     let driver = chromedriver();
     let c = browser(&driver).await;
     sign_in_strict(&c, &page, ADMIN).await;
@@ -400,14 +401,28 @@ async fn an_operator_drains_a_worker_and_retries_a_failed_job_with_changes_on_th
     let refused = reqwest::Client::new().post(format!("{page}api/workers/{worker_id}/drain")).bearer_auth(USER).json(&json!({})).send().await.unwrap();
     assert_eq!(refused.status(), 403, "draining takes an admin token");
 
+    // Labels: w1's own and the device's; a click on one shows only the
+    // workers that have it, a second click all again.
+    let rows = "return [...document.querySelectorAll('tr.worker')].map((r) => r.dataset.name).sort().join(' ')";
+    until(&c, "both workers listed", rows, |v| v == "w1 w2").await;
+    let labels = until(&c, "w1's labels", "return [...document.querySelectorAll('tr.worker[data-name=w1] button.label')].map((b) => b.textContent).join(' ')", |v| v.as_str().is_some_and(|s| s.contains("pool=a100"))).await;
+    assert!(labels.as_str().unwrap().contains("device=cpu"), "the worker labels its device: {labels}");
+    c.execute("[...document.querySelectorAll('tr.worker[data-name=w1] button.label')].find((b) => b.textContent === 'pool=a100').click()", vec![]).await.unwrap();
+    until(&c, "only the pool's workers", rows, |v| v == "w1").await;
+    let filter = until(&c, "the filter said", "const f = document.querySelector('#worker-filter'); return f ? f.textContent : ''", |v| v != "").await;
+    assert!(filter.as_str().unwrap().contains("Workers with pool=a100 (1 of 2)"), "{filter}");
+    c.find(Locator::Css("#worker-filter button.link")).await.unwrap().click().await.unwrap();
+    until(&c, "every worker again", rows, |v| v == "w1 w2").await;
+
     // Drain from the page: the row and farmctl both say so; then resume.
     c.find(Locator::Css("tr.worker[data-name=w1] button.drain")).await.unwrap().click().await.unwrap();
     until(&c, "w1 drained", "return document.querySelector('tr.worker[data-name=w1] .worker-state').textContent", |v| v == "drained").await;
-    let listed = workers_as_admin(&farm);
-    assert_eq!((listed[0]["draining"].as_bool(), listed[0]["state"].as_str()), (Some(true), Some("ONLINE")), "{listed:?}");
+    let w1 = |listed: Vec<Value>| listed.into_iter().find(|w| w["name"] == "w1").unwrap();
+    let listed = w1(workers_as_admin(&farm));
+    assert_eq!((listed["draining"].as_bool(), listed["state"].as_str()), (Some(true), Some("ONLINE")), "{listed:?}");
     c.find(Locator::Css("tr.worker[data-name=w1] button.resume")).await.unwrap().click().await.unwrap();
     until(&c, "w1 leasing again", "return document.querySelector('tr.worker[data-name=w1] .worker-state').textContent", |v| v == "online").await;
-    assert_eq!(workers_as_admin(&farm)[0]["draining"], false);
+    assert_eq!(w1(workers_as_admin(&farm))["draining"], false);
 
     // The job fails with β = 1e300; the page retries it with β = 1000.
     let st = wait_as_admin(&farm, &id, "the job to fail", |s| jobs(s)[0]["state"] == "FAILED");

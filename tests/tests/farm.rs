@@ -681,3 +681,38 @@ fn a_paused_collections_running_job_is_given_back_at_a_checkpoint_and_resumes_to
     // Equal to an uninterrupted render of the same job, to the bit.
     fetch_and_compare_with(&farm, &id, &[(&c, &s)], &render);
 }
+
+/// A rush job preempts: a collection at a higher priority, submitted while
+/// the farm's only worker renders a long job, gets the worker at that
+/// job's next iteration. The long job is given back at a checkpoint at no
+/// cost (no failure, no requeue charged; its attempt's log and outcome say
+/// why) and finishes later, on a second attempt, to an image equal to an
+/// uninterrupted render's to the bit.
+#[test]
+fn a_higher_priority_submit_preempts_a_running_job_which_resumes_to_the_same_image() {
+    stylefarm_tests::require!(stylefarm_tests::Need::Binaries, stylefarm_tests::Need::Weights);
+    let mut farm = Farm::start();
+    farm.add_worker("w");
+    let (c, s, other) = (fixture("content.png"), fixture("style.png"), fixture("init.png"));
+    let render = ["--size", "48x36", "--iters", "400"];
+    let long = farm.submit(&[&["--content", &c, "--style", &s, "--checkpoint-every", "10"], &render[..]].concat());
+    farm.wait_for(&long, "the long job past a checkpoint", |st| jobs(st)[0]["state"] == "RUNNING" && jobs(st)[0]["progress"]["iteration"].as_u64() >= Some(20));
+    let submitted = Instant::now();
+    let rush = farm.submit(&["--content", &other, "--style", &s, "--size", "16x12", "--iters", "3", "--priority", "10"]);
+    farm.wait_for(&rush, "the rush job to start", |st| jobs(st)[0]["state"] != "QUEUED");
+    let started = submitted.elapsed();
+    let back = farm.status(&long).unwrap();
+    let job = jobs(&back)[0].clone();
+    assert!(job["state"] == "QUEUED" && job["progress"]["iteration"].as_u64() < Some(400), "the long job was given back before it finished: {job}");
+    assert_eq!((job["attempts"].as_u64(), job["failures"].as_u64(), job["requeues"].as_u64()), (Some(1), Some(0), Some(0)), "preemption costs nothing: {job}");
+    farm.wait_for(&rush, "the rush job to finish", all_succeeded);
+    let done = farm.wait_for(&long, "the long job to finish on its second attempt", all_succeeded);
+    let job = &jobs(&done)[0];
+    assert_eq!(job["attempts"].as_u64(), Some(2), "{job}");
+    assert!(job["started_from"].as_u64() >= Some(20), "the second attempt resumed where the first was preempted: {job}");
+    eprintln!("rush job running {started:?} after its submit; the long job resumed from iteration {}", job["started_from"]);
+    let log = farm.farmctl(&["logs", job["job_id"].as_str().unwrap(), "--attempt", "1"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains("asked for the job back") && log.contains("preempted: a queued job of the same user at priority 10 outranks this one's 0"), "{log}");
+    fetch_and_compare_with(&farm, &long, &[(&c, &s)], &render);
+}

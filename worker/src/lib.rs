@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use stylefarm_engine::{Device, VggWeights};
 use stylefarm_proto as pb;
+use stylefarm_proto::labels::{self, Labels};
 use stylefarm_proto::workers_client::WorkersClient;
 use stylefarm_shared::backoff::Backoff;
 use stylefarm_shared::client::{Bearer, ClientError, ClientSecurity, Failover};
@@ -51,6 +52,8 @@ pub struct Config {
     pub storage: Option<String>,
     /// A name for logs and status (the coordinator adds a unique suffix).
     pub name: String,
+    /// Labels `KEY=VALUE` (`--label`), beside the device's own.
+    pub labels: Vec<String>,
     /// Engine threads (`None`: all cores).
     pub threads: Option<usize>,
     /// VGG-19 weights file (`None`: `$STYLEFARM_WEIGHTS` or the cache).
@@ -100,6 +103,19 @@ struct Worker {
     shutdown: CancellationToken,
 }
 
+/// The labels a worker registers: its own (`--label`), over what it sets
+/// itself: `device=cpu|cuda` and, on the CPU, `model=` the CPU's model.
+fn labels(own: &[String], device: &str) -> Result<Vec<String>, Error> {
+    let kind = if device == "cpu" { "cpu" } else { "cuda" };
+    let mut set = vec![format!("device={kind}")];
+    if let Some(model) = (kind == "cpu").then(stylefarm_shared::host::cpu_model).flatten() {
+        set.push(format!("model={}", labels::model_value(&model)));
+    }
+    let own = Labels::parse(own).map_err(Error::Registration)?;
+    let set = Labels::parse(&set).map_err(Error::Registration)?;
+    Ok(own.over(set).iter().map(str::to_string).collect())
+}
+
 /// Registers with the coordinator (waiting for it if it is not up yet) and
 /// renders leased jobs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -119,6 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         device_name: format!("{device:?}"),
         memory_bytes: stylefarm_shared::device::usable_memory(&device).unwrap_or(0),
         capabilities: vec!["adam".into(), "lbfgs".into()],
+        labels: labels(&config.labels, &config.device)?,
     };
     // Waits for a coordinator that is not up yet (each failed try moves
     // on to the next one given), and for a predecessor of the same name to
@@ -257,4 +274,17 @@ async fn lease_loop(ctx: Arc<Worker>) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_worker_labels_its_device_and_its_own_labels_win() {
+        let labels = super::labels(&["pool=a100".into(), "device=gpu-box".into()], "cpu").unwrap();
+        assert!(labels.contains(&"pool=a100".to_string()) && labels.contains(&"device=gpu-box".to_string()), "{labels:?}");
+        assert!(!labels.contains(&"device=cpu".to_string()), "its own device= wins: {labels:?}");
+        let labels = super::labels(&[], "cuda:1").unwrap();
+        assert_eq!(labels, ["device=cuda"], "no CPU model on a GPU worker");
+        assert!(super::labels(&["pool".into()], "cpu").unwrap_err().to_string().contains("KEY=VALUE"));
+    }
 }

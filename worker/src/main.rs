@@ -24,6 +24,11 @@ struct Args {
     /// numbered when several run on one host: render-7-cpu, render-7-cpu-2).
     #[arg(long)]
     name: Option<String>,
+    /// A label KEY=VALUE (pool=a100, zone=eu): a job that requires labels
+    /// (farmctl submit --require) goes only to a worker that has them all.
+    /// Repeat. The worker adds device=cpu|cuda and model=… itself.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    labels: Vec<String>,
     /// CPU threads for the engine (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -43,6 +48,10 @@ struct Args {
     log_format: stylefarm_shared::telemetry::LogFormat,
 }
 
+fn label(s: &str) -> Result<String, String> {
+    stylefarm_proto::labels::check(s).map(|()| s.to_string())
+}
+
 fn main() -> anyhow::Result<()> {
     stylefarm_shared::memory::keep_freed_memory();
     let a = Args::parse();
@@ -55,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         name: a.name.or_else(|| default_name.as_ref().map(|d| d.name.clone())).unwrap_or_default(),
         device: a.device,
         storage: a.storage,
+        labels: a.labels,
         threads: a.threads,
         weights: a.weights,
         metrics_listen: a.metrics_listen,

@@ -46,6 +46,9 @@ pub struct NewCollection {
     pub notify_url: String,
     /// Most jobs its owner may have queued, these included (`--max-queued`).
     pub max_queued: Option<u64>,
+    /// The labels a worker needs to take its jobs (written form, "" for
+    /// none).
+    pub require: String,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,7 @@ fn collection_from_row(r: &Row) -> sql::Result<pb::Collection> {
         paused: r.get::<_, i64>("paused")? != 0,
         stored_bytes: (r.get::<_, i64>("folder_bytes")? + r.get::<_, i64>("input_bytes")?).max(0)
             as u64,
+        require: stylefarm_proto::labels::Labels::read(&r.get::<_, String>("require_labels")?).iter().map(str::to_string).collect(),
         ..Default::default()
     })
 }
@@ -135,9 +139,9 @@ impl Db {
         let seq = Self::next(&tx, "seq")?;
         let collection_seq = seq as i64;
         tx.execute(
-            "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key, notify_url)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            args![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key, c.notify_url],
+            "INSERT INTO collections (id, name, priority, created, contents, styles, variants, seq, owner, idempotency_key, notify_url, require_labels)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            args![c.id, c.name, c.priority, now(), c.shape.0, c.shape.1, c.shape.2, seq, c.owner, c.idempotency_key, c.notify_url, c.require],
         )?;
         // Every job of a variant has its parameters, every job of a column
         // its style keys: stored once here (from the first job of each),
@@ -162,12 +166,12 @@ impl Db {
             tx.execute(
                 "INSERT INTO jobs (id, collection_id, seq, content_index, style_index, variant_index, content_name, style_name,
                    content_key, style_key, params_json, width, height, checkpoint_every, snapshot_every, state, iterations, min_memory,
-                   prio, cseq, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                   prio, cseq, owner, require_labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
                 args![
                     j.id, c.id, seq, j.content_index, j.style_index, j.variant_index, j.content_name, j.style_name, j.content_key,
                     "", "", j.width, j.height, j.checkpoint_every, j.snapshot_every, QUEUED,
-                    j.iterations, j.min_memory as i64, queue_prio(c.priority, false), collection_seq, c.owner
+                    j.iterations, j.min_memory as i64, queue_prio(c.priority, false), collection_seq, c.owner, c.require
                 ],
             )?;
         }

@@ -136,10 +136,11 @@ mod tests {
             jobs: vec![job("a", 0), job("b", 1), job("q", 2)],
             notify_url: String::new(),
             max_queued: None,
+            require: "pool=a".into(),
         };
         db.create_collection(&c).unwrap();
         for w in ["w1", "w2"] {
-            db.register_worker(w, &pb::RegisterRequest { name: w.into(), device: "cpu".into(), memory_bytes: 8 << 30, ..Default::default() }, &RULES).unwrap();
+            db.register_worker(w, &pb::RegisterRequest { name: w.into(), device: "cpu".into(), memory_bytes: 8 << 30, labels: vec!["pool=a".into()], ..Default::default() }, &RULES).unwrap();
         }
         let done = db.lease("w1", &RULES, &Policy::default()).unwrap().unwrap();
         db.complete(&Call { worker: "w1", job: &done.spec.job_id, token: done.token }, "out", &pb::Progress::default(), &RULES).unwrap();
@@ -161,7 +162,7 @@ mod tests {
         let mut after = after;
         let hb = pb::HeartbeatRequest::default();
         after.heartbeat(&Call { worker: "w2", job: &running.spec.job_id, token: running.token }, &hb, None, &RULES).unwrap();
-        after.register_worker("w3", &pb::RegisterRequest { name: "w3".into(), device: "cpu".into(), ..Default::default() }, &RULES).unwrap();
+        after.register_worker("w3", &pb::RegisterRequest { name: "w3".into(), device: "cpu".into(), labels: vec!["pool=a".into()], ..Default::default() }, &RULES).unwrap();
         let next = after.lease("w3", &RULES, &Policy::default()).unwrap().unwrap();
         assert!(next.token >> 32 > running.token >> 32, "{} after {}", next.token, running.token);
         // Into a database that already holds a farm: refused by name.

@@ -6,6 +6,7 @@
 
 use super::sql::{self, args, Optional, Row};
 use stylefarm_proto as pb;
+use stylefarm_proto::labels::Labels;
 
 use super::{now, CallError, Db, Rules, RUNNING};
 use crate::limits::GONE_AFTER_SECONDS;
@@ -37,7 +38,7 @@ pub fn worker_state(
 /// The columns [`info_of`] reads, `?1` being RUNNING.
 const INFO_COLUMNS: &str = "w.id, w.name, w.device, w.device_name, w.memory_bytes, w.last_seen, w.strikes, w.quarantined,
     (SELECT j.id FROM jobs j WHERE j.worker = w.id AND j.state = ?1 LIMIT 1), w.quarantine_reason, w.rowid,
-    w.ended, w.draining, w.registered";
+    w.ended, w.draining, w.registered, w.labels";
 
 fn info_of(r: &Row, t: f64, lease_seconds: f64) -> sql::Result<(pb::WorkerInfo, i64)> {
     let (quarantined, last_seen, ended): (bool, f64, String) = (r.get(7)?, r.get(5)?, r.get(11)?);
@@ -57,6 +58,7 @@ fn info_of(r: &Row, t: f64, lease_seconds: f64) -> sql::Result<(pb::WorkerInfo, 
             state: state as i32,
             draining: r.get(12)?,
             registered_unix: r.get(13)?,
+            labels: Labels::read(&r.get::<_, String>(14)?).iter().map(str::to_string).collect(),
         },
         r.get(10)?,
     ))
@@ -93,8 +95,8 @@ impl Db {
             )?;
         }
         self.conn.execute(
-            "INSERT INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            args![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), t],
+            "INSERT INTO workers (id, name, device, device_name, memory_bytes, registered, last_seen, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+            args![id, r.name, r.device, r.device_name, i64::try_from(r.memory_bytes).unwrap_or(i64::MAX), t, Labels::parse(&r.labels).map(|l| l.written()).unwrap_or_default()],
         )?;
         Ok(earlier.into_iter().map(|(id, _, _)| id).collect())
     }
@@ -284,6 +286,12 @@ impl Db {
             args![FORGOTTEN, id],
         )?;
         Ok(())
+    }
+
+    /// Each set of labels some worker ever registered with, once.
+    pub fn worker_label_sets(&self) -> sql::Result<Vec<Labels>> {
+        let sets: Vec<String> = self.conn.query_map("SELECT DISTINCT labels FROM workers", args![], |r| r.get(0))?;
+        Ok(sets.iter().map(|s| Labels::read(s)).collect())
     }
 
     /// The most memory a live worker seen within `since` seconds offers

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use stylefarm_proto as pb;
+use stylefarm_proto::labels::Labels;
 
 use super::sql::{self, args, Conn, Optional, Row};
 use super::{backoff, now, state_of, CallError, Db, Rules, JOB_PARAMS, JOB_STYLE_KEYS, PAUSED_PRIO, QUEUED, RUNNING, STALL_SECONDS, STYLE_KEY_SEPARATOR};
@@ -15,17 +16,41 @@ use crate::schedule::{self, Policy, Waiting};
 /// The next job of one user (`?3`) to lease: their queue's order
 /// (priority, then collection, then job, all on the row) walked along the
 /// partial index `jobs_fair`, skipping jobs in their retry backoff or
-/// needing more memory than the worker has. Its cost does not grow with
-/// the queue.
-pub(super) fn lease_query() -> &'static str {
+/// needing more memory than the worker has, and, given `only`
+/// requirements (`?4` on), jobs that require anything else. Its cost does
+/// not grow with the queue of jobs this worker can take.
+pub(super) fn lease_query(only: usize) -> std::borrow::Cow<'static, str> {
     static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    QUERY.get_or_init(|| {
+    let query = |requirement: &str| {
         format!(
             "SELECT id, collection_id, content_key, {JOB_STYLE_KEYS}, {JOB_PARAMS}, width, height,
                     checkpoint_every, snapshot_every, resume_key, resume_iteration, attempts, state
              FROM jobs INDEXED BY jobs_fair
-             WHERE state = {QUEUED} AND owner = ?3 AND prio < {PAUSED_PRIO} AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2)
+             WHERE state = {QUEUED} AND owner = ?3 AND prio < {PAUSED_PRIO} AND not_before <= ?1 AND (CAST(?2 AS BIGINT) = 0 OR min_memory <= ?2){requirement}
              ORDER BY prio, cseq, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+        )
+    };
+    if only == 0 {
+        return QUERY.get_or_init(|| query("")).as_str().into();
+    }
+    let marks: Vec<String> = (4..4 + only).map(|i| format!("?{i}")).collect();
+    query(&format!(" AND require_labels IN ({})", marks.join(", "))).into()
+}
+
+/// The requirements of queued jobs, each once: `jobs_by_requirement`
+/// walked one value at a time (a loose index scan), so the cost grows
+/// with the pools asked for, not the queue.
+pub(super) fn requirements_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| {
+        format!(
+            "WITH RECURSIVE needs(need) AS (
+                 SELECT (SELECT require_labels FROM jobs INDEXED BY jobs_by_requirement WHERE state = {QUEUED} ORDER BY require_labels LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT j.require_labels FROM jobs j INDEXED BY jobs_by_requirement WHERE j.state = {QUEUED} AND j.require_labels > needs.need ORDER BY j.require_labels LIMIT 1)
+                 FROM needs WHERE needs.need IS NOT NULL
+             )
+             SELECT need FROM needs WHERE need IS NOT NULL"
         )
     })
 }
@@ -97,9 +122,10 @@ pub struct Answer {
     pub collection: String,
     /// The job was cancelled (heartbeats tell the worker to stop).
     pub cancelled: bool,
-    /// The job's collection is paused: its worker is told to checkpoint
-    /// and give the job back (which costs the job nothing).
-    pub release: bool,
+    /// Why its worker is told to checkpoint and give the job back (which
+    /// costs the job nothing): its collection is paused, or the job was
+    /// preempted.
+    pub release: Option<String>,
     /// The call repeated one that had already been applied: nothing changed.
     pub repeated: bool,
 }
@@ -127,17 +153,18 @@ impl Db {
         let t = now();
         let worker_row = format!(
             "SELECT memory_bytes, quarantined, strikes, EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held WHERE worker = ?1 AND state = {RUNNING}),
-                    ended, draining, name
+                    ended, draining, name, labels
              FROM workers WHERE id = ?1 FOR UPDATE"
         );
-        let w: Option<(i64, bool, u32, bool, String, bool, String)> = tx
+        type WorkerRow = (i64, bool, u32, bool, String, bool, String, String);
+        let w: Option<WorkerRow> = tx
             .query_row(
                 &worker_row,
                 args![worker],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
             )
             .optional()?;
-        let (memory, quarantined, strikes, holds, ended, draining, name) =
+        let (memory, quarantined, strikes, holds, ended, draining, name, labels) =
             w.ok_or_else(|| CallError::NotRegistered(worker.to_string()))?;
         if !ended.is_empty() {
             return Err(CallError::Gone {
@@ -196,10 +223,25 @@ impl Db {
         } else {
             HashMap::new()
         };
+        // Pools: the requirements queued that this worker meets (all of
+        // them, the common case, needs no filter).
+        let needs: Vec<String> = tx.query_map(requirements_query(), args![], |r| r.get(0))?;
+        let labels = Labels::read(&labels);
+        let met: Vec<String> = needs.iter().filter(|n| labels.satisfy(&Labels::read(n))).cloned().collect();
+        if met.is_empty() {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let only = if met.len() == needs.len() { 0 } else { met.len() };
+        let query = lease_query(only);
         let mut row = None;
         for owner in schedule::order(&waiting, &running, policy) {
+            let mut values = args![t, memory, owner].to_vec();
+            if only > 0 {
+                values.extend(met.iter().map(sql::ToValue::to_value));
+            }
             row = tx
-                .query_row(lease_query(), args![t, memory, owner], |r| Ok((spec_of(r)?, r.get::<_, u32>(10)?, r.get::<_, u32>(11)?, state_of(r.get(12)?)?)))
+                .query_row(&query, &values, |r| Ok((spec_of(r)?, r.get::<_, u32>(10)?, r.get::<_, u32>(11)?, state_of(r.get(12)?)?)))
                 .optional()?;
             if row.is_some() {
                 break;
@@ -272,21 +314,31 @@ impl Db {
         apply: impl FnOnce(&Conn, State) -> sql::Result<()>,
     ) -> Result<Answer, CallError> {
         let tx = self.conn.savepoint()?;
-        let job: Option<(i32, i64, String, u32, u32, u32, i64)> = tx
-            .query_row("SELECT state, fencing_token, collection_id, failures, requeues, iterations, prio FROM jobs WHERE id = ?1 FOR UPDATE", args![call.job], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-            })
+        type JobRow = (i32, i64, String, u32, u32, u32, i64, f64, String);
+        let job: Option<JobRow> = tx
+            .query_row(
+                "SELECT state, fencing_token, collection_id, failures, requeues, iterations, prio, preempted, preempted_why FROM jobs WHERE id = ?1 FOR UPDATE",
+                args![call.job],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+            )
             .optional()?;
-        let (state, current, collection, failures, requeues, total, prio) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
-        let release = prio >= PAUSED_PRIO;
+        let (state, current, collection, failures, requeues, total, prio, preempted, preempted_why) = job.ok_or_else(|| CallError::NoJob(call.job.to_string()))?;
         let state = state_of(state)?;
-        let attempt: Option<(String, Option<String>)> = tx
-            .query_row("SELECT worker, outcome FROM attempts WHERE job_id = ?1 AND fencing_token = ?2", args![call.job, call.token as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+        let attempt: Option<(String, Option<String>, f64)> = tx
+            .query_row("SELECT worker, outcome, started FROM attempts WHERE job_id = ?1 AND fencing_token = ?2", args![call.job, call.token as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
-        let Some((holder, ended)) = attempt else {
+        let Some((holder, ended, started)) = attempt else {
             return Err(CallError::Stale { job: call.job.to_string(), why: String::new() });
+        };
+        // Given back when its collection is paused, or when it was
+        // preempted during this attempt.
+        let preempted = preempted > 0.0 && preempted >= started;
+        let release = if prio >= PAUSED_PRIO {
+            Some("its collection was paused".to_string())
+        } else {
+            preempted.then(|| preempted_why.clone())
         };
         if holder != call.worker {
             return Err(CallError::WrongWorker { job: call.job.to_string() });
@@ -322,7 +374,12 @@ impl Db {
         apply(&tx, step.to)?;
         let ends_attempt = event != Event::Heartbeat || cancelled;
         if ends_attempt {
-            let outcome = if cancelled { "cancelled" } else { outcome };
+            let preempted_outcome = format!("{outcome} ({preempted_why})");
+            let outcome = match (cancelled, event == Event::Release && preempted) {
+                (true, _) => "cancelled",
+                (false, true) => preempted_outcome.as_str(),
+                (false, false) => outcome,
+            };
             tx.execute(
                 "UPDATE attempts SET ended = ?1, outcome = ?2 WHERE job_id = ?3 AND fencing_token = ?4",
                 args![t, outcome, call.job, call.token as i64],

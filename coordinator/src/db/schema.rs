@@ -148,6 +148,19 @@ UPDATE jobs SET owner = COALESCE((SELECT owner FROM collections c WHERE c.id = j
 CREATE INDEX jobs_fair ON jobs(owner, prio, cseq, seq) WHERE state = 1;
 CREATE INDEX jobs_running_by_owner ON jobs(owner) WHERE state = 2;
 "#,
+    // Preemption: when a job was last asked to give its worker back, and
+    // why (its attempt then ends "released (why)"). Pools: the labels a
+    // worker has and a collection's jobs require (written forms, see
+    // `stylefarm_proto::labels`); the requirements queued, walked one at
+    // a time from an index.
+    r#"
+ALTER TABLE jobs ADD COLUMN preempted REAL NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN preempted_why TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN require_labels TEXT NOT NULL DEFAULT '';
+ALTER TABLE collections ADD COLUMN require_labels TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+CREATE INDEX jobs_by_requirement ON jobs(require_labels) WHERE state = 1;
+"#,
 ];
 
 /// PostgreSQL's migrations; the table `schema_version` says how many ran.
@@ -247,6 +260,15 @@ ALTER TABLE jobs ADD COLUMN owner TEXT COLLATE "C" NOT NULL DEFAULT '';
 UPDATE jobs SET owner = COALESCE((SELECT owner FROM collections c WHERE c.id = jobs.collection_id), '');
 CREATE INDEX jobs_fair ON jobs(owner, prio, cseq, seq) WHERE state = 1;
 CREATE INDEX jobs_running_by_owner ON jobs(owner) WHERE state = 2;
+"#,
+    // As SQLite's tenth: preemption, pools.
+    r#"
+ALTER TABLE jobs ADD COLUMN preempted DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN preempted_why TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN require_labels TEXT COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE collections ADD COLUMN require_labels TEXT NOT NULL DEFAULT '';
+ALTER TABLE workers ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+CREATE INDEX jobs_by_requirement ON jobs(require_labels) WHERE state = 1;
 "#,
 ];
 

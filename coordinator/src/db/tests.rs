@@ -1,7 +1,7 @@
 //! The store's unit tests, each on SQLite and (given a server) PostgreSQL.
 
 use super::*;
-use super::leases::{head_query, held_query, lease_query, running_query, waiting_query};
+use super::leases::{head_query, held_query, lease_query, requirements_query, running_query, waiting_query};
 use crate::schedule::Policy;
 
 const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
@@ -38,6 +38,7 @@ fn collection(id: &str, jobs: &[NewJob]) -> NewCollection {
         jobs: jobs.to_vec(),
         notify_url: String::new(),
         max_queued: None,
+        require: String::new(),
     }
 }
 
@@ -218,6 +219,7 @@ fn a_retried_submit_returns_the_first_collection() {
             jobs: vec![job("a")],
             notify_url: String::new(),
             max_queued: None,
+            require: String::new(),
         };
         assert_eq!(db.create_collection(&c("first")).unwrap(), ("first".to_string(), 1));
         assert_eq!(db.create_collection(&c("second")).unwrap(), ("first".to_string(), 1));
@@ -231,9 +233,17 @@ fn a_retried_submit_returns_the_first_collection() {
 #[test]
 fn lease_walks_an_index_and_never_sorts() {
     let (_d, db) = open();
-    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query()), args![0.0, 0, "user-a"], |r| r.get::<_, String>(3)).unwrap();
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query(0)), args![0.0, 0, "user-a"], |r| r.get::<_, String>(3)).unwrap();
     let plan = plan.join("; ");
     assert!(plan.contains("jobs_fair") && !plan.contains("TEMP B-TREE"), "{plan}");
+    // … also for a worker that meets some of the pools asked for.
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query(2)), args![0.0, 0, "user-a", "", "pool=a"], |r| r.get::<_, String>(3)).unwrap();
+    let plan = plan.join("; ");
+    assert!(plan.contains("jobs_fair") && !plan.contains("TEMP B-TREE"), "{plan}");
+    // The pools asked for: one probe each.
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", requirements_query()), args![], |r| r.get::<_, String>(3)).unwrap();
+    let scans: Vec<&String> = plan.iter().filter(|step| step.starts_with("SCAN") && !step.starts_with("SCAN needs") && !step.starts_with("SCAN CONSTANT ROW") && !step.contains("INDEX jobs_by_requirement")).collect();
+    assert!(plan.iter().any(|s| s.contains("jobs_by_requirement")) && scans.is_empty() && !plan.iter().any(|s| s.contains("TEMP B-TREE")), "{plan:?}");
     // Whose turn it is: the users with queued work, one index probe each
     // (no scan but of the users found), and the head of each one's queue.
     for query in [waiting_query(), head_query()] {
@@ -583,9 +593,9 @@ fn what_collections_store_is_measured_when_due_and_an_input_counted_once() {
         let call = Call { worker: "w-1a2b", job: &l.spec.job_id, token: l.token };
         let beat = pb::HeartbeatRequest { progress: Some(pb::Progress { iteration: 1, iterations: 10, ..Default::default() }), ..Default::default() };
         db.update_collection(&l.spec.collection_id, Some(true), None).unwrap();
-        assert!(db.heartbeat(&call, &beat, None, &RULES).unwrap().release, "a paused collection's job is asked back");
+        assert!(db.heartbeat(&call, &beat, None, &RULES).unwrap().release.is_some(), "a paused collection's job is asked back");
         db.update_collection(&l.spec.collection_id, Some(false), None).unwrap();
-        assert!(!db.heartbeat(&call, &beat, None, &RULES).unwrap().release);
+        assert!(db.heartbeat(&call, &beat, None, &RULES).unwrap().release.is_none());
         // An attempt that ends makes its collection due.
         let ended_after = now();
         db.complete(&Call { worker: "w-1a2b", job: &l.spec.job_id, token: l.token }, "out", &pb::Progress::default(), &RULES).unwrap();
@@ -658,5 +668,60 @@ fn leases_go_to_the_user_furthest_below_their_share_and_quotas_hold() {
         assert!(db.collection("a2").unwrap().is_none() && queued_jobs(&db) == queued_before, "nothing of it stays");
         db.create_collection(&NewCollection { max_queued: Some(19), ..owned("ana", "a3", 3) }).unwrap();
         db.create_collection(&NewCollection { max_queued: Some(3), ..owned("cy", "c", 3) }).unwrap();
+    });
+}
+
+/// Preemption as the database applies it: a full farm of ana's when bo
+/// submits marks one of her jobs (not while a worker idles, not twice,
+/// not again within `min_run`); its heartbeat is answered "release" with
+/// why, its release costs nothing and ends the attempt saying so; a job
+/// paused is asked back too, and the next attempt of a preempted job is
+/// not asked back for the old mark.
+#[test]
+fn a_full_farm_marks_one_job_to_give_back_and_its_release_costs_nothing() {
+    each_backend(|target| {
+        let mut db = Db::connect(target).unwrap();
+        let owned = |owner: &str, id: &str, jobs: usize| NewCollection { owner: owner.into(), ..collection(id, &(0..jobs).map(|i| job(&format!("{id}-{i}"))).collect::<Vec<_>>()) };
+        db.create_collection(&owned("ana", "a", 4)).unwrap();
+        for w in ["w0", "w1", "w2"] {
+            worker(&mut db, w, 0);
+        }
+        let even = Policy::default();
+        let l0 = db.lease("w0", &RULES, &even).unwrap().unwrap();
+        let l1 = db.lease("w1", &RULES, &even).unwrap().unwrap();
+        assert!(db.preempt(&even, &RULES, 60.0).unwrap().is_empty(), "ana alone: nothing outranks her own jobs");
+        db.create_collection(&owned("bo", "b", 1)).unwrap();
+        assert!(db.preempt(&even, &RULES, 60.0).unwrap().is_empty(), "w2 is idle: it takes bo's job");
+        // w2 drains: the farm is full.
+        db.set_draining("w2", true).unwrap();
+        let taken = db.preempt(&even, &RULES, 60.0).unwrap();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert_eq!(taken[0].for_owner, "bo");
+        assert!(db.preempt(&even, &RULES, 60.0).unwrap().is_empty(), "the job leaving frees the worker bo needs: nothing more");
+        let (victim, kept, victim_worker, kept_worker) = if taken[0].job == l0.spec.job_id { (&l0, &l1, "w0", "w1") } else { (&l1, &l0, "w1", "w0") };
+        let beat = pb::HeartbeatRequest { progress: Some(pb::Progress { iteration: 3, iterations: 10, ..Default::default() }), ..Default::default() };
+        let call = Call { worker: victim_worker, job: &victim.spec.job_id, token: victim.token };
+        let why = db.heartbeat(&call, &beat, None, &RULES).unwrap().release.expect("asked back");
+        assert!(why.starts_with("preempted: another user is"), "{why}");
+        assert!(db.heartbeat(&Call { worker: kept_worker, job: &kept.spec.job_id, token: kept.token }, &beat, None, &RULES).unwrap().release.is_none());
+        db.release(&call, Some(("ck-3", 3)), &RULES).unwrap();
+        let (_, detail) = db.job(&victim.spec.job_id).unwrap().unwrap();
+        let job = detail.job.clone().unwrap();
+        assert_eq!((job.state, job.failures, job.requeues), (pb::JobState::Queued as i32, 0, 0), "a preemption costs nothing");
+        assert!(detail.attempts[0].outcome.starts_with("released (preempted: another user is"), "{:?}", detail.attempts[0].outcome);
+        // The freed worker takes bo's; ana's job waits, its next attempt
+        // is not asked back for the old mark, and within --min-run it is
+        // not preempted again.
+        assert_eq!(db.lease(victim_worker, &RULES, &even).unwrap().unwrap().spec.collection_id, "b");
+        worker(&mut db, "w3", 0);
+        let again = db.lease("w3", &RULES, &even).unwrap().unwrap();
+        assert_eq!(again.spec.job_id, victim.spec.job_id, "the preempted job is first in ana's queue again");
+        let call = Call { worker: "w3", job: &again.spec.job_id, token: again.token };
+        assert!(db.heartbeat(&call, &beat, None, &RULES).unwrap().release.is_none(), "a new attempt is not asked back for the old mark");
+        db.create_collection(&NewCollection { priority: 9, ..owned("ana", "rush", 1) }).unwrap();
+        let taken = db.preempt(&even, &RULES, 60.0).unwrap();
+        assert_eq!(taken.len(), 1, "ana's rush job takes back one of her own: {taken:?}");
+        assert_ne!(taken[0].job, again.spec.job_id, "not the one preempted within --min-run");
+        assert!(taken[0].why.contains("priority 9"), "{}", taken[0].why);
     });
 }

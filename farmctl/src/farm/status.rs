@@ -24,7 +24,8 @@ pub async fn status(url: &Coordinators, id: Option<&str>, json: bool) -> Result<
         return Ok(());
     }
     let state = pb::CollectionState::try_from(c.state).unwrap_or_default().label();
-    println!("collection {} ({}), {} jobs, {state}, {} stored", c.collection_id, shown(&c.name), c.jobs.len(), human(c.stored_bytes));
+    let pool = if c.require.is_empty() { String::new() } else { format!(", for workers with {}", shown(&c.require.join(" "))) };
+    println!("collection {} ({}), {} jobs, {state}, {} stored{pool}", c.collection_id, shown(&c.name), c.jobs.len(), human(c.stored_bytes));
     println!("{:<8}  {:<20} {:<20} {:<16} {:<10} {:>11} {:>12} {:>3}  {}", "job", "content", "style", "variant", "state", "iteration", "total loss", "try", "worker / error");
     for j in &c.jobs {
         let p = j.progress.clone().unwrap_or_default();

@@ -30,9 +30,19 @@ pub struct SubmitArgs {
     /// style, as "harbour × starry").
     #[arg(long, default_value = "")]
     name: String,
-    /// Higher runs first.
+    /// Higher runs first: before your own lower-priority work, which it
+    /// preempts at a checkpoint when the farm is full.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
+    /// Only workers with this label render the jobs: KEY=VALUE, as a worker's
+    /// --label (pool=a100, zone=eu, device=cuda). Repeat: a worker needs them all.
+    #[arg(long = "require", value_name = "KEY=VALUE", value_parser = crate::flags::label)]
+    require: Vec<String>,
+    /// Queue the jobs even if no worker has ever registered with the labels
+    /// --require asks for (without it, such a submit is refused: a typo
+    /// would wait forever).
+    #[arg(long)]
+    wait_for_pool: bool,
     /// Render size WIDTHxHEIGHT (default: --max-side of each content).
     #[arg(long, conflicts_with = "max_side")]
     size: Option<String>,
@@ -186,6 +196,8 @@ pub async fn submit(url: &Coordinators, a: SubmitArgs) -> Result<()> {
         // coordinator restart does not make a second collection.
         idempotency_key: uuid::Uuid::new_v4().to_string(),
         notify_url: a.notify,
+        require: a.require,
+        wait_for_pool: a.wait_for_pool,
     };
     let r = call(url, |mut c| {
         let request = request.clone();

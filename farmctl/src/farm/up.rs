@@ -75,6 +75,7 @@ pub fn up(a: UpArgs) -> Result<()> {
                 device: if a.gpus { format!("cuda:{i}") } else { "cpu".to_string() },
                 storage: None,
                 name: format!("local{i}"),
+                labels: Vec::new(),
                 threads: Some(threads),
                 weights: a.weights.clone(),
                 metrics_listen: None,

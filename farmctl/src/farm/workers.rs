@@ -1,10 +1,12 @@
-//! `farmctl workers [--all] [--json]` lists the farm's workers with their
-//! state (online, lost, stopped, quarantined; draining); `farmctl workers
+//! `farmctl workers [--all] [--label KEY=VALUE] [--json]` lists the
+//! farm's workers with their state (online, lost, stopped, quarantined;
+//! draining) and labels; `farmctl workers
 //! drain|resume|forget ID` are the operator's actions (an admin token when
 //! the farm has tokens).
 
 use anyhow::Result;
 use stylefarm_proto as pb;
+use stylefarm_proto::labels::Labels;
 use stylefarm_shared::terminal::shown;
 
 use super::{call, Coordinators};
@@ -94,14 +96,17 @@ pub fn line(w: &pb::WorkerInfo, now: f64) -> String {
             }
         ),
     };
+    // What sets it apart: the labels a worker does not set itself.
+    let own: Vec<&str> = w.labels.iter().map(String::as_str).filter(|l| !l.starts_with("device=") && !l.starts_with("model=")).collect();
     format!(
-        "{:<20} {:<36} {:<8} {:>6.1} GiB  {:<11} {}",
+        "{:<20} {:<36} {:<8} {:>6.1} GiB  {:<11} {}{}",
         shown(&w.name),
         shown(&w.worker_id),
         shown(&w.device),
         w.memory_bytes as f64 / (1u64 << 30) as f64,
         state,
-        shown(&doing)
+        shown(&doing),
+        if own.is_empty() { String::new() } else { format!("  [{}]", shown(&own.join(" "))) }
     )
 }
 
@@ -114,8 +119,10 @@ fn age(seconds: f64) -> String {
     }
 }
 
-pub async fn list(url: &Coordinators, include_gone: bool, as_json: bool) -> Result<()> {
-    let workers = list_all(url, include_gone).await?;
+pub async fn list(url: &Coordinators, include_gone: bool, labels: &[String], as_json: bool) -> Result<()> {
+    let wanted = Labels::parse(labels).map_err(anyhow::Error::msg)?;
+    let mut workers = list_all(url, include_gone).await?;
+    workers.retain(|w| Labels::read(&w.labels.join(",")).satisfy(&wanted));
     if as_json {
         // The contract's own JSON: a ListWorkersResponse.
         println!("{}", serde_json::to_string_pretty(&pb::ListWorkersResponse { workers, next_page_token: String::new() })?);
@@ -172,11 +179,12 @@ pub async fn act(url: &Coordinators, command: WorkersCommand) -> Result<()> {
 pub async fn workers(
     url: &Coordinators,
     include_gone: bool,
+    labels: &[String],
     as_json: bool,
     command: Option<WorkersCommand>,
 ) -> Result<()> {
     match command {
-        None => list(url, include_gone, as_json).await,
+        None => list(url, include_gone, labels, as_json).await,
         Some(c) => act(url, c).await,
     }
 }

@@ -266,7 +266,10 @@ impl Hooks for FarmHooks<'_> {
         save_log(self.ctx, self.rt, self.job, self.token);
         match self.rt.block_on(self.ctx.client.clone().heartbeat(r)) {
             Ok(r) if r.get_ref().cancelled => self.stopped = Some(Stop::Cancelled),
-            Ok(r) if r.get_ref().release => self.stopped = Some(Stop::Release),
+            Ok(r) if r.get_ref().release => {
+                self.beat.asked_back(&r.get_ref().release_reason);
+                self.stopped = Some(Stop::Release);
+            }
             Err(s) if lease::lost(&s) => self.stopped = Some(Stop::Lost(s.message().to_string())),
             _ => {}
         }

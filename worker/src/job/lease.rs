@@ -20,8 +20,8 @@ use crate::Worker;
 pub(super) struct LeaseState {
     pub(super) progress: Mutex<pb::Progress>,
     pub(super) cancelled: AtomicBool,
-    /// The coordinator asked for the job back (its collection was paused):
-    /// checkpoint and release.
+    /// The coordinator asked for the job back (its collection was paused,
+    /// or the job preempted): checkpoint and release.
     pub(super) release: AtomicBool,
     pub(super) stale: AtomicBool,
     pub(super) done: AtomicBool,
@@ -33,6 +33,14 @@ pub(super) struct LeaseState {
 impl LeaseState {
     pub(super) fn new() -> Self {
         Self { resumed_from: u32::MAX.into(), ..Default::default() }
+    }
+
+    /// The coordinator asked for the job back: said once in the
+    /// attempt's log, with why.
+    pub(super) fn asked_back(&self, reason: &str) {
+        if !self.release.swap(true, Ordering::SeqCst) {
+            tracing::info!(reason = %reason, "the coordinator asked for the job back; checkpointing");
+        }
     }
 
     pub(super) fn resumed_from(&self) -> Option<u32> {
@@ -69,7 +77,7 @@ pub(super) fn spawn_heartbeat(ctx: &Worker, rt: &Handle, job: &pb::JobSpec, toke
             let patience = (period * 2).max(Duration::from_secs(2));
             match tokio::time::timeout(patience, client.heartbeat(r)).await {
                 Ok(Ok(resp)) if resp.get_ref().cancelled => beat.cancelled.store(true, Ordering::SeqCst),
-                Ok(Ok(resp)) if resp.get_ref().release => beat.release.store(true, Ordering::SeqCst),
+                Ok(Ok(resp)) if resp.get_ref().release => beat.asked_back(&resp.get_ref().release_reason),
                 Ok(Err(s)) if lost(&s) => beat.stale.store(true, Ordering::SeqCst),
                 Ok(Err(s)) => tracing::warn!("heartbeat failed ({}); rendering on", s.message()),
                 Err(_) => tracing::warn!("heartbeat got no answer within {patience:?}; rendering on"),
