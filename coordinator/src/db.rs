@@ -25,6 +25,7 @@ mod leases;
 pub mod ids;
 mod notify;
 mod preempt;
+mod standing;
 pub mod copy;
 mod schema;
 mod usage;

@@ -47,7 +47,33 @@ pub(crate) async fn summary(farm: &State) -> Result<pb::FarmSummary, Status> {
         .map(|(worker_id, iterations_per_second)| pb::WorkerPace { worker_id, iterations_per_second })
         .collect();
     let failures_last_day = summary.failures_last_day.into_iter().map(|(cause, n)| pb::FailureCause { cause, count: n as u32 }).collect();
-    Ok(pb::FarmSummary { workers, jobs: Some(counts), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now(), stored_bytes })
+    Ok(pb::FarmSummary { workers, jobs: Some(counts), done_last_hour: summary.done_last_hour as u32, failures_last_day, pace, now_unix: crate::db::now(), stored_bytes, users: Vec::new() })
+}
+
+/// A user as people know them: their token's name, else the owner id
+/// ("" is everyone on a farm without tokens).
+pub(crate) fn user_name(tokens: &crate::auth::Tokens, owner: &str) -> String {
+    tokens.name_of(owner).map(str::to_string).unwrap_or_else(|| owner.to_string())
+}
+
+/// Every user with work: their standing against their share and quotas
+/// (`you`: the caller's own).
+pub(crate) async fn users(farm: &State, caller: &Caller) -> Result<pb::ListUsersResponse, Status> {
+    let (queued, running) = farm.db.read(|db| db.work_by_owner()).await?.map_err(db_err)?;
+    let users = crate::schedule::standings(&queued, &running, &farm.config.policy)
+        .into_iter()
+        .map(|s| pb::UserStanding {
+            user: user_name(&farm.config.tokens, &s.owner),
+            you: s.owner == caller.owner,
+            running: s.running,
+            queued: s.queued,
+            weight: s.weight,
+            share: s.share,
+            max_running: s.max_running,
+            max_queued: s.max_queued,
+        })
+        .collect();
+    Ok(pb::ListUsersResponse { users })
 }
 
 /// Applies `action` to the worker the request names; the worker after.

@@ -19,7 +19,20 @@ use crate::status::{call_err, db_err, storage_err};
 pub(crate) async fn get(state: &State, caller: &Caller, id: &str) -> Result<pb::JobDetail, Status> {
     let owned = id.to_string();
     let found = state.db.read(move |db| db.job(&owned)).await?.map_err(db_err)?;
-    caller.visible(found, || format!("no job {id}"))
+    let mut detail = caller.visible(found, || format!("no job {id}"))?;
+    if detail.job.as_ref().is_some_and(|j| j.state == pb::JobState::Queued as i32) {
+        detail.waiting = waiting(state, id).await?;
+    }
+    Ok(detail)
+}
+
+/// Why queued job `id` waits, in a person's words ("" once it is not
+/// queued).
+async fn waiting(state: &State, id: &str) -> Result<String, Status> {
+    let (owned, policy, lease_seconds) = (id.to_string(), state.config.policy.clone(), state.config.rules().lease_seconds);
+    let facts = state.db.read(move |db| db.wait_facts(&owned, &policy, lease_seconds)).await?.map_err(db_err)?;
+    let tokens = &state.config.tokens;
+    Ok(facts.map(|f| crate::schedule::why_waiting(&f, |owner| crate::fleet::user_name(tokens, owner))).unwrap_or_default())
 }
 
 /// A page of collection `r.collection_id`'s jobs, in submission order.

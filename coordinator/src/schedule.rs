@@ -263,6 +263,97 @@ pub fn preempt(queued: &[Queued], running: &[Running], idle: &[Slot], policy: &P
     taken
 }
 
+/// One user's standing on the farm: what they run and have queued,
+/// against their share of the busy workers and their quotas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    pub owner: String,
+    pub running: u32,
+    pub queued: u64,
+    /// Their weight (`--share`).
+    pub weight: f64,
+    /// Workers their weight gives them of those busy now, among the
+    /// users with work.
+    pub share: f64,
+    pub max_running: Option<u32>,
+    pub max_queued: Option<u64>,
+}
+
+/// Every user with work, queued or running: their standing, furthest
+/// below their share first.
+pub fn standings(queued: &HashMap<String, u64>, running: &HashMap<String, u32>, policy: &Policy) -> Vec<Standing> {
+    let waiting: Vec<Waiting> = queued.iter().filter(|(_, n)| **n > 0).map(|(o, _)| Waiting { owner: o.clone(), head: (0, 0, 0) }).collect();
+    let busy = running.values().sum::<u32>() as f64;
+    let shares = fair_shares(&waiting, running, policy, busy);
+    let mut all: Vec<Standing> = shares
+        .into_iter()
+        .map(|(owner, share)| Standing {
+            running: running.get(&owner).copied().unwrap_or(0),
+            queued: queued.get(&owner).copied().unwrap_or(0),
+            weight: policy.share(&owner),
+            share,
+            max_running: policy.max_running(&owner),
+            max_queued: policy.max_queued(&owner),
+            owner,
+        })
+        .collect();
+    all.sort_by(|a, b| (b.share - b.running as f64).total_cmp(&(a.share - a.running as f64)).then(a.owner.cmp(&b.owner)));
+    all
+}
+
+/// What a queued job waits for, as [`why_waiting`] reads it.
+#[derive(Debug, Clone, Default)]
+pub struct WaitFacts {
+    pub paused: bool,
+    /// Seconds left of its retry backoff.
+    pub backoff: f64,
+    pub require: Labels,
+    pub min_memory: u64,
+    /// The workers online now (not draining, not quarantined).
+    pub online: Vec<Slot>,
+    /// Of them, how many hold no job.
+    pub idle: u32,
+    /// Its user's queued jobs ahead of it (higher priority, or older).
+    pub ahead: u64,
+    /// Its user's standing, and the other users further below their
+    /// share (whose turn comes first).
+    pub standing: Option<Standing>,
+    pub before: Vec<String>,
+}
+
+/// Why a queued job is not running yet, in a person's words: the first
+/// of paused, backoff, no worker that can take it, its user's running
+/// quota, others' turn, its own queue ahead of it.
+pub fn why_waiting(f: &WaitFacts, name: impl Fn(&str) -> String) -> String {
+    if f.paused {
+        return "its collection is paused".into();
+    }
+    if f.backoff > 0.0 {
+        return format!("retrying after a failure in {:.0} s", f.backoff.ceil());
+    }
+    if !f.require.is_empty() && !f.online.iter().any(|w| w.labels.satisfy(&f.require)) {
+        return format!("needs a worker with {}: none online has it", f.require.iter().collect::<Vec<_>>().join(" "));
+    }
+    let fits = |w: &Slot| w.labels.satisfy(&f.require) && (w.memory == 0 || f.min_memory <= w.memory);
+    if f.min_memory > 0 && !f.online.iter().any(fits) {
+        return format!("needs {:.1} GiB: no online worker that could take it has that much", f.min_memory as f64 / (1u64 << 30) as f64);
+    }
+    if let Some(s) = &f.standing {
+        if let Some(max) = s.max_running.filter(|max| s.running >= *max) {
+            return format!("its user runs {} jobs, their --max-running {max}", s.running);
+        }
+    }
+    let mut why = if f.idle > 0 { "about to start: a worker is free".to_string() } else { "every worker that can take it is busy".to_string() };
+    if f.idle == 0 && !f.before.is_empty() {
+        let names: Vec<String> = f.before.iter().map(|o| name(o)).collect();
+        why += &format!("; next free ones go first to {} (further below their share)", names.join(", "));
+    }
+    if f.ahead > 0 {
+        why += &format!("; {} of its user's jobs are ahead of it (higher priority, or older)", f.ahead);
+    }
+    why
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +561,42 @@ mod tests {
                 running.push(Running { job: format!("{}-for-{}", freed.job, t.for_owner), owner: t.for_owner.clone(), key: q[g].head, since_preempted: f64::INFINITY, leaving: false, ..freed });
             }
             assert_eq!(preempt(&q, &running, &[], &p, 60.0), vec![], "weights {a_weight}:1, {b_jobs} queued for b, {workers} workers");
+        }
+    }
+
+    #[test]
+    fn standings_show_each_users_work_against_their_share() {
+        let queued: HashMap<String, u64> = [("a".to_string(), 100), ("b".to_string(), 5), ("idle".to_string(), 0)].into();
+        let p = Policy { max_running: [("b".to_string(), 2)].into(), ..policy(&[("a", 3.0)], &[]) };
+        let s = standings(&queued, &running(&[("a", 8)]), &p);
+        assert_eq!(s.iter().map(|s| s.owner.as_str()).collect::<Vec<_>>(), ["b", "a"], "below their share first; nobody without work");
+        assert_eq!((s[0].share, s[0].running, s[0].queued, s[0].max_running), (2.0, 0, 5, Some(2)));
+        assert_eq!((s[1].share, s[1].weight), (6.0, 3.0));
+    }
+
+    #[test]
+    fn a_queued_job_says_what_it_waits_for() {
+        let a100 = Labels::parse(&["pool=a100"]).unwrap();
+        let cpu = Slot { memory: 8 << 30, labels: Labels::parse(&["device=cpu"]).unwrap() };
+        let busy = WaitFacts { online: vec![cpu.clone()], ..WaitFacts::default() };
+        let name = |o: &str| format!("@{o}");
+        let table: Vec<(WaitFacts, &str)> = vec![
+            (WaitFacts { paused: true, backoff: 3.0, ..busy.clone() }, "its collection is paused"),
+            (WaitFacts { backoff: 2.2, ..busy.clone() }, "retrying after a failure in 3 s"),
+            (WaitFacts { require: a100.clone(), ..busy.clone() }, "needs a worker with pool=a100: none online has it"),
+            (WaitFacts { min_memory: 16 << 30, ..busy.clone() }, "needs 16.0 GiB: no online worker that could take it has that much"),
+            (
+                WaitFacts { standing: Some(Standing { owner: "a".into(), running: 2, queued: 1, weight: 1.0, share: 3.0, max_running: Some(2), max_queued: None }), ..busy.clone() },
+                "its user runs 2 jobs, their --max-running 2",
+            ),
+            (
+                WaitFacts { before: vec!["b".into()], ahead: 4, ..busy.clone() },
+                "every worker that can take it is busy; next free ones go first to @b (further below their share); 4 of its user's jobs are ahead of it (higher priority, or older)",
+            ),
+            (WaitFacts { idle: 1, ..busy.clone() }, "about to start: a worker is free"),
+        ];
+        for (facts, says) in table {
+            assert_eq!(why_waiting(&facts, name), says, "{facts:?}");
         }
     }
 

@@ -104,6 +104,11 @@ impl Farm for FarmService {
         collections::retry_failed(&self.0, &caller, &request.into_inner().collection_id).await.map(Response::new)
     }
 
+    async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = Caller::of(&request);
+        fleet::users(&self.0, &caller).await.map(Response::new)
+    }
+
     async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
         fleet::list_worker_page(&self.0, request.into_inner()).await.map(Response::new)
     }

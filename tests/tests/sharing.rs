@@ -133,6 +133,18 @@ async fn a_full_farm_gives_one_worker_back_to_the_user_below_their_share() {
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     let j = st["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == job_id.as_str()).unwrap().clone();
     assert_eq!((j["state"].as_str(), j["failures"].as_u64(), j["requeues"].as_u64()), (Some("QUEUED"), Some(0), Some(0)), "{j}");
+
+    // Each user's standing, as ana reads it: 1 running each, even shares
+    // of the 2 busy workers; ana has 3 queued.
+    let o = farmctl_as(&farm, ANA, &["status"]);
+    let farm_view = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(farm_view.contains("ana                  1 running (share 1.0), 3 queued, weight 1  (you)"), "{farm_view}");
+    assert!(farm_view.contains("bo                   1 running (share 1.0), 0 queued, weight 1\n"), "{farm_view}");
+    // … and why her queued jobs wait: both workers are busy, and 2 of her
+    // own are ahead of her last.
+    let o = farmctl_as(&farm, ANA, &["status", &ana]);
+    let view = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(view.contains("waits: every worker that can take it is busy"), "{view}");
 }
 
 /// Pools: a job that requires `pool=a100` goes only to a worker that has
@@ -155,6 +167,8 @@ async fn a_job_that_requires_a_pool_goes_only_to_a_worker_in_it() {
     assert!(!refused.status.success() && why.contains("no worker has ever registered with pool=a100") && why.contains("--wait-for-pool"), "{why}");
     let id = collection_id(&pooled(&["--wait-for-pool"]));
     assert!(plain.try_lease().await.is_none(), "a worker outside the pool gets nothing");
+    let view = String::from_utf8_lossy(&farm.farmctl(&["status", &id]).stdout).to_string();
+    assert!(view.contains("for workers with pool=a100") && view.contains("waits: needs a worker with pool=a100: none online has it"), "{view}");
     let bad = ScriptedWorker::register_with(&farm.url, None, &storage, "odd", &["Pool=x"]).await.err().expect("refused");
     assert!(bad.code() == tonic::Code::InvalidArgument && bad.message().contains("label `Pool=x`"), "{bad:?}");
     let mut big = ScriptedWorker::register_with(&farm.url, None, &storage, "big", &["pool=a100", "zone=eu"]).await.unwrap();

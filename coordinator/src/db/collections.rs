@@ -297,7 +297,7 @@ impl Db {
             .find(|c| c.variant_index == job.variant_index)
             .map(|c| c.label)
             .unwrap_or_default();
-        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json, variant_label })))
+        Ok(Some((owner, pb::JobDetail { job: Some(job), attempts, params_json, variant_label, waiting: String::new() })))
     }
 
     /// The farm's jobs by state.

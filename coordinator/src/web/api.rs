@@ -76,8 +76,10 @@ pub(super) async fn sign_out(AxumState(web): AxumState<Web>) -> Response {
 /// The farm at a glance ([`crate::fleet::summary`]): any signed-in user
 /// may read it.
 pub(super) async fn farm(AxumState(web): AxumState<Web>, headers: HeaderMap) -> ApiResult<Json<pb::FarmSummary>> {
-    caller(&web, &headers)?;
-    Ok(Json(crate::fleet::summary(&web.state).await?))
+    let caller = caller(&web, &headers)?;
+    let mut summary = crate::fleet::summary(&web.state).await?;
+    summary.users = crate::fleet::users(&web.state, &caller).await?.users;
+    Ok(Json(summary))
 }
 
 /// An operator's action on a worker: drain, resume or forget (the `Farm`

@@ -35,6 +35,19 @@ pub async fn status(url: &Coordinators, id: Option<&str>, json: bool) -> Result<
             short_id(&j.job_id), shown(&j.content_name), shown(&j.style_name), shown(c.variant_label(j.variant_index)), pb::JobState::label_of(j.state), p.iteration, p.iterations, p.total, j.attempts
         );
     }
+    // Why the queue waits: its first job says.
+    if let Some(first) = c.jobs.iter().find(|j| j.state == pb::JobState::Queued as i32) {
+        let r = pb::JobRef { job_id: first.job_id.clone() };
+        let detail = call(url, |mut c| {
+            let r = r.clone();
+            async move { c.get_job(r).await }
+        })
+        .await?
+        .into_inner();
+        if !detail.waiting.is_empty() {
+            println!("queued: {} waits: {}", short_id(&first.job_id), shown(&detail.waiting));
+        }
+    }
     Ok(())
 }
 
@@ -59,11 +72,13 @@ async fn farm(url: &Coordinators, json: bool) -> Result<()> {
         }
         page_token = page.next_page_token;
     }
+    let users = call(url, |mut c| async move { c.list_users(pb::ListUsersRequest {}).await }).await?.into_inner();
     if json {
-        // Two of the contract's lists, each as its message's JSON.
+        // Three of the contract's lists, each as its message's JSON.
         let v = serde_json::json!({
             "workers": pb::ListWorkersResponse { workers, next_page_token: String::new() },
             "collections": pb::ListCollectionsResponse { collections, next_page_token: String::new(), stored_bytes: stored },
+            "users": users,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -75,6 +90,12 @@ async fn farm(url: &Coordinators, json: bool) -> Result<()> {
         .unwrap_or(0.0);
     for w in &workers {
         println!("  {}", super::workers::line(w, now));
+    }
+    if !users.users.is_empty() {
+        println!("users with work (the next free worker goes to the first)");
+        for u in &users.users {
+            println!("  {}", user_line(u));
+        }
     }
     println!(
         "{} collections, {} stored in all",
@@ -90,6 +111,20 @@ async fn farm(url: &Coordinators, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One user's standing: running against their share, queued, quotas.
+pub fn user_line(u: &pb::UserStanding) -> String {
+    let name = if u.user.is_empty() { "everyone".to_string() } else { shown(&u.user) };
+    let running = match u.max_running {
+        Some(max) => format!("{} running (share {:.1}, at most {max})", u.running, u.share),
+        None => format!("{} running (share {:.1})", u.running, u.share),
+    };
+    let queued = match u.max_queued {
+        Some(max) => format!("{} queued (at most {max})", u.queued),
+        None => format!("{} queued", u.queued),
+    };
+    format!("{name:<20} {running}, {queued}, weight {}{}", u.weight, if u.you { "  (you)" } else { "" })
 }
 
 /// The first eight characters of an id: what `status` shows of a job (any
