@@ -705,7 +705,13 @@ fn a_higher_priority_submit_preempts_a_running_job_which_resumes_to_the_same_ima
     let job = jobs(&back)[0].clone();
     assert!(job["state"] == "QUEUED" && job["progress"]["iteration"].as_u64() < Some(400), "the long job was given back before it finished: {job}");
     assert_eq!((job["attempts"].as_u64(), job["failures"].as_u64(), job["requeues"].as_u64()), (Some(1), Some(0), Some(0)), "preemption costs nothing: {job}");
-    farm.wait_for(&rush, "the rush job to finish", all_succeeded);
+    let rushed = farm.wait_for(&rush, "the rush job to finish", all_succeeded);
+    // Both attempts' logs tell of it: the rush job's says what its worker
+    // was freed from.
+    let log = farm.farmctl(&["logs", jobs(&rushed)[0]["job_id"].as_str().unwrap()]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    let long_job = jobs(&back)[0]["job_id"].as_str().unwrap().to_string();
+    assert!(log.contains("freed for this job by a preemption") && log.contains(&long_job), "{log}");
     let done = farm.wait_for(&long, "the long job to finish on its second attempt", all_succeeded);
     let job = &jobs(&done)[0];
     assert_eq!(job["attempts"].as_u64(), Some(2), "{job}");

@@ -101,6 +101,9 @@ struct Worker {
     device_label: String,
     pool: rayon::ThreadPool,
     shutdown: CancellationToken,
+    /// The job this worker gave back last because it was preempted, and
+    /// why: the next attempt's log says what it was freed from.
+    preempted: std::sync::Mutex<Option<String>>,
 }
 
 /// The labels a worker registers: its own (`--label`), over what it sets
@@ -171,6 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         device_label: config.device.clone(),
         pool,
         shutdown: shutdown.clone(),
+        preempted: Default::default(),
     });
     let ended = lease_loop(ctx.clone()).await;
     if ended.is_ok() {
@@ -255,7 +259,17 @@ async fn lease_loop(ctx: Arc<Worker>) -> Result<(), Error> {
                 // The engine's loops run in the worker's pool; its threads
                 // are not the runtime's, so the attempt gets the handle (and
                 // enters its span there, where its log lines are written).
-                let attempt = tokio::task::spawn_blocking(move || ctx.pool.install(|| span.in_scope(|| job::run(&ctx, &rt, job, token))));
+                let attempt = tokio::task::spawn_blocking(move || {
+                    ctx.pool.install(|| {
+                        span.in_scope(|| {
+                            // Both attempts' logs tell of a preemption.
+                            if let Some(freed) = ctx.preempted.lock().ok().and_then(|mut p| p.take()) {
+                                tracing::info!(%freed, "this worker was freed for this job by a preemption");
+                            }
+                            job::run(&ctx, &rt, job, token)
+                        })
+                    })
+                });
                 if let Err(e) = attempt.await {
                     tracing::error!("the attempt's thread ended abnormally: {e}");
                 }

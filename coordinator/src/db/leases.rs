@@ -37,6 +37,14 @@ pub(super) fn lease_query(only: usize) -> std::borrow::Cow<'static, str> {
     query(&format!(" AND require_labels IN ({})", marks.join(", "))).into()
 }
 
+/// Whether any queued job requires labels: one probe of
+/// `jobs_by_requirement` past the jobs that require none (the common
+/// case, which then reads nothing more).
+pub(super) fn any_requirement_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| format!("SELECT 1 FROM jobs INDEXED BY jobs_by_requirement WHERE state = {QUEUED} AND require_labels > '' LIMIT 1"))
+}
+
 /// The requirements of queued jobs, each once: `jobs_by_requirement`
 /// walked one value at a time (a loose index scan), so the cost grows
 /// with the pools asked for, not the queue.
@@ -224,11 +232,12 @@ impl Db {
             HashMap::new()
         };
         // Pools: the requirements queued that this worker meets (all of
-        // them, the common case, needs no filter).
-        let needs: Vec<String> = tx.query_map(requirements_query(), args![], |r| r.get(0))?;
+        // them, or none asked for, the common case, needs no filter).
+        let pooled = tx.query_row(any_requirement_query(), args![], |_| Ok(())).optional()?.is_some();
+        let needs: Vec<String> = if pooled { tx.query_map(requirements_query(), args![], |r| r.get(0))? } else { Vec::new() };
         let labels = Labels::read(&labels);
         let met: Vec<String> = needs.iter().filter(|n| labels.satisfy(&Labels::read(n))).cloned().collect();
-        if met.is_empty() {
+        if pooled && met.is_empty() {
             tx.commit()?;
             return Ok(None);
         }
@@ -559,7 +568,12 @@ impl Db {
         self.heard(t)?;
         let stalled = served_until.map_or(0.0, |s| t - s);
         if stalled > STALL_SECONDS {
-            let extended = self.conn.execute("UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE state = ?2", args![stalled, RUNNING])?;
+            // Rows another writer holds are being served now: they need no
+            // grace, and waiting for them could deadlock.
+            let extended = self.conn.execute(
+                &format!("UPDATE jobs SET lease_deadline = lease_deadline + ?1 WHERE id IN (SELECT id FROM jobs WHERE state = {RUNNING} FOR UPDATE SKIP LOCKED)"),
+                args![stalled],
+            )?;
             tracing::warn!(seconds = stalled, leases = extended, "the coordinator was behind; running leases get that time back");
             metrics::counter!("stylefarm_coordinator_stalls_total").increment(1);
         }

@@ -1,7 +1,7 @@
 //! The store's unit tests, each on SQLite and (given a server) PostgreSQL.
 
 use super::*;
-use super::leases::{head_query, held_query, lease_query, requirements_query, running_query, waiting_query};
+use super::leases::{any_requirement_query, head_query, held_query, lease_query, requirements_query, running_query, waiting_query};
 use crate::schedule::Policy;
 
 const RULES: Rules = Rules { lease_seconds: 60.0, max_failures: 3, max_requeues: 10, quarantine_after: 3 };
@@ -240,6 +240,9 @@ fn lease_walks_an_index_and_never_sorts() {
     let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", lease_query(2)), args![0.0, 0, "user-a", "", "pool=a"], |r| r.get::<_, String>(3)).unwrap();
     let plan = plan.join("; ");
     assert!(plan.contains("jobs_fair") && !plan.contains("TEMP B-TREE"), "{plan}");
+    // Whether any pool is asked for: one probe.
+    let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", any_requirement_query()), args![], |r| r.get::<_, String>(3)).unwrap();
+    assert!(plan.join("; ").contains("jobs_by_requirement") && !plan.iter().any(|s| s.starts_with("SCAN jobs") && !s.contains("INDEX")), "{plan:?}");
     // The pools asked for: one probe each.
     let plan: Vec<String> = db.conn.query_map(&format!("EXPLAIN QUERY PLAN {}", requirements_query()), args![], |r| r.get::<_, String>(3)).unwrap();
     let scans: Vec<&String> = plan.iter().filter(|step| step.starts_with("SCAN") && !step.starts_with("SCAN needs") && !step.starts_with("SCAN CONSTANT ROW") && !step.contains("INDEX jobs_by_requirement")).collect();

@@ -75,7 +75,13 @@ impl Db {
     /// from the database (a succeeded job's checkpoints went): measured
     /// again at the next pass.
     pub fn usage_stale(&mut self, id: &str) -> sql::Result<()> {
-        self.conn.execute("UPDATE collections SET measured = 0 WHERE id = ?1", args![id]).map(|_| ())
+        // Asked at every attempt's end, by every coordinator: a row marked
+        // already is not written again, and one another writer holds is
+        // left to it (waiting for it deadlocked two coordinators'
+        // groups under load, each holding the other's next row).
+        self.conn
+            .execute("UPDATE collections SET measured = 0 WHERE id = (SELECT id FROM collections WHERE id = ?1 AND measured != 0 FOR UPDATE SKIP LOCKED)", args![id])
+            .map(|_| ())
     }
 
     /// An input the deleter removed from storage: no longer counted.

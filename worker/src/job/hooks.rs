@@ -175,6 +175,12 @@ impl FarmHooks<'_> {
             checkpoint_name: name,
         };
         lease::release(self.ctx, self.rt, r).map_err(|s| JobError::Internal(format!("release refused: {}", s.message())))?;
+        let reason = self.beat.release_reason.lock().map(|r| r.clone()).unwrap_or_default();
+        if reason.starts_with("preempted") {
+            if let Ok(mut p) = self.ctx.preempted.lock() {
+                *p = Some(format!("job {} at iteration {iteration} ({reason})", self.job.job_id));
+            }
+        }
         Ok(Ended::Released)
     }
 

@@ -23,6 +23,8 @@ pub(super) struct LeaseState {
     /// The coordinator asked for the job back (its collection was paused,
     /// or the job preempted): checkpoint and release.
     pub(super) release: AtomicBool,
+    /// Why, as the coordinator said.
+    pub(super) release_reason: Mutex<String>,
     pub(super) stale: AtomicBool,
     pub(super) done: AtomicBool,
     /// The iteration the attempt resumed from, once known (`u32::MAX`
@@ -40,6 +42,9 @@ impl LeaseState {
     pub(super) fn asked_back(&self, reason: &str) {
         if !self.release.swap(true, Ordering::SeqCst) {
             tracing::info!(reason = %reason, "the coordinator asked for the job back; checkpointing");
+            if let Ok(mut r) = self.release_reason.lock() {
+                *r = reason.to_string();
+            }
         }
     }
 
