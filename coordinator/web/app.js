@@ -286,14 +286,16 @@ async function farmView() {
         stat("done-hour", "done in the last hour", f.done_last_hour),
         stat("failed-total", "failed jobs", j.failed || 0),
         stat("stored", "stored", bytes(f.stored_bytes))),
+      // (max_running and max_queued are proto3 optional: absent when no
+      // quota applies, so asked with `in`, never read blind.)
       f.users && f.users.length ? h("h2", {}, "Users with work") : null,
       f.users && f.users.length ? h("table", { id: "users", class: "cards" },
         h("thead", {}, h("tr", {}, ["user", "running", "share", "queued", "weight"].map((t) => h("th", {}, t)))),
         h("tbody", {}, f.users.map((u) => h("tr", { class: u.you ? "you" : "" },
           h("td", { "data-label": "user" }, u.user || "everyone", u.you ? h("span", { class: "muted" }, " (you)") : null),
-          h("td", { class: "num", "data-label": "running" }, u.running, u.max_running !== undefined && u.max_running !== null ? h("span", { class: "muted" }, ` of at most ${u.max_running}`) : null),
+          h("td", { class: "num", "data-label": "running" }, u.running, "max_running" in u ? h("span", { class: "muted" }, ` of at most ${u.max_running}`) : null),
           h("td", { class: "num", "data-label": "share" }, (u.share || 0).toFixed(1)),
-          h("td", { class: "num", "data-label": "queued" }, u.queued || 0, u.max_queued !== undefined && u.max_queued !== null ? h("span", { class: "muted" }, ` of at most ${u.max_queued}`) : null),
+          h("td", { class: "num", "data-label": "queued" }, u.queued || 0, "max_queued" in u ? h("span", { class: "muted" }, ` of at most ${u.max_queued}`) : null),
           h("td", { class: "num", "data-label": "weight" }, u.weight))))) : null,
       h("h2", {}, "Workers"),
       only ? h("p", { id: "worker-filter" }, `Workers with ${only} (${shown.length} of ${f.workers.length}) · `, h("button", { class: "link", onclick: pick(only) }, "show all")) : null,
