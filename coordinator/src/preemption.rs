@@ -31,7 +31,7 @@ pub(crate) async fn run(state: Arc<State>, stop: CancellationToken) {
         match state.db.run(|reply| Command::Preempt { policy, rules, min_run, reply }).await {
             Ok(Ok(taken)) => {
                 for p in taken {
-                    let user = state.config.tokens.name_of(&p.for_owner).unwrap_or(&p.for_owner).to_string();
+                    let user = crate::fleet::user_name(&state.config.tokens, &p.for_owner);
                     tracing::info!(job = %p.job, for_user = %user, why = %p.why, "preempting: the job is asked back at its next checkpoint");
                     metrics::counter!("stylefarm_preemptions_total").increment(1);
                 }

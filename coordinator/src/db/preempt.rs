@@ -80,7 +80,7 @@ impl Db {
         );
         let idle: Vec<Slot> =
             tx.query_map(&idle_sql, args![t - rules.lease_seconds], |r| Ok(Slot { memory: r.get::<_, i64>(0)?.max(0) as u64, labels: Labels::read(&r.get::<_, String>(1)?) }))?;
-        let mut taken = schedule::preempt(&queued, &running, &idle, policy, min_run);
+        let taken = schedule::preempt(&queued, &running, &idle, policy, min_run);
         // A row another writer holds (its worker calling now) is left to
         // the next pass: this one never waits for a lock, so it is never
         // part of a deadlock.
@@ -88,7 +88,7 @@ impl Db {
             "UPDATE jobs SET preempted = ?1, preempted_why = ?2 WHERE id = (SELECT id FROM jobs WHERE id = ?3 AND state = {RUNNING} FOR UPDATE SKIP LOCKED)"
         );
         let mut marked = Vec::with_capacity(taken.len());
-        for p in taken.drain(..) {
+        for p in taken {
             if tx.execute(&mark, args![t, format!("preempted: {}", p.why), p.job])? > 0 {
                 marked.push(p);
             }
